@@ -1,0 +1,713 @@
+//! The broker's state and rules, without sockets: queues, topics, subscriptions, acks.
+//!
+//! Every operation runs under one lock, so "the order the broker accepted messages in" is
+//! well defined, and each session's outbox receives frames in exactly that order.
+
+use super::{Authorizer, BrokerConfig, Principal};
+use crate::stomp::{AckMode, Command, Frame};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+
+/// A session id, unique within a broker's life.
+pub(crate) type SessionId = u64;
+
+pub(crate) use crate::stomp::Outbound as Out;
+
+/// A message as the broker stores it: immutable, shared between deliveries.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub id: String,
+    pub destination: String,
+    /// The sender's own headers, passed through to MESSAGE frames.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    seq: u64,
+    msg: Arc<Stored>,
+    redelivered: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Queued>,
+    consumers: Vec<(SessionId, String)>,
+    next_consumer: usize,
+    /// Set for the private queue behind one topic subscription.
+    topic: Option<String>,
+}
+
+struct Subscription {
+    queue: String,
+    ack: AckMode,
+    prefetch: usize,
+    in_flight: usize,
+}
+
+struct Unacked {
+    subscription: String,
+    queue: String,
+    item: Queued,
+}
+
+struct Session {
+    outbox: mpsc::Sender<Out>,
+    kill: Arc<Notify>,
+    principal: Principal,
+    subscriptions: HashMap<String, Subscription>,
+    unacked: BTreeMap<u64, Unacked>,
+    next_tag: u64,
+    transactions: HashMap<String, Vec<Frame>>,
+}
+
+/// The broker's whole state.
+pub(crate) struct Core {
+    config: BrokerConfig,
+    authorizer: Arc<dyn Authorizer>,
+    sessions: HashMap<SessionId, Session>,
+    queues: HashMap<String, Queue>,
+    topics: HashMap<String, Vec<String>>,
+    next_session: SessionId,
+    next_seq: u64,
+    accepting: bool,
+}
+
+/// A frame the session must answer with ERROR, then close.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub message: String,
+    pub detail: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Refusal {
+    pub fn new(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            message: message.into(),
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Refusal {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+type Handled = Result<(), Refusal>;
+
+/// Which kind of destination a name is.
+enum Dest<'a> {
+    Queue,
+    Topic(&'a str),
+}
+
+fn classify<'a>(destination: &'a str, config: &BrokerConfig) -> Result<Dest<'a>, Refusal> {
+    let bad = |why: &str| {
+        Refusal::new(
+            format!("invalid destination {destination:?}"),
+            format!("{why}. Destinations are /queue/NAME or /topic/NAME."),
+        )
+    };
+    if destination.len() > config.max_destination_len {
+        return Err(bad("the name is too long"));
+    }
+    if destination.chars().any(char::is_control) {
+        return Err(bad("the name contains control characters"));
+    }
+    if let Some(name) = destination.strip_prefix("/queue/") {
+        if name.is_empty() {
+            return Err(bad("the queue name is empty"));
+        }
+        return Ok(Dest::Queue);
+    }
+    if let Some(name) = destination.strip_prefix("/topic/") {
+        if name.is_empty() {
+            return Err(bad("the topic name is empty"));
+        }
+        return Ok(Dest::Topic(destination));
+    }
+    Err(bad("unknown destination type"))
+}
+
+fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
+    frame.header(header).ok_or_else(|| {
+        Refusal::new(
+            format!("{} frame without a {header} header", frame.command),
+            format!(
+                "The {header} header is required on {} frames.",
+                frame.command
+            ),
+        )
+    })
+}
+
+/// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
+const BROKER_HEADERS: [&str; 8] = [
+    "destination",
+    "receipt",
+    "transaction",
+    "content-length",
+    "message-id",
+    "subscription",
+    "ack",
+    "redelivered",
+];
+
+impl Core {
+    pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Core {
+        Core {
+            config,
+            authorizer,
+            sessions: HashMap::new(),
+            queues: HashMap::new(),
+            topics: HashMap::new(),
+            next_session: 1,
+            next_seq: 1,
+            accepting: true,
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+        self.authorizer.clone()
+    }
+
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    pub fn add_session(
+        &mut self,
+        principal: Principal,
+        outbox: mpsc::Sender<Out>,
+        kill: Arc<Notify>,
+    ) -> SessionId {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                outbox,
+                kill,
+                principal,
+                subscriptions: HashMap::new(),
+                unacked: BTreeMap::new(),
+                next_tag: 1,
+                transactions: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    /// Forgets a session: its unacked messages go back to their queues, in their original
+    /// order and marked redelivered, and its topic subscriptions' queues are deleted.
+    pub fn remove_session(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let mut touched = HashSet::new();
+        for (_, unacked) in session.unacked {
+            touched.insert(unacked.queue.clone());
+            self.requeue(&unacked.queue, unacked.item);
+        }
+        for (sub_id, sub) in session.subscriptions {
+            self.detach(id, &sub_id, &sub.queue);
+            touched.insert(sub.queue);
+        }
+        for queue in touched {
+            self.dispatch(&queue);
+        }
+    }
+
+    /// Applies one frame from a connected session. `Ok` means processed; any RECEIPT is
+    /// the caller's to send.
+    pub fn handle(&mut self, id: SessionId, frame: Frame) -> Handled {
+        if let Some(tx) = frame.header("transaction") {
+            if matches!(frame.command, Command::Send | Command::Ack | Command::Nack) {
+                let tx = tx.to_owned();
+                let session = self.session(id)?;
+                return match session.transactions.get_mut(&tx) {
+                    Some(frames) => {
+                        frames.push(frame);
+                        Ok(())
+                    }
+                    None => Err(Refusal::new(
+                        format!("unknown transaction {tx:?}"),
+                        "BEGIN the transaction before using it.",
+                    )),
+                };
+            }
+        }
+        match frame.command {
+            Command::Send => self.send(id, frame),
+            Command::Subscribe => self.subscribe(id, &frame),
+            Command::Unsubscribe => self.unsubscribe(id, &frame),
+            Command::Ack => self.ack(id, &frame, false),
+            Command::Nack => self.ack(id, &frame, true),
+            Command::Begin => {
+                let tx = required(&frame, "transaction")?.to_owned();
+                let session = self.session(id)?;
+                if session.transactions.contains_key(&tx) {
+                    return Err(Refusal::new(
+                        format!("transaction {tx:?} already begun"),
+                        "Transaction names must be unique within a session.",
+                    ));
+                }
+                session.transactions.insert(tx, Vec::new());
+                Ok(())
+            }
+            Command::Commit | Command::Abort => {
+                let tx = required(&frame, "transaction")?.to_owned();
+                let frames = self.session(id)?.transactions.remove(&tx).ok_or_else(|| {
+                    Refusal::new(format!("unknown transaction {tx:?}"), "BEGIN it first.")
+                })?;
+                if frame.command == Command::Commit {
+                    for mut f in frames {
+                        f.headers.retain(|(n, _)| n != "transaction");
+                        self.handle(id, f)?;
+                    }
+                }
+                Ok(())
+            }
+            Command::Disconnect => Ok(()),
+            Command::Connect | Command::Stomp => Err(Refusal::new(
+                "already connected",
+                "CONNECT may be sent only once per connection.",
+            )),
+            other => Err(Refusal::new(
+                format!("{other} is a server frame"),
+                "Clients may not send it.",
+            )),
+        }
+    }
+
+    fn session(&mut self, id: SessionId) -> Result<&mut Session, Refusal> {
+        self.sessions
+            .get_mut(&id)
+            .ok_or_else(|| Refusal::new("session closed", ""))
+    }
+
+    fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
+        if !self.accepting {
+            return Err(Refusal::new(
+                "server shutting down",
+                "The broker is shutting down and accepts no new messages; reconnect later.",
+            ));
+        }
+        let destination = required(&frame, "destination")?.to_owned();
+        let dest = classify(&destination, &self.config)?;
+        let authorizer = self.authorizer.clone();
+        let principal = &self.session(id)?.principal;
+        authorizer
+            .can_send(principal, &destination)
+            .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
+        let headers = frame
+            .headers
+            .into_iter()
+            .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
+            .collect();
+        self.publish(&destination, dest, headers, frame.body)
+    }
+
+    /// Publishes a message as if a client had sent it (for in-process producers).
+    pub fn publish_local(
+        &mut self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Handled {
+        let dest = classify(destination, &self.config)?;
+        self.publish(destination, dest, headers, body)
+    }
+
+    fn publish(
+        &mut self,
+        destination: &str,
+        dest: Dest<'_>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Handled {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let msg = Arc::new(Stored {
+            id: format!("m-{seq}"),
+            destination: destination.to_owned(),
+            headers,
+            body,
+        });
+        let item = Queued {
+            seq,
+            msg,
+            redelivered: false,
+        };
+        match dest {
+            Dest::Queue => {
+                let max = self.config.max_queue_len;
+                let queue = self.queues.entry(destination.to_owned()).or_default();
+                if queue.ready.len() >= max {
+                    return Err(Refusal::new(
+                        format!("queue {destination} is full"),
+                        format!("The queue holds {max} undelivered messages; the message was not accepted."),
+                    ));
+                }
+                queue.ready.push_back(item);
+                self.dispatch(destination);
+            }
+            Dest::Topic(topic) => {
+                let subscribers = self.topics.get(topic).cloned().unwrap_or_default();
+                for queue_name in subscribers {
+                    if let Some(queue) = self.queues.get_mut(&queue_name) {
+                        if queue.ready.len() < self.config.max_queue_len {
+                            queue.ready.push_back(item.clone());
+                        }
+                        self.dispatch(&queue_name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, id: SessionId, frame: &Frame) -> Handled {
+        let destination = required(frame, "destination")?.to_owned();
+        let sub_id = frame.header("id").unwrap_or(&destination).to_owned();
+        let ack = match frame.header("ack") {
+            None => AckMode::Auto,
+            Some(a) => AckMode::parse(a).ok_or_else(|| {
+                Refusal::new(
+                    format!("invalid ack mode {a:?}"),
+                    "ack must be auto, client or client-individual.",
+                )
+            })?,
+        };
+        let prefetch = match frame.header("prefetch-count") {
+            None => 0,
+            Some(p) => p.trim().parse::<usize>().map_err(|_| {
+                Refusal::new(
+                    format!("invalid prefetch-count {p:?}"),
+                    "prefetch-count must be a whole number (0 for no limit).",
+                )
+            })?,
+        };
+        let dest = classify(&destination, &self.config)?;
+        let max_subs = self.config.max_subscriptions;
+        let authorizer = self.authorizer.clone();
+        let session = self.session(id)?;
+        authorizer
+            .can_subscribe(&session.principal, &destination)
+            .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
+        if session.subscriptions.contains_key(&sub_id) {
+            return Err(Refusal::new(
+                format!("duplicate subscription id {sub_id:?}"),
+                "Each SUBSCRIBE on a connection needs its own id.",
+            ));
+        }
+        if session.subscriptions.len() >= max_subs {
+            return Err(Refusal::new(
+                "too many subscriptions",
+                format!("A connection may hold at most {max_subs} subscriptions."),
+            ));
+        }
+        let queue_name = match dest {
+            Dest::Queue => destination.clone(),
+            Dest::Topic(topic) => {
+                let private = format!("\0topic-subscription:{id}:{sub_id}");
+                self.topics
+                    .entry(topic.to_owned())
+                    .or_default()
+                    .push(private.clone());
+                self.queues.insert(
+                    private.clone(),
+                    Queue {
+                        topic: Some(topic.to_owned()),
+                        ..Queue::default()
+                    },
+                );
+                private
+            }
+        };
+        let session = self.session(id)?;
+        session.subscriptions.insert(
+            sub_id.clone(),
+            Subscription {
+                queue: queue_name.clone(),
+                ack,
+                prefetch,
+                in_flight: 0,
+            },
+        );
+        self.queues
+            .entry(queue_name.clone())
+            .or_default()
+            .consumers
+            .push((id, sub_id));
+        self.dispatch(&queue_name);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, id: SessionId, frame: &Frame) -> Handled {
+        let sub_id = frame
+            .header("id")
+            .or_else(|| frame.header("destination"))
+            .ok_or_else(|| Refusal::new("UNSUBSCRIBE frame without an id header", ""))?
+            .to_owned();
+        let session = self.session(id)?;
+        let Some(sub) = session.subscriptions.remove(&sub_id) else {
+            return Err(Refusal::new(
+                format!("no subscription {sub_id:?}"),
+                "UNSUBSCRIBE names the id of an active SUBSCRIBE.",
+            ));
+        };
+        // Messages this subscription had not acked go back to the queue for others.
+        let tags: Vec<u64> = session
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.subscription == sub_id)
+            .map(|(t, _)| *t)
+            .collect();
+        let items: Vec<Unacked> = tags
+            .iter()
+            .filter_map(|t| session.unacked.remove(t))
+            .collect();
+        for u in items {
+            self.requeue(&u.queue, u.item);
+        }
+        self.detach(id, &sub_id, &sub.queue);
+        self.dispatch(&sub.queue);
+        Ok(())
+    }
+
+    fn detach(&mut self, id: SessionId, sub_id: &str, queue_name: &str) {
+        let Some(queue) = self.queues.get_mut(queue_name) else {
+            return;
+        };
+        queue
+            .consumers
+            .retain(|(s, sub)| !(*s == id && sub == sub_id));
+        if let Some(topic) = queue.topic.clone() {
+            self.queues.remove(queue_name);
+            if let Some(subs) = self.topics.get_mut(&topic) {
+                subs.retain(|q| q != queue_name);
+                if subs.is_empty() {
+                    self.topics.remove(&topic);
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, id: SessionId, frame: &Frame, nack: bool) -> Handled {
+        let ack_id = frame
+            .header("id")
+            .or_else(|| frame.header("message-id"))
+            .ok_or_else(|| {
+                Refusal::new(
+                    format!("{} frame without an id header", frame.command),
+                    "Use the ack header of the MESSAGE as the id.",
+                )
+            })?;
+        let session = self.session(id)?;
+        // An id this session does not hold (already acked, or foreign) is ignored, as
+        // acknowledging twice must not cost the client its connection.
+        let Some(tag) = ack_id
+            .parse::<u64>()
+            .ok()
+            .filter(|t| session.unacked.contains_key(t))
+        else {
+            return Ok(());
+        };
+        let sub_id = session.unacked[&tag].subscription.clone();
+        let cumulative = session
+            .subscriptions
+            .get(&sub_id)
+            .is_some_and(|s| s.ack == AckMode::Client);
+        let tags: Vec<u64> = if cumulative {
+            session
+                .unacked
+                .range(..=tag)
+                .filter(|(_, u)| u.subscription == sub_id)
+                .map(|(t, _)| *t)
+                .collect()
+        } else {
+            vec![tag]
+        };
+        let mut done = Vec::with_capacity(tags.len());
+        for t in tags {
+            if let Some(u) = session.unacked.remove(&t) {
+                done.push(u);
+            }
+        }
+        if let Some(sub) = session.subscriptions.get_mut(&sub_id) {
+            sub.in_flight = sub.in_flight.saturating_sub(done.len());
+        }
+        let queue = done.first().map(|u| u.queue.clone());
+        if nack {
+            for u in done {
+                self.requeue(&u.queue, u.item);
+            }
+        }
+        if let Some(queue) = queue {
+            self.dispatch(&queue);
+        }
+        Ok(())
+    }
+
+    /// Puts a message back at its original place in the queue, marked redelivered.
+    fn requeue(&mut self, queue_name: &str, mut item: Queued) {
+        let Some(queue) = self.queues.get_mut(queue_name) else {
+            return;
+        };
+        item.redelivered = true;
+        let at = queue.ready.partition_point(|q| q.seq < item.seq);
+        queue.ready.insert(at, item);
+    }
+
+    /// Hands ready messages to consumers with room for them, round robin.
+    fn dispatch(&mut self, queue_name: &str) {
+        loop {
+            let Some(queue) = self.queues.get_mut(queue_name) else {
+                return;
+            };
+            if queue.ready.is_empty() || queue.consumers.is_empty() {
+                return;
+            }
+            let n = queue.consumers.len();
+            let mut chosen = None;
+            for k in 0..n {
+                let i = (queue.next_consumer + k) % n;
+                let (sid, sub_id) = &queue.consumers[i];
+                let has_room = self
+                    .sessions
+                    .get(sid)
+                    .and_then(|s| s.subscriptions.get(sub_id))
+                    .is_some_and(|s| {
+                        s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
+                    });
+                if has_room {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            let Some(i) = chosen else { return };
+            queue.next_consumer = (i + 1) % n;
+            let (sid, sub_id) = queue.consumers[i].clone();
+            let item = queue.ready.pop_front().expect("checked non-empty");
+            let session = self.sessions.get_mut(&sid).expect("consumer has a session");
+            let sub = session
+                .subscriptions
+                .get_mut(&sub_id)
+                .expect("consumer has a subscription");
+            let mut frame = Frame::new(Command::Message)
+                .with_header("subscription", sub_id.clone())
+                .with_header("message-id", item.msg.id.clone())
+                .with_header("destination", item.msg.destination.clone());
+            let tag = if sub.ack != AckMode::Auto {
+                let tag = session.next_tag;
+                session.next_tag += 1;
+                frame = frame.with_header("ack", tag.to_string());
+                Some(tag)
+            } else {
+                None
+            };
+            if item.redelivered {
+                frame = frame.with_header("redelivered", "true");
+            }
+            frame.headers.extend(item.msg.headers.iter().cloned());
+            frame.body = item.msg.body.clone();
+            if session.outbox.try_send(Out::Frame(frame)).is_err() {
+                // The consumer cannot keep up (or is gone): it loses its connection, and
+                // the message stays first in line for someone else.
+                session.kill.notify_one();
+                let queue = self.queues.get_mut(queue_name).expect("queue exists");
+                queue.ready.push_front(item);
+                queue.consumers.retain(|(s, _)| *s != sid);
+                continue;
+            }
+            if let Some(tag) = tag {
+                sub.in_flight += 1;
+                session.unacked.insert(
+                    tag,
+                    Unacked {
+                        subscription: sub_id,
+                        queue: queue_name.to_owned(),
+                        item,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Queues a frame for a session's writer; a session that cannot take it is closed.
+    pub fn to_session(&mut self, id: SessionId, out: Out) {
+        if let Some(session) = self.sessions.get(&id) {
+            if session.outbox.try_send(out).is_err() {
+                session.kill.notify_one();
+            }
+        }
+    }
+
+    /// Deletes a queue and every message in it; returns whether it existed.
+    pub fn delete_queue(&mut self, destination: &str) -> bool {
+        let Some(queue) = self.queues.remove(destination) else {
+            return false;
+        };
+        for (sid, sub_id) in queue.consumers {
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.subscriptions.remove(&sub_id);
+                session.unacked.retain(|_, u| u.queue != destination);
+            }
+        }
+        true
+    }
+
+    /// Whether a queue exists.
+    pub fn has_queue(&self, destination: &str) -> bool {
+        self.queues.contains_key(destination)
+    }
+
+    /// Number of messages ready in a queue (not counting those delivered and unacked).
+    pub fn queue_depth(&self, destination: &str) -> Option<usize> {
+        self.queues.get(destination).map(|q| q.ready.len())
+    }
+
+    /// Messages in named queues (`/queue/...`), ready or unacked, in queue order: what a
+    /// graceful shutdown must keep.
+    pub fn undelivered(&self) -> Vec<(String, Vec<(String, String)>, Bytes)> {
+        let mut items: Vec<(String, &Queued)> = Vec::new();
+        for (name, queue) in &self.queues {
+            if queue.topic.is_none() {
+                items.extend(queue.ready.iter().map(|q| (name.clone(), q)));
+            }
+        }
+        for session in self.sessions.values() {
+            for u in session.unacked.values() {
+                if !u.queue.starts_with('\0') {
+                    items.push((u.queue.clone(), &u.item));
+                }
+            }
+        }
+        items.sort_by_key(|(_, q)| q.seq);
+        items
+            .into_iter()
+            .map(|(name, q)| (name, q.msg.headers.clone(), q.msg.body.clone()))
+            .collect()
+    }
+
+    /// Every live session's kill switch.
+    pub fn kill_switches(&self) -> Vec<Arc<Notify>> {
+        self.sessions.values().map(|s| s.kill.clone()).collect()
+    }
+
+    /// How many sessions are connected.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}

@@ -1,0 +1,246 @@
+//! The embedded STOMP 1.2 broker: `/queue/NAME` (FIFO, competing consumers, acks,
+//! redelivery, prefetch) and `/topic/NAME` (fan-out), served over TCP and over WebSocket.
+//!
+//! ```no_run
+//! # async fn demo() -> game_server_less::Result<()> {
+//! use game_server_less::broker::{Broker, BrokerConfig};
+//!
+//! let broker = Broker::new(BrokerConfig::default());
+//! let tcp = tokio::net::TcpListener::bind("127.0.0.1:7613").await?;
+//! tokio::spawn(broker.clone().serve_tcp(tcp));
+//! let app = axum::Router::new().merge(broker.ws_router()); // WebSocket at /ws
+//! # let _ = app; Ok(()) }
+//! ```
+
+mod core;
+mod server;
+mod session;
+
+use self::core::Core;
+use crate::Result;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::stomp::Limits;
+
+/// Who a connection is, as its [`Authorizer`] decided at CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The login, or `anonymous`.
+    pub name: String,
+    /// The destinations this principal may use; `None` for any.
+    pub destinations: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// A principal that may use every destination.
+    pub fn anyone(name: impl Into<String>) -> Principal {
+        Principal {
+            name: name.into(),
+            destinations: None,
+        }
+    }
+}
+
+/// Decides who may connect, and where each connection may send and subscribe.
+///
+/// Each method returns `Err(reason)` to refuse; the reason reaches the client in an
+/// ERROR frame, so it should say what to do differently.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Checks CONNECT's `login` and `passcode` from `peer`.
+    fn connect(
+        &self,
+        login: Option<&str>,
+        passcode: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Principal, String>;
+
+    /// Checks a SEND.
+    fn can_send(&self, principal: &Principal, destination: &str) -> Result<(), String> {
+        allowed(principal, destination)
+    }
+
+    /// Checks a SUBSCRIBE.
+    fn can_subscribe(&self, principal: &Principal, destination: &str) -> Result<(), String> {
+        allowed(principal, destination)
+    }
+}
+
+fn allowed(principal: &Principal, destination: &str) -> Result<(), String> {
+    match &principal.destinations {
+        Some(list) if !list.iter().any(|d| d == destination) => Err(format!(
+            "{} may not use {destination}; it may use {}",
+            principal.name,
+            list.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An [`Authorizer`] that lets everyone in, everywhere: a plain, open broker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn connect(
+        &self,
+        login: Option<&str>,
+        _: Option<&str>,
+        _: Option<SocketAddr>,
+    ) -> Result<Principal, String> {
+        Ok(Principal::anyone(login.unwrap_or("anonymous")))
+    }
+}
+
+/// Broker settings; the defaults suit a game server.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Limits on incoming frames.
+    pub limits: Limits,
+    /// Heart-beats the broker offers `(send every ms, expect every ms)`.
+    pub heartbeat: (u64, u64),
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Frames queued for one connection before it counts as too slow and is closed.
+    pub outbox_capacity: usize,
+    /// Undelivered messages one queue may hold; a SEND beyond it is refused.
+    pub max_queue_len: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Longest destination name.
+    pub max_destination_len: usize,
+    /// Where a graceful shutdown writes undelivered queue messages, and start-up reads
+    /// them back; `None` keeps nothing across restarts.
+    pub spool: Option<PathBuf>,
+    /// The CONNECTED `server` header.
+    pub server_name: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        BrokerConfig {
+            limits: Limits::default(),
+            heartbeat: (10_000, 10_000),
+            connect_timeout: Duration::from_secs(10),
+            outbox_capacity: 16 * 1024,
+            max_queue_len: 100_000,
+            max_subscriptions: 256,
+            max_destination_len: 255,
+            spool: None,
+            server_name: format!("game-server-less/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The embedded broker. Cheap to clone; every clone is the same broker.
+#[derive(Clone)]
+pub struct Broker {
+    core: Arc<Mutex<Core>>,
+    shutdown: watch::Sender<bool>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker that lets anyone use any destination.
+    pub fn new(config: BrokerConfig) -> Broker {
+        Broker::with_authorizer(config, Arc::new(AllowAll))
+    }
+
+    /// A broker whose connections `authorizer` checks.
+    pub fn with_authorizer(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Broker {
+        let spool = config.spool.clone();
+        let broker = Broker {
+            core: Arc::new(Mutex::new(Core::new(config, authorizer))),
+            shutdown: watch::channel(false).0,
+            tasks: TaskTracker::new(),
+        };
+        if let Some(path) = spool {
+            match server::restore_spool(&broker, &path) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!("restored {n} undelivered messages from {}", path.display())
+                }
+                Err(e) => tracing::error!("cannot restore the spool {}: {e}", path.display()),
+            }
+        }
+        broker
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves state that is still consistent enough to
+        // serve: every operation finishes its bookkeeping before it can panic.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a message from inside the process, as a client's SEND would.
+    pub fn publish(
+        &self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: impl Into<Bytes>,
+    ) -> Result<()> {
+        self.lock()
+            .publish_local(destination, headers, body.into())
+            .map_err(|r| crate::Error::Server {
+                message: r.message,
+                detail: r.detail,
+            })
+    }
+
+    /// Deletes a queue and the messages in it; returns whether it existed.
+    pub fn delete_queue(&self, destination: &str) -> bool {
+        self.lock().delete_queue(destination)
+    }
+
+    /// Whether a queue exists (it is created by its first SEND or SUBSCRIBE).
+    pub fn has_queue(&self, destination: &str) -> bool {
+        self.lock().has_queue(destination)
+    }
+
+    /// Messages waiting in a queue for a consumer.
+    pub fn queue_depth(&self, destination: &str) -> Option<usize> {
+        self.lock().queue_depth(destination)
+    }
+
+    /// Connections currently open.
+    pub fn session_count(&self) -> usize {
+        self.lock().session_count()
+    }
+
+    /// Shuts down gracefully: refuses new messages, tells every client, flushes what each
+    /// connection still has to write, waits for connections to close (up to `grace`),
+    /// then writes undelivered queue messages to the spool, if one is configured.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.lock().stop_accepting();
+        let _ = self.shutdown.send(true);
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after {grace:?}; closing them");
+            for kill in self.lock().kill_switches() {
+                kill.notify_one();
+            }
+        }
+        let spool = self.lock().config().spool.clone();
+        if let Some(path) = spool {
+            let n = server::write_spool(self, &path)?;
+            if n > 0 {
+                tracing::info!("kept {n} undelivered messages in {}", path.display());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Serving the broker: TCP listener, the axum WebSocket route, and the shutdown spool.
+
+use super::{session, Broker};
+use crate::stomp::{parse, Command, Frame, Parsed, Transport, WsIn, WsOut};
+use crate::{Error, Result};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::Extensions;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::net::TcpListener;
+
+/// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
+const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+impl Broker {
+    /// Accepts STOMP connections on `listener` until the broker shuts down.
+    pub async fn serve_tcp(self, listener: TcpListener) -> Result<()> {
+        let mut shutdown = self.shutdown.subscribe();
+        let limits = self.lock().config().limits;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let broker = self.clone();
+                    self.tasks.spawn(async move {
+                        session::run(broker, Transport::tcp(stream, limits), Some(peer)).await
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// A router serving STOMP over WebSocket at `/ws`, to merge into an axum app.
+    ///
+    /// Serve the app with `into_make_service_with_connect_info::<SocketAddr>()` so the
+    /// broker knows each peer's address (its authorizer may need it).
+    pub fn ws_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Serves one WebSocket that is already upgraded.
+    pub async fn serve_websocket(self, socket: WebSocket, peer: Option<SocketAddr>) {
+        let limits = self.lock().config().limits;
+        let (sink, stream) = socket.split();
+        let stream = stream.map(|msg| match msg {
+            Ok(Message::Text(t)) => Ok(WsIn::Data(Bytes::copy_from_slice(t.as_bytes()))),
+            Ok(Message::Binary(b)) => Ok(WsIn::Data(b)),
+            Ok(Message::Close(_)) => Ok(WsIn::Close),
+            Ok(_) => Ok(WsIn::Ignore),
+            Err(e) => Err(Error::WebSocket(e.to_string())),
+        });
+        let sink =
+            sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
+                .with(|out: WsOut| async move {
+                    Ok::<_, Error>(match out {
+                        WsOut::Text(t) => Message::text(t),
+                        WsOut::Binary(b) => Message::binary(b),
+                    })
+                });
+        let transport = Transport::websocket(stream, sink, limits);
+        session::run(self, transport, peer).await;
+    }
+}
+
+async fn upgrade(
+    State(broker): State<Broker>,
+    extensions: Extensions,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let limits = broker.lock().config().limits;
+    let tasks = broker.tasks.clone();
+    ws.protocols(SUBPROTOCOLS)
+        .max_message_size(limits.max_frame_bytes + 1024)
+        .max_frame_size(limits.max_frame_bytes + 1024)
+        .on_upgrade(move |socket| {
+            let broker_task = broker.serve_websocket(socket, peer);
+            async move {
+                // Tracked so that a graceful shutdown waits for WebSocket sessions too.
+                let _ = tasks.spawn(broker_task).await;
+            }
+        })
+}
+
+/// Writes undelivered queue messages to `path` as SEND frames; returns how many.
+pub(super) fn write_spool(broker: &Broker, path: &Path) -> Result<usize> {
+    let messages = broker.lock().undelivered();
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let mut buf = BytesMut::new();
+    for (destination, headers, body) in &messages {
+        let mut frame = Frame::new(Command::Send).with_header("destination", destination.clone());
+        frame.headers.extend(headers.iter().cloned());
+        frame.body = body.clone();
+        frame.encode(&mut buf);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &buf)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(messages.len())
+}
+
+/// Re-publishes what [`write_spool`] kept, then removes the spool; returns how many.
+pub(super) fn restore_spool(broker: &Broker, path: &Path) -> Result<usize> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let limits = crate::stomp::Limits {
+        max_frame_bytes: usize::MAX,
+        ..broker.lock().config().limits
+    };
+    let mut rest = &bytes[..];
+    let mut n = 0;
+    while !rest.is_empty() {
+        match parse(rest, &limits)? {
+            Parsed::Frame(mut frame, len) => {
+                rest = &rest[len..];
+                let destination = frame.header("destination").unwrap_or_default().to_owned();
+                frame
+                    .headers
+                    .retain(|(n, _)| n != "destination" && n != "content-length");
+                broker.publish(&destination, frame.headers, frame.body)?;
+                n += 1;
+            }
+            Parsed::Heartbeat(len) => rest = &rest[len..],
+            Parsed::Incomplete => {
+                return Err(Error::Protocol(format!(
+                    "{} ends in the middle of a frame",
+                    path.display()
+                )))
+            }
+        }
+    }
+    std::fs::remove_file(path)?;
+    Ok(n)
+}

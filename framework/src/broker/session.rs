@@ -1,0 +1,216 @@
+//! One client connection: the CONNECT handshake, then frames in, frames out.
+
+use super::core::{Out, Refusal};
+use super::Broker;
+use crate::stomp::{parse_heartbeat, write_loop, Command, Frame, Item, Transport};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// Versions this broker speaks, best first.
+const VERSIONS: [&str; 3] = ["1.2", "1.1", "1.0"];
+
+/// Serves one connection until it closes.
+pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<SocketAddr>) {
+    let Transport {
+        mut incoming,
+        mut outgoing,
+    } = transport;
+    let (config, authorizer) = {
+        let core = broker.lock();
+        (core.config().clone(), core.authorizer())
+    };
+
+    let connect = tokio::time::timeout(config.connect_timeout, async {
+        loop {
+            match incoming.next().await {
+                Some(Ok(Item::Heartbeat)) => continue,
+                Some(Ok(Item::Frame(f))) => return Ok(f),
+                Some(Err(e)) => return Err(Refusal::from_error(&e)),
+                None => return Err(Refusal::closed()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Refusal::new(
+            "no CONNECT frame",
+            format!(
+                "Send CONNECT within {:?} of opening the connection.",
+                config.connect_timeout
+            ),
+        ))
+    });
+    let accepted = connect.and_then(|frame| {
+        if !matches!(frame.command, Command::Connect | Command::Stomp) {
+            return Err(Refusal::new(
+                format!("expected CONNECT, got {}", frame.command),
+                "The first frame on a connection must be CONNECT or STOMP.",
+            ));
+        }
+        let offered = frame.header("accept-version").unwrap_or("1.0");
+        let version = VERSIONS
+            .into_iter()
+            .find(|v| offered.split(',').any(|o| o.trim() == *v))
+            .ok_or_else(|| {
+                Refusal::new(
+                    format!("unsupported protocol versions {offered:?}"),
+                    format!("Supported protocol versions are {}", VERSIONS.join(",")),
+                )
+                .with_header("version", VERSIONS.join(","))
+            })?;
+        let principal = authorizer
+            .connect(frame.header("login"), frame.header("passcode"), peer)
+            .map_err(|why| Refusal::new("access refused", why))?;
+        Ok((frame, version, principal))
+    });
+    let (connect, version, principal) = match accepted {
+        Ok(ok) => ok,
+        Err(refusal) if refusal.is_close() => return,
+        Err(refusal) => {
+            tracing::debug!(?peer, "refused a connection: {}", refusal.message);
+            let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
+            let _ = outgoing.close().await;
+            return;
+        }
+    };
+
+    let (cx, cy) = parse_heartbeat(connect.header("heart-beat").unwrap_or("0,0"));
+    let (sx, sy) = config.heartbeat;
+    let send_every = (sx != 0 && cy != 0).then(|| Duration::from_millis(sx.max(cy)));
+    let expect_every = (cx != 0 && sy != 0).then(|| Duration::from_millis(cx.max(sy)));
+
+    let (tx, rx) = mpsc::channel(config.outbox_capacity);
+    let kill = Arc::new(Notify::new());
+    let id = broker.lock().add_session(principal, tx, kill.clone());
+    let connected = Frame::new(Command::Connected)
+        .with_header("version", version)
+        .with_header("server", config.server_name.clone())
+        .with_header("session", format!("session-{id}"))
+        .with_header("heart-beat", format!("{},{}", sx, sy));
+    if outgoing.send(Item::Frame(connected)).await.is_err() {
+        broker.lock().remove_session(id);
+        return;
+    }
+    let writer = tokio::spawn(write_loop(outgoing, rx, send_every));
+
+    let mut shutdown = broker.shutdown.subscribe();
+    let deadline = expect_every.map(|d| d * 2);
+    let mut slow = false;
+    let ending: Option<(Refusal, Option<String>)> = loop {
+        let next = tokio::select! {
+            biased;
+            _ = kill.notified() => {
+                slow = true;
+                break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
+            }
+            _ = shutdown.wait_for(|stop| *stop) => {
+                break Some((Refusal::new("server shutting down", "The server is shutting down; reconnect later."), None));
+            }
+            next = next_item(&mut incoming, deadline) => next,
+        };
+        let frame = match next {
+            Ok(Some(Item::Frame(frame))) => frame,
+            Ok(Some(Item::Heartbeat)) => continue,
+            Ok(None) => break None,
+            Err(refusal) if refusal.is_close() => break None,
+            Err(refusal) => break Some((refusal, None)),
+        };
+        let receipt = frame.header("receipt").map(str::to_owned);
+        let disconnect = frame.command == Command::Disconnect;
+        let mut core = broker.lock();
+        match core.handle(id, frame) {
+            Ok(()) => {
+                if let Some(receipt) = receipt {
+                    let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+                    core.to_session(id, Out::Frame(frame));
+                }
+                if disconnect {
+                    core.to_session(id, Out::Close);
+                    break None;
+                }
+            }
+            Err(refusal) => break Some((refusal, receipt)),
+        }
+    };
+
+    {
+        let mut core = broker.lock();
+        if let Some((refusal, receipt)) = ending {
+            tracing::debug!(
+                ?peer,
+                session = id,
+                "closing a connection: {}",
+                refusal.message
+            );
+            core.to_session(id, Out::Frame(refusal.into_frame(receipt.as_deref())));
+            core.to_session(id, Out::Close);
+        }
+        core.remove_session(id);
+    }
+    if slow {
+        writer.abort();
+    } else if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(session = id, "writer did not finish flushing in 10 s");
+    }
+}
+
+async fn next_item(
+    incoming: &mut crate::stomp::ItemStream,
+    deadline: Option<Duration>,
+) -> Result<Option<Item>, Refusal> {
+    let next = match deadline {
+        Some(d) => tokio::time::timeout(d, incoming.next())
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    "heart-beat timeout",
+                    format!("Nothing was received for {} ms.", d.as_millis()),
+                )
+            })?,
+        None => incoming.next().await,
+    };
+    match next {
+        None => Ok(None),
+        Some(Ok(item)) => Ok(Some(item)),
+        Some(Err(e)) => Err(Refusal::from_error(&e)),
+    }
+}
+
+impl Refusal {
+    fn from_error(error: &crate::Error) -> Refusal {
+        match error {
+            crate::Error::Frame(e) => Refusal::new(
+                format!("malformed frame: {e}"),
+                "The frame could not be parsed; see the STOMP 1.2 specification.",
+            ),
+            crate::Error::Io(_) | crate::Error::WebSocket(_) | crate::Error::Closed(_) => {
+                Refusal::closed()
+            }
+            other => Refusal::new(other.to_string(), ""),
+        }
+    }
+
+    /// The connection is gone: there is nobody to send an ERROR to.
+    fn closed() -> Refusal {
+        Refusal::new("", "")
+    }
+
+    fn is_close(&self) -> bool {
+        self.message.is_empty()
+    }
+
+    fn into_frame(self, receipt: Option<&str>) -> Frame {
+        let mut frame = Frame::error(self.message, self.detail);
+        if let Some(r) = receipt {
+            frame = frame.with_header("receipt-id", r);
+        }
+        frame.headers.extend(self.headers);
+        frame
+    }
+}

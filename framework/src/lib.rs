@@ -1,0 +1,36 @@
+//! # game-server-less
+//!
+//! Realtime multiplayer game servers made of nothing but message handlers.
+//!
+//! - [`stomp`]: STOMP 1.2: the pure frame codec, TCP and WebSocket transports, a client.
+//! - [`broker`]: the embedded STOMP broker (queues, topics, acks, redelivery, heart-beats).
+//! - [`server`]: the all-in-one process: command line, ports, graceful shutdown.
+//! - [`Error`], [`Result`]: the crate-wide error.
+//!
+//! A broker and a client, talking over a real socket:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> game_server_less::Result<()> {
+//! use game_server_less::broker::{Broker, BrokerConfig};
+//! use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
+//!
+//! let broker = Broker::new(BrokerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("tcp://{}", listener.local_addr()?);
+//! tokio::spawn(broker.clone().serve_tcp(listener));
+//!
+//! let client = Client::connect(&url, ConnectOptions::default()).await?;
+//! let mut inbox = client.subscribe("/queue/hello", SubscribeOptions::default()).await?;
+//! client.send("/queue/hello", "hello, world").await?;
+//! assert_eq!(inbox.recv().await.unwrap().body(), b"hello, world");
+//! client.disconnect().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod broker;
+mod error;
+pub mod server;
+pub mod stomp;
+
+pub use error::{Error, Result};

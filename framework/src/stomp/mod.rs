@@ -1,0 +1,11 @@
+//! STOMP 1.2: the pure frame codec, transports over TCP and WebSocket, and a client.
+
+mod client;
+mod frame;
+mod transport;
+
+pub(crate) use client::parse_heartbeat;
+pub use client::{AckMode, Client, ConnectOptions, Message, SubscribeOptions, Subscription};
+pub use frame::{parse, Command, Frame, FrameError, Limits, Parsed};
+pub(crate) use transport::{write_loop, Outbound, WsIn, WsOut};
+pub use transport::{Item, ItemSink, ItemStream, StompCodec, Transport};

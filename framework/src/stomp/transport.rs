@@ -1,0 +1,308 @@
+//! The only STOMP code that touches sockets: frames over TCP (a tokio-util codec) and over
+//! WebSocket (frames carried in WS messages, text or binary), behind one [`Transport`].
+
+use super::frame::{parse, Frame, Limits, Parsed};
+use crate::{Error, Result};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::pin::Pin;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+/// What travels on a STOMP connection: a frame, or a heart-beat EOL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A whole frame.
+    Frame(Frame),
+    /// A heart-beat (one or more EOLs between frames).
+    Heartbeat,
+}
+
+/// The STOMP codec for byte streams (TCP): [`parse`] and [`Frame::encode`] behind
+/// tokio-util's `Decoder`/`Encoder`.
+#[derive(Debug, Clone, Default)]
+pub struct StompCodec {
+    limits: Limits,
+}
+
+impl StompCodec {
+    /// A codec that enforces `limits` on incoming frames.
+    pub fn new(limits: Limits) -> StompCodec {
+        StompCodec { limits }
+    }
+}
+
+impl Decoder for StompCodec {
+    type Item = Item;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>> {
+        match parse(src, &self.limits)? {
+            Parsed::Frame(frame, len) => {
+                src.advance(len);
+                Ok(Some(Item::Frame(frame)))
+            }
+            Parsed::Heartbeat(len) => {
+                src.advance(len);
+                Ok(Some(Item::Heartbeat))
+            }
+            Parsed::Incomplete => Ok(None),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Item>> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() => Ok(None),
+            None => Err(Error::Closed(format!(
+                "peer closed in the middle of a frame ({} bytes buffered)",
+                src.len()
+            ))),
+        }
+    }
+}
+
+impl Encoder<Item> for StompCodec {
+    type Error = Error;
+
+    fn encode(&mut self, item: Item, dst: &mut BytesMut) -> Result<()> {
+        match item {
+            Item::Frame(frame) => frame.encode(dst),
+            Item::Heartbeat => dst.extend_from_slice(b"\n"),
+        }
+        Ok(())
+    }
+}
+
+/// Incoming items, whatever the socket.
+pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Item>> + Send>>;
+/// Outgoing items, whatever the socket.
+pub type ItemSink = Pin<Box<dyn Sink<Item, Error = Error> + Send>>;
+
+/// A STOMP connection's two halves, over TCP or WebSocket.
+pub struct Transport {
+    /// Frames and heart-beats from the peer; `None` when it closed cleanly.
+    pub incoming: ItemStream,
+    /// Frames and heart-beats to the peer.
+    pub outgoing: ItemSink,
+}
+
+/// A WebSocket message reduced to what STOMP cares about.
+#[derive(Debug)]
+pub(crate) enum WsIn {
+    /// Text or binary payload.
+    Data(Bytes),
+    /// The peer's close frame.
+    Close,
+    /// Ping, pong: nothing for STOMP.
+    Ignore,
+}
+
+/// A WebSocket message to send.
+#[derive(Debug)]
+pub(crate) enum WsOut {
+    /// Frames whose bytes are UTF-8 go as text, which browsers' STOMP clients prefer.
+    Text(String),
+    /// Frames with binary bodies.
+    Binary(Bytes),
+}
+
+impl Transport {
+    /// STOMP over a TCP stream.
+    pub fn tcp(stream: TcpStream, limits: Limits) -> Transport {
+        let _ = stream.set_nodelay(true);
+        let (sink, stream) = Framed::new(stream, StompCodec::new(limits)).split();
+        Transport {
+            incoming: Box::pin(stream),
+            outgoing: Box::pin(sink),
+        }
+    }
+
+    /// STOMP over any WebSocket, given as a stream of incoming and a sink of outgoing
+    /// messages. Frames may be split across messages or share one; heart-beats are EOLs.
+    pub(crate) fn websocket<St, Si>(stream: St, sink: Si, limits: Limits) -> Transport
+    where
+        St: Stream<Item = Result<WsIn>> + Send + Unpin + 'static,
+        Si: Sink<WsOut, Error = Error> + Send + 'static,
+    {
+        let codec = StompCodec::new(limits);
+        let state = (stream, BytesMut::new(), codec, false);
+        let incoming =
+            futures_util::stream::unfold(state, |(mut ws, mut buf, mut codec, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(item)) => return Some((Ok(item), (ws, buf, codec, false))),
+                        Ok(None) => {}
+                        Err(e) => return Some((Err(e), (ws, buf, codec, true))),
+                    }
+                    match ws.next().await {
+                        Some(Ok(WsIn::Data(data))) => buf.extend_from_slice(&data),
+                        Some(Ok(WsIn::Ignore)) => {}
+                        Some(Ok(WsIn::Close)) | None => {
+                            return match codec.decode_eof(&mut buf) {
+                                Ok(Some(item)) => Some((Ok(item), (ws, buf, codec, true))),
+                                Ok(None) => None,
+                                Err(e) => Some((Err(e), (ws, buf, codec, true))),
+                            };
+                        }
+                        Some(Err(e)) => return Some((Err(e), (ws, buf, codec, true))),
+                    }
+                }
+            });
+        let outgoing = sink.with(|item: Item| async move {
+            Ok::<_, Error>(match item {
+                Item::Heartbeat => WsOut::Text("\n".into()),
+                Item::Frame(frame) => {
+                    let bytes = frame.to_bytes();
+                    match std::str::from_utf8(&bytes) {
+                        Ok(text) => WsOut::Text(text.to_owned()),
+                        Err(_) => WsOut::Binary(bytes),
+                    }
+                }
+            })
+        });
+        Transport {
+            incoming: Box::pin(incoming),
+            outgoing: Box::pin(outgoing),
+        }
+    }
+
+    /// Opens a client connection to `tcp://host:port` or `ws://host:port/path`.
+    ///
+    /// WebSocket connections offer the `v12.stomp`, `v11.stomp` and `v10.stomp` subprotocols.
+    pub async fn connect(url: &str, limits: Limits) -> Result<Transport> {
+        let bad = |why: &str| Error::Url {
+            url: url.to_owned(),
+            why: why.to_owned(),
+        };
+        if let Some(addr) = url.strip_prefix("tcp://") {
+            let addr = addr.trim_end_matches('/');
+            if addr.is_empty() {
+                return Err(bad("expected tcp://HOST:PORT"));
+            }
+            let stream = TcpStream::connect(addr).await.map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot connect to {url}: {e}"),
+                ))
+            })?;
+            return Ok(Transport::tcp(stream, limits));
+        }
+        if url.starts_with("wss://") {
+            return Err(bad("wss:// is not supported yet; use ws:// or tcp://"));
+        }
+        if !url.starts_with("ws://") {
+            return Err(bad("expected a tcp:// or ws:// URL"));
+        }
+        let mut request = url.into_client_request().map_err(|e| bad(&e.to_string()))?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("v12.stomp, v11.stomp, v10.stomp"),
+        );
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(limits.max_frame_bytes + 1024))
+            .max_frame_size(Some(limits.max_frame_bytes + 1024));
+        let (ws, _response) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                .await
+                .map_err(|e| Error::WebSocket(format!("cannot connect to {url}: {e}")))?;
+        let (sink, stream) = ws.split();
+        let stream = stream.map(|msg| match msg {
+            Ok(tungstenite::Message::Text(t)) => Ok(WsIn::Data(Bytes::from(t))),
+            Ok(tungstenite::Message::Binary(b)) => Ok(WsIn::Data(b)),
+            Ok(tungstenite::Message::Close(_)) => Ok(WsIn::Close),
+            Ok(_) => Ok(WsIn::Ignore),
+            Err(e) => Err(Error::WebSocket(e.to_string())),
+        });
+        let sink =
+            sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
+                .with(|out: WsOut| async move {
+                    Ok::<_, Error>(match out {
+                        WsOut::Text(t) => tungstenite::Message::text(t),
+                        WsOut::Binary(b) => tungstenite::Message::binary(b),
+                    })
+                });
+        Ok(Transport::websocket(stream, sink, limits))
+    }
+}
+
+/// What a connection's writer task receives.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame to write.
+    Frame(Frame),
+    /// Write everything queued before this, then close the connection.
+    Close,
+}
+
+/// Writes queued frames to `sink`, batching whatever is queued into one flush, and a
+/// heart-beat whenever nothing was written for `heartbeat`.
+pub(crate) async fn write_loop(
+    mut sink: ItemSink,
+    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
+    heartbeat: Option<std::time::Duration>,
+) {
+    loop {
+        let next = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if sink.send(Item::Heartbeat).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(Outbound::Frame(frame)) = next else {
+            break;
+        };
+        if sink.feed(Item::Frame(frame)).await.is_err() {
+            return;
+        }
+        let mut closing = false;
+        loop {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(frame)) => {
+                    if sink.feed(Item::Frame(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Outbound::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::Command;
+    use super::*;
+
+    #[test]
+    fn codec_splits_frames_and_heartbeats() {
+        let mut codec = StompCodec::default();
+        let mut buf = BytesMut::from(&b"\nSEND\n\nab\0\r\nSE"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Item::Heartbeat));
+        let Some(Item::Frame(f)) = codec.decode(&mut buf).unwrap() else {
+            panic!("expected a frame")
+        };
+        assert_eq!(f.command, Command::Send);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Item::Heartbeat));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(codec.decode_eof(&mut buf).is_err());
+    }
+}
