@@ -8,7 +8,7 @@
 //! let broker = Broker::new(BrokerConfig::default());
 //! let tcp = tokio::net::TcpListener::bind("127.0.0.1:7613").await?;
 //! tokio::spawn(broker.clone().serve_tcp(tcp));
-//! let app = axum::Router::new().merge(broker.ws_router()); // WebSocket at /ws
+//! let app: axum::Router = axum::Router::new().merge(broker.ws_router()); // WebSocket at /ws
 //! # let _ = app; Ok(()) }
 //! ```
 

@@ -1,0 +1,585 @@
+//! The embedded broker over real sockets, driven by our client and by raw bytes.
+
+use futures_util::StreamExt;
+use game_server_less::broker::{Broker, BrokerConfig};
+use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
+use game_server_less::Error;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Running {
+    broker: Broker,
+    tcp: String,
+    ws: String,
+    tcp_addr: SocketAddr,
+}
+
+impl Running {
+    fn urls(&self) -> [&str; 2] {
+        [&self.tcp, &self.ws]
+    }
+}
+
+async fn start(config: BrokerConfig) -> Running {
+    let broker = Broker::new(config);
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    tokio::spawn(broker.clone().serve_tcp(tcp));
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let app: axum::Router = broker.ws_router();
+    tokio::spawn(async move {
+        axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    Running {
+        broker,
+        tcp: format!("tcp://{tcp_addr}"),
+        ws: format!("ws://{http_addr}/ws"),
+        tcp_addr,
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    Client::connect(url, ConnectOptions::default())
+        .await
+        .unwrap()
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8(m.body().to_vec()).unwrap()
+}
+
+async fn recv(sub: &mut game_server_less::stomp::Subscription) -> Message {
+    sub.recv_timeout(WAIT).await.unwrap()
+}
+
+/// Asserts that nothing arrives for a short while.
+async fn nothing_more(sub: &mut game_server_less::stomp::Subscription) {
+    let got = sub.recv_timeout(Duration::from_millis(200)).await;
+    assert!(
+        got.is_err(),
+        "unexpected message {:?}",
+        got.map(|m| body(&m))
+    );
+}
+
+#[tokio::test]
+async fn queue_is_fifo_over_tcp_and_websocket() {
+    let server = start(BrokerConfig::default()).await;
+    for url in server.urls() {
+        let client = connect(url).await;
+        let queue = format!("/queue/fifo-{}", &url[..2]);
+        let mut sub = client
+            .subscribe(&queue, SubscribeOptions::default())
+            .await
+            .unwrap();
+        for i in 0..200 {
+            client.send_nowait(&queue, format!("{i}")).unwrap();
+        }
+        for i in 0..200 {
+            assert_eq!(body(&recv(&mut sub).await), i.to_string(), "over {url}");
+        }
+        client.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn binary_bodies_with_nul_and_escaped_headers_survive() {
+    let server = start(BrokerConfig::default()).await;
+    for url in server.urls() {
+        let client = connect(url).await;
+        let mut sub = client
+            .subscribe("/queue/bin", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..=255u8).chain([0, 0, b'\n']).collect();
+        let frame = game_server_less::stomp::Frame::new(game_server_less::stomp::Command::Send)
+            .with_header("destination", "/queue/bin")
+            .with_header("x-odd", "a:b\\c\nd")
+            .with_body(payload.clone());
+        client.request(frame).await.unwrap();
+        let m = recv(&mut sub).await;
+        assert_eq!(m.body(), &payload[..]);
+        assert_eq!(m.header("x-odd"), Some("a:b\\c\nd"));
+    }
+}
+
+#[tokio::test]
+async fn competing_consumers_share_a_queue_without_duplicates() {
+    let server = start(BrokerConfig::default()).await;
+    let a = connect(&server.tcp).await;
+    let b = connect(&server.ws).await;
+    let mut sa = a
+        .subscribe("/queue/work", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut sb = b
+        .subscribe("/queue/work", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let producer = connect(&server.tcp).await;
+    for i in 0..100 {
+        producer.send("/queue/work", format!("{i}")).await.unwrap();
+    }
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    while got_a.len() + got_b.len() < 100 {
+        tokio::select! {
+            m = sa.recv() => got_a.push(body(&m.unwrap()).parse::<u32>().unwrap()),
+            m = sb.recv() => got_b.push(body(&m.unwrap()).parse::<u32>().unwrap()),
+            _ = tokio::time::sleep(WAIT) => panic!("messages missing: {} + {}", got_a.len(), got_b.len()),
+        }
+    }
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both consumers get work"
+    );
+    assert!(
+        got_a.windows(2).all(|w| w[0] < w[1]),
+        "each consumer sees queue order"
+    );
+    assert!(got_b.windows(2).all(|w| w[0] < w[1]));
+    let all: HashSet<u32> = got_a.iter().chain(&got_b).copied().collect();
+    assert_eq!(all.len(), 100, "no message lost or duplicated");
+    nothing_more(&mut sa).await;
+    nothing_more(&mut sb).await;
+}
+
+#[tokio::test]
+async fn unacked_messages_are_redelivered_in_order_when_a_consumer_leaves() {
+    let server = start(BrokerConfig::default()).await;
+    let producer = connect(&server.tcp).await;
+    for i in 1..=5 {
+        producer
+            .send("/queue/redeliver", format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let first = connect(&server.ws).await;
+    let mut sub = first
+        .subscribe(
+            "/queue/redeliver",
+            SubscribeOptions::ack(AckMode::ClientIndividual),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(recv(&mut sub).await);
+    }
+    first.ack_confirmed(&got[1]).await.unwrap(); // "2" is done; 1, 3, 4, 5 are not
+    first.disconnect().await.unwrap();
+    producer.send("/queue/redeliver", "6").await.unwrap();
+
+    let second = connect(&server.tcp).await;
+    let mut sub = second
+        .subscribe("/queue/redeliver", SubscribeOptions::default())
+        .await
+        .unwrap();
+    for expected in ["1", "3", "4", "5"] {
+        let m = recv(&mut sub).await;
+        assert_eq!(body(&m), expected);
+        assert!(m.redelivered(), "{expected} is marked redelivered");
+    }
+    let m = recv(&mut sub).await;
+    assert_eq!(body(&m), "6");
+    assert!(!m.redelivered());
+    nothing_more(&mut sub).await;
+}
+
+#[tokio::test]
+async fn nack_redelivers_and_client_ack_is_cumulative() {
+    let server = start(BrokerConfig::default()).await;
+    let c = connect(&server.tcp).await;
+    let mut sub = c
+        .subscribe("/queue/nack", SubscribeOptions::ack(AckMode::Client))
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        c.send("/queue/nack", format!("{i}")).await.unwrap();
+    }
+    let ms: Vec<Message> = vec![
+        recv(&mut sub).await,
+        recv(&mut sub).await,
+        recv(&mut sub).await,
+    ];
+    // Cumulative: acking "2" acks "1" and "2".
+    c.ack_confirmed(&ms[1]).await.unwrap();
+    c.nack(&ms[2]).unwrap();
+    let again = recv(&mut sub).await;
+    assert_eq!(body(&again), "3");
+    assert!(again.redelivered());
+    c.ack_confirmed(&again).await.unwrap();
+    c.disconnect().await.unwrap();
+    // Nothing left: 1 and 2 were acked cumulatively, 3 individually.
+    let d = connect(&server.tcp).await;
+    let mut sub = d
+        .subscribe("/queue/nack", SubscribeOptions::default())
+        .await
+        .unwrap();
+    nothing_more(&mut sub).await;
+    assert_eq!(server.broker.queue_depth("/queue/nack"), Some(0));
+}
+
+#[tokio::test]
+async fn prefetch_count_limits_unacked_messages_in_flight() {
+    let server = start(BrokerConfig::default()).await;
+    let c = connect(&server.ws).await;
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: Some(2),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = c.subscribe("/queue/prefetch", options).await.unwrap();
+    for i in 1..=4 {
+        c.send("/queue/prefetch", format!("{i}")).await.unwrap();
+    }
+    let one = recv(&mut sub).await;
+    let _two = recv(&mut sub).await;
+    nothing_more(&mut sub).await;
+    assert_eq!(server.broker.queue_depth("/queue/prefetch"), Some(2));
+    c.ack(&one).unwrap();
+    assert_eq!(body(&recv(&mut sub).await), "3");
+    nothing_more(&mut sub).await;
+}
+
+#[tokio::test]
+async fn topics_fan_out_to_every_subscriber_in_publish_order() {
+    let server = start(BrokerConfig::default()).await;
+    let a = connect(&server.tcp).await;
+    let b = connect(&server.ws).await;
+    let mut sa = a
+        .subscribe("/topic/room", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut sb = b
+        .subscribe("/topic/room", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let p = connect(&server.tcp).await;
+    for i in 0..50 {
+        p.send_nowait("/topic/room", format!("{i}")).unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(body(&recv(&mut sa).await), i.to_string());
+        assert_eq!(body(&recv(&mut sb).await), i.to_string());
+    }
+    // A topic keeps nothing for subscribers that come later.
+    let late = connect(&server.ws).await;
+    let mut sl = late
+        .subscribe("/topic/room", SubscribeOptions::default())
+        .await
+        .unwrap();
+    nothing_more(&mut sl).await;
+    drop(sa);
+    p.send("/topic/room", "after").await.unwrap();
+    assert_eq!(body(&recv(&mut sb).await), "after");
+    assert_eq!(body(&recv(&mut sl).await), "after");
+}
+
+#[tokio::test]
+async fn bad_destinations_get_an_error_that_says_why() {
+    let server = start(BrokerConfig::default()).await;
+    for url in server.urls() {
+        let c = connect(url).await;
+        let err = c.send("/bogus/x", "hi").await.unwrap_err();
+        match err {
+            Error::Server { message, detail } => {
+                assert!(
+                    message.contains("invalid destination \"/bogus/x\""),
+                    "{message}"
+                );
+                assert!(detail.contains("/queue/NAME"), "{detail}");
+            }
+            other => panic!("expected an ERROR frame, got {other:?}"),
+        }
+        assert!(c.closed().is_some(), "ERROR closes the connection");
+    }
+    // The broker still serves everyone else.
+    let c = connect(&server.tcp).await;
+    c.send("/queue/fine", "ok").await.unwrap();
+}
+
+/// Writes raw bytes and returns everything the broker sends back until it closes.
+async fn raw_exchange(addr: SocketAddr, input: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("the broker closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_then_close() {
+    let server = start(BrokerConfig::default()).await;
+    let connect = "CONNECT\naccept-version:1.2\nhost:/\n\n\0";
+    let cases: [(String, &str); 7] = [
+        (
+            "SEND\ndestination:/queue/a\n\n\0".into(),
+            "expected CONNECT, got SEND",
+        ),
+        ("GARBAGE\n\n\0".into(), "unknown command \"GARBAGE\""),
+        (
+            "CONNECT\naccept-version:9.9\n\n\0".into(),
+            "unsupported protocol versions",
+        ),
+        (
+            format!("{connect}SEND\n\nno destination\0"),
+            "SEND frame without a destination header",
+        ),
+        (
+            format!("{connect}SEND\ndestination:/queue/a\nbad\\qescape:1\n\n\0"),
+            "invalid escape sequence",
+        ),
+        (
+            format!("{connect}SUBSCRIBE\nid:1\ndestination:/queue/a\nack:sometimes\n\n\0"),
+            "invalid ack mode",
+        ),
+        (
+            format!("{connect}SEND\ndestination:/queue/a\ncontent-length:2\n\nabc\0"),
+            "longer than its content-length",
+        ),
+    ];
+    for (input, expected) in cases {
+        let out = raw_exchange(server.tcp_addr, input.as_bytes()).await;
+        let error = out
+            .find("ERROR\n")
+            .unwrap_or_else(|| panic!("no ERROR for {input:?}: {out:?}"));
+        assert!(out[error..].contains(expected), "for {input:?}: {out:?}");
+    }
+    // A receipt request on the bad frame is answered in the ERROR frame.
+    let out = raw_exchange(
+        server.tcp_addr,
+        format!("{connect}SEND\ndestination:/nowhere\nreceipt:77\n\n\0").as_bytes(),
+    )
+    .await;
+    assert!(out.contains("receipt-id:77"), "{out:?}");
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_they_are_buffered() {
+    let mut config = BrokerConfig::default();
+    config.limits.max_frame_bytes = 64 * 1024;
+    let server = start(config).await;
+    let mut stream = TcpStream::connect(server.tcp_addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT\naccept-version:1.2\n\n\0SEND\ndestination:/queue/big\n\n")
+        .await
+        .unwrap();
+    // Keep writing a body with no end: the broker must stop us, not buffer forever.
+    let chunk = vec![b'x'; 16 * 1024];
+    let mut refused = false;
+    for _ in 0..64 {
+        if stream.write_all(&chunk).await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("frame exceeds the 65536-byte limit"),
+        "refused={refused} {out:?}"
+    );
+    assert_eq!(server.broker.queue_depth("/queue/big"), None);
+}
+
+#[tokio::test]
+async fn receipts_answer_every_frame_that_asks() {
+    let server = start(BrokerConfig::default()).await;
+    let out = raw_exchange(
+        server.tcp_addr,
+        b"STOMP\naccept-version:1.1,1.2\nhost:/\n\n\0\
+          SUBSCRIBE\nid:0\ndestination:/queue/r\nreceipt:a\n\n\0\
+          SEND\ndestination:/queue/r\nreceipt:b\n\nhi\0\
+          DISCONNECT\nreceipt:c\n\n\0",
+    )
+    .await;
+    assert!(out.starts_with("CONNECTED\nversion:1.2\n"), "{out:?}");
+    let a = out.find("receipt-id:a").expect("receipt a");
+    let msg = out.find("MESSAGE\n").expect("message");
+    let b = out.find("receipt-id:b").expect("receipt b");
+    let c = out.find("receipt-id:c").expect("receipt c");
+    assert!(a < msg && msg < c && b < c, "{out:?}");
+}
+
+#[tokio::test]
+async fn transactions_deliver_at_commit_and_discard_at_abort() {
+    let server = start(BrokerConfig::default()).await;
+    let out = raw_exchange(
+        server.tcp_addr,
+        b"CONNECT\naccept-version:1.2\n\n\0\
+          SUBSCRIBE\nid:0\ndestination:/queue/tx\n\n\0\
+          BEGIN\ntransaction:t1\n\n\0\
+          SEND\ndestination:/queue/tx\ntransaction:t1\n\nkept\0\
+          BEGIN\ntransaction:t2\n\n\0\
+          SEND\ndestination:/queue/tx\ntransaction:t2\n\ndropped\0\
+          ABORT\ntransaction:t2\n\n\0\
+          SEND\ndestination:/queue/tx\nreceipt:before-commit\n\nplain\0\
+          COMMIT\ntransaction:t1\nreceipt:done\n\n\0\
+          DISCONNECT\nreceipt:bye\n\n\0",
+    )
+    .await;
+    assert!(!out.contains("dropped"), "{out:?}");
+    let plain = out.find("\n\nplain").expect("plain delivered");
+    let before = out.find("receipt-id:before-commit").expect("receipt");
+    let kept = out.find("\n\nkept").expect("kept delivered at commit");
+    assert!(
+        plain < kept && before < kept,
+        "the transaction's SEND waits for COMMIT: {out:?}"
+    );
+}
+
+#[tokio::test]
+async fn broker_closes_a_connection_whose_heartbeats_stop() {
+    let server = start(BrokerConfig {
+        heartbeat: (100, 100),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.tcp_addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT\naccept-version:1.2\nheart-beat:100,100\n\n\0")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("closed for silence")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("heart-beat:100,100"), "{out:?}");
+    assert!(out.contains("heart-beat timeout"), "{out:?}");
+    // The broker heart-beat us while it waited: EOLs after CONNECTED's NUL.
+    assert!(out.contains("\0\n"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_client_with_heartbeats_stays_connected_while_idle() {
+    let server = start(BrokerConfig {
+        heartbeat: (100, 100),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let options = ConnectOptions {
+        heartbeat: (100, 100),
+        ..ConnectOptions::default()
+    };
+    for url in server.urls() {
+        let c = Client::connect(url, options.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(c.closed(), None, "over {url}");
+        c.send("/queue/hb", "still here").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn client_detects_a_server_that_stops_heartbeating() {
+    // A fake server: says CONNECTED with 100 ms heart-beats, then never speaks again.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"CONNECTED\nversion:1.2\nheart-beat:100,100\n\n\0")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let options = ConnectOptions {
+        heartbeat: (100, 100),
+        ..ConnectOptions::default()
+    };
+    let c = Client::connect(&format!("tcp://{addr}"), options)
+        .await
+        .unwrap();
+    let subscribing = c.subscribe("/queue/x", SubscribeOptions::default());
+    let result = tokio::time::timeout(WAIT, subscribing)
+        .await
+        .expect("gave up in time");
+    assert!(
+        matches!(result, Err(Error::Closed(_))),
+        "{:?}",
+        result.map(|s| s.id().to_owned())
+    );
+    let why = c.closed().expect("closed");
+    assert!(why.contains("no heart-beat"), "{why}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_keeps_undelivered_messages_for_the_next_start() {
+    let dir = std::env::temp_dir().join(format!("gsl-spool-{}", std::process::id()));
+    let config = BrokerConfig {
+        spool: Some(dir.join("spool.stomp")),
+        ..BrokerConfig::default()
+    };
+    let server = start(config.clone()).await;
+    let listener = connect(&server.ws).await;
+    let mut gone = listener
+        .subscribe("/queue/keep", SubscribeOptions::ack(AckMode::Client))
+        .await
+        .unwrap();
+    let c = connect(&server.tcp).await;
+    for i in 1..=3 {
+        c.send("/queue/keep", format!("{i}")).await.unwrap();
+    }
+    let first = recv(&mut gone).await; // delivered, never acked: must survive too
+    assert_eq!(body(&first), "1");
+    server
+        .broker
+        .shutdown(Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        c.send("/queue/keep", "late").await.is_err(),
+        "no SEND accepted after shutdown"
+    );
+    assert!(listener.closed().is_some());
+
+    let restarted = start(config).await;
+    let c = connect(&restarted.tcp).await;
+    let mut sub = c
+        .subscribe("/queue/keep", SubscribeOptions::default())
+        .await
+        .unwrap();
+    for expected in ["1", "2", "3"] {
+        assert_eq!(body(&recv(&mut sub).await), expected);
+    }
+    nothing_more(&mut sub).await;
+    assert!(
+        !dir.join("spool.stomp").exists(),
+        "the spool is consumed once"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn subscription_streams_work_with_stream_combinators() {
+    let server = start(BrokerConfig::default()).await;
+    let c = connect(&server.tcp).await;
+    let sub = c
+        .subscribe("/queue/stream", SubscribeOptions::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.send("/queue/stream", format!("{i}")).await.unwrap();
+    }
+    let bodies: Vec<String> = sub.take(3).map(|m| body(&m)).collect().await;
+    assert_eq!(bodies, ["0", "1", "2"]);
+}
