@@ -76,6 +76,9 @@ pub(crate) struct Core {
     accepting: bool,
 }
 
+/// A message kept across a restart: destination, the sender's headers, body.
+pub(crate) type Undelivered = (String, Vec<(String, String)>, Bytes);
+
 /// A frame the session must answer with ERROR, then close.
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -646,7 +649,7 @@ impl Core {
     }
 
     /// Queues a frame for a session's writer; a session that cannot take it is closed.
-    pub fn to_session(&mut self, id: SessionId, out: Out) {
+    pub fn send_to(&mut self, id: SessionId, out: Out) {
         if let Some(session) = self.sessions.get(&id) {
             if session.outbox.try_send(out).is_err() {
                 session.kill.notify_one();
@@ -680,7 +683,7 @@ impl Core {
 
     /// Messages in named queues (`/queue/...`), ready or unacked, in queue order: what a
     /// graceful shutdown must keep.
-    pub fn undelivered(&self) -> Vec<(String, Vec<(String, String)>, Bytes)> {
+    pub fn undelivered(&self) -> Vec<Undelivered> {
         let mut items: Vec<(String, &Queued)> = Vec::new();
         for (name, queue) in &self.queues {
             if queue.topic.is_none() {

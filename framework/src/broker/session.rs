@@ -125,10 +125,10 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
             Ok(()) => {
                 if let Some(receipt) = receipt {
                     let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-                    core.to_session(id, Out::Frame(frame));
+                    core.send_to(id, Out::Frame(frame));
                 }
                 if disconnect {
-                    core.to_session(id, Out::Close);
+                    core.send_to(id, Out::Close);
                     break None;
                 }
             }
@@ -145,8 +145,8 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
                 "closing a connection: {}",
                 refusal.message
             );
-            core.to_session(id, Out::Frame(refusal.into_frame(receipt.as_deref())));
-            core.to_session(id, Out::Close);
+            core.send_to(id, Out::Frame(refusal.into_frame(receipt.as_deref())));
+            core.send_to(id, Out::Close);
         }
         core.remove_session(id);
     }

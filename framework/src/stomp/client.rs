@@ -386,9 +386,14 @@ impl Client {
     /// Says DISCONNECT, waits for its receipt (so every frame sent before has been
     /// processed), then closes the connection.
     pub async fn disconnect(&self) -> Result<()> {
-        let result = self.request(Frame::new(Command::Disconnect)).await;
+        let result = match self.request(Frame::new(Command::Disconnect)).await {
+            // Some brokers (RabbitMQ's web-stomp) close without the receipt: closing is
+            // what DISCONNECT asked for.
+            Err(Error::Closed(_)) => Ok(()),
+            other => other,
+        };
         let _ = self.inner.writer.try_send(Outbound::Close);
-        close(&self.inner, "disconnected".into());
+        close(&self.inner, "disconnected".into(), None);
         result
     }
 }
@@ -424,15 +429,19 @@ fn server_error(frame: &Frame) -> Error {
     }
 }
 
-/// Marks the connection closed: subscription streams end, waiting receipts fail.
-fn close(inner: &Inner, why: String) {
+/// Marks the connection closed: subscription streams end, waiting receipts fail with the
+/// server's ERROR if there was one.
+fn close(inner: &Inner, why: String, error: Option<&Frame>) {
     let mut state = inner.state.lock().unwrap();
     if state.closed.is_none() {
         state.closed = Some(why.clone());
     }
     state.subscriptions.clear();
     for (_, tx) in state.receipts.drain() {
-        let _ = tx.send(Err(Error::Closed(why.clone())));
+        let _ = tx.send(Err(match error {
+            Some(frame) => server_error(frame),
+            None => Error::Closed(why.clone()),
+        }));
     }
 }
 
@@ -443,6 +452,7 @@ async fn read_loop(
 ) {
     // A peer is dead after twice its heart-beat interval of silence (plus slack for jitter).
     let deadline = expect_every.map(|d| d * 2 + Duration::from_millis(500));
+    let mut error_frame = None;
     let why = loop {
         let next = match deadline {
             Some(d) => match tokio::time::timeout(d, incoming.next()).await {
@@ -473,20 +483,15 @@ async fn read_loop(
                 }
             }
             Command::Error => {
-                let err = server_error(&frame);
-                let why = err.to_string();
-                if let Some(id) = frame.header("receipt-id") {
-                    if let Some(tx) = inner.state.lock().unwrap().receipts.remove(id) {
-                        let _ = tx.send(Err(err));
-                    }
-                }
+                let why = server_error(&frame).to_string();
+                error_frame = Some(frame);
                 break why;
             }
             _ => {}
         }
     };
     if let Some(inner) = inner.upgrade() {
-        close(&inner, why);
+        close(&inner, why, error_frame.as_ref());
         let _ = inner.writer.try_send(Outbound::Close);
     }
 }

@@ -1,0 +1,223 @@
+"""Fixtures: the real game-server binary, and stomp.py / raw clients over TCP and WebSocket.
+
+Every test that takes ``stomp_client``, ``raw_client`` or ``transport`` runs twice: once
+over plain TCP and once over STOMP-over-WebSocket.
+
+The binary is ``$GAME_SERVER_BIN`` or ``<repo>/target/debug/game-server``; build it first
+(``cargo build -p game-server``). Run with ``python -m pytest tests/interop -q``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from interop_support import (
+    TIMEOUT,
+    Collector,
+    RawConnection,
+    StompClient,
+    make_stomp_connection,
+    unique,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_BIN = Path(os.environ.get("GAME_SERVER_BIN", REPO / "target" / "debug" / "game-server"))
+
+#: The heart-beat interval the test server offers (ms): small, so heart-beat tests are quick.
+SERVER_HEARTBEAT_MS = 500
+
+TRANSPORTS = ["tcp", "ws"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """One running game-server and where to reach it."""
+
+    data_dir: Path
+    heartbeat_ms: int = SERVER_HEARTBEAT_MS
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    tcp_port: int = 0
+    proc: subprocess.Popen | None = None
+    stdout_lines: list = field(default_factory=list)
+    log_path: Path | None = None
+
+    @property
+    def ws_url(self):
+        return f"ws://{self.host}:{self.http_port}/ws"
+
+    def start(self, attempts=3):
+        if not SERVER_BIN.exists():
+            pytest.exit(f"server binary {SERVER_BIN} not found; build it or set GAME_SERVER_BIN", 2)
+        last_error = None
+        for _ in range(attempts):  # a just-freed port can be taken by someone else; retry
+            try:
+                self._start_once()
+                return self
+            except RuntimeError as e:
+                last_error = e
+        raise RuntimeError(f"game-server did not start: {last_error}")
+
+    def _start_once(self):
+        self.http_port, self.tcp_port = free_port(), free_port()
+        self.stdout_lines = []
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server-{self.tcp_port}.log"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(SERVER_BIN),
+                "--listen", f"{self.host}:{self.http_port}",
+                "--stomp-listen", f"{self.host}:{self.tcp_port}",
+                "--data-dir", str(self.data_dir),
+                "--heartbeat-ms", str(self.heartbeat_ms),
+                "--log", "info",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        ready = threading.Event()
+
+        def pump():  # keeps draining stdout so the server never blocks on a full pipe
+            for raw in self.proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.stdout_lines.append(line)
+                if "STOMP/TCP" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not ready.wait(0.05):
+            if time.monotonic() > deadline:
+                break
+        banner = "\n".join(self.stdout_lines)
+        if self.proc.poll() is not None or "game-server listening:" not in banner:
+            self.kill()
+            raise RuntimeError(f"exit={self.proc.returncode} stdout={banner!r} log={self.log_tail()!r}")
+        # The banner is printed once both listeners are bound; check the TCP one answers.
+        with socket.create_connection((self.host, self.tcp_port), timeout=TIMEOUT):
+            pass
+
+    def log_tail(self, n=4000):
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except Exception:
+            return ""
+
+    def terminate(self, timeout=15) -> int | None:
+        """SIGTERM and wait; returns the exit code, or None if it had to be killed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The shared broker for the whole run (tests isolate themselves by unique names)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("server") / "data").start()
+    yield srv
+    code = srv.terminate()
+    if code != 0:
+        print(f"\ngame-server exited with {code} on SIGTERM; log tail:\n{srv.log_tail()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Starts private broker instances (for tests that stop or restart one)."""
+    started = []
+
+    def start(data_dir=None, heartbeat_ms=SERVER_HEARTBEAT_MS):
+        srv = ServerProcess(Path(data_dir or tmp_path / unique("data")), heartbeat_ms=heartbeat_ms)
+        started.append(srv.start())
+        return srv
+
+    yield start
+    for srv in started:
+        srv.kill()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def stomp_client(server, transport):
+    """Factory: ``stomp_client(heartbeats=(0, 0), auto_decode=True, srv=server)`` -> StompClient."""
+    clients = []
+
+    def connect(heartbeats=(0, 0), auto_decode=True, headers=None, srv=None, with_connect_command=False):
+        conn = make_stomp_connection(srv or server, transport, heartbeats, auto_decode)
+        listener = Collector()
+        conn.set_listener("collector", listener)
+        client = StompClient(conn, listener, transport)
+        clients.append(client)
+        conn.connect(wait=False, headers=headers or {}, with_connect_command=with_connect_command)
+        wait_for(
+            lambda: listener.connected or listener.errors or listener.disconnected,
+            what=f"CONNECTED over {transport}",
+        )
+        assert listener.connected is not None, f"no CONNECTED over {transport}: {listener.errors}"
+        return client
+
+    yield connect
+    for c in clients:
+        c.close_quietly()
+
+
+@pytest.fixture
+def raw_client(server, transport):
+    """Factory: ``raw_client(subprotocols=None, srv=server)`` -> RawConnection (not yet CONNECTed)."""
+    conns = []
+
+    def open_(subprotocols=None, srv=None):
+        c = RawConnection(srv or server, transport, subprotocols)
+        conns.append(c)
+        return c
+
+    yield open_
+    for c in conns:
+        c.close()
+
+
+@pytest.fixture
+def queue(request):
+    """A destination name no other test uses."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")
+    return f"/queue/{name}-{unique('q')}"
+
+
+@pytest.fixture
+def topic(request):
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")
+    return f"/topic/{name}-{unique('t')}"
