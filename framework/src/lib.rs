@@ -4,6 +4,9 @@
 //!
 //! - [`stomp`]: STOMP 1.2: the pure frame codec, TCP and WebSocket transports, a client.
 //! - [`broker`]: the embedded STOMP broker (queues, topics, acks, redelivery, heart-beats).
+//! - [`msg`]: realtime handlers routed by message type ([`msg::Msg`], [`msg::Ctx`]).
+//! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
+//! - [`testing`]: run a game's handlers with simulated players, no sockets.
 //! - [`server`]: the all-in-one process: command line, ports, graceful shutdown.
 //! - [`Error`], [`Result`]: the crate-wide error.
 //!
@@ -30,7 +33,10 @@
 
 pub mod broker;
 mod error;
+pub mod msg;
+pub mod room;
 pub mod server;
 pub mod stomp;
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -1,0 +1,470 @@
+//! Realtime handlers routed by message type: the [`Msg`] router and the [`Ctx`] a handler
+//! acts through.
+//!
+//! ```
+//! use game_server_less::msg::{Ctx, Msg};
+//! use serde::Deserialize;
+//!
+//! #[derive(Default)]
+//! struct Counter { n: i64 }
+//!
+//! #[derive(Deserialize)]
+//! struct Add { by: i64 }
+//!
+//! fn on_add(state: &mut Counter, ctx: &mut Ctx, add: Add) {
+//!     state.n += add.by;
+//!     ctx.broadcast(&serde_json::json!({ "type": "count", "n": state.n }));
+//! }
+//!
+//! let msg = Msg::new(Counter::default).route("type=add", on_add);
+//! # let _ = msg;
+//! ```
+//!
+//! Handlers are plain functions, not `async`: a room applies its inputs one at a time, in
+//! order, and a handler that awaited I/O would stall every player of the room. What a
+//! handler wants done outside the room (messages, ending the room) it asks of [`Ctx`], and
+//! the room worker carries it out after the handler returns.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A player's id, as the lobby issued it.
+pub type PlayerId = String;
+
+/// What a handler asked for, in the order it asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A message for every player of the room (the room topic).
+    Broadcast(Value),
+    /// A message for one player (that player's own destination).
+    SendTo(PlayerId, Value),
+    /// End the room, for this reason.
+    EndRoom(String),
+}
+
+/// A handler's view of the room and of the input it is handling.
+#[derive(Debug)]
+pub struct Ctx {
+    room: String,
+    sender: Option<PlayerId>,
+    input_seq: Option<u64>,
+    effects: Vec<Effect>,
+}
+
+impl Ctx {
+    /// A context for an input from `sender` (or for a tick, with `None`).
+    pub fn new(room: impl Into<String>, sender: Option<PlayerId>, input_seq: Option<u64>) -> Ctx {
+        Ctx {
+            room: room.into(),
+            sender,
+            input_seq,
+            effects: Vec::new(),
+        }
+    }
+
+    /// The room's id.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Who sent the input being handled; `None` in a tick.
+    pub fn sender(&self) -> Option<&str> {
+        self.sender.as_deref()
+    }
+
+    /// The sender's own sequence number of the input being handled.
+    pub fn input_seq(&self) -> Option<u64> {
+        self.input_seq
+    }
+
+    /// Sends `message` to every player of the room.
+    pub fn broadcast(&mut self, message: &impl Serialize) {
+        self.effects.push(Effect::Broadcast(to_value(message)));
+    }
+
+    /// Sends `message` to one player.
+    pub fn send_to(&mut self, player: &str, message: &impl Serialize) {
+        self.effects
+            .push(Effect::SendTo(player.to_owned(), to_value(message)));
+    }
+
+    /// Sends `message` to the sender of the input being handled (nothing in a tick).
+    pub fn reply(&mut self, message: &impl Serialize) {
+        if let Some(sender) = self.sender.clone() {
+            self.send_to(&sender, message);
+        }
+    }
+
+    /// Ends the room once this handler returns.
+    pub fn end_room(&mut self, reason: impl Into<String>) {
+        self.effects.push(Effect::EndRoom(reason.into()));
+    }
+
+    /// The effects asked for so far.
+    pub fn effects(&self) -> &[Effect] {
+        &self.effects
+    }
+
+    /// Takes the effects, leaving none.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+}
+
+fn to_value(message: &impl Serialize) -> Value {
+    serde_json::to_value(message).unwrap_or_else(|e| {
+        serde_json::json!({ "type": "error", "error": format!("message could not be serialized: {e}") })
+    })
+}
+
+/// What a handler may return: nothing, or a `Result` whose error rejects the input and
+/// is reported to its sender.
+pub trait HandlerResult {
+    /// `Err(reason)` rejects the input.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl HandlerResult for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: Display> HandlerResult for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Why an input was not applied; reported to its sender only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The body is not a JSON object with a string `type`.
+    BadJson(String),
+    /// No handler for this `type`.
+    UnknownType(String),
+    /// The payload does not fit the handler's type.
+    BadPayload {
+        /// The message type.
+        kind: String,
+        /// What serde said.
+        error: String,
+    },
+    /// The handler returned an error.
+    Refused(String),
+    /// The handler panicked.
+    Panicked(String),
+}
+
+impl Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::BadJson(e) => write!(f, "invalid JSON: {e}"),
+            Rejection::UnknownType(t) => write!(f, "unknown message type {t:?}"),
+            Rejection::BadPayload { kind, error } => write!(f, "invalid {kind:?} message: {error}"),
+            Rejection::Refused(why) => write!(f, "{why}"),
+            Rejection::Panicked(why) => write!(f, "the handler failed: {why}"),
+        }
+    }
+}
+
+type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, Value) -> Result<(), Rejection> + Send + Sync>;
+type HookFn<S> = Arc<dyn Fn(&mut S, &mut Ctx) + Send + Sync>;
+
+/// The router of a room's realtime messages: `type` to handler, plus tick, join and leave
+/// hooks, and how to make a new room's state. Cheap to clone.
+pub struct Msg<S> {
+    routes: BTreeMap<String, RouteFn<S>>,
+    tick: Option<(Duration, HookFn<S>)>,
+    on_join: Option<HookFn<S>>,
+    on_leave: Option<HookFn<S>>,
+    new_state: Arc<dyn Fn() -> S + Send + Sync>,
+}
+
+impl<S> Clone for Msg<S> {
+    fn clone(&self) -> Self {
+        Msg {
+            routes: self.routes.clone(),
+            tick: self.tick.clone(),
+            on_join: self.on_join.clone(),
+            on_leave: self.on_leave.clone(),
+            new_state: self.new_state.clone(),
+        }
+    }
+}
+
+impl<S: 'static> Msg<S> {
+    /// A router whose rooms start with the state `new_state` makes.
+    pub fn new(new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
+        Msg {
+            routes: BTreeMap::new(),
+            tick: None,
+            on_join: None,
+            on_leave: None,
+            new_state: Arc::new(new_state),
+        }
+    }
+
+    /// Routes messages whose `type` is `T` to `handler`; `selector` is `"type=T"` (the
+    /// `"/type=T"` spelling works too). The handler gets the message deserialized as `M`.
+    ///
+    /// # Panics
+    ///
+    /// When `selector` is not `type=T`, or `T` already has a handler.
+    #[track_caller]
+    pub fn route<M, R, F>(mut self, selector: &str, handler: F) -> Msg<S>
+    where
+        M: DeserializeOwned,
+        R: HandlerResult,
+        F: Fn(&mut S, &mut Ctx, M) -> R + Send + Sync + 'static,
+    {
+        let kind = selector
+            .trim_start_matches('/')
+            .strip_prefix("type=")
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| panic!("route selector {selector:?} must look like \"type=move\""))
+            .to_owned();
+        if self.routes.contains_key(&kind) {
+            panic!("message type {kind:?} is routed twice");
+        }
+        let name = kind.clone();
+        let route: RouteFn<S> = Arc::new(move |state, ctx, value| {
+            let message =
+                serde_json::from_value::<M>(value).map_err(|e| Rejection::BadPayload {
+                    kind: name.clone(),
+                    error: e.to_string(),
+                })?;
+            handler(state, ctx, message)
+                .into_result()
+                .map_err(Rejection::Refused)
+        });
+        self.routes.insert(kind, route);
+        self
+    }
+
+    /// Runs `handler` every `every` while the room lives.
+    ///
+    /// # Panics
+    ///
+    /// When a tick is already set, or `every` is zero.
+    #[track_caller]
+    pub fn tick(
+        mut self,
+        every: Duration,
+        handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static,
+    ) -> Msg<S> {
+        assert!(self.tick.is_none(), "the tick is set twice");
+        assert!(!every.is_zero(), "the tick interval must be more than zero");
+        self.tick = Some((every, Arc::new(handler)));
+        self
+    }
+
+    /// Runs `handler` when a player joins (the sender is the player).
+    pub fn on_join(mut self, handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static) -> Msg<S> {
+        self.on_join = Some(Arc::new(handler));
+        self
+    }
+
+    /// Runs `handler` when a player leaves (the sender is the player).
+    pub fn on_leave(
+        mut self,
+        handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static,
+    ) -> Msg<S> {
+        self.on_leave = Some(Arc::new(handler));
+        self
+    }
+
+    /// A fresh room state.
+    pub fn new_state(&self) -> S {
+        (self.new_state)()
+    }
+
+    /// The message types routed, sorted.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// The tick interval, if there is a tick.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        self.tick.as_ref().map(|(every, _)| *every)
+    }
+
+    /// Applies one input's body (JSON with a `type`) to `state`. A panic in the handler
+    /// is caught and becomes a [`Rejection::Panicked`]; the effects of a rejected input
+    /// are dropped.
+    pub fn dispatch(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| Rejection::BadJson(e.to_string()))?;
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Rejection::BadJson("expected an object with a string \"type\" field".into())
+            })?
+            .to_owned();
+        let route = self
+            .routes
+            .get(&kind)
+            .ok_or_else(|| Rejection::UnknownType(kind.clone()))?
+            .clone();
+        let result = guarded(|| route(state, ctx, value));
+        if result.is_err() {
+            ctx.take_effects();
+        }
+        result
+    }
+
+    /// Runs the tick handler, if any.
+    pub fn run_tick(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+        match &self.tick {
+            Some((_, hook)) => guarded(|| {
+                hook(state, ctx);
+                Ok(())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the join hook, if any.
+    pub fn run_join(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+        run_hook(self.on_join.as_ref(), state, ctx)
+    }
+
+    /// Runs the leave hook, if any.
+    pub fn run_leave(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+        run_hook(self.on_leave.as_ref(), state, ctx)
+    }
+}
+
+fn run_hook<S>(hook: Option<&HookFn<S>>, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+    match hook {
+        Some(hook) => guarded(|| {
+            hook(state, ctx);
+            Ok(())
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs `f`, turning a panic into a rejection.
+fn guarded(f: impl FnOnce() -> Result<(), Rejection>) -> Result<(), Rejection> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(Rejection::Panicked(why))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Add {
+        by: i64,
+    }
+
+    fn counter() -> Msg<i64> {
+        Msg::new(|| 0).route("type=add", |n: &mut i64, ctx: &mut Ctx, add: Add| {
+            *n += add.by;
+            ctx.broadcast(&serde_json::json!({ "type": "count", "n": *n }));
+        })
+    }
+
+    #[test]
+    fn routes_by_type_and_records_effects() {
+        let msg = counter();
+        let mut n = msg.new_state();
+        let mut ctx = Ctx::new("r1", Some("p1".into()), Some(1));
+        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            ctx.effects(),
+            [Effect::Broadcast(
+                serde_json::json!({ "type": "count", "n": 3 })
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        let msg = counter();
+        let mut n = 0;
+        let mut ctx = Ctx::new("r1", Some("p1".into()), None);
+        let err = |body: &[u8], n: &mut i64, ctx: &mut Ctx| {
+            msg.dispatch(n, ctx, body).unwrap_err().to_string()
+        };
+        assert!(err(b"{nope", &mut n, &mut ctx).starts_with("invalid JSON"));
+        assert!(err(b"[1,2]", &mut n, &mut ctx).contains("string \"type\""));
+        assert_eq!(
+            err(br#"{"type":"fly"}"#, &mut n, &mut ctx),
+            "unknown message type \"fly\""
+        );
+        assert!(err(br#"{"type":"add","by":"x"}"#, &mut n, &mut ctx)
+            .starts_with("invalid \"add\" message"));
+        assert_eq!(n, 0);
+        assert!(ctx.effects().is_empty());
+    }
+
+    #[test]
+    fn the_slash_spelling_routes_too() {
+        let msg = Msg::new(|| 0).route("/type=add", |n: &mut i64, _: &mut Ctx, a: Add| *n += a.by);
+        assert_eq!(msg.types().collect::<Vec<_>>(), ["add"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "message type \"add\" is routed twice")]
+    fn routing_a_type_twice_panics() {
+        let _ = counter().route("type=add", |_: &mut i64, _: &mut Ctx, _: Add| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "must look like")]
+    fn a_bad_selector_panics() {
+        let _ = Msg::new(|| 0).route("move", |_: &mut i64, _: &mut Ctx, _: Add| {});
+    }
+
+    #[test]
+    fn a_panicking_handler_rejects_only_that_input() {
+        let msg = counter().route("type=boom", |_: &mut i64, ctx: &mut Ctx, _: Value| -> () {
+            ctx.broadcast(&"never sent");
+            panic!("kaboom")
+        });
+        let mut n = 0;
+        let mut ctx = Ctx::new("r1", Some("p1".into()), None);
+        let err = msg
+            .dispatch(&mut n, &mut ctx, br#"{"type":"boom"}"#)
+            .unwrap_err();
+        assert_eq!(err, Rejection::Panicked("kaboom".into()));
+        assert!(
+            ctx.effects().is_empty(),
+            "a rejected input's effects are dropped"
+        );
+        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_handler_error_is_a_refusal() {
+        let msg = Msg::new(|| 0).route("type=take", |_: &mut i64, _: &mut Ctx, _: Value| {
+            Err::<(), _>("nothing to take here")
+        });
+        let err = msg.dispatch(
+            &mut 0,
+            &mut Ctx::new("r", None, None),
+            br#"{"type":"take"}"#,
+        );
+        assert_eq!(err, Err(Rejection::Refused("nothing to take here".into())));
+    }
+}

@@ -1,0 +1,299 @@
+//! One room's logic without sockets: applies inputs in order through a [`Msg`] router,
+//! skips inputs it has already applied, and stamps every output with the room's sequence
+//! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
+
+use crate::msg::{Ctx, Effect, Msg, PlayerId};
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap};
+
+/// Where an output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every player of the room (the room topic).
+    Room,
+    /// One player (that player's own destination).
+    Player(PlayerId),
+}
+
+/// A message the room emits, already stamped with `seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Who receives it.
+    pub to: Target,
+    /// The JSON message.
+    pub body: Value,
+}
+
+/// A room: its state, its players, and what it has applied.
+///
+/// Broadcasts carry `seq`, the room's sequence number, which grows by one with each, so a
+/// player sees any gap in the room topic. Messages to one player carry the `seq` of the
+/// latest broadcast, and errors carry the `input_seq` they answer.
+pub struct Room<S> {
+    id: String,
+    msg: Msg<S>,
+    state: S,
+    seq: u64,
+    applied: HashMap<PlayerId, u64>,
+    players: BTreeSet<PlayerId>,
+    ended: Option<String>,
+}
+
+/// What applying one input did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Messages to publish, in order.
+    pub outputs: Vec<Output>,
+    /// The input was a repeat of one already applied, and was skipped.
+    pub duplicate: bool,
+}
+
+impl<S: 'static> Room<S> {
+    /// A new room with a fresh state.
+    pub fn new(id: impl Into<String>, msg: Msg<S>) -> Room<S> {
+        let state = msg.new_state();
+        Room {
+            id: id.into(),
+            msg,
+            state,
+            seq: 0,
+            applied: HashMap::new(),
+            players: BTreeSet::new(),
+            ended: None,
+        }
+    }
+
+    /// The room's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The game state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The game state, to change it outside a handler (tests, restores).
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.state
+    }
+
+    /// The room sequence number of the latest broadcast.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The players in the room.
+    pub fn players(&self) -> impl Iterator<Item = &str> {
+        self.players.iter().map(String::as_str)
+    }
+
+    /// The last input sequence number applied for `player`.
+    pub fn applied_seq(&self, player: &str) -> Option<u64> {
+        self.applied.get(player).copied()
+    }
+
+    /// Why the room ended, once it has.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    /// The router's tick interval.
+    pub fn tick_interval(&self) -> Option<std::time::Duration> {
+        self.msg.tick_interval()
+    }
+
+    /// Adds a player and runs the join hook; joining twice does nothing.
+    pub fn join(&mut self, player: &str) -> Vec<Output> {
+        if !self.players.insert(player.to_owned()) {
+            return Vec::new();
+        }
+        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
+        let result = self.msg.run_join(&mut self.state, &mut ctx);
+        self.finish(ctx, result)
+    }
+
+    /// Removes a player and runs the leave hook; leaving twice does nothing.
+    pub fn leave(&mut self, player: &str) -> Vec<Output> {
+        if !self.players.remove(player) {
+            return Vec::new();
+        }
+        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
+        let result = self.msg.run_leave(&mut self.state, &mut ctx);
+        self.finish(ctx, result)
+    }
+
+    /// Applies `player`'s input `body`, numbered `seq` by the player. An input whose `seq`
+    /// is not above the last one applied for that player is a duplicate and is skipped.
+    pub fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
+        if let Some(seq) = seq {
+            if self.applied.get(player).is_some_and(|&last| seq <= last) {
+                return Applied {
+                    outputs: Vec::new(),
+                    duplicate: true,
+                };
+            }
+            self.applied.insert(player.to_owned(), seq);
+        }
+        if self.ended.is_some() {
+            return Applied {
+                outputs: Vec::new(),
+                duplicate: false,
+            };
+        }
+        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), seq);
+        let result = self.msg.dispatch(&mut self.state, &mut ctx, body);
+        Applied {
+            outputs: self.finish(ctx, result),
+            duplicate: false,
+        }
+    }
+
+    /// Runs the tick handler.
+    pub fn tick(&mut self) -> Vec<Output> {
+        if self.ended.is_some() {
+            return Vec::new();
+        }
+        let mut ctx = Ctx::new(&self.id, None, None);
+        let result = self.msg.run_tick(&mut self.state, &mut ctx);
+        self.finish(ctx, result)
+    }
+
+    /// Ends the room from outside (the lobby, or an idle timeout).
+    pub fn end(&mut self, reason: &str) -> Vec<Output> {
+        let mut ctx = Ctx::new(&self.id, None, None);
+        ctx.end_room(reason);
+        self.finish(ctx, Ok(()))
+    }
+
+    /// Turns a handler's effects (or its rejection) into stamped outputs.
+    fn finish(&mut self, mut ctx: Ctx, result: Result<(), crate::msg::Rejection>) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        if let Err(rejection) = result {
+            if let Some(sender) = ctx.sender() {
+                let body = json!({
+                    "type": "error",
+                    "error": rejection.to_string(),
+                    "input_seq": ctx.input_seq(),
+                    "seq": self.seq,
+                });
+                outputs.push(Output {
+                    to: Target::Player(sender.to_owned()),
+                    body,
+                });
+            } else {
+                tracing::warn!(room = %self.id, "tick or hook failed: {rejection}");
+            }
+            return outputs;
+        }
+        for effect in ctx.take_effects() {
+            match effect {
+                Effect::Broadcast(body) => {
+                    self.seq += 1;
+                    outputs.push(Output {
+                        to: Target::Room,
+                        body: stamp(body, self.seq),
+                    });
+                }
+                Effect::SendTo(player, body) => outputs.push(Output {
+                    to: Target::Player(player),
+                    body: stamp(body, self.seq),
+                }),
+                Effect::EndRoom(reason) => {
+                    if self.ended.is_none() {
+                        self.seq += 1;
+                        outputs.push(Output {
+                            to: Target::Room,
+                            body: json!({ "type": "room_ended", "reason": reason, "seq": self.seq }),
+                        });
+                        self.ended = Some(reason);
+                    }
+                }
+            }
+        }
+        outputs
+    }
+}
+
+/// Puts `seq` into an object message; wraps anything else as `{"type":"message","data":…}`.
+fn stamp(body: Value, seq: u64) -> Value {
+    match body {
+        Value::Object(mut map) => {
+            map.insert("seq".into(), seq.into());
+            Value::Object(map)
+        }
+        other => json!({ "type": "message", "data": other, "seq": seq }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo_room() -> Room<Vec<String>> {
+        let msg = Msg::new(Vec::new)
+            .route(
+                "type=say",
+                |log: &mut Vec<String>, ctx: &mut Ctx, m: Value| {
+                    let text = m["text"].as_str().unwrap_or_default().to_owned();
+                    log.push(text.clone());
+                    ctx.broadcast(&json!({ "type": "said", "text": text }));
+                    ctx.reply(&"ok");
+                },
+            )
+            .route(
+                "type=quit",
+                |_: &mut Vec<String>, ctx: &mut Ctx, _: Value| ctx.end_room("bye"),
+            );
+        Room::new("r1", msg)
+    }
+
+    #[test]
+    fn broadcasts_are_numbered_and_replies_carry_the_latest_number() {
+        let mut room = echo_room();
+        let a = room.apply("p1", Some(1), br#"{"type":"say","text":"hi"}"#);
+        assert_eq!(a.outputs[0].body["seq"], 1);
+        assert_eq!(a.outputs[1].to, Target::Player("p1".into()));
+        assert_eq!(
+            a.outputs[1].body,
+            json!({ "type": "message", "data": "ok", "seq": 1 })
+        );
+        let b = room.apply("p2", Some(1), br#"{"type":"say","text":"yo"}"#);
+        assert_eq!(b.outputs[0].body["seq"], 2);
+    }
+
+    #[test]
+    fn duplicates_are_skipped_per_player() {
+        let mut room = echo_room();
+        room.apply("p1", Some(1), br#"{"type":"say","text":"a"}"#);
+        let again = room.apply("p1", Some(1), br#"{"type":"say","text":"a"}"#);
+        assert!(again.duplicate && again.outputs.is_empty());
+        room.apply("p1", Some(2), br#"{"type":"say","text":"b"}"#);
+        assert_eq!(room.state(), &["a", "b"]);
+        assert_eq!(room.applied_seq("p1"), Some(2));
+    }
+
+    #[test]
+    fn a_rejected_input_answers_its_sender_only() {
+        let mut room = echo_room();
+        let out = room.apply("p1", Some(7), br#"{"type":"fly"}"#).outputs;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, Target::Player("p1".into()));
+        assert_eq!(out[0].body["type"], "error");
+        assert_eq!(out[0].body["input_seq"], 7);
+        assert_eq!(room.seq(), 0, "errors do not advance the room sequence");
+    }
+
+    #[test]
+    fn ending_is_announced_once_and_stops_inputs() {
+        let mut room = echo_room();
+        let out = room.apply("p1", Some(1), br#"{"type":"quit"}"#).outputs;
+        assert_eq!(out[0].body["type"], "room_ended");
+        assert_eq!(room.ended(), Some("bye"));
+        assert!(room
+            .apply("p1", Some(2), br#"{"type":"say","text":"x"}"#)
+            .outputs
+            .is_empty());
+        assert!(room.end("again").is_empty());
+    }
+}

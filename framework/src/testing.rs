@@ -1,0 +1,137 @@
+//! A handler test harness, like `chalice.test.Client`: runs a [`Msg`] router in process
+//! with simulated players, so a game's rules are tested without sockets or a broker.
+//!
+//! ```
+//! use game_server_less::msg::{Ctx, Msg};
+//! use game_server_less::testing::TestRoom;
+//! use serde_json::{json, Value};
+//!
+//! let msg = Msg::new(|| 0u32).route("type=ping", |n: &mut u32, ctx: &mut Ctx, _: Value| {
+//!     *n += 1;
+//!     ctx.broadcast(&json!({ "type": "pong", "n": *n }));
+//! });
+//! let mut room = TestRoom::new(msg);
+//! room.join("alice");
+//! room.join("bob");
+//! room.send("alice", json!({ "type": "ping" })).unwrap();
+//! assert_eq!(room.received("bob")[0]["type"], "pong");
+//! assert_eq!(*room.state(), 1);
+//! ```
+
+use crate::msg::Msg;
+use crate::room::{Output, Room, Target};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// A room with simulated players. Each player's received messages are kept until read.
+pub struct TestRoom<S> {
+    room: Room<S>,
+    inboxes: HashMap<String, Vec<Value>>,
+    next_seq: HashMap<String, u64>,
+}
+
+impl<S: 'static> TestRoom<S> {
+    /// A room named `test-room` running `msg`.
+    pub fn new(msg: Msg<S>) -> TestRoom<S> {
+        TestRoom {
+            room: Room::new("test-room", msg),
+            inboxes: HashMap::new(),
+            next_seq: HashMap::new(),
+        }
+    }
+
+    /// A player joins.
+    pub fn join(&mut self, player: &str) {
+        self.inboxes.entry(player.to_owned()).or_default();
+        let outputs = self.room.join(player);
+        self.deliver(outputs);
+    }
+
+    /// A player leaves.
+    pub fn leave(&mut self, player: &str) {
+        let outputs = self.room.leave(player);
+        self.inboxes.remove(player);
+        self.deliver(outputs);
+    }
+
+    /// A player sends `message`, numbered with the player's next sequence number.
+    /// Returns the error the room answered with, if it rejected the input.
+    pub fn send(&mut self, player: &str, message: Value) -> Result<(), String> {
+        let seq = {
+            let n = self.next_seq.entry(player.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.send_numbered(player, seq, message)
+    }
+
+    /// A player sends `message` with an explicit sequence number (to test duplicates).
+    pub fn send_numbered(&mut self, player: &str, seq: u64, message: Value) -> Result<(), String> {
+        let body = serde_json::to_vec(&message).expect("a JSON value serializes");
+        self.send_raw(player, seq, &body)
+    }
+
+    /// A player sends raw bytes (to test bad JSON).
+    pub fn send_raw(&mut self, player: &str, seq: u64, body: &[u8]) -> Result<(), String> {
+        let applied = self.room.apply(player, Some(seq), body);
+        let error = applied
+            .outputs
+            .iter()
+            .find_map(|o| match (&o.to, o.body["type"].as_str()) {
+                (Target::Player(p), Some("error")) if p == player => {
+                    o.body["error"].as_str().map(str::to_owned)
+                }
+                _ => None,
+            });
+        self.deliver(applied.outputs);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Runs the tick handler `n` times.
+    pub fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            let outputs = self.room.tick();
+            self.deliver(outputs);
+        }
+    }
+
+    /// Takes what `player` has received since the last call.
+    pub fn received(&mut self, player: &str) -> Vec<Value> {
+        self.inboxes
+            .get_mut(player)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The room's game state.
+    pub fn state(&self) -> &S {
+        self.room.state()
+    }
+
+    /// The game state, to arrange a test.
+    pub fn state_mut(&mut self) -> &mut S {
+        self.room.state_mut()
+    }
+
+    /// The room underneath.
+    pub fn room(&self) -> &Room<S> {
+        &self.room
+    }
+
+    fn deliver(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output.to {
+                Target::Room => {
+                    for inbox in self.inboxes.values_mut() {
+                        inbox.push(output.body.clone());
+                    }
+                }
+                Target::Player(p) => {
+                    if let Some(inbox) = self.inboxes.get_mut(&p) {
+                        inbox.push(output.body);
+                    }
+                }
+            }
+        }
+    }
+}
