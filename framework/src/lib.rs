@@ -7,6 +7,7 @@
 //! - [`msg`]: realtime handlers routed by message type ([`msg::Msg`], [`msg::Ctx`]).
 //! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
 //! - [`testing`]: run a game's handlers with simulated players, no sockets.
+//! - [`ticket`]: the signed, expiring join tokens the lobby issues and the broker checks.
 //! - [`server`]: the all-in-one process: command line, ports, graceful shutdown.
 //! - [`Error`], [`Result`]: the crate-wide error.
 //!
@@ -38,5 +39,6 @@ pub mod room;
 pub mod server;
 pub mod stomp;
 pub mod testing;
+pub mod ticket;
 
 pub use error::{Error, Result};

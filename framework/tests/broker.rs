@@ -583,3 +583,92 @@ async fn subscription_streams_work_with_stream_combinators() {
     let bodies: Vec<String> = sub.take(3).map(|m| body(&m)).collect().await;
     assert_eq!(bodies, ["0", "1", "2"]);
 }
+
+/// Lets `alice`/`secret` send only to `/queue/in` and subscribe only to `/topic/out`;
+/// `watcher` may do anything.
+struct Grants;
+
+impl game_server_less::broker::Authorizer for Grants {
+    fn connect(
+        &self,
+        login: Option<&str>,
+        passcode: Option<&str>,
+        _peer: Option<SocketAddr>,
+    ) -> Result<game_server_less::broker::Principal, String> {
+        match (login, passcode) {
+            (Some("alice"), Some("secret")) => Ok(game_server_less::broker::Principal {
+                name: "alice".into(),
+                send: Some(vec!["/queue/in".into()]),
+                subscribe: Some(vec!["/topic/out".into()]),
+            }),
+            (Some("watcher"), _) => Ok(game_server_less::broker::Principal::anyone("watcher")),
+            _ => Err("bad login or passcode".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_authorizer_decides_who_connects_and_where_they_go() {
+    let broker = Broker::with_authorizer(BrokerConfig::default(), std::sync::Arc::new(Grants));
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", tcp.local_addr().unwrap());
+    tokio::spawn(broker.clone().serve_tcp(tcp));
+
+    let refused = Client::connect(&url, ConnectOptions::login("alice", "wrong")).await;
+    match refused {
+        Err(Error::Server { message, detail }) => {
+            assert_eq!(message, "access refused");
+            assert_eq!(detail, "bad login or passcode");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let watcher = Client::connect(&url, ConnectOptions::login("watcher", ""))
+        .await
+        .unwrap();
+    let mut inbox = watcher
+        .subscribe("/queue/in", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let alice = Client::connect(&url, ConnectOptions::login("alice", "secret"))
+        .await
+        .unwrap();
+    // The sender cannot forge who it is: the broker stamps user-id itself.
+    let forged = game_server_less::stomp::Frame::new(game_server_less::stomp::Command::Send)
+        .with_header("destination", "/queue/in")
+        .with_header("user-id", "watcher")
+        .with_body("hello");
+    alice.request(forged).await.unwrap();
+    let m = recv(&mut inbox).await;
+    assert_eq!(m.header("user-id"), Some("alice"));
+    assert_eq!(
+        m.frame
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "user-id")
+            .count(),
+        1
+    );
+
+    let err = alice
+        .subscribe("/queue/in", SubscribeOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("alice may not subscribe to /queue/in"),
+        "{err}"
+    );
+    let alice = Client::connect(&url, ConnectOptions::login("alice", "secret"))
+        .await
+        .unwrap();
+    let err = alice.send("/queue/other", "x").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("may not send to /queue/other; it may send to /queue/in"),
+        "{err}"
+    );
+    // The refusals disturbed no one else.
+    watcher.send("/queue/in", "still fine").await.unwrap();
+    assert_eq!(body(&recv(&mut inbox).await), "still fine");
+}

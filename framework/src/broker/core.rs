@@ -151,7 +151,8 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
 }
 
 /// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
-const BROKER_HEADERS: [&str; 8] = [
+const BROKER_HEADERS: [&str; 9] = [
+    "user-id",
     "destination",
     "receipt",
     "transaction",
@@ -313,11 +314,13 @@ impl Core {
         authorizer
             .can_send(principal, &destination)
             .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
-        let headers = frame
+        let user = principal.name.clone();
+        let mut headers: Vec<(String, String)> = frame
             .headers
             .into_iter()
             .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
             .collect();
+        headers.push(("user-id".into(), user));
         self.publish(&destination, dest, headers, frame.body)
     }
 

@@ -28,13 +28,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::stomp::Limits;
 
-/// Who a connection is, as its [`Authorizer`] decided at CONNECT.
+/// Who a connection is, as its [`Authorizer`] decided at CONNECT. The broker stamps
+/// `name` on every message the connection sends, as the `user-id` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The login, or `anonymous`.
     pub name: String,
-    /// The destinations this principal may use; `None` for any.
-    pub destinations: Option<Vec<String>>,
+    /// The destinations this principal may SEND to; `None` for any.
+    pub send: Option<Vec<String>>,
+    /// The destinations this principal may SUBSCRIBE to; `None` for any.
+    pub subscribe: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -42,7 +45,8 @@ impl Principal {
     pub fn anyone(name: impl Into<String>) -> Principal {
         Principal {
             name: name.into(),
-            destinations: None,
+            send: None,
+            subscribe: None,
         }
     }
 }
@@ -62,21 +66,39 @@ pub trait Authorizer: Send + Sync + 'static {
 
     /// Checks a SEND.
     fn can_send(&self, principal: &Principal, destination: &str) -> Result<(), String> {
-        allowed(principal, destination)
+        allowed(
+            &principal.name,
+            principal.send.as_deref(),
+            "send to",
+            destination,
+        )
     }
 
     /// Checks a SUBSCRIBE.
     fn can_subscribe(&self, principal: &Principal, destination: &str) -> Result<(), String> {
-        allowed(principal, destination)
+        allowed(
+            &principal.name,
+            principal.subscribe.as_deref(),
+            "subscribe to",
+            destination,
+        )
     }
 }
 
-fn allowed(principal: &Principal, destination: &str) -> Result<(), String> {
-    match &principal.destinations {
+fn allowed(
+    name: &str,
+    grants: Option<&[String]>,
+    verb: &str,
+    destination: &str,
+) -> Result<(), String> {
+    match grants {
         Some(list) if !list.iter().any(|d| d == destination) => Err(format!(
-            "{} may not use {destination}; it may use {}",
-            principal.name,
-            list.join(", ")
+            "{name} may not {verb} {destination}; it may {verb} {}",
+            if list.is_empty() {
+                "nothing".to_owned()
+            } else {
+                list.join(", ")
+            }
         )),
         _ => Ok(()),
     }

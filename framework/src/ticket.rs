@@ -1,0 +1,173 @@
+//! Join tickets: the signed, expiring tokens the lobby issues and the broker checks.
+//!
+//! A token reads `v1.ROOM.PLAYER.EXPIRES.SIGNATURE`, where SIGNATURE is the hex
+//! HMAC-SHA256 of everything before it under the server's secret. Room and player ids
+//! never contain dots.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The room the player joined.
+    pub room: String,
+    /// The player id.
+    pub player: String,
+    /// Seconds since the Unix epoch after which the token is refused.
+    pub expires: u64,
+}
+
+/// Signs and checks tokens with one secret. Cheap to clone.
+#[derive(Clone)]
+pub struct Signer {
+    secret: std::sync::Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Signer {
+    /// A signer with a given secret.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Signer {
+        Signer {
+            secret: std::sync::Arc::new(secret.into()),
+        }
+    }
+
+    /// A signer with a random secret: tokens die with the process.
+    pub fn random() -> Signer {
+        Signer::new(random_bytes(32))
+    }
+
+    fn mac(&self, payload: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// A token for `player` in `room`, valid for `ttl`.
+    pub fn issue(&self, room: &str, player: &str, ttl: Duration) -> String {
+        let payload = format!("v1.{room}.{player}.{}", now() + ttl.as_secs());
+        let signature = hex(&self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{signature}")
+    }
+
+    /// The claims of a token, if it is genuine and not expired; otherwise why not.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let (payload, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| "malformed token".to_owned())?;
+        let signature = unhex(signature).ok_or_else(|| "malformed token signature".to_owned())?;
+        self.mac(payload)
+            .verify_slice(&signature)
+            .map_err(|_| "forged or corrupted token".to_owned())?;
+        let mut parts = payload.split('.');
+        let (Some("v1"), Some(room), Some(player), Some(expires), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err("malformed token".into());
+        };
+        let expires: u64 = expires
+            .parse()
+            .map_err(|_| "malformed token expiry".to_owned())?;
+        if expires < now() {
+            return Err("expired token; join the room again for a new one".into());
+        }
+        Ok(Claims {
+            room: room.to_owned(),
+            player: player.to_owned(),
+            expires,
+        })
+    }
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        // No /dev/urandom: fall back to the standard library's per-process random keys.
+        use std::hash::{BuildHasher, RandomState};
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            let v = RandomState::new().hash_one(i).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    buf
+}
+
+/// A short random id of lowercase hex, safe in destinations and tokens.
+pub fn random_id(bytes: usize) -> String {
+    hex(&random_bytes(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_verifies_with_its_signer_only() {
+        let signer = Signer::random();
+        let token = signer.issue("r1", "p1", Duration::from_secs(60));
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!((claims.room.as_str(), claims.player.as_str()), ("r1", "p1"));
+        assert_eq!(
+            Signer::random().verify(&token).unwrap_err(),
+            "forged or corrupted token"
+        );
+    }
+
+    #[test]
+    fn tampered_expired_and_garbage_tokens_are_refused() {
+        let signer = Signer::new(b"k".to_vec());
+        let token = signer.issue("r1", "p1", Duration::from_secs(60));
+        let tampered = token.replacen("p1", "p2", 1);
+        assert!(signer.verify(&tampered).is_err());
+        let expired = {
+            let payload = "v1.r1.p1.1";
+            format!(
+                "{payload}.{}",
+                hex(&signer.mac(payload).finalize().into_bytes())
+            )
+        };
+        assert!(signer.verify(&expired).unwrap_err().starts_with("expired"));
+        for junk in ["", ".", "v1", "v1.r.p.9.zz", "v1.r.p.9.abc", "\u{0}.\u{1}"] {
+            assert!(signer.verify(junk).is_err(), "{junk:?}");
+        }
+    }
+}
