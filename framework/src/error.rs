@@ -31,6 +31,9 @@ pub enum Error {
     /// An operation took longer than allowed.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// The store (database) failed.
+    #[error("store error: {0}")]
+    Store(String),
     /// A URL the framework cannot use.
     #[error("bad URL {url:?}: {why}")]
     Url {

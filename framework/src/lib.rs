@@ -3,6 +3,9 @@
 //! Realtime multiplayer game servers made of nothing but message handlers.
 //!
 //! - [`stomp`]: STOMP 1.2: the pure frame codec, TCP and WebSocket transports, a client.
+//! - [`run`], [`App`]: start a game server from a [`Lobby`] and a [`Msg`] router.
+//! - [`lobby`]: the REST lobby on axum: room routes, join tickets, the game's own routes.
+//! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
 //! - [`broker`]: the embedded STOMP broker (queues, topics, acks, redelivery, heart-beats).
 //! - [`msg`]: realtime handlers routed by message type ([`msg::Msg`], [`msg::Ctx`]).
 //! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
@@ -32,13 +35,20 @@
 //! # Ok(()) }
 //! ```
 
+mod app;
 pub mod broker;
 mod error;
+pub mod lobby;
 pub mod msg;
 pub mod room;
 pub mod server;
 pub mod stomp;
+pub mod store;
 pub mod testing;
 pub mod ticket;
+mod worker;
 
+pub use app::{run, run_with, App, AppConfig};
 pub use error::{Error, Result};
+pub use lobby::{Caller, Lobby};
+pub use msg::{Ctx, Msg};

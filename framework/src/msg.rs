@@ -45,6 +45,15 @@ pub enum Effect {
     SendTo(PlayerId, Value),
     /// End the room, for this reason.
     EndRoom(String),
+    /// Add `count` of `item` to a player's persistent inventory (`/user/items`).
+    GiveItem {
+        /// The player.
+        player: PlayerId,
+        /// The item.
+        item: String,
+        /// How many.
+        count: i64,
+    },
 }
 
 /// A handler's view of the room and of the input it is handling.
@@ -103,6 +112,16 @@ impl Ctx {
     /// Ends the room once this handler returns.
     pub fn end_room(&mut self, reason: impl Into<String>) {
         self.effects.push(Effect::EndRoom(reason.into()));
+    }
+
+    /// Adds `count` of `item` to `player`'s persistent inventory. It is saved together
+    /// with the room's checkpoint, so an input is never paid out twice.
+    pub fn give_item(&mut self, player: &str, item: &str, count: i64) {
+        self.effects.push(Effect::GiveItem {
+            player: player.to_owned(),
+            item: item.to_owned(),
+            count,
+        });
     }
 
     /// The effects asked for so far.

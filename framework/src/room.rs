@@ -37,6 +37,18 @@ pub struct Room<S> {
     applied: HashMap<PlayerId, u64>,
     players: BTreeSet<PlayerId>,
     ended: Option<String>,
+    grants: Vec<Grant>,
+}
+
+/// An inventory grant a handler made, waiting to be saved with the next checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The player.
+    pub player: PlayerId,
+    /// The item.
+    pub item: String,
+    /// How many.
+    pub count: i64,
 }
 
 /// What applying one input did.
@@ -60,6 +72,7 @@ impl<S: 'static> Room<S> {
             applied: HashMap::new(),
             players: BTreeSet::new(),
             ended: None,
+            grants: Vec::new(),
         }
     }
 
@@ -103,6 +116,32 @@ impl<S: 'static> Room<S> {
         self.msg.tick_interval()
     }
 
+    /// Takes the inventory grants made since the last call.
+    pub fn take_grants(&mut self) -> Vec<Grant> {
+        std::mem::take(&mut self.grants)
+    }
+
+    /// Puts back what a checkpoint saved: state, sequence number, players, and each
+    /// player's last applied input. Hooks do not run.
+    pub fn restore(
+        &mut self,
+        state: S,
+        seq: u64,
+        applied: impl IntoIterator<Item = (PlayerId, u64)>,
+        players: impl IntoIterator<Item = PlayerId>,
+    ) {
+        self.state = state;
+        self.seq = seq;
+        self.applied = applied.into_iter().collect();
+        self.players = players.into_iter().collect();
+        self.grants.clear();
+    }
+
+    /// Each player's last applied input sequence number.
+    pub fn applied(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.applied.iter().map(|(p, s)| (p.as_str(), *s))
+    }
+
     /// Adds a player and runs the join hook; joining twice does nothing.
     pub fn join(&mut self, player: &str) -> Vec<Output> {
         if !self.players.insert(player.to_owned()) {
@@ -142,7 +181,14 @@ impl<S: 'static> Room<S> {
             };
         }
         let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), seq);
-        let result = self.msg.dispatch(&mut self.state, &mut ctx, body);
+        let result = if self.players.contains(player) {
+            self.msg.dispatch(&mut self.state, &mut ctx, body)
+        } else {
+            Err(crate::msg::Rejection::Refused(format!(
+                "{player} is not in room {}; join it through the lobby first",
+                self.id
+            )))
+        };
         Applied {
             outputs: self.finish(ctx, result),
             duplicate: false,
@@ -199,6 +245,15 @@ impl<S: 'static> Room<S> {
                     to: Target::Player(player),
                     body: stamp(body, self.seq),
                 }),
+                Effect::GiveItem {
+                    player,
+                    item,
+                    count,
+                } => self.grants.push(Grant {
+                    player,
+                    item,
+                    count,
+                }),
                 Effect::EndRoom(reason) => {
                     if self.ended.is_none() {
                         self.seq += 1;
@@ -231,6 +286,27 @@ mod tests {
     use super::*;
 
     fn echo_room() -> Room<Vec<String>> {
+        let mut room = bare_echo_room();
+        room.join("p1");
+        room.join("p2");
+        room
+    }
+
+    #[test]
+    fn only_players_in_the_room_are_heard() {
+        let mut room = bare_echo_room();
+        let out = room
+            .apply("stranger", Some(1), br#"{"type":"say","text":"hi"}"#)
+            .outputs;
+        assert_eq!(out[0].to, Target::Player("stranger".into()));
+        assert!(out[0].body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in room r1"));
+        assert!(room.state().is_empty());
+    }
+
+    fn bare_echo_room() -> Room<Vec<String>> {
         let msg = Msg::new(Vec::new)
             .route(
                 "type=say",

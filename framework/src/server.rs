@@ -29,6 +29,22 @@ pub struct Args {
     /// Directory for the server's files (messages kept across a restart).
     #[arg(long, default_value = "data", env = "GSL_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite in --data-dir].
+    #[arg(long, env = "GSL_STORE")]
+    pub store: Option<String>,
+    /// External broker URL for cluster mode (reserved; not supported yet).
+    #[arg(long, env = "GSL_BROKER")]
+    pub broker: Option<String>,
+    /// Secret that signs join tokens; set it so tokens survive a restart [default: random].
+    #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// A room with no input for this many seconds ends.
+    #[arg(long, default_value_t = 900)]
+    pub room_idle_secs: u64,
+    /// Refuse the broker's `guest`/`guest` login (otherwise allowed from loopback, outside
+    /// the rooms' destinations).
+    #[arg(long)]
+    pub no_guest: bool,
     /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
@@ -64,22 +80,35 @@ pub struct Bound {
     pub stomp: SocketAddr,
 }
 
-/// Binds both ports, serves `app` (with the broker's `/ws` merged in) until `shutdown`
+/// Both listening sockets, bound.
+#[derive(Debug)]
+pub struct Listeners {
+    http: TcpListener,
+    stomp: TcpListener,
+    /// Their addresses.
+    pub bound: Bound,
+}
+
+/// Binds the HTTP and STOMP ports that `args` name.
+pub async fn bind(args: &Args) -> Result<Listeners> {
+    let http = bind_one(args.listen, "--listen").await?;
+    let stomp = bind_one(args.stomp_listen, "--stomp-listen").await?;
+    let bound = Bound {
+        http: http.local_addr()?,
+        stomp: stomp.local_addr()?,
+    };
+    Ok(Listeners { http, stomp, bound })
+}
+
+/// Serves `app` (with the broker's `/ws` merged in) and STOMP over TCP until `shutdown`
 /// resolves, then shuts the broker down gracefully.
 pub async fn serve(
-    args: &Args,
+    listeners: Listeners,
     broker: Broker,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound),
 ) -> Result<()> {
-    let http = bind(args.listen, "--listen").await?;
-    let stomp = bind(args.stomp_listen, "--stomp-listen").await?;
-    on_bound(Bound {
-        http: http.local_addr()?,
-        stomp: stomp.local_addr()?,
-    });
-
+    let Listeners { http, stomp, .. } = listeners;
     let app = app.merge(broker.ws_router());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
@@ -105,7 +134,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
+async fn bind_one(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         crate::Error::Io(std::io::Error::new(
             e.kind(),

@@ -113,6 +113,11 @@ impl<S: 'static> TestRoom<S> {
         self.room.state_mut()
     }
 
+    /// Inventory grants handlers made since the last call.
+    pub fn grants(&mut self) -> Vec<crate::room::Grant> {
+        self.room.take_grants()
+    }
+
     /// The room underneath.
     pub fn room(&self) -> &Room<S> {
         &self.room

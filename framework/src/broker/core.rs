@@ -660,6 +660,11 @@ impl Core {
         }
     }
 
+    /// Creates an empty queue unless it exists.
+    pub fn create_queue(&mut self, destination: &str) {
+        self.queues.entry(destination.to_owned()).or_default();
+    }
+
     /// Deletes a queue and every message in it; returns whether it existed.
     pub fn delete_queue(&mut self, destination: &str) -> bool {
         let Some(queue) = self.queues.remove(destination) else {

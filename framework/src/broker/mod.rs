@@ -64,25 +64,35 @@ pub trait Authorizer: Send + Sync + 'static {
         peer: Option<SocketAddr>,
     ) -> Result<Principal, String>;
 
-    /// Checks a SEND.
+    /// Checks a SEND; by default against [`Principal::send`].
     fn can_send(&self, principal: &Principal, destination: &str) -> Result<(), String> {
-        allowed(
-            &principal.name,
-            principal.send.as_deref(),
-            "send to",
-            destination,
-        )
+        default_can_send(principal, destination)
     }
 
-    /// Checks a SUBSCRIBE.
+    /// Checks a SUBSCRIBE; by default against [`Principal::subscribe`].
     fn can_subscribe(&self, principal: &Principal, destination: &str) -> Result<(), String> {
-        allowed(
-            &principal.name,
-            principal.subscribe.as_deref(),
-            "subscribe to",
-            destination,
-        )
+        default_can_subscribe(principal, destination)
     }
+}
+
+/// The default SEND check: `destination` must be in [`Principal::send`] (if it is set).
+pub fn default_can_send(principal: &Principal, destination: &str) -> Result<(), String> {
+    allowed(
+        &principal.name,
+        principal.send.as_deref(),
+        "send to",
+        destination,
+    )
+}
+
+/// The default SUBSCRIBE check: `destination` must be in [`Principal::subscribe`] (if set).
+pub fn default_can_subscribe(principal: &Principal, destination: &str) -> Result<(), String> {
+    allowed(
+        &principal.name,
+        principal.subscribe.as_deref(),
+        "subscribe to",
+        destination,
+    )
 }
 
 fn allowed(
@@ -218,6 +228,11 @@ impl Broker {
                 message: r.message,
                 detail: r.detail,
             })
+    }
+
+    /// Creates a queue if it does not exist yet (SEND and SUBSCRIBE also create them).
+    pub fn create_queue(&self, destination: &str) {
+        self.lock().create_queue(destination);
     }
 
     /// Deletes a queue and the messages in it; returns whether it existed.

@@ -1,0 +1,322 @@
+//! Persistence: rooms, players, user items and room checkpoints, in SQLite (a file, the
+//! default) or PostgreSQL, through one SQL text (sqlx's `Any` driver).
+
+use crate::room::Grant;
+use crate::{Error, Result};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Each migration runs once, in order; `schema_version` remembers how far a store is.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rooms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        ended_at BIGINT,
+        end_reason TEXT)",
+    "CREATE TABLE IF NOT EXISTS players (
+        room_id TEXT NOT NULL,
+        player TEXT NOT NULL,
+        joined_at BIGINT NOT NULL,
+        PRIMARY KEY (room_id, player))",
+    "CREATE TABLE IF NOT EXISTS user_items (
+        player TEXT NOT NULL,
+        item TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (player, item))",
+    "CREATE TABLE IF NOT EXISTS checkpoints (
+        room_id TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        applied TEXT NOT NULL,
+        updated_at BIGINT NOT NULL)",
+];
+
+const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
+     ON CONFLICT (player, item) DO UPDATE SET count = user_items.count + excluded.count";
+
+/// A room as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomRecord {
+    /// The room id.
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// A room's saved progress: enough for a new worker to carry on where the last stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The room sequence number of the latest broadcast.
+    pub seq: u64,
+    /// The game state, as JSON.
+    pub state: String,
+    /// Each player's last applied input sequence number.
+    pub applied: BTreeMap<String, u64>,
+}
+
+/// The store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn db(e: sqlx::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl Store {
+    /// Opens `url` (`sqlite://PATH`, `sqlite::memory:`, or `postgres://…`), creating a
+    /// SQLite file and its directory if needed, and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        } else {
+            url.to_owned()
+        };
+        // SQLite allows one writer; one connection avoids "database is locked".
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await
+            .map_err(|e| Error::Store(format!("cannot open the store {url}: {e}")))?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        let row = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let done: i64 = row.try_get::<Option<i64>, _>("v").map_err(db)?.unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            sqlx::query(sql).execute(&self.pool).await.map_err(db)?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Records a new room.
+    pub async fn create_room(&self, id: &str, name: &str) -> Result<RoomRecord> {
+        let created_at = now();
+        sqlx::query("INSERT INTO rooms (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(RoomRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            created_at,
+        })
+    }
+
+    /// Marks a room ended and forgets its players and checkpoint.
+    pub async fn end_room(&self, id: &str, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET ended_at = $1, end_reason = $2 WHERE id = $3")
+            .bind(now())
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        for sql in [
+            "DELETE FROM players WHERE room_id = $1",
+            "DELETE FROM checkpoints WHERE room_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Rooms that have not ended, oldest first.
+    pub async fn live_rooms(&self) -> Result<Vec<RoomRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM rooms WHERE ended_at IS NULL ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(room_record).collect()
+    }
+
+    /// A live (not ended) room.
+    pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at FROM rooms WHERE id = $1 AND ended_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(room_record).transpose()
+    }
+
+    /// Records that `player` is in `room`.
+    pub async fn add_player(&self, room: &str, player: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO players (room_id, player, joined_at) VALUES ($1, $2, $3)
+             ON CONFLICT (room_id, player) DO NOTHING",
+        )
+        .bind(room)
+        .bind(player)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Records that `player` left `room`; returns whether it was there.
+    pub async fn remove_player(&self, room: &str, player: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM players WHERE room_id = $1 AND player = $2")
+            .bind(room)
+            .bind(player)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The players in `room`, by name.
+    pub async fn players(&self, room: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT player FROM players WHERE room_id = $1 ORDER BY player")
+            .bind(room)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| r.try_get("player").map_err(db))
+            .collect()
+    }
+
+    /// Adds `count` of `item` to `player`'s inventory.
+    pub async fn add_item(&self, player: &str, item: &str, count: i64) -> Result<()> {
+        sqlx::query(ADD_ITEM)
+            .bind(player)
+            .bind(item)
+            .bind(count)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// `player`'s inventory: item to count.
+    pub async fn items(&self, player: &str) -> Result<BTreeMap<String, i64>> {
+        let rows =
+            sqlx::query("SELECT item, count FROM user_items WHERE player = $1 ORDER BY item")
+                .bind(player)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("item").map_err(db)?,
+                    r.try_get("count").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Saves a room's checkpoint, replacing the last, and the inventory grants made since
+    /// the last one, in one transaction: both or neither.
+    pub async fn save_checkpoint(
+        &self,
+        room: &str,
+        checkpoint: &Checkpoint,
+        grants: &[Grant],
+    ) -> Result<()> {
+        let applied =
+            serde_json::to_string(&checkpoint.applied).expect("a map of numbers serializes");
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for grant in grants {
+            sqlx::query(ADD_ITEM)
+                .bind(&grant.player)
+                .bind(&grant.item)
+                .bind(grant.count)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        sqlx::query(
+            "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
+                 applied = excluded.applied, updated_at = excluded.updated_at",
+        )
+        .bind(room)
+        .bind(checkpoint.seq as i64)
+        .bind(&checkpoint.state)
+        .bind(applied)
+        .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// A room's last checkpoint, if it has one.
+    pub async fn checkpoint(&self, room: &str) -> Result<Option<Checkpoint>> {
+        let row = sqlx::query("SELECT seq, state, applied FROM checkpoints WHERE room_id = $1")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let applied: String = row.try_get("applied").map_err(db)?;
+        Ok(Some(Checkpoint {
+            seq: row.try_get::<i64, _>("seq").map_err(db)? as u64,
+            state: row.try_get("state").map_err(db)?,
+            applied: serde_json::from_str(&applied)
+                .map_err(|e| Error::Store(format!("corrupt checkpoint of room {room}: {e}")))?,
+        }))
+    }
+}
+
+fn room_record(row: &AnyRow) -> Result<RoomRecord> {
+    Ok(RoomRecord {
+        id: row.try_get("id").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+    })
+}
