@@ -1,1 +1,222 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers for the end-to-end tests: a real server (`game_server_less::run_with`) on
+//! loopback ports, and players that join through the lobby and play over STOMP.
+
+use clap::Parser;
+use game_server_less::lobby::Ticket;
+use game_server_less::msg::Msg;
+use game_server_less::server::Args;
+use game_server_less::stomp::{Client, ConnectOptions, Message, SubscribeOptions, Subscription};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How long to wait for anything that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process on loopback ports.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<game_server_less::Result<()>>,
+}
+
+/// A fresh, empty data directory under the system's temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("gsl-e2e-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    /// Starts the game (the real `game-server` handlers and routes) with data in `dir`.
+    pub async fn game(dir: &Path) -> Server {
+        Server::start(game_server::lobby(), game_server::msg(), dir, &[]).await
+    }
+
+    /// Starts any game, with extra command-line options.
+    pub async fn start<S>(
+        lobby: game_server_less::Lobby,
+        msg: Msg<S>,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Server
+    where
+        S: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut argv = vec![
+            "game-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--stomp-listen",
+            "127.0.0.1:0",
+            "--secret",
+            "e2e-secret",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::parse_from(argv);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = oneshot::channel();
+        let done = tokio::spawn(game_server_less::run_with(
+            args,
+            lobby,
+            msg,
+            async move {
+                let _ = stopped.await;
+            },
+            move |bound| {
+                let _ = bound_tx.send(bound);
+            },
+        ));
+        let bound = tokio::time::timeout(WAIT, bound_rx)
+            .await
+            .expect("the server starts")
+            .expect("the server reports its ports");
+        Server {
+            http: format!("http://{}", bound.http),
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    /// Shuts the server down as Ctrl-C would, and waits until it has.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.done)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// `POST /rooms`; returns the room id.
+    pub async fn create_room(&self) -> String {
+        let room: Value = http()
+            .post(format!("{}/rooms", self.http))
+            .json(&json!({ "name": "e2e" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        room["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /rooms/{id}/join` as `name`.
+    pub async fn join(&self, room: &str, name: &str) -> Ticket {
+        let response = http()
+            .post(format!("{}/rooms/{room}/join", self.http))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "join: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+}
+
+/// An HTTP client.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+}
+
+/// A player connected over STOMP with its ticket, listening to the room and to itself.
+pub struct Player {
+    /// The ticket it joined with.
+    pub ticket: Ticket,
+    /// Its connection.
+    pub client: Client,
+    /// The room topic.
+    pub room: Subscription,
+    /// Its own destination.
+    pub private: Subscription,
+    seq: u64,
+}
+
+impl Player {
+    /// Joins `room` as `name` and connects over WebSocket (or TCP if `tcp`).
+    pub async fn join(server: &Server, room: &str, name: &str, tcp: bool) -> Player {
+        let ticket = server.join(room, name).await;
+        let url = if tcp { &ticket.tcp_url } else { &ticket.ws_url };
+        let client = Client::connect(
+            url,
+            ConnectOptions::login(ticket.login.clone(), ticket.token.clone()),
+        )
+        .await
+        .unwrap();
+        let room = client
+            .subscribe(&ticket.topic, SubscribeOptions::default())
+            .await
+            .unwrap();
+        let private = client
+            .subscribe(&ticket.private, SubscribeOptions::default())
+            .await
+            .unwrap();
+        Player {
+            ticket,
+            client,
+            room,
+            private,
+            seq: 0,
+        }
+    }
+
+    /// Sends an input numbered with the next sequence number; returns the number.
+    pub async fn send(&mut self, mut input: Value) -> u64 {
+        self.seq += 1;
+        input["seq"] = self.seq.into();
+        self.send_raw(&input.to_string()).await;
+        self.seq
+    }
+
+    /// Sends a body as it is, with a receipt.
+    pub async fn send_raw(&self, body: &str) {
+        self.client
+            .send(&self.ticket.inbox, body.to_owned())
+            .await
+            .unwrap();
+    }
+
+    /// The next room message whose `type` is `kind` (others are skipped).
+    pub async fn next_on_room(&mut self, kind: &str) -> Value {
+        next_of(&mut self.room, kind).await
+    }
+
+    /// The next message to this player alone whose `type` is `kind`.
+    pub async fn next_private(&mut self, kind: &str) -> Value {
+        next_of(&mut self.private, kind).await
+    }
+}
+
+/// Parses a message body as JSON.
+pub fn json_of(m: &Message) -> Value {
+    serde_json::from_slice(m.body()).unwrap()
+}
+
+/// The next message on `sub` whose `type` is `kind` (others are skipped).
+pub async fn next_of(sub: &mut Subscription, kind: &str) -> Value {
+    loop {
+        let m = json_of(
+            &sub.recv_timeout(WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("waiting for {kind}: {e}")),
+        );
+        if m["type"] == kind {
+            return m;
+        }
+    }
+}

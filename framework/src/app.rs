@@ -1,7 +1,7 @@
 //! The running game server: [`App`], the state that the lobby, the broker's authorizer
 //! and the room workers share, and [`run`], which starts it all.
 
-use crate::broker::{Authorizer, Broker, Principal};
+use crate::broker::{Authorizer, Broker, BrokerConfig, Principal};
 use crate::lobby::{ApiError, Lobby, RoomView, Ticket};
 use crate::msg::Msg;
 use crate::server::{self, Args, Bound};
@@ -383,7 +383,11 @@ where
         worker_secret: worker_secret.clone(),
         allow_guest: config.allow_guest,
     };
-    let broker = Broker::with_authorizer(args.broker_config(), Arc::new(authorizer));
+    let broker_config = BrokerConfig {
+        managed_prefixes: vec!["/queue/room.".into()],
+        ..args.broker_config()
+    };
+    let broker = Broker::with_authorizer(broker_config, Arc::new(authorizer));
     let listeners = server::bind(&args).await?;
     let bound = listeners.bound;
 

@@ -216,7 +216,8 @@ impl World {
         None
     }
 
-    fn snapshot(&self) -> serde_json::Value {
+    /// The whole world as one message, as a newcomer gets it.
+    pub fn snapshot(&self) -> serde_json::Value {
         json!({
             "type": "welcome",
             "map": self.map.lines(),

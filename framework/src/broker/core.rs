@@ -294,6 +294,22 @@ impl Core {
         }
     }
 
+    /// A queue under a managed prefix must exist: clients cannot create it.
+    fn check_managed(&self, destination: &str) -> Handled {
+        let managed = self
+            .config
+            .managed_prefixes
+            .iter()
+            .any(|p| destination.starts_with(p.as_str()));
+        if managed && !self.queues.contains_key(destination) {
+            return Err(Refusal::new(
+                format!("no queue {destination}"),
+                "This queue is created and deleted by the server (a room's inbox lives as long as its room).",
+            ));
+        }
+        Ok(())
+    }
+
     fn session(&mut self, id: SessionId) -> Result<&mut Session, Refusal> {
         self.sessions
             .get_mut(&id)
@@ -315,6 +331,7 @@ impl Core {
             .can_send(principal, &destination)
             .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
         let user = principal.name.clone();
+        self.check_managed(&destination)?;
         let mut headers: Vec<(String, String)> = frame
             .headers
             .into_iter()
@@ -424,7 +441,10 @@ impl Core {
             ));
         }
         let queue_name = match dest {
-            Dest::Queue => destination.clone(),
+            Dest::Queue => {
+                self.check_managed(&destination)?;
+                destination.clone()
+            }
             Dest::Topic(topic) => {
                 let private = format!("\0topic-subscription:{id}:{sub_id}");
                 self.topics

@@ -151,6 +151,9 @@ pub struct BrokerConfig {
     pub spool: Option<PathBuf>,
     /// The CONNECTED `server` header.
     pub server_name: String,
+    /// Queues whose names start with one of these exist only through
+    /// [`Broker::create_queue`]; a client's SEND or SUBSCRIBE cannot create them.
+    pub managed_prefixes: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -165,6 +168,7 @@ impl Default for BrokerConfig {
             max_destination_len: 255,
             spool: None,
             server_name: format!("game-server-less/{}", env!("CARGO_PKG_VERSION")),
+            managed_prefixes: Vec::new(),
         }
     }
 }

@@ -1,0 +1,512 @@
+//! The game server end to end: the lobby over HTTP, the game over STOMP, on real sockets.
+
+use e2e_tests::{http, json_of, next_of, temp_dir, Player, Server, WAIT};
+use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
+use game_server_less::{Ctx, Error, Lobby, Msg};
+use serde_json::{json, Value};
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+/// Collects `player`'s room messages from the chat `from` to the chats `until` (both
+/// included), in arrival order.
+async fn room_log(player: &mut Player, from: &str, until: &[&str]) -> Vec<Value> {
+    let mut log = Vec::new();
+    let mut started = false;
+    let mut pending: HashSet<&str> = until.iter().copied().collect();
+    while !pending.is_empty() {
+        let m = json_of(
+            &player
+                .room
+                .recv_timeout(WAIT)
+                .await
+                .expect("room messages keep coming"),
+        );
+        let text = m["text"].as_str().unwrap_or_default().to_owned();
+        started |= text == from;
+        if started {
+            pending.remove(text.as_str());
+            log.push(m);
+        }
+    }
+    log
+}
+
+#[tokio::test]
+async fn players_see_the_same_room_output_in_the_same_order() {
+    let dir = temp_dir("order");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    let mut bob = Player::join(&server, &room, "bob", true).await;
+    ann.send(json!({ "type": "chat", "text": "start" })).await;
+
+    let play = |mut p: Player, name: &'static str| async move {
+        for i in 0..15 {
+            p.send(json!({ "type": "chat", "text": format!("{name}-{i}") }))
+                .await;
+            let dx = if i % 2 == 0 { 1 } else { -1 };
+            p.send(json!({ "type": "move", "dx": dx, "dy": 0 })).await;
+        }
+        p.send(json!({ "type": "chat", "text": format!("{name}-end") }))
+            .await;
+        p
+    };
+    let (a, b) = tokio::join!(play(ann, "ann"), play(bob, "bob"));
+    (ann, bob) = (a, b);
+
+    let ann_log = room_log(&mut ann, "start", &["ann-end", "bob-end"]).await;
+    let bob_log = room_log(&mut bob, "start", &["ann-end", "bob-end"]).await;
+    let shorter = ann_log.len().min(bob_log.len());
+    assert_eq!(
+        ann_log[..shorter],
+        bob_log[..shorter],
+        "same outputs, same order"
+    );
+    for log in [&ann_log, &bob_log] {
+        let seqs: Vec<u64> = log.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "no gaps: {seqs:?}"
+        );
+        for name in ["ann", "bob"] {
+            let chats: Vec<&str> = log
+                .iter()
+                .filter(|m| m["type"] == "chat" && m["player"] == name && m["text"] != "start")
+                .map(|m| m["text"].as_str().unwrap())
+                .collect();
+            let expected: Vec<String> = (0..15)
+                .map(|i| format!("{name}-{i}"))
+                .chain([format!("{name}-end")])
+                .collect();
+            assert_eq!(chats, expected, "{name}'s inputs applied in the order sent");
+        }
+        let moves = log.iter().filter(|m| m["type"] == "moved").count();
+        assert!(moves > 0, "moves were broadcast");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicated_input_is_applied_once() {
+    let dir = temp_dir("dup");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    let same = json!({ "type": "chat", "text": "once", "seq": 1 }).to_string();
+    ann.send_raw(&same).await;
+    ann.send_raw(&same).await; // a client retrying after a lost receipt
+    ann.send_raw(&json!({ "type": "chat", "text": "after", "seq": 2 }).to_string())
+        .await;
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some("after") {
+        let m = ann.next_on_room("chat").await;
+        texts.push(m["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(texts, ["once", "after"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_errors_reach_only_the_sender() {
+    let dir = temp_dir("errors");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    let mut bob = Player::join(&server, &room, "bob", true).await;
+    ann.send(json!({ "type": "teleport" })).await;
+    ann.send_raw("{not json").await;
+    let seq = ann.send(json!({ "type": "move", "dx": 9, "dy": 9 })).await;
+    let unknown = ann.next_private("error").await;
+    assert_eq!(unknown["error"], "unknown message type \"teleport\"");
+    let bad = ann.next_private("error").await;
+    assert!(
+        bad["error"].as_str().unwrap().starts_with("invalid JSON"),
+        "{bad}"
+    );
+    let rule = ann.next_private("error").await;
+    assert_eq!(rule["input_seq"], seq);
+    // Bob heard nothing of it, and the room goes on for both.
+    bob.send(json!({ "type": "chat", "text": "still here" }))
+        .await;
+    assert_eq!(ann.next_on_room("chat").await["text"], "still here");
+    let private = bob
+        .private
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .ok()
+        .map(|m| json_of(&m));
+    assert!(
+        private.as_ref().is_none_or(|m| m["type"] != "error"),
+        "{private:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_and_foreign_tokens_are_refused() {
+    let dir = temp_dir("tokens");
+    let server = Server::game(&dir).await;
+    let (one, two) = (server.create_room().await, server.create_room().await);
+    let ann = Player::join(&server, &one, "ann", false).await;
+    let ticket = &ann.ticket;
+
+    let forged = ticket.token.replace("ann", "bob");
+    let refused = Client::connect(&ticket.ws_url, ConnectOptions::login("bob", forged)).await;
+    assert!(
+        matches!(&refused, Err(Error::Server { message, .. }) if message == "access refused"),
+        "{refused:?}"
+    );
+    let garbage = Client::connect(&ticket.tcp_url, ConnectOptions::login("ann", "x.y.z")).await;
+    assert!(garbage.is_err());
+
+    // Ann's own token reaches only her room: not room two, not bob's destination.
+    let foreign_topic = format!("/topic/room.{two}");
+    let err = ann
+        .client
+        .subscribe(&foreign_topic, SubscribeOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("may not subscribe to"), "{err}");
+    let c = Client::connect(
+        &ticket.tcp_url,
+        ConnectOptions::login("ann", ticket.token.clone()),
+    )
+    .await
+    .unwrap();
+    let err = c
+        .send(&format!("/queue/room.{two}"), "{}")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("may not send to"), "{err}");
+    let c = Client::connect(
+        &ticket.tcp_url,
+        ConnectOptions::login("ann", ticket.token.clone()),
+    )
+    .await
+    .unwrap();
+    let err = c
+        .subscribe(&ticket.inbox, SubscribeOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("may not subscribe to"),
+        "players cannot read the inbox: {err}"
+    );
+
+    // guest/guest reaches anything but the rooms.
+    let guest = Client::connect(&ticket.tcp_url, ConnectOptions::login("guest", "guest"))
+        .await
+        .unwrap();
+    guest.send("/queue/not-a-room", "hi").await.unwrap();
+    let err = guest
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("guest may not use room destinations"),
+        "{err}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ending_a_room_deletes_its_inbox_and_tells_the_players() {
+    let dir = temp_dir("end");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    let status = http()
+        .delete(format!("{}/rooms/{room}", server.http))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    let ended = ann.next_on_room("room_ended").await;
+    assert_eq!(ended["reason"], "ended by the lobby");
+    let status = http()
+        .get(format!("{}/rooms/{room}", server.http))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    // The inbox is gone: sending to it is an error, and does not bring it back.
+    let mut gone = None;
+    for _ in 0..50 {
+        let c = Client::connect(
+            &ann.ticket.tcp_url,
+            ConnectOptions::login("ann", ann.ticket.token.clone()),
+        )
+        .await
+        .unwrap();
+        match c.send(&ann.ticket.inbox, "{}").await {
+            Err(e) => {
+                gone = Some(e.to_string());
+                break;
+            }
+            Ok(()) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let gone = gone.expect("the inbox is deleted");
+    assert!(
+        gone.contains(&format!("no queue {}", ann.ticket.inbox)),
+        "{gone}"
+    );
+    server.stop().await;
+}
+
+/// Walks `player` to the nearest item and picks it up; returns the item's kind.
+async fn pick_up_an_item(player: &mut Player) -> String {
+    player.send(json!({ "type": "look" })).await;
+    let world = player.next_private("welcome").await;
+    let map: Vec<Vec<u8>> = world["map"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().bytes().collect())
+        .collect();
+    let mut items: Vec<(i64, i64)> = world["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["x"].as_i64().unwrap(), i["y"].as_i64().unwrap()))
+        .collect();
+    let me = &world["players"][&player.ticket.player];
+    let mut at = (me["x"].as_i64().unwrap(), me["y"].as_i64().unwrap());
+    for _ in 0..400 {
+        let step = first_step(&map, at, &items).expect("an item is reachable");
+        player
+            .send(json!({ "type": "move", "dx": step.0, "dy": step.1 }))
+            .await;
+        let outcome = tokio::select! {
+            m = next_of(&mut player.room, "moved") => m,
+            m = next_of(&mut player.private, "blocked") => m,
+        };
+        if outcome["type"] == "blocked" {
+            tokio::time::sleep(Duration::from_millis(100)).await; // an NPC in the way
+            continue;
+        }
+        if outcome["player"] != player.ticket.player.as_str() {
+            continue;
+        }
+        at = (
+            outcome["x"].as_i64().unwrap(),
+            outcome["y"].as_i64().unwrap(),
+        );
+        if items.contains(&at) {
+            let picked = player.next_on_room("picked").await;
+            return picked["item"].as_str().unwrap().to_owned();
+        }
+        items.retain(|&i| i != at);
+    }
+    panic!("no item picked up in 400 steps");
+}
+
+/// The first step of a shortest path over floor tiles from `from` to any of `goals`.
+fn first_step(map: &[Vec<u8>], from: (i64, i64), goals: &[(i64, i64)]) -> Option<(i64, i64)> {
+    let floor = |(x, y): (i64, i64)| {
+        map.get(y as usize)
+            .and_then(|r| r.get(x as usize))
+            .is_some_and(|&t| t != b'#')
+    };
+    let mut seen = HashSet::from([from]);
+    let mut queue = VecDeque::new();
+    for d in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+        let next = (from.0 + d.0, from.1 + d.1);
+        if floor(next) && seen.insert(next) {
+            queue.push_back((next, d));
+        }
+    }
+    while let Some((at, first)) = queue.pop_front() {
+        if goals.contains(&at) {
+            return Some(first);
+        }
+        for d in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+            let next = (at.0 + d.0, at.1 + d.1);
+            if floor(next) && seen.insert(next) {
+                queue.push_back((next, first));
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn user_items_survive_a_server_restart() {
+    let dir = temp_dir("items");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    let kind = pick_up_an_item(&mut ann).await;
+    let token = ann.ticket.token.clone();
+    server.stop().await;
+
+    let server = Server::game(&dir).await;
+    let items: Value = http()
+        .get(format!("{}/user/items", server.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items["player"], "ann");
+    assert!(items["items"][&kind].as_i64().unwrap() >= 1, "{items}");
+    // The room itself carried on too.
+    let rooms: Value = http()
+        .get(format!("{}/rooms", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms[0]["id"], room.as_str());
+    let status = http()
+        .get(format!("{}/user/items", server.http))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401, "no token, no inventory");
+    server.stop().await;
+}
+
+fn panicky() -> Msg<i64> {
+    Msg::new(|| 0)
+        .route("type=add", |n: &mut i64, ctx: &mut Ctx, m: Value| {
+            *n += m["by"].as_i64().unwrap_or(0);
+            ctx.broadcast(&json!({ "type": "total", "n": *n }));
+        })
+        .route("type=boom", |_: &mut i64, _: &mut Ctx, _: Value| -> () {
+            panic!("the handler blew up")
+        })
+}
+
+#[tokio::test]
+async fn a_panicking_handler_leaves_the_room_running() {
+    let dir = temp_dir("panic");
+    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    ann.send(json!({ "type": "add", "by": 2 })).await;
+    ann.send(json!({ "type": "boom" })).await;
+    ann.send(json!({ "type": "add", "by": 3 })).await;
+    let err = ann.next_private("error").await;
+    assert_eq!(err["error"], "the handler failed: the handler blew up");
+    assert_eq!(ann.next_on_room("total").await["n"], 2);
+    assert_eq!(ann.next_on_room("total").await["n"], 5);
+    let health: Value = http()
+        .get(format!("{}/health", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_lobby_answers_bad_requests_with_json_errors() {
+    let dir = temp_dir("lobby");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let cases = [
+        (
+            "POST",
+            "/rooms".to_owned(),
+            "{bad json",
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            "/rooms".to_owned(),
+            r#"{"name": 7}"#,
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            format!("/rooms/{room}/join"),
+            "{}",
+            400,
+            "say who joins",
+        ),
+        (
+            "POST",
+            format!("/rooms/{room}/join"),
+            r#"{"name":"a.b"}"#,
+            400,
+            "a player name has",
+        ),
+        (
+            "POST",
+            format!("/rooms/{room}/join"),
+            &"x".repeat(100_000),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            "/rooms/nope/join".to_owned(),
+            r#"{"name":"ann"}"#,
+            404,
+            "no room \"nope\"",
+        ),
+        (
+            "POST",
+            format!("/rooms/{room}/leave"),
+            "",
+            401,
+            "missing Authorization",
+        ),
+        ("GET", "/nowhere".to_owned(), "", 404, "no such route"),
+    ];
+    for (method, path, body, status, message) in cases {
+        let request = match method {
+            "POST" => http().post(format!("{}{path}", server.http)),
+            _ => http().get(format!("{}{path}", server.http)),
+        };
+        let response = request.body(body.to_owned()).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(message),
+            "{method} {path}: {error}"
+        );
+    }
+    // Joining and leaving show in the room list.
+    let ticket = server.join(&room, "ann").await;
+    let view: Value = http()
+        .get(format!("{}/rooms/{room}", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["players"], json!(["ann"]));
+    let left = http()
+        .post(format!("{}/rooms/{room}/leave", server.http))
+        .bearer_auth(&ticket.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 204);
+    let view: Value = http()
+        .get(format!("{}/rooms/{room}", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["players_online"], 0);
+    server.stop().await;
+}
