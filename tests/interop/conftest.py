@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from interop_support import (
+    LOGIN,
+    PASSCODE,
     TIMEOUT,
     Collector,
     RawConnection,
@@ -173,16 +175,32 @@ def transport(request):
 
 @pytest.fixture
 def stomp_client(server, transport):
-    """Factory: ``stomp_client(heartbeats=(0, 0), auto_decode=True, srv=server)`` -> StompClient."""
+    """Factory: ``stomp_client(heartbeats=(0, 0), auto_decode=True, ...)`` -> connected StompClient.
+
+    Over "ws", messages go as binary WebSocket messages unless ``ws_binary=False``.
+    """
     clients = []
 
-    def connect(heartbeats=(0, 0), auto_decode=True, headers=None, srv=None, with_connect_command=False):
-        conn = make_stomp_connection(srv or server, transport, heartbeats, auto_decode)
+    def connect(
+        heartbeats=(0, 0),
+        auto_decode=True,
+        headers=None,
+        srv=None,
+        with_connect_command=False,
+        ws_binary=True,
+    ):
+        conn = make_stomp_connection(srv or server, transport, heartbeats, auto_decode, ws_binary)
         listener = Collector()
         conn.set_listener("collector", listener)
         client = StompClient(conn, listener, transport)
         clients.append(client)
-        conn.connect(wait=False, headers=headers or {}, with_connect_command=with_connect_command)
+        conn.connect(
+            username=LOGIN,
+            passcode=PASSCODE,
+            wait=False,
+            headers=headers or {},
+            with_connect_command=with_connect_command,
+        )
         wait_for(
             lambda: listener.connected or listener.errors or listener.disconnected,
             what=f"CONNECTED over {transport}",

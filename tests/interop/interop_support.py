@@ -8,6 +8,7 @@ oversized frames and silence after promising heart-beats.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -25,6 +26,11 @@ QUIET_WINDOW = 0.5
 
 #: The broker's documented frame limit (1 MiB, headers and body together).
 MAX_FRAME_BYTES = 1024 * 1024
+
+#: Credentials sent on every CONNECT. The broker lets ``guest``/``guest`` in from loopback
+#: (outside game-room destinations); override with STOMP_LOGIN / STOMP_PASSCODE.
+LOGIN = os.environ.get("STOMP_LOGIN", "guest")
+PASSCODE = os.environ.get("STOMP_PASSCODE", "guest")
 
 #: The WebSocket subprotocols the broker is documented to accept, best first.
 WS_SUBPROTOCOLS = ["v12.stomp", "v11.stomp", "v10.stomp"]
@@ -109,6 +115,8 @@ class StompClient:
         self.listener = listener
         self.transport = transport
         self._sub_ids = 0
+        #: How many received messages the test has waited for (and so accounted for).
+        self.consumed = 0
 
     # -- sending -------------------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class StompClient:
             what=f"{n} message(s) on {self.transport} (have {len(self.listener.messages)})",
         )
         assert not self.listener.errors, f"broker sent ERROR: {describe_errors(self.listener.errors)}"
+        self.consumed = max(self.consumed, n)
         return self.messages()
 
     def bodies(self):
@@ -215,8 +224,11 @@ def describe_errors(errors):
     return "; ".join(f"{e.headers.get('message')!r} {e.body!r}" for e in errors)
 
 
-def make_stomp_connection(server, transport, heartbeats=(0, 0), auto_decode=True):
-    """A stomp.py connection (not yet connected) for ``transport`` ("tcp" or "ws")."""
+def make_stomp_connection(server, transport, heartbeats=(0, 0), auto_decode=True, ws_binary=True):
+    """A stomp.py connection (not yet connected) for ``transport`` ("tcp" or "ws").
+
+    ``ws_binary`` picks binary (default: any body can be sent) or text WebSocket messages.
+    """
     common = dict(
         heartbeats=heartbeats,
         auto_decode=auto_decode,
@@ -229,8 +241,7 @@ def make_stomp_connection(server, transport, heartbeats=(0, 0), auto_decode=True
         return stomp.WSStompConnection(
             [(server.host, server.http_port)],
             ws_path="/ws",
-            # Binary WebSocket messages, so bodies that are not UTF-8 can be sent.
-            binary_mode=True,
+            binary_mode=ws_binary,
             header=[f"Sec-WebSocket-Protocol: {', '.join(WS_SUBPROTOCOLS)}"],
             **common,
         )
@@ -412,7 +423,7 @@ class RawConnection:
 
     def connect(self, headers=None):
         """Sends CONNECT and returns the CONNECTED frame."""
-        h = {"accept-version": "1.2", "host": "localhost"}
+        h = {"accept-version": "1.2", "host": "localhost", "login": LOGIN, "passcode": PASSCODE}
         h.update(headers or {})
         self.send_frame("CONNECT", h)
         frame = self.read_frame()

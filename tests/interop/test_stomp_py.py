@@ -11,11 +11,12 @@ import time
 import pytest
 
 from interop_support import (
+    LOGIN,
     MAX_FRAME_BYTES,
-    QUIET_WINDOW,
-    TIMEOUT,
+    PASSCODE,
     Closed,
     describe_errors,
+    encode_frame,
     stays_false,
     unique,
     wait_for,
@@ -26,13 +27,14 @@ BINARY_BODY = bytes(range(256)) * 3 + b"\x00\x00tail\x00"  # NULs, invalid UTF-8
 
 
 def assert_nothing_more(client, queue, sender=None):
-    """Proves nothing else is waiting for ``client`` on ``queue``.
+    """Proves ``client`` got nothing on ``queue`` beyond the messages the test waited for.
 
     Queues are FIFO and redeliveries go back to their original place, so if a fresh
-    sentinel is the next message to arrive, nothing older was left to deliver.
+    sentinel is the next message after those the test accounted for (``client.consumed``),
+    nothing else was delivered or left waiting.
     """
     sender = sender or client
-    before = len(client.messages())
+    before = client.consumed
     sentinel = unique("sentinel")
     sender.send(queue, sentinel)
     msgs = client.wait_messages(before + 1)
@@ -86,7 +88,7 @@ def test_raw_connect_negotiates_version_and_subprotocol(raw_client, transport):
 
 def test_unsupported_version_is_refused(raw_client):
     r = raw_client()
-    r.send_frame("CONNECT", {"accept-version": "9.9", "host": "localhost"})
+    r.send_frame("CONNECT", {"accept-version": "9.9", "host": "localhost", "login": LOGIN, "passcode": PASSCODE})
     frames = r.read_until_closed()
     errors = error_frames(frames)
     assert errors and not [f for f in frames if f.command == "CONNECTED"], frames
@@ -101,7 +103,8 @@ def test_unsupported_version_is_refused(raw_client):
 def test_send_receive_utf8_body(stomp_client, queue):
     c = stomp_client()
     c.subscribe(queue)
-    c.send(queue, UTF8_BODY, headers={"x-note": "a:b\\c\nd é"})
+    text_producer = stomp_client(ws_binary=False)  # over WebSocket: text messages
+    text_producer.send(queue, UTF8_BODY, headers={"x-note": "a:b\\c\nd é"})
     (m,) = c.wait_messages(1)
     assert m.body == UTF8_BODY
     assert m.headers["destination"] == queue
@@ -268,6 +271,50 @@ def test_unacked_messages_redelivered_in_order_after_consumer_leaves(stomp_clien
     assert_nothing_more(second, queue, sender=producer)
 
 
+def test_unsubscribe_hands_unacked_messages_to_other_consumers(stomp_client, queue):
+    producer = stomp_client()
+    a = stomp_client()
+    sub = a.subscribe(queue, ack="client")
+    producer.send(queue, "m0")
+    producer.send(queue, "m1")
+    a.wait_messages(2)
+    b = stomp_client()
+    b.subscribe(queue, ack="client")
+    a.conn.unsubscribe(id=sub, headers={"receipt": "unsub"})
+    a.wait_receipt("unsub")
+    msgs = b.wait_messages(2)
+    assert [m.body for m in msgs] == ["m0", "m1"]
+    assert all(m.headers.get("redelivered") == "true" for m in msgs)
+    producer.send(queue, "m2")
+    assert b.wait_messages(3)[2].body == "m2"
+    assert len(a.messages()) == 2, "an unsubscribed consumer gets nothing more"
+
+
+def test_client_ack_is_cumulative_only_within_its_subscription(stomp_client, queue):
+    producer = stomp_client()
+    consumer = stomp_client()
+    qa, qb = queue + "-a", queue + "-b"
+    consumer.subscribe(qa, ack="client", id="A")
+    consumer.subscribe(qb, ack="client", id="B")
+    producer.send(qa, "a1")
+    consumer.wait_messages(1)
+    producer.send(qb, "b1")
+    consumer.wait_messages(2)
+    producer.send(qa, "a2")
+    msgs = consumer.wait_messages(3)
+    assert [m.body for m in msgs] == ["a1", "b1", "a2"]
+    consumer.ack(msgs[2])  # acks a1 and a2, not b1
+    consumer.sync()
+    consumer.disconnect()
+
+    again = stomp_client()
+    again.subscribe(qb, ack="client")
+    m = again.wait_messages(1)[0]
+    assert m.body == "b1" and m.headers.get("redelivered") == "true"
+    again.subscribe(qa, ack="auto")
+    assert_nothing_more(again, qa, sender=producer)
+
+
 # --------------------------------------------------------------------------------------
 # Queues: competing consumers, prefetch
 # --------------------------------------------------------------------------------------
@@ -391,6 +438,104 @@ def test_raw_receipt_ids_are_echoed(raw_client, queue):
     assert [f.headers.get("receipt-id") for f in frames if f.command == "RECEIPT"] == ["bye-77"]
 
 
+def test_receipts_for_every_client_frame(raw_client, queue):
+    r = raw_client()
+    r.connect()
+
+    def expect_receipt(rid):
+        f = r.read_frame()
+        assert f.command == "RECEIPT" and f.headers.get("receipt-id") == rid, f
+
+    r.send_frame("SUBSCRIBE", {"destination": queue, "id": "s", "ack": "client-individual", "receipt": "r-sub"})
+    expect_receipt("r-sub")
+    r.send_frame("SEND", {"destination": queue, "receipt": "r-send"}, b"one")
+    frames = [r.read_frame(), r.read_frame()]  # the MESSAGE and the RECEIPT, in either order
+    assert sorted(f.command for f in frames) == ["MESSAGE", "RECEIPT"], frames
+    msg = next(f for f in frames if f.command == "MESSAGE")
+    assert next(f for f in frames if f.command == "RECEIPT").headers["receipt-id"] == "r-send"
+    r.send_frame("NACK", {"id": msg.headers["ack"], "receipt": "r-nack"})
+    frames = [r.read_frame(), r.read_frame()]  # RECEIPT and the redelivered MESSAGE
+    assert "r-nack" in [f.headers.get("receipt-id") for f in frames], frames
+    again = next(f for f in frames if f.command == "MESSAGE")
+    assert again.headers.get("redelivered") == "true" and again.body == b"one"
+    r.send_frame("BEGIN", {"transaction": "t1", "receipt": "r-begin"})
+    expect_receipt("r-begin")
+    r.send_frame("ACK", {"id": again.headers["ack"], "transaction": "t1", "receipt": "r-ack"})
+    expect_receipt("r-ack")
+    r.send_frame("COMMIT", {"transaction": "t1", "receipt": "r-commit"})
+    expect_receipt("r-commit")
+    r.send_frame("BEGIN", {"transaction": "t2"})
+    r.send_frame("ABORT", {"transaction": "t2", "receipt": "r-abort"})
+    expect_receipt("r-abort")
+    r.send_frame("UNSUBSCRIBE", {"id": "s", "receipt": "r-unsub"})
+    expect_receipt("r-unsub")
+    r.send_frame("DISCONNECT", {"receipt": "r-bye"})
+    frames = r.read_until_closed()
+    assert [f.headers.get("receipt-id") for f in frames] == ["r-bye"], frames
+
+
+def test_error_for_a_frame_with_receipt_names_that_receipt(raw_client):
+    """STOMP 1.2: an ERROR caused by a frame with a receipt header SHOULD carry receipt-id."""
+    r = raw_client()
+    r.connect()
+    r.send_frame("SEND", {"destination": "/bogus/z", "receipt": "r-77"}, b"x")
+    errors = error_frames(r.read_until_closed())
+    assert errors and errors[0].headers.get("receipt-id") == "r-77", errors
+
+
+# --------------------------------------------------------------------------------------
+# Framing
+# --------------------------------------------------------------------------------------
+
+
+def test_broker_headers_cannot_be_spoofed_and_first_header_wins(raw_client, queue):
+    r = raw_client()
+    r.connect()
+    r.send_frame("SUBSCRIBE", {"destination": queue, "id": "real-sub", "receipt": "r"})
+    assert r.read_frame().command == "RECEIPT"
+    r.send(
+        b"SEND\ndestination:" + queue.encode() + b"\ndestination:/queue/elsewhere\n"
+        b"message-id:forged\nsubscription:forged\nredelivered:true\nack:999\n"
+        b"x-dup:first\nx-dup:second\n\nbody\x00"
+    )
+    m = r.read_frame()
+    assert m.command == "MESSAGE" and m.body == b"body"
+    assert m.headers["destination"] == queue, "the first destination header is the one used"
+    assert m.headers["subscription"] == "real-sub"
+    assert m.headers["message-id"] != "forged"
+    assert "redelivered" not in m.headers and "ack" not in m.headers, m.header_list
+    assert m.headers["x-dup"] == "first"
+
+
+def test_crlf_line_endings_are_accepted(raw_client, queue):
+    r = raw_client()
+    r.connect()
+    r.send(f"SUBSCRIBE\r\ndestination:{queue}\r\nid:s\r\nreceipt:crlf\r\n\r\n\x00\r\n".encode())
+    f = r.read_frame()
+    assert f.command == "RECEIPT" and f.headers["receipt-id"] == "crlf", f
+    r.send(f"SEND\r\ndestination:{queue}\r\nx-h:v\r\n\r\nhello\x00".encode())
+    m = r.read_frame()
+    assert m.body == b"hello" and m.headers["x-h"] == "v", m
+
+
+def test_frames_split_across_writes_and_batched_in_one_write(raw_client, queue):
+    """Frame boundaries need not match TCP segments or WebSocket messages."""
+    r = raw_client()
+    r.connect()
+    sub = b"SUBSCRIBE\ndestination:" + queue.encode() + b"\nid:s\nreceipt:r0\n\n\x00"
+    for i in range(0, len(sub), 7):  # in 7-byte pieces
+        r.send(sub[i : i + 7])
+        time.sleep(0.01)
+    f = r.read_frame()
+    assert f.command == "RECEIPT" and f.headers["receipt-id"] == "r0", f
+    batch = b"".join(
+        b"SEND\ndestination:" + queue.encode() + f"\ncontent-length:3\n\nm{i:02d}\x00\n".encode()
+        for i in range(5)
+    )
+    r.send(batch)  # five frames (and heart-beat EOLs) in one write / one WebSocket message
+    assert [r.read_frame().body for _ in range(5)] == [f"m{i:02d}".encode() for i in range(5)]
+
+
 # --------------------------------------------------------------------------------------
 # Heart-beats
 # --------------------------------------------------------------------------------------
@@ -425,6 +570,49 @@ def test_silent_client_is_closed_after_heartbeat_timeout(raw_client, stomp_clien
     assert_server_alive(stomp_client, queue)
 
 
+def test_client_without_heartbeats_is_not_timed_out(raw_client, queue):
+    r = raw_client()
+    connected = r.connect({"heart-beat": "0,0"})
+    sx = int(connected.headers["heart-beat"].split(",")[0])
+    time.sleep(2.5 * max(sx, 500) / 1000)  # longer than any heart-beat deadline would be
+    assert r.heartbeats == 0, "heart-beats sent to a client that did not ask for them"
+    r.send_frame("SUBSCRIBE", {"destination": queue, "id": "1", "receipt": "alive"})
+    f = r.read_frame()
+    assert f.command == "RECEIPT" and f.headers["receipt-id"] == "alive", f
+
+
+def test_frame_trickling_in_counts_as_activity(raw_client, queue):
+    """Heart-beating is about *data*: "If the receiver does not receive any new data within
+    the time window" (STOMP 1.2). A frame that arrives a few bytes at a time, never more
+    than 150 ms apart, is a live connection, even if the whole frame takes seconds."""
+    r = raw_client()
+    connected = r.connect({"heart-beat": "100,100"})
+    sy = int(connected.headers["heart-beat"].split(",")[1])
+    window = 2 * max(100, sy) / 1000
+    frame = encode_frame("SEND", {"destination": queue, "receipt": "slow"}, b"s" * 60)
+    pieces = [frame[i : i + 4] for i in range(0, len(frame), 4)]
+    assert len(pieces) * 0.15 > 2 * window, "the test must outlast the heart-beat window"
+    t0 = time.monotonic()
+    hung_up = None
+    for piece in pieces:
+        try:
+            r.send(piece)
+        except OSError as e:
+            hung_up = e
+            break
+        time.sleep(0.15)
+    took = time.monotonic() - t0
+    try:
+        f = r.read_frame()
+    except Closed:
+        f = None
+    assert hung_up is None and f is not None and f.command == "RECEIPT", (
+        f"bytes arrived every 0.15s (heart-beat window {window:.1f}s), yet after {took:.1f}s "
+        f"the server {'hung up (' + str(hung_up) + ')' if hung_up else 'answered'} with "
+        f"{f if f is not None else 'nothing'}"
+    )
+
+
 def test_heartbeats_from_raw_client_keep_it_alive(raw_client, queue):
     r = raw_client()
     connected = r.connect({"heart-beat": "100,0"})
@@ -449,6 +637,9 @@ BAD_FRAMES = {
     "send-to-bogus-destination": (b"SEND\ndestination:/bogus/x\n\nhi\x00", ["/bogus/x"]),
     "send-without-destination": (b"SEND\ncontent-type:text/plain\n\nhi\x00", ["destination"]),
     "subscribe-bad-ack-mode": (b"SUBSCRIBE\ndestination:/queue/x\nid:1\nack:sometimes\n\n\x00", ["ack"]),
+    "subscribe-to-bogus-destination": (b"SUBSCRIBE\ndestination:/bogus/y\nid:1\n\n\x00", ["/bogus/y"]),
+    "send-to-empty-queue-name": (b"SEND\ndestination:/queue/\n\nhi\x00", ["destination"]),
+    "bad-prefetch-count": (b"SUBSCRIBE\ndestination:/queue/x\nid:1\nprefetch-count:lots\n\n\x00", ["prefetch"]),
     "header-without-colon": (b"SEND\ndestination:/queue/x\nno colon here\n\nhi\x00", ["colon"]),
     "bad-escape": (b"SEND\ndestination:/queue/x\nx-h:a\\tb\n\nhi\x00", ["escape"]),
 }
@@ -483,10 +674,11 @@ def test_bad_first_frame_gets_error_and_close(raw_client, stomp_client, queue, f
 
 
 @pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "nul-terminated"])
-def test_oversized_frame_gets_error(raw_client, stomp_client, queue, with_length):
+@pytest.mark.parametrize("size", [MAX_FRAME_BYTES + 100, 2 * MAX_FRAME_BYTES], ids=["1MiB+100B", "2MiB"])
+def test_oversized_frame_gets_error(raw_client, stomp_client, queue, with_length, size):
     r = raw_client()
     r.connect()
-    body = b"x" * (MAX_FRAME_BYTES + 100)
+    body = b"x" * size
     frame = (
         f"SEND\ndestination:{queue}\n".encode()
         + (f"content-length:{len(body)}\n".encode() if with_length else b"")
@@ -582,6 +774,58 @@ def test_transaction_abort_discards_sends(stomp_client, queue):
     assert consumer.wait_messages(2)[1].body == "kept"
 
 
+@pytest.mark.parametrize("outcome", ["commit", "abort"])
+def test_transactional_ack_applies_only_at_commit(stomp_client, queue, outcome):
+    producer = stomp_client()
+    consumer = stomp_client()
+    consumer.subscribe(queue, ack="client-individual")
+    producer.send(queue, "m0")
+    (m0,) = consumer.wait_messages(1)
+    tx = unique("tx")
+    consumer.conn.begin(transaction=tx)
+    consumer.ack(m0, transaction=tx)
+    getattr(consumer.conn, outcome)(transaction=tx)
+    consumer.sync()
+    consumer.disconnect()
+
+    again = stomp_client()
+    again.subscribe(queue, ack="auto")
+    if outcome == "abort":  # the ACK was rolled back: m0 is still unacknowledged
+        m = again.wait_messages(1)[0]
+        assert m.body == "m0" and m.headers.get("redelivered") == "true"
+    assert_nothing_more(again, queue, sender=producer)
+
+
+def test_transaction_open_at_disconnect_is_aborted(stomp_client, queue):
+    producer = stomp_client()
+    consumer = stomp_client()
+    consumer.subscribe(queue)
+    tx = unique("tx")
+    producer.conn.begin(transaction=tx)
+    producer.send(queue, "never", transaction=tx)
+    producer.disconnect()
+    other = stomp_client()
+    assert_nothing_more(consumer, queue, sender=other)
+
+
+def test_transaction_with_an_invalid_send_delivers_nothing(raw_client, stomp_client, queue):
+    """A transaction is all or nothing: if one of its SENDs is refused (at SEND or at
+    COMMIT), the valid SENDs in it must not be delivered either."""
+    consumer = stomp_client()
+    consumer.subscribe(queue)
+    r = raw_client()
+    r.connect()
+    r.send_frame("BEGIN", {"transaction": "t"})
+    r.send_frame("SEND", {"destination": queue, "transaction": "t"}, b"valid-but-in-a-failed-tx")
+    r.send_frame("SEND", {"destination": "/bogus/q", "transaction": "t"}, b"invalid")
+    r.send_frame("COMMIT", {"transaction": "t", "receipt": "commit"})
+    frames = r.read_until_closed()
+    errors = error_frames(frames)
+    assert errors and "/bogus/q" in errors[0].headers.get("message", ""), frames
+    assert "commit" not in [f.headers.get("receipt-id") for f in frames if f.command == "RECEIPT"]
+    assert_nothing_more(consumer, queue)
+
+
 def test_commit_of_unknown_transaction_is_an_error(raw_client, stomp_client, queue):
     r = raw_client()
     r.connect()
@@ -601,7 +845,7 @@ def test_sigterm_is_graceful_and_keeps_undelivered_messages(server_factory, stom
     q = f"/queue/{unique('shutdown')}"
     c = stomp_client(srv=srv)
     for i in range(3):
-        c.send(q, f"kept-{i}")
+        c.send(q, f"kept-{i}")  # nobody subscribed: they wait in the queue
     assert srv.terminate(timeout=15) == 0, f"SIGTERM exit code; log:\n{srv.log_tail()}"
     wait_for(lambda: c.listener.disconnected, what="clients disconnected at shutdown")
 
@@ -609,3 +853,24 @@ def test_sigterm_is_graceful_and_keeps_undelivered_messages(server_factory, stom
     c2 = stomp_client(srv=again)
     c2.subscribe(q)
     assert [m.body for m in c2.wait_messages(3)] == ["kept-0", "kept-1", "kept-2"]
+    assert_nothing_more(c2, q)
+
+
+def test_sigterm_keeps_messages_a_consumer_holds_unacked(server_factory, stomp_client, transport):
+    srv = server_factory()
+    q = f"/queue/{unique('shutdown-unacked')}"
+    producer = stomp_client(srv=srv)
+    holder = stomp_client(srv=srv)
+    holder.subscribe(q, ack="client-individual")
+    for i in range(3):
+        producer.send(q, f"held-{i}")
+    holder.wait_messages(3)
+    holder.ack(holder.messages()[1])
+    holder.sync()
+    assert srv.terminate(timeout=15) == 0, f"SIGTERM exit code; log:\n{srv.log_tail()}"
+
+    again = server_factory(data_dir=srv.data_dir)
+    c2 = stomp_client(srv=again)
+    c2.subscribe(q)
+    assert [m.body for m in c2.wait_messages(2)] == ["held-0", "held-2"], "unacked messages survive"
+    assert_nothing_more(c2, q)

@@ -238,6 +238,10 @@ impl Core {
         if let Some(tx) = frame.header("transaction") {
             if matches!(frame.command, Command::Send | Command::Ack | Command::Nack) {
                 let tx = tx.to_owned();
+                // A SEND that would fail is refused now, so that COMMIT is all or nothing.
+                if frame.command == Command::Send {
+                    self.check_send(id, &frame)?;
+                }
                 let session = self.session(id)?;
                 return match session.transactions.get_mut(&tx) {
                     Some(frames) => {
@@ -316,15 +320,17 @@ impl Core {
             .ok_or_else(|| Refusal::new("session closed", ""))
     }
 
-    fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
+    /// Everything that could refuse a SEND, checked without sending: the destination, the
+    /// authorizer, managed queues. Returns the destination and the sender's name.
+    fn check_send(&mut self, id: SessionId, frame: &Frame) -> Result<(String, String), Refusal> {
         if !self.accepting {
             return Err(Refusal::new(
                 "server shutting down",
                 "The broker is shutting down and accepts no new messages; reconnect later.",
             ));
         }
-        let destination = required(&frame, "destination")?.to_owned();
-        let dest = classify(&destination, &self.config)?;
+        let destination = required(frame, "destination")?.to_owned();
+        classify(&destination, &self.config)?;
         let authorizer = self.authorizer.clone();
         let principal = &self.session(id)?.principal;
         authorizer
@@ -332,6 +338,12 @@ impl Core {
             .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
         let user = principal.name.clone();
         self.check_managed(&destination)?;
+        Ok((destination, user))
+    }
+
+    fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
+        let (destination, user) = self.check_send(id, &frame)?;
+        let dest = classify(&destination, &self.config)?;
         let mut headers: Vec<(String, String)> = frame
             .headers
             .into_iter()

@@ -1,7 +1,7 @@
 //! Serving the broker: TCP listener, the axum WebSocket route, and the shutdown spool.
 
 use super::{session, Broker};
-use crate::stomp::{parse, Command, Frame, Parsed, Transport, WsIn, WsOut};
+use crate::stomp::{parse, Command, Frame, FrameError, Parsed, Transport, WsIn, WsOut};
 use crate::{Error, Result};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -58,11 +58,15 @@ impl Broker {
     pub async fn serve_websocket(self, socket: WebSocket, peer: Option<SocketAddr>) {
         let limits = self.lock().config().limits;
         let (sink, stream) = socket.split();
-        let stream = stream.map(|msg| match msg {
+        let stream = stream.map(move |msg| match msg {
             Ok(Message::Text(t)) => Ok(WsIn::Data(Bytes::copy_from_slice(t.as_bytes()))),
             Ok(Message::Binary(b)) => Ok(WsIn::Data(b)),
             Ok(Message::Close(_)) => Ok(WsIn::Close),
             Ok(_) => Ok(WsIn::Ignore),
+            // A message over the WebSocket limit is an oversized frame: say so.
+            Err(e) if e.to_string().contains("Space limit exceeded") => {
+                Err(Error::Frame(FrameError::TooLarge(limits.max_frame_bytes)))
+            }
             Err(e) => Err(Error::WebSocket(e.to_string())),
         });
         let sink =
@@ -88,9 +92,15 @@ async fn upgrade(
         .map(|ConnectInfo(addr)| *addr);
     let limits = broker.lock().config().limits;
     let tasks = broker.tasks.clone();
+    // Oversized STOMP frames are refused by the STOMP parser, which says why in an ERROR
+    // frame; the WebSocket limit only bounds what one message may make us buffer.
+    let ws_limit = limits
+        .max_frame_bytes
+        .saturating_mul(4)
+        .saturating_add(1024);
     ws.protocols(SUBPROTOCOLS)
-        .max_message_size(limits.max_frame_bytes + 1024)
-        .max_frame_size(limits.max_frame_bytes + 1024)
+        .max_message_size(ws_limit)
+        .max_frame_size(ws_limit)
         .on_upgrade(move |socket| {
             let broker_task = broker.serve_websocket(socket, peer);
             async move {

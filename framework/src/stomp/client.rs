@@ -88,7 +88,13 @@ impl Default for ConnectOptions {
             passcode: None,
             host: "/".into(),
             heartbeat: (10_000, 10_000),
-            limits: Limits::default(),
+            // A broker adds headers (subscription, message-id, ack, …) to what it relays,
+            // so a client accepts a little more than a broker takes from clients.
+            limits: Limits {
+                max_frame_bytes: Limits::default().max_frame_bytes + 64 * 1024,
+                max_headers: Limits::default().max_headers + 32,
+                ..Limits::default()
+            },
             timeout: Duration::from_secs(10),
         }
     }

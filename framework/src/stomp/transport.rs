@@ -10,12 +10,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-/// What travels on a STOMP connection: a frame, or a heart-beat EOL.
+/// What travels on a STOMP connection: a frame, or a sign of life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     /// A whole frame.
     Frame(Frame),
-    /// A heart-beat (one or more EOLs between frames).
+    /// A heart-beat (EOLs between frames), or more bytes of a frame still arriving: either
+    /// way the peer is alive ("any new data" counts, says STOMP 1.2).
     Heartbeat,
 }
 
@@ -24,12 +25,14 @@ pub enum Item {
 #[derive(Debug, Clone, Default)]
 pub struct StompCodec {
     limits: Limits,
+    /// Buffered bytes of an incomplete frame when last reported, to report progress once.
+    pending: usize,
 }
 
 impl StompCodec {
     /// A codec that enforces `limits` on incoming frames.
     pub fn new(limits: Limits) -> StompCodec {
-        StompCodec { limits }
+        StompCodec { limits, pending: 0 }
     }
 }
 
@@ -41,10 +44,17 @@ impl Decoder for StompCodec {
         match parse(src, &self.limits)? {
             Parsed::Frame(frame, len) => {
                 src.advance(len);
+                self.pending = 0;
                 Ok(Some(Item::Frame(frame)))
             }
             Parsed::Heartbeat(len) => {
                 src.advance(len);
+                self.pending = 0;
+                Ok(Some(Item::Heartbeat))
+            }
+            // New bytes of a frame still arriving are a sign of life, reported once.
+            Parsed::Incomplete if src.len() > self.pending => {
+                self.pending = src.len();
                 Ok(Some(Item::Heartbeat))
             }
             Parsed::Incomplete => Ok(None),
@@ -301,6 +311,11 @@ mod tests {
             panic!("expected a frame")
         };
         assert_eq!(f.command, Command::Send);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Item::Heartbeat));
+        // "SE": the start of a frame is a sign of life once, then "need more bytes".
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Item::Heartbeat));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"N");
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(Item::Heartbeat));
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(codec.decode_eof(&mut buf).is_err());

@@ -1,0 +1,111 @@
+//! The store against SQLite (a file) and PostgreSQL, through the same SQL.
+
+use game_server_less::room::Grant;
+use game_server_less::store::{Checkpoint, Store};
+use std::collections::BTreeMap;
+
+fn postgres_url() -> String {
+    std::env::var("GSL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}{nanos}")
+}
+
+async fn exercise(store: &Store) {
+    let room = unique("r");
+    let player = unique("p");
+    store.create_room(&room, "test room").await.unwrap();
+    assert!(store
+        .live_rooms()
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.id == room));
+    assert_eq!(store.room(&room).await.unwrap().unwrap().name, "test room");
+
+    store.add_player(&room, &player).await.unwrap();
+    store.add_player(&room, &player).await.unwrap(); // joining twice is one player
+    assert_eq!(store.players(&room).await.unwrap(), [player.clone()]);
+
+    store.add_item(&player, "gem", 2).await.unwrap();
+    store.add_item(&player, "gem", 3).await.unwrap();
+    assert_eq!(
+        store.items(&player).await.unwrap(),
+        BTreeMap::from([("gem".to_owned(), 5)])
+    );
+
+    assert_eq!(store.checkpoint(&room).await.unwrap(), None);
+    let checkpoint = Checkpoint {
+        seq: 42,
+        state: r#"{"count":7}"#.into(),
+        applied: BTreeMap::from([(player.clone(), 9)]),
+    };
+    let grants = [Grant {
+        player: player.clone(),
+        item: "coin".into(),
+        count: 1,
+    }];
+    store
+        .save_checkpoint(&room, &checkpoint, &grants)
+        .await
+        .unwrap();
+    store
+        .save_checkpoint(&room, &checkpoint, &[])
+        .await
+        .unwrap(); // replaces, grants once
+    assert_eq!(store.checkpoint(&room).await.unwrap(), Some(checkpoint));
+    assert_eq!(store.items(&player).await.unwrap()["coin"], 1);
+
+    assert!(store.remove_player(&room, &player).await.unwrap());
+    assert!(!store.remove_player(&room, &player).await.unwrap());
+    store.end_room(&room, "test over").await.unwrap();
+    assert_eq!(store.room(&room).await.unwrap(), None);
+    assert_eq!(store.checkpoint(&room).await.unwrap(), None);
+    assert_eq!(
+        store.items(&player).await.unwrap().len(),
+        2,
+        "inventories outlive rooms"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_file_store() {
+    let dir = std::env::temp_dir().join(unique("gsl-store-"));
+    let url = format!("sqlite://{}/nested/game.db", dir.display());
+    let store = Store::open(&url).await.unwrap();
+    exercise(&store).await;
+    // Migrations run once: opening again keeps the data.
+    store.add_item("keeper", "herb", 1).await.unwrap();
+    drop(store);
+    let again = Store::open(&url).await.unwrap();
+    assert_eq!(again.items("keeper").await.unwrap()["herb"], 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let url = postgres_url();
+    let store = Store::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be running for this test ({url}): {e}"));
+    exercise(&store).await;
+    Store::open(&url).await.expect("migrations are idempotent");
+}
+
+#[tokio::test]
+async fn a_bad_store_url_says_what_is_wrong() {
+    let err = Store::open("mysql://nowhere/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot open the store mysql://nowhere/db"),
+        "{err}"
+    );
+}
