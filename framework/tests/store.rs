@@ -31,7 +31,10 @@ async fn exercise(store: &Store) {
 
     store.add_player(&room, &player).await.unwrap();
     store.add_player(&room, &player).await.unwrap(); // joining twice is one player
-    assert_eq!(store.players(&room).await.unwrap(), [player.clone()]);
+    assert_eq!(
+        store.players(&room).await.unwrap(),
+        std::slice::from_ref(&player)
+    );
 
     store.add_item(&player, "gem", 2).await.unwrap();
     store.add_item(&player, "gem", 3).await.unwrap();
