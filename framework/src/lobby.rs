@@ -178,7 +178,7 @@ struct JoinRoom {
 }
 
 /// A room as the lobby shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomView {
     /// The room id.
     pub id: String,

@@ -1,19 +1,99 @@
-//! The terminal MMO's client (ratatui + crossterm); the lobby and game screens come with
-//! the client issue. For now it checks that a server answers.
+//! The terminal MMO's client.
+//!
+//! Run `cargo run -p game-server` in one terminal, then `cargo run -p game-client` in
+//! another (or two). `--help` lists the options; `--bot N` plays N headless players.
 
-fn main() {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-    match std::net::TcpStream::connect(&url) {
-        Ok(_) => {
-            println!("game-client: a server answers at {url}; the terminal UI is not built yet")
-        }
-        Err(e) => {
-            eprintln!(
-                "game-client: no server at {url} ({e}); start one with `cargo run -p game-server`"
-            );
+mod app;
+mod bot;
+mod net;
+mod ui;
+
+use app::{Action, App};
+use clap::Parser;
+use crossterm::event::{Event, EventStream};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(about = "The game-server-less terminal MMO: join a room, walk about, pick things up, chat.")]
+struct Args {
+    /// The game server's lobby URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "GSL_SERVER")]
+    server: String,
+    /// Your player name (asked on start when not given).
+    #[arg(long)]
+    name: Option<String>,
+    /// Join this room id straight away.
+    #[arg(long)]
+    room: Option<String>,
+    /// Play N headless bots (random walk and chat) instead of the terminal UI.
+    #[arg(long, value_name = "N")]
+    bot: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Some(n) = args.bot {
+        if let Err(e) = bot::run(&args.server, n, args.room.as_deref(), args.name.as_deref()).await {
+            eprintln!("game-client: {e}");
             std::process::exit(1);
         }
+        return;
     }
+    let terminal = ratatui::init(); // raw mode and the alternate screen; restored on panic too
+    let result = run(terminal, &args).await;
+    ratatui::restore();
+    if let Err(e) = result {
+        eprintln!("game-client: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Result<()> {
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let net = net::Net::new(&args.server, events_tx);
+    let mut app = App::new(&args.server, args.name.as_deref());
+    if args.name.is_some() {
+        match &args.room {
+            Some(room) => net.dispatch(Action::Join(room.clone()), &app.name),
+            None => net.dispatch(Action::Refresh, &app.name),
+        }
+    }
+    let mut keys = EventStream::new();
+    let mut frame = tokio::time::interval(Duration::from_millis(50));
+    let mut lobby_refresh = tokio::time::interval(Duration::from_secs(2));
+    while !app.quit {
+        terminal.draw(|f| f.render_widget(&app, f.area()))?;
+        tokio::select! {
+            key = keys.next() => match key {
+                Some(Ok(Event::Key(key))) => {
+                    if let Some(action) = app.on_key(key) {
+                        net.dispatch(action, &app.name);
+                    }
+                }
+                Some(Ok(_)) => {} // resize and the like: the next draw fits the new size
+                Some(Err(e)) => return Err(e),
+                None => break,
+            },
+            Some(event) = events.recv() => {
+                if let Some(action) = app.on_net(event) {
+                    net.dispatch(action, &app.name);
+                }
+                // Apply whatever else has arrived before drawing again.
+                while let Ok(event) = events.try_recv() {
+                    if let Some(action) = app.on_net(event) {
+                        net.dispatch(action, &app.name);
+                    }
+                }
+            }
+            _ = lobby_refresh.tick(), if app.screen == app::Screen::Lobby => {
+                net.dispatch(Action::Refresh, &app.name);
+            }
+            _ = frame.tick() => {}
+        }
+    }
+    net.dispatch(Action::Quit, &app.name);
+    Ok(())
 }

@@ -1,0 +1,554 @@
+//! The client's state and how keys and server messages change it. No terminal and no
+//! sockets here: keys come in as `KeyEvent`s, network news as [`NetEvent`]s, and what
+//! the player asks for goes out as [`Action`]s.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use game_server_less::lobby::RoomView;
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// Lines kept in the chat and event logs.
+const LOG_LINES: usize = 200;
+
+/// What the player asks the network layer to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Reload the room list and the inventory.
+    Refresh,
+    /// Create a room (and join it).
+    CreateRoom,
+    /// Join a room.
+    Join(String),
+    /// Leave the room, back to the lobby.
+    Leave,
+    /// Move one step.
+    Move(i32, i32),
+    /// Say something.
+    Chat(String),
+    /// Ask for the whole world again.
+    Look,
+    /// Quit the program.
+    Quit,
+}
+
+/// News from the network layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetEvent {
+    /// The room list.
+    Rooms(Vec<RoomView>),
+    /// The player's inventory.
+    Inventory(BTreeMap<String, i64>),
+    /// The lobby could not be reached or said no.
+    LobbyError(String),
+    /// Joined a room: its id.
+    Joined(String),
+    /// The broker connection changed.
+    Connection(ConnState),
+    /// A message on the room topic.
+    Room(Value),
+    /// A message for this player alone.
+    Private(Value),
+    /// An input's round trip (SEND to RECEIPT).
+    Rtt(Duration),
+    /// Inputs not yet confirmed by the broker.
+    Pending(usize),
+}
+
+/// The broker connection, as the status line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// Connecting for the first time.
+    Connecting,
+    /// Connected.
+    Online,
+    /// Lost; trying again (with why, and when the next try is).
+    Reconnecting(String),
+}
+
+/// Which screen shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    /// Asking the player's name.
+    Name,
+    /// The room list.
+    Lobby,
+    /// In a room.
+    Game,
+}
+
+/// Which panel of the game screen has the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// Arrows and WASD move.
+    Map,
+    /// Typing goes to the chat line.
+    Chat,
+}
+
+/// A room being played.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Game {
+    /// The room id.
+    pub room: String,
+    /// The map rows.
+    pub map: Vec<String>,
+    /// Players by name, at (x, y).
+    pub players: BTreeMap<String, (i32, i32)>,
+    /// NPCs at (x, y).
+    pub npcs: Vec<(i32, i32)>,
+    /// Items: kind at (x, y).
+    pub items: Vec<(String, i32, i32)>,
+    /// Chat lines.
+    pub chat: VecDeque<String>,
+    /// Joins, leaves, pickups, errors.
+    pub events: VecDeque<String>,
+    /// The room sequence number of the latest room message applied.
+    pub seq: u64,
+    /// Whether a full world has arrived.
+    pub synced: bool,
+}
+
+/// The whole client state.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The lobby URL.
+    pub server: String,
+    /// The player's name.
+    pub name: String,
+    /// The screen.
+    pub screen: Screen,
+    /// The name being typed.
+    pub name_input: String,
+    /// Rooms in the lobby.
+    pub rooms: Vec<RoomView>,
+    /// The highlighted room.
+    pub selected: usize,
+    /// The player's inventory.
+    pub inventory: BTreeMap<String, i64>,
+    /// The last lobby error.
+    pub error: Option<String>,
+    /// The room being played.
+    pub game: Game,
+    /// Which panel has the keys.
+    pub focus: Focus,
+    /// The chat line being typed.
+    pub chat_input: String,
+    /// Whether the help overlay shows.
+    pub help: bool,
+    /// The broker connection.
+    pub conn: ConnState,
+    /// The latest input round trip.
+    pub rtt: Option<Duration>,
+    /// Inputs not yet confirmed.
+    pub pending: usize,
+    /// Set when the program should end.
+    pub quit: bool,
+}
+
+impl App {
+    /// A client for the lobby at `server`; with a name it skips the name prompt.
+    pub fn new(server: &str, name: Option<&str>) -> App {
+        App {
+            server: server.to_owned(),
+            name: name.unwrap_or_default().to_owned(),
+            screen: if name.is_some() { Screen::Lobby } else { Screen::Name },
+            name_input: String::new(),
+            rooms: Vec::new(),
+            selected: 0,
+            inventory: BTreeMap::new(),
+            error: None,
+            game: Game::default(),
+            focus: Focus::Map,
+            chat_input: String::new(),
+            help: false,
+            conn: ConnState::Connecting,
+            rtt: None,
+            pending: 0,
+            quit: false,
+        }
+    }
+
+    /// The player's position, once the world knows it.
+    pub fn me(&self) -> Option<(i32, i32)> {
+        self.game.players.get(&self.name).copied()
+    }
+
+    /// Handles a key; returns what the network layer should do, if anything.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
+        if key.kind == KeyEventKind::Release {
+            return None;
+        }
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            self.quit = true;
+            return Some(Action::Quit);
+        }
+        if self.help {
+            self.help = false; // any key closes the help
+            return None;
+        }
+        match self.screen {
+            Screen::Name => self.name_key(key.code),
+            Screen::Lobby => self.lobby_key(key.code),
+            Screen::Game => match self.focus {
+                Focus::Map => self.map_key(key.code),
+                Focus::Chat => self.chat_key(key.code),
+            },
+        }
+    }
+
+    fn name_key(&mut self, code: KeyCode) -> Option<Action> {
+        match code {
+            KeyCode::Char(c) if self.name_input.len() < 32 && (c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+                self.name_input.push(c);
+            }
+            KeyCode::Backspace => {
+                self.name_input.pop();
+            }
+            KeyCode::Enter if !self.name_input.is_empty() => {
+                self.name = self.name_input.clone();
+                self.screen = Screen::Lobby;
+                return Some(Action::Refresh);
+            }
+            KeyCode::Esc => return self.quit(),
+            _ => {}
+        }
+        None
+    }
+
+    fn lobby_key(&mut self, code: KeyCode) -> Option<Action> {
+        match code {
+            KeyCode::Up | KeyCode::Char('k') | KeyCode::Char('w') => self.select(-1),
+            KeyCode::Down | KeyCode::Char('j') | KeyCode::Char('s') => self.select(1),
+            KeyCode::Enter => return self.rooms.get(self.selected).map(|r| Action::Join(r.id.clone())),
+            KeyCode::Char('c') | KeyCode::Char('n') => return Some(Action::CreateRoom),
+            KeyCode::Char('r') => return Some(Action::Refresh),
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('q') | KeyCode::Esc => return self.quit(),
+            _ => {}
+        }
+        None
+    }
+
+    fn map_key(&mut self, code: KeyCode) -> Option<Action> {
+        let step = match code {
+            KeyCode::Up | KeyCode::Char('w') => (0, -1),
+            KeyCode::Down | KeyCode::Char('s') => (0, 1),
+            KeyCode::Left | KeyCode::Char('a') => (-1, 0),
+            KeyCode::Right | KeyCode::Char('d') => (1, 0),
+            KeyCode::Enter | KeyCode::Tab => {
+                self.focus = Focus::Chat;
+                return None;
+            }
+            KeyCode::Char('?') => {
+                self.help = true;
+                return None;
+            }
+            KeyCode::Char('q') | KeyCode::Esc => {
+                self.screen = Screen::Lobby;
+                self.game = Game::default();
+                return Some(Action::Leave);
+            }
+            _ => return None,
+        };
+        Some(Action::Move(step.0, step.1))
+    }
+
+    fn chat_key(&mut self, code: KeyCode) -> Option<Action> {
+        match code {
+            KeyCode::Enter => {
+                let text = std::mem::take(&mut self.chat_input);
+                self.focus = Focus::Map;
+                let text = text.trim();
+                if !text.is_empty() {
+                    return Some(Action::Chat(text.to_owned()));
+                }
+            }
+            KeyCode::Esc | KeyCode::Tab => self.focus = Focus::Map,
+            KeyCode::Backspace => {
+                self.chat_input.pop();
+            }
+            KeyCode::Char(c) if self.chat_input.chars().count() < 200 => self.chat_input.push(c),
+            _ => {}
+        }
+        None
+    }
+
+    fn select(&mut self, by: isize) {
+        if self.rooms.is_empty() {
+            return;
+        }
+        let n = self.rooms.len() as isize;
+        self.selected = ((self.selected as isize + by).rem_euclid(n)) as usize;
+    }
+
+    fn quit(&mut self) -> Option<Action> {
+        self.quit = true;
+        Some(Action::Quit)
+    }
+
+    /// Applies news from the network; returns a follow-up action (asking for the world
+    /// again when room messages were missed).
+    pub fn on_net(&mut self, event: NetEvent) -> Option<Action> {
+        match event {
+            NetEvent::Rooms(rooms) => {
+                self.rooms = rooms;
+                self.selected = self.selected.min(self.rooms.len().saturating_sub(1));
+                self.error = None;
+            }
+            NetEvent::Inventory(items) => self.inventory = items,
+            NetEvent::LobbyError(e) => self.error = Some(e),
+            NetEvent::Joined(room) => {
+                self.game = Game {
+                    room,
+                    ..Game::default()
+                };
+                self.screen = Screen::Game;
+                self.focus = Focus::Map;
+                self.error = None;
+            }
+            NetEvent::Connection(state) => {
+                if state != self.conn {
+                    let line = match &state {
+                        ConnState::Online => "connected".to_owned(),
+                        ConnState::Connecting => "connecting".to_owned(),
+                        ConnState::Reconnecting(why) => format!("connection lost ({why}); reconnecting"),
+                    };
+                    self.log_event(line);
+                }
+                self.conn = state;
+            }
+            NetEvent::Room(m) => return self.on_room(m),
+            NetEvent::Private(m) => self.on_private(m),
+            NetEvent::Rtt(d) => self.rtt = Some(d),
+            NetEvent::Pending(n) => self.pending = n,
+        }
+        None
+    }
+
+    fn on_room(&mut self, m: Value) -> Option<Action> {
+        let seq = m["seq"].as_u64().unwrap_or(0);
+        if !self.game.synced || seq <= self.game.seq {
+            return None; // before the world arrived, or a repeat after a worker restart
+        }
+        let missed = seq > self.game.seq + 1;
+        self.game.seq = seq;
+        if missed {
+            self.log_event(format!("missed room messages before #{seq}; catching up"));
+            self.game.synced = false;
+            return Some(Action::Look);
+        }
+        let who = m["player"].as_str().unwrap_or_default().to_owned();
+        let at = |m: &Value| (m["x"].as_i64().unwrap_or(0) as i32, m["y"].as_i64().unwrap_or(0) as i32);
+        match m["type"].as_str().unwrap_or_default() {
+            "moved" => {
+                self.game.players.insert(who, at(&m));
+            }
+            "joined" => {
+                self.game.players.insert(who.clone(), at(&m));
+                self.log_event(format!("{who} joined"));
+            }
+            "left" => {
+                self.game.players.remove(&who);
+                self.log_event(format!("{who} left"));
+            }
+            "chat" => {
+                let line = format!("{who}: {}", m["text"].as_str().unwrap_or_default());
+                push(&mut self.game.chat, line);
+            }
+            "picked" => {
+                let item = m["item"].as_str().unwrap_or_default();
+                self.game.items.retain(|(_, x, y)| self.game.players.get(&who) != Some(&(*x, *y)));
+                if who == self.name {
+                    *self.inventory.entry(item.to_owned()).or_default() += 1;
+                }
+                self.log_event(format!("{who} picked up a {item}"));
+            }
+            "npcs" => self.game.npcs = positions(&m["npcs"]),
+            "item" => {
+                let item = &m["item"];
+                self.game.items.push((
+                    item["kind"].as_str().unwrap_or("?").to_owned(),
+                    item["x"].as_i64().unwrap_or(0) as i32,
+                    item["y"].as_i64().unwrap_or(0) as i32,
+                ));
+            }
+            "room_ended" => {
+                self.log_event(format!("the room ended: {}", m["reason"].as_str().unwrap_or_default()));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn on_private(&mut self, m: Value) {
+        match m["type"].as_str().unwrap_or_default() {
+            "welcome" => {
+                let game = &mut self.game;
+                game.map = m["map"]
+                    .as_array()
+                    .map(|rows| rows.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                game.players = m["players"]
+                    .as_object()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|(name, p)| (name.clone(), (p["x"].as_i64().unwrap_or(0) as i32, p["y"].as_i64().unwrap_or(0) as i32)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                game.npcs = positions(&m["npcs"]);
+                game.items = m["items"]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|i| {
+                                (
+                                    i["kind"].as_str().unwrap_or("?").to_owned(),
+                                    i["x"].as_i64().unwrap_or(0) as i32,
+                                    i["y"].as_i64().unwrap_or(0) as i32,
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                game.seq = m["seq"].as_u64().unwrap_or(0);
+                game.synced = true;
+            }
+            "error" => {
+                let line = format!("error: {}", m["error"].as_str().unwrap_or("?"));
+                self.log_event(line);
+            }
+            _ => {}
+        }
+    }
+
+    fn log_event(&mut self, line: String) {
+        push(&mut self.game.events, line);
+    }
+}
+
+fn push(log: &mut VecDeque<String>, line: String) {
+    if log.len() == LOG_LINES {
+        log.pop_front();
+    }
+    log.push_back(line);
+}
+
+fn positions(v: &Value) -> Vec<(i32, i32)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| (n["x"].as_i64().unwrap_or(0) as i32, n["y"].as_i64().unwrap_or(0) as i32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn typed(app: &mut App, text: &str) {
+        for c in text.chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+    }
+
+    fn room(id: &str, players: usize) -> RoomView {
+        RoomView {
+            id: id.into(),
+            name: format!("room {id}"),
+            players: (0..players).map(|i| format!("p{i}")).collect(),
+            players_online: players,
+            created_at: 0,
+        }
+    }
+
+    pub(crate) fn in_game() -> App {
+        let mut app = App::new("http://x", Some("ann"));
+        app.on_net(NetEvent::Joined("r1".into()));
+        app.on_net(NetEvent::Private(json!({
+            "type": "welcome", "seq": 10,
+            "map": ["#####", "#...#", "#####"],
+            "players": { "ann": { "x": 1, "y": 1 }, "bob": { "x": 3, "y": 1 } },
+            "npcs": [], "items": [{ "kind": "gem", "x": 2, "y": 1, "id": 1 }],
+        })));
+        app
+    }
+
+    #[test]
+    fn the_name_prompt_leads_to_the_lobby() {
+        let mut app = App::new("http://x", None);
+        assert_eq!(app.screen, Screen::Name);
+        typed(&mut app, "an n!");
+        assert_eq!(app.name_input, "ann", "only name characters are taken");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Refresh));
+        assert_eq!((app.screen, app.name.as_str()), (Screen::Lobby, "ann"));
+    }
+
+    #[test]
+    fn lobby_keys_select_join_and_create() {
+        let mut app = App::new("http://x", Some("ann"));
+        app.on_net(NetEvent::Rooms(vec![room("a", 1), room("b", 0)]));
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Join("b".into())));
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.selected, 0, "selection wraps");
+        assert_eq!(app.on_key(key(KeyCode::Char('c'))), Some(Action::CreateRoom));
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn arrows_and_wasd_move_enter_chats() {
+        let mut app = in_game();
+        assert_eq!(app.on_key(key(KeyCode::Right)), Some(Action::Move(1, 0)));
+        assert_eq!(app.on_key(key(KeyCode::Char('w'))), Some(Action::Move(0, -1)));
+        assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+        assert_eq!(app.focus, Focus::Chat);
+        typed(&mut app, "hi wasd");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Chat("hi wasd".into())));
+        assert_eq!(app.focus, Focus::Map);
+        assert_eq!(app.on_key(key(KeyCode::Char('?'))), None);
+        assert!(app.help);
+        app.on_key(key(KeyCode::Char('x')));
+        assert!(!app.help, "any key closes the help");
+        assert_eq!(app.on_key(key(KeyCode::Esc)), Some(Action::Leave));
+        assert_eq!(app.screen, Screen::Lobby);
+    }
+
+    #[test]
+    fn room_messages_update_the_world_in_sequence() {
+        let mut app = in_game();
+        app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 })));
+        app.on_net(NetEvent::Room(json!({ "type": "picked", "player": "ann", "item": "gem", "seq": 12 })));
+        app.on_net(NetEvent::Room(json!({ "type": "chat", "player": "bob", "text": "nice", "seq": 13 })));
+        assert_eq!(app.me(), Some((2, 1)));
+        assert!(app.game.items.is_empty());
+        assert_eq!(app.inventory["gem"], 1);
+        assert_eq!(app.game.chat.back().unwrap(), "bob: nice");
+        // A repeat (same seq) is dropped; a gap asks for the world again.
+        app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "ann", "x": 1, "y": 1, "seq": 13 })));
+        assert_eq!(app.me(), Some((2, 1)));
+        let follow = app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "bob", "x": 2, "y": 1, "seq": 20 })));
+        assert_eq!(follow, Some(Action::Look));
+        assert!(!app.game.synced);
+    }
+
+    #[test]
+    fn connection_changes_and_errors_are_logged() {
+        let mut app = in_game();
+        app.on_net(NetEvent::Connection(ConnState::Online));
+        app.on_net(NetEvent::Connection(ConnState::Reconnecting("broken pipe".into())));
+        app.on_net(NetEvent::Private(json!({ "type": "error", "error": "nope" })));
+        let events: Vec<&String> = app.game.events.iter().collect();
+        assert_eq!(events, ["connected", "connection lost (broken pipe); reconnecting", "error: nope"]);
+    }
+}
