@@ -481,8 +481,23 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
             "{method} {path}: {error}"
         );
     }
-    // Joining and leaving show in the room list.
+    // Joining and leaving show in the room list; a name in use needs its token.
     let ticket = server.join(&room, "ann").await;
+    let taken = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .json(&json!({ "name": "ann" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 409);
+    let rejoin = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .bearer_auth(&ticket.token)
+        .json(&json!({ "name": "ann" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejoin.status(), 200, "the token's holder may rejoin");
     let view: Value = http()
         .get(format!("{}/rooms/{room}", server.http))
         .send()
@@ -508,5 +523,56 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
         .await
         .unwrap();
     assert_eq!(view["players_online"], 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() {
+    let dir = temp_dir("crash");
+    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    let mut kicks = 0;
+    for i in 1..=300 {
+        ann.send(json!({ "type": "add", "by": 1 })).await; // accepted: the broker's receipt
+        if i % 60 == 0 {
+            // The worker loses its broker connection with inputs in flight and unacked
+            // (once its replacement from the last kick is connected).
+            let started = std::time::Instant::now();
+            while server.app.broker().kick("$worker") == 0 {
+                assert!(started.elapsed() < WAIT, "no worker came back");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            kicks += 1;
+        }
+    }
+    assert_eq!(kicks, 5);
+    // Every input applied once: the total climbs to exactly 300. Outputs replayed after a
+    // restart repeat their room seq, and a client drops those.
+    let mut last_seq = 0;
+    let mut total = 0;
+    while total < 300 {
+        let m = ann.next_on_room("total").await;
+        let seq = m["seq"].as_u64().unwrap();
+        if seq <= last_seq {
+            continue;
+        }
+        assert_eq!(seq, last_seq + 1, "no gap in the room's output");
+        last_seq = seq;
+        total = m["n"].as_i64().unwrap();
+        assert!(total <= 300, "an input was applied twice: total {total}");
+    }
+    assert_eq!(total, 300);
+    let more = ann
+        .room
+        .recv_timeout(Duration::from_millis(500))
+        .await
+        .ok()
+        .map(|m| json_of(&m));
+    assert!(
+        more.as_ref()
+            .is_none_or(|m| m["n"].as_i64().unwrap_or(0) <= 300),
+        "{more:?}"
+    );
     server.stop().await;
 }

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub http: String,
+    /// The running server's state: its broker, store and addresses.
+    pub app: game_server_less::App,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<game_server_less::Result<()>>,
 }
@@ -73,16 +75,17 @@ impl Server {
             async move {
                 let _ = stopped.await;
             },
-            move |bound| {
-                let _ = bound_tx.send(bound);
+            move |app| {
+                let _ = bound_tx.send(app.clone());
             },
         ));
-        let bound = tokio::time::timeout(WAIT, bound_rx)
+        let app = tokio::time::timeout(WAIT, bound_rx)
             .await
             .expect("the server starts")
             .expect("the server reports its ports");
         Server {
-            http: format!("http://{}", bound.http),
+            http: format!("http://{}", app.bound().http),
+            app,
             stop: Some(stop),
             done,
         }

@@ -12,7 +12,11 @@ fn client_binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/game-client");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p game-client` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p game-client` first",
+        bin.display()
+    );
     bin
 }
 
@@ -43,7 +47,10 @@ impl Tmux {
             if ok(&screen) {
                 return screen;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "waited 15 s for {what}; the screen:\n{screen}");
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "waited 15 s for {what}; the screen:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -76,20 +83,39 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
         client_binary().display(),
         server.http
     );
-    tmux.run(&["new-session", "-d", "-s", "game", "-x", "80", "-y", "24", &command]);
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "game",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]);
 
-    let screen = tokio::task::block_in_place(|| tmux.wait_for("the game screen", |s| position(s).is_some() && s.contains("online")));
+    let screen = tokio::task::block_in_place(|| {
+        tmux.wait_for("the game screen", |s| {
+            position(s).is_some() && s.contains("online")
+        })
+    });
     let start = position(&screen).unwrap();
     assert!(screen.contains('@'), "{screen}");
 
     // The spawn points have floor to their right.
     tmux.run(&["send-keys", "-t", "game", "Right"]);
-    let screen = tokio::task::block_in_place(|| tmux.wait_for("the move", |s| position(s) == Some((start.0 + 1, start.1))));
+    let screen = tokio::task::block_in_place(|| {
+        tmux.wait_for("the move", |s| position(s) == Some((start.0 + 1, start.1)))
+    });
     assert!(screen.contains("ann at"), "{screen}");
 
     let mut bob = Player::join(&server, &room, "bob", true).await;
-    bob.send(json!({ "type": "chat", "text": "hello from bob" })).await;
-    let screen = tokio::task::block_in_place(|| tmux.wait_for("bob's chat line", |s| s.contains("bob: hello from bob")));
+    bob.send(json!({ "type": "chat", "text": "hello from bob" }))
+        .await;
+    let screen = tokio::task::block_in_place(|| {
+        tmux.wait_for("bob's chat line", |s| s.contains("bob: hello from bob"))
+    });
     assert!(screen.contains("2 online"), "{screen}");
 
     // q leaves the room, q again quits; the terminal is given back.

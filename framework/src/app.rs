@@ -20,8 +20,10 @@ use tokio::task::JoinHandle;
 
 /// The `user-id` of control messages the lobby puts in a room's inbox.
 pub(crate) const LOBBY_USER: &str = "$lobby";
-/// The login room workers use with the broker.
-const WORKER_LOGIN: &str = "$worker";
+/// The login room workers use with the broker, and so the `user-id` it stamps on
+/// what they send (ticks in their own inbox).
+pub(crate) const WORKER_USER: &str = "$worker";
+const WORKER_LOGIN: &str = WORKER_USER;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -332,7 +334,8 @@ where
 {
     let args = Args::parse();
     server::init_logging(&args.log);
-    run_with(args, lobby, msg, server::shutdown_signal(), |bound| {
+    run_with(args, lobby, msg, server::shutdown_signal(), |app| {
+        let bound = app.bound();
         println!("game-server listening:");
         println!("  lobby     http://{}/rooms", bound.http);
         println!("  STOMP/WS  ws://{}/ws", bound.http);
@@ -346,13 +349,14 @@ where
     .await
 }
 
-/// [`run`] with the options, the shutdown trigger and the start-up report given.
+/// [`run`] with the options, the shutdown trigger and what to do once it listens (it gets
+/// the [`App`]: addresses, store, broker) given.
 pub async fn run_with<S>(
     args: Args,
     lobby: Lobby,
     msg: Msg<S>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound),
+    on_bound: impl FnOnce(&App),
 ) -> Result<()>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
@@ -421,9 +425,8 @@ where
             .drain()
             .map(|(_, h)| h)
             .collect();
-        for handle in handles {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-        }
+        let all = futures_util::future::join_all(handles);
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
     };
     let serving = server::serve(listeners, broker, router, stop);
     // Rooms that were live when the server last stopped carry on from their checkpoints.
@@ -434,6 +437,6 @@ where
     if !live.is_empty() {
         tracing::info!("resumed {} live rooms", live.len());
     }
-    on_bound(bound);
+    on_bound(&app);
     serving.await
 }

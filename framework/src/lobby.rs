@@ -261,6 +261,7 @@ async fn get_room(State(app): State<App>, Path(id): Path<String>) -> ApiResult<J
 async fn join_room(
     State(app): State<App>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     raw: Bytes,
 ) -> ApiResult<Json<Ticket>> {
     let req: JoinRoom = body(&raw)?;
@@ -273,6 +274,20 @@ async fn join_room(
         ));
     }
     app.room(&id).await?;
+    if app.store().players(&id).await?.contains(&name) {
+        // Rejoining (after a crash, say) takes the ticket that player already holds.
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+        let claims = token.and_then(|t| app.signer().verify(t).ok());
+        if !claims.is_some_and(|c| c.room == id && c.player == name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{name} is already in room {id}: pick another name, or rejoin with {name}'s token (Authorization: Bearer)"),
+            ));
+        }
+    }
     Ok(Json(app.join(&id, &name).await?))
 }
 

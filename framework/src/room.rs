@@ -147,6 +147,8 @@ impl<S: 'static> Room<S> {
         if !self.players.insert(player.to_owned()) {
             return Vec::new();
         }
+        // A new visit: the player's client numbers its inputs afresh.
+        self.applied.remove(player);
         let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
         let result = self.msg.run_join(&mut self.state, &mut ctx);
         self.finish(ctx, result)
@@ -163,24 +165,37 @@ impl<S: 'static> Room<S> {
     }
 
     /// Applies `player`'s input `body`, numbered `seq` by the player. An input whose `seq`
-    /// is not above the last one applied for that player is a duplicate and is skipped.
+    /// is not above the last one applied for that player is a duplicate and is skipped; an
+    /// input without one is refused, since it could not be told from a repeat.
     pub fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
-        if let Some(seq) = seq {
-            if self.applied.get(player).is_some_and(|&last| seq <= last) {
-                return Applied {
-                    outputs: Vec::new(),
-                    duplicate: true,
-                };
-            }
-            self.applied.insert(player.to_owned(), seq);
+        let Some(seq) = seq else {
+            let rejection = match serde_json::from_slice::<Value>(body) {
+                Err(e) => crate::msg::Rejection::BadJson(e.to_string()),
+                Ok(_) => crate::msg::Rejection::Refused(
+                    "every input needs \"seq\": your own number, larger than your last input's"
+                        .into(),
+                ),
+            };
+            let ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
+            return Applied {
+                outputs: self.finish(ctx, Err(rejection)),
+                duplicate: false,
+            };
+        };
+        if self.applied.get(player).is_some_and(|&last| seq <= last) {
+            return Applied {
+                outputs: Vec::new(),
+                duplicate: true,
+            };
         }
+        self.applied.insert(player.to_owned(), seq);
         if self.ended.is_some() {
             return Applied {
                 outputs: Vec::new(),
                 duplicate: false,
             };
         }
-        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), seq);
+        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), Some(seq));
         let result = if self.players.contains(player) {
             self.msg.dispatch(&mut self.state, &mut ctx, body)
         } else {
@@ -290,6 +305,29 @@ mod tests {
         room.join("p1");
         room.join("p2");
         room
+    }
+
+    #[test]
+    fn inputs_need_a_seq_and_a_new_visit_numbers_afresh() {
+        let mut room = echo_room();
+        let out = room
+            .apply("p1", None, br#"{"type":"say","text":"x"}"#)
+            .outputs;
+        assert!(out[0].body["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs \"seq\""));
+        let out = room.apply("p1", None, b"nope").outputs;
+        assert!(out[0].body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON"));
+        room.apply("p1", Some(50), br#"{"type":"say","text":"a"}"#);
+        room.leave("p1");
+        room.join("p1");
+        let again = room.apply("p1", Some(1), br#"{"type":"say","text":"b"}"#);
+        assert!(!again.duplicate);
+        assert_eq!(room.state(), &["a", "b"]);
     }
 
     #[test]

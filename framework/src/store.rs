@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         applied TEXT NOT NULL,
         updated_at BIGINT NOT NULL)",
+    "ALTER TABLE checkpoints ADD COLUMN players TEXT NOT NULL DEFAULT '[]'",
 ];
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -57,6 +58,8 @@ pub struct Checkpoint {
     pub state: String,
     /// Each player's last applied input sequence number.
     pub applied: BTreeMap<String, u64>,
+    /// The players in the room as of this checkpoint (join and leave hooks included).
+    pub players: Vec<String>,
 }
 
 /// The store. Cheap to clone.
@@ -280,15 +283,18 @@ impl Store {
                 .map_err(db)?;
         }
         sqlx::query(
-            "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
-                 applied = excluded.applied, updated_at = excluded.updated_at",
+                 applied = excluded.applied, updated_at = excluded.updated_at,
+                 players = excluded.players",
         )
         .bind(room)
         .bind(checkpoint.seq as i64)
         .bind(&checkpoint.state)
         .bind(applied)
         .bind(now())
+        .bind(serde_json::to_string(&checkpoint.players).expect("names serialize"))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -297,18 +303,22 @@ impl Store {
 
     /// A room's last checkpoint, if it has one.
     pub async fn checkpoint(&self, room: &str) -> Result<Option<Checkpoint>> {
-        let row = sqlx::query("SELECT seq, state, applied FROM checkpoints WHERE room_id = $1")
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT seq, state, applied, players FROM checkpoints WHERE room_id = $1")
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let applied: String = row.try_get("applied").map_err(db)?;
+        let players: String = row.try_get("players").map_err(db)?;
+        let corrupt =
+            |e: serde_json::Error| Error::Store(format!("corrupt checkpoint of room {room}: {e}"));
         Ok(Some(Checkpoint {
             seq: row.try_get::<i64, _>("seq").map_err(db)? as u64,
             state: row.try_get("state").map_err(db)?,
-            applied: serde_json::from_str(&applied)
-                .map_err(|e| Error::Store(format!("corrupt checkpoint of room {room}: {e}")))?,
+            applied: serde_json::from_str(&applied).map_err(corrupt)?,
+            players: serde_json::from_str(&players).map_err(corrupt)?,
         }))
     }
 }

@@ -7,7 +7,7 @@
 //! are skipped by their player's sequence number, the rest are applied again. Outputs
 //! that are published twice carry the same room `seq`, so clients can drop repeats.
 
-use crate::app::{App, LOBBY_USER};
+use crate::app::{App, LOBBY_USER, WORKER_USER};
 use crate::msg::Msg;
 use crate::room::{Grant, Output, Room, Target};
 use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
@@ -73,11 +73,21 @@ where
                 "checkpoint of room {room_id} does not fit the game state: {e}"
             ))
         })?;
-        let players = store.players(room_id).await?;
-        room.restore(state, cp.seq, cp.applied, players);
+        room.restore(state, cp.seq, cp.applied, cp.players);
         tracing::debug!(room = %room_id, seq = cp.seq, "resumed from checkpoint");
     }
     let (inbox, topic) = app.destinations(room_id);
+    // One consumer at a time: a worker that just failed may still hold the inbox until
+    // the broker has seen its connection go and requeued its unacked inputs.
+    let waiting = std::time::Instant::now();
+    while app.broker().consumer_count(&inbox) > 0 {
+        if waiting.elapsed() > Duration::from_secs(30) {
+            return Err(Error::Protocol(format!(
+                "{inbox} still has a consumer after 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (login, passcode) = app.worker_credentials();
     let client = Client::connect(
         &app.worker_broker_url(),
@@ -129,9 +139,9 @@ where
                 dirty = true;
             }
             _ = tick.tick(), if tick_every.is_some() => {
-                let outputs = room.tick();
-                dirty |= !outputs.is_empty();
-                publisher.publish(outputs)?;
+                // Ticks go through the inbox like inputs, so a replay after a crash
+                // interleaves them with inputs exactly as the first time.
+                client.send_nowait(&inbox, TICK)?;
             }
             _ = checkpoint.tick() => {
                 if dirty {
@@ -159,9 +169,19 @@ where
     }
 }
 
-/// Applies one inbox message: a lobby control, or a player's input.
+/// The tick a worker puts in its own inbox.
+const TICK: &str = r#"{"type":"$tick"}"#;
+
+/// Applies one inbox message: a tick, a lobby control, or a player's input.
 fn apply<S: 'static>(room: &mut Room<S>, message: &Message) -> Vec<Output> {
     let user = message.header("user-id").unwrap_or_default();
+    if user == WORKER_USER {
+        return if message.body() == TICK.as_bytes() {
+            room.tick()
+        } else {
+            Vec::new()
+        };
+    }
     if user == LOBBY_USER {
         return match serde_json::from_slice::<Control>(message.body()) {
             Ok(Control::Join { player }) => room.join(&player),
@@ -196,17 +216,21 @@ fn checkpoint_of<S: Serialize + 'static>(
         state: serde_json::to_string(room.state())
             .map_err(|e| Error::Store(format!("the game state cannot be saved as JSON: {e}")))?,
         applied: room.applied().map(|(p, s)| (p.to_owned(), s)).collect(),
+        players: room.players().map(str::to_owned).collect(),
     };
     Ok((room.id().to_owned(), checkpoint, room.take_grants()))
 }
 
-/// Saves a checkpoint, then acks every input it holds.
+/// Saves a checkpoint, then acks every input it holds. The outputs of those inputs must
+/// reach the broker first: a checkpoint that holds an input whose outputs were lost would
+/// make its replay a skipped duplicate, and the outputs would never be sent.
 async fn save(
     store: &crate::store::Store,
     (room, checkpoint, grants): (String, Checkpoint, Vec<Grant>),
     client: &Client,
     unacked: &mut Option<Message>,
 ) -> Result<()> {
+    client.flush().await?;
     store.save_checkpoint(&room, &checkpoint, &grants).await?;
     if let Some(m) = unacked.take() {
         client.ack(&m)?;

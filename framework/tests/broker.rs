@@ -672,3 +672,139 @@ async fn the_authorizer_decides_who_connects_and_where_they_go() {
     watcher.send("/queue/in", "still fine").await.unwrap();
     assert_eq!(body(&recv(&mut inbox).await), "still fine");
 }
+
+#[tokio::test]
+async fn stomp_1_1_clients_ack_by_message_id() {
+    let server = start(BrokerConfig::default()).await;
+    let mut stream = TcpStream::connect(server.tcp_addr).await.unwrap();
+    stream
+        .write_all(
+            b"CONNECT\naccept-version:1.0,1.1\n\n\0\
+              SUBSCRIBE\nid:s\ndestination:/queue/v11\nack:client-individual\n\n\0\
+              SEND\ndestination:/queue/v11\nreceipt:sent\n\nhello\0",
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("MESSAGE") && seen.contains("receipt-id:sent") && seen.ends_with('\0')) {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("version:1.1"), "{seen:?}");
+    let message_id = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("message-id:"))
+        .unwrap()
+        .to_owned();
+    let ack = format!("ACK\nsubscription:s\nmessage-id:{message_id}\nreceipt:acked\n\n\0DISCONNECT\nreceipt:bye\n\n\0");
+    stream.write_all(ack.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("receipt-id:bye"));
+    // Acked, so nothing is redelivered once the consumer has gone.
+    assert_eq!(server.broker.queue_depth("/queue/v11"), Some(0));
+}
+
+#[tokio::test]
+async fn transactions_are_bounded() {
+    let config = BrokerConfig {
+        max_transactions: 2,
+        max_tx_frames: 3,
+        ..BrokerConfig::default()
+    };
+    let server = start(config).await;
+    let connect = "CONNECT\naccept-version:1.2\n\n\0";
+    let out = raw_exchange(
+        server.tcp_addr,
+        format!("{connect}BEGIN\ntransaction:a\n\n\0BEGIN\ntransaction:b\n\n\0BEGIN\ntransaction:c\n\n\0").as_bytes(),
+    )
+    .await;
+    assert!(out.contains("too many open transactions"), "{out:?}");
+    let send = "SEND\ndestination:/queue/tx-cap\ntransaction:a\n\nx\0";
+    let out = raw_exchange(
+        server.tcp_addr,
+        format!("{connect}BEGIN\ntransaction:a\n\n\0{send}{send}{send}{send}").as_bytes(),
+    )
+    .await;
+    assert!(out.contains("transaction \"a\" is too large"), "{out:?}");
+    assert_eq!(
+        server.broker.queue_depth("/queue/tx-cap"),
+        None,
+        "nothing was published"
+    );
+}
+
+#[tokio::test]
+async fn managed_queues_exist_only_when_the_server_makes_them() {
+    let server = start(BrokerConfig {
+        managed_prefixes: vec!["/queue/room.".into()],
+        ..BrokerConfig::default()
+    })
+    .await;
+    let c = connect(&server.tcp).await;
+    let err = c.send("/queue/room.nope", "x").await.unwrap_err();
+    assert!(
+        err.to_string().contains("no queue /queue/room.nope"),
+        "{err}"
+    );
+    assert!(!server.broker.has_queue("/queue/room.nope"));
+    server.broker.create_queue("/queue/room.yes");
+    let c = connect(&server.tcp).await;
+    let mut sub = c
+        .subscribe("/queue/room.yes", SubscribeOptions::default())
+        .await
+        .unwrap();
+    c.send("/queue/room.yes", "in").await.unwrap();
+    assert_eq!(body(&recv(&mut sub).await), "in");
+    assert!(server.broker.delete_queue("/queue/room.yes"));
+    assert!(
+        server
+            .broker
+            .publish("/queue/room.yes", Vec::new(), "late")
+            .is_err(),
+        "a deleted room inbox stays deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_kicked_connection_is_told_and_its_messages_redelivered() {
+    let server = start(BrokerConfig::default()).await;
+    let worker = Client::connect(&server.ws, ConnectOptions::login("w", ""))
+        .await
+        .unwrap();
+    let mut sub = worker
+        .subscribe("/queue/kick", SubscribeOptions::ack(AckMode::Client))
+        .await
+        .unwrap();
+    let p = connect(&server.tcp).await;
+    p.send("/queue/kick", "one").await.unwrap();
+    assert_eq!(body(&recv(&mut sub).await), "one");
+    assert_eq!(server.broker.kick("w"), 1);
+    assert!(
+        sub.recv_timeout(WAIT).await.is_err(),
+        "the subscription ends"
+    );
+    assert!(
+        worker
+            .closed()
+            .unwrap()
+            .contains("disconnected by the server"),
+        "{:?}",
+        worker.closed()
+    );
+    let again = connect(&server.ws).await;
+    let mut sub = again
+        .subscribe("/queue/kick", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let m = recv(&mut sub).await;
+    assert!(m.redelivered() && body(&m) == "one");
+}

@@ -48,6 +48,7 @@ async fn exercise(store: &Store) {
         seq: 42,
         state: r#"{"count":7}"#.into(),
         applied: BTreeMap::from([(player.clone(), 9)]),
+        players: vec![player.clone()],
     };
     let grants = [Grant {
         player: player.clone(),

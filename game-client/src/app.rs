@@ -152,7 +152,11 @@ impl App {
         App {
             server: server.to_owned(),
             name: name.unwrap_or_default().to_owned(),
-            screen: if name.is_some() { Screen::Lobby } else { Screen::Name },
+            screen: if name.is_some() {
+                Screen::Lobby
+            } else {
+                Screen::Name
+            },
             name_input: String::new(),
             rooms: Vec::new(),
             selected: 0,
@@ -199,7 +203,10 @@ impl App {
 
     fn name_key(&mut self, code: KeyCode) -> Option<Action> {
         match code {
-            KeyCode::Char(c) if self.name_input.len() < 32 && (c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+            KeyCode::Char(c)
+                if self.name_input.len() < 32
+                    && (c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
                 self.name_input.push(c);
             }
             KeyCode::Backspace => {
@@ -220,7 +227,12 @@ impl App {
         match code {
             KeyCode::Up | KeyCode::Char('k') | KeyCode::Char('w') => self.select(-1),
             KeyCode::Down | KeyCode::Char('j') | KeyCode::Char('s') => self.select(1),
-            KeyCode::Enter => return self.rooms.get(self.selected).map(|r| Action::Join(r.id.clone())),
+            KeyCode::Enter => {
+                return self
+                    .rooms
+                    .get(self.selected)
+                    .map(|r| Action::Join(r.id.clone()))
+            }
             KeyCode::Char('c') | KeyCode::Char('n') => return Some(Action::CreateRoom),
             KeyCode::Char('r') => return Some(Action::Refresh),
             KeyCode::Char('?') => self.help = true,
@@ -312,7 +324,9 @@ impl App {
                     let line = match &state {
                         ConnState::Online => "connected".to_owned(),
                         ConnState::Connecting => "connecting".to_owned(),
-                        ConnState::Reconnecting(why) => format!("connection lost ({why}); reconnecting"),
+                        ConnState::Reconnecting(why) => {
+                            format!("connection lost ({why}); reconnecting")
+                        }
                     };
                     self.log_event(line);
                 }
@@ -339,7 +353,12 @@ impl App {
             return Some(Action::Look);
         }
         let who = m["player"].as_str().unwrap_or_default().to_owned();
-        let at = |m: &Value| (m["x"].as_i64().unwrap_or(0) as i32, m["y"].as_i64().unwrap_or(0) as i32);
+        let at = |m: &Value| {
+            (
+                m["x"].as_i64().unwrap_or(0) as i32,
+                m["y"].as_i64().unwrap_or(0) as i32,
+            )
+        };
         match m["type"].as_str().unwrap_or_default() {
             "moved" => {
                 self.game.players.insert(who, at(&m));
@@ -358,7 +377,9 @@ impl App {
             }
             "picked" => {
                 let item = m["item"].as_str().unwrap_or_default();
-                self.game.items.retain(|(_, x, y)| self.game.players.get(&who) != Some(&(*x, *y)));
+                self.game
+                    .items
+                    .retain(|(_, x, y)| self.game.players.get(&who) != Some(&(*x, *y)));
                 if who == self.name {
                     *self.inventory.entry(item.to_owned()).or_default() += 1;
                 }
@@ -374,7 +395,10 @@ impl App {
                 ));
             }
             "room_ended" => {
-                self.log_event(format!("the room ended: {}", m["reason"].as_str().unwrap_or_default()));
+                self.log_event(format!(
+                    "the room ended: {}",
+                    m["reason"].as_str().unwrap_or_default()
+                ));
             }
             _ => {}
         }
@@ -387,13 +411,25 @@ impl App {
                 let game = &mut self.game;
                 game.map = m["map"]
                     .as_array()
-                    .map(|rows| rows.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+                    .map(|rows| {
+                        rows.iter()
+                            .filter_map(|r| r.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 game.players = m["players"]
                     .as_object()
                     .map(|ps| {
                         ps.iter()
-                            .map(|(name, p)| (name.clone(), (p["x"].as_i64().unwrap_or(0) as i32, p["y"].as_i64().unwrap_or(0) as i32)))
+                            .map(|(name, p)| {
+                                (
+                                    name.clone(),
+                                    (
+                                        p["x"].as_i64().unwrap_or(0) as i32,
+                                        p["y"].as_i64().unwrap_or(0) as i32,
+                                    ),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -440,7 +476,12 @@ fn positions(v: &Value) -> Vec<(i32, i32)> {
     v.as_array()
         .map(|a| {
             a.iter()
-                .map(|n| (n["x"].as_i64().unwrap_or(0) as i32, n["y"].as_i64().unwrap_or(0) as i32))
+                .map(|n| {
+                    (
+                        n["x"].as_i64().unwrap_or(0) as i32,
+                        n["y"].as_i64().unwrap_or(0) as i32,
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -498,10 +539,16 @@ pub(crate) mod tests {
         let mut app = App::new("http://x", Some("ann"));
         app.on_net(NetEvent::Rooms(vec![room("a", 1), room("b", 0)]));
         app.on_key(key(KeyCode::Down));
-        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Join("b".into())));
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Some(Action::Join("b".into()))
+        );
         app.on_key(key(KeyCode::Down));
         assert_eq!(app.selected, 0, "selection wraps");
-        assert_eq!(app.on_key(key(KeyCode::Char('c'))), Some(Action::CreateRoom));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('c'))),
+            Some(Action::CreateRoom)
+        );
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Action::Quit));
         assert!(app.quit);
     }
@@ -510,11 +557,17 @@ pub(crate) mod tests {
     fn arrows_and_wasd_move_enter_chats() {
         let mut app = in_game();
         assert_eq!(app.on_key(key(KeyCode::Right)), Some(Action::Move(1, 0)));
-        assert_eq!(app.on_key(key(KeyCode::Char('w'))), Some(Action::Move(0, -1)));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('w'))),
+            Some(Action::Move(0, -1))
+        );
         assert_eq!(app.on_key(key(KeyCode::Enter)), None);
         assert_eq!(app.focus, Focus::Chat);
         typed(&mut app, "hi wasd");
-        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Chat("hi wasd".into())));
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Some(Action::Chat("hi wasd".into()))
+        );
         assert_eq!(app.focus, Focus::Map);
         assert_eq!(app.on_key(key(KeyCode::Char('?'))), None);
         assert!(app.help);
@@ -527,17 +580,27 @@ pub(crate) mod tests {
     #[test]
     fn room_messages_update_the_world_in_sequence() {
         let mut app = in_game();
-        app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 })));
-        app.on_net(NetEvent::Room(json!({ "type": "picked", "player": "ann", "item": "gem", "seq": 12 })));
-        app.on_net(NetEvent::Room(json!({ "type": "chat", "player": "bob", "text": "nice", "seq": 13 })));
+        app.on_net(NetEvent::Room(
+            json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 }),
+        ));
+        app.on_net(NetEvent::Room(
+            json!({ "type": "picked", "player": "ann", "item": "gem", "seq": 12 }),
+        ));
+        app.on_net(NetEvent::Room(
+            json!({ "type": "chat", "player": "bob", "text": "nice", "seq": 13 }),
+        ));
         assert_eq!(app.me(), Some((2, 1)));
         assert!(app.game.items.is_empty());
         assert_eq!(app.inventory["gem"], 1);
         assert_eq!(app.game.chat.back().unwrap(), "bob: nice");
         // A repeat (same seq) is dropped; a gap asks for the world again.
-        app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "ann", "x": 1, "y": 1, "seq": 13 })));
+        app.on_net(NetEvent::Room(
+            json!({ "type": "moved", "player": "ann", "x": 1, "y": 1, "seq": 13 }),
+        ));
         assert_eq!(app.me(), Some((2, 1)));
-        let follow = app.on_net(NetEvent::Room(json!({ "type": "moved", "player": "bob", "x": 2, "y": 1, "seq": 20 })));
+        let follow = app.on_net(NetEvent::Room(
+            json!({ "type": "moved", "player": "bob", "x": 2, "y": 1, "seq": 20 }),
+        ));
         assert_eq!(follow, Some(Action::Look));
         assert!(!app.game.synced);
     }
@@ -546,9 +609,20 @@ pub(crate) mod tests {
     fn connection_changes_and_errors_are_logged() {
         let mut app = in_game();
         app.on_net(NetEvent::Connection(ConnState::Online));
-        app.on_net(NetEvent::Connection(ConnState::Reconnecting("broken pipe".into())));
-        app.on_net(NetEvent::Private(json!({ "type": "error", "error": "nope" })));
+        app.on_net(NetEvent::Connection(ConnState::Reconnecting(
+            "broken pipe".into(),
+        )));
+        app.on_net(NetEvent::Private(
+            json!({ "type": "error", "error": "nope" }),
+        ));
         let events: Vec<&String> = app.game.events.iter().collect();
-        assert_eq!(events, ["connected", "connection lost (broken pipe); reconnecting", "error: nope"]);
+        assert_eq!(
+            events,
+            [
+                "connected",
+                "connection lost (broken pipe); reconnecting",
+                "error: nope"
+            ]
+        );
     }
 }

@@ -18,18 +18,45 @@ struct Stats {
 }
 
 /// Runs `n` bots in `room` (or the first room, or a new one) until Ctrl-C.
-pub async fn run(server: &str, n: usize, room: Option<&str>, name: Option<&str>) -> Result<(), String> {
+pub async fn run(
+    server: &str,
+    n: usize,
+    room: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), String> {
     let server = server.trim_end_matches('/');
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let unreachable = |e: reqwest::Error| format!("cannot reach the lobby at {server} ({e}); start it with `cargo run -p game-server`");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let unreachable = |e: reqwest::Error| {
+        format!(
+            "cannot reach the lobby at {server} ({e}); start it with `cargo run -p game-server`"
+        )
+    };
     let room = match room {
         Some(r) => r.to_owned(),
         None => {
-            let rooms: Vec<RoomView> = http.get(format!("{server}/rooms")).send().await.map_err(unreachable)?.json().await.map_err(|e| e.to_string())?;
+            let rooms: Vec<RoomView> = http
+                .get(format!("{server}/rooms"))
+                .send()
+                .await
+                .map_err(unreachable)?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
             match rooms.first() {
                 Some(r) => r.id.clone(),
                 None => {
-                    let r: Value = http.post(format!("{server}/rooms")).json(&json!({ "name": "bots" })).send().await.map_err(unreachable)?.json().await.map_err(|e| e.to_string())?;
+                    let r: Value = http
+                        .post(format!("{server}/rooms"))
+                        .json(&json!({ "name": "bots" }))
+                        .send()
+                        .await
+                        .map_err(unreachable)?
+                        .json()
+                        .await
+                        .map_err(|e| e.to_string())?;
                     r["id"].as_str().unwrap_or_default().to_owned()
                 }
             }
@@ -39,10 +66,20 @@ pub async fn run(server: &str, n: usize, room: Option<&str>, name: Option<&str>)
     let stats = Arc::new(Stats::default());
     let prefix = name.unwrap_or("bot");
     for i in 0..n {
-        let r = http.post(format!("{server}/rooms/{room}/join")).json(&json!({ "name": format!("{prefix}-{i}") })).send().await.map_err(unreachable)?;
+        // The process id keeps two bot runs in one room from taking each other's names.
+        let name = format!("{prefix}-{}-{i}", std::process::id());
+        let r = http
+            .post(format!("{server}/rooms/{room}/join"))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .map_err(unreachable)?;
         if !r.status().is_success() {
             let body: Value = r.json().await.unwrap_or_default();
-            return Err(format!("joining room {room} failed: {}", body["error"].as_str().unwrap_or("?")));
+            return Err(format!(
+                "joining room {room} failed: {}",
+                body["error"].as_str().unwrap_or("?")
+            ));
         }
         let ticket: Ticket = r.json().await.map_err(|e| e.to_string())?;
         tokio::spawn(bot(ticket, i as u64, stats.clone()));
@@ -66,7 +103,9 @@ fn summary(stats: &Stats, n: usize, elapsed: Duration) -> String {
     rtts.sort();
     let pct = |p: f64| {
         rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1)))
-            .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+            .map_or("-".to_owned(), |d| {
+                format!("{:.1}", d.as_secs_f64() * 1000.0)
+            })
     };
     format!(
         "[{:>4}s] bots {}/{n} online | inputs sent {} | messages in {} | rtt p50 {} ms p99 {} ms | errors {}",
@@ -84,7 +123,7 @@ fn summary(stats: &Stats, n: usize, elapsed: Duration) -> String {
 /// reconnects when the connection drops.
 async fn bot(ticket: Ticket, id: u64, stats: Arc<Stats>) {
     let mut rng = 0x2545_F491_4F6C_DD1D_u64 ^ (id + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut seq = 0u64;
+    let mut seq = crate::net::first_seq();
     loop {
         let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
         let Ok(client) = Client::connect(&ticket.ws_url, options).await else {
@@ -92,7 +131,12 @@ async fn bot(ticket: Ticket, id: u64, stats: Arc<Stats>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let Ok(mut room) = client.subscribe(&ticket.topic, SubscribeOptions::default()).await else { continue };
+        let Ok(mut room) = client
+            .subscribe(&ticket.topic, SubscribeOptions::default())
+            .await
+        else {
+            continue;
+        };
         stats.online.fetch_add(1, Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
-#[command(about = "The game-server-less terminal MMO: join a room, walk about, pick things up, chat.")]
+#[command(
+    about = "The game-server-less terminal MMO: join a room, walk about, pick things up, chat."
+)]
 struct Args {
     /// The game server's lobby URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "GSL_SERVER")]
@@ -36,7 +38,8 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     if let Some(n) = args.bot {
-        if let Err(e) = bot::run(&args.server, n, args.room.as_deref(), args.name.as_deref()).await {
+        if let Err(e) = bot::run(&args.server, n, args.room.as_deref(), args.name.as_deref()).await
+        {
             eprintln!("game-client: {e}");
             std::process::exit(1);
         }

@@ -24,13 +24,21 @@ struct Session {
 }
 
 /// Inputs numbered and waiting for the broker's receipt.
-#[derive(Default)]
 struct Outbox {
     queue: Mutex<(u64, VecDeque<Value>)>,
     ready: Notify,
 }
 
 impl Outbox {
+    /// Numbers start at the clock's microseconds, so they keep growing across restarts of
+    /// the client (the room skips any number it has seen).
+    fn new() -> Outbox {
+        Outbox {
+            queue: Mutex::new((first_seq(), VecDeque::new())),
+            ready: Notify::new(),
+        }
+    }
+
     fn push(&self, mut input: Value) -> usize {
         let mut q = self.queue.lock().unwrap();
         q.0 += 1;
@@ -142,7 +150,10 @@ impl Net {
     async fn error_of(response: reqwest::Response) -> String {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or_default();
-        format!("{status}: {}", body["error"].as_str().unwrap_or("no details"))
+        format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("no details")
+        )
     }
 
     /// Reloads the room list, and the inventory once the player has a token.
@@ -162,7 +173,8 @@ impl Net {
             let url = format!("{}/user/items", self.server);
             if let Ok(r) = self.http.get(url).bearer_auth(token).send().await {
                 if let Ok(body) = r.json::<Value>().await {
-                    let items: BTreeMap<String, i64> = serde_json::from_value(body["items"].clone()).unwrap_or_default();
+                    let items: BTreeMap<String, i64> =
+                        serde_json::from_value(body["items"].clone()).unwrap_or_default();
                     let _ = self.events.send(NetEvent::Inventory(items));
                 }
             }
@@ -186,13 +198,15 @@ impl Net {
 
     /// Joins a room and starts playing in it.
     pub async fn join(&self, room: &str, name: &str) {
-        let r = match self
+        let mut request = self
             .http
             .post(format!("{}/rooms/{room}/join", self.server))
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-        {
+            .json(&json!({ "name": name }));
+        // A token from an earlier visit lets this player back in under its name.
+        if let Some(token) = self.token.lock().unwrap().clone() {
+            request = request.bearer_auth(token);
+        }
+        let r = match request.send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => return self.lobby_error(Self::error_of(r).await),
             Err(e) => return self.lobby_error(self.unreachable(e)),
@@ -202,7 +216,7 @@ impl Net {
             Err(e) => return self.lobby_error(format!("the join ticket did not parse: {e}")),
         };
         *self.token.lock().unwrap() = Some(ticket.token.clone());
-        let outbox = Arc::new(Outbox::default());
+        let outbox = Arc::new(Outbox::new());
         let _ = self.events.send(NetEvent::Joined(ticket.room.clone()));
         let task = tokio::spawn(play(ticket.clone(), outbox.clone(), self.events.clone()));
         let old = self.session.lock().unwrap().replace(Session {
@@ -217,15 +231,21 @@ impl Net {
     }
 }
 
-async fn connect(ticket: &Ticket) -> game_server_less::Result<(Client, Subscription, Subscription)> {
+async fn connect(
+    ticket: &Ticket,
+) -> game_server_less::Result<(Client, Subscription, Subscription)> {
     let options = ConnectOptions {
         heartbeat: (2000, 2000),
         timeout: Duration::from_secs(5),
         ..ConnectOptions::login(ticket.login.clone(), ticket.token.clone())
     };
     let client = Client::connect(&ticket.ws_url, options).await?;
-    let room = client.subscribe(&ticket.topic, SubscribeOptions::default()).await?;
-    let private = client.subscribe(&ticket.private, SubscribeOptions::default()).await?;
+    let room = client
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await?;
+    let private = client
+        .subscribe(&ticket.private, SubscribeOptions::default())
+        .await?;
     Ok((client, room, private))
 }
 
@@ -291,6 +311,13 @@ async fn session(
         why = send => why,
         why = receive => why,
     }
+}
+
+/// The clock in microseconds: a first input number larger than any an earlier run used.
+pub fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn parse(body: &[u8]) -> Value {

@@ -5,7 +5,9 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, StatefulWidget, Widget, Wrap};
+use ratatui::widgets::{
+    Block, Borders, Clear, List, ListItem, ListState, Paragraph, StatefulWidget, Widget, Wrap,
+};
 
 impl Widget for &App {
     fn render(self, area: Rect, buf: &mut Buffer) {
@@ -21,27 +23,57 @@ impl Widget for &App {
 }
 
 fn title<'a>(text: impl Into<std::borrow::Cow<'a, str>>) -> Block<'a> {
-    Block::default().borders(Borders::ALL).title(Span::styled(text, Style::new().bold()))
+    Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(text, Style::new().bold()))
 }
 
 fn render_name(app: &App, area: Rect, buf: &mut Buffer) {
-    let [_, middle, _] = Layout::vertical([Constraint::Fill(1), Constraint::Length(5), Constraint::Fill(1)]).areas(area);
-    let [_, boxed, _] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(44), Constraint::Fill(1)]).areas(middle);
+    let [_, middle, _] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(5),
+        Constraint::Fill(1),
+    ])
+    .areas(area);
+    let [_, boxed, _] = Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Length(44),
+        Constraint::Fill(1),
+    ])
+    .areas(middle);
     let lines = vec![
-        Line::from(vec!["Your name: ".into(), Span::styled(format!("{}_", app.name_input), Style::new().bold())]),
+        Line::from(vec![
+            "Your name: ".into(),
+            Span::styled(format!("{}_", app.name_input), Style::new().bold()),
+        ]),
         Line::from("letters, digits, - and _; Enter to go on".dim()),
     ];
-    Paragraph::new(lines).block(title(" game-server-less ")).render(boxed, buf);
+    Paragraph::new(lines)
+        .block(title(" game-server-less "))
+        .render(boxed, buf);
 }
 
 fn render_lobby(app: &App, area: Rect, buf: &mut Buffer) {
-    let [main, error, keys] = Layout::vertical([Constraint::Fill(1), Constraint::Length(1), Constraint::Length(1)]).areas(area);
-    let [rooms_area, items_area] = Layout::horizontal([Constraint::Fill(2), Constraint::Fill(1)]).areas(main);
+    let [main, error, keys] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [rooms_area, items_area] =
+        Layout::horizontal([Constraint::Fill(2), Constraint::Fill(1)]).areas(main);
 
     let rooms: Vec<ListItem> = app
         .rooms
         .iter()
-        .map(|r| ListItem::new(format!("{:<20} {:>3} online  ({})", truncate(&r.name, 20), r.players_online, r.id)))
+        .map(|r| {
+            ListItem::new(format!(
+                "{:<20} {:>3} online  ({})",
+                truncate(&r.name, 20),
+                r.players_online,
+                r.id
+            ))
+        })
         .collect();
     let empty = rooms.is_empty();
     let list = List::new(rooms)
@@ -58,21 +90,34 @@ fn render_lobby(app: &App, area: Rect, buf: &mut Buffer) {
     let items: Vec<Line> = if app.inventory.is_empty() {
         vec![Line::from("nothing yet".dim())]
     } else {
-        app.inventory.iter().map(|(k, n)| Line::from(format!("{k:<10} {n:>4}"))).collect()
+        app.inventory
+            .iter()
+            .map(|(k, n)| Line::from(format!("{k:<10} {n:>4}")))
+            .collect()
     };
-    Paragraph::new(items).block(title(format!(" {}'s items ", app.name))).render(items_area, buf);
+    Paragraph::new(items)
+        .block(title(format!(" {}'s items ", app.name)))
+        .render(items_area, buf);
 
     if let Some(e) = &app.error {
         Paragraph::new(Span::styled(e.as_str(), Style::new().fg(Color::Red))).render(error, buf);
     }
-    Paragraph::new("↑↓ select · Enter join · c create · r refresh · ? help · q quit".dim()).render(keys, buf);
+    Paragraph::new("↑↓ select · Enter join · c create · r refresh · ? help · q quit".dim())
+        .render(keys, buf);
 }
 
 fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
-    let [main, chat_area, input, status] =
-        Layout::vertical([Constraint::Fill(1), Constraint::Length(6), Constraint::Length(1), Constraint::Length(1)]).areas(area);
-    let [map_area, side] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(28)]).areas(main);
-    let [players_area, events_area] = Layout::vertical([Constraint::Length(8), Constraint::Fill(1)]).areas(side);
+    let [main, chat_area, input, status] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [map_area, side] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(28)]).areas(main);
+    let [players_area, events_area] =
+        Layout::vertical([Constraint::Length(8), Constraint::Fill(1)]).areas(side);
 
     render_map(app, map_area, buf);
 
@@ -81,27 +126,51 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
         .players
         .iter()
         .map(|(name, (x, y))| {
-            let style = if *name == app.name { Style::new().fg(Color::Green).bold() } else { Style::new().fg(Color::Cyan) };
-            Line::from(vec![Span::styled(format!("{} {name}", glyph(name, &app.name)), style), format!(" {x},{y}").dim()])
+            let style = if *name == app.name {
+                Style::new().fg(Color::Green).bold()
+            } else {
+                Style::new().fg(Color::Cyan)
+            };
+            Line::from(vec![
+                Span::styled(format!("{} {name}", glyph(name, &app.name)), style),
+                format!(" {x},{y}").dim(),
+            ])
         })
         .collect();
-    Paragraph::new(players).block(title(" Players ")).render(players_area, buf);
+    Paragraph::new(players)
+        .block(title(" Players "))
+        .render(players_area, buf);
     render_log(app.game.events.iter(), " Events ", events_area, buf);
     render_log(app.game.chat.iter(), " Chat ", chat_area, buf);
 
     let prompt = match app.focus {
-        Focus::Chat => Line::from(vec![Span::styled("say> ", Style::new().fg(Color::Yellow).bold()), format!("{}_", app.chat_input).into()]),
+        Focus::Chat => Line::from(vec![
+            Span::styled("say> ", Style::new().fg(Color::Yellow).bold()),
+            format!("{}_", app.chat_input).into(),
+        ]),
         Focus::Map => Line::from("arrows/WASD move · Enter chat · ? help · q leave".dim()),
     };
     Paragraph::new(prompt).render(input, buf);
     render_status(app, status, buf);
 }
 
-fn render_log<'a>(lines: impl DoubleEndedIterator<Item = &'a String>, name: &str, area: Rect, buf: &mut Buffer) {
+fn render_log<'a>(
+    lines: impl DoubleEndedIterator<Item = &'a String>,
+    name: &str,
+    area: Rect,
+    buf: &mut Buffer,
+) {
     let room = area.height.saturating_sub(2) as usize;
-    let mut shown: Vec<Line> = lines.rev().take(room).map(|l| Line::from(l.as_str())).collect();
+    let mut shown: Vec<Line> = lines
+        .rev()
+        .take(room)
+        .map(|l| Line::from(l.as_str()))
+        .collect();
     shown.reverse();
-    Paragraph::new(shown).wrap(Wrap { trim: false }).block(title(name)).render(area, buf);
+    Paragraph::new(shown)
+        .wrap(Wrap { trim: false })
+        .block(title(name))
+        .render(area, buf);
 }
 
 /// A player's letter: `@` for you, the first letter of the name for others.
@@ -140,7 +209,11 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
     };
     for (y, row) in game.map.iter().enumerate() {
         for (x, t) in row.chars().enumerate() {
-            let style = if t == '#' { Style::new().fg(Color::DarkGray) } else { Style::new().fg(Color::Gray).add_modifier(Modifier::DIM) };
+            let style = if t == '#' {
+                Style::new().fg(Color::DarkGray)
+            } else {
+                Style::new().fg(Color::Gray).add_modifier(Modifier::DIM)
+            };
             put(buf, x as i32, y as i32, t, style);
         }
     }
@@ -156,35 +229,66 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
         put(buf, *x, *y, 'N', Style::new().fg(Color::Magenta).bold());
     }
     for (name, (x, y)) in &game.players {
-        let style = if *name == app.name { Style::new().fg(Color::Green).bold() } else { Style::new().fg(Color::Cyan).bold() };
+        let style = if *name == app.name {
+            Style::new().fg(Color::Green).bold()
+        } else {
+            Style::new().fg(Color::Cyan).bold()
+        };
         put(buf, *x, *y, glyph(name, &app.name), style);
     }
 }
 
 fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
     let (dot, state) = match &app.conn {
-        ConnState::Online => (Span::styled("●", Style::new().fg(Color::Green)), "online".to_owned()),
-        ConnState::Connecting => (Span::styled("○", Style::new().fg(Color::Yellow)), "connecting".to_owned()),
-        ConnState::Reconnecting(_) => (Span::styled("○", Style::new().fg(Color::Red)), "reconnecting".to_owned()),
+        ConnState::Online => (
+            Span::styled("●", Style::new().fg(Color::Green)),
+            "online".to_owned(),
+        ),
+        ConnState::Connecting => (
+            Span::styled("○", Style::new().fg(Color::Yellow)),
+            "connecting".to_owned(),
+        ),
+        ConnState::Reconnecting(_) => (
+            Span::styled("○", Style::new().fg(Color::Red)),
+            "reconnecting".to_owned(),
+        ),
     };
-    let rtt = app.rtt.map_or("-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+    let rtt = app.rtt.map_or("-".to_owned(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    });
     let mut spans = vec![
         dot,
-        format!(" {state} | room {} | {} online | rtt {rtt} | seq {}", app.game.room, app.game.players.len(), app.game.seq).into(),
+        format!(
+            " {state} | room {} | {} online | rtt {rtt} | seq {}",
+            app.game.room,
+            app.game.players.len(),
+            app.game.seq
+        )
+        .into(),
     ];
     if let Some((x, y)) = app.me() {
         spans.push(format!(" | {} at {x},{y}", app.name).into());
     }
     if app.pending > 0 {
-        spans.push(Span::styled(format!(" | {} unsent", app.pending), Style::new().fg(Color::Yellow)));
+        spans.push(Span::styled(
+            format!(" | {} unsent", app.pending),
+            Style::new().fg(Color::Yellow),
+        ));
     }
-    Paragraph::new(Line::from(spans)).style(Style::new().add_modifier(Modifier::REVERSED)).render(area, buf);
+    Paragraph::new(Line::from(spans))
+        .style(Style::new().add_modifier(Modifier::REVERSED))
+        .render(area, buf);
 }
 
 fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
     let w = 50.min(area.width);
     let h = 14.min(area.height);
-    let r = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
+    let r = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
     Clear.render(r, buf);
     let lines = vec![
         Line::from("Lobby: ↑↓ select, Enter join, c create, r refresh"),
@@ -193,8 +297,20 @@ fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
         Line::from("       q or Esc: back to the lobby"),
         Line::from("Ctrl-C quits from anywhere."),
         Line::from(""),
-        Line::from(vec!["@".green().bold(), " you  ".into(), "a".cyan().bold(), " others  ".into(), "N".magenta().bold(), " NPC".into()]),
-        Line::from(vec!["* $ %".yellow().bold(), " items (gem, coin, herb)  ".into(), "#".dark_gray(), " wall".into()]),
+        Line::from(vec![
+            "@".green().bold(),
+            " you  ".into(),
+            "a".cyan().bold(),
+            " others  ".into(),
+            "N".magenta().bold(),
+            " NPC".into(),
+        ]),
+        Line::from(vec![
+            "* $ %".yellow().bold(),
+            " items (gem, coin, herb)  ".into(),
+            "#".dark_gray(),
+            " wall".into(),
+        ]),
         Line::from(""),
         Line::from("any key closes this".dim()),
     ];
@@ -218,7 +334,11 @@ mod tests {
         terminal.draw(|f| f.render_widget(app, f.area())).unwrap();
         let buf = terminal.backend().buffer().clone();
         (0..h)
-            .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
+            .map(|y| {
+                (0..w)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
             .collect()
     }
 
@@ -234,9 +354,18 @@ mod tests {
         }]));
         app.on_net(NetEvent::Inventory([("gem".to_owned(), 3)].into()));
         let lines = screen(&app, 80, 24);
-        assert!(lines[0].contains("Rooms on http://127.0.0.1:8080"), "{lines:#?}");
-        assert!(lines[1].contains("> castle") && lines[1].contains("1 online  (abcd1234)"), "{lines:#?}");
-        assert!(lines[1].contains("gem") && lines[1].contains('3'), "{lines:#?}");
+        assert!(
+            lines[0].contains("Rooms on http://127.0.0.1:8080"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].contains("> castle") && lines[1].contains("1 online  (abcd1234)"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].contains("gem") && lines[1].contains('3'),
+            "{lines:#?}"
+        );
         assert!(lines[23].contains("Enter join"));
     }
 
@@ -249,7 +378,10 @@ mod tests {
         assert!(lines[1].contains("#####"), "{lines:#?}");
         assert!(lines[2].contains("#@*b#"), "me, an item, bob: {lines:#?}");
         let status = &lines[23];
-        assert!(status.contains("online | room r1 | 2 online | rtt 0.4 ms | seq 10 | ann at 1,1"), "{status}");
+        assert!(
+            status.contains("online | room r1 | 2 online | rtt 0.4 ms | seq 10 | ann at 1,1"),
+            "{status}"
+        );
     }
 
     #[test]
@@ -266,7 +398,9 @@ mod tests {
     fn help_and_chat_prompt_render() {
         let mut app = crate::app::tests::in_game();
         app.help = true;
-        assert!(screen(&app, 80, 24).iter().any(|l| l.contains("arrows or WASD move")));
+        assert!(screen(&app, 80, 24)
+            .iter()
+            .any(|l| l.contains("arrows or WASD move")));
         app.help = false;
         app.focus = Focus::Chat;
         app.chat_input = "hello".into();

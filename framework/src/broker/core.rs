@@ -15,6 +15,25 @@ pub(crate) type SessionId = u64;
 
 pub(crate) use crate::stomp::Outbound as Out;
 
+/// Closes a connection from outside its own loop: when it cannot keep up, or when it is
+/// kicked (then it is told why, and what it has queued is still written).
+#[derive(Debug, Default)]
+pub(crate) struct Kill {
+    pub notify: Notify,
+    pub kicked: std::sync::atomic::AtomicBool,
+}
+
+impl Kill {
+    fn slow(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn kick(&self) {
+        self.kicked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
 /// A message as the broker stores it: immutable, shared between deliveries.
 #[derive(Debug)]
 pub(crate) struct Stored {
@@ -56,7 +75,7 @@ struct Unacked {
 
 struct Session {
     outbox: mpsc::Sender<Out>,
-    kill: Arc<Notify>,
+    kill: Arc<Kill>,
     principal: Principal,
     subscriptions: HashMap<String, Subscription>,
     unacked: BTreeMap<u64, Unacked>,
@@ -193,7 +212,7 @@ impl Core {
         &mut self,
         principal: Principal,
         outbox: mpsc::Sender<Out>,
-        kill: Arc<Notify>,
+        kill: Arc<Kill>,
     ) -> SessionId {
         let id = self.next_session;
         self.next_session += 1;
@@ -242,17 +261,24 @@ impl Core {
                 if frame.command == Command::Send {
                     self.check_send(id, &frame)?;
                 }
+                let (max_frames, max_bytes) = (self.config.max_tx_frames, self.config.max_tx_bytes);
                 let session = self.session(id)?;
-                return match session.transactions.get_mut(&tx) {
-                    Some(frames) => {
-                        frames.push(frame);
-                        Ok(())
-                    }
-                    None => Err(Refusal::new(
+                let Some(buffered) = session.transactions.get_mut(&tx) else {
+                    return Err(Refusal::new(
                         format!("unknown transaction {tx:?}"),
                         "BEGIN the transaction before using it.",
-                    )),
+                    ));
                 };
+                let bytes: usize =
+                    buffered.iter().map(|f| f.body.len()).sum::<usize>() + frame.body.len();
+                if buffered.len() >= max_frames || bytes > max_bytes {
+                    return Err(Refusal::new(
+                        format!("transaction {tx:?} is too large"),
+                        format!("A transaction holds at most {max_frames} frames and {max_bytes} body bytes."),
+                    ));
+                }
+                buffered.push(frame);
+                return Ok(());
             }
         }
         match frame.command {
@@ -263,7 +289,14 @@ impl Core {
             Command::Nack => self.ack(id, &frame, true),
             Command::Begin => {
                 let tx = required(&frame, "transaction")?.to_owned();
+                let max = self.config.max_transactions;
                 let session = self.session(id)?;
+                if session.transactions.len() >= max {
+                    return Err(Refusal::new(
+                        "too many open transactions",
+                        format!("A connection may have at most {max} transactions open; COMMIT or ABORT one."),
+                    ));
+                }
                 if session.transactions.contains_key(&tx) {
                     return Err(Refusal::new(
                         format!("transaction {tx:?} already begun"),
@@ -279,6 +312,10 @@ impl Core {
                     Refusal::new(format!("unknown transaction {tx:?}"), "BEGIN it first.")
                 })?;
                 if frame.command == Command::Commit {
+                    // Check every SEND again before applying any: all or nothing.
+                    for f in frames.iter().filter(|f| f.command == Command::Send) {
+                        self.check_send(id, f)?;
+                    }
                     for mut f in frames {
                         f.headers.retain(|(n, _)| n != "transaction");
                         self.handle(id, f)?;
@@ -354,13 +391,19 @@ impl Core {
     }
 
     /// Publishes a message as if a client had sent it (for in-process producers).
+    /// A managed queue must exist unless `create` says the caller may bring it back (the
+    /// shutdown spool's restore).
     pub fn publish_local(
         &mut self,
         destination: &str,
         headers: Vec<(String, String)>,
         body: Bytes,
+        create: bool,
     ) -> Handled {
         let dest = classify(destination, &self.config)?;
+        if !create {
+            self.check_managed(destination)?;
+        }
         self.publish(destination, dest, headers, body)
     }
 
@@ -401,9 +444,11 @@ impl Core {
                 let subscribers = self.topics.get(topic).cloned().unwrap_or_default();
                 for queue_name in subscribers {
                     if let Some(queue) = self.queues.get_mut(&queue_name) {
-                        if queue.ready.len() < self.config.max_queue_len {
-                            queue.ready.push_back(item.clone());
+                        // A subscriber this far behind loses the oldest: a topic is live.
+                        if queue.ready.len() >= self.config.max_topic_backlog {
+                            queue.ready.pop_front();
                         }
+                        queue.ready.push_back(item.clone());
                         self.dispatch(&queue_name);
                     }
                 }
@@ -555,11 +600,24 @@ impl Core {
         let session = self.session(id)?;
         // An id this session does not hold (already acked, or foreign) is ignored, as
         // acknowledging twice must not cost the client its connection.
-        let Some(tag) = ack_id
+        let tag = ack_id
             .parse::<u64>()
             .ok()
             .filter(|t| session.unacked.contains_key(t))
-        else {
+            .or_else(|| {
+                // STOMP 1.0 and 1.1 clients name the message-id (and the subscription).
+                let message_id = frame.header("message-id").unwrap_or(ack_id);
+                let subscription = frame.header("subscription");
+                session
+                    .unacked
+                    .iter()
+                    .find(|(_, u)| {
+                        u.item.msg.id == message_id
+                            && subscription.is_none_or(|s| s == u.subscription)
+                    })
+                    .map(|(t, _)| *t)
+            });
+        let Some(tag) = tag else {
             return Ok(());
         };
         let sub_id = session.unacked[&tag].subscription.clone();
@@ -663,7 +721,7 @@ impl Core {
             if session.outbox.try_send(Out::Frame(frame)).is_err() {
                 // The consumer cannot keep up (or is gone): it loses its connection, and
                 // the message stays first in line for someone else.
-                session.kill.notify_one();
+                session.kill.slow();
                 let queue = self.queues.get_mut(queue_name).expect("queue exists");
                 queue.ready.push_front(item);
                 queue.consumers.retain(|(s, _)| *s != sid);
@@ -687,7 +745,7 @@ impl Core {
     pub fn send_to(&mut self, id: SessionId, out: Out) {
         if let Some(session) = self.sessions.get(&id) {
             if session.outbox.try_send(out).is_err() {
-                session.kill.notify_one();
+                session.kill.slow();
             }
         }
     }
@@ -709,6 +767,13 @@ impl Core {
             }
         }
         true
+    }
+
+    /// How many subscriptions consume from a queue.
+    pub fn consumer_count(&self, destination: &str) -> usize {
+        self.queues
+            .get(destination)
+            .map_or(0, |q| q.consumers.len())
     }
 
     /// Whether a queue exists.
@@ -745,8 +810,17 @@ impl Core {
     }
 
     /// Every live session's kill switch.
-    pub fn kill_switches(&self) -> Vec<Arc<Notify>> {
+    pub fn kill_switches(&self) -> Vec<Arc<Kill>> {
         self.sessions.values().map(|s| s.kill.clone()).collect()
+    }
+
+    /// The kill switches of the sessions logged in as `name`.
+    pub fn sessions_of(&self, name: &str) -> Vec<Arc<Kill>> {
+        self.sessions
+            .values()
+            .filter(|s| s.principal.name == name)
+            .map(|s| s.kill.clone())
+            .collect()
     }
 
     /// How many sessions are connected.

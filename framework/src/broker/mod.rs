@@ -55,6 +55,9 @@ impl Principal {
 ///
 /// Each method returns `Err(reason)` to refuse; the reason reaches the client in an
 /// ERROR frame, so it should say what to do differently.
+///
+/// The broker calls these while it holds its state lock: an authorizer must not call
+/// back into the [`Broker`], or it deadlocks.
 pub trait Authorizer: Send + Sync + 'static {
     /// Checks CONNECT's `login` and `passcode` from `peer`.
     fn connect(
@@ -142,8 +145,17 @@ pub struct BrokerConfig {
     pub outbox_capacity: usize,
     /// Undelivered messages one queue may hold; a SEND beyond it is refused.
     pub max_queue_len: usize,
+    /// Messages one topic subscription may have waiting (beyond its prefetch); past it,
+    /// the oldest is dropped, as a live feed does.
+    pub max_topic_backlog: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Transactions one connection may have open.
+    pub max_transactions: usize,
+    /// Frames one transaction may buffer.
+    pub max_tx_frames: usize,
+    /// Body bytes one transaction may buffer.
+    pub max_tx_bytes: usize,
     /// Longest destination name.
     pub max_destination_len: usize,
     /// Where a graceful shutdown writes undelivered queue messages, and start-up reads
@@ -164,7 +176,11 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             outbox_capacity: 16 * 1024,
             max_queue_len: 100_000,
-            max_subscriptions: 256,
+            max_topic_backlog: 10_000,
+            max_subscriptions: 64,
+            max_transactions: 16,
+            max_tx_frames: 1_000,
+            max_tx_bytes: 4 * 1024 * 1024,
             max_destination_len: 255,
             spool: None,
             server_name: format!("game-server-less/{}", env!("CARGO_PKG_VERSION")),
@@ -219,19 +235,40 @@ impl Broker {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes a message from inside the process, as a client's SEND would.
+    /// Publishes a message from inside the process, as a client's SEND would (a managed
+    /// queue must exist).
     pub fn publish(
         &self,
         destination: &str,
         headers: Vec<(String, String)>,
         body: impl Into<Bytes>,
     ) -> Result<()> {
+        self.publish_inner(destination, headers, body.into(), false)
+    }
+
+    fn publish_inner(
+        &self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        create: bool,
+    ) -> Result<()> {
         self.lock()
-            .publish_local(destination, headers, body.into())
+            .publish_local(destination, headers, body, create)
             .map_err(|r| crate::Error::Server {
                 message: r.message,
                 detail: r.detail,
             })
+    }
+
+    /// Puts back a message kept across a restart, creating its queue if need be.
+    pub(crate) fn restore(
+        &self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<()> {
+        self.publish_inner(destination, headers, body, true)
     }
 
     /// Creates a queue if it does not exist yet (SEND and SUBSCRIBE also create them).
@@ -247,6 +284,21 @@ impl Broker {
     /// Whether a queue exists (it is created by its first SEND or SUBSCRIBE).
     pub fn has_queue(&self, destination: &str) -> bool {
         self.lock().has_queue(destination)
+    }
+
+    /// Closes every connection logged in as `name` (an ERROR frame tells it why); their
+    /// unacked messages are redelivered. Returns how many were closed.
+    pub fn kick(&self, name: &str) -> usize {
+        let sessions = self.lock().sessions_of(name);
+        for kill in &sessions {
+            kill.kick();
+        }
+        sessions.len()
+    }
+
+    /// How many subscriptions consume from a queue.
+    pub fn consumer_count(&self, destination: &str) -> usize {
+        self.lock().consumer_count(destination)
     }
 
     /// Messages waiting in a queue for a consumer.
@@ -272,7 +324,7 @@ impl Broker {
         {
             tracing::warn!("connections still open after {grace:?}; closing them");
             for kill in self.lock().kill_switches() {
-                kill.notify_one();
+                kill.kick();
             }
         }
         let spool = self.lock().config().spool.clone();

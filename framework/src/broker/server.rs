@@ -153,7 +153,7 @@ pub(super) fn restore_spool(broker: &Broker, path: &Path) -> Result<usize> {
                 frame
                     .headers
                     .retain(|(n, _)| n != "destination" && n != "content-length");
-                broker.publish(&destination, frame.headers, frame.body)?;
+                broker.restore(&destination, frame.headers, frame.body)?;
                 n += 1;
             }
             Parsed::Heartbeat(len) => rest = &rest[len..],

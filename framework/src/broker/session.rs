@@ -1,13 +1,13 @@
 //! One client connection: the CONNECT handshake, then frames in, frames out.
 
-use super::core::{Out, Refusal};
+use super::core::{Kill, Out, Refusal};
 use super::Broker;
 use crate::stomp::{parse_heartbeat, write_loop, Command, Frame, Item, Transport};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// Versions this broker speaks, best first.
 const VERSIONS: [&str; 3] = ["1.2", "1.1", "1.0"];
@@ -83,7 +83,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     let expect_every = (cx != 0 && sy != 0).then(|| Duration::from_millis(cx.max(sy)));
 
     let (tx, rx) = mpsc::channel(config.outbox_capacity);
-    let kill = Arc::new(Notify::new());
+    let kill = Arc::new(Kill::default());
     let id = broker.lock().add_session(principal, tx, kill.clone());
     let connected = Frame::new(Command::Connected)
         .with_header("version", version)
@@ -102,7 +102,10 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     let ending: Option<(Refusal, Option<String>)> = loop {
         let next = tokio::select! {
             biased;
-            _ = kill.notified() => {
+            _ = kill.notify.notified() => {
+                if kill.kicked.load(std::sync::atomic::Ordering::SeqCst) {
+                    break Some((Refusal::new("disconnected by the server", "The server closed this connection; unacknowledged messages were requeued."), None));
+                }
                 slow = true;
                 break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
             }

@@ -384,6 +384,18 @@ impl Client {
         self.post(ack_frame(Command::Nack, message)?)
     }
 
+    /// Waits until the broker has processed every frame sent before: a barrier. (STOMP
+    /// has no no-op frame; an empty transaction, begun and aborted with a receipt, is one.)
+    pub async fn flush(&self) -> Result<()> {
+        let tx = format!(
+            "flush-{}",
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        self.post(Frame::new(Command::Begin).with_header("transaction", tx.clone()))?;
+        self.request(Frame::new(Command::Abort).with_header("transaction", tx))
+            .await
+    }
+
     /// Acknowledges a message and waits for the broker's receipt.
     pub async fn ack_confirmed(&self, message: &Message) -> Result<()> {
         self.request(ack_frame(Command::Ack, message)?).await
