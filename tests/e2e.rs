@@ -576,3 +576,60 @@ async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() 
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tickets_outlive_a_server_restart() {
+    let dir = temp_dir("secret");
+    let lobby = || game_server_less::Lobby::new();
+    // An empty --secret is none: the server makes one in the data directory and keeps it.
+    let server = Server::start(lobby(), panicky(), &dir, &["--secret", ""]).await;
+    let room = server.create_room().await;
+    let ann = server.join(&room, "ann").await;
+    server.stop().await;
+    let secret = std::fs::read_to_string(dir.join("secret")).unwrap();
+    assert_eq!(secret.len(), 64, "a 32-byte random secret, in hex");
+
+    let server = Server::start(lobby(), panicky(), &dir, &["--secret", ""]).await;
+    let status = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .bearer_auth(&ann.token)
+        .json(&json!({ "name": "ann" }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "the old token still proves who ann is");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
+    let dir = temp_dir("idle");
+    let server = Server::start(Lobby::new(), panicky(), &dir, &["--room-idle-secs", "1"]).await;
+    let room = server.create_room().await;
+    let inbox = format!("/queue/room.{room}");
+    assert!(server.app.broker().has_queue(&inbox));
+    let started = std::time::Instant::now();
+    loop {
+        let status = http()
+            .get(format!("{}/rooms/{room}", server.http))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the idle room is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before its idle time"
+    );
+    assert!(
+        !server.app.broker().has_queue(&inbox),
+        "its inbox is deleted"
+    );
+    server.stop().await;
+}

@@ -59,11 +59,12 @@ impl Server {
             "127.0.0.1:0",
             "--stomp-listen",
             "127.0.0.1:0",
-            "--secret",
-            "e2e-secret",
             "--data-dir",
             dir.to_str().unwrap(),
         ];
+        if !extra.contains(&"--secret") {
+            argv.extend(["--secret", "e2e-secret"]);
+        }
         argv.extend_from_slice(extra);
         let args = Args::parse_from(argv);
         let (stop, stopped) = oneshot::channel::<()>();

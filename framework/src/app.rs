@@ -43,7 +43,7 @@ impl Default for AppConfig {
         AppConfig {
             ticket_ttl: Duration::from_secs(24 * 3600),
             idle_timeout: Duration::from_secs(15 * 60),
-            checkpoint_every: Duration::from_millis(100),
+            checkpoint_every: Duration::from_millis(250),
             allow_guest: true,
         }
     }
@@ -325,6 +325,26 @@ fn player_grants(room: &str, player: &str) -> Principal {
     }
 }
 
+/// The token secret kept in `data_dir/secret`, made on first start, so that tickets
+/// outlive a restart of the server.
+fn stored_secret(data_dir: &std::path::Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = random_id(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, secret.as_bytes())?;
+    Ok(secret.into_bytes())
+}
+
 /// Runs a game server from the command line (see `--help`): the lobby with the game's
 /// routes, the embedded broker, and a worker per room running `msg`'s handlers. Returns
 /// when the server has shut down after Ctrl-C or SIGTERM.
@@ -372,9 +392,9 @@ where
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("game.db").display()));
     let store = Store::open(&store_url).await?;
-    let signer = match &args.secret {
+    let signer = match args.secret.as_deref().filter(|s| !s.is_empty()) {
         Some(secret) => Signer::new(secret.as_bytes().to_vec()),
-        None => Signer::random(),
+        None => Signer::new(stored_secret(&args.data_dir)?),
     };
     let worker_secret = random_id(16);
     let config = AppConfig {

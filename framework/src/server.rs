@@ -35,7 +35,7 @@ pub struct Args {
     /// External broker URL for cluster mode (reserved; not supported yet).
     #[arg(long, env = "GSL_BROKER")]
     pub broker: Option<String>,
-    /// Secret that signs join tokens; set it so tokens survive a restart [default: random].
+    /// Secret that signs join tokens [default: one made on first start, kept in --data-dir].
     #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// A room with no input for this many seconds ends.

@@ -101,8 +101,24 @@ impl Store {
         };
         // SQLite allows one writer; one connection avoids "database is locked".
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Checkpoints are frequent: write-ahead log, fsync at checkpoints
+                        // of the log rather than at every commit.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|e| Error::Store(format!("cannot open the store {url}: {e}")))?;

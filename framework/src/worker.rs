@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// Inputs in flight to a worker before it must ack; bounds what a crash replays.
-const PREFETCH: u32 = 256;
+const PREFETCH: u32 = 1024;
 
 #[derive(Deserialize)]
 struct InputHeader {
@@ -111,7 +111,7 @@ where
     let mut checkpoint = tokio::time::interval(app.config().checkpoint_every);
     let mut shutdown = app.shutdown_signal();
     let mut unacked: Option<Message> = None;
-    let mut dirty = false;
+    let mut unsaved = 0u32;
     let mut last_input = Instant::now();
     let publisher = Publisher {
         client: &client,
@@ -132,11 +132,18 @@ where
                 let Some(message) = message else {
                     return Err(Error::Closed(client.closed().unwrap_or_else(|| "inbox subscription ended".into())));
                 };
-                last_input = Instant::now();
+                if message.header("user-id") != Some(WORKER_USER) {
+                    last_input = Instant::now(); // ticks do not keep a room alive
+                }
                 let outputs = apply(&mut room, &message);
                 publisher.publish(outputs)?;
                 unacked = Some(message);
-                dirty = true;
+                unsaved += 1;
+                // A busy room checkpoints early rather than stall on its prefetch.
+                if unsaved >= PREFETCH / 2 {
+                    save(&store, checkpoint_of(&mut room)?, &client, &mut unacked).await?;
+                    unsaved = 0;
+                }
             }
             _ = tick.tick(), if tick_every.is_some() => {
                 // Ticks go through the inbox like inputs, so a replay after a crash
@@ -144,9 +151,9 @@ where
                 client.send_nowait(&inbox, TICK)?;
             }
             _ = checkpoint.tick() => {
-                if dirty {
+                if unsaved > 0 {
                     save(&store, checkpoint_of(&mut room)?, &client, &mut unacked).await?;
-                    dirty = false;
+                    unsaved = 0;
                 }
                 if last_input.elapsed() >= app.config().idle_timeout {
                     let outputs = room.end("idle");
