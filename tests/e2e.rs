@@ -384,6 +384,40 @@ fn panicky() -> Msg<i64> {
         .route("type=boom", |_: &mut i64, _: &mut Ctx, _: Value| -> () {
             panic!("the handler blew up")
         })
+        .route("type=quit", |_: &mut i64, ctx: &mut Ctx, _: Value| {
+            ctx.end_room("game over")
+        })
+}
+
+#[tokio::test]
+async fn a_handler_can_end_its_room() {
+    let dir = temp_dir("quit");
+    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", false).await;
+    ann.send(json!({ "type": "add", "by": 1 })).await;
+    ann.send(json!({ "type": "quit" })).await;
+    assert_eq!(
+        ann.next_on_room("total").await["n"],
+        1,
+        "outputs before the end arrive"
+    );
+    assert_eq!(ann.next_on_room("room_ended").await["reason"], "game over");
+    let started = std::time::Instant::now();
+    while server.app.broker().has_queue(&ann.ticket.inbox) {
+        assert!(started.elapsed() < WAIT, "the inbox is deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rooms: Value = http()
+        .get(format!("{}/rooms", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms, json!([]));
+    server.stop().await;
 }
 
 #[tokio::test]
