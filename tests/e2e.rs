@@ -167,23 +167,13 @@ async fn bad_and_foreign_tokens_are_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("may not subscribe to"), "{err}");
-    let c = Client::connect(
-        &ticket.tcp_url,
-        ConnectOptions::login("ann", ticket.token.clone()),
-    )
-    .await
-    .unwrap();
+    let c = ann.connect_again().await;
     let err = c
         .send(&format!("/queue/room.{two}"), "{}")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("may not send to"), "{err}");
-    let c = Client::connect(
-        &ticket.tcp_url,
-        ConnectOptions::login("ann", ticket.token.clone()),
-    )
-    .await
-    .unwrap();
+    let c = ann.connect_again().await;
     let err = c
         .subscribe(&ticket.inbox, SubscribeOptions::default())
         .await
@@ -225,22 +215,12 @@ async fn ending_a_room_deletes_its_inbox_and_tells_the_players() {
     assert_eq!(status, 204);
     let ended = ann.next_on_room("room_ended").await;
     assert_eq!(ended["reason"], "ended by the lobby");
-    let status = http()
-        .get(format!("{}/rooms/{room}", server.http))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = server.get_status(&format!("/rooms/{room}")).await;
     assert_eq!(status, 404);
     // The inbox is gone: sending to it is an error, and does not bring it back.
     let mut gone = None;
     for _ in 0..50 {
-        let c = Client::connect(
-            &ann.ticket.tcp_url,
-            ConnectOptions::login("ann", ann.ticket.token.clone()),
-        )
-        .await
-        .unwrap();
+        let c = ann.connect_again().await;
         match c.send(&ann.ticket.inbox, "{}").await {
             Err(e) => {
                 gone = Some(e.to_string());
@@ -356,21 +336,9 @@ async fn user_items_survive_a_server_restart() {
     assert_eq!(items["player"], "ann");
     assert!(items["items"][&kind].as_i64().unwrap() >= 1, "{items}");
     // The room itself carried on too.
-    let rooms: Value = http()
-        .get(format!("{}/rooms", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rooms: Value = server.get_json("/rooms").await;
     assert_eq!(rooms[0]["id"], room.as_str());
-    let status = http()
-        .get(format!("{}/user/items", server.http))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = server.get_status("/user/items").await;
     assert_eq!(status, 401, "no token, no inventory");
     server.stop().await;
 }
@@ -408,14 +376,7 @@ async fn a_handler_can_end_its_room() {
         assert!(started.elapsed() < WAIT, "the inbox is deleted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rooms: Value = http()
-        .get(format!("{}/rooms", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rooms: Value = server.get_json("/rooms").await;
     assert_eq!(rooms, json!([]));
     server.stop().await;
 }
@@ -433,14 +394,7 @@ async fn a_panicking_handler_leaves_the_room_running() {
     assert_eq!(err["error"], "the handler failed: the handler blew up");
     assert_eq!(ann.next_on_room("total").await["n"], 2);
     assert_eq!(ann.next_on_room("total").await["n"], 5);
-    let health: Value = http()
-        .get(format!("{}/health", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.get_json("/health").await;
     assert_eq!(health["status"], "ok");
     server.stop().await;
 }
@@ -532,14 +486,7 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
         .await
         .unwrap();
     assert_eq!(rejoin.status(), 200, "the token's holder may rejoin");
-    let view: Value = http()
-        .get(format!("{}/rooms/{room}", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(view["players"], json!(["ann"]));
     let left = http()
         .post(format!("{}/rooms/{room}/leave", server.http))
@@ -548,14 +495,7 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
         .await
         .unwrap();
     assert_eq!(left.status(), 204);
-    let view: Value = http()
-        .get(format!("{}/rooms/{room}", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(view["players_online"], 0);
     server.stop().await;
 }
@@ -645,12 +585,7 @@ async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
     assert!(server.app.broker().has_queue(&inbox));
     let started = std::time::Instant::now();
     loop {
-        let status = http()
-            .get(format!("{}/rooms/{room}", server.http))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = server.get_status(&format!("/rooms/{room}")).await;
         if status == 404 {
             break;
         }

@@ -102,6 +102,26 @@ impl Server {
             .unwrap();
     }
 
+    /// `GET path` (`/rooms`, say): the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = http()
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// `GET path`: the status code only.
+    pub async fn get_status(&self, path: &str) -> u16 {
+        let response = http()
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    }
+
     /// `POST /rooms`; returns the room id.
     pub async fn create_room(&self) -> String {
         let room: Value = http()
@@ -177,6 +197,14 @@ impl Player {
             private,
             seq: 0,
         }
+    }
+
+    /// A second connection with this player's ticket, over TCP.
+    pub async fn connect_again(&self) -> Client {
+        let options = ConnectOptions::login(self.ticket.login.clone(), self.ticket.token.clone());
+        Client::connect(&self.ticket.tcp_url, options)
+            .await
+            .unwrap()
     }
 
     /// Sends an input numbered with the next sequence number; returns the number.

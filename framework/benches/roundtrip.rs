@@ -4,11 +4,10 @@
 //! Run: `cargo bench -p game-server-less --bench roundtrip`
 //! (`GSL_BENCH_N=20000` for more samples; RabbitMQ URLs as in `tests/rabbitmq.rs`.)
 
-use game_server_less::broker::{Broker, BrokerConfig};
+use game_server_less::broker::BrokerConfig;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
-use std::net::SocketAddr;
+use game_server_less::testing::LocalBroker;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 struct Figures {
     p50: Duration,
@@ -70,24 +69,6 @@ async fn measure(url: &str, options: ConnectOptions, samples: usize) -> Result<F
     })
 }
 
-async fn start_embedded() -> (String, String) {
-    let broker = Broker::new(BrokerConfig::default());
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_addr = tcp.local_addr().unwrap();
-    tokio::spawn(broker.clone().serve_tcp(tcp));
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let app: axum::Router = broker.ws_router();
-    tokio::spawn(async move {
-        axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    (format!("ws://{http_addr}/ws"), format!("tcp://{tcp_addr}"))
-}
-
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -98,7 +79,10 @@ async fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(5000);
-    let (embedded_ws, embedded_tcp) = start_embedded().await;
+    let embedded = LocalBroker::start(BrokerConfig::default())
+        .await
+        .expect("loopback ports");
+    let (embedded_ws, embedded_tcp) = (embedded.ws_url.clone(), embedded.tcp_url.clone());
     let rabbit_ws =
         std::env::var("GSL_RABBITMQ_WS").unwrap_or_else(|_| "ws://127.0.0.1:15674/ws".into());
     let rabbit_tcp =

@@ -3,6 +3,7 @@
 use futures_util::StreamExt;
 use game_server_less::broker::{Broker, BrokerConfig};
 use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
+use game_server_less::testing::LocalBroker;
 use game_server_less::Error;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,41 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-struct Running {
-    broker: Broker,
-    tcp: String,
-    ws: String,
-    tcp_addr: SocketAddr,
-}
-
-impl Running {
-    fn urls(&self) -> [&str; 2] {
-        [&self.tcp, &self.ws]
-    }
-}
-
-async fn start(config: BrokerConfig) -> Running {
-    let broker = Broker::new(config);
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_addr = tcp.local_addr().unwrap();
-    tokio::spawn(broker.clone().serve_tcp(tcp));
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let app: axum::Router = broker.ws_router();
-    tokio::spawn(async move {
-        axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    Running {
-        broker,
-        tcp: format!("tcp://{tcp_addr}"),
-        ws: format!("ws://{http_addr}/ws"),
-        tcp_addr,
-    }
+async fn start(config: BrokerConfig) -> LocalBroker {
+    LocalBroker::start(config).await.unwrap()
 }
 
 async fn connect(url: &str) -> Client {
@@ -117,8 +85,8 @@ async fn binary_bodies_with_nul_and_escaped_headers_survive() {
 #[tokio::test]
 async fn competing_consumers_share_a_queue_without_duplicates() {
     let server = start(BrokerConfig::default()).await;
-    let a = connect(&server.tcp).await;
-    let b = connect(&server.ws).await;
+    let a = connect(&server.tcp_url).await;
+    let b = connect(&server.ws_url).await;
     let mut sa = a
         .subscribe("/queue/work", SubscribeOptions::default())
         .await
@@ -127,7 +95,7 @@ async fn competing_consumers_share_a_queue_without_duplicates() {
         .subscribe("/queue/work", SubscribeOptions::default())
         .await
         .unwrap();
-    let producer = connect(&server.tcp).await;
+    let producer = connect(&server.tcp_url).await;
     for i in 0..100 {
         producer.send("/queue/work", format!("{i}")).await.unwrap();
     }
@@ -157,14 +125,14 @@ async fn competing_consumers_share_a_queue_without_duplicates() {
 #[tokio::test]
 async fn unacked_messages_are_redelivered_in_order_when_a_consumer_leaves() {
     let server = start(BrokerConfig::default()).await;
-    let producer = connect(&server.tcp).await;
+    let producer = connect(&server.tcp_url).await;
     for i in 1..=5 {
         producer
             .send("/queue/redeliver", format!("{i}"))
             .await
             .unwrap();
     }
-    let first = connect(&server.ws).await;
+    let first = connect(&server.ws_url).await;
     let mut sub = first
         .subscribe(
             "/queue/redeliver",
@@ -180,7 +148,7 @@ async fn unacked_messages_are_redelivered_in_order_when_a_consumer_leaves() {
     first.disconnect().await.unwrap();
     producer.send("/queue/redeliver", "6").await.unwrap();
 
-    let second = connect(&server.tcp).await;
+    let second = connect(&server.tcp_url).await;
     let mut sub = second
         .subscribe("/queue/redeliver", SubscribeOptions::default())
         .await
@@ -199,7 +167,7 @@ async fn unacked_messages_are_redelivered_in_order_when_a_consumer_leaves() {
 #[tokio::test]
 async fn nack_redelivers_and_client_ack_is_cumulative() {
     let server = start(BrokerConfig::default()).await;
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     let mut sub = c
         .subscribe("/queue/nack", SubscribeOptions::ack(AckMode::Client))
         .await
@@ -221,7 +189,7 @@ async fn nack_redelivers_and_client_ack_is_cumulative() {
     c.ack_confirmed(&again).await.unwrap();
     c.disconnect().await.unwrap();
     // Nothing left: 1 and 2 were acked cumulatively, 3 individually.
-    let d = connect(&server.tcp).await;
+    let d = connect(&server.tcp_url).await;
     let mut sub = d
         .subscribe("/queue/nack", SubscribeOptions::default())
         .await
@@ -233,7 +201,7 @@ async fn nack_redelivers_and_client_ack_is_cumulative() {
 #[tokio::test]
 async fn prefetch_count_limits_unacked_messages_in_flight() {
     let server = start(BrokerConfig::default()).await;
-    let c = connect(&server.ws).await;
+    let c = connect(&server.ws_url).await;
     let options = SubscribeOptions {
         ack: AckMode::ClientIndividual,
         prefetch: Some(2),
@@ -255,8 +223,8 @@ async fn prefetch_count_limits_unacked_messages_in_flight() {
 #[tokio::test]
 async fn topics_fan_out_to_every_subscriber_in_publish_order() {
     let server = start(BrokerConfig::default()).await;
-    let a = connect(&server.tcp).await;
-    let b = connect(&server.ws).await;
+    let a = connect(&server.tcp_url).await;
+    let b = connect(&server.ws_url).await;
     let mut sa = a
         .subscribe("/topic/room", SubscribeOptions::default())
         .await
@@ -265,7 +233,7 @@ async fn topics_fan_out_to_every_subscriber_in_publish_order() {
         .subscribe("/topic/room", SubscribeOptions::default())
         .await
         .unwrap();
-    let p = connect(&server.tcp).await;
+    let p = connect(&server.tcp_url).await;
     for i in 0..50 {
         p.send_nowait("/topic/room", format!("{i}")).unwrap();
     }
@@ -274,7 +242,7 @@ async fn topics_fan_out_to_every_subscriber_in_publish_order() {
         assert_eq!(body(&recv(&mut sb).await), i.to_string());
     }
     // A topic keeps nothing for subscribers that come later.
-    let late = connect(&server.ws).await;
+    let late = connect(&server.ws_url).await;
     let mut sl = late
         .subscribe("/topic/room", SubscribeOptions::default())
         .await
@@ -305,7 +273,7 @@ async fn bad_destinations_get_an_error_that_says_why() {
         assert!(c.closed().is_some(), "ERROR closes the connection");
     }
     // The broker still serves everyone else.
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     c.send("/queue/fine", "ok").await.unwrap();
 }
 
@@ -530,12 +498,12 @@ async fn graceful_shutdown_keeps_undelivered_messages_for_the_next_start() {
         ..BrokerConfig::default()
     };
     let server = start(config.clone()).await;
-    let listener = connect(&server.ws).await;
+    let listener = connect(&server.ws_url).await;
     let mut gone = listener
         .subscribe("/queue/keep", SubscribeOptions::ack(AckMode::Client))
         .await
         .unwrap();
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     for i in 1..=3 {
         c.send("/queue/keep", format!("{i}")).await.unwrap();
     }
@@ -553,7 +521,7 @@ async fn graceful_shutdown_keeps_undelivered_messages_for_the_next_start() {
     assert!(listener.closed().is_some());
 
     let restarted = start(config).await;
-    let c = connect(&restarted.tcp).await;
+    let c = connect(&restarted.tcp_url).await;
     let mut sub = c
         .subscribe("/queue/keep", SubscribeOptions::default())
         .await
@@ -572,7 +540,7 @@ async fn graceful_shutdown_keeps_undelivered_messages_for_the_next_start() {
 #[tokio::test]
 async fn subscription_streams_work_with_stream_combinators() {
     let server = start(BrokerConfig::default()).await;
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     let sub = c
         .subscribe("/queue/stream", SubscribeOptions::default())
         .await
@@ -749,7 +717,7 @@ async fn managed_queues_exist_only_when_the_server_makes_them() {
         ..BrokerConfig::default()
     })
     .await;
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     let err = c.send("/queue/room.nope", "x").await.unwrap_err();
     assert!(
         err.to_string().contains("no queue /queue/room.nope"),
@@ -757,7 +725,7 @@ async fn managed_queues_exist_only_when_the_server_makes_them() {
     );
     assert!(!server.broker.has_queue("/queue/room.nope"));
     server.broker.create_queue("/queue/room.yes");
-    let c = connect(&server.tcp).await;
+    let c = connect(&server.tcp_url).await;
     let mut sub = c
         .subscribe("/queue/room.yes", SubscribeOptions::default())
         .await
@@ -777,14 +745,14 @@ async fn managed_queues_exist_only_when_the_server_makes_them() {
 #[tokio::test]
 async fn a_kicked_connection_is_told_and_its_messages_redelivered() {
     let server = start(BrokerConfig::default()).await;
-    let worker = Client::connect(&server.ws, ConnectOptions::login("w", ""))
+    let worker = Client::connect(&server.ws_url, ConnectOptions::login("w", ""))
         .await
         .unwrap();
     let mut sub = worker
         .subscribe("/queue/kick", SubscribeOptions::ack(AckMode::Client))
         .await
         .unwrap();
-    let p = connect(&server.tcp).await;
+    let p = connect(&server.tcp_url).await;
     p.send("/queue/kick", "one").await.unwrap();
     assert_eq!(body(&recv(&mut sub).await), "one");
     assert_eq!(server.broker.kick("w"), 1);
@@ -800,7 +768,7 @@ async fn a_kicked_connection_is_told_and_its_messages_redelivered() {
         "{:?}",
         worker.closed()
     );
-    let again = connect(&server.ws).await;
+    let again = connect(&server.ws_url).await;
     let mut sub = again
         .subscribe("/queue/kick", SubscribeOptions::default())
         .await
