@@ -125,20 +125,25 @@ async fn bad_input_errors_reach_only_the_sender() {
     );
     let rule = ann.next_private("error").await;
     assert_eq!(rule["input_seq"], seq);
-    // Bob heard nothing of it, and the room goes on for both.
+    // Bob heard nothing of it, on either destination, and the room goes on for both.
     bob.send(json!({ "type": "chat", "text": "still here" }))
         .await;
     assert_eq!(ann.next_on_room("chat").await["text"], "still here");
-    let private = bob
-        .private
-        .recv_timeout(Duration::from_millis(300))
-        .await
-        .ok()
-        .map(|m| json_of(&m));
-    assert!(
-        private.as_ref().is_none_or(|m| m["type"] != "error"),
-        "{private:?}"
-    );
+    loop {
+        let m = json_of(&bob.room.recv_timeout(WAIT).await.unwrap());
+        assert_ne!(m["type"], "error", "{m}");
+        if m["text"] == "still here" {
+            break;
+        }
+    }
+    bob.send(json!({ "type": "look" })).await; // a private reply marks the end
+    loop {
+        let m = json_of(&bob.private.recv_timeout(WAIT).await.unwrap());
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "welcome" {
+            break;
+        }
+    }
     server.stop().await;
 }
 
@@ -334,7 +339,7 @@ async fn user_items_survive_a_server_restart() {
         .await
         .unwrap();
     assert_eq!(items["player"], "ann");
-    assert!(items["items"][&kind].as_i64().unwrap() >= 1, "{items}");
+    assert_eq!(items["items"][&kind], 1, "granted once: {items}");
     // The room itself carried on too.
     let rooms: Value = server.get_json("/rooms").await;
     assert_eq!(rooms[0]["id"], room.as_str());
@@ -580,10 +585,10 @@ async fn tickets_outlive_a_server_restart() {
 async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
     let dir = temp_dir("idle");
     let server = Server::start(Lobby::new(), panicky(), &dir, &["--room-idle-secs", "1"]).await;
+    let started = std::time::Instant::now(); // before the room's idle clock starts
     let room = server.create_room().await;
     let inbox = format!("/queue/room.{room}");
     assert!(server.app.broker().has_queue(&inbox));
-    let started = std::time::Instant::now();
     loop {
         let status = server.get_status(&format!("/rooms/{room}")).await;
         if status == 404 {
@@ -593,7 +598,7 @@ async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_secs(1),
         "not before its idle time"
     );
     assert!(

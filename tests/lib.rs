@@ -53,8 +53,14 @@ impl Server {
     where
         S: Serialize + DeserializeOwned + Send + 'static,
     {
+        // Explicit store and log options, so a developer's GSL_* variables stay out.
+        let store = format!("sqlite://{}/game.db", dir.display());
         let mut argv = vec![
             "game-server",
+            "--store",
+            &store,
+            "--log",
+            "warn",
             "--listen",
             "127.0.0.1:0",
             "--stomp-listen",

@@ -7,16 +7,35 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The client binary, refused if it is older than its sources (it would test old code).
 fn client_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let bin = target.join("debug/game-client");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p game-client` first",
-        bin.display()
-    );
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build -p game-client` first",
+                bin.display()
+            )
+        });
+    for dir in [
+        "game-client/src",
+        "framework/src",
+        "framework/src/stomp",
+        "framework/src/broker",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let modified = entry.unwrap().metadata().unwrap().modified().unwrap();
+            assert!(
+                modified <= built,
+                "{} is older than {dir}: run `cargo build -p game-client` first",
+                bin.display()
+            );
+        }
+    }
     bin
 }
 
@@ -39,7 +58,7 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "game"])
     }
 
-    /// Waits until the screen satisfies `ok`; returns it.
+    /// Waits until `ok` holds; returns the screen then.
     fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
@@ -78,8 +97,9 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
     let tmux = Tmux {
         socket: format!("gsl-test-{}", std::process::id()),
     };
+    // After the client, the shell says how it exited, on whatever screen the client left.
     let command = format!(
-        "{} --server {} --name ann --room {room}",
+        "{} --server {} --name ann --room {room}; echo client-exited-$?; sleep 60",
         client_binary().display(),
         server.http
     );
@@ -95,20 +115,15 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
         &command,
     ]);
 
-    let screen = tokio::task::block_in_place(|| {
-        tmux.wait_for("the game screen", |s| {
-            position(s).is_some() && s.contains("online")
-        })
-    });
+    let online = |s: &str| position(s).is_some() && s.contains(" online | room");
+    let screen = tokio::task::block_in_place(|| tmux.wait_for("the game screen", online));
     let start = position(&screen).unwrap();
     assert!(screen.contains('@'), "{screen}");
 
     // The spawn points have floor to their right.
     tmux.run(&["send-keys", "-t", "game", "Right"]);
-    let screen = tokio::task::block_in_place(|| {
-        tmux.wait_for("the move", |s| position(s) == Some((start.0 + 1, start.1)))
-    });
-    assert!(screen.contains("ann at"), "{screen}");
+    let moved = |s: &str| position(s) == Some((start.0 + 1, start.1));
+    tokio::task::block_in_place(|| tmux.wait_for("the move", moved));
 
     let mut bob = Player::join(&server, &room, "bob", true).await;
     bob.send(json!({ "type": "chat", "text": "hello from bob" }))
@@ -118,9 +133,18 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
     });
     assert!(screen.contains("2 online"), "{screen}");
 
-    // q leaves the room, q again quits; the terminal is given back.
+    // q leaves the room, q again quits, and the terminal is given back.
     tmux.run(&["send-keys", "-t", "game", "q"]);
     tokio::task::block_in_place(|| tmux.wait_for("the lobby", |s| s.contains("Rooms on")));
+    tmux.run(&["send-keys", "-t", "game", "q"]);
+    let after = tokio::task::block_in_place(|| {
+        tmux.wait_for("the client to exit", |s| s.contains("client-exited-"))
+    });
+    assert!(after.contains("client-exited-0"), "{after}");
+    assert!(
+        !after.contains("Rooms on"),
+        "the terminal is back from the alternate screen:\n{after}"
+    );
     drop(tmux);
     server.stop().await;
 }

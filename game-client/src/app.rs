@@ -53,6 +53,8 @@ pub enum NetEvent {
     Rtt(Duration),
     /// Inputs not yet confirmed by the broker.
     Pending(usize),
+    /// The play session ended for good (the room is gone, the ticket refused): why.
+    Ended(String),
 }
 
 /// The broker connection, as the status line shows it.
@@ -187,6 +189,12 @@ impl App {
             self.quit = true;
             return Some(Action::Quit);
         }
+        if key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+        {
+            return None; // Ctrl-S is not S
+        }
         if self.help {
             self.help = false; // any key closes the help
             return None;
@@ -318,7 +326,11 @@ impl App {
                 self.screen = Screen::Game;
                 self.focus = Focus::Map;
                 self.error = None;
+                self.conn = ConnState::Connecting;
+                self.rtt = None;
+                self.pending = 0;
             }
+            NetEvent::Ended(why) => return self.back_to_lobby(why),
             NetEvent::Connection(state) => {
                 if state != self.conn {
                     let line = match &state {
@@ -395,10 +407,12 @@ impl App {
                 ));
             }
             "room_ended" => {
-                self.log_event(format!(
-                    "the room ended: {}",
+                let why = format!(
+                    "room {} ended: {}",
+                    self.game.room,
                     m["reason"].as_str().unwrap_or_default()
-                ));
+                );
+                return self.back_to_lobby(why);
             }
             _ => {}
         }
@@ -408,6 +422,10 @@ impl App {
     fn on_private(&mut self, m: Value) {
         match m["type"].as_str().unwrap_or_default() {
             "welcome" => {
+                let seq = m["seq"].as_u64().unwrap_or(0);
+                if self.game.synced && seq < self.game.seq {
+                    return; // an older world, replayed after a worker restart
+                }
                 let game = &mut self.game;
                 game.map = m["map"]
                     .as_array()
@@ -458,6 +476,18 @@ impl App {
             }
             _ => {}
         }
+    }
+
+    /// Leaves the game screen for the lobby, saying why.
+    fn back_to_lobby(&mut self, why: String) -> Option<Action> {
+        if self.screen != Screen::Game {
+            return None;
+        }
+        self.screen = Screen::Lobby;
+        self.game = Game::default();
+        self.focus = Focus::Map;
+        self.error = Some(why);
+        Some(Action::Leave)
     }
 
     fn log_event(&mut self, line: String) {
@@ -603,6 +633,54 @@ pub(crate) mod tests {
         ));
         assert_eq!(follow, Some(Action::Look));
         assert!(!app.game.synced);
+    }
+
+    #[test]
+    fn an_ended_room_or_a_refused_ticket_returns_to_the_lobby() {
+        let mut app = in_game();
+        let next = app.on_net(NetEvent::Room(
+            json!({ "type": "room_ended", "reason": "idle", "seq": 11 }),
+        ));
+        assert_eq!(next, Some(Action::Leave));
+        assert_eq!(app.screen, Screen::Lobby);
+        assert_eq!(app.error.as_deref(), Some("room r1 ended: idle"));
+        let mut app = in_game();
+        assert_eq!(
+            app.on_net(NetEvent::Ended("refused".into())),
+            Some(Action::Leave)
+        );
+        assert_eq!(
+            (app.screen, app.error.as_deref()),
+            (Screen::Lobby, Some("refused"))
+        );
+        assert_eq!(
+            app.on_net(NetEvent::Ended("again".into())),
+            None,
+            "only once"
+        );
+    }
+
+    #[test]
+    fn an_older_world_does_not_roll_the_room_back() {
+        let mut app = in_game();
+        app.on_net(NetEvent::Room(
+            json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 }),
+        ));
+        app.on_net(NetEvent::Private(json!({ "type": "welcome", "seq": 5, "map": [], "players": {}, "npcs": [], "items": [] })));
+        assert_eq!((app.game.seq, app.me()), (11, Some((2, 1))));
+    }
+
+    #[test]
+    fn keys_with_ctrl_or_alt_are_not_moves() {
+        let mut app = in_game();
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL)),
+            None
+        );
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Some(Action::Quit)
+        );
     }
 
     #[test]

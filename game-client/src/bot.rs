@@ -135,6 +135,8 @@ async fn bot(ticket: Ticket, id: u64, stats: Arc<Stats>) {
             .subscribe(&ticket.topic, SubscribeOptions::default())
             .await
         else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
         stats.online.fetch_add(1, Ordering::Relaxed);

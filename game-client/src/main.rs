@@ -67,6 +67,8 @@ async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Re
     let mut keys = EventStream::new();
     let mut frame = tokio::time::interval(Duration::from_millis(50));
     let mut lobby_refresh = tokio::time::interval(Duration::from_secs(2));
+    // Ticks missed while in a game are not made up in a burst back in the lobby.
+    lobby_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !app.quit {
         terminal.draw(|f| f.render_widget(&app, f.area()))?;
         tokio::select! {

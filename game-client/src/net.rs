@@ -67,12 +67,14 @@ pub struct Net {
     events: Events,
     session: Arc<Mutex<Option<Session>>>,
     token: Arc<Mutex<Option<String>>>,
+    lobby: mpsc::UnboundedSender<(Action, String)>,
 }
 
 impl Net {
     /// A client of the lobby at `server` that reports to `events`.
     pub fn new(server: &str, events: Events) -> Net {
-        Net {
+        let (lobby, requests) = mpsc::unbounded_channel();
+        let net = Net {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -81,38 +83,36 @@ impl Net {
             events,
             session: Arc::new(Mutex::new(None)),
             token: Arc::new(Mutex::new(None)),
+            lobby,
+        };
+        tokio::spawn(net.clone().lobby_loop(requests));
+        net
+    }
+
+    /// Lobby requests run one at a time, in order: a leave finishes before the next join.
+    async fn lobby_loop(self, mut requests: mpsc::UnboundedReceiver<(Action, String)>) {
+        while let Some((action, name)) = requests.recv().await {
+            match action {
+                Action::Refresh => self.refresh().await,
+                Action::CreateRoom => match self.create_room(&name).await {
+                    Ok(room) => self.join(&room, &name).await,
+                    Err(e) => self.lobby_error(e),
+                },
+                Action::Join(room) => self.join(&room, &name).await,
+                Action::Leave => {
+                    self.leave().await;
+                    self.refresh().await;
+                }
+                _ => {}
+            }
         }
     }
 
     /// Carries out what the player asked for, as `name`.
     pub fn dispatch(&self, action: Action, name: &str) {
-        let net = self.clone();
-        let name = name.to_owned();
         match action {
-            Action::Refresh => {
-                tokio::spawn(async move { net.refresh().await });
-            }
-            Action::CreateRoom => {
-                tokio::spawn(async move {
-                    match net.create_room(&name).await {
-                        Ok(room) => net.join(&room, &name).await,
-                        Err(e) => net.lobby_error(e),
-                    }
-                });
-            }
-            Action::Join(room) => {
-                tokio::spawn(async move { net.join(&room, &name).await });
-            }
-            Action::Leave => {
-                let session = self.session.lock().unwrap().take();
-                if let Some(s) = session {
-                    s.task.abort();
-                    tokio::spawn(async move {
-                        let url = format!("{}/rooms/{}/leave", net.server, s.room);
-                        let _ = net.http.post(url).bearer_auth(&s.token).send().await;
-                        net.refresh().await;
-                    });
-                }
+            Action::Refresh | Action::CreateRoom | Action::Join(_) | Action::Leave => {
+                let _ = self.lobby.send((action, name.to_owned()));
             }
             Action::Move(dx, dy) => self.input(json!({ "type": "move", "dx": dx, "dy": dy })),
             Action::Chat(text) => self.input(json!({ "type": "chat", "text": text })),
@@ -122,6 +122,16 @@ impl Net {
                     s.task.abort();
                 }
             }
+        }
+    }
+
+    /// Ends the play session, if any, and tells the lobby.
+    async fn leave(&self) {
+        let session = self.session.lock().unwrap().take();
+        if let Some(s) = session {
+            s.task.abort();
+            let url = format!("{}/rooms/{}/leave", self.server, s.room);
+            let _ = self.http.post(url).bearer_auth(&s.token).send().await;
         }
     }
 
@@ -216,18 +226,17 @@ impl Net {
             Err(e) => return self.lobby_error(format!("the join ticket did not parse: {e}")),
         };
         *self.token.lock().unwrap() = Some(ticket.token.clone());
+        self.leave().await; // one room at a time
         let outbox = Arc::new(Outbox::new());
-        let _ = self.events.send(NetEvent::Joined(ticket.room.clone()));
+        let room = ticket.room.clone();
         let task = tokio::spawn(play(ticket.clone(), outbox.clone(), self.events.clone()));
-        let old = self.session.lock().unwrap().replace(Session {
+        *self.session.lock().unwrap() = Some(Session {
             room: ticket.room,
             token: ticket.token,
             outbox,
             task,
         });
-        if let Some(old) = old {
-            old.task.abort();
-        }
+        let _ = self.events.send(NetEvent::Joined(room));
     }
 }
 
@@ -260,7 +269,21 @@ async fn play(ticket: Ticket, outbox: Arc<Outbox>, events: Events) {
                 let _ = events.send(NetEvent::Connection(ConnState::Online));
                 // Catch up: the whole world, then whatever inputs were not confirmed.
                 outbox.push(json!({ "type": "look" }));
-                session(&ticket, client, room, private, &outbox, &events).await
+                match session(&ticket, client, room, private, &outbox, &events).await {
+                    Ok(why) => why,
+                    Err(fatal) => {
+                        let _ = events.send(NetEvent::Ended(fatal));
+                        return;
+                    }
+                }
+            }
+            // The server refused the ticket (expired, or the room is gone): trying
+            // again will not help.
+            Err(e @ game_server_less::Error::Server { .. }) => {
+                let _ = events.send(NetEvent::Ended(format!(
+                    "the server refused this room's ticket: {e}"
+                )));
+                return;
             }
             Err(e) => e.to_string(),
         };
@@ -270,7 +293,8 @@ async fn play(ticket: Ticket, outbox: Arc<Outbox>, events: Events) {
     }
 }
 
-/// One connection's life; returns why it ended.
+/// One connection's life; returns why it ended: `Ok` when reconnecting may help, `Err`
+/// when the server refused an input for good (the room is gone).
 async fn session(
     ticket: &Ticket,
     client: Client,
@@ -278,7 +302,7 @@ async fn session(
     mut private: Subscription,
     outbox: &Outbox,
     events: &Events,
-) -> String {
+) -> Result<String, String> {
     let send = async {
         loop {
             let Some(input) = outbox.front() else {
@@ -286,8 +310,10 @@ async fn session(
                 continue;
             };
             let started = Instant::now();
-            if let Err(e) = client.send(&ticket.inbox, input.to_string()).await {
-                return e.to_string();
+            match client.send(&ticket.inbox, input.to_string()).await {
+                Ok(()) => {}
+                Err(e @ game_server_less::Error::Server { .. }) => return Err(e.to_string()),
+                Err(e) => return Ok(e.to_string()),
             }
             let _ = events.send(NetEvent::Rtt(started.elapsed()));
             let _ = events.send(NetEvent::Pending(outbox.confirm()));
@@ -298,11 +324,11 @@ async fn session(
             tokio::select! {
                 m = room.recv() => match m {
                     Some(m) => { let _ = events.send(NetEvent::Room(parse(m.body()))); }
-                    None => return client.closed().unwrap_or_else(|| "connection closed".into()),
+                    None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
                 m = private.recv() => match m {
                     Some(m) => { let _ = events.send(NetEvent::Private(parse(m.body()))); }
-                    None => return client.closed().unwrap_or_else(|| "connection closed".into()),
+                    None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
             }
         }

@@ -6,7 +6,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Block, Borders, Clear, List, ListItem, ListState, Paragraph, StatefulWidget, Widget, Wrap,
+    Block, Borders, Clear, List, ListItem, ListState, Paragraph, StatefulWidget, Widget,
 };
 
 impl Widget for &App {
@@ -167,10 +167,8 @@ fn render_log<'a>(
         .map(|l| Line::from(l.as_str()))
         .collect();
     shown.reverse();
-    Paragraph::new(shown)
-        .wrap(Wrap { trim: false })
-        .block(title(name))
-        .render(area, buf);
+    // Not wrapped: a wrapped line would push the newest ones out of sight.
+    Paragraph::new(shown).block(title(name)).render(area, buf);
 }
 
 /// A player's letter: `@` for you, the first letter of the name for others.
@@ -392,6 +390,23 @@ mod tests {
         app.game.players.insert("ann".into(), (250, 90));
         let lines = screen(&app, 80, 24);
         assert!(lines.iter().any(|l| l.contains('@')), "{lines:#?}");
+    }
+
+    #[test]
+    fn every_screen_renders_at_any_size_without_panicking() {
+        let mut screens = vec![
+            App::new("http://x", None),
+            App::new("http://x", Some("ann")),
+        ];
+        let mut game = crate::app::tests::in_game();
+        game.help = true;
+        screens.push(game);
+        screens.push(crate::app::tests::in_game());
+        for app in &screens {
+            for (w, h) in [(1, 1), (3, 2), (10, 5), (20, 8), (80, 24), (250, 70)] {
+                screen(app, w, h);
+            }
+        }
     }
 
     #[test]
