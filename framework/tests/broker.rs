@@ -776,3 +776,48 @@ async fn a_kicked_connection_is_told_and_its_messages_redelivered() {
     let m = recv(&mut sub).await;
     assert!(m.redelivered() && body(&m) == "one");
 }
+
+#[tokio::test]
+async fn a_session_holds_a_bounded_number_of_unacked_messages() {
+    let server = start(BrokerConfig {
+        max_unacked: 3,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let c = connect(&server.tcp_url).await;
+    // prefetch 0 would mean "no limit"; the broker's own cap still holds.
+    let mut sub = c
+        .subscribe(
+            "/queue/cap",
+            SubscribeOptions::ack(AckMode::ClientIndividual),
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.send("/queue/cap", format!("{i}")).await.unwrap();
+    }
+    let first = recv(&mut sub).await;
+    recv(&mut sub).await;
+    recv(&mut sub).await;
+    nothing_more(&mut sub).await;
+    c.ack(&first).unwrap();
+    assert_eq!(body(&recv(&mut sub).await), "3");
+}
+
+#[tokio::test]
+async fn a_frame_trickled_in_byte_by_byte_still_arrives() {
+    let server = start(BrokerConfig::default()).await;
+    let c = connect(&server.tcp_url).await;
+    let mut sub = c
+        .subscribe("/queue/trickle", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.tcp_addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let frames = b"CONNECT\naccept-version:1.2\n\n\0SEND\ndestination:/queue/trickle\n\nslowly\0";
+    for byte in frames {
+        stream.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(body(&recv(&mut sub).await), "slowly");
+}

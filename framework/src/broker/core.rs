@@ -588,6 +588,7 @@ impl Core {
     }
 
     fn ack(&mut self, id: SessionId, frame: &Frame, nack: bool) -> Handled {
+        let max_unacked = self.config.max_unacked;
         let ack_id = frame
             .header("id")
             .or_else(|| frame.header("message-id"))
@@ -635,6 +636,7 @@ impl Core {
         } else {
             vec![tag]
         };
+        let held = session.unacked.len().saturating_sub(tags.len());
         let mut done = Vec::with_capacity(tags.len());
         for t in tags {
             if let Some(u) = session.unacked.remove(&t) {
@@ -644,13 +646,23 @@ impl Core {
         if let Some(sub) = session.subscriptions.get_mut(&sub_id) {
             sub.in_flight = sub.in_flight.saturating_sub(done.len());
         }
-        let queue = done.first().map(|u| u.queue.clone());
+        // At its unacked cap, the session may have held up every queue it consumes.
+        let mut queues: Vec<String> = if held + done.len() >= max_unacked {
+            session
+                .subscriptions
+                .values()
+                .map(|s| s.queue.clone())
+                .collect()
+        } else {
+            done.first().map(|u| u.queue.clone()).into_iter().collect()
+        };
+        queues.dedup();
         if nack {
             for u in done {
                 self.requeue(&u.queue, u.item);
             }
         }
-        if let Some(queue) = queue {
+        for queue in queues {
             self.dispatch(&queue);
         }
         Ok(())
@@ -680,13 +692,14 @@ impl Core {
             for k in 0..n {
                 let i = (queue.next_consumer + k) % n;
                 let (sid, sub_id) = &queue.consumers[i];
-                let has_room = self
-                    .sessions
-                    .get(sid)
-                    .and_then(|s| s.subscriptions.get(sub_id))
-                    .is_some_and(|s| {
-                        s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
-                    });
+                let max_unacked = self.config.max_unacked;
+                let has_room = self.sessions.get(sid).is_some_and(|session| {
+                    // Besides its prefetch, a session may hold only so many unacked messages.
+                    session.unacked.len() < max_unacked
+                        && session.subscriptions.get(sub_id).is_some_and(|s| {
+                            s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
+                        })
+                });
                 if has_room {
                     chosen = Some(i);
                     break;

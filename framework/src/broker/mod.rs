@@ -148,6 +148,9 @@ pub struct BrokerConfig {
     /// Messages one topic subscription may have waiting (beyond its prefetch); past it,
     /// the oldest is dropped, as a live feed does.
     pub max_topic_backlog: usize,
+    /// Unacknowledged messages one connection may hold, whatever its prefetch; past it,
+    /// delivery to it waits for acks.
+    pub max_unacked: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
     /// Transactions one connection may have open.
@@ -177,6 +180,7 @@ impl Default for BrokerConfig {
             outbox_capacity: 16 * 1024,
             max_queue_len: 100_000,
             max_topic_backlog: 10_000,
+            max_unacked: 10_000,
             max_subscriptions: 64,
             max_transactions: 16,
             max_tx_frames: 1_000,

@@ -41,6 +41,16 @@ impl Decoder for StompCodec {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>> {
+        // An incomplete frame completes only with its closing NUL, which must be among the
+        // new bytes: until one comes, skip the re-parse, so a frame trickled in byte by
+        // byte costs linear time, not quadratic.
+        if self.pending > 0 && src.len() > self.pending && !src[self.pending..].contains(&0) {
+            if src.len() >= self.limits.max_frame_bytes {
+                return Err(crate::stomp::FrameError::TooLarge(self.limits.max_frame_bytes).into());
+            }
+            self.pending = src.len();
+            return Ok(Some(Item::Heartbeat));
+        }
         match parse(src, &self.limits)? {
             Parsed::Frame(frame, len) => {
                 src.advance(len);
