@@ -25,6 +25,25 @@ pub(crate) const LOBBY_USER: &str = "$lobby";
 pub(crate) const WORKER_USER: &str = "$worker";
 const WORKER_LOGIN: &str = WORKER_USER;
 
+/// Every room destination starts with one of these; the broker manages the first.
+const ROOM_INBOXES: &str = "/queue/room.";
+const ROOM_TOPICS: &str = "/topic/room.";
+
+/// A room's inbox: players SEND inputs here; its worker is the only consumer.
+fn inbox_of(room: &str) -> String {
+    format!("{ROOM_INBOXES}{room}")
+}
+
+/// A room's topic: every player of the room hears it.
+fn topic_of(room: &str) -> String {
+    format!("{ROOM_TOPICS}{room}")
+}
+
+/// A player's own destination in a room.
+fn private_of(room: &str, player: &str) -> String {
+    format!("{ROOM_TOPICS}{room}.player.{player}")
+}
+
 /// Settings of a running server.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -111,12 +130,12 @@ impl App {
 
     /// A room's inbox and topic.
     pub fn destinations(&self, room: &str) -> (String, String) {
-        (format!("/queue/room.{room}"), format!("/topic/room.{room}"))
+        (inbox_of(room), topic_of(room))
     }
 
     /// A player's own destination in a room.
     pub fn private_destination(&self, room: &str, player: &str) -> String {
-        format!("/topic/room.{room}.player.{player}")
+        private_of(room, player)
     }
 
     pub(crate) fn worker_credentials(&self) -> (&str, &str) {
@@ -181,8 +200,9 @@ impl App {
             serde_json::json!({ "type": "$join", "player": player }),
         )?;
         let (inbox, topic) = self.destinations(room);
-        let token = self.signer().issue(room, player, self.config().ticket_ttl);
-        let expires = self.signer().verify(&token).map(|c| c.expires).unwrap_or(0);
+        let (token, expires) = self
+            .signer()
+            .issue_expiring(room, player, self.config().ticket_ttl);
         let bound = self.bound();
         Ok(Ticket {
             room: room.to_owned(),
@@ -254,7 +274,7 @@ struct GameAuthorizer {
 const GUEST: &str = "guest";
 
 fn in_rooms(destination: &str) -> bool {
-    destination.starts_with("/queue/room.") || destination.starts_with("/topic/room.")
+    destination.starts_with(ROOM_INBOXES) || destination.starts_with(ROOM_TOPICS)
 }
 
 impl Authorizer for GameAuthorizer {
@@ -317,11 +337,8 @@ impl Authorizer for GameAuthorizer {
 fn player_grants(room: &str, player: &str) -> Principal {
     Principal {
         name: player.to_owned(),
-        send: Some(vec![format!("/queue/room.{room}")]),
-        subscribe: Some(vec![
-            format!("/topic/room.{room}"),
-            format!("/topic/room.{room}.player.{player}"),
-        ]),
+        send: Some(vec![inbox_of(room)]),
+        subscribe: Some(vec![topic_of(room), private_of(room, player)]),
     }
 }
 
@@ -408,7 +425,7 @@ where
         allow_guest: config.allow_guest,
     };
     let broker_config = BrokerConfig {
-        managed_prefixes: vec!["/queue/room.".into()],
+        managed_prefixes: vec![ROOM_INBOXES.into()],
         ..args.broker_config()
     };
     let broker = Broker::with_authorizer(broker_config, Arc::new(authorizer));

@@ -129,23 +129,27 @@ impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing Authorization: Bearer TOKEN (the token from POST /rooms/{id}/join)",
-                )
-            })?;
-        let token = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer TOKEN (the token from POST /rooms/{id}/join)",
+            )
+        })?;
         let Claims { room, player, .. } = app
             .signer()
             .verify(token)
             .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why))?;
         Ok(Caller { player, room })
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
 }
 
 /// Parses an optional JSON body; empty means the defaults.
@@ -276,11 +280,7 @@ async fn join_room(
     app.room(&id).await?;
     if app.store().players(&id).await?.contains(&name) {
         // Rejoining (after a crash, say) takes the ticket that player already holds.
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-        let claims = token.and_then(|t| app.signer().verify(t).ok());
+        let claims = bearer(&headers).and_then(|t| app.signer().verify(t).ok());
         if !claims.is_some_and(|c| c.room == id && c.player == name) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -61,9 +61,16 @@ impl Signer {
 
     /// A token for `player` in `room`, valid for `ttl`.
     pub fn issue(&self, room: &str, player: &str, ttl: Duration) -> String {
-        let payload = format!("v1.{room}.{player}.{}", now() + ttl.as_secs());
+        self.issue_expiring(room, player, ttl).0
+    }
+
+    /// A token for `player` in `room`, valid for `ttl`, and when it expires (seconds
+    /// since the Unix epoch).
+    pub fn issue_expiring(&self, room: &str, player: &str, ttl: Duration) -> (String, u64) {
+        let expires = now() + ttl.as_secs();
+        let payload = format!("v1.{room}.{player}.{expires}");
         let signature = hex(&self.mac(&payload).finalize().into_bytes());
-        format!("{payload}.{signature}")
+        (format!("{payload}.{signature}"), expires)
     }
 
     /// The claims of a token, if it is genuine and not expired; otherwise why not.
