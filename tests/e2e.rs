@@ -2,7 +2,7 @@
 
 use e2e_tests::{http, json_of, next_of, temp_dir, Player, Server, WAIT};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
-use game_server_less::{Ctx, Error, Lobby, Msg};
+use game_server_less::{Config, Ctx, Error, Lobby, Msg};
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -365,7 +365,7 @@ fn panicky() -> Msg<i64> {
 #[tokio::test]
 async fn a_handler_can_end_its_room() {
     let dir = temp_dir("quit");
-    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let server = Server::start(Lobby::new(), panicky(), &dir).await;
     let room = server.create_room().await;
     let mut ann = Player::join(&server, &room, "ann", false).await;
     ann.send(json!({ "type": "add", "by": 1 })).await;
@@ -377,7 +377,7 @@ async fn a_handler_can_end_its_room() {
     );
     assert_eq!(ann.next_on_room("room_ended").await["reason"], "game over");
     let started = std::time::Instant::now();
-    while server.app.broker().has_queue(&ann.ticket.inbox) {
+    while server.broker.has_queue(&ann.ticket.inbox) {
         assert!(started.elapsed() < WAIT, "the inbox is deleted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -389,7 +389,7 @@ async fn a_handler_can_end_its_room() {
 #[tokio::test]
 async fn a_panicking_handler_leaves_the_room_running() {
     let dir = temp_dir("panic");
-    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let server = Server::start(Lobby::new(), panicky(), &dir).await;
     let room = server.create_room().await;
     let mut ann = Player::join(&server, &room, "ann", true).await;
     ann.send(json!({ "type": "add", "by": 2 })).await;
@@ -508,7 +508,7 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
 #[tokio::test]
 async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() {
     let dir = temp_dir("crash");
-    let server = Server::start(Lobby::new(), panicky(), &dir, &[]).await;
+    let server = Server::start(Lobby::new(), panicky(), &dir).await;
     let room = server.create_room().await;
     let mut ann = Player::join(&server, &room, "ann", true).await;
     let mut kicks = 0;
@@ -518,7 +518,7 @@ async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() 
             // The worker loses its broker connection with inputs in flight and unacked
             // (once its replacement from the last kick is connected).
             let started = std::time::Instant::now();
-            while server.app.broker().kick("$worker") == 0 {
+            while server.broker.kick("$worker") == 0 {
                 assert!(started.elapsed() < WAIT, "no worker came back");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -560,15 +560,19 @@ async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() 
 async fn tickets_outlive_a_server_restart() {
     let dir = temp_dir("secret");
     let lobby = || game_server_less::Lobby::new();
-    // An empty --secret is none: the server makes one in the data directory and keeps it.
-    let server = Server::start(lobby(), panicky(), &dir, &["--secret", ""]).await;
+    // No secret given: the server makes one in the data directory and keeps it.
+    let config = || Config {
+        secret: None,
+        ..Server::config(&dir)
+    };
+    let server = Server::start_with(lobby(), panicky(), config()).await;
     let room = server.create_room().await;
     let ann = server.join(&room, "ann").await;
     server.stop().await;
     let secret = std::fs::read_to_string(dir.join("secret")).unwrap();
     assert_eq!(secret.len(), 64, "a 32-byte random secret, in hex");
 
-    let server = Server::start(lobby(), panicky(), &dir, &["--secret", ""]).await;
+    let server = Server::start_with(lobby(), panicky(), config()).await;
     let status = http()
         .post(format!("{}/rooms/{room}/join", server.http))
         .bearer_auth(&ann.token)
@@ -584,11 +588,13 @@ async fn tickets_outlive_a_server_restart() {
 #[tokio::test]
 async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
     let dir = temp_dir("idle");
-    let server = Server::start(Lobby::new(), panicky(), &dir, &["--room-idle-secs", "1"]).await;
+    let mut config = Server::config(&dir);
+    config.timings.idle_timeout = Duration::from_secs(1);
+    let server = Server::start_with(Lobby::new(), panicky(), config).await;
     let started = std::time::Instant::now(); // before the room's idle clock starts
     let room = server.create_room().await;
     let inbox = format!("/queue/room.{room}");
-    assert!(server.app.broker().has_queue(&inbox));
+    assert!(server.broker.has_queue(&inbox));
     loop {
         let status = server.get_status(&format!("/rooms/{room}")).await;
         if status == 404 {
@@ -601,9 +607,6 @@ async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
         started.elapsed() >= Duration::from_secs(1),
         "not before its idle time"
     );
-    assert!(
-        !server.app.broker().has_queue(&inbox),
-        "its inbox is deleted"
-    );
+    assert!(!server.broker.has_queue(&inbox), "its inbox is deleted");
     server.stop().await;
 }

@@ -1,11 +1,11 @@
-//! Helpers for the end-to-end tests: a real server (`game_server_less::run_with`) on
+//! Helpers for the end-to-end tests: a real server (`game_server_less::Server`) on
 //! loopback ports, and players that join through the lobby and play over STOMP.
 
-use clap::Parser;
-use game_server_less::lobby::Ticket;
+use game_server_less::broker::Broker;
 use game_server_less::msg::Msg;
-use game_server_less::server::Args;
+use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, Message, SubscribeOptions, Subscription};
+use game_server_less::{Config, Rooms};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -20,8 +20,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub http: String,
-    /// The running server's state: its broker, store and addresses.
-    pub app: game_server_less::App,
+    /// The room service: its store, signer and broker admin.
+    pub rooms: Rooms,
+    /// The embedded broker.
+    pub broker: Broker,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<game_server_less::Result<()>>,
 }
@@ -40,59 +42,53 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 impl Server {
     /// Starts the game (the real `game-server` handlers and routes) with data in `dir`.
     pub async fn game(dir: &Path) -> Server {
-        Server::start(game_server::lobby(), game_server::msg(), dir, &[]).await
+        Server::start(game_server::lobby(), game_server::msg(), dir).await
     }
 
-    /// Starts any game, with extra command-line options.
-    pub async fn start<S>(
+    /// The configuration tests use: free loopback ports, a SQLite store and a fixed
+    /// token secret in `dir`.
+    pub fn config(dir: &Path) -> Config {
+        Config {
+            secret: Some("e2e-secret".into()),
+            ..Config::local(dir)
+        }
+    }
+
+    /// Starts any game with the test configuration.
+    pub async fn start<S>(lobby: game_server_less::Lobby, msg: Msg<S>, dir: &Path) -> Server
+    where
+        S: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Server::start_with(lobby, msg, Server::config(dir)).await
+    }
+
+    /// Starts any game with `config`.
+    pub async fn start_with<S>(
         lobby: game_server_less::Lobby,
         msg: Msg<S>,
-        dir: &Path,
-        extra: &[&str],
+        config: Config,
     ) -> Server
     where
         S: Serialize + DeserializeOwned + Send + 'static,
     {
-        // Explicit store and log options, so a developer's GSL_* variables stay out.
-        let store = format!("sqlite://{}/game.db", dir.display());
-        let mut argv = vec![
-            "game-server",
-            "--store",
-            &store,
-            "--log",
-            "warn",
-            "--listen",
-            "127.0.0.1:0",
-            "--stomp-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ];
-        if !extra.contains(&"--secret") {
-            argv.extend(["--secret", "e2e-secret"]);
-        }
-        argv.extend_from_slice(extra);
-        let args = Args::parse_from(argv);
+        let running = tokio::time::timeout(
+            WAIT,
+            game_server_less::Server::new(config, lobby, msg).start(),
+        )
+        .await
+        .expect("the server starts")
+        .expect("the server starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = oneshot::channel();
-        let done = tokio::spawn(game_server_less::run_with(
-            args,
-            lobby,
-            msg,
-            async move {
-                let _ = stopped.await;
-            },
-            move |app| {
-                let _ = bound_tx.send(app.clone());
-            },
-        ));
-        let app = tokio::time::timeout(WAIT, bound_rx)
-            .await
-            .expect("the server starts")
-            .expect("the server reports its ports");
+        let http = format!("http://{}", running.bound().http);
+        let rooms = running.rooms().clone();
+        let broker = running.broker().clone();
+        let done = tokio::spawn(running.serve(async move {
+            let _ = stopped.await;
+        }));
         Server {
-            http: format!("http://{}", app.bound().http),
-            app,
+            http,
+            rooms,
+            broker,
             stop: Some(stop),
             done,
         }

@@ -34,6 +34,18 @@ pub enum Error {
     /// The store (database) failed.
     #[error("store error: {0}")]
     Store(String),
+    /// What a request names does not exist (a room, a player in a room).
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that conflicts with what is there (a name already in a room).
+    #[error("{0}")]
+    Conflict(String),
+    /// A request that is not well formed (a bad name).
+    #[error("{0}")]
+    Invalid(String),
+    /// A request the caller may not make.
+    #[error("{0}")]
+    Forbidden(String),
     /// A URL the framework cannot use.
     #[error("bad URL {url:?}: {why}")]
     Url {

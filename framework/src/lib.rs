@@ -2,17 +2,44 @@
 //!
 //! Realtime multiplayer game servers made of nothing but message handlers.
 //!
+//! Layers, each using only those above it in this list:
+//!
 //! - [`stomp`]: STOMP 1.2: the pure frame codec, TCP and WebSocket transports, a client.
-//! - [`run`], [`App`]: start a game server from a [`Lobby`] and a [`Msg`] router.
-//! - [`lobby`]: the REST lobby on axum: room routes, join tickets, the game's own routes.
-//! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
 //! - [`broker`]: the embedded STOMP broker (queues, topics, acks, redelivery, heart-beats).
-//! - [`msg`]: realtime handlers routed by message type ([`msg::Msg`], [`msg::Ctx`]).
+//! - [`msg`]: realtime handlers routed by message type ([`Msg`], [`Ctx`], [`RoomCtx`]).
 //! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
+//! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
+//! - [`token`]: the signed, expiring join tokens the lobby issues and the broker checks.
+//! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`]).
+//! - [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
+//! - [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
+//! - [`rooms`]: the room service (create, join, leave, end), without HTTP.
+//! - [`auth`], [`lobby`]: the broker's gatekeeper; the REST lobby on axum.
+//! - [`config`], [`server`]: [`Config`] and the command line; [`Server`] and [`run`].
 //! - [`testing`]: run a game's handlers with simulated players, no sockets.
-//! - [`ticket`]: the signed, expiring join tokens the lobby issues and the broker checks.
-//! - [`server`]: the all-in-one process: command line, ports, graceful shutdown.
 //! - [`Error`], [`Result`]: the crate-wide error.
+//!
+//! A whole game server: a counter any player can add to.
+//!
+//! ```no_run
+//! use game_server_less::{Ctx, Lobby, Msg};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Add { by: i64 }
+//!
+//! fn on_add(count: &mut i64, ctx: &mut Ctx, add: Add) -> Result<(), String> {
+//!     if add.by.abs() > 100 { return Err("add at most 100".into()); } // to the sender only
+//!     *count += add.by;
+//!     ctx.broadcast(&serde_json::json!({ "type": "count", "count": *count }));
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> game_server_less::Result<()> {
+//!     game_server_less::run(Lobby::new(), Msg::new(|| 0i64).route("type=add", on_add)).await
+//! }
+//! ```
 //!
 //! A broker and a client, talking over a real socket:
 //!
@@ -35,20 +62,27 @@
 //! # Ok(()) }
 //! ```
 
-mod app;
+pub mod admin;
+pub mod auth;
 pub mod broker;
+pub mod config;
 mod error;
 pub mod lobby;
 pub mod msg;
+pub mod names;
+pub mod proto;
 pub mod room;
+pub mod rooms;
 pub mod server;
 pub mod stomp;
 pub mod store;
 pub mod testing;
-pub mod ticket;
-mod worker;
+pub mod token;
+pub mod worker;
 
-pub use app::{run, run_with, App, AppConfig};
+pub use config::{Args, Config};
 pub use error::{Error, Result};
 pub use lobby::{Caller, Lobby};
-pub use msg::{Ctx, Msg};
+pub use msg::{Ctx, Msg, RoomCtx};
+pub use rooms::Rooms;
+pub use server::{run, Running, Server};

@@ -10,8 +10,9 @@
 //! | `DELETE /rooms/{id}` | end a room |
 //! | `GET /health` | liveness and counts |
 
-use crate::app::App;
-use crate::ticket::Claims;
+pub use crate::proto::{valid_name, RoomView, Ticket};
+use crate::rooms::Rooms;
+use crate::token::Claims;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -19,13 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 /// The lobby's routes: the game adds its own with [`Lobby::route`], the framework adds
 /// the room routes when it serves them.
 pub struct Lobby {
-    router: Router<App>,
+    router: Router<Rooms>,
 }
 
 impl Default for Lobby {
@@ -43,21 +44,21 @@ impl Lobby {
     }
 
     /// Adds a game route, with axum's own API: `.route("/user/items", get(user_items))`.
-    /// Handlers reach the store and the world through `State<App>`, and the caller
-    /// through the [`Caller`] extractor.
+    /// Handlers reach the room service and the store through `State<Rooms>`, and the
+    /// caller through the [`Caller`] extractor.
     ///
     /// # Panics
     ///
     /// When the path is taken (as axum's `Router::route` does), including by the
     /// built-in routes when the lobby is served.
     #[track_caller]
-    pub fn route(mut self, path: &str, method_router: MethodRouter<App>) -> Lobby {
+    pub fn route(mut self, path: &str, method_router: MethodRouter<Rooms>) -> Lobby {
         self.router = self.router.route(path, method_router);
         self
     }
 
-    /// The whole HTTP app: built-in routes, the game's routes, bound to `app`.
-    pub fn into_router(self, app: App) -> Router {
+    /// The whole HTTP app: built-in routes and the game's routes, over `rooms`.
+    pub fn into_router(self, rooms: Rooms) -> Router {
         Router::new()
             .route("/health", get(health))
             .route("/rooms", post(create_room).get(list_rooms))
@@ -66,7 +67,7 @@ impl Lobby {
             .route("/rooms/{id}/leave", post(leave_room))
             .merge(self.router)
             .fallback(not_found)
-            .with_state(app)
+            .with_state(rooms)
     }
 }
 
@@ -107,8 +108,18 @@ impl IntoResponse for ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> ApiError {
-        tracing::error!("lobby request failed: {e}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        use crate::Error;
+        let status = match &e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            _ => {
+                tracing::error!("lobby request failed: {e}");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -125,17 +136,17 @@ pub struct Caller {
     pub room: String,
 }
 
-impl FromRequestParts<App> for Caller {
+impl FromRequestParts<Rooms> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, rooms: &Rooms) -> Result<Caller, ApiError> {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing Authorization: Bearer TOKEN (the token from POST /rooms/{id}/join)",
             )
         })?;
-        let Claims { room, player, .. } = app
+        let Claims { room, player, .. } = rooms
             .signer()
             .verify(token)
             .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why))?;
@@ -161,14 +172,6 @@ fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// A name a person chose: 1 to 32 letters, digits, `-` or `_`.
-pub fn valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CreateRoom {
@@ -181,52 +184,11 @@ struct JoinRoom {
     name: Option<String>,
 }
 
-/// A room as the lobby shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomView {
-    /// The room id.
-    pub id: String,
-    /// Its display name.
-    pub name: String,
-    /// Players in it.
-    pub players: Vec<String>,
-    /// How many players are in it.
-    pub players_online: usize,
-    /// Creation time, seconds since the Unix epoch.
-    pub created_at: i64,
-}
-
-/// What joining a room answers: everything a client needs to play, with no destination
-/// names to build itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Ticket {
-    /// The room id.
-    pub room: String,
-    /// The player id (the name joined with).
-    pub player: String,
-    /// STOMP over WebSocket.
-    pub ws_url: String,
-    /// STOMP over TCP.
-    pub tcp_url: String,
-    /// The STOMP `login`.
-    pub login: String,
-    /// The STOMP `passcode`: a signed token that expires; also the lobby's Bearer token.
-    pub token: String,
-    /// When the token expires, seconds since the Unix epoch.
-    pub expires: u64,
-    /// Where to SEND inputs (JSON with `type` and the player's own `seq`).
-    pub inbox: String,
-    /// Where every player of the room hears the room (SUBSCRIBE).
-    pub topic: String,
-    /// Where this player alone hears the room (SUBSCRIBE): replies and errors.
-    pub private: String,
-}
-
-async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
-        "rooms": app.room_count(),
-        "connections": app.broker().session_count(),
+        "rooms": rooms.running(),
+        "connections": rooms.admin().connections(),
     }))
 }
 
@@ -235,35 +197,24 @@ async fn not_found() -> ApiError {
 }
 
 async fn create_room(
-    State(app): State<App>,
+    State(rooms): State<Rooms>,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<RoomView>)> {
     let req: CreateRoom = body(&raw)?;
-    let name = req.name.unwrap_or_else(|| "room".into());
-    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "a room name has 1 to 64 printable characters",
-        ));
-    }
-    let record = app.create_room(&name).await?;
-    Ok((StatusCode::CREATED, Json(app.view(&record).await?)))
+    let room = rooms.create(req.name.as_deref().unwrap_or("room")).await?;
+    Ok((StatusCode::CREATED, Json(room)))
 }
 
-async fn list_rooms(State(app): State<App>) -> ApiResult<Json<Vec<RoomView>>> {
-    let mut views = Vec::new();
-    for record in app.store().live_rooms().await? {
-        views.push(app.view(&record).await?);
-    }
-    Ok(Json(views))
+async fn list_rooms(State(rooms): State<Rooms>) -> ApiResult<Json<Vec<RoomView>>> {
+    Ok(Json(rooms.list().await?))
 }
 
-async fn get_room(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<RoomView>> {
-    let record = app.room(&id).await?;
-    Ok(Json(app.view(&record).await?))
+async fn get_room(State(rooms): State<Rooms>, Path(id): Path<String>) -> ApiResult<Json<RoomView>> {
+    Ok(Json(rooms.get(&id).await?))
 }
 
 async fn join_room(
-    State(app): State<App>,
+    State(rooms): State<Rooms>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     raw: Bytes,
@@ -272,27 +223,12 @@ async fn join_room(
     let name = req
         .name
         .ok_or_else(|| ApiError::bad_request("say who joins: {\"name\": \"alice\"}"))?;
-    if !valid_name(&name) {
-        return Err(ApiError::bad_request(
-            "a player name has 1 to 32 letters, digits, '-' or '_'",
-        ));
-    }
-    app.room(&id).await?;
-    if app.store().players(&id).await?.contains(&name) {
-        // Rejoining (after a crash, say) takes the ticket that player already holds.
-        let claims = bearer(&headers).and_then(|t| app.signer().verify(t).ok());
-        if !claims.is_some_and(|c| c.room == id && c.player == name) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("{name} is already in room {id}: pick another name, or rejoin with {name}'s token (Authorization: Bearer)"),
-            ));
-        }
-    }
-    Ok(Json(app.join(&id, &name).await?))
+    // Rejoining (after a crash, say) takes the ticket that player already holds.
+    Ok(Json(rooms.join(&id, &name, bearer(&headers)).await?))
 }
 
 async fn leave_room(
-    State(app): State<App>,
+    State(rooms): State<Rooms>,
     Path(id): Path<String>,
     caller: Caller,
 ) -> ApiResult<StatusCode> {
@@ -302,19 +238,11 @@ async fn leave_room(
             format!("your token is for room {}, not {id}", caller.room),
         ));
     }
-    app.room(&id).await?;
-    if app.leave(&id, &caller.player).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!(
-            "{} is not in room {id}",
-            caller.player
-        )))
-    }
+    rooms.leave(&id, &caller.player).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_room(State(app): State<App>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    app.room(&id).await?;
-    app.end_room(&id, "ended by the lobby").await?;
+async fn delete_room(State(rooms): State<Rooms>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    rooms.end(&id, "ended by the lobby").await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -36,6 +36,17 @@ use std::time::Duration;
 /// A player's id, as the lobby issued it.
 pub type PlayerId = String;
 
+/// An inventory grant a handler made, saved with the room's next checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The player.
+    pub player: PlayerId,
+    /// The item.
+    pub item: String,
+    /// How many.
+    pub count: i64,
+}
+
 /// What a handler asked for, in the order it asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -45,33 +56,23 @@ pub enum Effect {
     SendTo(PlayerId, Value),
     /// End the room, for this reason.
     EndRoom(String),
-    /// Add `count` of `item` to a player's persistent inventory (`/user/items`).
-    GiveItem {
-        /// The player.
-        player: PlayerId,
-        /// The item.
-        item: String,
-        /// How many.
-        count: i64,
-    },
+    /// Add to a player's persistent inventory (`/user/items`).
+    GiveItem(Grant),
 }
 
-/// A handler's view of the room and of the input it is handling.
+/// What ticks and join/leave hooks act through: the room's id and the effects they ask
+/// for. Input handlers get a [`Ctx`], which derefs to this.
 #[derive(Debug)]
-pub struct Ctx {
+pub struct RoomCtx {
     room: String,
-    sender: Option<PlayerId>,
-    input_seq: Option<u64>,
     effects: Vec<Effect>,
 }
 
-impl Ctx {
-    /// A context for an input from `sender` (or for a tick, with `None`).
-    pub fn new(room: impl Into<String>, sender: Option<PlayerId>, input_seq: Option<u64>) -> Ctx {
-        Ctx {
+impl RoomCtx {
+    /// A context for a tick or a hook in `room`.
+    pub fn new(room: impl Into<String>) -> RoomCtx {
+        RoomCtx {
             room: room.into(),
-            sender,
-            input_seq,
             effects: Vec::new(),
         }
     }
@@ -81,32 +82,24 @@ impl Ctx {
         &self.room
     }
 
-    /// Who sent the input being handled; `None` in a tick.
-    pub fn sender(&self) -> Option<&str> {
-        self.sender.as_deref()
-    }
-
-    /// The sender's own sequence number of the input being handled.
-    pub fn input_seq(&self) -> Option<u64> {
-        self.input_seq
-    }
-
     /// Sends `message` to every player of the room.
+    ///
+    /// # Panics
+    ///
+    /// When `message` cannot be serialized as JSON (a map with non-string keys, say): a
+    /// bug in the handler, which the room turns into a rejection of the input.
     pub fn broadcast(&mut self, message: &impl Serialize) {
         self.effects.push(Effect::Broadcast(to_value(message)));
     }
 
     /// Sends `message` to one player.
+    ///
+    /// # Panics
+    ///
+    /// As [`RoomCtx::broadcast`].
     pub fn send_to(&mut self, player: &str, message: &impl Serialize) {
         self.effects
             .push(Effect::SendTo(player.to_owned(), to_value(message)));
-    }
-
-    /// Sends `message` to the sender of the input being handled (nothing in a tick).
-    pub fn reply(&mut self, message: &impl Serialize) {
-        if let Some(sender) = self.sender.clone() {
-            self.send_to(&sender, message);
-        }
     }
 
     /// Ends the room once this handler returns.
@@ -117,11 +110,11 @@ impl Ctx {
     /// Adds `count` of `item` to `player`'s persistent inventory. It is saved together
     /// with the room's checkpoint, so an input is never paid out twice.
     pub fn give_item(&mut self, player: &str, item: &str, count: i64) {
-        self.effects.push(Effect::GiveItem {
+        self.effects.push(Effect::GiveItem(Grant {
             player: player.to_owned(),
             item: item.to_owned(),
             count,
-        });
+        }));
     }
 
     /// The effects asked for so far.
@@ -135,10 +128,87 @@ impl Ctx {
     }
 }
 
+/// An input handler's view of the room and of the input it is handling: who sent it,
+/// its number, and (through [`RoomCtx`]) what the handler asks for.
+#[derive(Debug)]
+pub struct Ctx {
+    room: RoomCtx,
+    sender: PlayerId,
+    input_seq: u64,
+}
+
+impl Ctx {
+    /// A context for input `input_seq` from `sender` in `room`.
+    pub fn new(room: impl Into<String>, sender: impl Into<PlayerId>, input_seq: u64) -> Ctx {
+        Ctx {
+            room: RoomCtx::new(room),
+            sender: sender.into(),
+            input_seq,
+        }
+    }
+
+    /// Who sent the input being handled.
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+
+    /// The sender's own sequence number of the input being handled.
+    pub fn input_seq(&self) -> u64 {
+        self.input_seq
+    }
+
+    /// Sends `message` to the sender of the input being handled.
+    ///
+    /// # Panics
+    ///
+    /// As [`RoomCtx::broadcast`].
+    pub fn reply(&mut self, message: &impl Serialize) {
+        let value = to_value(message);
+        self.room
+            .effects
+            .push(Effect::SendTo(self.sender.clone(), value));
+    }
+
+    // The effect methods again, not only through `Deref`: so that
+    // `ctx.broadcast(&json!({ "by": ctx.sender() }))` borrows as users expect.
+
+    /// Sends `message` to every player of the room; see [`RoomCtx::broadcast`].
+    pub fn broadcast(&mut self, message: &impl Serialize) {
+        self.room.broadcast(message);
+    }
+
+    /// Sends `message` to one player; see [`RoomCtx::send_to`].
+    pub fn send_to(&mut self, player: &str, message: &impl Serialize) {
+        self.room.send_to(player, message);
+    }
+
+    /// Ends the room once this handler returns.
+    pub fn end_room(&mut self, reason: impl Into<String>) {
+        self.room.end_room(reason);
+    }
+
+    /// Adds to a player's inventory; see [`RoomCtx::give_item`].
+    pub fn give_item(&mut self, player: &str, item: &str, count: i64) {
+        self.room.give_item(player, item, count);
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = RoomCtx;
+    fn deref(&self) -> &RoomCtx {
+        &self.room
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut RoomCtx {
+        &mut self.room
+    }
+}
+
 fn to_value(message: &impl Serialize) -> Value {
-    serde_json::to_value(message).unwrap_or_else(|e| {
-        serde_json::json!({ "type": "error", "error": format!("message could not be serialized: {e}") })
-    })
+    serde_json::to_value(message)
+        .unwrap_or_else(|e| panic!("a handler's message cannot be serialized as JSON: {e}"))
 }
 
 /// What a handler may return: nothing, or a `Result` whose error rejects the input and
@@ -193,13 +263,14 @@ impl Display for Rejection {
 }
 
 type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, Value) -> Result<(), Rejection> + Send + Sync>;
-type HookFn<S> = Arc<dyn Fn(&mut S, &mut Ctx) + Send + Sync>;
+type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
+type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) + Send + Sync>;
 
 /// The router of a room's realtime messages: `type` to handler, plus tick, join and leave
 /// hooks, and how to make a new room's state. Cheap to clone.
 pub struct Msg<S> {
     routes: BTreeMap<String, RouteFn<S>>,
-    tick: Option<(Duration, HookFn<S>)>,
+    tick: Option<(Duration, TickFn<S>)>,
     on_join: Option<HookFn<S>>,
     on_leave: Option<HookFn<S>>,
     new_state: Arc<dyn Fn() -> S + Send + Sync>,
@@ -275,7 +346,7 @@ impl<S: 'static> Msg<S> {
     pub fn tick(
         mut self,
         every: Duration,
-        handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx) + Send + Sync + 'static,
     ) -> Msg<S> {
         assert!(self.tick.is_none(), "the tick is set twice");
         assert!(!every.is_zero(), "the tick interval must be more than zero");
@@ -283,16 +354,19 @@ impl<S: 'static> Msg<S> {
         self
     }
 
-    /// Runs `handler` when a player joins (the sender is the player).
-    pub fn on_join(mut self, handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static) -> Msg<S> {
+    /// Runs `handler` with the player's id when a player joins.
+    pub fn on_join(
+        mut self,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
+    ) -> Msg<S> {
         self.on_join = Some(Arc::new(handler));
         self
     }
 
-    /// Runs `handler` when a player leaves (the sender is the player).
+    /// Runs `handler` with the player's id when a player leaves.
     pub fn on_leave(
         mut self,
-        handler: impl Fn(&mut S, &mut Ctx) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
     ) -> Msg<S> {
         self.on_leave = Some(Arc::new(handler));
         self
@@ -315,7 +389,8 @@ impl<S: 'static> Msg<S> {
 
     /// Applies one input's body (JSON with a `type`) to `state`. A panic in the handler
     /// is caught and becomes a [`Rejection::Panicked`]; the effects of a rejected input
-    /// are dropped.
+    /// are dropped, but its changes to `state` are not undone: validate before you
+    /// mutate.
     pub fn dispatch(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| Rejection::BadJson(e.to_string()))?;
@@ -339,7 +414,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the tick handler, if any.
-    pub fn run_tick(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+    pub fn run_tick(&self, state: &mut S, ctx: &mut RoomCtx) -> Result<(), Rejection> {
         match &self.tick {
             Some((_, hook)) => guarded(|| {
                 hook(state, ctx);
@@ -349,21 +424,36 @@ impl<S: 'static> Msg<S> {
         }
     }
 
-    /// Runs the join hook, if any.
-    pub fn run_join(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
-        run_hook(self.on_join.as_ref(), state, ctx)
+    /// Runs the join hook for `player`, if any.
+    pub fn run_join(
+        &self,
+        state: &mut S,
+        ctx: &mut RoomCtx,
+        player: &str,
+    ) -> Result<(), Rejection> {
+        run_hook(self.on_join.as_ref(), state, ctx, player)
     }
 
-    /// Runs the leave hook, if any.
-    pub fn run_leave(&self, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
-        run_hook(self.on_leave.as_ref(), state, ctx)
+    /// Runs the leave hook for `player`, if any.
+    pub fn run_leave(
+        &self,
+        state: &mut S,
+        ctx: &mut RoomCtx,
+        player: &str,
+    ) -> Result<(), Rejection> {
+        run_hook(self.on_leave.as_ref(), state, ctx, player)
     }
 }
 
-fn run_hook<S>(hook: Option<&HookFn<S>>, state: &mut S, ctx: &mut Ctx) -> Result<(), Rejection> {
+fn run_hook<S>(
+    hook: Option<&HookFn<S>>,
+    state: &mut S,
+    ctx: &mut RoomCtx,
+    player: &str,
+) -> Result<(), Rejection> {
     match hook {
         Some(hook) => guarded(|| {
-            hook(state, ctx);
+            hook(state, ctx, player);
             Ok(())
         }),
         None => Ok(()),
@@ -403,7 +493,7 @@ mod tests {
     fn routes_by_type_and_records_effects() {
         let msg = counter();
         let mut n = msg.new_state();
-        let mut ctx = Ctx::new("r1", Some("p1".into()), Some(1));
+        let mut ctx = Ctx::new("r1", "p1", 1);
         msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
             .unwrap();
         assert_eq!(n, 3);
@@ -419,7 +509,7 @@ mod tests {
     fn bad_input_is_rejected_with_a_reason() {
         let msg = counter();
         let mut n = 0;
-        let mut ctx = Ctx::new("r1", Some("p1".into()), None);
+        let mut ctx = Ctx::new("r1", "p1", 1);
         let err = |body: &[u8], n: &mut i64, ctx: &mut Ctx| {
             msg.dispatch(n, ctx, body).unwrap_err().to_string()
         };
@@ -460,7 +550,7 @@ mod tests {
             panic!("kaboom")
         });
         let mut n = 0;
-        let mut ctx = Ctx::new("r1", Some("p1".into()), None);
+        let mut ctx = Ctx::new("r1", "p1", 1);
         let err = msg
             .dispatch(&mut n, &mut ctx, br#"{"type":"boom"}"#)
             .unwrap_err();
@@ -479,11 +569,7 @@ mod tests {
         let msg = Msg::new(|| 0).route("type=take", |_: &mut i64, _: &mut Ctx, _: Value| {
             Err::<(), _>("nothing to take here")
         });
-        let err = msg.dispatch(
-            &mut 0,
-            &mut Ctx::new("r", None, None),
-            br#"{"type":"take"}"#,
-        );
+        let err = msg.dispatch(&mut 0, &mut Ctx::new("r", "p", 1), br#"{"type":"take"}"#);
         assert_eq!(err, Err(Rejection::Refused("nothing to take here".into())));
     }
 }

@@ -2,7 +2,7 @@
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
-use crate::msg::{Ctx, Effect, Msg, PlayerId};
+use crate::msg::{Ctx, Effect, Grant, Msg, PlayerId, Rejection, RoomCtx};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,7 +28,9 @@ pub struct Output {
 ///
 /// Broadcasts carry `seq`, the room's sequence number, which grows by one with each, so a
 /// player sees any gap in the room topic. Messages to one player carry the `seq` of the
-/// latest broadcast, and errors carry the `input_seq` they answer.
+/// latest broadcast. Every output that applying an input produced (broadcasts, replies
+/// and errors) also carries that input's `input_seq` and its sender as `input_from`, so
+/// any client can check that each of its inputs was applied once.
 pub struct Room<S> {
     id: String,
     msg: Msg<S>,
@@ -38,17 +40,6 @@ pub struct Room<S> {
     players: BTreeSet<PlayerId>,
     ended: Option<String>,
     grants: Vec<Grant>,
-}
-
-/// An inventory grant a handler made, waiting to be saved with the next checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The player.
-    pub player: PlayerId,
-    /// The item.
-    pub item: String,
-    /// How many.
-    pub count: i64,
 }
 
 /// What applying one input did.
@@ -149,9 +140,9 @@ impl<S: 'static> Room<S> {
         }
         // A new visit: the player's client numbers its inputs afresh.
         self.applied.remove(player);
-        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
-        let result = self.msg.run_join(&mut self.state, &mut ctx);
-        self.finish(ctx, result)
+        let mut ctx = RoomCtx::new(&self.id);
+        let result = self.msg.run_join(&mut self.state, &mut ctx, player);
+        self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
 
     /// Removes a player and runs the leave hook; leaving twice does nothing.
@@ -159,9 +150,9 @@ impl<S: 'static> Room<S> {
         if !self.players.remove(player) {
             return Vec::new();
         }
-        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
-        let result = self.msg.run_leave(&mut self.state, &mut ctx);
-        self.finish(ctx, result)
+        let mut ctx = RoomCtx::new(&self.id);
+        let result = self.msg.run_leave(&mut self.state, &mut ctx, player);
+        self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
 
     /// Applies `player`'s input `body`, numbered `seq` by the player. An input whose `seq`
@@ -170,15 +161,14 @@ impl<S: 'static> Room<S> {
     pub fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
         let Some(seq) = seq else {
             let rejection = match serde_json::from_slice::<Value>(body) {
-                Err(e) => crate::msg::Rejection::BadJson(e.to_string()),
-                Ok(_) => crate::msg::Rejection::Refused(
+                Err(e) => Rejection::BadJson(e.to_string()),
+                Ok(_) => Rejection::Refused(
                     "every input needs \"seq\": your own number, larger than your last input's"
                         .into(),
                 ),
             };
-            let ctx = Ctx::new(&self.id, Some(player.to_owned()), None);
             return Applied {
-                outputs: self.finish(ctx, Err(rejection)),
+                outputs: self.finish(Vec::new(), Cause::Hook(player), Err(rejection)),
                 duplicate: false,
             };
         };
@@ -195,17 +185,17 @@ impl<S: 'static> Room<S> {
                 duplicate: false,
             };
         }
-        let mut ctx = Ctx::new(&self.id, Some(player.to_owned()), Some(seq));
+        let mut ctx = Ctx::new(&self.id, player, seq);
         let result = if self.players.contains(player) {
             self.msg.dispatch(&mut self.state, &mut ctx, body)
         } else {
-            Err(crate::msg::Rejection::Refused(format!(
+            Err(Rejection::Refused(format!(
                 "{player} is not in room {}; join it through the lobby first",
                 self.id
             )))
         };
         Applied {
-            outputs: self.finish(ctx, result),
+            outputs: self.finish(ctx.take_effects(), Cause::Input(player, seq), result),
             duplicate: false,
         }
     }
@@ -215,66 +205,60 @@ impl<S: 'static> Room<S> {
         if self.ended.is_some() {
             return Vec::new();
         }
-        let mut ctx = Ctx::new(&self.id, None, None);
+        let mut ctx = RoomCtx::new(&self.id);
         let result = self.msg.run_tick(&mut self.state, &mut ctx);
-        self.finish(ctx, result)
+        self.finish(ctx.take_effects(), Cause::Room, result)
     }
 
     /// Ends the room from outside (the lobby, or an idle timeout).
     pub fn end(&mut self, reason: &str) -> Vec<Output> {
-        let mut ctx = Ctx::new(&self.id, None, None);
+        let mut ctx = RoomCtx::new(&self.id);
         ctx.end_room(reason);
-        self.finish(ctx, Ok(()))
+        self.finish(ctx.take_effects(), Cause::Room, Ok(()))
     }
 
     /// Turns a handler's effects (or its rejection) into stamped outputs.
-    fn finish(&mut self, mut ctx: Ctx, result: Result<(), crate::msg::Rejection>) -> Vec<Output> {
+    fn finish(
+        &mut self,
+        effects: Vec<Effect>,
+        cause: Cause<'_>,
+        result: Result<(), Rejection>,
+    ) -> Vec<Output> {
         let mut outputs = Vec::new();
         if let Err(rejection) = result {
-            if let Some(sender) = ctx.sender() {
-                let body = json!({
-                    "type": "error",
-                    "error": rejection.to_string(),
-                    "input_seq": ctx.input_seq(),
-                    "seq": self.seq,
-                });
-                outputs.push(Output {
-                    to: Target::Player(sender.to_owned()),
-                    body,
-                });
-            } else {
-                tracing::warn!(room = %self.id, "tick or hook failed: {rejection}");
+            match cause {
+                Cause::Input(player, _) | Cause::Hook(player) => {
+                    let body = json!({ "type": "error", "error": rejection.to_string() });
+                    outputs.push(Output {
+                        to: Target::Player(player.to_owned()),
+                        body: stamp(body, self.seq, cause),
+                    });
+                }
+                Cause::Room => tracing::warn!(room = %self.id, "tick failed: {rejection}"),
             }
             return outputs;
         }
-        for effect in ctx.take_effects() {
+        for effect in effects {
             match effect {
                 Effect::Broadcast(body) => {
                     self.seq += 1;
                     outputs.push(Output {
                         to: Target::Room,
-                        body: stamp(body, self.seq),
+                        body: stamp(body, self.seq, cause),
                     });
                 }
                 Effect::SendTo(player, body) => outputs.push(Output {
                     to: Target::Player(player),
-                    body: stamp(body, self.seq),
+                    body: stamp(body, self.seq, cause),
                 }),
-                Effect::GiveItem {
-                    player,
-                    item,
-                    count,
-                } => self.grants.push(Grant {
-                    player,
-                    item,
-                    count,
-                }),
+                Effect::GiveItem(grant) => self.grants.push(grant),
                 Effect::EndRoom(reason) => {
                     if self.ended.is_none() {
                         self.seq += 1;
+                        let body = json!({ "type": "room_ended", "reason": reason });
                         outputs.push(Output {
                             to: Target::Room,
-                            body: json!({ "type": "room_ended", "reason": reason, "seq": self.seq }),
+                            body: stamp(body, self.seq, cause),
                         });
                         self.ended = Some(reason);
                     }
@@ -285,15 +269,35 @@ impl<S: 'static> Room<S> {
     }
 }
 
-/// Puts `seq` into an object message; wraps anything else as `{"type":"message","data":…}`.
-fn stamp(body: Value, seq: u64) -> Value {
-    match body {
-        Value::Object(mut map) => {
-            map.insert("seq".into(), seq.into());
-            Value::Object(map)
+/// What made a room emit outputs.
+#[derive(Debug, Clone, Copy)]
+enum Cause<'a> {
+    /// A player's input: its sender and number.
+    Input(&'a str, u64),
+    /// A join or leave hook, or an input refused before it had a number.
+    Hook(&'a str),
+    /// A tick, or the room's end.
+    Room,
+}
+
+/// Puts the room `seq` (and, for an input's outputs, `input_seq` and `input_from`) into
+/// an object message; wraps anything else as `{"type":"message","data":…}`.
+fn stamp(body: Value, seq: u64, cause: Cause<'_>) -> Value {
+    let mut map = match body {
+        Value::Object(map) => map,
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("type".into(), "message".into());
+            map.insert("data".into(), other);
+            map
         }
-        other => json!({ "type": "message", "data": other, "seq": seq }),
+    };
+    map.insert("seq".into(), seq.into());
+    if let Cause::Input(player, input_seq) = cause {
+        map.insert("input_seq".into(), input_seq.into());
+        map.insert("input_from".into(), player.into());
     }
+    Value::Object(map)
 }
 
 #[cfg(test)]
@@ -370,10 +374,18 @@ mod tests {
         assert_eq!(a.outputs[1].to, Target::Player("p1".into()));
         assert_eq!(
             a.outputs[1].body,
-            json!({ "type": "message", "data": "ok", "seq": 1 })
+            json!({ "type": "message", "data": "ok", "seq": 1, "input_seq": 1, "input_from": "p1" })
         );
         let b = room.apply("p2", Some(1), br#"{"type":"say","text":"yo"}"#);
         assert_eq!(b.outputs[0].body["seq"], 2);
+        assert_eq!(b.outputs[0].body["input_from"], "p2");
+        let tick_free = room.join("p3");
+        assert!(tick_free.is_empty(), "no join hook, no output");
+        let ended = room.end("over");
+        assert!(
+            ended[0].body.get("input_seq").is_none(),
+            "not an input's output"
+        );
     }
 
     #[test]

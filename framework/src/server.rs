@@ -1,75 +1,40 @@
-//! The all-in-one server process: the command line, the HTTP port (lobby and STOMP over
-//! WebSocket at `/ws`), the STOMP TCP port, and a graceful shutdown on Ctrl-C or SIGTERM.
+//! The game server process: [`Server`] builds it from a [`Config`], a [`Lobby`] and a
+//! [`Msg`] router; [`Running`] gives the axum [`Router`] (for in-process tests with
+//! `oneshot`) and serves it; [`run`] does it all from the command line.
+//!
+//! ```no_run
+//! # async fn demo() -> game_server_less::Result<()> {
+//! use game_server_less::{Config, Lobby, Msg, Server};
+//!
+//! let msg = Msg::new(|| 0u32);
+//! let server = Server::new(Config::local("data"), Lobby::new(), msg).start().await?;
+//! println!("lobby on http://{}", server.bound().http);
+//! server.serve(game_server_less::server::shutdown_signal()).await
+//! # }
+//! ```
 
+use crate::admin::{EmbeddedAdmin, Endpoints};
+use crate::auth::GameAuthorizer;
 use crate::broker::{Broker, BrokerConfig};
-use crate::Result;
+use crate::config::{Args, Config};
+use crate::lobby::Lobby;
+use crate::msg::Msg;
+use crate::names::{Names, WORKER_USER};
+use crate::rooms::Rooms;
+use crate::store::Store;
+use crate::token::Signer;
+use crate::worker::{InProcess, WorkerEnv};
+use crate::{Error, Result};
 use axum::Router;
+use clap::Parser;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// Command-line options of a game server.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    about = "A realtime game server: REST lobby, STOMP 1.2 broker and room workers in one process.",
-    long_about = "A realtime game server: REST lobby, STOMP 1.2 broker and room workers in one process.\n\n\
-        HTTP (lobby, and STOMP over WebSocket at /ws) listens on --listen; plain STOMP over TCP \
-        on --stomp-listen. Any STOMP 1.2 client can connect, e.g. stomp.py or @stomp/stompjs.\n\n\
-        Stop it with Ctrl-C: it refuses new messages, flushes what it has, and keeps messages \
-        nobody has received yet in the data directory for the next start."
-)]
-pub struct Args {
-    /// Address for HTTP: the lobby, and STOMP over WebSocket at /ws.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "GSL_LISTEN")]
-    pub listen: SocketAddr,
-    /// Address for STOMP over plain TCP.
-    #[arg(long, default_value = "127.0.0.1:7613", env = "GSL_STOMP_LISTEN")]
-    pub stomp_listen: SocketAddr,
-    /// Directory for the server's files (messages kept across a restart).
-    #[arg(long, default_value = "data", env = "GSL_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite in --data-dir].
-    #[arg(long, env = "GSL_STORE")]
-    pub store: Option<String>,
-    /// External broker URL for cluster mode (reserved; not supported yet).
-    #[arg(long, env = "GSL_BROKER")]
-    pub broker: Option<String>,
-    /// Secret that signs join tokens [default: one made on first start, kept in --data-dir].
-    #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
-    /// A room with no input for this many seconds ends.
-    #[arg(long, default_value_t = 900)]
-    pub room_idle_secs: u64,
-    /// Refuse the broker's `guest`/`guest` login (otherwise allowed from loopback, outside
-    /// the rooms' destinations).
-    #[arg(long)]
-    pub no_guest: bool,
-    /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
-    #[arg(long, default_value_t = 10_000)]
-    pub heartbeat_ms: u64,
-    /// Log filter, e.g. `info`, `debug`, or `game_server_less=debug`.
-    #[arg(long, default_value = "info", env = "RUST_LOG")]
-    pub log: String,
-}
-
-impl Args {
-    /// The broker settings these options ask for.
-    pub fn broker_config(&self) -> BrokerConfig {
-        BrokerConfig {
-            heartbeat: (self.heartbeat_ms, self.heartbeat_ms),
-            spool: Some(self.data_dir.join("broker-spool.stomp")),
-            ..BrokerConfig::default()
-        }
-    }
-}
-
-/// Starts logging at `filter` (once per process; later calls do nothing).
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-}
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// A running server's addresses.
 #[derive(Debug, Clone, Copy)]
@@ -80,67 +45,187 @@ pub struct Bound {
     pub stomp: SocketAddr,
 }
 
-/// Both listening sockets, bound.
-#[derive(Debug)]
-pub struct Listeners {
-    http: TcpListener,
-    stomp: TcpListener,
-    /// Their addresses.
-    pub bound: Bound,
+/// A game server to start: its configuration, lobby routes and realtime handlers.
+pub struct Server<S> {
+    config: Config,
+    lobby: Lobby,
+    msg: Msg<S>,
 }
 
-/// Binds the HTTP and STOMP ports that `args` name.
-pub async fn bind(args: &Args) -> Result<Listeners> {
-    let http = bind_one(args.listen, "--listen").await?;
-    let stomp = bind_one(args.stomp_listen, "--stomp-listen").await?;
-    let bound = Bound {
-        http: http.local_addr()?,
-        stomp: stomp.local_addr()?,
-    };
-    Ok(Listeners { http, stomp, bound })
-}
+impl<S> Server<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A server for `lobby` and `msg`, set up by `config`.
+    pub fn new(config: Config, lobby: Lobby, msg: Msg<S>) -> Server<S> {
+        Server { config, lobby, msg }
+    }
 
-/// Serves `app` (with the broker's `/ws` merged in) and STOMP over TCP until `shutdown`
-/// resolves, then shuts the broker down gracefully.
-pub async fn serve(
-    listeners: Listeners,
-    broker: Broker,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let Listeners { http, stomp, .. } = listeners;
-    let app = app.merge(broker.ws_router());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(
+    /// Opens the store, binds the ports, starts the embedded broker's STOMP TCP port and
+    /// the workers of rooms that were live at the last stop. HTTP is served by
+    /// [`Running::serve`]; until then [`Running::router`] answers in process.
+    pub async fn start(self) -> Result<Running> {
+        let Server { config, lobby, msg } = self;
+        if let Some(url) = &config.broker {
+            return Err(Error::Url {
+                url: url.clone(),
+                why: "an external broker (cluster mode) is not supported yet; leave --broker out to use the embedded one".into(),
+            });
+        }
+        let store = Store::open(&config.store_url()).await?;
+        let signer = Signer::new(config.token_secret()?);
+        let worker_secret = config
+            .worker_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| signer.derive("worker"));
+        let names = Names::embedded();
+        let authorizer = GameAuthorizer::new(
+            signer.clone(),
+            names.clone(),
+            worker_secret.clone(),
+            config.allow_guest,
+        );
+        let broker_config = BrokerConfig {
+            managed_prefixes: vec![names.inbox_prefix().to_owned()],
+            ..config.broker_config()
+        };
+        let broker = Broker::with_authorizer(broker_config, Arc::new(authorizer));
+        let http = bind(config.listen, "--listen").await?;
+        let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
+        let bound = Bound {
+            http: http.local_addr()?,
+            stomp: stomp.local_addr()?,
+        };
+        let tcp_task = tokio::spawn(broker.clone().serve_tcp(stomp));
+        let admin = Arc::new(EmbeddedAdmin::new(
+            broker.clone(),
+            Endpoints {
+                ws_url: format!("ws://{}/ws", bound.http),
+                tcp_url: format!("tcp://{}", bound.stomp),
+                worker_url: format!("tcp://{}", bound.stomp),
+            },
+        ));
+        let (stop_workers, shutdown) = watch::channel(false);
+        let env = WorkerEnv {
+            store: store.clone(),
+            admin: admin.clone(),
+            login: WORKER_USER.to_owned(),
+            passcode: worker_secret,
+            timings: config.timings,
+            shutdown,
+        };
+        let workers = InProcess::new(env, msg);
+        let rooms = Rooms::new(
+            store,
+            signer,
+            admin,
+            Arc::new(workers.clone()),
+            config.ticket_ttl,
+        );
+        let router = lobby.into_router(rooms.clone()).merge(broker.ws_router());
+        let resumed = rooms.resume().await?;
+        if resumed > 0 {
+            tracing::info!("resumed {resumed} live rooms");
+        }
+        Ok(Running {
+            rooms,
+            broker,
+            router,
             http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
+            bound,
+            workers,
+            stop_workers,
+            tcp_task,
         })
-        .await
-    });
-    let tcp_task = tokio::spawn(broker.clone().serve_tcp(stomp));
-
-    shutdown.await;
-    tracing::info!("shutting down: flushing connections");
-    broker.shutdown(Duration::from_secs(5)).await?;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-    let _ = tcp_task.await;
-    tracing::info!("stopped");
-    Ok(())
+    }
 }
 
-async fn bind_one(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
+/// A started server: its rooms, broker and addresses, and the HTTP app to serve.
+pub struct Running {
+    rooms: Rooms,
+    broker: Broker,
+    router: Router,
+    http: TcpListener,
+    bound: Bound,
+    workers: InProcess,
+    stop_workers: watch::Sender<bool>,
+    tcp_task: JoinHandle<Result<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Where it listens.
+    pub fn bound(&self) -> Bound {
+        self.bound
+    }
+
+    /// The room service.
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// The embedded broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The whole HTTP app (lobby, the game's routes, STOMP over WebSocket at `/ws`), to
+    /// drive in process with `tower::ServiceExt::oneshot` or to serve elsewhere.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves HTTP until `shutdown` resolves, then stops gracefully: workers checkpoint
+    /// and ack, the broker flushes its connections and keeps undelivered messages in
+    /// the spool.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let (stop_http, mut http_stopped) = watch::channel(false);
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let http = axum::serve(self.http, service).with_graceful_shutdown(async move {
+            let _ = http_stopped.wait_for(|s| *s).await;
+        });
+        let http_task = tokio::spawn(async move { http.await });
+        shutdown.await;
+        tracing::info!("shutting down: workers checkpoint, then connections flush");
+        // Workers checkpoint and ack first, so the broker keeps only unapplied inputs.
+        let _ = self.stop_workers.send(true);
+        self.workers.wait(Duration::from_secs(5)).await;
+        self.broker.shutdown(Duration::from_secs(5)).await?;
+        let _ = stop_http.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+        let _ = self.tcp_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        crate::Error::Io(std::io::Error::new(
+        Error::Io(std::io::Error::new(
             e.kind(),
             format!("cannot listen on {addr} ({flag}): {e}; is another server running? Pick another port with {flag}"),
         ))
     })
+}
+
+/// Starts logging at `filter` (once per process; later calls do nothing).
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -163,4 +248,27 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// Runs a game server from the command line (see `--help`): the lobby with the game's
+/// routes, the embedded broker, and a worker per room running `msg`'s handlers. Returns
+/// when the server has shut down after Ctrl-C or SIGTERM.
+pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    let args = Args::parse();
+    init_logging(&args.log);
+    let server = Server::new(args.config(), lobby, msg).start().await?;
+    let bound = server.bound();
+    println!("game-server listening:");
+    println!("  lobby     http://{}/rooms", bound.http);
+    println!("  STOMP/WS  ws://{}/ws", bound.http);
+    println!("  STOMP/TCP tcp://{}", bound.stomp);
+    println!(
+        "Play: cargo run -p game-client -- --server http://{}",
+        bound.http
+    );
+    println!("Press Ctrl-C to stop.");
+    server.serve(shutdown_signal()).await
 }

@@ -115,7 +115,7 @@ impl<S: 'static> TestRoom<S> {
     }
 
     /// Inventory grants handlers made since the last call.
-    pub fn grants(&mut self) -> Vec<crate::room::Grant> {
+    pub fn grants(&mut self) -> Vec<crate::msg::Grant> {
         self.room.take_grants()
     }
 

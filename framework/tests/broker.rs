@@ -821,3 +821,43 @@ async fn a_frame_trickled_in_byte_by_byte_still_arrives() {
     }
     assert_eq!(body(&recv(&mut sub).await), "slowly");
 }
+
+#[tokio::test]
+async fn a_single_consumer_queue_feeds_one_consumer_and_hands_over_its_unacked_messages() {
+    let server = start(BrokerConfig::default()).await;
+    let queue = "/queue/single";
+    server.broker.create_single_consumer_queue(queue);
+    let first = connect(&server.tcp_url).await;
+    let second = connect(&server.ws_url).await;
+    let client_ack = || SubscribeOptions {
+        ack: AckMode::Client,
+        ..SubscribeOptions::default()
+    };
+    let mut active = first.subscribe(queue, client_ack()).await.unwrap();
+    let mut standby = second.subscribe(queue, client_ack()).await.unwrap();
+    for i in 0..10 {
+        first.send_nowait(queue, format!("{i}")).unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(recv(&mut active).await);
+    }
+    assert_eq!(
+        got.iter().map(body).collect::<Vec<_>>(),
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    nothing_more(&mut standby).await;
+    // The active consumer acks the first four, then dies: the standby takes over with
+    // the other six, redelivered, in order, then what comes next.
+    first.ack(&got[3]).unwrap();
+    first.flush().await.unwrap();
+    drop(active);
+    drop(first);
+    for i in 4..10 {
+        let m = recv(&mut standby).await;
+        assert_eq!(body(&m), i.to_string());
+        assert_eq!(m.header("redelivered"), Some("true"));
+    }
+    second.send_nowait(queue, "10").unwrap();
+    assert_eq!(body(&recv(&mut standby).await), "10");
+}

@@ -3,7 +3,7 @@
 //! the player asks for goes out as [`Action`]s.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use game_server_less::lobby::RoomView;
+use game_server_less::proto::RoomView;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;

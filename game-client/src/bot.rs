@@ -1,7 +1,7 @@
 //! `--bot N`: headless players that random-walk and chat, for demos and load, with a
 //! one-line summary every two seconds.
 
-use game_server_less::lobby::{RoomView, Ticket};
+use game_server_less::proto::{RoomView, Ticket};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,7 @@
 //! reconnect the unconfirmed ones are sent again, and the room applies each number once.
 
 use crate::app::{Action, ConnState, NetEvent};
-use game_server_less::lobby::{RoomView, Ticket};
+use game_server_less::proto::{RoomView, Ticket};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};

@@ -323,7 +323,7 @@ fn truncate(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use crate::app::NetEvent;
-    use game_server_less::lobby::RoomView;
+    use game_server_less::proto::RoomView;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Json;
 use game_server_less::lobby::ApiResult;
-use game_server_less::{App, Caller, Lobby, Msg};
+use game_server_less::{Caller, Lobby, Msg, Rooms};
 use serde_json::{json, Value};
 use std::time::Duration;
 use world::{on_chat, on_join, on_leave, on_look, on_move, on_tick, World};
@@ -29,7 +29,7 @@ pub fn lobby() -> Lobby {
 }
 
 /// `GET /user/items`: the caller's persistent inventory.
-async fn user_items(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
-    let items = app.store().items(&caller.player).await?;
+async fn user_items(State(rooms): State<Rooms>, caller: Caller) -> ApiResult<Json<Value>> {
+    let items = rooms.store().items(&caller.player).await?;
     Ok(Json(json!({ "player": caller.player, "items": items })))
 }

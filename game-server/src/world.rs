@@ -1,7 +1,7 @@
 //! The game's rules: a map with walls and spawn points, players who move and chat, NPCs
 //! who wander, and items to pick up. No sockets, no broker: handlers only.
 
-use game_server_less::Ctx;
+use game_server_less::{Ctx, RoomCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -246,10 +246,7 @@ pub struct Chat {
 
 /// A player arrives at a free spawn point; everyone hears of it, and the newcomer gets
 /// the whole world.
-pub fn on_join(world: &mut World, ctx: &mut Ctx) {
-    let Some(name) = ctx.sender().map(str::to_owned) else {
-        return;
-    };
+pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
     let spawns = world.map.find(b'S');
     let spot = spawns
         .iter()
@@ -267,20 +264,20 @@ pub fn on_join(world: &mut World, ctx: &mut Ctx) {
             floor.first().copied()
         });
     let Some((x, y)) = spot else {
-        ctx.reply(&json!({ "type": "error", "error": "the world is full" }));
+        ctx.send_to(
+            name,
+            &json!({ "type": "error", "error": "the world is full" }),
+        );
         return;
     };
-    world.players.insert(name.clone(), Player { x, y });
+    world.players.insert(name.to_owned(), Player { x, y });
     ctx.broadcast(&json!({ "type": "joined", "player": name, "x": x, "y": y }));
-    ctx.reply(&world.snapshot());
+    ctx.send_to(name, &world.snapshot());
 }
 
 /// A player leaves; everyone hears of it.
-pub fn on_leave(world: &mut World, ctx: &mut Ctx) {
-    let Some(name) = ctx.sender().map(str::to_owned) else {
-        return;
-    };
-    if world.players.remove(&name).is_some() {
+pub fn on_leave(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+    if world.players.remove(name).is_some() {
         ctx.broadcast(&json!({ "type": "left", "player": name }));
     }
 }
@@ -291,7 +288,7 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     if !(-1..=1).contains(&m.dx) || !(-1..=1).contains(&m.dy) || (m.dx == 0 && m.dy == 0) {
         return Err("a move is one step: dx and dy are -1, 0 or 1, not both 0".into());
     }
-    let name = ctx.sender().unwrap_or_default().to_owned();
+    let name = ctx.sender().to_owned();
     let Some(me) = world.players.get(&name).cloned() else {
         return Err("you have no body in this world; join again".into());
     };
@@ -331,13 +328,13 @@ pub fn on_chat(_: &mut World, ctx: &mut Ctx, chat: Chat) -> Result<(), String> {
     if text.chars().any(char::is_control) {
         return Err("a chat line has no control characters".into());
     }
-    let name = ctx.sender().unwrap_or_default().to_owned();
+    let name = ctx.sender().to_owned();
     ctx.broadcast(&json!({ "type": "chat", "player": name, "text": text }));
     Ok(())
 }
 
 /// Ten times a second: NPCs wander now and then, and items reappear.
-pub fn on_tick(world: &mut World, ctx: &mut Ctx) {
+pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
     world.ticks += 1;
     if world.ticks % NPC_EVERY == 0 && !world.npcs.is_empty() {
         let mut moved = false;

@@ -6,7 +6,7 @@
 //! client with the ticket's `login` and `token`, SUBSCRIBE to its `topic`, and SEND
 //! `{"type":"add","by":1,"seq":1}` or `{"type":"say","text":"hi","seq":2}` to its `inbox`.
 
-use game_server_less::{Ctx, Lobby, Msg};
+use game_server_less::{Ctx, Lobby, Msg, RoomCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -39,9 +39,9 @@ fn on_say(_: &mut Room, ctx: &mut Ctx, say: Say) {
     ctx.broadcast(&json!({ "type": "said", "text": say.text, "by": ctx.sender() }));
 }
 
-fn on_join(room: &mut Room, ctx: &mut Ctx) {
-    ctx.broadcast(&json!({ "type": "joined", "player": ctx.sender() }));
-    ctx.reply(&json!({ "type": "count", "count": room.count }));
+fn on_join(room: &mut Room, ctx: &mut RoomCtx, player: &str) {
+    ctx.broadcast(&json!({ "type": "joined", "player": player }));
+    ctx.send_to(player, &json!({ "type": "count", "count": room.count }));
 }
 
 /// The game's realtime handlers.

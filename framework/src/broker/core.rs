@@ -58,6 +58,9 @@ struct Queue {
     next_consumer: usize,
     /// Set for the private queue behind one topic subscription.
     topic: Option<String>,
+    /// Only the oldest consumer gets messages; the others stand by (RabbitMQ's
+    /// `x-single-active-consumer`).
+    single_active: bool,
 }
 
 struct Subscription {
@@ -687,7 +690,13 @@ impl Core {
             if queue.ready.is_empty() || queue.consumers.is_empty() {
                 return;
             }
-            let n = queue.consumers.len();
+            // A single-active-consumer queue feeds its oldest consumer only; the next one
+            // takes over when it goes, starting with what it left unacked.
+            let n = if queue.single_active {
+                1
+            } else {
+                queue.consumers.len()
+            };
             let mut chosen = None;
             for k in 0..n {
                 let i = (queue.next_consumer + k) % n;
@@ -764,8 +773,11 @@ impl Core {
     }
 
     /// Creates an empty queue unless it exists.
-    pub fn create_queue(&mut self, destination: &str) {
-        self.queues.entry(destination.to_owned()).or_default();
+    pub fn create_queue(&mut self, destination: &str, single_active: bool) {
+        self.queues
+            .entry(destination.to_owned())
+            .or_default()
+            .single_active |= single_active;
     }
 
     /// Deletes a queue and every message in it; returns whether it existed.

@@ -277,7 +277,14 @@ impl Broker {
 
     /// Creates a queue if it does not exist yet (SEND and SUBSCRIBE also create them).
     pub fn create_queue(&self, destination: &str) {
-        self.lock().create_queue(destination);
+        self.lock().create_queue(destination, false);
+    }
+
+    /// Creates a queue whose messages go to one consumer at a time, the oldest; the
+    /// others stand by and the next takes over, unacked messages first, when it goes
+    /// (RabbitMQ's `x-single-active-consumer`).
+    pub fn create_single_consumer_queue(&self, destination: &str) {
+        self.lock().create_queue(destination, true);
     }
 
     /// Deletes a queue and the messages in it; returns whether it existed.

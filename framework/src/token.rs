@@ -1,4 +1,4 @@
-//! Join tickets: the signed, expiring tokens the lobby issues and the broker checks.
+//! Join tokens: the signed, expiring tokens the lobby issues and the broker checks.
 //!
 //! A token reads `v1.ROOM.PLAYER.EXPIRES.SIGNATURE`, where SIGNATURE is the hex
 //! HMAC-SHA256 of everything before it under the server's secret. Room and player ids
@@ -71,6 +71,15 @@ impl Signer {
         let payload = format!("v1.{room}.{player}.{expires}");
         let signature = hex(&self.mac(&payload).finalize().into_bytes());
         (format!("{payload}.{signature}"), expires)
+    }
+
+    /// A secret for `purpose` derived from this signer's secret (its HMAC), so that
+    /// every process given the same secret derives the same one.
+    pub fn derive(&self, purpose: &str) -> String {
+        hex(&self
+            .mac(&format!("derive:{purpose}"))
+            .finalize()
+            .into_bytes())
     }
 
     /// The claims of a token, if it is genuine and not expired; otherwise why not.

@@ -1,0 +1,108 @@
+//! The broker-admin seam: what the framework asks of a broker beyond STOMP. Creating and
+//! deleting a room's inbox, putting the lobby's control messages in it, and telling
+//! clients and workers where to connect. The embedded broker implements it here; the data
+//! plane (inputs, outputs, acks) is STOMP for every broker.
+
+use crate::broker::Broker;
+use crate::names::{Names, LOBBY_USER};
+use crate::Result;
+use futures_util::future::BoxFuture;
+
+/// Where clients and workers reach the broker; join tickets carry the first two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// STOMP over WebSocket, for players: `ws://HOST:PORT/ws`.
+    pub ws_url: String,
+    /// STOMP over TCP, for players: `tcp://HOST:PORT`.
+    pub tcp_url: String,
+    /// STOMP over TCP, for room workers.
+    pub worker_url: String,
+}
+
+/// A broker's control plane, as the room service and the room workers use it.
+pub trait BrokerAdmin: Send + Sync + 'static {
+    /// How room destinations are spelled on this broker.
+    fn names(&self) -> &Names;
+
+    /// Where clients and workers connect.
+    fn endpoints(&self) -> &Endpoints;
+
+    /// Creates a room's inbox: a durable queue with one active consumer at a time, which
+    /// players can write to but not create.
+    fn create_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Deletes a room's inbox and whatever is still in it; deleting twice is no error.
+    fn delete_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Puts a control message (JSON) from the lobby in a room's inbox, in line with the
+    /// players' inputs, with `user-id` [`LOBBY_USER`], which no player can forge.
+    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>>;
+
+    /// Open client connections, where the broker can tell.
+    fn connections(&self) -> Option<usize>;
+}
+
+/// The embedded broker as a [`BrokerAdmin`]: every call is a method call in process.
+#[derive(Debug, Clone)]
+pub struct EmbeddedAdmin {
+    broker: Broker,
+    names: Names,
+    endpoints: Endpoints,
+}
+
+impl EmbeddedAdmin {
+    /// The admin of `broker`, reached at `endpoints`.
+    pub fn new(broker: Broker, endpoints: Endpoints) -> EmbeddedAdmin {
+        EmbeddedAdmin {
+            broker,
+            names: Names::embedded(),
+            endpoints,
+        }
+    }
+
+    /// The broker itself.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl BrokerAdmin for EmbeddedAdmin {
+    fn names(&self) -> &Names {
+        &self.names
+    }
+
+    fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    fn create_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>> {
+        let queue = self.names.inbox_queue(room);
+        Box::pin(async move {
+            self.broker.create_single_consumer_queue(&queue);
+            Ok(())
+        })
+    }
+
+    fn delete_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>> {
+        let queue = self.names.inbox_queue(room);
+        Box::pin(async move {
+            self.broker.delete_queue(&queue);
+            Ok(())
+        })
+    }
+
+    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>> {
+        let inbox = self.names.inbox(room);
+        Box::pin(async move {
+            let headers = vec![
+                ("user-id".to_owned(), LOBBY_USER.to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ];
+            self.broker.publish(&inbox, headers, body)
+        })
+    }
+
+    fn connections(&self) -> Option<usize> {
+        Some(self.broker.session_count())
+    }
+}

@@ -1,0 +1,187 @@
+//! A game server's settings: [`Config`], which programs fill directly, and [`Args`], the
+//! command line that fills it.
+
+use crate::broker::BrokerConfig;
+use crate::token::random_id;
+use crate::worker::Timings;
+use crate::Result;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything a game server is started with. `Config::default()` is the all-in-one
+/// server on 127.0.0.1:8080 (HTTP and STOMP over WebSocket) and 127.0.0.1:7613 (STOMP
+/// over TCP), with its files in `./data`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for HTTP: the lobby, and STOMP over WebSocket at `/ws`.
+    pub listen: SocketAddr,
+    /// Address for STOMP over plain TCP.
+    pub stomp_listen: SocketAddr,
+    /// Directory for the server's files.
+    pub data_dir: PathBuf,
+    /// Store URL; `None` is SQLite in `data_dir`.
+    pub store: Option<String>,
+    /// External broker URL (cluster mode); `None` is the embedded broker.
+    pub broker: Option<String>,
+    /// Secret that signs join tokens; `None` makes one on first start and keeps it in
+    /// `data_dir`.
+    pub secret: Option<String>,
+    /// The room workers' broker passcode; `None` derives it from the token secret, so
+    /// every process given the same secret agrees.
+    pub worker_secret: Option<String>,
+    /// How long a join token is valid.
+    pub ticket_ttl: Duration,
+    /// Room workers' checkpoint and idle periods.
+    pub timings: Timings,
+    /// Whether `guest`/`guest` may connect to the embedded broker (from loopback only).
+    pub allow_guest: bool,
+    /// Heart-beat interval the embedded broker offers clients (zero turns it off).
+    pub heartbeat: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            stomp_listen: ([127, 0, 0, 1], 7613).into(),
+            data_dir: PathBuf::from("data"),
+            store: None,
+            broker: None,
+            secret: None,
+            worker_secret: None,
+            ticket_ttl: Duration::from_secs(24 * 3600),
+            timings: Timings::default(),
+            allow_guest: true,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// A server on free loopback ports with its files in `data_dir`: what tests want.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            stomp_listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: data_dir.into(),
+            ..Config::default()
+        }
+    }
+
+    /// The store URL: the one given, or SQLite in the data directory.
+    pub fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("game.db").display()))
+    }
+
+    /// The token secret: the one given, or the one kept in the data directory.
+    pub fn token_secret(&self) -> Result<Vec<u8>> {
+        match self.secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(secret) => Ok(secret.as_bytes().to_vec()),
+            None => stored_secret(&self.data_dir),
+        }
+    }
+
+    /// The embedded broker's settings.
+    pub fn broker_config(&self) -> BrokerConfig {
+        let ms = self.heartbeat.as_millis() as u64;
+        BrokerConfig {
+            heartbeat: (ms, ms),
+            spool: Some(self.data_dir.join("broker-spool.stomp")),
+            ..BrokerConfig::default()
+        }
+    }
+}
+
+/// The token secret kept in `data_dir/secret`, made on first start, so that tickets
+/// outlive a restart of the server.
+fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = random_id(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, secret.as_bytes())?;
+    Ok(secret.into_bytes())
+}
+
+/// Command-line options of a game server.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    about = "A realtime game server: REST lobby, STOMP 1.2 broker and room workers in one process.",
+    long_about = "A realtime game server: REST lobby, STOMP 1.2 broker and room workers in one process.\n\n\
+        HTTP (lobby, and STOMP over WebSocket at /ws) listens on --listen; plain STOMP over TCP \
+        on --stomp-listen. Any STOMP 1.2 client can connect, e.g. stomp.py or @stomp/stompjs.\n\n\
+        Stop it with Ctrl-C: it refuses new messages, flushes what it has, and keeps messages \
+        nobody has received yet in the data directory for the next start."
+)]
+pub struct Args {
+    /// Address for HTTP: the lobby, and STOMP over WebSocket at /ws.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "GSL_LISTEN")]
+    pub listen: SocketAddr,
+    /// Address for STOMP over plain TCP.
+    #[arg(long, default_value = "127.0.0.1:7613", env = "GSL_STOMP_LISTEN")]
+    pub stomp_listen: SocketAddr,
+    /// Directory for the server's files (messages kept across a restart).
+    #[arg(long, default_value = "data", env = "GSL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite in --data-dir].
+    #[arg(long, env = "GSL_STORE")]
+    pub store: Option<String>,
+    /// External broker URL for cluster mode (reserved; not supported yet).
+    #[arg(long, env = "GSL_BROKER")]
+    pub broker: Option<String>,
+    /// Secret that signs join tokens [default: one made on first start, kept in --data-dir].
+    #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The room workers' broker passcode [default: derived from the token secret, so
+    /// processes given the same --secret agree].
+    #[arg(long, env = "GSL_WORKER_SECRET", hide_env_values = true)]
+    pub worker_secret: Option<String>,
+    /// A room with no input for this many seconds ends.
+    #[arg(long, default_value_t = 900)]
+    pub room_idle_secs: u64,
+    /// Refuse the broker's `guest`/`guest` login (otherwise allowed from loopback, outside
+    /// the rooms' destinations).
+    #[arg(long)]
+    pub no_guest: bool,
+    /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_ms: u64,
+    /// Log filter, e.g. `info`, `debug`, or `game_server_less=debug`.
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    pub log: String,
+}
+
+impl Args {
+    /// The configuration these options ask for.
+    pub fn config(&self) -> Config {
+        let defaults = Config::default();
+        Config {
+            listen: self.listen,
+            stomp_listen: self.stomp_listen,
+            data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            broker: self.broker.clone(),
+            secret: self.secret.clone(),
+            worker_secret: self.worker_secret.clone(),
+            timings: Timings {
+                idle_timeout: Duration::from_secs(self.room_idle_secs),
+                ..defaults.timings
+            },
+            allow_guest: !self.no_guest,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ..defaults
+        }
+    }
+}

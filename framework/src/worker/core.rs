@@ -1,0 +1,260 @@
+//! The room worker's core, without I/O: restore a room from its checkpoint, apply inbox
+//! messages in order, produce outputs, take checkpoints. Every runtime (a task in the
+//! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
+
+use crate::msg::{Grant, Msg};
+use crate::names::{LOBBY_USER, WORKER_USER};
+use crate::room::{Output, Room};
+use crate::store::Checkpoint;
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The body of the tick a worker puts in its own inbox: ticks go through the inbox like
+/// inputs, so a replay after a crash interleaves them with inputs exactly as the first
+/// run did.
+pub const TICK: &str = r#"{"type":"$tick"}"#;
+
+/// One message from a room's inbox, as any transport delivers it.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxMessage<'a> {
+    /// Who sent it: the `user-id` the broker stamped (a player, [`LOBBY_USER`] or
+    /// [`WORKER_USER`]).
+    pub user: &'a str,
+    /// The JSON body.
+    pub body: &'a [u8],
+}
+
+impl InboxMessage<'_> {
+    /// Whether this message is a player's or the lobby's, which keep a room alive (ticks
+    /// do not).
+    pub fn keeps_alive(&self) -> bool {
+        self.user != WORKER_USER
+    }
+}
+
+#[derive(Deserialize)]
+struct InputHeader {
+    seq: Option<u64>,
+}
+
+/// What the lobby puts in a room's inbox.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Control {
+    /// A player joined through the lobby.
+    #[serde(rename = "$join")]
+    Join {
+        /// The player.
+        player: String,
+    },
+    /// A player left through the lobby.
+    #[serde(rename = "$leave")]
+    Leave {
+        /// The player.
+        player: String,
+    },
+    /// The lobby ends the room.
+    #[serde(rename = "$end")]
+    End {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Control {
+    /// The message as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("control messages serialize")
+    }
+}
+
+/// A room and the rules for feeding it from an inbox.
+pub struct RoomWorker<S> {
+    room: Room<S>,
+}
+
+impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
+    /// A worker for a fresh room `id` running `msg`.
+    pub fn new(id: &str, msg: Msg<S>) -> RoomWorker<S> {
+        RoomWorker {
+            room: Room::new(id, msg),
+        }
+    }
+
+    /// The room's id.
+    pub fn id(&self) -> &str {
+        self.room.id()
+    }
+
+    /// The room underneath.
+    pub fn room(&self) -> &Room<S> {
+        &self.room
+    }
+
+    /// Puts the room back where `checkpoint` left it.
+    pub fn restore(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        let state: S = serde_json::from_str(&checkpoint.state).map_err(|e| {
+            Error::Store(format!(
+                "the checkpoint of room {} does not fit the game state: {e}",
+                self.room.id()
+            ))
+        })?;
+        self.room.restore(
+            state,
+            checkpoint.seq,
+            checkpoint.applied,
+            checkpoint.players,
+        );
+        Ok(())
+    }
+
+    /// Applies one inbox message (a tick, a lobby control, or a player's input) and
+    /// returns what it produced, in order. A repeat of an input already applied
+    /// produces nothing.
+    pub fn handle(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
+        let InboxMessage { user, body } = message;
+        if user == WORKER_USER {
+            return if body == TICK.as_bytes() {
+                self.room.tick()
+            } else {
+                Vec::new()
+            };
+        }
+        if user == LOBBY_USER {
+            return match serde_json::from_slice::<Control>(body) {
+                Ok(Control::Join { player }) => self.room.join(&player),
+                Ok(Control::Leave { player }) => self.room.leave(&player),
+                Ok(Control::End { reason }) => self.room.end(&reason),
+                Err(e) => {
+                    tracing::error!(room = %self.room.id(), "bad lobby control message: {e}");
+                    Vec::new()
+                }
+            };
+        }
+        if user.is_empty() || user.starts_with('$') {
+            tracing::warn!(room = %self.room.id(), "dropped an input with no player (user-id {user:?})");
+            return Vec::new();
+        }
+        let seq = serde_json::from_slice::<InputHeader>(body)
+            .ok()
+            .and_then(|h| h.seq);
+        self.room.apply(user, seq, body).outputs
+    }
+
+    /// Ends the room from outside (idleness, shutdown of the room).
+    pub fn end(&mut self, reason: &str) -> Vec<Output> {
+        self.room.end(reason)
+    }
+
+    /// Why the room ended, once it has.
+    pub fn ended(&self) -> Option<&str> {
+        self.room.ended()
+    }
+
+    /// The tick interval of the room's handlers, if they have a tick.
+    pub fn tick_interval(&self) -> Option<std::time::Duration> {
+        self.room.tick_interval()
+    }
+
+    /// A checkpoint of the room as it is, with the item grants made since the last one.
+    pub fn checkpoint(&mut self) -> Result<(Checkpoint, Vec<Grant>)> {
+        let checkpoint = Checkpoint {
+            seq: self.room.seq(),
+            state: serde_json::to_string(self.room.state()).map_err(|e| {
+                Error::Store(format!("the game state cannot be saved as JSON: {e}"))
+            })?,
+            applied: self
+                .room
+                .applied()
+                .map(|(p, s)| (p.to_owned(), s))
+                .collect(),
+            players: self.room.players().map(str::to_owned).collect(),
+        };
+        Ok((checkpoint, self.room.take_grants()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Ctx;
+    use serde_json::Value;
+
+    fn counter() -> Msg<i64> {
+        Msg::new(|| 0)
+            .route("type=add", |n: &mut i64, ctx: &mut Ctx, v: Value| {
+                *n += v["by"].as_i64().unwrap_or(0);
+                ctx.broadcast(&serde_json::json!({ "type": "count", "n": *n }));
+            })
+            .tick(std::time::Duration::from_secs(1), |n: &mut i64, _| *n *= 10)
+    }
+
+    fn join(w: &mut RoomWorker<i64>, player: &str) -> Vec<Output> {
+        let body = Control::Join {
+            player: player.into(),
+        }
+        .to_json();
+        w.handle(InboxMessage {
+            user: LOBBY_USER,
+            body: body.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn a_restored_worker_skips_what_its_checkpoint_holds_and_replays_the_rest() {
+        let mut first = RoomWorker::new("r", counter());
+        join(&mut first, "ann");
+        let input = |seq: u64| format!(r#"{{"type":"add","by":1,"seq":{seq}}}"#);
+        let ann = |body: &str| -> (String, Vec<u8>) { ("ann".into(), body.as_bytes().to_vec()) };
+        let inbox = [
+            ann(&input(1)),
+            ann(&input(2)),
+            ("$worker".into(), TICK.into()),
+            ann(&input(3)),
+        ];
+        for (user, body) in &inbox[..2] {
+            first.handle(InboxMessage { user, body });
+        }
+        let (checkpoint, _) = first.checkpoint().unwrap();
+        let mut outputs_first = Vec::new();
+        for (user, body) in &inbox[2..] {
+            outputs_first.extend(first.handle(InboxMessage { user, body }));
+        }
+
+        // The replacement gets every unacked message again, the checkpointed ones too.
+        let mut second = RoomWorker::new("r", counter());
+        second.restore(checkpoint).unwrap();
+        let mut outputs_second = Vec::new();
+        for (user, body) in &inbox {
+            outputs_second.extend(second.handle(InboxMessage { user, body }));
+        }
+        assert_eq!(*second.room().state(), 21, "(2 * 10) + 1, each input once");
+        assert_eq!(
+            outputs_second, outputs_first,
+            "the replay repeats the same outputs"
+        );
+    }
+
+    #[test]
+    fn lobby_controls_join_leave_and_end() {
+        let mut w = RoomWorker::new("r", counter());
+        join(&mut w, "ann");
+        assert_eq!(w.room().players().collect::<Vec<_>>(), ["ann"]);
+        let end = Control::End {
+            reason: "bye".into(),
+        }
+        .to_json();
+        let out = w.handle(InboxMessage {
+            user: LOBBY_USER,
+            body: end.as_bytes(),
+        });
+        assert_eq!(out[0].body["type"], "room_ended");
+        assert_eq!(w.ended(), Some("bye"));
+        let forged = w.handle(InboxMessage {
+            user: "$lobby2",
+            body: b"{}",
+        });
+        assert!(forged.is_empty());
+    }
+}

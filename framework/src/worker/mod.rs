@@ -1,0 +1,104 @@
+//! Room workers, "the lambda": the only consumer of a room's inbox, applying its inputs
+//! in order. [`core`] is the worker without I/O; [`subscribed`] runs it as a STOMP
+//! consumer; a [`Launcher`] decides where the worker of a new room runs.
+
+pub mod core;
+pub mod subscribed;
+
+use crate::msg::Msg;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+pub use self::core::{Control, InboxMessage, RoomWorker};
+pub use self::subscribed::{Timings, WorkerEnv};
+
+/// Starts the worker of a room that was created or must be resumed.
+pub trait Launcher: Send + Sync + 'static {
+    /// Makes sure `room` has a worker.
+    fn launch(&self, room: &str);
+
+    /// Rooms with a worker in this process, where the launcher can tell.
+    fn running(&self) -> Option<usize>;
+}
+
+/// Workers run elsewhere (worker processes find rooms themselves): launching does
+/// nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct External;
+
+impl Launcher for External {
+    fn launch(&self, _room: &str) {}
+
+    fn running(&self) -> Option<usize> {
+        None
+    }
+}
+
+type Spawn = Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Workers as tasks of this process, one per room, each restarted from its checkpoint
+/// when it fails. Cheap to clone.
+#[derive(Clone)]
+pub struct InProcess {
+    spawn: Spawn,
+    rooms: Arc<Mutex<HashSet<String>>>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("rooms", &self.rooms.lock().unwrap().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcess {
+    /// Runs `msg`'s handlers for each launched room, with `env`.
+    pub fn new<S>(env: WorkerEnv, msg: Msg<S>) -> InProcess
+    where
+        S: Serialize + DeserializeOwned + Send + 'static,
+    {
+        InProcess {
+            spawn: Arc::new(move |room| {
+                Box::pin(subscribed::supervise(env.clone(), room, msg.clone()))
+            }),
+            rooms: Arc::default(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Waits up to `grace` for every worker to finish (after the shutdown signal).
+    pub async fn wait(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("room workers still running after {grace:?}");
+        }
+    }
+}
+
+impl Launcher for InProcess {
+    fn launch(&self, room: &str) {
+        if !self.rooms.lock().unwrap().insert(room.to_owned()) {
+            return;
+        }
+        let rooms = self.rooms.clone();
+        let room = room.to_owned();
+        let work = (self.spawn)(room.clone());
+        self.tasks.spawn(async move {
+            work.await;
+            rooms.lock().unwrap().remove(&room);
+        });
+    }
+
+    fn running(&self) -> Option<usize> {
+        Some(self.rooms.lock().unwrap().len())
+    }
+}

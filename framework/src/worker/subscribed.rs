@@ -1,0 +1,269 @@
+//! The room worker as a long-lived STOMP consumer: the runtime of the all-in-one server's
+//! worker tasks and of worker processes in a cluster. It feeds the [`RoomWorker`] core
+//! from the inbox, publishes what it produces, checkpoints, and only then acks.
+//!
+//! Exactly once: inputs are acked (cumulatively) only after a checkpoint that includes
+//! them. If the worker dies, the broker redelivers every unacked input to its
+//! replacement, which starts from that checkpoint; inputs the checkpoint already holds
+//! are skipped by their player's sequence number, the rest are applied again. Outputs
+//! that are published twice carry the same room `seq`, so clients can drop repeats.
+
+use super::core::{InboxMessage, RoomWorker, TICK};
+use crate::admin::BrokerAdmin;
+use crate::msg::Msg;
+use crate::room::{Output, Target};
+use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
+use crate::store::Store;
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Inputs in flight to a worker before it must ack; bounds what a crash replays.
+const PREFETCH: u32 = 1024;
+
+/// How often a worker does its periodic work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How often a room checkpoints (and acks) what it has applied.
+    pub checkpoint_every: Duration,
+    /// A room with no input for this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            checkpoint_every: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Everything a room worker needs from the world: the store, the broker (its admin, the
+/// endpoint and the worker's credentials), timings, and the signal to stop. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct WorkerEnv {
+    /// Checkpoints, item grants, room records.
+    pub store: Store,
+    /// The broker's control plane: names, endpoints, deleting the inbox at the end.
+    pub admin: Arc<dyn BrokerAdmin>,
+    /// The worker's STOMP login.
+    pub login: String,
+    /// The worker's STOMP passcode (the worker secret, shared by every process).
+    pub passcode: String,
+    /// Checkpoint and idle periods.
+    pub timings: Timings,
+    /// Becomes `true` when the process shuts down: workers checkpoint, ack and stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for WorkerEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerEnv")
+            .field("login", &self.login)
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerEnv {
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Runs a room's worker until the room ends or the process shuts down, starting it again
+/// from the last checkpoint whenever it fails.
+pub async fn supervise<S>(env: WorkerEnv, room_id: String, msg: Msg<S>)
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    let mut failures = 0u32;
+    loop {
+        match run(&env, &room_id, msg.clone()).await {
+            Ok(()) => return,
+            Err(e) if env.shutting_down() => {
+                tracing::debug!(room = %room_id, "worker stopped during shutdown: {e}");
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
+                tracing::warn!(room = %room_id, "room worker failed ({e}); restarting from the last checkpoint in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// One life of a room worker: from its checkpoint until the room ends, the process shuts
+/// down, or something fails.
+pub async fn run<S>(env: &WorkerEnv, room_id: &str, msg: Msg<S>) -> Result<()>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    let mut worker = RoomWorker::new(room_id, msg);
+    if let Some(cp) = env.store.checkpoint(room_id).await? {
+        tracing::debug!(room = %room_id, seq = cp.seq, "resuming from checkpoint");
+        worker.restore(cp)?;
+    }
+    let names = env.admin.names();
+    let client = Client::connect(
+        &env.admin.endpoints().worker_url,
+        ConnectOptions::login(env.login.clone(), env.passcode.clone()),
+    )
+    .await?;
+    // The inbox has one active consumer at a time: if a worker that just failed still
+    // holds it, this subscription stands by until the broker has seen that worker go
+    // and put its unacked inputs back, first in line.
+    let mut sub = client
+        .subscribe(
+            &names.inbox_queue(room_id),
+            SubscribeOptions {
+                ack: AckMode::Client,
+                prefetch: Some(PREFETCH),
+                headers: Vec::new(),
+            },
+        )
+        .await?;
+
+    let tick_every = worker.tick_interval();
+    let mut tick = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint = tokio::time::interval(env.timings.checkpoint_every);
+    let mut shutdown = env.shutdown.clone();
+    let mut saver = Saver {
+        store: &env.store,
+        client: &client,
+        unacked: None,
+        unsaved: 0,
+    };
+    let mut last_input = Instant::now();
+    let publisher = Publisher {
+        client: &client,
+        env,
+        room_id,
+    };
+    let inbox = names.inbox(room_id);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => {
+                saver.save(&mut worker).await?;
+                let _ = client.disconnect().await;
+                return Ok(());
+            }
+            message = sub.recv() => {
+                let Some(message) = message else {
+                    return Err(Error::Closed(client.closed().unwrap_or_else(|| "inbox subscription ended".into())));
+                };
+                let input = InboxMessage {
+                    user: message.header("user-id").unwrap_or_default(),
+                    body: message.body(),
+                };
+                if input.keeps_alive() {
+                    last_input = Instant::now();
+                }
+                publisher.publish(worker.handle(input))?;
+                saver.applied(message);
+                // A busy room checkpoints early rather than stall on its prefetch.
+                if saver.unsaved >= PREFETCH / 2 {
+                    saver.save(&mut worker).await?;
+                }
+            }
+            _ = tick.tick(), if tick_every.is_some() => {
+                client.send_nowait(&inbox, TICK)?;
+            }
+            _ = checkpoint.tick() => {
+                if saver.unsaved > 0 {
+                    saver.save(&mut worker).await?;
+                }
+                if last_input.elapsed() >= env.timings.idle_timeout {
+                    publisher.publish(worker.end("idle"))?;
+                }
+            }
+        }
+        if let Some(reason) = worker.ended() {
+            let reason = reason.to_owned();
+            // Grants made before the end are kept; then every input is acked.
+            saver.save(&mut worker).await?;
+            // Its receipt says the broker has processed every frame before it: the
+            // outputs are published before the room goes.
+            sub.unsubscribe().await?;
+            env.store.end_room(room_id, &reason).await?;
+            env.admin.delete_inbox(room_id).await?;
+            let _ = client.disconnect().await;
+            tracing::info!(room = %room_id, "room ended: {reason}");
+            return Ok(());
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Checkpoints, then acks what each checkpoint holds.
+struct Saver<'a> {
+    store: &'a Store,
+    client: &'a Client,
+    /// The latest input applied and not yet acked; acking it acks all before it.
+    unacked: Option<Message>,
+    unsaved: u32,
+}
+
+impl Saver<'_> {
+    fn applied(&mut self, message: Message) {
+        self.unacked = Some(message);
+        self.unsaved += 1;
+    }
+
+    /// Saves a checkpoint, then acks every input it holds. The outputs of those inputs
+    /// must reach the broker first: a checkpoint that holds an input whose outputs were
+    /// lost would make its replay a skipped duplicate, and the outputs would never be
+    /// sent.
+    async fn save<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        let (checkpoint, grants) = worker.checkpoint()?;
+        self.client.flush().await?;
+        self.store
+            .save_checkpoint(worker.id(), &checkpoint, &grants)
+            .await?;
+        if let Some(m) = self.unacked.take() {
+            self.client.ack(&m)?;
+        }
+        self.unsaved = 0;
+        Ok(())
+    }
+}
+
+struct Publisher<'a> {
+    client: &'a Client,
+    env: &'a WorkerEnv,
+    room_id: &'a str,
+}
+
+impl Publisher<'_> {
+    fn publish(&self, outputs: Vec<Output>) -> Result<()> {
+        let names = self.env.admin.names();
+        for output in outputs {
+            let destination = match &output.to {
+                Target::Room => names.topic(self.room_id),
+                Target::Player(p) => names.private(self.room_id, p),
+            };
+            let frame = Frame::new(Command::Send)
+                .with_header("destination", destination)
+                .with_header("content-type", "application/json")
+                .with_body(serde_json::to_vec(&output.body).expect("JSON values serialize"));
+            self.client.post(frame)?;
+        }
+        Ok(())
+    }
+}
