@@ -92,7 +92,7 @@ impl BrokerAdmin for EmbeddedAdmin {
     }
 
     fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>> {
-        let inbox = self.names.inbox(room);
+        let inbox = self.names.inbox(room, LOBBY_USER);
         Box::pin(async move {
             let headers = vec![
                 ("user-id".to_owned(), LOBBY_USER.to_owned()),

@@ -39,7 +39,7 @@ impl GameAuthorizer {
     pub fn player_grants(&self, room: &str, player: &str) -> Principal {
         Principal {
             name: player.to_owned(),
-            send: Some(vec![self.names.inbox(room)]),
+            send: Some(vec![self.names.inbox(room, player)]),
             subscribe: Some(vec![
                 self.names.topic(room),
                 self.names.private(room, player),

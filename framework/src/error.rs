@@ -46,6 +46,10 @@ pub enum Error {
     /// A request the caller may not make.
     #[error("{0}")]
     Forbidden(String),
+    /// A worker's checkpoint was refused because another worker saved a newer one: this
+    /// worker was replaced and must stop.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A URL the framework cannot use.
     #[error("bad URL {url:?}: {why}")]
     Url {

@@ -1,38 +1,69 @@
 //! Destination names and the broker users the framework reserves: the one place that
-//! knows how a room's inbox, topic and private destinations are spelled on each broker.
+//! knows how a room's inbox, topic and private destinations are spelled on each broker,
+//! and how a worker tells who sent an inbox message.
 
-/// The `user-id` of control messages the lobby puts in a room's inbox.
+/// The sender of control messages the lobby puts in a room's inbox.
 pub const LOBBY_USER: &str = "$lobby";
-/// The login room workers use with the broker, and so the `user-id` the broker stamps on
-/// what they send (ticks in their own inbox).
+/// The login room workers use with the embedded broker, and so the sender of what they
+/// put in their own inbox (ticks).
 pub const WORKER_USER: &str = "$worker";
 /// The login for a general-purpose client on loopback, as RabbitMQ's default.
 pub const GUEST: &str = "guest";
+/// The RabbitMQ topic exchange that routes players' inputs to room inboxes.
+pub const INPUT_EXCHANGE: &str = "gsl.inputs";
+
+/// How a worker learns who sent an inbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// The broker stamps the sender's login as `user-id` (the embedded broker).
+    UserId,
+    /// The sender is the last part of the routing key, which RabbitMQ's topic
+    /// authorisation lets only that sender use: `/exchange/gsl.inputs/room.ID.SENDER`.
+    RoutingKey,
+}
 
 /// How room destinations are spelled on one kind of broker. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// Players SEND inputs to `{input}{room}`.
+    /// Players SEND inputs to `{input}{room}` (embedded) or `{input}{room}.{player}`.
     input: String,
     /// The worker SUBSCRIBEs to `{consume}{room}`.
     consume: String,
     /// The room topic is `{topic}{room}`; a player's own `{topic}{room}.player.{player}`.
     topic: String,
+    sender: Sender,
 }
 
 impl Names {
-    /// The embedded broker's names: `/queue/room.ID` (inbox), `/topic/room.ID` (topic).
+    /// The embedded broker's names: `/queue/room.ID` (inbox), `/topic/room.ID` (topic);
+    /// the broker stamps who sent what.
     pub fn embedded() -> Names {
         Names {
             input: "/queue/room.".into(),
             consume: "/queue/room.".into(),
             topic: "/topic/room.".into(),
+            sender: Sender::UserId,
         }
     }
 
-    /// Where players SEND a room's inputs.
-    pub fn inbox(&self, room: &str) -> String {
-        format!("{}{room}", self.input)
+    /// RabbitMQ's names: players SEND to `/exchange/gsl.inputs/room.ID.PLAYER`, which
+    /// routes to the queue `gsl.room.ID` that the worker reads at `/amq/queue/gsl.room.ID`;
+    /// outputs go to `/topic/room.ID` (the `amq.topic` exchange).
+    pub fn rabbitmq() -> Names {
+        Names {
+            input: format!("/exchange/{INPUT_EXCHANGE}/room."),
+            consume: "/amq/queue/gsl.room.".into(),
+            topic: "/topic/room.".into(),
+            sender: Sender::RoutingKey,
+        }
+    }
+
+    /// Where `sender` (a player, or [`WORKER_USER`] for ticks) SENDs a room's inputs.
+    pub fn inbox(&self, room: &str, sender: &str) -> String {
+        match self.sender {
+            Sender::UserId => format!("{}{room}", self.input),
+            Sender::RoutingKey => format!("{}{room}.{sender}", self.input),
+        }
     }
 
     /// Where a room's worker consumes its inbox.
@@ -48,6 +79,33 @@ impl Names {
     /// A player's own destination in a room.
     pub fn private(&self, room: &str, player: &str) -> String {
         format!("{}{room}.player.{player}", self.topic)
+    }
+
+    /// The STOMP login a player of `room` uses: the player's name on the embedded
+    /// broker; `PLAYER@ROOM` on RabbitMQ, whose auth backend is told only the login
+    /// when it asks what a connection may do.
+    pub fn login(&self, room: &str, player: &str) -> String {
+        match self.sender {
+            Sender::UserId => player.to_owned(),
+            Sender::RoutingKey => format!("{player}@{room}"),
+        }
+    }
+
+    /// Who sent an inbox message of `room`, given its `user-id` and `destination`
+    /// headers; `None` if it cannot be told.
+    pub fn sender<'a>(
+        &self,
+        room: &str,
+        user_id: Option<&'a str>,
+        destination: Option<&'a str>,
+    ) -> Option<&'a str> {
+        match self.sender {
+            Sender::UserId => user_id,
+            Sender::RoutingKey => destination?
+                .strip_prefix(self.input.as_str())?
+                .strip_prefix(room)?
+                .strip_prefix('.'),
+        }
     }
 
     /// Whether `destination` belongs to a room (an inbox or a topic).
@@ -70,9 +128,32 @@ mod tests {
     #[test]
     fn embedded_names_keep_rooms_apart() {
         let names = Names::embedded();
-        assert_eq!(names.inbox("r1"), "/queue/room.r1");
+        assert_eq!(names.inbox("r1", "ann"), "/queue/room.r1");
         assert_eq!(names.private("r1", "ann"), "/topic/room.r1.player.ann");
+        assert_eq!(
+            names.sender("r1", Some("ann"), Some("/queue/room.r1")),
+            Some("ann")
+        );
         assert!(names.in_rooms("/topic/room.r1"));
         assert!(!names.in_rooms("/queue/chat"));
+    }
+
+    #[test]
+    fn on_rabbitmq_the_routing_key_names_the_sender() {
+        let names = Names::rabbitmq();
+        let inbox = names.inbox("r1", "ann");
+        assert_eq!(inbox, "/exchange/gsl.inputs/room.r1.ann");
+        assert_eq!(names.sender("r1", Some("bob"), Some(&inbox)), Some("ann"));
+        assert_eq!(
+            names.sender("r2", None, Some(&inbox)),
+            None,
+            "another room's key"
+        );
+        assert_eq!(
+            names.sender("r1", Some("ann"), None),
+            None,
+            "user-id is not trusted"
+        );
+        assert_eq!(names.login("r1", "ann"), "ann@r1");
     }
 }

@@ -119,6 +119,9 @@ impl Rooms {
         self.inner.admin.create_inbox(&id).await?;
         let record = self.store().create_room(&id, name).await?;
         self.inner.launcher.launch(&id);
+        // The first message makes some worker the room's active one: the room ticks
+        // (and can end idle) before anyone joins.
+        self.control(&id, Control::Wake).await?;
         self.view(record).await
     }
 
@@ -129,6 +132,7 @@ impl Rooms {
         for record in &live {
             self.inner.admin.create_inbox(&record.id).await?;
             self.inner.launcher.launch(&record.id);
+            self.control(&record.id, Control::Wake).await?;
         }
         Ok(live.len())
     }
@@ -175,10 +179,10 @@ impl Rooms {
             player: player.to_owned(),
             ws_url: endpoints.ws_url.clone(),
             tcp_url: endpoints.tcp_url.clone(),
-            login: player.to_owned(),
+            login: names.login(room, player),
             token,
             expires,
-            inbox: names.inbox(room),
+            inbox: names.inbox(room, player),
             topic: names.topic(room),
             private: names.private(room, player),
         })

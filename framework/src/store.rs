@@ -33,6 +33,10 @@ const MIGRATIONS: &[&str] = &[
         applied TEXT NOT NULL,
         updated_at BIGINT NOT NULL)",
     "ALTER TABLE checkpoints ADD COLUMN players TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE checkpoints ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE IF NOT EXISTS workers (
+        id TEXT PRIMARY KEY,
+        seen_at BIGINT NOT NULL)",
 ];
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -60,6 +64,10 @@ pub struct Checkpoint {
     pub applied: BTreeMap<String, u64>,
     /// The players in the room as of this checkpoint (join and leave hooks included).
     pub players: Vec<String>,
+    /// How many checkpoints the room has had: a worker saves the next one only if this
+    /// is still the latest, so a worker that was replaced cannot overwrite its
+    /// replacement's progress (0: none yet).
+    pub version: u64,
 }
 
 /// The store. Cheap to clone.
@@ -69,9 +77,13 @@ pub struct Store {
 }
 
 fn now() -> i64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -278,8 +290,10 @@ impl Store {
             .collect()
     }
 
-    /// Saves a room's checkpoint, replacing the last, and the inventory grants made since
-    /// the last one, in one transaction: both or neither.
+    /// Saves `checkpoint` as the room's next one, with the inventory grants made since
+    /// the last, in one transaction: both or neither. It replaces the checkpoint whose
+    /// version is `checkpoint.version` and becomes version `checkpoint.version + 1`; if
+    /// another worker saved since, nothing is written and [`Error::Fenced`] says so.
     pub async fn save_checkpoint(
         &self,
         room: &str,
@@ -288,7 +302,46 @@ impl Store {
     ) -> Result<()> {
         let applied =
             serde_json::to_string(&checkpoint.applied).expect("a map of numbers serializes");
+        let players = serde_json::to_string(&checkpoint.players).expect("names serialize");
+        let (version, next) = (checkpoint.version as i64, checkpoint.version as i64 + 1);
         let mut tx = self.pool.begin().await.map_err(db)?;
+        let written = if version == 0 {
+            sqlx::query(
+                "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id) DO NOTHING",
+            )
+            .bind(room)
+            .bind(checkpoint.seq as i64)
+            .bind(&checkpoint.state)
+            .bind(&applied)
+            .bind(now())
+            .bind(&players)
+            .bind(next)
+            .execute(&mut *tx)
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE checkpoints SET seq = $2, state = $3, applied = $4, updated_at = $5,
+                     players = $6, version = $7
+                 WHERE room_id = $1 AND version = $8",
+            )
+            .bind(room)
+            .bind(checkpoint.seq as i64)
+            .bind(&checkpoint.state)
+            .bind(&applied)
+            .bind(now())
+            .bind(&players)
+            .bind(next)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+        }
+        .map_err(db)?;
+        if written.rows_affected() != 1 {
+            return Err(Error::Fenced(format!(
+                "room {room}: checkpoint {version} is no longer the latest; another worker has carried the room on"
+            )));
+        }
         for grant in grants {
             sqlx::query(ADD_ITEM)
                 .bind(&grant.player)
@@ -298,33 +351,18 @@ impl Store {
                 .await
                 .map_err(db)?;
         }
-        sqlx::query(
-            "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
-                 applied = excluded.applied, updated_at = excluded.updated_at,
-                 players = excluded.players",
-        )
-        .bind(room)
-        .bind(checkpoint.seq as i64)
-        .bind(&checkpoint.state)
-        .bind(applied)
-        .bind(now())
-        .bind(serde_json::to_string(&checkpoint.players).expect("names serialize"))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
         tx.commit().await.map_err(db)
     }
 
     /// A room's last checkpoint, if it has one.
     pub async fn checkpoint(&self, room: &str) -> Result<Option<Checkpoint>> {
-        let row =
-            sqlx::query("SELECT seq, state, applied, players FROM checkpoints WHERE room_id = $1")
-                .bind(room)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT seq, state, applied, players, version FROM checkpoints WHERE room_id = $1",
+        )
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let applied: String = row.try_get("applied").map_err(db)?;
         let players: String = row.try_get("players").map_err(db)?;
@@ -335,7 +373,48 @@ impl Store {
             state: row.try_get("state").map_err(db)?,
             applied: serde_json::from_str(&applied).map_err(corrupt)?,
             players: serde_json::from_str(&players).map_err(corrupt)?,
+            version: row.try_get::<i64, _>("version").map_err(db)? as u64,
         }))
+    }
+
+    /// Records that worker process `id` is alive now.
+    pub async fn worker_alive(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, seen_at) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Forgets worker process `id` (it is stopping).
+    pub async fn worker_gone(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Worker processes seen alive within `within`, sorted; older records are deleted.
+    pub async fn live_workers(&self, within: std::time::Duration) -> Result<Vec<String>> {
+        let since = now_ms() - within.as_millis() as i64;
+        sqlx::query("DELETE FROM workers WHERE seen_at < $1")
+            .bind(since - 60_000)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        let rows = sqlx::query("SELECT id FROM workers WHERE seen_at >= $1 ORDER BY id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| r.try_get("id").map_err(db)).collect()
     }
 }
 

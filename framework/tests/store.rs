@@ -49,6 +49,7 @@ async fn exercise(store: &Store) {
         state: r#"{"count":7}"#.into(),
         applied: BTreeMap::from([(player.clone(), 9)]),
         players: vec![player.clone()],
+        version: 0,
     };
     let grants = [Grant {
         player: player.clone(),
@@ -59,12 +60,26 @@ async fn exercise(store: &Store) {
         .save_checkpoint(&room, &checkpoint, &grants)
         .await
         .unwrap();
-    store
-        .save_checkpoint(&room, &checkpoint, &[])
-        .await
-        .unwrap(); // replaces, grants once
-    assert_eq!(store.checkpoint(&room).await.unwrap(), Some(checkpoint));
-    assert_eq!(store.items(&player).await.unwrap()["coin"], 1);
+    // A second worker that also started from "no checkpoint" is fenced off: nothing it
+    // asked for is written, grants included.
+    let stale = store.save_checkpoint(&room, &checkpoint, &grants).await;
+    assert!(
+        matches!(stale, Err(game_server_less::Error::Fenced(_))),
+        "{stale:?}"
+    );
+    let saved = store.checkpoint(&room).await.unwrap().unwrap();
+    assert_eq!(saved.version, 1);
+    let next = Checkpoint { seq: 43, ..saved };
+    store.save_checkpoint(&room, &next, &[]).await.unwrap(); // replaces
+    assert_eq!(
+        store.checkpoint(&room).await.unwrap(),
+        Some(Checkpoint { version: 2, ..next })
+    );
+    assert_eq!(
+        store.items(&player).await.unwrap()["coin"],
+        1,
+        "granted once"
+    );
 
     assert!(store.remove_player(&room, &player).await.unwrap());
     assert!(!store.remove_player(&room, &player).await.unwrap());

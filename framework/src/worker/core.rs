@@ -54,6 +54,10 @@ pub enum Control {
         /// The player.
         player: String,
     },
+    /// Nothing for the room: it makes a worker that stands by for an inbox find out that
+    /// it is the active one (sent when a room is created, and when it is resumed).
+    #[serde(rename = "$wake")]
+    Wake,
     /// The lobby ends the room.
     #[serde(rename = "$end")]
     End {
@@ -72,6 +76,8 @@ impl Control {
 /// A room and the rules for feeding it from an inbox.
 pub struct RoomWorker<S> {
     room: Room<S>,
+    /// The version of the checkpoint this worker carries on from.
+    version: u64,
 }
 
 impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
@@ -79,6 +85,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     pub fn new(id: &str, msg: Msg<S>) -> RoomWorker<S> {
         RoomWorker {
             room: Room::new(id, msg),
+            version: 0,
         }
     }
 
@@ -106,6 +113,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             checkpoint.applied,
             checkpoint.players,
         );
+        self.version = checkpoint.version;
         Ok(())
     }
 
@@ -126,6 +134,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 Ok(Control::Join { player }) => self.room.join(&player),
                 Ok(Control::Leave { player }) => self.room.leave(&player),
                 Ok(Control::End { reason }) => self.room.end(&reason),
+                Ok(Control::Wake) => Vec::new(),
                 Err(e) => {
                     tracing::error!(room = %self.room.id(), "bad lobby control message: {e}");
                     Vec::new()
@@ -158,6 +167,8 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     }
 
     /// A checkpoint of the room as it is, with the item grants made since the last one.
+    /// Its `version` is that of the checkpoint it replaces; call [`RoomWorker::saved`]
+    /// once the store has it.
     pub fn checkpoint(&mut self) -> Result<(Checkpoint, Vec<Grant>)> {
         let checkpoint = Checkpoint {
             seq: self.room.seq(),
@@ -170,8 +181,14 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 .map(|(p, s)| (p.to_owned(), s))
                 .collect(),
             players: self.room.players().map(str::to_owned).collect(),
+            version: self.version,
         };
         Ok((checkpoint, self.room.take_grants()))
+    }
+
+    /// Notes that the store saved the last checkpoint taken: the next replaces it.
+    pub fn saved(&mut self) {
+        self.version += 1;
     }
 }
 

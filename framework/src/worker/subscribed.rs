@@ -11,7 +11,9 @@
 use super::core::{InboxMessage, RoomWorker, TICK};
 use crate::admin::BrokerAdmin;
 use crate::msg::Msg;
+use crate::names::WORKER_USER;
 use crate::room::{Output, Target};
+use crate::stomp::Subscription;
 use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -90,6 +92,12 @@ where
                 tracing::debug!(room = %room_id, "worker stopped during shutdown: {e}");
                 return;
             }
+            Err(e) if !matches!(env.store.room(&room_id).await, Ok(Some(_))) => {
+                // Another worker ended the room (its inbox went away under us), or the
+                // store cannot say: either way there is nothing left to carry on.
+                tracing::debug!(room = %room_id, "worker stopped: the room has ended ({e})");
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
@@ -106,20 +114,16 @@ pub async fn run<S>(env: &WorkerEnv, room_id: &str, msg: Msg<S>) -> Result<()>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
-    let mut worker = RoomWorker::new(room_id, msg);
-    if let Some(cp) = env.store.checkpoint(room_id).await? {
-        tracing::debug!(room = %room_id, seq = cp.seq, "resuming from checkpoint");
-        worker.restore(cp)?;
-    }
     let names = env.admin.names();
     let client = Client::connect(
         &env.admin.endpoints().worker_url,
         ConnectOptions::login(env.login.clone(), env.passcode.clone()),
     )
     .await?;
-    // The inbox has one active consumer at a time: if a worker that just failed still
-    // holds it, this subscription stands by until the broker has seen that worker go
-    // and put its unacked inputs back, first in line.
+    // The inbox has one active consumer at a time. This subscription stands by until the
+    // broker makes it the active one (the worker before it is gone, and its unacked
+    // inputs are back in line); only then is the checkpoint read, so a worker that stood
+    // by for long starts from its predecessor's last one.
     let mut sub = client
         .subscribe(
             &names.inbox_queue(room_id),
@@ -130,12 +134,26 @@ where
             },
         )
         .await?;
+    let mut shutdown = env.shutdown.clone();
+    let first = tokio::select! {
+        biased;
+        _ = stopped(&mut shutdown) => {
+            let _ = client.disconnect().await;
+            return Ok(());
+        }
+        first = sub.recv() => first.ok_or_else(|| closed(&client))?,
+    };
+    let mut worker = RoomWorker::new(room_id, msg);
+    if let Some(cp) = env.store.checkpoint(room_id).await? {
+        tracing::debug!(room = %room_id, seq = cp.seq, "active; resuming from checkpoint");
+        worker.restore(cp)?;
+    }
+    let mut pending = Some(first);
 
     let tick_every = worker.tick_interval();
     let mut tick = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checkpoint = tokio::time::interval(env.timings.checkpoint_every);
-    let mut shutdown = env.shutdown.clone();
     let mut saver = Saver {
         store: &env.store,
         client: &client,
@@ -148,7 +166,7 @@ where
         env,
         room_id,
     };
-    let inbox = names.inbox(room_id);
+    let inbox = names.inbox(room_id, WORKER_USER);
 
     loop {
         tokio::select! {
@@ -158,12 +176,12 @@ where
                 let _ = client.disconnect().await;
                 return Ok(());
             }
-            message = sub.recv() => {
-                let Some(message) = message else {
-                    return Err(Error::Closed(client.closed().unwrap_or_else(|| "inbox subscription ended".into())));
-                };
+            message = next(&mut pending, &mut sub) => {
+                let message = message.ok_or_else(|| closed(&client))?;
                 let input = InboxMessage {
-                    user: message.header("user-id").unwrap_or_default(),
+                    user: names
+                        .sender(room_id, message.header("user-id"), message.header("destination"))
+                        .unwrap_or_default(),
                     body: message.body(),
                 };
                 if input.keeps_alive() {
@@ -208,6 +226,22 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// The message received while standing by, then the subscription's.
+async fn next(pending: &mut Option<Message>, sub: &mut Subscription) -> Option<Message> {
+    match pending.take() {
+        Some(message) => Some(message),
+        None => sub.recv().await,
+    }
+}
+
+fn closed(client: &Client) -> Error {
+    Error::Closed(
+        client
+            .closed()
+            .unwrap_or_else(|| "the inbox subscription ended".into()),
+    )
+}
+
 /// Checkpoints, then acks what each checkpoint holds.
 struct Saver<'a> {
     store: &'a Store,
@@ -236,6 +270,7 @@ impl Saver<'_> {
         self.store
             .save_checkpoint(worker.id(), &checkpoint, &grants)
             .await?;
+        worker.saved();
         if let Some(m) = self.unacked.take() {
             self.client.ack(&m)?;
         }
