@@ -79,9 +79,9 @@ impl Server {
         .expect("the server starts")
         .expect("the server starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let http = format!("http://{}", running.bound().http);
-        let rooms = running.rooms().clone();
-        let broker = running.broker().clone();
+        let http = format!("http://{}", running.bound().expect("a lobby").http);
+        let rooms = running.rooms().expect("a lobby").clone();
+        let broker = running.broker().expect("the embedded broker").clone();
         let done = tokio::spawn(running.serve(async move {
             let _ = stopped.await;
         }));
@@ -126,33 +126,42 @@ impl Server {
 
     /// `POST /rooms`; returns the room id.
     pub async fn create_room(&self) -> String {
-        let room: Value = http()
-            .post(format!("{}/rooms", self.http))
-            .json(&json!({ "name": "e2e" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        room["id"].as_str().unwrap().to_owned()
+        create_room_at(&self.http).await
     }
 
     /// `POST /rooms/{id}/join` as `name`.
     pub async fn join(&self, room: &str, name: &str) -> Ticket {
-        let response = http()
-            .post(format!("{}/rooms/{room}/join", self.http))
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "join: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
+        join_ticket(&self.http, room, name).await
     }
+}
+
+/// `POST {lobby}/rooms` (`lobby` is `http://HOST:PORT`); returns the room id.
+pub async fn create_room_at(lobby: &str) -> String {
+    let response = http()
+        .post(format!("{lobby}/rooms"))
+        .json(&json!({ "name": "e2e" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "create a room at {lobby}");
+    let room: Value = response.json().await.unwrap();
+    room["id"].as_str().unwrap().to_owned()
+}
+
+/// `POST {lobby}/rooms/{id}/join` as `name`.
+pub async fn join_ticket(lobby: &str, room: &str, name: &str) -> Ticket {
+    let response = http()
+        .post(format!("{lobby}/rooms/{room}/join"))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "join: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
 }
 
 /// An HTTP client.
@@ -176,7 +185,13 @@ pub struct Player {
 impl Player {
     /// Joins `room` as `name` and connects over WebSocket (or TCP if `tcp`).
     pub async fn join(server: &Server, room: &str, name: &str, tcp: bool) -> Player {
-        let ticket = server.join(room, name).await;
+        Player::join_at(&server.http, room, name, tcp).await
+    }
+
+    /// Joins `room` through the lobby at `lobby` (`http://HOST:PORT`) and connects to
+    /// the broker its ticket names.
+    pub async fn join_at(lobby: &str, room: &str, name: &str, tcp: bool) -> Player {
+        let ticket = join_ticket(lobby, room, name).await;
         let url = if tcp { &ticket.tcp_url } else { &ticket.ws_url };
         let client = Client::connect(
             url,

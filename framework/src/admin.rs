@@ -17,6 +17,8 @@ pub struct Endpoints {
     pub tcp_url: String,
     /// STOMP over TCP, for room workers.
     pub worker_url: String,
+    /// The virtual host (the STOMP CONNECT `host` header).
+    pub vhost: String,
 }
 
 /// A broker's control plane, as the room service and the room workers use it.

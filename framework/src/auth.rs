@@ -1,9 +1,10 @@
 //! Who may use the broker, and where: players with their join ticket's token reach only
 //! their room; workers log in with the worker secret; `guest` may connect from loopback
-//! to anything outside the rooms.
+//! to anything outside the rooms. [`GameAuthorizer`] says it to the embedded broker,
+//! [`RabbitAuth`] to RabbitMQ's HTTP auth backend.
 
 use crate::broker::{default_can_send, default_can_subscribe, Authorizer, Principal};
-use crate::names::{Names, GUEST, WORKER_USER};
+use crate::names::{Names, GUEST, INPUT_EXCHANGE, WORKER_USER};
 use crate::token::Signer;
 use std::net::SocketAddr;
 
@@ -103,5 +104,136 @@ impl Authorizer for GameAuthorizer {
     fn can_subscribe(&self, principal: &Principal, destination: &str) -> Result<(), String> {
         self.guest_outside_rooms(principal, destination)?;
         default_can_subscribe(principal, destination)
+    }
+}
+
+/// The answers RabbitMQ's HTTP auth backend (`rabbitmq_auth_backend_http`) asks the lobby
+/// for, about players. Players log in as `PLAYER@ROOM` with their ticket's token; the
+/// lobby and workers log in as a RabbitMQ user of the internal database, which RabbitMQ
+/// asks first, so they never reach these rules.
+///
+/// A player may: read the room topic and its own destination (`amq.topic` with those
+/// routing keys, through the private `stomp-subscription-*` queue RabbitMQ makes for a
+/// topic SUBSCRIBE); and write to `gsl.inputs` with its own routing key `room.ROOM.PLAYER`.
+/// Nothing else: not the default exchange (so no queue by name), not `amq.topic` (so no
+/// forged room output), not another room's keys.
+#[derive(Clone)]
+pub struct RabbitAuth {
+    signer: Signer,
+    names: Names,
+}
+
+impl std::fmt::Debug for RabbitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitAuth").finish_non_exhaustive()
+    }
+}
+
+/// A `PLAYER@ROOM` login, split.
+fn player_login(username: &str) -> Option<(&str, &str)> {
+    let (player, room) = username.rsplit_once('@')?;
+    (crate::proto::valid_name(player) && !room.is_empty() && !room.contains('.'))
+        .then_some((player, room))
+}
+
+impl RabbitAuth {
+    /// Checks tokens with `signer`; destinations are spelled by `names`.
+    pub fn new(signer: Signer, names: Names) -> RabbitAuth {
+        RabbitAuth { signer, names }
+    }
+
+    /// May `username` log in with `password`? Why not, if not.
+    pub fn user(&self, username: &str, password: &str) -> Result<(), String> {
+        let (player, room) =
+            player_login(username).ok_or("log in as PLAYER@ROOM, the login of your join ticket")?;
+        let claims = self.signer.verify(password)?;
+        if claims.player != player || claims.room != room {
+            return Err(format!(
+                "the token is for {}@{}, not {username}",
+                claims.player, claims.room
+            ));
+        }
+        Ok(())
+    }
+
+    /// May `username` use the virtual host?
+    pub fn vhost(&self, username: &str) -> bool {
+        player_login(username).is_some()
+    }
+
+    /// May `username` have `permission` (`configure`, `write`, `read`) on the `resource`
+    /// (`queue`, `exchange`) called `name`?
+    pub fn resource(&self, username: &str, resource: &str, name: &str, permission: &str) -> bool {
+        if player_login(username).is_none() {
+            return false;
+        }
+        match (resource, permission) {
+            // The private queue behind a topic subscription: RabbitMQ names it at random.
+            ("queue", _) => name.starts_with("stomp-subscription-"),
+            ("exchange", "read") => name == "amq.topic",
+            ("exchange", "write") => name == INPUT_EXCHANGE,
+            _ => false,
+        }
+    }
+
+    /// May `username` have `permission` on topic exchange `name` with `routing_key`?
+    pub fn topic(&self, username: &str, name: &str, permission: &str, routing_key: &str) -> bool {
+        let Some((player, room)) = player_login(username) else {
+            return false;
+        };
+        let key_of = |destination: String, exchange: &str| {
+            destination
+                .strip_prefix(exchange)
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        match (name, permission) {
+            ("amq.topic", "read") => {
+                routing_key == key_of(self.names.topic(room), "/topic/")
+                    || routing_key == key_of(self.names.private(room, player), "/topic/")
+            }
+            (INPUT_EXCHANGE, "write") => {
+                let prefix = format!("/exchange/{INPUT_EXCHANGE}/");
+                routing_key == key_of(self.names.inbox(room, player), &prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rabbitmq_lets_a_player_reach_its_own_room_only() {
+        let signer = Signer::new(b"s".to_vec());
+        let auth = RabbitAuth::new(signer.clone(), Names::rabbitmq());
+        let token = signer.issue("r1", "ann", Duration::from_secs(60));
+        assert_eq!(auth.user("ann@r1", &token), Ok(()));
+        assert!(auth
+            .user("bob@r1", &token)
+            .unwrap_err()
+            .contains("not bob@r1"));
+        assert!(auth.user("ann@r2", &token).is_err());
+        assert!(auth.user("ann", &token).is_err());
+        assert!(auth.user("ann@r1", "v1.r1.ann.9999999999.00").is_err());
+
+        assert!(auth.topic("ann@r1", "amq.topic", "read", "room.r1"));
+        assert!(auth.topic("ann@r1", "amq.topic", "read", "room.r1.player.ann"));
+        assert!(!auth.topic("ann@r1", "amq.topic", "read", "room.r1.player.bob"));
+        assert!(!auth.topic("ann@r1", "amq.topic", "read", "room.r2"));
+        assert!(!auth.topic("ann@r1", "amq.topic", "read", "room.*"));
+        assert!(!auth.topic("ann@r1", "amq.topic", "write", "room.r1"));
+        assert!(auth.topic("ann@r1", "gsl.inputs", "write", "room.r1.ann"));
+        assert!(!auth.topic("ann@r1", "gsl.inputs", "write", "room.r1.bob"));
+        assert!(!auth.topic("ann@r1", "gsl.inputs", "write", "room.r1.$lobby"));
+
+        assert!(auth.resource("ann@r1", "exchange", "gsl.inputs", "write"));
+        assert!(!auth.resource("ann@r1", "exchange", "amq.default", "write"));
+        assert!(!auth.resource("ann@r1", "exchange", "amq.topic", "write"));
+        assert!(!auth.resource("ann@r1", "queue", "gsl.room.r1", "read"));
+        assert!(auth.resource("ann@r1", "queue", "stomp-subscription-x1", "configure"));
     }
 }

@@ -9,6 +9,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// What a process does in cluster mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// The lobby: HTTP, rooms, tickets, and RabbitMQ's auth backend.
+    Lobby,
+    /// Room workers: picks rooms up from the store, runs their handlers.
+    Worker,
+    /// Both (the only choice with the embedded broker).
+    #[default]
+    Both,
+}
+
+impl Role {
+    /// Whether this process serves the lobby.
+    pub fn lobby(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether this process runs room workers.
+    pub fn worker(self) -> bool {
+        self != Role::Lobby
+    }
+}
+
 /// Everything a game server is started with. `Config::default()` is the all-in-one
 /// server on 127.0.0.1:8080 (HTTP and STOMP over WebSocket) and 127.0.0.1:7613 (STOMP
 /// over TCP), with its files in `./data`.
@@ -22,8 +46,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Store URL; `None` is SQLite in `data_dir`.
     pub store: Option<String>,
-    /// External broker URL (cluster mode); `None` is the embedded broker.
+    /// RabbitMQ URL (cluster mode, see [`crate::rabbit::RabbitConfig`]); `None` is the
+    /// embedded broker.
     pub broker: Option<String>,
+    /// What this process does.
+    pub role: Role,
     /// Secret that signs join tokens; `None` makes one on first start and keeps it in
     /// `data_dir`.
     pub secret: Option<String>,
@@ -48,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             store: None,
             broker: None,
+            role: Role::Both,
             secret: None,
             worker_secret: None,
             ticket_ttl: Duration::from_secs(24 * 3600),
@@ -123,7 +151,10 @@ fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
         HTTP (lobby, and STOMP over WebSocket at /ws) listens on --listen; plain STOMP over TCP \
         on --stomp-listen. Any STOMP 1.2 client can connect, e.g. stomp.py or @stomp/stompjs.\n\n\
         Stop it with Ctrl-C: it refuses new messages, flushes what it has, and keeps messages \
-        nobody has received yet in the data directory for the next start."
+        nobody has received yet in the data directory for the next start.\n\n\
+        Cluster mode: give --broker amqp://… (RabbitMQ) and --store postgres://…, and start any \
+        number of --role lobby and --role worker processes with the same --secret. Workers share \
+        the rooms; when one dies, another carries its rooms on from their checkpoints."
 )]
 pub struct Args {
     /// Address for HTTP: the lobby, and STOMP over WebSocket at /ws.
@@ -138,9 +169,17 @@ pub struct Args {
     /// Store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite in --data-dir].
     #[arg(long, env = "GSL_STORE")]
     pub store: Option<String>,
-    /// External broker URL for cluster mode (reserved; not supported yet).
-    #[arg(long, env = "GSL_BROKER")]
+    /// RabbitMQ for cluster mode: `amqp://USER:PASS@HOST:PORT/VHOST`, optionally with
+    /// `?stomp_port=61613&web_stomp_port=15674&management_port=15672&quorum=true&max_length=10000&public_host=HOST`
+    /// (`scripts/rabbitmq-node start` prints one). RabbitMQ needs its stomp, web_stomp and
+    /// management plugins; players log in through the lobby's /rabbitmq/auth routes.
+    /// [default: the embedded broker]
+    #[arg(long, env = "GSL_BROKER", hide_env_values = true)]
     pub broker: Option<String>,
+    /// What this process does in cluster mode: `lobby`, `worker`, or `both`. Any number
+    /// of each can share one --broker and one PostgreSQL --store.
+    #[arg(long, value_enum, default_value_t = Role::Both, env = "GSL_ROLE")]
+    pub role: Role,
     /// Secret that signs join tokens [default: one made on first start, kept in --data-dir].
     #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -159,7 +198,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
     /// Log filter, e.g. `info`, `debug`, or `game_server_less=debug`.
-    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    #[arg(long, default_value = "info,sqlx=warn", env = "RUST_LOG")]
     pub log: String,
 }
 
@@ -173,6 +212,7 @@ impl Args {
             data_dir: self.data_dir.clone(),
             store: self.store.clone(),
             broker: self.broker.clone(),
+            role: self.role,
             secret: self.secret.clone(),
             worker_secret: self.worker_secret.clone(),
             timings: Timings {

@@ -12,6 +12,7 @@
 //! - [`token`]: the signed, expiring join tokens the lobby issues and the broker checks.
 //! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`]).
 //! - [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
+//! - [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
 //! - [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
 //! - [`rooms`]: the room service (create, join, leave, end), without HTTP.
 //! - [`auth`], [`lobby`]: the broker's gatekeeper; the REST lobby on axum.
@@ -71,6 +72,7 @@ pub mod lobby;
 pub mod msg;
 pub mod names;
 pub mod proto;
+pub mod rabbit;
 pub mod room;
 pub mod rooms;
 pub mod server;
@@ -80,7 +82,7 @@ pub mod testing;
 pub mod token;
 pub mod worker;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, Role};
 pub use error::{Error, Result};
 pub use lobby::{Caller, Lobby};
 pub use msg::{Ctx, Msg, RoomCtx};

@@ -10,6 +10,7 @@
 //! | `DELETE /rooms/{id}` | end a room |
 //! | `GET /health` | liveness and counts |
 
+use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
 use crate::rooms::Rooms;
 use crate::token::Claims;
@@ -245,4 +246,72 @@ async fn leave_room(
 async fn delete_room(State(rooms): State<Rooms>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     rooms.end(&id, "ended by the lobby").await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// RabbitMQ's HTTP auth backend, answered by the lobby (`auth_http.*_path` point here):
+/// `POST /rabbitmq/auth/user`, `/vhost`, `/resource` and `/topic`, form-encoded, each
+/// answered `allow` or `deny`.
+pub fn rabbitmq_auth_router(auth: RabbitAuth) -> Router {
+    type Params = axum::extract::Form<std::collections::HashMap<String, String>>;
+    fn answer(allowed: bool) -> &'static str {
+        if allowed {
+            "allow"
+        } else {
+            "deny"
+        }
+    }
+    fn param<'a>(p: &'a Params, name: &str) -> &'a str {
+        p.get(name).map(String::as_str).unwrap_or_default()
+    }
+    async fn user(State(auth): State<RabbitAuth>, p: Params) -> &'static str {
+        let username = param(&p, "username");
+        match auth.user(username, param(&p, "password")) {
+            Ok(()) => "allow",
+            Err(why) => {
+                tracing::info!(username, "RabbitMQ login refused: {why}");
+                "deny"
+            }
+        }
+    }
+    async fn vhost(State(auth): State<RabbitAuth>, p: Params) -> &'static str {
+        answer(auth.vhost(param(&p, "username")))
+    }
+    async fn resource(State(auth): State<RabbitAuth>, p: Params) -> &'static str {
+        let (username, resource, name, permission) = (
+            param(&p, "username"),
+            param(&p, "resource"),
+            param(&p, "name"),
+            param(&p, "permission"),
+        );
+        let allowed = auth.resource(username, resource, name, permission);
+        if !allowed {
+            tracing::info!(
+                username,
+                "RabbitMQ refused {permission} on {resource} {name:?}"
+            );
+        }
+        answer(allowed)
+    }
+    async fn topic(State(auth): State<RabbitAuth>, p: Params) -> &'static str {
+        let (username, name, permission, key) = (
+            param(&p, "username"),
+            param(&p, "name"),
+            param(&p, "permission"),
+            param(&p, "routing_key"),
+        );
+        let allowed = auth.topic(username, name, permission, key);
+        if !allowed {
+            tracing::info!(
+                username,
+                "RabbitMQ refused {permission} on {name} with key {key:?}"
+            );
+        }
+        answer(allowed)
+    }
+    Router::new()
+        .route("/rabbitmq/auth/user", post(user))
+        .route("/rabbitmq/auth/vhost", post(vhost))
+        .route("/rabbitmq/auth/resource", post(resource))
+        .route("/rabbitmq/auth/topic", post(topic))
+        .with_state(auth)
 }

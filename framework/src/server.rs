@@ -14,16 +14,18 @@
 //! ```
 
 use crate::admin::{EmbeddedAdmin, Endpoints};
-use crate::auth::GameAuthorizer;
+use crate::auth::{GameAuthorizer, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
-use crate::config::{Args, Config};
-use crate::lobby::Lobby;
+use crate::config::{Args, Config, Role};
+use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
 use crate::names::{Names, WORKER_USER};
+use crate::rabbit::{redact, RabbitAdmin, RabbitConfig};
 use crate::rooms::Rooms;
 use crate::store::Store;
-use crate::token::Signer;
-use crate::worker::{InProcess, WorkerEnv};
+use crate::token::{random_id, Signer};
+use crate::worker::discovery::Discovery;
+use crate::worker::{External, InProcess, WorkerEnv};
 use crate::{Error, Result};
 use axum::Router;
 use clap::Parser;
@@ -41,8 +43,9 @@ use tokio::task::JoinHandle;
 pub struct Bound {
     /// Where HTTP and WebSocket listen.
     pub http: SocketAddr,
-    /// Where STOMP over TCP listens.
-    pub stomp: SocketAddr,
+    /// Where the embedded broker's STOMP over TCP listens (`None` in cluster mode:
+    /// RabbitMQ's is in the tickets).
+    pub stomp: Option<SocketAddr>,
 }
 
 /// A game server to start: its configuration, lobby routes and realtime handlers.
@@ -61,19 +64,26 @@ where
         Server { config, lobby, msg }
     }
 
-    /// Opens the store, binds the ports, starts the embedded broker's STOMP TCP port and
-    /// the workers of rooms that were live at the last stop. HTTP is served by
-    /// [`Running::serve`]; until then [`Running::router`] answers in process.
+    /// Opens the store, binds the ports and starts the broker side: the embedded
+    /// broker's STOMP TCP port and the workers of rooms that were live at the last stop;
+    /// or, with a `broker` URL, RabbitMQ's input exchange and this process's role. HTTP
+    /// is served by [`Running::serve`]; until then [`Running::router`] answers in process.
     pub async fn start(self) -> Result<Running> {
-        let Server { config, lobby, msg } = self;
-        if let Some(url) = &config.broker {
-            return Err(Error::Url {
-                url: url.clone(),
-                why: "an external broker (cluster mode) is not supported yet; leave --broker out to use the embedded one".into(),
-            });
+        let store = Store::open(&self.config.store_url()).await?;
+        let signer = Signer::new(self.config.token_secret()?);
+        match self.config.broker.clone() {
+            None => self.start_embedded(store, signer).await,
+            Some(url) => self.start_cluster(&url, store, signer).await,
         }
-        let store = Store::open(&config.store_url()).await?;
-        let signer = Signer::new(config.token_secret()?);
+    }
+
+    async fn start_embedded(self, store: Store, signer: Signer) -> Result<Running> {
+        let Server { config, lobby, msg } = self;
+        if config.role != Role::Both {
+            return Err(Error::Invalid(
+                "--role lobby and --role worker need --broker: the embedded broker lives in one process".into(),
+            ));
+        }
         let worker_secret = config
             .worker_secret
             .clone()
@@ -95,21 +105,24 @@ where
         let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
         let bound = Bound {
             http: http.local_addr()?,
-            stomp: stomp.local_addr()?,
+            stomp: Some(stomp.local_addr()?),
         };
+        let stomp_addr = stomp.local_addr()?;
         let tcp_task = tokio::spawn(broker.clone().serve_tcp(stomp));
         let admin = Arc::new(EmbeddedAdmin::new(
             broker.clone(),
             Endpoints {
                 ws_url: format!("ws://{}/ws", bound.http),
-                tcp_url: format!("tcp://{}", bound.stomp),
-                worker_url: format!("tcp://{}", bound.stomp),
+                tcp_url: format!("tcp://{stomp_addr}"),
+                worker_url: format!("tcp://{stomp_addr}"),
+                vhost: "/".into(),
             },
         ));
         let (stop_workers, shutdown) = watch::channel(false);
         let env = WorkerEnv {
             store: store.clone(),
             admin: admin.clone(),
+            worker_id: "local".into(),
             login: WORKER_USER.to_owned(),
             passcode: worker_secret,
             timings: config.timings,
@@ -129,28 +142,93 @@ where
             tracing::info!("resumed {resumed} live rooms");
         }
         Ok(Running {
+            rooms: Some(rooms),
+            broker: Some(broker),
+            router,
+            http: Some(http),
+            bound: Some(bound),
+            workers: Some(workers),
+            stop_workers,
+            tasks: vec![tokio::spawn(async move {
+                if let Err(e) = tcp_task.await {
+                    tracing::error!("the STOMP TCP port failed: {e}");
+                }
+            })],
+        })
+    }
+
+    async fn start_cluster(self, url: &str, store: Store, signer: Signer) -> Result<Running> {
+        let Server { config, lobby, msg } = self;
+        let rabbit = RabbitConfig::parse(url)?;
+        let admin = Arc::new(RabbitAdmin::connect(rabbit.clone()).await?);
+        let (stop_workers, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut workers = None;
+        if config.role.worker() {
+            let id = format!("{}-{}", std::process::id(), random_id(4));
+            let env = WorkerEnv {
+                store: store.clone(),
+                admin: admin.clone(),
+                worker_id: id.clone(),
+                login: rabbit.user.clone(),
+                passcode: rabbit.password.clone(),
+                timings: config.timings,
+                shutdown: shutdown.clone(),
+            };
+            let pool = InProcess::new(env, msg);
+            tracing::info!("worker {id} looks for rooms in the store");
+            let discovery = Discovery::new(id, store.clone(), pool.clone());
+            tasks.push(tokio::spawn(discovery.run(shutdown)));
+            workers = Some(pool);
+        }
+        let (mut rooms, mut http, mut bound, mut router) = (None, None, None, Router::new());
+        if config.role.lobby() {
+            let service = Rooms::new(
+                store,
+                signer.clone(),
+                admin.clone(),
+                Arc::new(External),
+                config.ticket_ttl,
+            );
+            let listener = bind(config.listen, "--listen").await?;
+            bound = Some(Bound {
+                http: listener.local_addr()?,
+                stomp: None,
+            });
+            router = lobby
+                .into_router(service.clone())
+                .merge(rabbitmq_auth_router(RabbitAuth::new(
+                    signer,
+                    Names::rabbitmq(),
+                )));
+            rooms = Some(service);
+            http = Some(listener);
+        }
+        tracing::info!("cluster mode on RabbitMQ {}", redact(url));
+        Ok(Running {
             rooms,
-            broker,
+            broker: None,
             router,
             http,
             bound,
             workers,
             stop_workers,
-            tcp_task,
+            tasks,
         })
     }
 }
 
-/// A started server: its rooms, broker and addresses, and the HTTP app to serve.
+/// A started server: its rooms, broker and addresses, and the HTTP app to serve. In
+/// cluster mode a worker-only process has no lobby and listens on nothing.
 pub struct Running {
-    rooms: Rooms,
-    broker: Broker,
+    rooms: Option<Rooms>,
+    broker: Option<Broker>,
     router: Router,
-    http: TcpListener,
-    bound: Bound,
-    workers: InProcess,
+    http: Option<TcpListener>,
+    bound: Option<Bound>,
+    workers: Option<InProcess>,
     stop_workers: watch::Sender<bool>,
-    tcp_task: JoinHandle<Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -162,51 +240,63 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Where it listens.
-    pub fn bound(&self) -> Bound {
+    /// Where the lobby listens (HTTP) and where players reach STOMP over TCP; `None` for
+    /// a worker-only process.
+    pub fn bound(&self) -> Option<Bound> {
         self.bound
     }
 
-    /// The room service.
-    pub fn rooms(&self) -> &Rooms {
-        &self.rooms
+    /// The room service; `None` for a worker-only process.
+    pub fn rooms(&self) -> Option<&Rooms> {
+        self.rooms.as_ref()
     }
 
-    /// The embedded broker.
-    pub fn broker(&self) -> &Broker {
-        &self.broker
+    /// The embedded broker; `None` in cluster mode.
+    pub fn broker(&self) -> Option<&Broker> {
+        self.broker.as_ref()
     }
 
-    /// The whole HTTP app (lobby, the game's routes, STOMP over WebSocket at `/ws`), to
-    /// drive in process with `tower::ServiceExt::oneshot` or to serve elsewhere.
+    /// The whole HTTP app (lobby, the game's routes, and STOMP over WebSocket at `/ws`
+    /// or RabbitMQ's auth routes), to drive in process with `tower::ServiceExt::oneshot`
+    /// or to serve elsewhere.
     pub fn router(&self) -> Router {
         self.router.clone()
     }
 
-    /// Serves HTTP until `shutdown` resolves, then stops gracefully: workers checkpoint
-    /// and ack, the broker flushes its connections and keeps undelivered messages in
-    /// the spool.
+    /// Serves HTTP (if this process has a lobby) until `shutdown` resolves, then stops
+    /// gracefully: workers checkpoint and ack, the embedded broker flushes its
+    /// connections and keeps undelivered messages in the spool.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_http, mut http_stopped) = watch::channel(false);
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let http = axum::serve(self.http, service).with_graceful_shutdown(async move {
-            let _ = http_stopped.wait_for(|s| *s).await;
+        let http_task = self.http.map(|listener| {
+            let service = self
+                .router
+                .into_make_service_with_connect_info::<SocketAddr>();
+            let http = axum::serve(listener, service).with_graceful_shutdown(async move {
+                let _ = http_stopped.wait_for(|s| *s).await;
+            });
+            tokio::spawn(async move { http.await })
         });
-        let http_task = tokio::spawn(async move { http.await });
         shutdown.await;
         tracing::info!("shutting down: workers checkpoint, then connections flush");
         // Workers checkpoint and ack first, so the broker keeps only unapplied inputs.
         let _ = self.stop_workers.send(true);
-        self.workers.wait(Duration::from_secs(5)).await;
-        self.broker.shutdown(Duration::from_secs(5)).await?;
+        if let Some(workers) = &self.workers {
+            workers.wait(Duration::from_secs(5)).await;
+        }
+        if let Some(broker) = &self.broker {
+            broker.shutdown(Duration::from_secs(5)).await?;
+        }
         let _ = stop_http.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-        let _ = self.tcp_task.await;
+        if let Some(task) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -225,7 +315,10 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .try_init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -260,15 +353,31 @@ where
     let args = Args::parse();
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, msg).start().await?;
-    let bound = server.bound();
-    println!("game-server listening:");
-    println!("  lobby     http://{}/rooms", bound.http);
-    println!("  STOMP/WS  ws://{}/ws", bound.http);
-    println!("  STOMP/TCP tcp://{}", bound.stomp);
-    println!(
-        "Play: cargo run -p game-client -- --server http://{}",
-        bound.http
-    );
+    match (server.bound(), server.bound().and_then(|b| b.stomp)) {
+        (Some(bound), Some(stomp)) => {
+            println!("game-server listening:");
+            println!("  lobby     http://{}/rooms", bound.http);
+            println!("  STOMP/WS  ws://{}/ws", bound.http);
+            println!("  STOMP/TCP tcp://{stomp}");
+            println!(
+                "Play: cargo run -p game-client -- --server http://{}",
+                bound.http
+            );
+        }
+        (Some(bound), None) => {
+            println!("game-server lobby (cluster mode) listening:");
+            println!("  lobby     http://{}/rooms", bound.http);
+            println!(
+                "  RabbitMQ auth backend: http://{}/rabbitmq/auth/",
+                bound.http
+            );
+            println!(
+                "Play: cargo run -p game-client -- --server http://{}",
+                bound.http
+            );
+        }
+        (None, _) => println!("game-server worker (cluster mode): running rooms"),
+    }
     println!("Press Ctrl-C to stop.");
     server.serve(shutdown_signal()).await
 }

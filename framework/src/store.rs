@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS workers (
         id TEXT PRIMARY KEY,
         seen_at BIGINT NOT NULL)",
+    "ALTER TABLE rooms ADD COLUMN worker TEXT",
 ];
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -135,29 +136,27 @@ impl Store {
             .await
             .map_err(|e| Error::Store(format!("cannot open the store {url}: {e}")))?;
         let store = Store { pool };
-        store.migrate().await?;
+        store.migrate(url.starts_with("postgres")).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        let row = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)?;
-        let done: i64 = row.try_get::<Option<i64>, _>("v").map_err(db)?.unwrap_or(0);
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            sqlx::query(sql).execute(&self.pool).await.map_err(db)?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(i as i64 + 1)
-                .execute(&self.pool)
+    /// Runs the migrations not yet run. On PostgreSQL an advisory lock makes processes
+    /// that start together take turns, so each migration runs once.
+    async fn migrate(&self, postgres: bool) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        if postgres {
+            sqlx::query("SELECT pg_advisory_lock(7461626)")
+                .execute(&mut *conn)
                 .await
                 .map_err(db)?;
         }
-        Ok(())
+        let result = migrate_on(&mut conn).await;
+        if postgres {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(7461626)")
+                .execute(&mut *conn)
+                .await;
+        }
+        result
     }
 
     /// Records a new room.
@@ -377,6 +376,33 @@ impl Store {
         }))
     }
 
+    /// Records that worker process `worker` runs `room` now.
+    pub async fn set_room_worker(&self, room: &str, worker: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET worker = $1 WHERE id = $2")
+            .bind(worker)
+            .bind(room)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Each live room and the worker process that last said it runs it, by room id.
+    pub async fn room_workers(&self) -> Result<Vec<(String, Option<String>)>> {
+        let rows = sqlx::query("SELECT id, worker FROM rooms WHERE ended_at IS NULL ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id").map_err(db)?,
+                    r.try_get("worker").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Records that worker process `id` is alive now.
     pub async fn worker_alive(&self, id: &str) -> Result<()> {
         sqlx::query(
@@ -416,6 +442,27 @@ impl Store {
             .map_err(db)?;
         rows.iter().map(|r| r.try_get("id").map_err(db)).collect()
     }
+}
+
+async fn migrate_on(conn: &mut sqlx::AnyConnection) -> Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    let row = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    let done: i64 = row.try_get::<Option<i64>, _>("v").map_err(db)?.unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        sqlx::query(sql).execute(&mut *conn).await.map_err(db)?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
 }
 
 fn room_record(row: &AnyRow) -> Result<RoomRecord> {

@@ -3,6 +3,7 @@
 //! consumer; a [`Launcher`] decides where the worker of a new room runs.
 
 pub mod core;
+pub mod discovery;
 pub mod subscribed;
 
 use crate::msg::Msg;

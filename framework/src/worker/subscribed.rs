@@ -33,6 +33,9 @@ pub struct Timings {
     pub checkpoint_every: Duration,
     /// A room with no input for this long ends.
     pub idle_timeout: Duration,
+    /// The heart-beat interval a worker asks of the broker; the broker notices a hung
+    /// worker (and hands its rooms to a standby) after missing about two.
+    pub heartbeat: Duration,
 }
 
 impl Default for Timings {
@@ -40,6 +43,7 @@ impl Default for Timings {
         Timings {
             checkpoint_every: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(15 * 60),
+            heartbeat: Duration::from_secs(1),
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct WorkerEnv {
     pub store: Store,
     /// The broker's control plane: names, endpoints, deleting the inbox at the end.
     pub admin: Arc<dyn BrokerAdmin>,
+    /// This worker process's id, recorded in the store beside the rooms it runs.
+    pub worker_id: String,
     /// The worker's STOMP login.
     pub login: String,
     /// The worker's STOMP passcode (the worker secret, shared by every process).
@@ -115,9 +121,18 @@ where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     let names = env.admin.names();
+    let endpoints = env.admin.endpoints();
     let client = Client::connect(
-        &env.admin.endpoints().worker_url,
-        ConnectOptions::login(env.login.clone(), env.passcode.clone()),
+        &endpoints.worker_url,
+        ConnectOptions {
+            host: endpoints.vhost.clone(),
+            // A hung worker is noticed by its missing heart-beats: keep them frequent.
+            heartbeat: (
+                env.timings.heartbeat.as_millis() as u64,
+                env.timings.heartbeat.as_millis() as u64,
+            ),
+            ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
+        },
     )
     .await?;
     // The inbox has one active consumer at a time. This subscription stands by until the
@@ -144,10 +159,16 @@ where
         first = sub.recv() => first.ok_or_else(|| closed(&client))?,
     };
     let mut worker = RoomWorker::new(room_id, msg);
-    if let Some(cp) = env.store.checkpoint(room_id).await? {
-        tracing::debug!(room = %room_id, seq = cp.seq, "active; resuming from checkpoint");
+    let checkpoint = env.store.checkpoint(room_id).await?;
+    tracing::info!(
+        room = %room_id,
+        seq = checkpoint.as_ref().map_or(0, |c| c.seq),
+        "active: this worker runs the room"
+    );
+    if let Some(cp) = checkpoint {
         worker.restore(cp)?;
     }
+    env.store.set_room_worker(room_id, &env.worker_id).await?;
     let mut pending = Some(first);
 
     let tick_every = worker.tick_interval();

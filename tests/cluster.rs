@@ -1,0 +1,689 @@
+//! Cluster mode end to end: a RabbitMQ node of its own (`scripts/rabbitmq-node`, with the
+//! HTTP auth backend pointing at the first lobby), PostgreSQL (a fresh database per
+//! test), and real `game-server` processes as lobbies and workers, killed for real.
+//!
+//! The node's auth backend asks the lobby at 127.0.0.1:18080, so these tests take turns.
+//! `tests/run` starts the node and passes its URL in `GSL_TEST_BROKER`; without it, the
+//! first test starts the node itself.
+
+use e2e_tests::{create_room_at, http, join_ticket, json_of, WAIT};
+use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
+use game_server_less::store::Store;
+use game_server_less::token::Signer;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where the test node's auth backend asks: the first lobby of every test listens here.
+const AUTH_LOBBY: &str = "127.0.0.1:18080";
+const SECRET: &str = "cluster-test-secret";
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// The `game-server` binary next to this test's (`tests/run` builds the workspace first).
+fn game_server_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("game-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p game-server` first (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `--broker` URL of the test node, starting the node if need be.
+fn broker_url() -> String {
+    if let Ok(url) = std::env::var("GSL_TEST_BROKER") {
+        return url;
+    }
+    let script = repo().join("scripts/rabbitmq-node");
+    let up = Command::new(&script).arg("url").output().unwrap();
+    let url = String::from_utf8_lossy(&up.stdout).trim().to_owned();
+    if up.status.success() && std::net::TcpStream::connect("127.0.0.1:5682").is_ok() {
+        return url;
+    }
+    eprintln!("starting a RabbitMQ node for the cluster tests (scripts/rabbitmq-node)");
+    let started = Command::new(&script)
+        .args(["start", "--lobby", &format!("http://{AUTH_LOBBY}")])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "scripts/rabbitmq-node start failed: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    String::from_utf8_lossy(&started.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql runs (PostgreSQL's client)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL database of the test's own, dropped at the end.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn new(tag: &str) -> Database {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("gsl_{tag}_{nanos}");
+        psql(&format!("CREATE DATABASE {name}"));
+        Database {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Every process's log lines, in the order they arrived: (when, process index, line).
+type Log = Arc<Mutex<Vec<(Instant, usize, String)>>>;
+
+/// A `game-server` process whose output goes to the shared log.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(args: &[String], index: usize, log: &Log) -> Process {
+        let mut child = Command::new(game_server_bin())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push((Instant::now(), index, line));
+                }
+            });
+        }
+        Process { child }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lobbies and workers on one RabbitMQ and one PostgreSQL database.
+struct Cluster {
+    broker: String,
+    db: Database,
+    lobbies: Vec<String>,
+    processes: Vec<Process>,
+    log: Log,
+}
+
+impl Cluster {
+    async fn start(tag: &str, lobbies: usize, workers: usize) -> Cluster {
+        let mut cluster = Cluster {
+            broker: broker_url(),
+            db: Database::new(tag),
+            lobbies: Vec::new(),
+            processes: Vec::new(),
+            log: Log::default(),
+        };
+        for i in 0..lobbies {
+            let listen = if i == 0 {
+                AUTH_LOBBY.to_owned()
+            } else {
+                let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                free.local_addr().unwrap().to_string()
+            };
+            cluster.spawn("lobby", &["--listen", &listen]);
+            cluster.lobbies.push(format!("http://{listen}"));
+        }
+        for _ in 0..workers {
+            cluster.add_worker();
+        }
+        for lobby in cluster.lobbies.clone() {
+            let started = Instant::now();
+            while http().get(format!("{lobby}/health")).send().await.is_err() {
+                assert!(
+                    started.elapsed() < WAIT,
+                    "the lobby at {lobby} did not start:\n{}",
+                    cluster.dump()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, role: &str, extra: &[&str]) -> usize {
+        let mut args: Vec<String> = [
+            "--role",
+            role,
+            "--broker",
+            &self.broker,
+            "--store",
+            &self.db.url,
+            "--secret",
+            SECRET,
+            "--log",
+            "info,sqlx=warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let index = self.processes.len();
+        self.processes.push(Process::spawn(&args, index, &self.log));
+        index
+    }
+
+    fn add_worker(&mut self) -> usize {
+        self.spawn("worker", &[])
+    }
+
+    /// The process that most recently said it runs `room`.
+    fn active_worker(&self, room: &str) -> Option<usize> {
+        let needle = format!("room={room}");
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, _, line)| {
+                line.contains("active: this worker runs the room") && line.contains(&needle)
+            })
+            .map(|(_, index, _)| *index)
+    }
+
+    /// Waits until a worker other than `not` runs `room`; returns it.
+    async fn wait_active(&self, room: &str, not: Option<usize>) -> usize {
+        let started = Instant::now();
+        loop {
+            match self.active_worker(room) {
+                Some(w) if Some(w) != not => return w,
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no worker took room {room} over:\n{}",
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn dump(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let skip = log.len().saturating_sub(40);
+        log.iter()
+            .skip(skip)
+            .map(|(_, i, l)| format!("[{i}] {l}\n"))
+            .collect()
+    }
+
+    /// Ends every live room through the lobby (which deletes the inboxes).
+    async fn end_rooms(&self) {
+        let rooms: Value = http()
+            .get(format!("{}/rooms", self.lobbies[0]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for room in rooms.as_array().unwrap() {
+            let id = room["id"].as_str().unwrap();
+            let _ = http()
+                .delete(format!("{}/rooms/{id}", self.lobbies[0]))
+                .send()
+                .await;
+        }
+        let store = Store::open(&self.db.url).await.unwrap();
+        let started = Instant::now();
+        while !store.room_workers().await.unwrap().is_empty() && started.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A player of the cluster: its ticket's connection, sending with receipts.
+struct Player {
+    name: String,
+    inbox: String,
+    client: Client,
+    room: Subscription,
+}
+
+async fn player(lobby: &str, room: &str, name: &str, tcp: bool) -> Player {
+    let ticket = join_ticket(lobby, room, name).await;
+    let url = if tcp { &ticket.tcp_url } else { &ticket.ws_url };
+    let client = Client::connect(url, ConnectOptions::login(ticket.login, ticket.token))
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects to RabbitMQ at {url}: {e}"));
+    let room = client
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    Player {
+        name: name.to_owned(),
+        inbox: ticket.inbox,
+        client,
+        room,
+    }
+}
+
+/// What one player saw of the room: each output with its arrival time.
+type Seen = Vec<(Instant, Value)>;
+
+fn collect(
+    mut room: Subscription,
+    until: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !until.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(m) = room.recv_timeout(Duration::from_millis(100)).await {
+                seen.push((Instant::now(), json_of(&m)));
+            }
+        }
+        seen
+    })
+}
+
+/// Sends `count` chat inputs, one every `pace`, each awaiting the broker's receipt;
+/// returns the input numbers the broker accepted.
+fn chat(
+    client: Client,
+    inbox: String,
+    name: String,
+    count: u64,
+    pace: Duration,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for seq in 1..=count {
+            let body = json!({ "type": "chat", "text": format!("{name}-{seq}"), "seq": seq });
+            if client.send(&inbox, body.to_string()).await.is_ok() {
+                accepted.push(seq);
+            }
+            tokio::time::sleep(pace).await;
+        }
+        accepted
+    })
+}
+
+/// Checks one player's view: room seqs without gaps, a repeated seq always the same
+/// message. Returns the distinct outputs by seq, with when each first arrived.
+fn distinct(seen: &Seen) -> BTreeMap<u64, (Instant, Value)> {
+    let mut outputs: BTreeMap<u64, (Instant, Value)> = BTreeMap::new();
+    for (at, m) in seen {
+        let Some(seq) = m["seq"].as_u64() else {
+            continue;
+        };
+        match outputs.get(&seq) {
+            Some((_, first)) => assert_eq!(first, m, "room seq {seq} named two different messages"),
+            None => {
+                outputs.insert(seq, (*at, m.clone()));
+            }
+        }
+    }
+    let seqs: Vec<u64> = outputs.keys().copied().collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in the room's output"
+    );
+    outputs
+}
+
+/// The longest wait between two new outputs within `window` after `from`.
+fn pause_after(
+    outputs: &BTreeMap<u64, (Instant, Value)>,
+    from: Instant,
+    window: Duration,
+) -> Duration {
+    let mut arrivals: Vec<Instant> = outputs
+        .values()
+        .map(|(at, _)| *at)
+        .filter(|at| *at >= from && *at <= from + window)
+        .collect();
+    arrivals.sort();
+    let mut longest = arrivals.first().map_or(window, |first| *first - from);
+    for pair in arrivals.windows(2) {
+        longest = longest.max(pair[1] - pair[0]);
+    }
+    longest
+}
+
+#[tokio::test]
+async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_doubled() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("failover", 1, 4).await;
+    let lobby = cluster.lobbies[0].clone();
+    let room = create_room_at(&lobby).await;
+    let mut active = cluster.wait_active(&room, None).await;
+
+    let names = ["ann", "bob", "cyd"];
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut senders, mut collectors) = (Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        let p = player(&lobby, &room, name, i % 2 == 0).await;
+        collectors.push(collect(p.room, done.clone()));
+        senders.push(chat(
+            p.client,
+            p.inbox,
+            p.name,
+            500,
+            Duration::from_millis(12),
+        ));
+    }
+
+    // Mid-stream: kill -9 the worker that runs the room, then its replacement; then hang
+    // the next one with SIGSTOP.
+    let mut events = Vec::new();
+    for (what, signal) in [
+        ("kill -9", "-KILL"),
+        ("kill -9 of the replacement", "-KILL"),
+        ("SIGSTOP", "-STOP"),
+    ] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let at = Instant::now();
+        cluster.processes[active].signal(signal);
+        let next = cluster.wait_active(&room, Some(active)).await;
+        events.push((what, at, at.elapsed()));
+        active = next;
+    }
+    let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
+    for (name, sender) in names.iter().zip(senders) {
+        accepted.insert(name.to_string(), sender.await.unwrap());
+    }
+    // Let the last outputs arrive.
+    let total: usize = accepted.values().map(Vec::len).sum();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut views = Vec::new();
+    for c in collectors {
+        views.push(distinct(&c.await.unwrap()));
+    }
+    for view in &views[1..] {
+        let common: Vec<&u64> = view.keys().filter(|s| views[0].contains_key(s)).collect();
+        for seq in common {
+            assert_eq!(
+                view[seq].1, views[0][seq].1,
+                "players saw different messages as seq {seq}"
+            );
+        }
+    }
+    let outputs = &views[0];
+    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    for (seq, (_, m)) in outputs {
+        if m["type"] == "chat" {
+            let key = (
+                m["input_from"].as_str().unwrap().to_owned(),
+                m["input_seq"].as_u64().unwrap(),
+            );
+            applied.entry(key).or_default().insert(*seq);
+        }
+    }
+    let lost: Vec<(String, u64)> = accepted
+        .iter()
+        .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
+        .filter(|key| !applied.contains_key(key))
+        .collect();
+    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
+    println!(
+        "failover: accepted {total}, applied {}, lost {}, doubled {doubled} (3 players, 500 inputs each, one every 12 ms; waited {:?} for the tail)",
+        applied.len(),
+        lost.len(),
+        started.elapsed()
+    );
+    for (i, (what, at, took)) in events.iter().enumerate() {
+        // Up to the next event, so that one event's pause is not counted for another.
+        let until = events
+            .get(i + 1)
+            .map_or(Duration::from_secs(5), |next| next.1 - *at);
+        println!(
+            "  {what}: another worker took the room over after {took:?}; the players' longest pause {:?}",
+            pause_after(outputs, *at, until)
+        );
+    }
+    assert!(lost.is_empty(), "receipted inputs never applied: {lost:?}");
+    assert_eq!(doubled, 0, "inputs applied twice");
+    assert_eq!(applied.len(), total, "every applied input was receipted");
+    cluster.end_rooms().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_itself_keeps_players_to_their_own_room() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("isolation", 1, 1).await;
+    let lobby = cluster.lobbies[0].clone();
+    let (a, b) = (create_room_at(&lobby).await, create_room_at(&lobby).await);
+    let ann = join_ticket(&lobby, &a, "ann").await;
+    let cyd = join_ticket(&lobby, &a, "cyd").await;
+    let bob = join_ticket(&lobby, &b, "bob").await;
+    let connect = |login: &str, token: &str| {
+        let (url, options) = (ann.tcp_url.clone(), ConnectOptions::login(login, token));
+        async move { Client::connect(&url, options).await }
+    };
+
+    // What ann may do works...
+    let me = connect(&ann.login, &ann.token).await.unwrap();
+    let mut topic = me
+        .subscribe(&ann.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    me.subscribe(&ann.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+    me.send(&ann.inbox, r#"{"type":"chat","text":"hi","seq":1}"#)
+        .await
+        .unwrap();
+    let said = loop {
+        let m = json_of(&topic.recv_timeout(WAIT).await.unwrap());
+        if m["type"] == "chat" {
+            break m;
+        }
+    };
+    assert_eq!(said["input_from"], "ann");
+
+    // ...and RabbitMQ refuses the rest, each with an ERROR.
+    let sends = [
+        ("another room's inbox", bob.inbox.clone()),
+        (
+            "her room's inbox as another player",
+            ann.inbox.replace(".ann", ".cyd"),
+        ),
+        (
+            "her room's inbox as the lobby",
+            ann.inbox.replace(".ann", ".$lobby"),
+        ),
+        ("the room topic (forged output)", ann.topic.clone()),
+        ("the inbox queue by name", format!("/queue/gsl.room.{a}")),
+        (
+            "the inbox queue through /amq/queue",
+            format!("/amq/queue/gsl.room.{a}"),
+        ),
+    ];
+    for (what, destination) in sends {
+        let client = connect(&ann.login, &ann.token).await.unwrap();
+        let refused = client
+            .send(&destination, r#"{"type":"chat","text":"x","seq":2}"#)
+            .await;
+        println!("ann SENDs to {what} ({destination}): {refused:?}");
+        assert!(refused.is_err(), "RabbitMQ let ann send to {what}");
+    }
+    let subscriptions = [
+        ("another room's topic", bob.topic.clone()),
+        ("another player's destination", cyd.private.clone()),
+        ("her room's inbox", format!("/amq/queue/gsl.room.{a}")),
+        ("every room's topic", "/topic/room.*".to_owned()),
+    ];
+    for (what, destination) in subscriptions {
+        let client = connect(&ann.login, &ann.token).await.unwrap();
+        let refused = client
+            .subscribe(&destination, SubscribeOptions::default())
+            .await;
+        println!(
+            "ann SUBSCRIBEs to {what} ({destination}): {:?}",
+            refused.as_ref().err()
+        );
+        assert!(refused.is_err(), "RabbitMQ let ann subscribe to {what}");
+    }
+    let expired = Signer::new(SECRET.as_bytes().to_vec()).issue(&a, "ann", Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut forged = ann.token.clone();
+    forged.replace_range(forged.len() - 4.., "0000");
+    let logins = [
+        ("a forged token", ann.login.clone(), forged),
+        ("an expired token", ann.login.clone(), expired),
+        ("bob's token as ann", ann.login.clone(), bob.token.clone()),
+        (
+            "ann's token in room B",
+            format!("ann@{b}"),
+            ann.token.clone(),
+        ),
+    ];
+    for (what, login, token) in logins {
+        let refused = connect(&login, &token).await;
+        println!("CONNECT with {what}: {:?}", refused.as_ref().err());
+        assert!(refused.is_err(), "RabbitMQ let in {what}");
+    }
+    cluster.end_rooms().await;
+}
+
+#[tokio::test]
+async fn two_lobbies_and_two_workers_share_twenty_rooms() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("scale", 2, 2).await;
+    const ROOMS: usize = 20;
+    const PLAYERS: usize = 3;
+    const INPUTS: u64 = 20;
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        rooms.push(create_room_at(&cluster.lobbies[i % 2]).await);
+    }
+    // Each player chats and times each input until its own chat comes back.
+    let mut tasks = Vec::new();
+    for (r, room) in rooms.iter().enumerate() {
+        for p in 0..PLAYERS {
+            let lobby = cluster.lobbies[(r + p) % 2].clone();
+            let room = room.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("p{p}");
+                let mut me = player(&lobby, &room, &name, p % 2 == 0).await;
+                let mut rtts = Vec::new();
+                for seq in 1..=INPUTS {
+                    let sent = Instant::now();
+                    let body =
+                        json!({ "type": "chat", "text": format!("{name}-{seq}"), "seq": seq });
+                    me.client.send(&me.inbox, body.to_string()).await.unwrap();
+                    loop {
+                        let m = json_of(
+                            &me.room
+                                .recv_timeout(WAIT)
+                                .await
+                                .expect("my chat comes back"),
+                        );
+                        if m["input_from"] == name.as_str() && m["input_seq"] == seq {
+                            break;
+                        }
+                    }
+                    rtts.push(sent.elapsed());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                rtts
+            }));
+        }
+    }
+    let mut rtts = Vec::new();
+    for task in tasks {
+        rtts.extend(task.await.unwrap());
+    }
+    rtts.sort();
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, worker) in store.room_workers().await.unwrap() {
+        *per_worker
+            .entry(worker.unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
+    }
+    let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    println!(
+        "scale: {ROOMS} rooms, {} players, {} inputs; rooms per worker {per_worker:?}; round trip p50 {:?} p99 {:?} max {:?}",
+        ROOMS * PLAYERS,
+        rtts.len(),
+        pct(0.5),
+        pct(0.99),
+        rtts.last().unwrap()
+    );
+    assert_eq!(rtts.len(), ROOMS * PLAYERS * INPUTS as usize);
+    assert!(!per_worker.contains_key("none"), "every room has a worker");
+    assert_eq!(
+        per_worker.len(),
+        2,
+        "both workers run rooms: {per_worker:?}"
+    );
+    assert!(
+        per_worker.values().all(|&n| n * 10 <= ROOMS * 6),
+        "no worker holds more than 60% of the rooms: {per_worker:?}"
+    );
+    cluster.end_rooms().await;
+}
