@@ -45,7 +45,10 @@ fn broker_url() -> String {
         return url;
     }
     let script = repo().join("scripts/rabbitmq-node");
-    let up = Command::new(&script).arg("url").output().unwrap();
+    let up = Command::new(&script)
+        .args(["url", "--lobby", &format!("http://{AUTH_LOBBY}")])
+        .output()
+        .unwrap();
     let url = String::from_utf8_lossy(&up.stdout).trim().to_owned();
     if up.status.success() && std::net::TcpStream::connect("127.0.0.1:5682").is_ok() {
         return url;

@@ -610,3 +610,70 @@ async fn an_idle_room_ends_by_itself_and_frees_its_inbox() {
     assert!(!server.broker.has_queue(&inbox), "its inbox is deleted");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_lobby_runs_in_process_without_an_http_port() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let dir = temp_dir("oneshot");
+    let running = game_server_less::Server::new(
+        Server::config(&dir),
+        game_server::lobby(),
+        game_server::msg(),
+    )
+    .start()
+    .await
+    .unwrap();
+    let call = |request: Request<Body>| {
+        let router = running.router();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, room) = call(
+        Request::post("/rooms")
+            .body(Body::from(r#"{"name":"in process"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = room["id"].as_str().unwrap();
+    let (status, ticket) = call(
+        Request::post(format!("/rooms/{id}/join"))
+            .body(Body::from(r#"{"name":"ann"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, items) = call(
+        Request::get("/user/items")
+            .header(
+                "authorization",
+                format!("Bearer {}", ticket["token"].as_str().unwrap()),
+            )
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &items["player"]), (200, &json!("ann")));
+    assert_eq!(
+        call(Request::get("/nowhere").body(Body::empty()).unwrap())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        running.rooms().unwrap().list().await.unwrap()[0].players,
+        ["ann"]
+    );
+}

@@ -180,11 +180,12 @@ pub struct Args {
     /// of each can share one --broker and one PostgreSQL --store.
     #[arg(long, value_enum, default_value_t = Role::Both, env = "GSL_ROLE")]
     pub role: Role,
-    /// Secret that signs join tokens [default: one made on first start, kept in --data-dir].
+    /// Secret that signs join tokens [default: one made on first start, kept in
+    /// --data-dir]. Cluster mode needs it, the same for every lobby.
     #[arg(long, env = "GSL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// The room workers' broker passcode [default: derived from the token secret, so
-    /// processes given the same --secret agree].
+    /// The room workers' passcode with the embedded broker [default: derived from the
+    /// token secret]. In cluster mode workers log in with the --broker URL's user.
     #[arg(long, env = "GSL_WORKER_SECRET", hide_env_values = true)]
     pub worker_secret: Option<String>,
     /// A room with no input for this many seconds ends.

@@ -8,7 +8,7 @@
 //!
 //! let msg = Msg::new(|| 0u32);
 //! let server = Server::new(Config::local("data"), Lobby::new(), msg).start().await?;
-//! println!("lobby on http://{}", server.bound().http);
+//! println!("lobby on http://{}", server.bound().unwrap().http);
 //! server.serve(game_server_less::server::shutdown_signal()).await
 //! # }
 //! ```
@@ -159,6 +159,11 @@ where
 
     async fn start_cluster(self, url: &str, store: Store, signer: Signer) -> Result<Running> {
         let Server { config, lobby, msg } = self;
+        if config.role.lobby() && config.secret.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::Invalid(
+                "cluster mode needs --secret (or GSL_SECRET), the same for every lobby: each lobby signs tickets that the others and RabbitMQ's auth backend check".into(),
+            ));
+        }
         let rabbit = RabbitConfig::parse(url)?;
         let admin = Arc::new(RabbitAdmin::connect(rabbit.clone()).await?);
         let (stop_workers, shutdown) = watch::channel(false);

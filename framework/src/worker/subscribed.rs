@@ -25,6 +25,8 @@ use tokio::sync::watch;
 
 /// Inputs in flight to a worker before it must ack; bounds what a crash replays.
 const PREFETCH: u32 = 1024;
+/// How often a standby worker checks that its room still lives.
+const STANDBY_CHECK: Duration = Duration::from_secs(2);
 
 /// How often a worker does its periodic work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,8 @@ where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     let names = env.admin.names();
+    // A live room has an inbox, even if the broker lost it (declaring is idempotent).
+    env.admin.create_inbox(room_id).await?;
     let endpoints = env.admin.endpoints();
     let client = Client::connect(
         &endpoints.worker_url,
@@ -150,13 +154,24 @@ where
         )
         .await?;
     let mut shutdown = env.shutdown.clone();
-    let first = tokio::select! {
-        biased;
-        _ = stopped(&mut shutdown) => {
-            let _ = client.disconnect().await;
-            return Ok(());
+    let mut still_live = tokio::time::interval(STANDBY_CHECK);
+    let first = loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => {
+                let _ = client.disconnect().await;
+                return Ok(());
+            }
+            first = sub.recv() => break first.ok_or_else(|| closed(&client))?,
+            _ = still_live.tick() => {
+                // A room can end while this worker stands by (its active worker ends it).
+                if env.store.room(room_id).await?.is_none() {
+                    env.admin.delete_inbox(room_id).await?;
+                    let _ = client.disconnect().await;
+                    return Ok(());
+                }
+            }
         }
-        first = sub.recv() => first.ok_or_else(|| closed(&client))?,
     };
     let mut worker = RoomWorker::new(room_id, msg);
     let checkpoint = env.store.checkpoint(room_id).await?;
