@@ -6,16 +6,15 @@
 //! `tests/run` starts the node and passes its URL in `GSL_TEST_BROKER`; without it, the
 //! first test starts the node itself.
 
-use e2e_tests::{create_room_at, http, join_ticket, json_of, WAIT};
+use e2e_tests::{create_room_at, http, join_ticket, json_of, Log, Process, WAIT};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less::store::Store;
 use game_server_less::token::Signer;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where the test node's auth backend asks: the first lobby of every test listens here.
@@ -121,55 +120,6 @@ impl Drop for Database {
     }
 }
 
-/// Every process's log lines, in the order they arrived: (when, process index, line).
-type Log = Arc<Mutex<Vec<(Instant, usize, String)>>>;
-
-/// A `game-server` process whose output goes to the shared log.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    fn spawn(args: &[String], index: usize, log: &Log) -> Process {
-        let mut child = Command::new(game_server_bin())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push((Instant::now(), index, line));
-                }
-            });
-        }
-        Process { child }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Lobbies and workers on one RabbitMQ and one PostgreSQL database.
 struct Cluster {
     broker: String,
@@ -233,7 +183,8 @@ impl Cluster {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let index = self.processes.len();
-        self.processes.push(Process::spawn(&args, index, &self.log));
+        self.processes
+            .push(Process::spawn(&game_server_bin(), &args, index, &self.log));
         index
     }
 

@@ -9,8 +9,12 @@ use game_server_less::{Config, Rooms};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// How long to wait for anything that should happen.
@@ -266,6 +270,70 @@ pub async fn next_of(sub: &mut Subscription, kind: &str) -> Value {
         );
         if m["type"] == kind {
             return m;
+        }
+    }
+}
+
+/// Every process's log lines, in the order they arrived: (when, process index, line).
+pub type Log = Arc<Mutex<Vec<(Instant, usize, String)>>>;
+
+/// A process whose output goes to a shared log; killed when dropped.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Starts `program` with `args`; its output lines go to `log` as process `index`.
+    pub fn spawn(program: &Path, args: &[String], index: usize, log: &Log) -> Process {
+        let mut child = Command::new(program)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push((Instant::now(), index, line));
+                }
+            });
+        }
+        Process { child }
+    }
+
+    /// Sends `signal` (`-KILL`, `-STOP`, …) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Process {
+    /// Kills it with SIGKILL (kill -9) and waits until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // A stopped process must go on to die.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

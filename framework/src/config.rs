@@ -65,6 +65,10 @@ pub struct Config {
     pub allow_guest: bool,
     /// Heart-beat interval the embedded broker offers clients (zero turns it off).
     pub heartbeat: Duration,
+    /// Whether the embedded broker flushes each input to the disk before its receipt
+    /// (survives a machine crash); without it an input survives the process being
+    /// killed.
+    pub fsync: bool,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             timings: Timings::default(),
             allow_guest: true,
             heartbeat: Duration::from_secs(10),
+            fsync: false,
         }
     }
 }
@@ -117,7 +122,8 @@ impl Config {
         let ms = self.heartbeat.as_millis() as u64;
         BrokerConfig {
             heartbeat: (ms, ms),
-            spool: Some(self.data_dir.join("broker-spool.stomp")),
+            journal: Some(self.data_dir.join("broker.journal")),
+            journal_fsync: self.fsync,
             ..BrokerConfig::default()
         }
     }
@@ -150,8 +156,9 @@ fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
     long_about = "A realtime game server: REST lobby, STOMP 1.2 broker and room workers in one process.\n\n\
         HTTP (lobby, and STOMP over WebSocket at /ws) listens on --listen; plain STOMP over TCP \
         on --stomp-listen. Any STOMP 1.2 client can connect, e.g. stomp.py or @stomp/stompjs.\n\n\
-        Stop it with Ctrl-C: it refuses new messages, flushes what it has, and keeps messages \
-        nobody has received yet in the data directory for the next start.\n\n\
+        A receipt means the input is kept: the broker journals it in the data directory before \
+        anyone sees it, and a restart (even after kill -9) carries every room on from there. \
+        Stop it with Ctrl-C: workers checkpoint and the broker flushes its connections.\n\n\
         Cluster mode: give --broker amqp://… (RabbitMQ) and --store postgres://…, and start any \
         number of --role lobby and --role worker processes with the same --secret. Workers share \
         the rooms; when one dies, another carries its rooms on from their checkpoints."
@@ -198,6 +205,11 @@ pub struct Args {
     /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
+    /// Flush every input to the disk before the broker's receipt, so that receipted
+    /// inputs survive a machine crash (without it they survive the process being killed,
+    /// and cost no disk flush).
+    #[arg(long)]
+    pub fsync: bool,
     /// Log filter, e.g. `info`, `debug`, or `game_server_less=debug`.
     #[arg(long, default_value = "info,sqlx=warn", env = "RUST_LOG")]
     pub log: String,
@@ -222,6 +234,7 @@ impl Args {
             },
             allow_guest: !self.no_guest,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            fsync: self.fsync,
             ..defaults
         }
     }

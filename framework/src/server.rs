@@ -100,7 +100,7 @@ where
             managed_prefixes: vec![names.inbox_prefix().to_owned()],
             ..config.broker_config()
         };
-        let broker = Broker::with_authorizer(broker_config, Arc::new(authorizer));
+        let broker = Broker::open(broker_config, Arc::new(authorizer))?;
         let http = bind(config.listen, "--listen").await?;
         let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
         let bound = Bound {

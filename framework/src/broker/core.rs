@@ -3,6 +3,7 @@
 //! Every operation runs under one lock, so "the order the broker accepted messages in" is
 //! well defined, and each session's outbox receives frames in exactly that order.
 
+use super::journal::Journal;
 use super::{Authorizer, BrokerConfig, Principal};
 use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
@@ -88,6 +89,8 @@ struct Session {
 
 /// The broker's whole state.
 pub(crate) struct Core {
+    /// Where messages to named queues are kept before they are delivered or receipted.
+    journal: Option<Journal>,
     config: BrokerConfig,
     authorizer: Arc<dyn Authorizer>,
     sessions: HashMap<SessionId, Session>,
@@ -125,6 +128,12 @@ impl Refusal {
 }
 
 type Handled = Result<(), Refusal>;
+
+/// Whether a queue's messages are journaled: named queues are; the private queues
+/// behind topic subscriptions are not.
+fn journaled(queue: &str) -> bool {
+    queue.starts_with("/queue/")
+}
 
 /// Which kind of destination a name is.
 enum Dest<'a> {
@@ -188,6 +197,7 @@ const BROKER_HEADERS: [&str; 9] = [
 impl Core {
     pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Core {
         Core {
+            journal: None,
             config,
             authorizer,
             sessions: HashMap::new(),
@@ -440,6 +450,20 @@ impl Core {
                         format!("The queue holds {max} undelivered messages; the message was not accepted."),
                     ));
                 }
+                // Kept before anyone sees it: a RECEIPT, and any output a consumer makes
+                // from it, outlive the process.
+                if let Some(journal) = &mut self.journal {
+                    let msg = &item.msg;
+                    journal
+                        .publish(seq, destination, &msg.headers, &msg.body)
+                        .map_err(|e| {
+                            tracing::error!("cannot write the journal: {e}");
+                            Refusal::new(
+                                "the broker cannot keep the message",
+                                format!("Writing its journal failed ({e}); the message was not accepted."),
+                            )
+                        })?;
+                }
                 queue.ready.push_back(item);
                 self.dispatch(destination);
             }
@@ -664,6 +688,13 @@ impl Core {
             for u in done {
                 self.requeue(&u.queue, u.item);
             }
+        } else {
+            let lsns: Vec<u64> = done
+                .iter()
+                .filter(|u| journaled(&u.queue))
+                .map(|u| u.item.seq)
+                .collect();
+            self.settle(&lsns);
         }
         for queue in queues {
             self.dispatch(&queue);
@@ -759,8 +790,74 @@ impl Core {
                         item,
                     },
                 );
+            } else if journaled(queue_name) {
+                // Delivered with ack=auto: settled.
+                self.settle(&[item.seq]);
             }
         }
+    }
+
+    /// Journals that messages left their named queues for good, and compacts the
+    /// journal when it has grown to several times what it keeps.
+    fn settle(&mut self, lsns: &[u64]) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if let Err(e) = journal.settle(lsns) {
+            // Only a redelivery after a restart is at stake.
+            tracing::warn!("cannot journal {} acks: {e}", lsns.len());
+        }
+        if journal.wants_compaction() {
+            let mut kept: Vec<&Queued> = Vec::new();
+            for (name, queue) in &self.queues {
+                if journaled(name) {
+                    kept.extend(queue.ready.iter());
+                }
+            }
+            for session in self.sessions.values() {
+                kept.extend(
+                    session
+                        .unacked
+                        .values()
+                        .filter(|u| journaled(&u.queue))
+                        .map(|u| &u.item),
+                );
+            }
+            kept.sort_by_key(|q| q.seq);
+            let kept = kept
+                .into_iter()
+                .map(|q| (q.seq, &q.msg.destination, &q.msg.headers, &q.msg.body));
+            if let Err(e) = journal.compact(kept) {
+                tracing::error!("cannot compact the journal: {e}");
+            }
+        }
+    }
+
+    /// Opens the journal: the messages it kept go back in their queues, marked
+    /// redelivered, and later messages are numbered after them. Returns how many.
+    pub fn open_journal(&mut self, path: &std::path::Path, fsync: bool) -> std::io::Result<usize> {
+        let (journal, kept) = Journal::open(path, fsync)?;
+        let n = kept.len();
+        for k in kept {
+            self.next_seq = self.next_seq.max(k.lsn + 1);
+            let msg = Arc::new(Stored {
+                id: format!("m-{}", k.lsn),
+                destination: k.destination.clone(),
+                headers: k.headers,
+                body: k.body,
+            });
+            self.queues
+                .entry(k.destination)
+                .or_default()
+                .ready
+                .push_back(Queued {
+                    seq: k.lsn,
+                    msg,
+                    redelivered: true,
+                });
+        }
+        self.journal = Some(journal);
+        Ok(n)
     }
 
     /// Queues a frame for a session's writer; a session that cannot take it is closed.
@@ -785,11 +882,20 @@ impl Core {
         let Some(queue) = self.queues.remove(destination) else {
             return false;
         };
+        let mut gone: Vec<u64> = queue.ready.iter().map(|q| q.seq).collect();
         for (sid, sub_id) in queue.consumers {
             if let Some(session) = self.sessions.get_mut(&sid) {
                 session.subscriptions.remove(&sub_id);
-                session.unacked.retain(|_, u| u.queue != destination);
+                session.unacked.retain(|_, u| {
+                    if u.queue == destination {
+                        gone.push(u.item.seq);
+                    }
+                    u.queue != destination
+                });
             }
+        }
+        if journaled(destination) {
+            self.settle(&gone);
         }
         true
     }

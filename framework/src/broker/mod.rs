@@ -13,6 +13,7 @@
 //! ```
 
 mod core;
+mod journal;
 mod server;
 mod session;
 
@@ -162,8 +163,15 @@ pub struct BrokerConfig {
     /// Longest destination name.
     pub max_destination_len: usize,
     /// Where a graceful shutdown writes undelivered queue messages, and start-up reads
-    /// them back; `None` keeps nothing across restarts.
+    /// them back; `None` keeps nothing across restarts. Not needed with a journal.
     pub spool: Option<PathBuf>,
+    /// The journal: every message to a named queue is written here before it is
+    /// delivered or receipted, so it survives the process being killed; start-up puts
+    /// back what was never acked. `None` keeps queues in memory only.
+    pub journal: Option<PathBuf>,
+    /// With a journal, also flush each message to the disk before its RECEIPT (survives
+    /// a machine crash; costs a disk flush per message).
+    pub journal_fsync: bool,
     /// The CONNECTED `server` header.
     pub server_name: String,
     /// Queues whose names start with one of these exist only through
@@ -187,6 +195,8 @@ impl Default for BrokerConfig {
             max_tx_bytes: 4 * 1024 * 1024,
             max_destination_len: 255,
             spool: None,
+            journal: None,
+            journal_fsync: false,
             server_name: format!("game-server-less/{}", env!("CARGO_PKG_VERSION")),
             managed_prefixes: Vec::new(),
         }
@@ -214,13 +224,38 @@ impl Broker {
     }
 
     /// A broker whose connections `authorizer` checks.
+    ///
+    /// # Panics
+    ///
+    /// When the configured journal cannot be opened; [`Broker::open`] returns the error.
     pub fn with_authorizer(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Broker {
+        Broker::open(config, authorizer).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A broker whose connections `authorizer` checks, with what its journal (or spool)
+    /// kept put back in its queues.
+    pub fn open(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Result<Broker> {
         let spool = config.spool.clone();
+        let journal = config.journal.clone();
+        let fsync = config.journal_fsync;
         let broker = Broker {
             core: Arc::new(Mutex::new(Core::new(config, authorizer))),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
         };
+        if let Some(path) = journal {
+            let n = broker.lock().open_journal(&path, fsync).map_err(|e| {
+                crate::Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open the broker's journal {}: {e}", path.display()),
+                ))
+            })?;
+            if n > 0 {
+                tracing::info!(
+                    "the journal kept {n} messages not yet acked; they are back in their queues"
+                );
+            }
+        }
         if let Some(path) = spool {
             match server::restore_spool(&broker, &path) {
                 Ok(0) => {}
@@ -230,7 +265,7 @@ impl Broker {
                 Err(e) => tracing::error!("cannot restore the spool {}: {e}", path.display()),
             }
         }
-        broker
+        Ok(broker)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
