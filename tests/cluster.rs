@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 /// Where the test node's auth backend asks: the first lobby of every test listens here.
 const AUTH_LOBBY: &str = "127.0.0.1:18080";
 const SECRET: &str = "cluster-test-secret";
+const OPERATOR: &str = "cluster-test-operator";
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn repo() -> &'static Path {
@@ -175,6 +176,8 @@ impl Cluster {
             &self.db.url,
             "--secret",
             SECRET,
+            "--operator-secret",
+            OPERATOR,
             "--log",
             "info,sqlx=warn",
         ]
@@ -246,6 +249,7 @@ impl Cluster {
             let id = room["id"].as_str().unwrap();
             let _ = http()
                 .delete(format!("{}/rooms/{id}", self.lobbies[0]))
+                .bearer_auth(OPERATOR)
                 .send()
                 .await;
         }
@@ -289,16 +293,32 @@ type Seen = Vec<(Instant, Value)>;
 fn collect(
     mut room: Subscription,
     until: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Seen> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
+) -> (Arc<std::sync::Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(std::sync::Mutex::new(Seen::new()));
+    let sink = seen.clone();
+    let task = tokio::spawn(async move {
         while !until.load(std::sync::atomic::Ordering::Relaxed) {
             if let Ok(m) = room.recv_timeout(Duration::from_millis(100)).await {
-                seen.push((Instant::now(), json_of(&m)));
+                sink.lock().unwrap().push((Instant::now(), json_of(&m)));
             }
         }
-        seen
-    })
+    });
+    (seen, task)
+}
+
+/// How many chat inputs `seen` shows applied (distinct input numbers per player).
+fn chats_applied(seen: &Seen) -> usize {
+    let keys: HashSet<(String, u64)> = seen
+        .iter()
+        .filter(|(_, m)| m["type"] == "chat")
+        .filter_map(|(_, m)| {
+            Some((
+                m["input_from"].as_str()?.to_owned(),
+                m["input_seq"].as_u64()?,
+            ))
+        })
+        .collect();
+    keys.len()
 }
 
 /// Sends `count` chat inputs, one every `pace`, each awaiting the broker's receipt;
@@ -407,14 +427,21 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
     for (name, sender) in names.iter().zip(senders) {
         accepted.insert(name.to_string(), sender.await.unwrap());
     }
-    // Let the last outputs arrive.
+    // Let the last outputs arrive: the worker that took over last may still be working
+    // through what queued up while it stood by.
     let total: usize = accepted.values().map(Vec::len).sum();
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    while chats_applied(&collectors[0].0.lock().unwrap()) < total
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled arrives too
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut views = Vec::new();
-    for c in collectors {
-        views.push(distinct(&c.await.unwrap()));
+    for (seen, task) in collectors {
+        task.await.unwrap();
+        views.push(distinct(&seen.lock().unwrap()));
     }
     for view in &views[1..] {
         let common: Vec<&u64> = view.keys().filter(|s| views[0].contains_key(s)).collect();
@@ -541,7 +568,17 @@ async fn rabbitmq_itself_keeps_players_to_their_own_room() {
         );
         assert!(refused.is_err(), "RabbitMQ let ann subscribe to {what}");
     }
-    let expired = Signer::new(SECRET.as_bytes().to_vec()).issue(&a, "ann", Duration::ZERO);
+    let ann_join = ann.token.split('.').nth(3).unwrap();
+    let expired =
+        Signer::new(SECRET.as_bytes().to_vec()).issue(&a, "ann", ann_join, Duration::ZERO);
+    // A player who left: its token is revoked.
+    let left = http()
+        .post(format!("{lobby}/rooms/{a}/leave"))
+        .bearer_auth(&cyd.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 204);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut forged = ann.token.clone();
     forged.replace_range(forged.len() - 4.., "0000");
@@ -581,7 +618,7 @@ async fn two_lobbies_and_two_workers_share_twenty_rooms() {
             let lobby = cluster.lobbies[(r + p) % 2].clone();
             let room = room.clone();
             tasks.push(tokio::spawn(async move {
-                let name = format!("p{p}");
+                let name = format!("p{p}-{r}");
                 let mut me = player(&lobby, &room, &name, p % 2 == 0).await;
                 let mut rtts = Vec::new();
                 for seq in 1..=INPUTS {

@@ -209,15 +209,28 @@ async fn bad_and_foreign_tokens_are_refused() {
 async fn ending_a_room_deletes_its_inbox_and_tells_the_players() {
     let dir = temp_dir("end");
     let server = Server::game(&dir).await;
-    let room = server.create_room().await;
+    let (room, owner) = server.create_owned_room().await;
     let mut ann = Player::join(&server, &room, "ann", false).await;
-    let status = http()
-        .delete(format!("{}/rooms/{room}", server.http))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 204);
+    let delete = |token: Option<&str>| {
+        let mut request = http().delete(format!("{}/rooms/{room}", server.http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(delete(None).await, 401, "anyone may not end a room");
+    assert_eq!(
+        delete(Some(&ann.ticket.token)).await,
+        403,
+        "a player may not"
+    );
+    let (_, other_owner) = server.create_owned_room().await;
+    assert_eq!(
+        delete(Some(&other_owner)).await,
+        403,
+        "another room's owner may not"
+    );
+    assert_eq!(delete(Some(&owner)).await, 204, "its creator may");
     let ended = ann.next_on_room("room_ended").await;
     assert_eq!(ended["reason"], "ended by the lobby");
     let status = server.get_status(&format!("/rooms/{room}")).await;
@@ -474,25 +487,58 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
             "{method} {path}: {error}"
         );
     }
-    // Joining and leaving show in the room list; a name in use needs its token.
-    let ticket = server.join(&room, "ann").await;
+    // Joining and leaving show in the room list; a name in use needs its key.
+    let first = server.join(&room, "ann").await;
+    let key = first
+        .player_key
+        .clone()
+        .expect("the first join claims the name");
     let taken = http()
         .post(format!("{}/rooms/{room}/join", server.http))
         .json(&json!({ "name": "ann" }))
         .send()
         .await
         .unwrap();
-    assert_eq!(taken.status(), 409);
+    assert_eq!(taken.status(), 403);
     let rejoin = http()
         .post(format!("{}/rooms/{room}/join", server.http))
-        .bearer_auth(&ticket.token)
-        .json(&json!({ "name": "ann" }))
+        .json(&json!({ "name": "ann", "key": key }))
         .send()
         .await
         .unwrap();
-    assert_eq!(rejoin.status(), 200, "the token's holder may rejoin");
+    assert_eq!(rejoin.status(), 200, "the key's holder may rejoin");
+    let ticket: game_server_less::proto::Ticket = rejoin.json().await.unwrap();
+    assert_eq!(ticket.player_key, None, "the key is answered once");
     let view: Value = server.get_json(&format!("/rooms/{room}")).await;
-    assert_eq!(view["players"], json!(["ann"]));
+    assert_eq!(
+        (view["players"].clone(), view["players_online"].clone()),
+        (json!([]), json!(1))
+    );
+    assert!(view["players_hidden"]
+        .as_str()
+        .unwrap()
+        .contains("room's players"));
+    let seen: Value = http()
+        .get(format!("{}/rooms/{room}", server.http))
+        .bearer_auth(&ticket.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["players"], json!(["ann"]), "a member sees who is in");
+    let stale = http()
+        .post(format!("{}/rooms/{room}/leave", server.http))
+        .bearer_auth(&first.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.status(),
+        401,
+        "joining again revoked the first ticket"
+    );
     let left = http()
         .post(format!("{}/rooms/{room}/leave", server.http))
         .bearer_auth(&ticket.token)
@@ -574,14 +620,35 @@ async fn tickets_outlive_a_server_restart() {
 
     let server = Server::start_with(lobby(), panicky(), config()).await;
     let status = http()
-        .post(format!("{}/rooms/{room}/join", server.http))
+        .get(format!("{}/rooms/{room}", server.http))
         .bearer_auth(&ann.token)
-        .json(&json!({ "name": "ann" }))
         .send()
         .await
         .unwrap()
-        .status();
-    assert_eq!(status, 200, "the old token still proves who ann is");
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["players"],
+        json!(["ann"]),
+        "the old token still proves who ann is"
+    );
+    let tcp_url = server.rooms.admin().endpoints().tcp_url.clone();
+    let options = ConnectOptions::login(ann.login.clone(), ann.token.clone());
+    let client = Client::connect(&tcp_url, options).await;
+    assert!(
+        client.is_ok(),
+        "and still opens the broker: {:?}",
+        client.err()
+    );
+    let key = ann.player_key.unwrap();
+    let rejoin = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .json(&json!({ "name": "ann", "key": key }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejoin.status(), 200, "and so does ann's key");
     server.stop().await;
 }
 
@@ -673,7 +740,20 @@ async fn the_lobby_runs_in_process_without_an_http_port() {
         404
     );
     assert_eq!(
-        running.rooms().unwrap().list().await.unwrap()[0].players,
+        running
+            .rooms()
+            .unwrap()
+            .list(
+                &game_server_less::rooms::Viewer {
+                    operator: true,
+                    member: None
+                },
+                0,
+                10
+            )
+            .await
+            .unwrap()[0]
+            .players,
         ["ann"]
     );
 }

@@ -133,6 +133,23 @@ impl Server {
         create_room_at(&self.http).await
     }
 
+    /// `POST /rooms`; returns the room id and its owner token.
+    pub async fn create_owned_room(&self) -> (String, String) {
+        let room: Value = http()
+            .post(format!("{}/rooms", self.http))
+            .json(&json!({ "name": "e2e" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            room["id"].as_str().unwrap().to_owned(),
+            room["owner_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// `POST /rooms/{id}/join` as `name`.
     pub async fn join(&self, room: &str, name: &str) -> Ticket {
         join_ticket(&self.http, room, name).await
@@ -196,6 +213,15 @@ impl Player {
     /// the broker its ticket names.
     pub async fn join_at(lobby: &str, room: &str, name: &str, tcp: bool) -> Player {
         let ticket = join_ticket(lobby, room, name).await;
+        Player::connect(ticket, tcp).await
+    }
+
+    /// Plays with a ticket already in hand, over TCP.
+    pub async fn join_with(ticket: Ticket) -> Player {
+        Player::connect(ticket, true).await
+    }
+
+    async fn connect(ticket: Ticket, tcp: bool) -> Player {
         let url = if tcp { &ticket.tcp_url } else { &ticket.ws_url };
         let client = Client::connect(
             url,

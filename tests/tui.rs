@@ -98,8 +98,10 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
         socket: format!("gsl-test-{}", std::process::id()),
     };
     // After the client, the shell says how it exited, on whatever screen the client left.
+    // Its player keys go to the test's own config directory.
     let command = format!(
-        "{} --server {} --name ann --room {room}; echo client-exited-$?; sleep 60",
+        "GSL_CONFIG_DIR={} {} --server {} --name ann --room {room}; echo client-exited-$?; sleep 60",
+        dir.join("client-config").display(),
         client_binary().display(),
         server.http
     );
@@ -118,6 +120,11 @@ async fn a_player_moves_and_sees_another_players_chat_in_the_terminal() {
     let online = |s: &str| position(s).is_some() && s.contains(" online | room");
     let screen = tokio::task::block_in_place(|| tmux.wait_for("the game screen", online));
     let start = position(&screen).unwrap();
+    let keys = std::fs::read_to_string(dir.join("client-config/keys.json")).unwrap();
+    assert!(
+        keys.contains("k1.ann."),
+        "the client keeps ann's player key: {keys}"
+    );
     assert!(screen.contains('@'), "{screen}");
 
     // The spawn points have floor to their right.

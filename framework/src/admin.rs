@@ -40,6 +40,10 @@ pub trait BrokerAdmin: Send + Sync + 'static {
     /// players' inputs, with `user-id` [`LOBBY_USER`], which no player can forge.
     fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>>;
 
+    /// Closes the connections `player` of `room` has open (its ticket was revoked);
+    /// returns how many.
+    fn disconnect<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<usize>>;
+
     /// Open client connections, where the broker can tell.
     fn connections(&self) -> Option<usize>;
 }
@@ -101,6 +105,14 @@ impl BrokerAdmin for EmbeddedAdmin {
                 ("content-type".to_owned(), "application/json".to_owned()),
             ];
             self.broker.publish(&inbox, headers, body)
+        })
+    }
+
+    fn disconnect<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            Ok(self
+                .broker
+                .kick_where(|p| p.name == player && p.tag.as_deref() == Some(room)))
         })
     }
 

@@ -5,6 +5,8 @@
 
 use crate::broker::{default_can_send, default_can_subscribe, Authorizer, Principal};
 use crate::names::{Names, GUEST, INPUT_EXCHANGE, WORKER_USER};
+use crate::rooms::Joins;
+use crate::store::Store;
 use crate::token::Signer;
 use std::net::SocketAddr;
 
@@ -12,6 +14,7 @@ use std::net::SocketAddr;
 pub struct GameAuthorizer {
     signer: Signer,
     names: Names,
+    joins: Joins,
     worker_secret: String,
     allow_guest: bool,
 }
@@ -25,12 +28,19 @@ impl std::fmt::Debug for GameAuthorizer {
 }
 
 impl GameAuthorizer {
-    /// Checks tokens with `signer`, workers against `worker_secret`, and lets `guest` in
-    /// from loopback if `allow_guest`.
-    pub fn new(signer: Signer, names: Names, worker_secret: String, allow_guest: bool) -> Self {
+    /// Checks tokens with `signer` and against the current `joins`, workers against
+    /// `worker_secret`, and lets `guest` in from loopback if `allow_guest`.
+    pub fn new(
+        signer: Signer,
+        names: Names,
+        joins: Joins,
+        worker_secret: String,
+        allow_guest: bool,
+    ) -> Self {
         GameAuthorizer {
             signer,
             names,
+            joins,
             worker_secret,
             allow_guest,
         }
@@ -45,6 +55,7 @@ impl GameAuthorizer {
                 self.names.topic(room),
                 self.names.private(room, player),
             ]),
+            tag: Some(room.to_owned()),
         }
     }
 
@@ -85,6 +96,12 @@ impl Authorizer for GameAuthorizer {
             .filter(|p| !p.is_empty())
             .ok_or("send the token of your join ticket (POST /rooms/{id}/join) as the passcode")?;
         let claims = self.signer.verify(token)?;
+        if !self
+            .joins
+            .is_current(&claims.room, &claims.player, &claims.join)
+        {
+            return Err("this ticket was revoked: its player left the room, was kicked, or joined again; join again for a new one".into());
+        }
         if let Some(login) = login.filter(|l| !l.is_empty()) {
             if login != claims.player {
                 return Err(format!(
@@ -121,6 +138,7 @@ impl Authorizer for GameAuthorizer {
 pub struct RabbitAuth {
     signer: Signer,
     names: Names,
+    store: Store,
 }
 
 impl std::fmt::Debug for RabbitAuth {
@@ -137,13 +155,18 @@ fn player_login(username: &str) -> Option<(&str, &str)> {
 }
 
 impl RabbitAuth {
-    /// Checks tokens with `signer`; destinations are spelled by `names`.
-    pub fn new(signer: Signer, names: Names) -> RabbitAuth {
-        RabbitAuth { signer, names }
+    /// Checks tokens with `signer` and whether their join is current in `store`;
+    /// destinations are spelled by `names`.
+    pub fn new(signer: Signer, names: Names, store: Store) -> RabbitAuth {
+        RabbitAuth {
+            signer,
+            names,
+            store,
+        }
     }
 
     /// May `username` log in with `password`? Why not, if not.
-    pub fn user(&self, username: &str, password: &str) -> Result<(), String> {
+    pub async fn user(&self, username: &str, password: &str) -> Result<(), String> {
         let (player, room) =
             player_login(username).ok_or("log in as PLAYER@ROOM, the login of your join ticket")?;
         let claims = self.signer.verify(password)?;
@@ -153,7 +176,11 @@ impl RabbitAuth {
                 claims.player, claims.room
             ));
         }
-        Ok(())
+        match self.store.player_join(room, player).await {
+            Ok(Some(join)) if join == claims.join => Ok(()),
+            Ok(_) => Err("the ticket was revoked (left, kicked, or joined again)".into()),
+            Err(e) => Err(format!("the store cannot say: {e}")),
+        }
     }
 
     /// May `username` use the virtual host?
@@ -206,19 +233,26 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn rabbitmq_lets_a_player_reach_its_own_room_only() {
+    #[tokio::test]
+    async fn rabbitmq_lets_a_player_reach_its_own_room_only() {
         let signer = Signer::new(b"s".to_vec());
-        let auth = RabbitAuth::new(signer.clone(), Names::rabbitmq());
-        let token = signer.issue("r1", "ann", Duration::from_secs(60));
-        assert_eq!(auth.user("ann@r1", &token), Ok(()));
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.create_room("r1", "r").await.unwrap();
+        store.add_player("r1", "ann", "j1").await.unwrap();
+        let auth = RabbitAuth::new(signer.clone(), Names::rabbitmq(), store.clone());
+        let token = signer.issue("r1", "ann", "j1", Duration::from_secs(60));
+        assert_eq!(auth.user("ann@r1", &token).await, Ok(()));
+        let as_bob = auth.user("bob@r1", &token).await;
+        assert!(as_bob.unwrap_err().contains("not bob@r1"));
+        assert!(auth.user("ann@r2", &token).await.is_err());
+        assert!(auth.user("ann", &token).await.is_err());
         assert!(auth
-            .user("bob@r1", &token)
-            .unwrap_err()
-            .contains("not bob@r1"));
-        assert!(auth.user("ann@r2", &token).is_err());
-        assert!(auth.user("ann", &token).is_err());
-        assert!(auth.user("ann@r1", "v1.r1.ann.9999999999.00").is_err());
+            .user("ann@r1", "v2.r1.ann.j1.9999999999.00")
+            .await
+            .is_err());
+        store.rejoin_player("r1", "ann", "j2").await.unwrap();
+        let revoked = auth.user("ann@r1", &token).await;
+        assert!(revoked.unwrap_err().contains("revoked"));
 
         assert!(auth.topic("ann@r1", "amq.topic", "read", "room.r1"));
         assert!(auth.topic("ann@r1", "amq.topic", "read", "room.r1.player.ann"));

@@ -59,6 +59,9 @@ pub struct Config {
     pub worker_secret: Option<String>,
     /// How long a join token is valid.
     pub ticket_ttl: Duration,
+    /// A secret that may end any room and kick any player (`Authorization: Bearer`);
+    /// `None`: only a room's creator may, with its owner token.
+    pub operator_secret: Option<String>,
     /// Room workers' checkpoint and idle periods.
     pub timings: Timings,
     /// Whether `guest`/`guest` may connect to the embedded broker (from loopback only).
@@ -83,6 +86,7 @@ impl Default for Config {
             secret: None,
             worker_secret: None,
             ticket_ttl: Duration::from_secs(24 * 3600),
+            operator_secret: None,
             timings: Timings::default(),
             allow_guest: true,
             heartbeat: Duration::from_secs(10),
@@ -114,6 +118,14 @@ impl Config {
         match self.secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => Ok(secret.as_bytes().to_vec()),
             None => stored_secret(&self.data_dir),
+        }
+    }
+
+    /// The room service's settings.
+    pub fn room_settings(&self) -> crate::rooms::RoomSettings {
+        crate::rooms::RoomSettings {
+            ticket_ttl: self.ticket_ttl,
+            operator_secret: self.operator_secret.clone().filter(|s| !s.is_empty()),
         }
     }
 
@@ -195,6 +207,10 @@ pub struct Args {
     /// token secret]. In cluster mode workers log in with the --broker URL's user.
     #[arg(long, env = "GSL_WORKER_SECRET", hide_env_values = true)]
     pub worker_secret: Option<String>,
+    /// A secret that may end any room and kick any player, as `Authorization: Bearer`
+    /// [default: none; only a room's creator may, with the owner token POST /rooms answers].
+    #[arg(long, env = "GSL_OPERATOR_SECRET", hide_env_values = true)]
+    pub operator_secret: Option<String>,
     /// A room with no input for this many seconds ends.
     #[arg(long, default_value_t = 900)]
     pub room_idle_secs: u64,
@@ -228,6 +244,7 @@ impl Args {
             role: self.role,
             secret: self.secret.clone(),
             worker_secret: self.worker_secret.clone(),
+            operator_secret: self.operator_secret.clone(),
             timings: Timings {
                 idle_timeout: Duration::from_secs(self.room_idle_secs),
                 ..defaults.timings

@@ -43,6 +43,9 @@ pub enum Error {
     /// A request that is not well formed (a bad name).
     #[error("{0}")]
     Invalid(String),
+    /// A request that needs credentials it did not bring (or brought expired or revoked).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A request the caller may not make.
     #[error("{0}")]
     Forbidden(String),

@@ -2,18 +2,18 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /rooms` | create a room (`{"name": …}` optional) |
-//! | `GET /rooms` | list live rooms with their players |
+//! | `POST /rooms` | create a room (`{"name": …}` optional); answers its `owner_token` |
+//! | `GET /rooms?offset=0&limit=100` | live rooms (player names for members and the operator) |
 //! | `GET /rooms/{id}` | one room |
-//! | `POST /rooms/{id}/join` | join as `{"name": …}`; answers a [`Ticket`] |
+//! | `POST /rooms/{id}/join` | join as `{"name": …, "key": …}`; answers a [`Ticket`] |
 //! | `POST /rooms/{id}/leave` | leave (the caller, by its ticket's token) |
-//! | `DELETE /rooms/{id}` | end a room |
+//! | `DELETE /rooms/{id}/players/{name}` | kick a player (owner token or operator secret) |
+//! | `DELETE /rooms/{id}` | end a room (owner token or operator secret) |
 //! | `GET /health` | liveness and counts |
 
 use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
-use crate::rooms::Rooms;
-use crate::token::Claims;
+use crate::rooms::{key_name, Rooms, Viewer};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -66,6 +66,10 @@ impl Lobby {
             .route("/rooms/{id}", get(get_room).delete(delete_room))
             .route("/rooms/{id}/join", post(join_room))
             .route("/rooms/{id}/leave", post(leave_room))
+            .route(
+                "/rooms/{id}/players/{name}",
+                axum::routing::delete(kick_player),
+            )
             .merge(self.router)
             .fallback(not_found)
             .with_state(rooms)
@@ -114,6 +118,7 @@ impl From<crate::Error> for ApiError {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             _ => {
                 tracing::error!("lobby request failed: {e}");
@@ -127,14 +132,14 @@ impl From<crate::Error> for ApiError {
 /// The result of a lobby handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// The player calling, from the `Authorization: Bearer TOKEN` header, where TOKEN is the
-/// token of a join [`Ticket`].
+/// The player calling, from the `Authorization: Bearer …` header: the token of a current
+/// join [`Ticket`], or the player's key.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The player (user) name.
     pub player: String,
-    /// The room the token was issued for.
-    pub room: String,
+    /// The room of the join token, if the caller showed one (not with a player key).
+    pub room: Option<String>,
 }
 
 impl FromRequestParts<Rooms> for Caller {
@@ -144,14 +149,31 @@ impl FromRequestParts<Rooms> for Caller {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer TOKEN (the token from POST /rooms/{id}/join)",
+                "missing Authorization: Bearer TOKEN (the token from POST /rooms/{id}/join, or your player key)",
             )
         })?;
-        let Claims { room, player, .. } = rooms
-            .signer()
-            .verify(token)
-            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why))?;
-        Ok(Caller { player, room })
+        if key_name(token).is_some() {
+            let player = rooms.key_owner(token).await?;
+            return Ok(Caller { player, room: None });
+        }
+        let claims = rooms.member(token).await?;
+        Ok(Caller {
+            player: claims.player,
+            room: Some(claims.room),
+        })
+    }
+}
+
+/// Who is asking, for what the lobby shows: a current member of a room, the operator, or
+/// anyone.
+async fn viewer(rooms: &Rooms, headers: &axum::http::HeaderMap) -> Viewer {
+    let token = bearer(headers);
+    Viewer {
+        operator: rooms.is_operator(token),
+        member: match token {
+            Some(t) if !rooms.is_operator(Some(t)) => rooms.member(t).await.ok(),
+            _ => None,
+        },
     }
 }
 
@@ -183,6 +205,23 @@ struct CreateRoom {
 #[serde(deny_unknown_fields)]
 struct JoinRoom {
     name: Option<String>,
+    /// The name's player key, from its first join.
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "Page::default_limit")]
+    limit: usize,
+}
+
+impl Page {
+    fn default_limit() -> usize {
+        100
+    }
 }
 
 async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
@@ -206,12 +245,25 @@ async fn create_room(
     Ok((StatusCode::CREATED, Json(room)))
 }
 
-async fn list_rooms(State(rooms): State<Rooms>) -> ApiResult<Json<Vec<RoomView>>> {
-    Ok(Json(rooms.list().await?))
+async fn list_rooms(
+    State(rooms): State<Rooms>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> ApiResult<Json<Vec<RoomView>>> {
+    if !(1..=1000).contains(&page.limit) {
+        return Err(ApiError::bad_request("limit is 1 to 1000 rooms"));
+    }
+    let viewer = viewer(&rooms, &headers).await;
+    Ok(Json(rooms.list(&viewer, page.offset, page.limit).await?))
 }
 
-async fn get_room(State(rooms): State<Rooms>, Path(id): Path<String>) -> ApiResult<Json<RoomView>> {
-    Ok(Json(rooms.get(&id).await?))
+async fn get_room(
+    State(rooms): State<Rooms>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<RoomView>> {
+    let viewer = viewer(&rooms, &headers).await;
+    Ok(Json(rooms.get(&id, &viewer).await?))
 }
 
 async fn join_room(
@@ -224,26 +276,53 @@ async fn join_room(
     let name = req
         .name
         .ok_or_else(|| ApiError::bad_request("say who joins: {\"name\": \"alice\"}"))?;
-    // Rejoining (after a crash, say) takes the ticket that player already holds.
-    Ok(Json(rooms.join(&id, &name, bearer(&headers)).await?))
+    // The name's key, in the body or as the bearer.
+    let key = req
+        .key
+        .as_deref()
+        .or(bearer(&headers).filter(|b| key_name(b).is_some()));
+    Ok(Json(rooms.join(&id, &name, key).await?))
 }
 
 async fn leave_room(
     State(rooms): State<Rooms>,
     Path(id): Path<String>,
-    caller: Caller,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
-    if caller.room != id {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer TOKEN (the token of your join ticket)",
+        )
+    })?;
+    let member = rooms.member(token).await?;
+    if member.room != id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("your token is for room {}, not {id}", caller.room),
+            format!("your token is for room {}, not {id}", member.room),
         ));
     }
-    rooms.leave(&id, &caller.player).await?;
+    rooms.leave(&member).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_room(State(rooms): State<Rooms>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn kick_player(
+    State(rooms): State<Rooms>,
+    Path((id, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<StatusCode> {
+    rooms.may_manage(&id, bearer(&headers))?;
+    rooms.kick(&id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_room(
+    State(rooms): State<Rooms>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<StatusCode> {
+    rooms.record(&id).await?;
+    rooms.may_manage(&id, bearer(&headers))?;
     rooms.end(&id, "ended by the lobby").await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -265,7 +344,7 @@ pub fn rabbitmq_auth_router(auth: RabbitAuth) -> Router {
     }
     async fn user(State(auth): State<RabbitAuth>, p: Params) -> &'static str {
         let username = param(&p, "username");
-        match auth.user(username, param(&p, "password")) {
+        match auth.user(username, param(&p, "password")).await {
             Ok(()) => "allow",
             Err(why) => {
                 tracing::info!(username, "RabbitMQ login refused: {why}");

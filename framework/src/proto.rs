@@ -10,12 +10,20 @@ pub struct RoomView {
     pub id: String,
     /// Its display name.
     pub name: String,
-    /// Players in it.
+    /// Players in it, for those who may see them (see `players_hidden`).
     pub players: Vec<String>,
     /// How many players are in it.
     pub players_online: usize,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
+    /// Why `players` is empty although `players_online` is not: names are shown to the
+    /// room's own players and the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub players_hidden: Option<String>,
+    /// The room's owner token, in the answer to its creation only: it ends the room and
+    /// kicks players (`Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_token: Option<String>,
 }
 
 /// What joining a room answers: everything a client needs to play, with no destination
@@ -42,6 +50,10 @@ pub struct Ticket {
     pub topic: String,
     /// Where this player alone hears the room (SUBSCRIBE): replies and errors.
     pub private: String,
+    /// On the first join with a name: the key that owns the name from now on. Keep it;
+    /// every later join with the name must present it (`"key"` in the join request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_key: Option<String>,
 }
 
 /// A name a person chose: 1 to 32 letters, digits, `-` or `_`.

@@ -289,6 +289,37 @@ impl BrokerAdmin for RabbitAdmin {
         })
     }
 
+    fn disconnect<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let login = self.names.login(room, player);
+            let connections = self
+                .call(reqwest::Method::GET, "/connections?columns=name,user", None)
+                .await?;
+            let mut closed = 0;
+            for c in connections.as_array().into_iter().flatten() {
+                if c["user"] != login.as_str() {
+                    continue;
+                }
+                let name = c["name"].as_str().unwrap_or_default();
+                let path = format!(
+                    "/connections/{}",
+                    url::form_urlencoded::byte_serialize(name.as_bytes())
+                        .collect::<String>()
+                        .replace('+', "%20")
+                );
+                // Gone already is as good as closed.
+                if self
+                    .call(reqwest::Method::DELETE, &path, None)
+                    .await
+                    .is_ok()
+                {
+                    closed += 1;
+                }
+            }
+            Ok(closed)
+        })
+    }
+
     fn connections(&self) -> Option<usize> {
         None
     }

@@ -1,15 +1,83 @@
-//! The room service: create, list, join, leave and end rooms. It keeps the store, the
-//! broker's inboxes and the room workers in step, and knows nothing of HTTP: the lobby
-//! serves it over axum, and other front ends (tests, Lambda) can call it directly.
+//! The room service: create, list, join, leave, kick and end rooms. It keeps the store,
+//! the broker's inboxes and the room workers in step, and knows nothing of HTTP: the
+//! lobby serves it over axum, and other front ends (tests, Lambda) can call it directly.
+//!
+//! Who may do what:
+//! - A name belongs to whoever first joined with it: that join answers a player key
+//!   (`k1.NAME.SECRET`), which every later join with the name must present.
+//! - A join token is good for one join: leaving, being kicked, or joining again revokes
+//!   it, and the broker closes the connections opened with it.
+//! - Ending a room, or kicking a player, takes the room's owner token (answered to
+//!   whoever created the room) or the operator secret.
 
 use crate::admin::BrokerAdmin;
 use crate::proto::{valid_name, RoomView, Ticket};
 use crate::store::{RoomRecord, Store};
-use crate::token::{random_id, Signer};
+use crate::token::{random_id, Claims, Signer};
 use crate::worker::{Control, Launcher};
 use crate::{Error, Result};
-use std::sync::Arc;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The current join of every player, as this process knows it: what the embedded
+/// broker checks a token against at CONNECT, where it cannot wait for the store. Cheap
+/// to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Joins(Arc<RwLock<HashMap<(String, String), String>>>);
+
+impl Joins {
+    /// Whether `join` is `player`'s current join of `room`.
+    pub fn is_current(&self, room: &str, player: &str, join: &str) -> bool {
+        self.0
+            .read()
+            .unwrap()
+            .get(&(room.to_owned(), player.to_owned()))
+            .is_some_and(|j| j == join)
+    }
+
+    fn set(&self, room: &str, player: &str, join: &str) {
+        self.0
+            .write()
+            .unwrap()
+            .insert((room.to_owned(), player.to_owned()), join.to_owned());
+    }
+
+    fn remove(&self, room: &str, player: &str) {
+        self.0
+            .write()
+            .unwrap()
+            .remove(&(room.to_owned(), player.to_owned()));
+    }
+}
+
+/// Settings of the room service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSettings {
+    /// How long a join token is valid.
+    pub ticket_ttl: Duration,
+    /// A secret that may end any room and kick any player; `None`: only owners may.
+    pub operator_secret: Option<String>,
+}
+
+impl Default for RoomSettings {
+    fn default() -> RoomSettings {
+        RoomSettings {
+            ticket_ttl: Duration::from_secs(24 * 3600),
+            operator_secret: None,
+        }
+    }
+}
+
+/// Who is asking, as far as the room service can tell.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    /// The claims of a current join token, if one was presented.
+    pub member: Option<Claims>,
+    /// Whether the operator secret was presented.
+    pub operator: bool,
+}
 
 /// The room service. Cheap to clone; lobby handlers get it with `State<Rooms>`.
 #[derive(Clone)]
@@ -22,7 +90,8 @@ struct Inner {
     signer: Signer,
     admin: Arc<dyn BrokerAdmin>,
     launcher: Arc<dyn Launcher>,
-    ticket_ttl: Duration,
+    joins: Joins,
+    settings: RoomSettings,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -33,15 +102,31 @@ impl std::fmt::Debug for Rooms {
     }
 }
 
+/// The hash under which a player key is kept.
+fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The name a player key is for: `k1.NAME.SECRET`.
+pub fn key_name(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("k1.")?;
+    let (name, secret) = rest.split_once('.')?;
+    (valid_name(name) && !secret.is_empty()).then_some(name)
+}
+
 impl Rooms {
     /// A room service over `store` and the broker behind `admin`, starting workers with
-    /// `launcher`; join tokens are signed by `signer` and valid for `ticket_ttl`.
+    /// `launcher`, signing tokens with `signer` and keeping `joins` current.
     pub fn new(
         store: Store,
         signer: Signer,
         admin: Arc<dyn BrokerAdmin>,
         launcher: Arc<dyn Launcher>,
-        ticket_ttl: Duration,
+        joins: Joins,
+        settings: RoomSettings,
     ) -> Rooms {
         Rooms {
             inner: Arc::new(Inner {
@@ -49,7 +134,8 @@ impl Rooms {
                 signer,
                 admin,
                 launcher,
-                ticket_ttl,
+                joins,
+                settings,
             }),
         }
     }
@@ -81,33 +167,87 @@ impl Rooms {
         })
     }
 
-    /// A live room as the lobby shows it.
-    pub async fn get(&self, id: &str) -> Result<RoomView> {
+    /// A live room as `viewer` may see it.
+    pub async fn get(&self, id: &str, viewer: &Viewer) -> Result<RoomView> {
         let record = self.record(id).await?;
-        self.view(record).await
-    }
-
-    /// Every live room, oldest first.
-    pub async fn list(&self) -> Result<Vec<RoomView>> {
-        let mut views = Vec::new();
-        for record in self.store().live_rooms().await? {
-            views.push(self.view(record).await?);
-        }
-        Ok(views)
-    }
-
-    async fn view(&self, record: RoomRecord) -> Result<RoomView> {
         let players = self.store().players(&record.id).await?;
-        Ok(RoomView {
-            players_online: players.len(),
-            players,
-            id: record.id,
-            name: record.name,
-            created_at: record.created_at,
-        })
+        Ok(view(record, players, viewer))
     }
 
-    /// Creates a room: its inbox, its record, and its worker.
+    /// Every live room, oldest first, as `viewer` may see it; from `offset`, at most
+    /// `limit`.
+    pub async fn list(
+        &self,
+        viewer: &Viewer,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RoomView>> {
+        let rooms = self.store().live_rooms_with_players(offset, limit).await?;
+        Ok(rooms
+            .into_iter()
+            .map(|(record, players)| view(record, players, viewer))
+            .collect())
+    }
+
+    /// The token that lets whoever created `room` end it and kick its players.
+    pub fn owner_token(&self, room: &str) -> String {
+        format!(
+            "o1.{room}.{}",
+            self.signer().derive(&format!("owner:{room}"))
+        )
+    }
+
+    /// Whether `bearer` (an `Authorization: Bearer` value) is the operator secret.
+    pub fn is_operator(&self, bearer: Option<&str>) -> bool {
+        let secret = self.inner.settings.operator_secret.as_deref();
+        matches!((secret, bearer), (Some(s), Some(b)) if !s.is_empty() && key_hash(s) == key_hash(b))
+    }
+
+    /// Checks that `bearer` may manage `room`: its owner token or the operator secret.
+    pub fn may_manage(&self, room: &str, bearer: Option<&str>) -> Result<()> {
+        let Some(bearer) = bearer else {
+            return Err(Error::Unauthorized(format!(
+                "ending room {room} or kicking its players takes its owner token (answered by POST /rooms) or the operator secret, as Authorization: Bearer"
+            )));
+        };
+        if key_hash(bearer) == key_hash(&self.owner_token(room)) || self.is_operator(Some(bearer)) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this is not room {room}'s owner token nor the operator secret"
+            )))
+        }
+    }
+
+    /// Checks a join token: genuine, not expired, and its join still current.
+    pub async fn member(&self, token: &str) -> Result<Claims> {
+        let claims = self.signer().verify(token).map_err(Error::Unauthorized)?;
+        let current = self
+            .store()
+            .player_join(&claims.room, &claims.player)
+            .await?;
+        if current.as_deref() != Some(claims.join.as_str()) {
+            return Err(Error::Unauthorized(
+                "this ticket was revoked: its player left the room, was kicked, or joined again; join again for a new one".into(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The name `key` (a player key) proves, if it does.
+    pub async fn key_owner(&self, key: &str) -> Result<String> {
+        let name = key_name(key)
+            .ok_or_else(|| Error::Unauthorized("not a player key (k1.NAME.SECRET)".into()))?;
+        match self.store().name_key(name).await? {
+            Some(hash) if hash == key_hash(key) => Ok(name.to_owned()),
+            _ => Err(Error::Unauthorized(format!(
+                "this is not {name}'s player key"
+            ))),
+        }
+    }
+
+    /// Creates a room: its inbox, its record, and its worker. The answer carries the
+    /// room's owner token.
     pub async fn create(&self, name: &str) -> Result<RoomView> {
         if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(Error::Invalid(
@@ -122,12 +262,18 @@ impl Rooms {
         // The first message makes some worker the room's active one: the room ticks
         // (and can end idle) before anyone joins.
         self.control(&id, Control::Wake).await?;
-        self.view(record).await
+        let mut room = view(record, Vec::new(), &Viewer::default());
+        room.owner_token = Some(self.owner_token(&id));
+        room.players_hidden = None;
+        Ok(room)
     }
 
     /// Starts the workers of rooms that were live when the server last stopped; they
     /// carry on from their checkpoints. Returns how many.
     pub async fn resume(&self) -> Result<usize> {
+        for (room, player, join) in self.store().joins().await? {
+            self.inner.joins.set(&room, &player, &join);
+        }
         let live = self.store().live_rooms().await?;
         for record in &live {
             self.inner.admin.create_inbox(&record.id).await?;
@@ -137,43 +283,41 @@ impl Rooms {
         Ok(live.len())
     }
 
-    /// Adds `player` to a room and issues its ticket. A player already in the room gets
-    /// a new ticket only if `token` is one of that player's tokens for this room (a
-    /// rejoin after a crash, say); otherwise the name is taken ([`Error::Conflict`]).
-    pub async fn join(&self, room: &str, player: &str, token: Option<&str>) -> Result<Ticket> {
+    /// Adds `player` to a room and issues its ticket. The first join with a name claims
+    /// it and answers its player key; a later one must present `key`. Joining a room
+    /// one is in already revokes the earlier ticket and closes its connections.
+    pub async fn join(&self, room: &str, player: &str, key: Option<&str>) -> Result<Ticket> {
         if !valid_name(player) {
             return Err(Error::Invalid(
                 "a player name has 1 to 32 letters, digits, '-' or '_'".into(),
             ));
         }
         self.record(room).await?;
-        if self
-            .store()
-            .players(room)
-            .await?
-            .iter()
-            .any(|p| p == player)
-        {
-            let claims = token.and_then(|t| self.signer().verify(t).ok());
-            if !claims.is_some_and(|c| c.room == room && c.player == player) {
-                return Err(Error::Conflict(format!(
-                    "{player} is already in room {room}: pick another name, or rejoin with {player}'s token (Authorization: Bearer)"
-                )));
-            }
+        let new_key = self.own_name(player, key).await?;
+        let join = random_id(4);
+        let first_visit = self.store().add_player(room, player, &join).await?;
+        if !first_visit {
+            self.store().rejoin_player(room, player, &join).await?;
         }
-        self.store().add_player(room, player).await?;
-        self.control(
-            room,
-            Control::Join {
-                player: player.to_owned(),
-            },
-        )
-        .await?;
+        // The registry first, so that the earlier ticket cannot connect again once its
+        // connections are closed.
+        self.inner.joins.set(room, player, &join);
+        if first_visit {
+            self.control(
+                room,
+                Control::Join {
+                    player: player.to_owned(),
+                },
+            )
+            .await?;
+        } else {
+            self.inner.admin.disconnect(room, player).await?;
+        }
         let names = self.inner.admin.names();
         let endpoints = self.inner.admin.endpoints();
-        let (token, expires) = self
-            .signer()
-            .issue_expiring(room, player, self.inner.ticket_ttl);
+        let (token, expires) =
+            self.signer()
+                .issue_expiring(room, player, &join, self.inner.settings.ticket_ttl);
         Ok(Ticket {
             room: room.to_owned(),
             player: player.to_owned(),
@@ -185,15 +329,50 @@ impl Rooms {
             inbox: names.inbox(room, player),
             topic: names.topic(room),
             private: names.private(room, player),
+            player_key: new_key,
         })
     }
 
-    /// Removes `player` from a room, or [`Error::NotFound`] if it is not there.
-    pub async fn leave(&self, room: &str, player: &str) -> Result<()> {
+    /// Checks that whoever joins as `player` may use the name: claims it (and returns
+    /// its new key) if nobody has, or checks `key` against it.
+    async fn own_name(&self, player: &str, key: Option<&str>) -> Result<Option<String>> {
+        let taken = || {
+            Error::Forbidden(format!(
+                "the name {player} belongs to someone else: join with its player key (\"key\", answered as player_key by its first join), or pick another name"
+            ))
+        };
+        match self.store().name_key(player).await? {
+            Some(hash) if key.is_some_and(|k| key_hash(k) == hash) => Ok(None),
+            Some(_) => Err(taken()),
+            None => {
+                let key = format!("k1.{player}.{}", random_id(16));
+                if self.store().claim_name(player, &key_hash(&key)).await? {
+                    Ok(Some(key))
+                } else {
+                    Err(taken()) // claimed a moment ago by a concurrent join
+                }
+            }
+        }
+    }
+
+    /// The holder of a current ticket leaves its room; the ticket is revoked.
+    pub async fn leave(&self, member: &Claims) -> Result<()> {
+        self.remove(&member.room, &member.player).await
+    }
+
+    /// Removes `player` from `room` for whoever may manage it (see [`Rooms::may_manage`]).
+    pub async fn kick(&self, room: &str, player: &str) -> Result<()> {
+        self.record(room).await?;
+        self.remove(room, player).await
+    }
+
+    async fn remove(&self, room: &str, player: &str) -> Result<()> {
         self.record(room).await?;
         if !self.store().remove_player(room, player).await? {
             return Err(Error::NotFound(format!("{player} is not in room {room}")));
         }
+        self.inner.joins.remove(room, player);
+        self.inner.admin.disconnect(room, player).await?;
         self.control(
             room,
             Control::Leave {
@@ -222,5 +401,22 @@ impl Rooms {
             .admin
             .publish_control(room, control.to_json())
             .await
+    }
+}
+
+/// A room as `viewer` may see it: player names only for its members and the operator.
+fn view(record: RoomRecord, players: Vec<String>, viewer: &Viewer) -> RoomView {
+    let member = viewer.member.as_ref().is_some_and(|c| c.room == record.id);
+    let visible = member || viewer.operator;
+    RoomView {
+        players_online: players.len(),
+        players: if visible { players } else { Vec::new() },
+        players_hidden: (!visible).then(|| {
+            "player names are shown to the room's players (Authorization: Bearer TOKEN) and the operator".to_owned()
+        }),
+        owner_token: None,
+        id: record.id,
+        name: record.name,
+        created_at: record.created_at,
     }
 }

@@ -21,7 +21,7 @@ use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
 use crate::names::{Names, WORKER_USER};
 use crate::rabbit::{redact, RabbitAdmin, RabbitConfig};
-use crate::rooms::Rooms;
+use crate::rooms::{Joins, Rooms};
 use crate::store::Store;
 use crate::token::{random_id, Signer};
 use crate::worker::discovery::Discovery;
@@ -90,9 +90,11 @@ where
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| signer.derive("worker"));
         let names = Names::embedded();
+        let joins = Joins::default();
         let authorizer = GameAuthorizer::new(
             signer.clone(),
             names.clone(),
+            joins.clone(),
             worker_secret.clone(),
             config.allow_guest,
         );
@@ -134,7 +136,8 @@ where
             signer,
             admin,
             Arc::new(workers.clone()),
-            config.ticket_ttl,
+            joins,
+            config.room_settings(),
         );
         let router = lobby.into_router(rooms.clone()).merge(broker.ws_router());
         let resumed = rooms.resume().await?;
@@ -189,11 +192,12 @@ where
         let (mut rooms, mut http, mut bound, mut router) = (None, None, None, Router::new());
         if config.role.lobby() {
             let service = Rooms::new(
-                store,
+                store.clone(),
                 signer.clone(),
                 admin.clone(),
                 Arc::new(External),
-                config.ticket_ttl,
+                Joins::default(),
+                config.room_settings(),
             );
             let listener = bind(config.listen, "--listen").await?;
             bound = Some(Bound {
@@ -205,6 +209,7 @@ where
                 .merge(rabbitmq_auth_router(RabbitAuth::new(
                     signer,
                     Names::rabbitmq(),
+                    store,
                 )));
             rooms = Some(service);
             http = Some(listener);

@@ -38,6 +38,11 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY,
         seen_at BIGINT NOT NULL)",
     "ALTER TABLE rooms ADD COLUMN worker TEXT",
+    "ALTER TABLE players ADD COLUMN join_id TEXT NOT NULL DEFAULT ''",
+    "CREATE TABLE IF NOT EXISTS names (
+        name TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL)",
 ];
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -209,6 +214,37 @@ impl Store {
         rows.iter().map(room_record).collect()
     }
 
+    /// Live rooms with their players (sorted), oldest first, in one query; from
+    /// `offset`, at most `limit` rooms.
+    pub async fn live_rooms_with_players(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(RoomRecord, Vec<String>)>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.name, r.created_at, p.player
+             FROM (SELECT id, name, created_at FROM rooms WHERE ended_at IS NULL
+                   ORDER BY created_at, id LIMIT $1 OFFSET $2) r
+             LEFT JOIN players p ON p.room_id = r.id
+             ORDER BY r.created_at, r.id, p.player",
+        )
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut rooms: Vec<(RoomRecord, Vec<String>)> = Vec::new();
+        for row in &rows {
+            let record = room_record(row)?;
+            let player: Option<String> = row.try_get("player").map_err(db)?;
+            match rooms.last_mut() {
+                Some((last, players)) if last.id == record.id => players.extend(player),
+                _ => rooms.push((record, player.into_iter().collect())),
+            }
+        }
+        Ok(rooms)
+    }
+
     /// A live (not ended) room.
     pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
         let row = sqlx::query(
@@ -221,19 +257,92 @@ impl Store {
         row.as_ref().map(room_record).transpose()
     }
 
-    /// Records that `player` is in `room`.
-    pub async fn add_player(&self, room: &str, player: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO players (room_id, player, joined_at) VALUES ($1, $2, $3)
+    /// Adds `player` to `room` with join `join`, unless it is there already: then
+    /// nothing changes and `false` says so. One of two concurrent joins wins.
+    pub async fn add_player(&self, room: &str, player: &str, join: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO players (room_id, player, joined_at, join_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (room_id, player) DO NOTHING",
         )
         .bind(room)
         .bind(player)
         .bind(now())
+        .bind(join)
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Makes `join` the current join of `player`, who is in `room` already (it joined
+    /// again); returns whether it was there.
+    pub async fn rejoin_player(&self, room: &str, player: &str, join: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE players SET join_id = $1 WHERE room_id = $2 AND player = $3")
+                .bind(join)
+                .bind(room)
+                .bind(player)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The current join of `player` in `room`, if it is there.
+    pub async fn player_join(&self, room: &str, player: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT join_id FROM players WHERE room_id = $1 AND player = $2")
+            .bind(room)
+            .bind(player)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get("join_id").map_err(db)).transpose()
+    }
+
+    /// Every player of every live room with its current join: (room, player, join).
+    pub async fn joins(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT p.room_id, p.player, p.join_id FROM players p
+             JOIN rooms r ON r.id = p.room_id WHERE r.ended_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("room_id").map_err(db)?,
+                    r.try_get("player").map_err(db)?,
+                    r.try_get("join_id").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Claims `name` for whoever holds the key hashing to `key_hash`; `false` if the
+    /// name is someone's already (one of two concurrent claims wins).
+    pub async fn claim_name(&self, name: &str, key_hash: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO names (name, key_hash, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(key_hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The hash of the key that owns `name`, if someone claimed it.
+    pub async fn name_key(&self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT key_hash FROM names WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get("key_hash").map_err(db)).transpose()
     }
 
     /// Records that `player` left `room`; returns whether it was there.

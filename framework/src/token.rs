@@ -1,8 +1,10 @@
 //! Join tokens: the signed, expiring tokens the lobby issues and the broker checks.
 //!
-//! A token reads `v1.ROOM.PLAYER.EXPIRES.SIGNATURE`, where SIGNATURE is the hex
-//! HMAC-SHA256 of everything before it under the server's secret. Room and player ids
-//! never contain dots.
+//! A token reads `v2.ROOM.PLAYER.JOIN.EXPIRES.SIGNATURE`, where JOIN names the one join
+//! it was issued for and SIGNATURE is the hex HMAC-SHA256 of everything before it under
+//! the server's secret. Room, player and join ids never contain dots. A signature only
+//! says the lobby issued the token; whether its join is still current (the player has
+//! not left or joined again) is the room service's to say.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -17,6 +19,8 @@ pub struct Claims {
     pub room: String,
     /// The player id.
     pub player: String,
+    /// The join it was issued for.
+    pub join: String,
     /// Seconds since the Unix epoch after which the token is refused.
     pub expires: u64,
 }
@@ -59,16 +63,22 @@ impl Signer {
         mac
     }
 
-    /// A token for `player` in `room`, valid for `ttl`.
-    pub fn issue(&self, room: &str, player: &str, ttl: Duration) -> String {
-        self.issue_expiring(room, player, ttl).0
+    /// A token for `player`'s join `join` of `room`, valid for `ttl`.
+    pub fn issue(&self, room: &str, player: &str, join: &str, ttl: Duration) -> String {
+        self.issue_expiring(room, player, join, ttl).0
     }
 
-    /// A token for `player` in `room`, valid for `ttl`, and when it expires (seconds
-    /// since the Unix epoch).
-    pub fn issue_expiring(&self, room: &str, player: &str, ttl: Duration) -> (String, u64) {
+    /// A token for `player`'s join `join` of `room`, valid for `ttl`, and when it
+    /// expires (seconds since the Unix epoch).
+    pub fn issue_expiring(
+        &self,
+        room: &str,
+        player: &str,
+        join: &str,
+        ttl: Duration,
+    ) -> (String, u64) {
         let expires = now() + ttl.as_secs();
-        let payload = format!("v1.{room}.{player}.{expires}");
+        let payload = format!("v2.{room}.{player}.{join}.{expires}");
         let signature = hex(&self.mac(&payload).finalize().into_bytes());
         (format!("{payload}.{signature}"), expires)
     }
@@ -92,7 +102,8 @@ impl Signer {
             .verify_slice(&signature)
             .map_err(|_| "forged or corrupted token".to_owned())?;
         let mut parts = payload.split('.');
-        let (Some("v1"), Some(room), Some(player), Some(expires), None) = (
+        let (Some("v2"), Some(room), Some(player), Some(join), Some(expires), None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -110,6 +121,7 @@ impl Signer {
         Ok(Claims {
             room: room.to_owned(),
             player: player.to_owned(),
+            join: join.to_owned(),
             expires,
         })
     }
@@ -159,9 +171,16 @@ mod tests {
     #[test]
     fn a_token_verifies_with_its_signer_only() {
         let signer = Signer::random();
-        let token = signer.issue("r1", "p1", Duration::from_secs(60));
+        let token = signer.issue("r1", "p1", "j1", Duration::from_secs(60));
         let claims = signer.verify(&token).unwrap();
-        assert_eq!((claims.room.as_str(), claims.player.as_str()), ("r1", "p1"));
+        assert_eq!(
+            (
+                claims.room.as_str(),
+                claims.player.as_str(),
+                claims.join.as_str()
+            ),
+            ("r1", "p1", "j1")
+        );
         assert_eq!(
             Signer::random().verify(&token).unwrap_err(),
             "forged or corrupted token"
@@ -171,18 +190,27 @@ mod tests {
     #[test]
     fn tampered_expired_and_garbage_tokens_are_refused() {
         let signer = Signer::new(b"k".to_vec());
-        let token = signer.issue("r1", "p1", Duration::from_secs(60));
+        let token = signer.issue("r1", "p1", "j1", Duration::from_secs(60));
         let tampered = token.replacen("p1", "p2", 1);
         assert!(signer.verify(&tampered).is_err());
+        let rejoined = token.replacen("j1", "j2", 1);
+        assert!(signer.verify(&rejoined).is_err());
         let expired = {
-            let payload = "v1.r1.p1.1";
+            let payload = "v2.r1.p1.j1.1";
             format!(
                 "{payload}.{}",
                 hex(&signer.mac(payload).finalize().into_bytes())
             )
         };
         assert!(signer.verify(&expired).unwrap_err().starts_with("expired"));
-        for junk in ["", ".", "v1", "v1.r.p.9.zz", "v1.r.p.9.abc", "\u{0}.\u{1}"] {
+        for junk in [
+            "",
+            ".",
+            "v2",
+            "v2.r.p.j.9.zz",
+            "v2.r.p.9.abc",
+            "\u{0}.\u{1}",
+        ] {
             assert!(signer.verify(junk).is_err(), "{junk:?}");
         }
     }

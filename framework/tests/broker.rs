@@ -568,6 +568,7 @@ impl game_server_less::broker::Authorizer for Grants {
                 name: "alice".into(),
                 send: Some(vec!["/queue/in".into()]),
                 subscribe: Some(vec!["/topic/out".into()]),
+                tag: None,
             }),
             (Some("watcher"), _) => Ok(game_server_less::broker::Principal::anyone("watcher")),
             _ => Err("bad login or passcode".into()),

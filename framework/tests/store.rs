@@ -29,8 +29,29 @@ async fn exercise(store: &Store) {
         .any(|r| r.id == room));
     assert_eq!(store.room(&room).await.unwrap().unwrap().name, "test room");
 
-    store.add_player(&room, &player).await.unwrap();
-    store.add_player(&room, &player).await.unwrap(); // joining twice is one player
+    assert!(store.add_player(&room, &player, "j1").await.unwrap());
+    assert!(
+        !store.add_player(&room, &player, "j2").await.unwrap(),
+        "joining twice is one player, and the first join stays"
+    );
+    assert_eq!(
+        store.player_join(&room, &player).await.unwrap().as_deref(),
+        Some("j1")
+    );
+    assert!(store.rejoin_player(&room, &player, "j3").await.unwrap());
+    assert_eq!(
+        store.player_join(&room, &player).await.unwrap().as_deref(),
+        Some("j3")
+    );
+    assert!(store.claim_name(&player, "hash1").await.unwrap());
+    assert!(
+        !store.claim_name(&player, "hash2").await.unwrap(),
+        "first claim wins"
+    );
+    assert_eq!(
+        store.name_key(&player).await.unwrap().as_deref(),
+        Some("hash1")
+    );
     assert_eq!(
         store.players(&room).await.unwrap(),
         std::slice::from_ref(&player)

@@ -534,6 +534,8 @@ pub(crate) mod tests {
 
     fn room(id: &str, players: usize) -> RoomView {
         RoomView {
+            players_hidden: None,
+            owner_token: None,
             id: id.into(),
             name: format!("room {id}"),
             players: (0..players).map(|i| format!("p{i}")).collect(),

@@ -5,6 +5,7 @@
 
 mod app;
 mod bot;
+mod keys;
 mod net;
 mod ui;
 

@@ -5,6 +5,7 @@
 //! reconnect the unconfirmed ones are sent again, and the room applies each number once.
 
 use crate::app::{Action, ConnState, NetEvent};
+use crate::keys::Keys;
 use game_server_less::proto::{RoomView, Ticket};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use serde_json::{json, Value};
@@ -67,6 +68,7 @@ pub struct Net {
     events: Events,
     session: Arc<Mutex<Option<Session>>>,
     token: Arc<Mutex<Option<String>>>,
+    keys: Arc<Mutex<Keys>>,
     lobby: mpsc::UnboundedSender<(Action, String)>,
 }
 
@@ -83,6 +85,7 @@ impl Net {
             events,
             session: Arc::new(Mutex::new(None)),
             token: Arc::new(Mutex::new(None)),
+            keys: Arc::new(Mutex::new(Keys::load())),
             lobby,
         };
         tokio::spawn(net.clone().lobby_loop(requests));
@@ -93,7 +96,7 @@ impl Net {
     async fn lobby_loop(self, mut requests: mpsc::UnboundedReceiver<(Action, String)>) {
         while let Some((action, name)) = requests.recv().await {
             match action {
-                Action::Refresh => self.refresh().await,
+                Action::Refresh => self.refresh(&name).await,
                 Action::CreateRoom => match self.create_room(&name).await {
                     Ok(room) => self.join(&room, &name).await,
                     Err(e) => self.lobby_error(e),
@@ -101,7 +104,7 @@ impl Net {
                 Action::Join(room) => self.join(&room, &name).await,
                 Action::Leave => {
                     self.leave().await;
-                    self.refresh().await;
+                    self.refresh(&name).await;
                 }
                 _ => {}
             }
@@ -166,8 +169,8 @@ impl Net {
         )
     }
 
-    /// Reloads the room list, and the inventory once the player has a token.
-    pub async fn refresh(&self) {
+    /// Reloads the room list, and the inventory once the player has a key (or a token).
+    pub async fn refresh(&self, name: &str) {
         match self.http.get(format!("{}/rooms", self.server)).send().await {
             Ok(r) if r.status().is_success() => match r.json::<Vec<RoomView>>().await {
                 Ok(rooms) => {
@@ -178,7 +181,14 @@ impl Net {
             Ok(r) => self.lobby_error(Self::error_of(r).await),
             Err(e) => return self.lobby_error(self.unreachable(e)),
         }
-        let token = self.token.lock().unwrap().clone();
+        // The player key proves the name in or out of a room; a ticket only while in it.
+        let key = self
+            .keys
+            .lock()
+            .unwrap()
+            .get(&self.server, name)
+            .map(str::to_owned);
+        let token = key.or_else(|| self.token.lock().unwrap().clone());
         if let Some(token) = token {
             let url = format!("{}/user/items", self.server);
             if let Ok(r) = self.http.get(url).bearer_auth(token).send().await {
@@ -208,14 +218,17 @@ impl Net {
 
     /// Joins a room and starts playing in it.
     pub async fn join(&self, room: &str, name: &str) {
-        let mut request = self
+        // The key from the name's first join lets this player use the name again.
+        let key = self
+            .keys
+            .lock()
+            .unwrap()
+            .get(&self.server, name)
+            .map(str::to_owned);
+        let request = self
             .http
             .post(format!("{}/rooms/{room}/join", self.server))
-            .json(&json!({ "name": name }));
-        // A token from an earlier visit lets this player back in under its name.
-        if let Some(token) = self.token.lock().unwrap().clone() {
-            request = request.bearer_auth(token);
-        }
+            .json(&json!({ "name": name, "key": key }));
         let r = match request.send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => return self.lobby_error(Self::error_of(r).await),
@@ -225,6 +238,12 @@ impl Net {
             Ok(t) => t,
             Err(e) => return self.lobby_error(format!("the join ticket did not parse: {e}")),
         };
+        if let Some(key) = &ticket.player_key {
+            let kept = self.keys.lock().unwrap().set(&self.server, name, key);
+            if let Err(why) = kept {
+                self.lobby_error(why);
+            }
+        }
         *self.token.lock().unwrap() = Some(ticket.token.clone());
         self.leave().await; // one room at a time
         let outbox = Arc::new(Outbox::new());

@@ -344,6 +344,8 @@ mod tests {
     fn the_lobby_lists_rooms_and_items() {
         let mut app = App::new("http://127.0.0.1:8080", Some("ann"));
         app.on_net(NetEvent::Rooms(vec![RoomView {
+            players_hidden: None,
+            owner_token: None,
             id: "abcd1234".into(),
             name: "castle".into(),
             players: vec!["bob".into()],

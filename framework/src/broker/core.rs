@@ -945,11 +945,11 @@ impl Core {
         self.sessions.values().map(|s| s.kill.clone()).collect()
     }
 
-    /// The kill switches of the sessions logged in as `name`.
-    pub fn sessions_of(&self, name: &str) -> Vec<Arc<Kill>> {
+    /// The kill switches of the sessions whose principal `which` picks.
+    pub fn sessions_of(&self, which: impl Fn(&Principal) -> bool) -> Vec<Arc<Kill>> {
         self.sessions
             .values()
-            .filter(|s| s.principal.name == name)
+            .filter(|s| which(&s.principal))
             .map(|s| s.kill.clone())
             .collect()
     }

@@ -39,6 +39,9 @@ pub struct Principal {
     pub send: Option<Vec<String>>,
     /// The destinations this principal may SUBSCRIBE to; `None` for any.
     pub subscribe: Option<Vec<String>>,
+    /// An application's label for the connection, to find it again (the game server
+    /// puts the player's room here).
+    pub tag: Option<String>,
 }
 
 impl Principal {
@@ -48,6 +51,7 @@ impl Principal {
             name: name.into(),
             send: None,
             subscribe: None,
+            tag: None,
         }
     }
 }
@@ -335,7 +339,12 @@ impl Broker {
     /// Closes every connection logged in as `name` (an ERROR frame tells it why); their
     /// unacked messages are redelivered. Returns how many were closed.
     pub fn kick(&self, name: &str) -> usize {
-        let sessions = self.lock().sessions_of(name);
+        self.kick_where(|p| p.name == name)
+    }
+
+    /// Closes every connection whose principal `which` picks, as [`Broker::kick`] does.
+    pub fn kick_where(&self, which: impl Fn(&Principal) -> bool) -> usize {
+        let sessions = self.lock().sessions_of(which);
         for kill in &sessions {
             kill.kick();
         }

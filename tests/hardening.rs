@@ -1,0 +1,163 @@
+//! The all-in-one server tried as an attacker would: tickets that should be dead, names
+//! taken over, joins raced. Each test is one finding of the hardening review, with the
+//! numbers it checks.
+
+use e2e_tests::{http, join_ticket, temp_dir, Player, Server, WAIT};
+use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Waits until `client`'s connection is closed by the server; panics after `WAIT`.
+async fn closed_by_server(client: &Client, what: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(why) = client.closed() {
+            return why;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{what}: the connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn connect(ticket: &game_server_less::proto::Ticket) -> game_server_less::Result<Client> {
+    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
+    Client::connect(&ticket.tcp_url, options).await
+}
+
+#[tokio::test]
+async fn leaving_or_being_kicked_revokes_the_ticket_and_closes_its_connections() {
+    let dir = temp_dir("revoke");
+    let server = Server::game(&dir).await;
+    let (room, owner) = server.create_owned_room().await;
+    for how in ["leave", "kick"] {
+        let name = format!("ann-{how}");
+        let ann = Player::join(&server, &room, &name, true).await;
+        let request = match how {
+            "leave" => http()
+                .post(format!("{}/rooms/{room}/leave", server.http))
+                .bearer_auth(&ann.ticket.token),
+            _ => http()
+                .delete(format!("{}/rooms/{room}/players/{name}", server.http))
+                .bearer_auth(&owner),
+        };
+        assert_eq!(request.send().await.unwrap().status(), 204, "{how}");
+        let why = closed_by_server(&ann.client, how).await;
+        println!("after {how}, the open connection was closed: {why}");
+        let again = connect(&ann.ticket).await;
+        assert!(
+            again
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("revoked")),
+            "after {how}, the token still connects: {again:?}"
+        );
+    }
+    // Kicking takes the owner token.
+    let bob = Player::join(&server, &room, "bob", true).await;
+    let by_player = http()
+        .delete(format!("{}/rooms/{room}/players/bob", server.http))
+        .bearer_auth(&bob.ticket.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_player.status(), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_belongs_to_its_first_holder_and_an_earlier_ticket_cannot_act_as_a_later_one() {
+    let dir = temp_dir("names");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let first = join_ticket(&server.http, &room, "ann").await;
+    let key = first
+        .player_key
+        .clone()
+        .expect("the first join claims the name");
+    let old = connect(&first).await.unwrap();
+    let mut old_private = old
+        .subscribe(&first.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+
+    // Someone else cannot take the name, in this room or another.
+    let other_room = server.create_room().await;
+    for r in [&room, &other_room] {
+        let stolen = http()
+            .post(format!("{}/rooms/{r}/join", server.http))
+            .json(&json!({ "name": "ann", "key": "k1.ann.guessed" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stolen.status(), 403, "the name is ann's");
+    }
+    // Ann herself joins again, with her key: the earlier ticket is dead at once.
+    let second: game_server_less::proto::Ticket = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .json(&json!({ "name": "ann", "key": key }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    closed_by_server(&old, "the earlier ticket's connection").await;
+    assert!(
+        connect(&first).await.is_err(),
+        "the earlier ticket connects"
+    );
+    // So it can neither read the new visit's messages nor poison its input numbers.
+    let mut ann = Player::join_with(second).await;
+    let seq = ann.send(json!({ "type": "look" })).await;
+    let world = ann.next_private("welcome").await;
+    assert_eq!(world["input_seq"], seq);
+    assert!(
+        old_private
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .is_err(),
+        "the earlier ticket heard the new visit"
+    );
+    // The key also opens the inventory, in no room at all.
+    let items = http()
+        .get(format!("{}/user/items", server.http))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(items.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn of_fifty_simultaneous_joins_with_one_fresh_name_one_wins() {
+    let dir = temp_dir("race");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    for round in 0..5 {
+        let name = format!("racer{round}");
+        let joins = (0..50).map(|_| {
+            let url = format!("{}/rooms/{room}/join", server.http);
+            let name = name.clone();
+            async move {
+                let r = http()
+                    .post(url)
+                    .json(&json!({ "name": name }))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            }
+        });
+        let statuses = futures_util::future::join_all(joins).await;
+        let won = statuses.iter().filter(|&&s| s == 200).count();
+        let refused = statuses.iter().filter(|&&s| s == 403).count();
+        println!("round {round}: 50 joins as {name}: {won} ticket, {refused} refused");
+        assert_eq!((won, refused), (1, 49), "{statuses:?}");
+    }
+    let view: Value = server.get_json(&format!("/rooms/{room}")).await;
+    assert_eq!(view["players_online"], 5);
+    server.stop().await;
+}
