@@ -233,8 +233,12 @@ async fn ending_a_room_deletes_its_inbox_and_tells_the_players() {
     assert_eq!(delete(Some(&owner)).await, 204, "its creator may");
     let ended = ann.next_on_room("room_ended").await;
     assert_eq!(ended["reason"], "ended by the lobby");
-    let status = server.get_status(&format!("/rooms/{room}")).await;
-    assert_eq!(status, 404);
+    // The worker announces the end, then saves and marks the room ended.
+    let started = std::time::Instant::now();
+    while server.get_status(&format!("/rooms/{room}")).await != 404 {
+        assert!(started.elapsed() < WAIT, "the ended room is still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The inbox is gone: sending to it is an error, and does not bring it back.
     let mut gone = None;
     for _ in 0..50 {
@@ -455,9 +459,17 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
             "POST",
             format!("/rooms/{room}/join"),
             &"x".repeat(100_000),
-            400,
-            "invalid JSON body",
+            413,
+            "the request body is too large",
         ),
+        (
+            "DELETE",
+            "/rooms".to_owned(),
+            "",
+            405,
+            "DELETE is not allowed on /rooms",
+        ),
+        ("GET", "/rooms?limit=lots".to_owned(), "", 400, "limit"),
         (
             "POST",
             "/rooms/nope/join".to_owned(),
@@ -477,6 +489,7 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
     for (method, path, body, status, message) in cases {
         let request = match method {
             "POST" => http().post(format!("{}{path}", server.http)),
+            "DELETE" => http().delete(format!("{}{path}", server.http)),
             _ => http().get(format!("{}{path}", server.http)),
         };
         let response = request.body(body.to_owned()).send().await.unwrap();

@@ -3,9 +3,11 @@
 //! numbers it checks.
 
 use e2e_tests::{http, join_ticket, temp_dir, Player, Server, WAIT};
+use game_server_less::http::HttpLimits;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Waits until `client`'s connection is closed by the server; panics after `WAIT`.
 async fn closed_by_server(client: &Client, what: &str) -> String {
@@ -159,5 +161,66 @@ async fn of_fifty_simultaneous_joins_with_one_fresh_name_one_wins() {
     }
     let view: Value = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(view["players_online"], 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn half_sent_requests_are_cut_off_and_a_full_lobby_still_answers_health() {
+    let dir = temp_dir("http");
+    let mut config = Server::config(&dir);
+    config.http = HttpLimits {
+        header_timeout: Duration::from_secs(1),
+        max_per_address: 20,
+        ..HttpLimits::default()
+    };
+    let server = Server::start_with(game_server::lobby(), game_server::msg(), config).await;
+    let addr = server.http.trim_start_matches("http://").to_owned();
+    // 20 connections that never finish their request hold every slot of this address.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /rooms HTTP/1.1\r\nHost: x\r\nContent-Le")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let full = http()
+        .get(format!("{}/rooms", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), 503);
+    let why: Value = full.json().await.unwrap();
+    assert!(
+        why["error"].as_str().unwrap().contains("connections open"),
+        "{why}"
+    );
+    let health = http()
+        .get(format!("{}/health", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "a full lobby still answers /health");
+    // The header timeout closes them, and the lobby serves again.
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let cut = started.elapsed();
+    println!("20 half-sent requests cut off after {cut:?} (header timeout 1 s)");
+    assert!(cut < Duration::from_secs(3), "{cut:?}");
+    let rooms = http()
+        .get(format!("{}/rooms", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rooms.status(), 200);
     server.stop().await;
 }

@@ -68,6 +68,8 @@ pub struct Config {
     pub allow_guest: bool,
     /// Heart-beat interval the embedded broker offers clients (zero turns it off).
     pub heartbeat: Duration,
+    /// The lobby port's timeouts and connection caps.
+    pub http: crate::http::HttpLimits,
     /// Whether the embedded broker flushes each input to the disk before its receipt
     /// (survives a machine crash); without it an input survives the process being
     /// killed.
@@ -91,6 +93,7 @@ impl Default for Config {
             allow_guest: true,
             heartbeat: Duration::from_secs(10),
             fsync: false,
+            http: crate::http::HttpLimits::default(),
         }
     }
 }
@@ -221,6 +224,13 @@ pub struct Args {
     /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
+    /// HTTP connections (lobby requests and WebSocket upgrades) open at once; past it a
+    /// connection is answered 503, except GET /health.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_http_connections: usize,
+    /// HTTP connections one address may have open at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_http_connections_per_address: usize,
     /// Flush every input to the disk before the broker's receipt, so that receipted
     /// inputs survive a machine crash (without it they survive the process being killed,
     /// and cost no disk flush).
@@ -252,6 +262,11 @@ impl Args {
             allow_guest: !self.no_guest,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             fsync: self.fsync,
+            http: crate::http::HttpLimits {
+                max_connections: self.max_http_connections,
+                max_per_address: self.max_http_connections_per_address,
+                ..crate::http::HttpLimits::default()
+            },
             ..defaults
         }
     }

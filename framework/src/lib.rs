@@ -16,6 +16,7 @@
 //! - [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
 //! - [`rooms`]: the room service (create, join, leave, end), without HTTP.
 //! - [`auth`], [`lobby`]: the broker's gatekeeper; the REST lobby on axum.
+//! - [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
 //! - [`config`], [`server`]: [`Config`] and the command line; [`Server`] and [`run`].
 //! - [`testing`]: run a game's handlers with simulated players, no sockets.
 //! - [`Error`], [`Result`]: the crate-wide error.
@@ -68,6 +69,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod error;
+pub mod http;
 pub mod lobby;
 pub mod msg;
 pub mod names;

@@ -17,6 +17,7 @@ use crate::admin::{EmbeddedAdmin, Endpoints};
 use crate::auth::{GameAuthorizer, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{Args, Config, Role};
+use crate::http::{harden, HttpLimits};
 use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
 use crate::names::{Names, WORKER_USER};
@@ -139,7 +140,10 @@ where
             joins,
             config.room_settings(),
         );
-        let router = lobby.into_router(rooms.clone()).merge(broker.ws_router());
+        let router = harden(
+            lobby.into_router(rooms.clone()).merge(broker.ws_router()),
+            config.http,
+        );
         let resumed = rooms.resume().await?;
         if resumed > 0 {
             tracing::info!("resumed {resumed} live rooms");
@@ -152,6 +156,7 @@ where
             bound: Some(bound),
             workers: Some(workers),
             stop_workers,
+            http_limits: config.http,
             tasks: vec![tokio::spawn(async move {
                 if let Err(e) = tcp_task.await {
                     tracing::error!("the STOMP TCP port failed: {e}");
@@ -204,13 +209,16 @@ where
                 http: listener.local_addr()?,
                 stomp: None,
             });
-            router = lobby
-                .into_router(service.clone())
-                .merge(rabbitmq_auth_router(RabbitAuth::new(
-                    signer,
-                    Names::rabbitmq(),
-                    store,
-                )));
+            router = harden(
+                lobby
+                    .into_router(service.clone())
+                    .merge(rabbitmq_auth_router(RabbitAuth::new(
+                        signer,
+                        Names::rabbitmq(),
+                        store,
+                    ))),
+                config.http,
+            );
             rooms = Some(service);
             http = Some(listener);
         }
@@ -223,6 +231,7 @@ where
             bound,
             workers,
             stop_workers,
+            http_limits: config.http,
             tasks,
         })
     }
@@ -239,6 +248,7 @@ pub struct Running {
     workers: Option<InProcess>,
     stop_workers: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    http_limits: HttpLimits,
 }
 
 impl std::fmt::Debug for Running {
@@ -280,15 +290,15 @@ impl Running {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let (stop_http, mut http_stopped) = watch::channel(false);
+        let (stop_http, http_stopped) = watch::channel(false);
         let http_task = self.http.map(|listener| {
-            let service = self
-                .router
-                .into_make_service_with_connect_info::<SocketAddr>();
-            let http = axum::serve(listener, service).with_graceful_shutdown(async move {
-                let _ = http_stopped.wait_for(|s| *s).await;
-            });
-            tokio::spawn(async move { http.await })
+            tokio::spawn(crate::http::serve(
+                listener,
+                self.router,
+                self.http_limits,
+                http_stopped,
+                Duration::from_secs(5),
+            ))
         });
         shutdown.await;
         tracing::info!("shutting down: workers checkpoint, then connections flush");
