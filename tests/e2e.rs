@@ -150,7 +150,11 @@ async fn bad_input_errors_reach_only_the_sender() {
 #[tokio::test]
 async fn bad_and_foreign_tokens_are_refused() {
     let dir = temp_dir("tokens");
-    let server = Server::game(&dir).await;
+    let config = Config {
+        allow_guest: true,
+        ..Server::config(&dir)
+    };
+    let server = Server::start_with(game_server::lobby(), game_server::msg(), config).await;
     let (one, two) = (server.create_room().await, server.create_room().await);
     let ann = Player::join(&server, &one, "ann", false).await;
     let ticket = &ann.ticket;

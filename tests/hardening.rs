@@ -9,6 +9,12 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The oldest live room.
+async fn first_room(server: &Server) -> String {
+    let rooms = server.get_json("/rooms").await;
+    rooms[0]["id"].as_str().unwrap().to_owned()
+}
+
 /// Waits until `client`'s connection is closed by the server; panics after `WAIT`.
 async fn closed_by_server(client: &Client, what: &str) -> String {
     let started = std::time::Instant::now();
@@ -222,5 +228,184 @@ async fn half_sent_requests_are_cut_off_and_a_full_lobby_still_answers_health() 
         .await
         .unwrap();
     assert_eq!(rooms.status(), 200);
+    server.stop().await;
+}
+
+/// A bystander: chats `count` times, one every `every`, timing each chat until it comes
+/// back on the room topic; returns the round trips.
+async fn chat_timed(player: &mut Player, count: usize, every: Duration) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    for _ in 0..count {
+        let sent = std::time::Instant::now();
+        let seq = player
+            .send(json!({ "type": "chat", "text": "hello" }))
+            .await;
+        loop {
+            let m = e2e_tests::json_of(
+                &player
+                    .room
+                    .recv_timeout(WAIT)
+                    .await
+                    .expect("my chat comes back"),
+            );
+            if m["input_from"] == player.ticket.player.as_str() && m["input_seq"] == seq {
+                break;
+            }
+        }
+        rtts.push(sent.elapsed());
+        tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+    }
+    rtts
+}
+
+fn p99(mut rtts: Vec<Duration>) -> Duration {
+    rtts.sort();
+    rtts[(rtts.len() - 1) * 99 / 100]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_is_limited_and_the_others_in_its_room_play_on() {
+    let dir = temp_dir("flood");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut bystanders = Vec::new();
+    for name in ["ann", "bob", "cyd"] {
+        bystanders.push(Player::join(&server, &room, name, true).await);
+    }
+    let every = Duration::from_millis(50);
+    let play = |mut players: Vec<Player>| async move {
+        let runs = players.iter_mut().map(|p| chat_timed(p, 60, every));
+        let rtts: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
+        (players, rtts)
+    };
+    let (bystanders, normal) = play(bystanders).await;
+
+    // Now a fourth player sends as fast as its socket takes, with no receipts; a fifth
+    // listens, to count what the room applied of it.
+    let mut eve = Player::join(&server, &room, "eve", true).await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let listening = tokio::spawn(async move {
+        let mut heard = 0;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return heard,
+                m = eve.room.recv() => match m {
+                    Some(m) if e2e_tests::json_of(&m)["input_from"] == "flo" => heard += 1,
+                    Some(_) => {}
+                    None => return heard,
+                },
+            }
+        }
+    });
+    let mut flooder = Player::join(&server, &room, "flo", true).await;
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let body = json!({ "type": "chat", "text": "spam", "seq": sent + 1 }).to_string();
+            if flooder
+                .client
+                .send_nowait(&flooder.ticket.inbox, body)
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+            if sent % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let notice = flooder.next_private("error").await;
+        (sent, notice, flooder)
+    });
+    let (bystanders, flooded) = play(bystanders).await;
+    let (sent, notice, flooder) = flood.await.unwrap();
+    let (normal_p99, flooded_p99) = (p99(normal), p99(flooded));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    let heard: usize = listening.await.unwrap();
+    let ann = &bystanders[0];
+    println!(
+        "flood: the flooder sent {sent} inputs at full speed, {heard} were applied; it was told {:?} and {}; bystanders' p99 {normal_p99:?} before, {flooded_p99:?} during",
+        notice["error"],
+        match flooder.client.closed() {
+            Some(why) => format!("disconnected ({why})"),
+            None => "kept its connection".into(),
+        }
+    );
+    assert!(notice["error"].as_str().unwrap().contains("too fast"));
+    assert!(heard >= 60, "its first burst was applied: {heard}");
+    assert!(heard <= 30 * 4 + 60, "the rate limit held: {heard} applied");
+    assert!(
+        ann.client.closed().is_none(),
+        "a bystander was disconnected"
+    );
+    assert!(
+        flooded_p99 <= normal_p99 * 2 + Duration::from_millis(10),
+        "bystanders' p99 went from {normal_p99:?} to {flooded_p99:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_bound_answers_a_clear_error_when_hit() {
+    let dir = temp_dir("bounds");
+    let mut config = Server::config(&dir);
+    config.rooms.max_rooms = 4;
+    config.rooms.creations_per_minute = 3;
+    config.rooms.max_players_per_room = 2;
+    let server = Server::start_with(game_server::lobby(), game_server::msg(), config).await;
+    let create = || async {
+        let r = http()
+            .post(format!("{}/rooms", server.http))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    for _ in 0..3 {
+        assert_eq!(create().await.0, 201);
+    }
+    let (status, error) = create().await;
+    println!("a 4th room in a minute from one address: {status} {error}");
+    assert_eq!(status, 429);
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("rooms in the last minute"));
+    // Rooms in all: the store counts them, whoever made them.
+    server.rooms.create("by the operator", None).await.unwrap();
+    let full = server.rooms.create("one too many", None).await.unwrap_err();
+    println!("a 5th room: {full}");
+    assert!(full.to_string().contains("4 rooms, its most"));
+
+    let room = first_room(&server).await;
+    let ann = join_ticket(&server.http, &room, "ann").await;
+    join_ticket(&server.http, &room, "bob").await;
+    let third = http()
+        .post(format!("{}/rooms/{room}/join", server.http))
+        .json(&json!({ "name": "cyd" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429, "a room of two is full");
+
+    // One ticket opens at most 4 connections.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(connect(&ann).await.unwrap());
+    }
+    let fifth = connect(&ann).await.unwrap_err().to_string();
+    println!("a 5th connection with one ticket: {fifth}");
+    assert!(
+        fifth.contains("too many connections with this ticket"),
+        "{fifth}"
+    );
+    // guest is off unless --guest.
+    let guest = Client::connect(&ann.tcp_url, ConnectOptions::login("guest", "guest"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(guest.contains("guest login is switched off"), "{guest}");
     server.stop().await;
 }

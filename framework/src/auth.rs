@@ -3,7 +3,7 @@
 //! to anything outside the rooms. [`GameAuthorizer`] says it to the embedded broker,
 //! [`RabbitAuth`] to RabbitMQ's HTTP auth backend.
 
-use crate::broker::{default_can_send, default_can_subscribe, Authorizer, Principal};
+use crate::broker::{default_can_send, default_can_subscribe, Authorizer, Principal, SendRate};
 use crate::names::{Names, GUEST, INPUT_EXCHANGE, WORKER_USER};
 use crate::rooms::Joins;
 use crate::store::Store;
@@ -17,6 +17,8 @@ pub struct GameAuthorizer {
     joins: Joins,
     worker_secret: String,
     allow_guest: bool,
+    /// Inputs a second and at once a player may send; `None` for no limit.
+    input_rate: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for GameAuthorizer {
@@ -43,7 +45,14 @@ impl GameAuthorizer {
             joins,
             worker_secret,
             allow_guest,
+            input_rate: None,
         }
+    }
+
+    /// Limits each player to `per_second` inputs a second, `burst` at once.
+    pub fn with_input_rate(mut self, per_second: u32, burst: u32) -> Self {
+        self.input_rate = Some((per_second, burst));
+        self
     }
 
     /// What a player holding a valid token for `room` may do.
@@ -56,6 +65,11 @@ impl GameAuthorizer {
                 self.names.private(room, player),
             ]),
             tag: Some(room.to_owned()),
+            rate: self.input_rate.map(|(per_second, burst)| SendRate {
+                per_second,
+                burst,
+                notice: Some(self.names.private(room, player)),
+            }),
         }
     }
 

@@ -64,12 +64,17 @@ pub struct Config {
     pub operator_secret: Option<String>,
     /// Room workers' checkpoint and idle periods.
     pub timings: Timings,
-    /// Whether `guest`/`guest` may connect to the embedded broker (from loopback only).
+    /// Whether `guest`/`guest` may connect to the embedded broker (from loopback only);
+    /// off by default.
     pub allow_guest: bool,
     /// Heart-beat interval the embedded broker offers clients (zero turns it off).
     pub heartbeat: Duration,
     /// The lobby port's timeouts and connection caps.
     pub http: crate::http::HttpLimits,
+    /// Rooms, room creations and players per room at most.
+    pub rooms: crate::rooms::RoomSettings,
+    /// Inputs a second, and at once, one player may send (embedded broker).
+    pub input_rate: (u32, u32),
     /// Whether the embedded broker flushes each input to the disk before its receipt
     /// (survives a machine crash); without it an input survives the process being
     /// killed.
@@ -90,10 +95,12 @@ impl Default for Config {
             ticket_ttl: Duration::from_secs(24 * 3600),
             operator_secret: None,
             timings: Timings::default(),
-            allow_guest: true,
+            allow_guest: false,
             heartbeat: Duration::from_secs(10),
             fsync: false,
             http: crate::http::HttpLimits::default(),
+            rooms: crate::rooms::RoomSettings::default(),
+            input_rate: (30, 60),
         }
     }
 }
@@ -129,6 +136,7 @@ impl Config {
         crate::rooms::RoomSettings {
             ticket_ttl: self.ticket_ttl,
             operator_secret: self.operator_secret.clone().filter(|s| !s.is_empty()),
+            ..self.rooms.clone()
         }
     }
 
@@ -217,13 +225,30 @@ pub struct Args {
     /// A room with no input for this many seconds ends.
     #[arg(long, default_value_t = 900)]
     pub room_idle_secs: u64,
-    /// Refuse the broker's `guest`/`guest` login (otherwise allowed from loopback, outside
-    /// the rooms' destinations).
+    /// Let `guest`/`guest` use the embedded broker, from loopback only and outside the
+    /// rooms' destinations (for general STOMP clients and tests). Off by default: behind a
+    /// TLS proxy on the same host, every client comes from loopback.
     #[arg(long)]
-    pub no_guest: bool,
+    pub guest: bool,
     /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
+    /// Inputs a second one player may send, on average; more are dropped (no receipt)
+    /// and the player is told on its private destination.
+    #[arg(long, default_value_t = 30)]
+    pub inputs_per_second: u32,
+    /// Inputs one player may send at once after a quiet spell.
+    #[arg(long, default_value_t = 60)]
+    pub input_burst: u32,
+    /// Live rooms at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_rooms: usize,
+    /// Rooms one address may create a minute.
+    #[arg(long, default_value_t = 30)]
+    pub room_creations_per_minute: usize,
+    /// Players one room may have.
+    #[arg(long, default_value_t = 100)]
+    pub max_players_per_room: usize,
     /// HTTP connections (lobby requests and WebSocket upgrades) open at once; past it a
     /// connection is answered 503, except GET /health.
     #[arg(long, default_value_t = 10_000)]
@@ -259,9 +284,16 @@ impl Args {
                 idle_timeout: Duration::from_secs(self.room_idle_secs),
                 ..defaults.timings
             },
-            allow_guest: !self.no_guest,
+            allow_guest: self.guest,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             fsync: self.fsync,
+            input_rate: (self.inputs_per_second, self.input_burst),
+            rooms: crate::rooms::RoomSettings {
+                max_rooms: self.max_rooms,
+                creations_per_minute: self.room_creations_per_minute,
+                max_players_per_room: self.max_players_per_room,
+                ..crate::rooms::RoomSettings::default()
+            },
             http: crate::http::HttpLimits {
                 max_connections: self.max_http_connections,
                 max_per_address: self.max_http_connections_per_address,

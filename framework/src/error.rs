@@ -49,6 +49,9 @@ pub enum Error {
     /// A request the caller may not make.
     #[error("{0}")]
     Forbidden(String),
+    /// A request over a limit (too many, too often); it may succeed later.
+    #[error("{0}")]
+    Limited(String),
     /// A worker's checkpoint was refused because another worker saved a newer one: this
     /// worker was replaced and must stop.
     #[error("fenced: {0}")]

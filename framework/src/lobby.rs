@@ -120,6 +120,7 @@ impl From<crate::Error> for ApiError {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => {
                 tracing::error!("lobby request failed: {e}");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -238,10 +239,16 @@ async fn not_found() -> ApiError {
 
 async fn create_room(
     State(rooms): State<Rooms>,
+    extensions: axum::http::Extensions,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<RoomView>)> {
     let req: CreateRoom = body(&raw)?;
-    let room = rooms.create(req.name.as_deref().unwrap_or("room")).await?;
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let room = rooms
+        .create(req.name.as_deref().unwrap_or("room"), client)
+        .await?;
     Ok((StatusCode::CREATED, Json(room)))
 }
 

@@ -17,9 +17,10 @@ use crate::token::{random_id, Claims, Signer};
 use crate::worker::{Control, Launcher};
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The current join of every player, as this process knows it: what the embedded
 /// broker checks a token against at CONNECT, where it cannot wait for the store. Cheap
@@ -59,6 +60,12 @@ pub struct RoomSettings {
     pub ticket_ttl: Duration,
     /// A secret that may end any room and kick any player; `None`: only owners may.
     pub operator_secret: Option<String>,
+    /// Live rooms at most.
+    pub max_rooms: usize,
+    /// Rooms one client (address) may create a minute.
+    pub creations_per_minute: usize,
+    /// Players one room may have.
+    pub max_players_per_room: usize,
 }
 
 impl Default for RoomSettings {
@@ -66,6 +73,9 @@ impl Default for RoomSettings {
         RoomSettings {
             ticket_ttl: Duration::from_secs(24 * 3600),
             operator_secret: None,
+            max_rooms: 10_000,
+            creations_per_minute: 30,
+            max_players_per_room: 100,
         }
     }
 }
@@ -92,6 +102,8 @@ struct Inner {
     launcher: Arc<dyn Launcher>,
     joins: Joins,
     settings: RoomSettings,
+    /// When each client created its recent rooms.
+    creations: std::sync::Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -136,6 +148,7 @@ impl Rooms {
                 launcher,
                 joins,
                 settings,
+                creations: Default::default(),
             }),
         }
     }
@@ -246,13 +259,44 @@ impl Rooms {
         }
     }
 
-    /// Creates a room: its inbox, its record, and its worker. The answer carries the
-    /// room's owner token.
-    pub async fn create(&self, name: &str) -> Result<RoomView> {
+    /// Creates a room for `client` (its address, where known): its inbox, its record,
+    /// and its worker. The answer carries the room's owner token.
+    pub async fn create(&self, name: &str, client: Option<IpAddr>) -> Result<RoomView> {
         if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(Error::Invalid(
                 "a room name has 1 to 64 printable characters".into(),
             ));
+        }
+        let settings = &self.inner.settings;
+        if let Some(ip) = client {
+            let mut creations = self.inner.creations.lock().unwrap();
+            let now = Instant::now();
+            let recent = creations.entry(ip).or_default();
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= settings.creations_per_minute {
+                return Err(Error::Limited(format!(
+                    "{ip} created {} rooms in the last minute, the most it may; join one, or wait",
+                    settings.creations_per_minute
+                )));
+            }
+            recent.push_back(now);
+            if creations.len() > 100_000 {
+                creations.retain(|_, r| {
+                    r.back()
+                        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+                });
+            }
+        }
+        if self.store().live_room_count().await? >= settings.max_rooms {
+            return Err(Error::Limited(format!(
+                "the server has {} rooms, its most; join one of them",
+                settings.max_rooms
+            )));
         }
         let id = random_id(4);
         // The inbox first: a worker that sees the record must find its inbox.
@@ -293,6 +337,13 @@ impl Rooms {
             ));
         }
         self.record(room).await?;
+        let max = self.inner.settings.max_players_per_room;
+        let players = self.store().players(room).await?;
+        if players.len() >= max && !players.iter().any(|p| p == player) {
+            return Err(Error::Limited(format!(
+                "room {room} is full: it has {max} players, its most"
+            )));
+        }
         let new_key = self.own_name(player, key).await?;
         let join = random_id(4);
         let first_visit = self.store().add_player(room, player, &join).await?;

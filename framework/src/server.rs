@@ -98,7 +98,8 @@ where
             joins.clone(),
             worker_secret.clone(),
             config.allow_guest,
-        );
+        )
+        .with_input_rate(config.input_rate.0, config.input_rate.1);
         let broker_config = BrokerConfig {
             managed_prefixes: vec![names.inbox_prefix().to_owned()],
             ..config.broker_config()

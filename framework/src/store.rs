@@ -245,6 +245,15 @@ impl Store {
         Ok(rooms)
     }
 
+    /// How many rooms have not ended.
+    pub async fn live_room_count(&self) -> Result<usize> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM rooms WHERE ended_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.try_get::<i64, _>("n").map_err(db)? as usize)
+    }
+
     /// A live (not ended) room.
     pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
         let row = sqlx::query(

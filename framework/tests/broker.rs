@@ -569,6 +569,7 @@ impl game_server_less::broker::Authorizer for Grants {
                 send: Some(vec!["/queue/in".into()]),
                 subscribe: Some(vec!["/topic/out".into()]),
                 tag: None,
+                rate: None,
             }),
             (Some("watcher"), _) => Ok(game_server_less::broker::Principal::anyone("watcher")),
             _ => Err("bad login or passcode".into()),
@@ -861,4 +862,67 @@ async fn a_single_consumer_queue_feeds_one_consumer_and_hands_over_its_unacked_m
     }
     second.send_nowait(queue, "10").unwrap();
     assert_eq!(body(&recv(&mut standby).await), "10");
+}
+
+#[tokio::test]
+async fn queued_bytes_and_transaction_bytes_are_bounded() {
+    let server = start(BrokerConfig {
+        max_queue_bytes: 10_000,
+        max_total_queue_bytes: 15_000,
+        max_tx_bytes: 5_000,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let client = connect(&server.tcp_url).await;
+    for _ in 0..9 {
+        client.send("/queue/one", "x".repeat(1_000)).await.unwrap();
+    }
+    let err = client
+        .send("/queue/one", "x".repeat(2_000))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("holds 10000 bytes"), "{err}");
+    // Another queue may still fill, up to what all queues hold together.
+    let client = connect(&server.tcp_url).await;
+    client.send("/queue/two", "x".repeat(5_000)).await.unwrap();
+    let err = client
+        .send("/queue/two", "x".repeat(2_000))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("All queues together hold 15000"),
+        "{err}"
+    );
+    // Reading them frees the room.
+    let client = connect(&server.tcp_url).await;
+    let mut one = client
+        .subscribe("/queue/one", SubscribeOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..9 {
+        recv(&mut one).await;
+    }
+    client.send("/queue/two", "x".repeat(2_000)).await.unwrap();
+
+    // Transactions: bytes count over all of a connection's open transactions.
+    let raw = |frames: &str| {
+        let addr = server.tcp_addr;
+        let frames = frames.to_owned();
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"CONNECT\naccept-version:1.2\nhost:/\n\n\0")
+                .await
+                .unwrap();
+            s.write_all(frames.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).to_string()
+        }
+    };
+    let body = "y".repeat(3_000);
+    let out = raw(&format!(
+        "BEGIN\ntransaction:a\n\n\0BEGIN\ntransaction:b\n\n\0SEND\ndestination:/queue/t\ntransaction:a\n\n{body}\0SEND\ndestination:/queue/t\ntransaction:b\n\n{body}\0"
+    ))
+    .await;
+    assert!(out.contains("transaction \"b\" is too large"), "{out}");
 }

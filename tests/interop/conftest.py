@@ -90,6 +90,7 @@ class ServerProcess:
                 "--stomp-listen", f"{self.host}:{self.tcp_port}",
                 "--data-dir", str(self.data_dir),
                 "--heartbeat-ms", str(self.heartbeat_ms),
+                "--guest",  # stomp.py logs in as guest/guest, outside the rooms
                 "--log", "info",
             ],
             stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@
 //! well defined, and each session's outbox receives frames in exactly that order.
 
 use super::journal::Journal;
-use super::{Authorizer, BrokerConfig, Principal};
+use super::{Authorizer, BrokerConfig, Principal, SendRate};
 use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -62,6 +62,8 @@ struct Queue {
     /// Only the oldest consumer gets messages; the others stand by (RabbitMQ's
     /// `x-single-active-consumer`).
     single_active: bool,
+    /// Body bytes of its messages, ready and unacked (named queues only).
+    bytes: usize,
 }
 
 struct Subscription {
@@ -77,7 +79,67 @@ struct Unacked {
     item: Queued,
 }
 
+/// A session's token bucket (see [`SendRate`]).
+struct Bucket {
+    rate: SendRate,
+    tokens: f64,
+    refilled: std::time::Instant,
+    /// SENDs dropped in the current second, and when it began.
+    dropped: u32,
+    second: std::time::Instant,
+}
+
+/// What the bucket says of one SEND.
+enum Allowed {
+    Yes,
+    /// Dropped; say so if this is the second's first drop.
+    Dropped {
+        notify: bool,
+    },
+    /// Dropped, and the connection goes on flooding: close it.
+    Flooding,
+}
+
+impl Bucket {
+    fn new(rate: SendRate) -> Bucket {
+        let now = std::time::Instant::now();
+        Bucket {
+            tokens: f64::from(rate.burst),
+            rate,
+            refilled: now,
+            dropped: 0,
+            second: now,
+        }
+    }
+
+    fn take(&mut self) -> Allowed {
+        let now = std::time::Instant::now();
+        let earned =
+            now.duration_since(self.refilled).as_secs_f64() * f64::from(self.rate.per_second);
+        self.tokens = (self.tokens + earned).min(f64::from(self.rate.burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Allowed::Yes;
+        }
+        if now.duration_since(self.second) >= std::time::Duration::from_secs(1) {
+            self.second = now;
+            self.dropped = 0;
+        }
+        self.dropped += 1;
+        if self.dropped > 2 * self.rate.burst.max(1) {
+            Allowed::Flooding
+        } else {
+            Allowed::Dropped {
+                notify: self.dropped == 1,
+            }
+        }
+    }
+}
+
 struct Session {
+    bucket: Option<Bucket>,
+    peer: Option<std::net::IpAddr>,
     outbox: mpsc::Sender<Out>,
     kill: Arc<Kill>,
     principal: Principal,
@@ -91,6 +153,10 @@ struct Session {
 pub(crate) struct Core {
     /// Where messages to named queues are kept before they are delivered or receipted.
     journal: Option<Journal>,
+    /// Set when the frame being handled was a SEND dropped by its rate limit.
+    dropped: bool,
+    /// Body bytes in all named queues.
+    queued_bytes: usize,
     config: BrokerConfig,
     authorizer: Arc<dyn Authorizer>,
     sessions: HashMap<SessionId, Session>,
@@ -198,6 +264,8 @@ impl Core {
     pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Core {
         Core {
             journal: None,
+            dropped: false,
+            queued_bytes: 0,
             config,
             authorizer,
             sessions: HashMap::new(),
@@ -224,14 +292,58 @@ impl Core {
     pub fn add_session(
         &mut self,
         principal: Principal,
+        peer: Option<std::net::SocketAddr>,
         outbox: mpsc::Sender<Out>,
         kill: Arc<Kill>,
-    ) -> SessionId {
+    ) -> Result<SessionId, Refusal> {
+        let c = &self.config;
+        if self.sessions.len() >= c.max_connections {
+            return Err(Refusal::new(
+                "too many connections",
+                format!(
+                    "The broker has {} connections, its most; try again soon.",
+                    c.max_connections
+                ),
+            ));
+        }
+        let ip = peer.map(|p| p.ip());
+        let from_ip = self
+            .sessions
+            .values()
+            .filter(|s| ip.is_some() && s.peer == ip)
+            .count();
+        if ip.is_some_and(|ip| !ip.is_loopback()) && from_ip >= c.max_connections_per_address {
+            return Err(Refusal::new(
+                "too many connections from this address",
+                format!(
+                    "One address may have {} connections open.",
+                    c.max_connections_per_address
+                ),
+            ));
+        }
+        if principal.tag.is_some() {
+            let same = self
+                .sessions
+                .values()
+                .filter(|s| s.principal.name == principal.name && s.principal.tag == principal.tag)
+                .count();
+            if same >= c.max_connections_per_login {
+                return Err(Refusal::new(
+                    "too many connections with this ticket",
+                    format!(
+                        "One ticket may open {} connections at once; close one first.",
+                        c.max_connections_per_login
+                    ),
+                ));
+            }
+        }
         let id = self.next_session;
         self.next_session += 1;
         self.sessions.insert(
             id,
             Session {
+                bucket: principal.rate.clone().map(Bucket::new),
+                peer: ip,
                 outbox,
                 kill,
                 principal,
@@ -241,7 +353,7 @@ impl Core {
                 transactions: HashMap::new(),
             },
         );
-        id
+        Ok(id)
     }
 
     /// Forgets a session: its unacked messages go back to their queues, in their original
@@ -276,18 +388,24 @@ impl Core {
                 }
                 let (max_frames, max_bytes) = (self.config.max_tx_frames, self.config.max_tx_bytes);
                 let session = self.session(id)?;
+                // Bytes count over every open transaction of the connection.
+                let bytes: usize = session
+                    .transactions
+                    .values()
+                    .flatten()
+                    .map(|f| f.body.len())
+                    .sum::<usize>()
+                    + frame.body.len();
                 let Some(buffered) = session.transactions.get_mut(&tx) else {
                     return Err(Refusal::new(
                         format!("unknown transaction {tx:?}"),
                         "BEGIN the transaction before using it.",
                     ));
                 };
-                let bytes: usize =
-                    buffered.iter().map(|f| f.body.len()).sum::<usize>() + frame.body.len();
                 if buffered.len() >= max_frames || bytes > max_bytes {
                     return Err(Refusal::new(
                         format!("transaction {tx:?} is too large"),
-                        format!("A transaction holds at most {max_frames} frames and {max_bytes} body bytes."),
+                        format!("A transaction holds at most {max_frames} frames, and a connection's open transactions {max_bytes} body bytes together."),
                     ));
                 }
                 buffered.push(frame);
@@ -394,6 +512,10 @@ impl Core {
     fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
         let (destination, user) = self.check_send(id, &frame)?;
         let dest = classify(&destination, &self.config)?;
+        if matches!(dest, Dest::Queue) && !self.within_rate(id)? {
+            self.dropped = true;
+            return Ok(());
+        }
         let mut headers: Vec<(String, String)> = frame
             .headers
             .into_iter()
@@ -401,6 +523,52 @@ impl Core {
             .collect();
         headers.push(("user-id".into(), user));
         self.publish(&destination, dest, headers, frame.body)
+    }
+
+    /// Whether the session may SEND one more to a queue now; a dropped SEND may be
+    /// reported on the principal's notice destination, and a flood closes the session.
+    fn within_rate(&mut self, id: SessionId) -> Result<bool, Refusal> {
+        let session = self.session(id)?;
+        let Some(bucket) = &mut session.bucket else {
+            return Ok(true);
+        };
+        let rate = bucket.rate.clone();
+        match bucket.take() {
+            Allowed::Yes => Ok(true),
+            Allowed::Flooding => Err(Refusal::new(
+                "too many messages",
+                format!(
+                    "This connection may send {} messages a second ({} at once) and went on sending far more; it is closed.",
+                    rate.per_second, rate.burst
+                ),
+            )),
+            Allowed::Dropped { notify } => {
+                if let (true, Some(notice)) = (notify, rate.notice) {
+                    let body = serde_json::json!({
+                        "type": "error",
+                        "error": format!(
+                            "too fast: at most {} inputs a second ({} at once); inputs over that are dropped, without a receipt",
+                            rate.per_second, rate.burst
+                        ),
+                        "limited": true,
+                    });
+                    let headers = vec![
+                        ("content-type".to_owned(), "application/json".to_owned()),
+                        ("user-id".to_owned(), "$broker".to_owned()),
+                    ];
+                    if let Ok(dest) = classify(&notice, &self.config) {
+                        let _ = self.publish(&notice, dest, headers, Bytes::from(body.to_string()));
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether the last frame handled was a SEND dropped by its rate limit (and so gets
+    /// no RECEIPT). Reading it clears it.
+    pub fn take_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Publishes a message as if a client had sent it (for in-process producers).
@@ -443,6 +611,12 @@ impl Core {
         match dest {
             Dest::Queue => {
                 let max = self.config.max_queue_len;
+                let (max_bytes, max_total) = (
+                    self.config.max_queue_bytes,
+                    self.config.max_total_queue_bytes,
+                );
+                let size = item.msg.body.len();
+                let total = self.queued_bytes;
                 let queue = self.queues.entry(destination.to_owned()).or_default();
                 if queue.ready.len() >= max {
                     return Err(Refusal::new(
@@ -450,6 +624,20 @@ impl Core {
                         format!("The queue holds {max} undelivered messages; the message was not accepted."),
                     ));
                 }
+                if queue.bytes + size > max_bytes {
+                    return Err(Refusal::new(
+                        format!("queue {destination} is full"),
+                        format!("The queue holds {max_bytes} bytes of messages; the message was not accepted."),
+                    ));
+                }
+                if total + size > max_total {
+                    return Err(Refusal::new(
+                        "the broker is full",
+                        format!("All queues together hold {max_total} bytes of messages; the message was not accepted."),
+                    ));
+                }
+                queue.bytes += size;
+                self.queued_bytes += size;
                 // Kept before anyone sees it: a RECEIPT, and any output a consumer makes
                 // from it, outlive the process.
                 if let Some(journal) = &mut self.journal {
@@ -689,6 +877,9 @@ impl Core {
                 self.requeue(&u.queue, u.item);
             }
         } else {
+            for u in &done {
+                self.release(&u.queue, u.item.msg.body.len());
+            }
             let lsns: Vec<u64> = done
                 .iter()
                 .filter(|u| journaled(&u.queue))
@@ -792,9 +983,22 @@ impl Core {
                 );
             } else if journaled(queue_name) {
                 // Delivered with ack=auto: settled.
-                self.settle(&[item.seq]);
+                let (seq, size) = (item.seq, item.msg.body.len());
+                self.release(queue_name, size);
+                self.settle(&[seq]);
             }
         }
+    }
+
+    /// Takes `bytes` of a message that left `queue` for good off the counts.
+    fn release(&mut self, queue: &str, bytes: usize) {
+        if !journaled(queue) {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.bytes = q.bytes.saturating_sub(bytes);
+        }
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
     }
 
     /// Journals that messages left their named queues for good, and compacts the
@@ -846,15 +1050,14 @@ impl Core {
                 headers: k.headers,
                 body: k.body,
             });
-            self.queues
-                .entry(k.destination)
-                .or_default()
-                .ready
-                .push_back(Queued {
-                    seq: k.lsn,
-                    msg,
-                    redelivered: true,
-                });
+            let queue = self.queues.entry(k.destination).or_default();
+            queue.bytes += msg.body.len();
+            self.queued_bytes += msg.body.len();
+            queue.ready.push_back(Queued {
+                seq: k.lsn,
+                msg,
+                redelivered: true,
+            });
         }
         self.journal = Some(journal);
         Ok(n)
@@ -882,6 +1085,9 @@ impl Core {
         let Some(queue) = self.queues.remove(destination) else {
             return false;
         };
+        if journaled(destination) {
+            self.queued_bytes = self.queued_bytes.saturating_sub(queue.bytes);
+        }
         let mut gone: Vec<u64> = queue.ready.iter().map(|q| q.seq).collect();
         for (sid, sub_id) in queue.consumers {
             if let Some(session) = self.sessions.get_mut(&sid) {

@@ -42,6 +42,22 @@ pub struct Principal {
     /// An application's label for the connection, to find it again (the game server
     /// puts the player's room here).
     pub tag: Option<String>,
+    /// How fast this principal may SEND to queues; `None` for no limit.
+    pub rate: Option<SendRate>,
+}
+
+/// A token bucket for a connection's SENDs to queues. A SEND over the rate is dropped
+/// (no RECEIPT: it was not accepted) and, at most once a second, a notice says so on
+/// `notice`; a connection that goes on sending at twice its burst in a second is
+/// disconnected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRate {
+    /// SENDs a second, on average.
+    pub per_second: u32,
+    /// SENDs at once after a quiet spell.
+    pub burst: u32,
+    /// Where the broker tells of dropped SENDs (a topic the principal reads).
+    pub notice: Option<String>,
 }
 
 impl Principal {
@@ -52,6 +68,7 @@ impl Principal {
             send: None,
             subscribe: None,
             tag: None,
+            rate: None,
         }
     }
 }
@@ -162,10 +179,22 @@ pub struct BrokerConfig {
     pub max_transactions: usize,
     /// Frames one transaction may buffer.
     pub max_tx_frames: usize,
-    /// Body bytes one transaction may buffer.
+    /// Body bytes one connection's open transactions may buffer together.
     pub max_tx_bytes: usize,
     /// Longest destination name.
     pub max_destination_len: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address (loopback is not counted: behind a proxy
+    /// on the same host every client comes from there).
+    pub max_connections_per_address: usize,
+    /// Connections at once with one login of an application's principal that carries a
+    /// tag (one player's ticket).
+    pub max_connections_per_login: usize,
+    /// Body bytes one queue may hold (ready and unacked); a SEND beyond it is refused.
+    pub max_queue_bytes: usize,
+    /// Body bytes all queues together may hold.
+    pub max_total_queue_bytes: usize,
     /// Where a graceful shutdown writes undelivered queue messages, and start-up reads
     /// them back; `None` keeps nothing across restarts. Not needed with a journal.
     pub spool: Option<PathBuf>,
@@ -196,8 +225,13 @@ impl Default for BrokerConfig {
             max_subscriptions: 64,
             max_transactions: 16,
             max_tx_frames: 1_000,
-            max_tx_bytes: 4 * 1024 * 1024,
+            max_tx_bytes: 1024 * 1024,
             max_destination_len: 255,
+            max_connections: 20_000,
+            max_connections_per_address: 512,
+            max_connections_per_login: 4,
+            max_queue_bytes: 16 << 20,
+            max_total_queue_bytes: 256 << 20,
             spool: None,
             journal: None,
             journal_fsync: false,

@@ -84,7 +84,16 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
 
     let (tx, rx) = mpsc::channel(config.outbox_capacity);
     let kill = Arc::new(Kill::default());
-    let id = broker.lock().add_session(principal, tx, kill.clone());
+    let added = broker.lock().add_session(principal, peer, tx, kill.clone());
+    let id = match added {
+        Ok(id) => id,
+        Err(refusal) => {
+            tracing::debug!(?peer, "refused a connection: {}", refusal.message);
+            let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
+            let _ = outgoing.close().await;
+            return;
+        }
+    };
     let connected = Frame::new(Command::Connected)
         .with_header("version", version)
         .with_header("server", config.server_name.clone())
@@ -126,6 +135,9 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         let mut core = broker.lock();
         match core.handle(id, frame) {
             Ok(()) => {
+                // A SEND dropped by its rate limit was not accepted: no receipt.
+                let dropped = core.take_dropped();
+                let receipt = receipt.filter(|_| !dropped);
                 if let Some(receipt) = receipt {
                     let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
                     core.send_to(id, Out::Frame(frame));
