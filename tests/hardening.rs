@@ -409,3 +409,129 @@ async fn every_bound_answers_a_clear_error_when_hit() {
     assert!(guest.contains("guest login is switched off"), "{guest}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_what_happens() {
+    let dir = temp_dir("metrics");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    for _ in 0..5 {
+        ann.send(json!({ "type": "chat", "text": "hi" })).await;
+        ann.next_on_room("chat").await;
+    }
+    let response = http()
+        .get(format!("{}/metrics", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(value("gsl_inputs_total") >= 5.0);
+    assert!(value("gsl_outputs_total") >= 5.0);
+    assert!(value("gsl_handler_seconds_count") >= 5.0);
+    assert!(value("gsl_connections") >= 2.0, "the player and the worker");
+    assert!(value("gsl_players") >= 1.0);
+    assert!(value("gsl_rooms") >= 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_token_key_or_secret_reaches_the_logs() {
+    use e2e_tests::{Log, Process};
+    let dir = temp_dir("logs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stomp = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (secret, operator) = ("logs-test-secret-1234", "logs-test-operator-5678");
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--stomp-listen",
+        &format!("127.0.0.1:{stomp}"),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--secret",
+        secret,
+        "--operator-secret",
+        operator,
+        "--log",
+        "debug",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = Log::default();
+    let bin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/game-server");
+    let mut process = Process::spawn(&bin, &args, 0, &log);
+    let lobby = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while http().get(format!("{lobby}/health")).send().await.is_err() {
+        assert!(started.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let room = e2e_tests::create_room_at(&lobby).await;
+    let ticket = join_ticket(&lobby, &room, "ann").await;
+    let mut ann = Player::join_with(ticket.clone()).await;
+    ann.send(json!({ "type": "chat", "text": "hi" })).await;
+    ann.next_on_room("chat").await;
+    // A wrong token and a wrong key are refused, and not logged either.
+    let _ = Client::connect(
+        &ticket.tcp_url,
+        ConnectOptions::login("ann", "v2.x.ann.j.1.ff"),
+    )
+    .await;
+    let _ = http()
+        .get(format!("{lobby}/user/items"))
+        .bearer_auth("k1.ann.wrongkey")
+        .send()
+        .await;
+    let _ = http()
+        .delete(format!("{lobby}/rooms/{room}"))
+        .bearer_auth(operator)
+        .send()
+        .await;
+    ann.next_on_room("room_ended").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    process.kill9();
+    let lines: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, l)| l.clone())
+        .collect();
+    assert!(lines.len() > 10, "debug logging said little: {lines:?}");
+    let key = ticket.player_key.clone().unwrap();
+    let signature = ticket.token.rsplit('.').next().unwrap().to_owned();
+    for (what, needle) in [
+        ("the token", signature.as_str()),
+        ("the player key", key.as_str()),
+        ("the secret", secret),
+        ("the operator secret", operator),
+        ("a wrong key", "wrongkey"),
+    ] {
+        let found: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
+        assert!(found.is_empty(), "{what} was logged: {found:?}");
+    }
+    println!(
+        "{} log lines at debug, none with a token, key or secret",
+        lines.len()
+    );
+}

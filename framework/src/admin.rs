@@ -46,6 +46,11 @@ pub trait BrokerAdmin: Send + Sync + 'static {
 
     /// Open client connections, where the broker can tell.
     fn connections(&self) -> Option<usize>;
+
+    /// Messages waiting in queues, where the broker can tell.
+    fn queued(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The embedded broker as a [`BrokerAdmin`]: every call is a method call in process.
@@ -118,5 +123,9 @@ impl BrokerAdmin for EmbeddedAdmin {
 
     fn connections(&self) -> Option<usize> {
         Some(self.broker.session_count())
+    }
+
+    fn queued(&self) -> Option<usize> {
+        Some(self.broker.queued())
     }
 }

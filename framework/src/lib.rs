@@ -10,6 +10,7 @@
 //! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
 //! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
 //! - [`token`]: the signed, expiring join tokens the lobby issues and the broker checks.
+//! - [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
 //! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`]).
 //! - [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
 //! - [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
@@ -71,6 +72,7 @@ pub mod config;
 mod error;
 pub mod http;
 pub mod lobby;
+pub mod metrics;
 pub mod msg;
 pub mod names;
 pub mod proto;

@@ -10,6 +10,7 @@
 //! | `DELETE /rooms/{id}/players/{name}` | kick a player (owner token or operator secret) |
 //! | `DELETE /rooms/{id}` | end a room (owner token or operator secret) |
 //! | `GET /health` | liveness and counts |
+//! | `GET /metrics` | Prometheus metrics |
 
 use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
@@ -62,6 +63,7 @@ impl Lobby {
     pub fn into_router(self, rooms: Rooms) -> Router {
         Router::new()
             .route("/health", get(health))
+            .route("/metrics", get(metrics))
             .route("/rooms", post(create_room).get(list_rooms))
             .route("/rooms/{id}", get(get_room).delete(delete_room))
             .route("/rooms/{id}/join", post(join_room))
@@ -231,6 +233,24 @@ async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
         "rooms": rooms.running(),
         "connections": rooms.admin().connections(),
     }))
+}
+
+/// `GET /metrics`: Prometheus's text format.
+async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
+    use crate::metrics::{CONNECTIONS, PLAYERS, QUEUED, ROOMS};
+    let gauge = |n: Option<usize>| n.map_or(0, |n| n as i64);
+    CONNECTIONS.set(gauge(rooms.admin().connections()));
+    QUEUED.set(gauge(rooms.admin().queued()));
+    ROOMS.set(gauge(rooms.running()));
+    PLAYERS.set(rooms.store().player_count().await? as i64);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {

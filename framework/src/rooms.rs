@@ -279,6 +279,9 @@ impl Rooms {
                 recent.pop_front();
             }
             if recent.len() >= settings.creations_per_minute {
+                crate::metrics::LIMITED
+                    .with_label_values(&["room_creations"])
+                    .inc();
                 return Err(Error::Limited(format!(
                     "{ip} created {} rooms in the last minute, the most it may; join one, or wait",
                     settings.creations_per_minute
@@ -293,6 +296,7 @@ impl Rooms {
             }
         }
         if self.store().live_room_count().await? >= settings.max_rooms {
+            crate::metrics::LIMITED.with_label_values(&["rooms"]).inc();
             return Err(Error::Limited(format!(
                 "the server has {} rooms, its most; join one of them",
                 settings.max_rooms
@@ -340,6 +344,9 @@ impl Rooms {
         let max = self.inner.settings.max_players_per_room;
         let players = self.store().players(room).await?;
         if players.len() >= max && !players.iter().any(|p| p == player) {
+            crate::metrics::LIMITED
+                .with_label_values(&["players_per_room"])
+                .inc();
             return Err(Error::Limited(format!(
                 "room {room} is full: it has {max} players, its most"
             )));

@@ -254,6 +254,17 @@ impl Store {
         Ok(row.try_get::<i64, _>("n").map_err(db)? as usize)
     }
 
+    /// How many players are in live rooms.
+    pub async fn player_count(&self) -> Result<usize> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM players p JOIN rooms r ON r.id = p.room_id WHERE r.ended_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.try_get::<i64, _>("n").map_err(db)? as usize)
+    }
+
     /// A live (not ended) room.
     pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
         let row = sqlx::query(

@@ -535,14 +535,20 @@ impl Core {
         let rate = bucket.rate.clone();
         match bucket.take() {
             Allowed::Yes => Ok(true),
-            Allowed::Flooding => Err(Refusal::new(
+            Allowed::Flooding => Err({
+                crate::metrics::LIMITED.with_label_values(&["flood"]).inc();
+                Refusal::new(
                 "too many messages",
                 format!(
                     "This connection may send {} messages a second ({} at once) and went on sending far more; it is closed.",
                     rate.per_second, rate.burst
                 ),
-            )),
+            )
+            }),
             Allowed::Dropped { notify } => {
+                crate::metrics::LIMITED
+                    .with_label_values(&["input_rate"])
+                    .inc();
                 if let (true, Some(notice)) = (notify, rate.notice) {
                     let body = serde_json::json!({
                         "type": "error",
@@ -1158,6 +1164,15 @@ impl Core {
             .filter(|s| which(&s.principal))
             .map(|s| s.kill.clone())
             .collect()
+    }
+
+    /// Messages ready in named queues.
+    pub fn queued(&self) -> usize {
+        self.queues
+            .iter()
+            .filter(|(name, _)| journaled(name))
+            .map(|(_, q)| q.ready.len())
+            .sum()
     }
 
     /// How many sessions are connected.

@@ -395,6 +395,11 @@ impl Broker {
         self.lock().queue_depth(destination)
     }
 
+    /// Messages waiting in named queues for a consumer.
+    pub fn queued(&self) -> usize {
+        self.lock().queued()
+    }
+
     /// Connections currently open.
     pub fn session_count(&self) -> usize {
         self.lock().session_count()

@@ -71,6 +71,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Err(refusal) if refusal.is_close() => return,
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
+            crate::metrics::refused(&refusal.message);
             let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
             let _ = outgoing.close().await;
             return;
@@ -89,6 +90,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Ok(id) => id,
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
+            crate::metrics::refused(&refusal.message);
             let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
             let _ = outgoing.close().await;
             return;
@@ -154,6 +156,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     {
         let mut core = broker.lock();
         if let Some((refusal, receipt)) = ending {
+            crate::metrics::refused(&refusal.message);
             tracing::debug!(
                 ?peer,
                 session = id,

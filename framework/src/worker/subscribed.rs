@@ -223,7 +223,14 @@ where
                 if input.keeps_alive() {
                     last_input = Instant::now();
                 }
-                publisher.publish(worker.handle(input))?;
+                if !input.user.starts_with('$') {
+                    crate::metrics::INPUTS.inc();
+                }
+                let timer = crate::metrics::HANDLER_SECONDS.start_timer();
+                let outputs = worker.handle(input);
+                timer.observe_duration();
+                crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
+                publisher.publish(outputs)?;
                 saver.applied(message);
                 // A busy room checkpoints early rather than stall on its prefetch.
                 if saver.unsaved >= PREFETCH / 2 {

@@ -1,0 +1,126 @@
+//! The server's Prometheus metrics, process-wide, in a registry of the framework's own
+//! (`GET /metrics` serves it). Counters and histograms are updated where things happen;
+//! gauges (connections, rooms, players, queue depth) are read when scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use std::sync::LazyLock;
+
+/// The registry `GET /metrics` serves.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+/// Inputs room workers applied (ticks and lobby controls not counted).
+pub static INPUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("gsl_inputs_total", "Player inputs applied by room workers").unwrap())
+});
+
+/// Messages room workers published.
+pub static OUTPUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("gsl_outputs_total", "Messages room workers published").unwrap())
+});
+
+/// How long applying one inbox message took.
+pub static HANDLER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    let buckets = vec![
+        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+    ];
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new("gsl_handler_seconds", "Time to apply one inbox message")
+                .buckets(buckets),
+        )
+        .unwrap(),
+    )
+});
+
+/// Frames or connections the broker refused, by reason.
+pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gsl_refused_total",
+                "Frames and connections refused with an ERROR, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap(),
+    )
+});
+
+/// Inputs and requests turned away by a limit, by which.
+pub static LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gsl_limited_total",
+                "Inputs and requests turned away by a limit, by limit",
+            ),
+            &["limit"],
+        )
+        .unwrap(),
+    )
+});
+
+/// Open broker connections (embedded broker).
+pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("gsl_connections", "Open connections to the embedded broker").unwrap())
+});
+
+/// Rooms with a worker in this process.
+pub static ROOMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("gsl_rooms", "Rooms with a worker in this process").unwrap())
+});
+
+/// Players in live rooms.
+pub static PLAYERS: LazyLock<IntGauge> =
+    LazyLock::new(|| register(IntGauge::new("gsl_players", "Players in live rooms").unwrap()));
+
+/// Messages waiting in the embedded broker's queues.
+pub static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "gsl_queued_messages",
+            "Messages waiting in the embedded broker's queues",
+        )
+        .unwrap(),
+    )
+});
+
+/// Counts an ERROR the broker answered with `message`, by a few reasons.
+pub fn refused(message: &str) {
+    let m = message.to_ascii_lowercase();
+    let reason = if m.contains("too many")
+        || m.contains("full")
+        || m.contains("too large")
+        || m.contains("slow")
+    {
+        "limit"
+    } else if m.contains("access") || m.contains("may not") || m.contains("revoked") {
+        "access"
+    } else if m.contains("invalid") || m.contains("malformed") || m.contains("frame") {
+        "malformed"
+    } else {
+        "other"
+    };
+    REFUSED.with_label_values(&[reason]).inc();
+}
+
+/// Every metric in Prometheus's text format.
+pub fn render() -> String {
+    // Touch the lazies, so that every metric shows from the first scrape.
+    let _ = (&*INPUTS, &*OUTPUTS, &*HANDLER_SECONDS, &*REFUSED, &*LIMITED);
+    let _ = (&*CONNECTIONS, &*ROOMS, &*PLAYERS, &*QUEUED);
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut out)
+        .expect("the text format encodes");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
