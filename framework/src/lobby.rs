@@ -11,6 +11,7 @@
 //! | `DELETE /rooms/{id}` | end a room (owner token or operator secret) |
 //! | `GET /health` | liveness and counts |
 //! | `GET /metrics` | Prometheus metrics |
+//! | `GET /openapi.json` | this API, described |
 
 use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
@@ -64,6 +65,7 @@ impl Lobby {
         Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
             .route("/rooms", post(create_room).get(list_rooms))
             .route("/rooms/{id}", get(get_room).delete(delete_room))
             .route("/rooms/{id}/join", post(join_room))
@@ -189,35 +191,55 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
 }
 
-/// Parses an optional JSON body; empty means the defaults.
+/// Parses an optional JSON body; empty (or `null`) means the defaults.
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /rooms`: the room's name (any 1 to 64 characters but control characters, not
+/// only spaces); `room` if left out.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRoom {
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        max_length = 64
+    )]
     name: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /rooms/{id}/join`: who joins, and the name's key if it has one.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct JoinRoom {
+    /// 1 to 32 letters, digits, `-` or `_`.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
     name: Option<String>,
     /// The name's player key, from its first join.
     key: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// Every error: what went wrong, and often what to do.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Rooms to skip, oldest first.
+    #[param(minimum = 0, maximum = 1_000_000_000)]
     #[serde(default)]
     offset: usize,
+    /// Rooms to answer at most, 1 to 1000 (100 if left out).
     #[serde(default = "Page::default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: usize,
 }
 
@@ -227,6 +249,11 @@ impl Page {
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "lobby",
+    responses((status = 200, description = "Liveness and counts"), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
@@ -236,6 +263,11 @@ async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
 }
 
 /// `GET /metrics`: Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", tag = "lobby",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
     use crate::metrics::{CONNECTIONS, PLAYERS, QUEUED, ROOMS};
     let gauge = |n: Option<usize>| n.map_or(0, |n| n as i64);
@@ -253,10 +285,53 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
         .into_response())
 }
 
+/// The lobby's OpenAPI description (its built-in routes; a game's own are its to add).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, leave_room, kick_player, delete_room),
+    components(schemas(RoomView, Ticket, CreateRoom, JoinRoom, ErrorBody)),
+    modifiers(&BearerTokens),
+)]
+pub struct LobbyApi;
+
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let bearer = |what: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(what))
+                    .build(),
+            )
+        };
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("ticket", bearer("The token of a join ticket"));
+        components.add_security_scheme(
+            "owner",
+            bearer("A room's owner token, or the operator secret"),
+        );
+    }
+}
+
+/// `GET /openapi.json`.
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<LobbyApi as utoipa::OpenApi>::openapi())
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see GET /rooms and the README's lobby API")
 }
 
+#[utoipa::path(post, path = "/rooms", tag = "rooms", request_body(content = Option<CreateRoom>),
+    responses((status = 201, description = "The room, with its owner token", body = RoomView),
+        (status = 429, description = "Too many rooms", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn create_room(
     State(rooms): State<Rooms>,
     extensions: axum::http::Extensions,
@@ -272,18 +347,31 @@ async fn create_room(
     Ok((StatusCode::CREATED, Json(room)))
 }
 
+#[utoipa::path(get, path = "/rooms", tag = "rooms", params(Page),
+    responses((status = 200, description = "Live rooms, oldest first", body = Vec<RoomView>), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn list_rooms(
     State(rooms): State<Rooms>,
     headers: axum::http::HeaderMap,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> ApiResult<Json<Vec<RoomView>>> {
-    if !(1..=1000).contains(&page.limit) {
-        return Err(ApiError::bad_request("limit is 1 to 1000 rooms"));
+    if !(1..=1000).contains(&page.limit) || page.offset > 1_000_000_000 {
+        return Err(ApiError::bad_request(
+            "limit is 1 to 1000 rooms, offset 0 to 1000000000",
+        ));
     }
     let viewer = viewer(&rooms, &headers).await;
     Ok(Json(rooms.list(&viewer, page.offset, page.limit).await?))
 }
 
+#[utoipa::path(get, path = "/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "The room id")),
+    responses((status = 200, description = "The room", body = RoomView),
+        (status = 404, description = "No such live room", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn get_room(
     State(rooms): State<Rooms>,
     Path(id): Path<String>,
@@ -293,6 +381,15 @@ async fn get_room(
     Ok(Json(rooms.get(&id, &viewer).await?))
 }
 
+#[utoipa::path(post, path = "/rooms/{id}/join", tag = "rooms", params(("id" = String, Path, description = "The room id")),
+    request_body = JoinRoom,
+    responses((status = 200, description = "A ticket", body = Ticket),
+        (status = 403, description = "The name is someone else's", body = ErrorBody),
+        (status = 404, description = "No such live room", body = ErrorBody),
+        (status = 429, description = "The room is full", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn join_room(
     State(rooms): State<Rooms>,
     Path(id): Path<String>,
@@ -311,6 +408,15 @@ async fn join_room(
     Ok(Json(rooms.join(&id, &name, key).await?))
 }
 
+#[utoipa::path(post, path = "/rooms/{id}/leave", tag = "rooms", params(("id" = String, Path, description = "The room id")),
+    security(("ticket" = [])),
+    responses((status = 204, description = "Left; the ticket is revoked"),
+        (status = 401, description = "No current ticket", body = ErrorBody),
+        (status = 403, description = "The ticket is for another room", body = ErrorBody),
+        (status = 404, description = "No such live room, or not in it", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn leave_room(
     State(rooms): State<Rooms>,
     Path(id): Path<String>,
@@ -333,6 +439,16 @@ async fn leave_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, path = "/rooms/{id}/players/{name}", tag = "rooms",
+    params(("id" = String, Path, description = "The room id"), ("name" = String, Path, description = "The player")),
+    security(("owner" = [])),
+    responses((status = 204, description = "Kicked; its ticket is revoked"),
+        (status = 401, description = "No owner token", body = ErrorBody),
+        (status = 403, description = "Not this room's owner token", body = ErrorBody),
+        (status = 404, description = "No such live room, or not in it", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn kick_player(
     State(rooms): State<Rooms>,
     Path((id, name)): Path<(String, String)>,
@@ -343,6 +459,15 @@ async fn kick_player(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, path = "/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "The room id")),
+    security(("owner" = [])),
+    responses((status = 204, description = "The room ends"),
+        (status = 401, description = "No owner token", body = ErrorBody),
+        (status = 403, description = "Not this room's owner token", body = ErrorBody),
+        (status = 404, description = "No such live room", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn delete_room(
     State(rooms): State<Rooms>,
     Path(id): Path<String>,

@@ -2,9 +2,10 @@
 //! and a join ticket. No behaviour, no dependencies but serde.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A room as the lobby shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoomView {
     /// The room id.
     pub id: String,
@@ -28,7 +29,7 @@ pub struct RoomView {
 
 /// What joining a room answers: everything a client needs to play, with no destination
 /// names to build itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Ticket {
     /// The room id.
     pub room: String,

@@ -262,9 +262,11 @@ impl Rooms {
     /// Creates a room for `client` (its address, where known): its inbox, its record,
     /// and its worker. The answer carries the room's owner token.
     pub async fn create(&self, name: &str, client: Option<IpAddr>) -> Result<RoomView> {
-        if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        let blank = name.chars().all(|c| c == ' ');
+        if blank || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(Error::Invalid(
-                "a room name has 1 to 64 printable characters".into(),
+                "a room name has 1 to 64 characters, not control characters, not only spaces"
+                    .into(),
             ));
         }
         let settings = &self.inner.settings;
