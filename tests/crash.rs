@@ -44,6 +44,11 @@ impl Server {
             "crash-secret".to_owned(),
             "--log".to_owned(),
             "warn".to_owned(),
+            // Bursts as fast as the sockets go: the rate limit is not what is tested.
+            "--inputs-per-second".to_owned(),
+            "1000000".to_owned(),
+            "--input-burst".to_owned(),
+            "1000000".to_owned(),
         ]
         .into();
         if fsync {

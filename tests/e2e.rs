@@ -571,7 +571,11 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
 #[tokio::test]
 async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() {
     let dir = temp_dir("crash");
-    let server = Server::start(Lobby::new(), panicky(), &dir).await;
+    let config = Config {
+        input_rate: (100_000, 100_000), // inputs as fast as receipts come back
+        ..Server::config(&dir)
+    };
+    let server = Server::start_with(Lobby::new(), panicky(), config).await;
     let room = server.create_room().await;
     let mut ann = Player::join(&server, &room, "ann", true).await;
     let mut kicks = 0;
