@@ -344,6 +344,11 @@ impl Process {
 }
 
 impl Process {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it with SIGKILL (kill -9) and waits until it is gone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
