@@ -778,3 +778,85 @@ async fn the_lobby_runs_in_process_without_an_http_port() {
         ["ann"]
     );
 }
+
+/// Records a real session's STOMP traffic, both ways, as seeds for the fuzz targets:
+/// `cargo test -p e2e-tests --test e2e -- --ignored record` writes `fuzz/seeds/`.
+#[tokio::test]
+#[ignore = "writes fuzz/seeds/; run by hand when the protocol changes"]
+async fn record_real_traffic_as_fuzz_seeds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("record");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let ticket = server.join(&room, "ann").await;
+    // A proxy between the player and the broker that keeps what passes each way.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("tcp://{}", proxy.local_addr().unwrap());
+    let upstream = ticket.tcp_url.trim_start_matches("tcp://").to_owned();
+    let recorded = tokio::spawn(async move {
+        let (mut client, _) = proxy.accept().await.unwrap();
+        let mut broker = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (mut to_client, mut to_broker) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = ([0u8; 8192], [0u8; 8192]);
+        loop {
+            tokio::select! {
+                n = client.read(&mut a) => match n { Ok(0) | Err(_) => break, Ok(n) => { to_broker.extend_from_slice(&a[..n]); broker.write_all(&a[..n]).await.unwrap(); } },
+                n = broker.read(&mut b) => match n { Ok(0) | Err(_) => break, Ok(n) => { to_client.extend_from_slice(&b[..n]); client.write_all(&b[..n]).await.unwrap(); } },
+            }
+        }
+        (to_broker, to_client)
+    });
+    let client = Client::connect(
+        &proxy_url,
+        ConnectOptions::login(ticket.login.clone(), ticket.token.clone()),
+    )
+    .await
+    .unwrap();
+    let mut topic = client
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    client
+        .subscribe(
+            &ticket.private,
+            SubscribeOptions::ack(game_server_less::stomp::AckMode::ClientIndividual),
+        )
+        .await
+        .unwrap();
+    for (i, input) in [
+        json!({"type":"look"}),
+        json!({"type":"move","dx":1,"dy":0}),
+        json!({"type":"chat","text":"héllo wörld: \\x"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut input = input.clone();
+        input["seq"] = (i + 1).into();
+        client.send(&ticket.inbox, input.to_string()).await.unwrap();
+    }
+    next_of(&mut topic, "chat").await;
+    client.flush().await.unwrap();
+    let _ = client.send("/queue/elsewhere", "refused").await;
+    let (to_broker, to_client) = recorded.await.unwrap();
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    for target in ["frame", "broker"] {
+        std::fs::create_dir_all(seeds.join(target)).unwrap();
+        std::fs::write(
+            seeds.join(target).join("session-to-broker.stomp"),
+            &to_broker,
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        seeds.join("frame").join("session-to-client.stomp"),
+        &to_client,
+    )
+    .unwrap();
+    println!(
+        "recorded {} bytes to the broker, {} back",
+        to_broker.len(),
+        to_client.len()
+    );
+    server.stop().await;
+}

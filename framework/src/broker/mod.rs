@@ -431,3 +431,79 @@ impl Broker {
         Ok(())
     }
 }
+
+/// A harness for fuzzing the broker's frame handling without sockets (feature
+/// `fuzzing`): two connected sessions, one open and one a rate-limited player, each
+/// frame parsed from the input handed to the broker as a session's would be.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::core::Core;
+    use super::{AllowAll, BrokerConfig, Principal, SendRate};
+    use crate::stomp::{parse, Limits, Parsed};
+    use std::sync::Arc;
+
+    /// Feeds every frame in `data` to the broker, alternating between the sessions, then
+    /// closes them; returns how many frames were refused.
+    pub fn handle_bytes(data: &[u8]) -> usize {
+        let config = BrokerConfig {
+            max_queue_bytes: 4096,
+            max_total_queue_bytes: 8192,
+            max_tx_bytes: 2048,
+            managed_prefixes: vec!["/queue/room.".into()],
+            ..BrokerConfig::default()
+        };
+        let mut core = Core::new(config, Arc::new(AllowAll));
+        core.create_queue("/queue/room.r1", true);
+        let mut player = Principal::anyone("ann");
+        player.send = Some(vec!["/queue/room.r1".into()]);
+        player.tag = Some("r1".into());
+        player.rate = Some(SendRate {
+            per_second: 5,
+            burst: 3,
+            notice: Some("/topic/room.r1.player.ann".into()),
+        });
+        let mut outboxes = Vec::new();
+        let mut sessions = Vec::new();
+        for principal in [Principal::anyone("open"), player] {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            outboxes.push(rx);
+            let id = core
+                .add_session(principal, None, tx, Arc::default())
+                .expect("two sessions fit");
+            sessions.push(Some(id));
+        }
+        let mut rest = data;
+        let mut refused = 0;
+        let mut turn = 0;
+        loop {
+            let (frame, len) = match parse(rest, &Limits::default()) {
+                Ok(Parsed::Frame(frame, len)) => (frame, len),
+                Ok(Parsed::Heartbeat(len)) => {
+                    rest = &rest[len..];
+                    continue;
+                }
+                Ok(Parsed::Incomplete) | Err(_) => break,
+            };
+            rest = &rest[len..];
+            turn += 1;
+            let Some(id) = sessions[turn % 2] else {
+                continue;
+            };
+            if core.handle(id, frame).is_err() {
+                // A refused frame ends its session, as on a socket.
+                refused += 1;
+                core.remove_session(id);
+                sessions[turn % 2] = None;
+            }
+            let _ = core.take_dropped();
+            for rx in &mut outboxes {
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        for id in sessions.into_iter().flatten() {
+            core.remove_session(id);
+        }
+        refused
+    }
+}

@@ -281,6 +281,9 @@ pub enum FrameError {
     /// A header line has no colon.
     #[error("header line without a colon: {0:?}")]
     HeaderWithoutColon(String),
+    /// A header line holds a carriage return other than the one before its line feed.
+    #[error("a header line holds a carriage return: STOMP allows one only before the line feed (escape it as \\r)")]
+    CarriageReturn,
     /// An escape sequence STOMP 1.2 does not define.
     #[error("invalid escape sequence \\{0} in a header")]
     BadEscape(char),
@@ -340,6 +343,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, FrameError> {
         }
         if headers.len() == limits.max_headers {
             return Err(FrameError::TooManyHeaders(limits.max_headers));
+        }
+        // Unescaped (CONNECT) it would come back from an encoder changed; escaped, it was
+        // never allowed.
+        if line.contains(&b'\r') {
+            return Err(FrameError::CarriageReturn);
         }
         let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
             FrameError::HeaderWithoutColon(String::from_utf8_lossy(line).into_owned())
@@ -510,6 +518,22 @@ mod tests {
     fn bad_content_length_is_an_error() {
         let err = parse(b"SEND\ncontent-length:-4\n\n\0", &Limits::default()).unwrap_err();
         assert!(matches!(err, FrameError::BadContentLength(_)));
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_header_line_is_an_error() {
+        for input in [
+            &b"CONNECT\ncontent-le\rngth:37\n\n\0"[..],
+            b"SEND\na:b\rc\n\n\0",
+        ] {
+            assert_eq!(
+                parse(input, &Limits::default()).unwrap_err(),
+                FrameError::CarriageReturn
+            );
+        }
+        // The one before the line feed is a CRLF line end.
+        let f = parse_one(b"SEND\r\na:b\r\n\r\n\0");
+        assert_eq!(f.header("a"), Some("b"));
     }
 
     #[test]
