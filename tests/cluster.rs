@@ -228,7 +228,7 @@ impl Cluster {
 
     fn dump(&self) -> String {
         let log = self.log.lock().unwrap();
-        let skip = log.len().saturating_sub(40);
+        let skip = log.len().saturating_sub(80);
         log.iter()
             .skip(skip)
             .map(|(_, i, l)| format!("[{i}] {l}\n"))
@@ -485,7 +485,17 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
             pause_after(outputs, *at, until)
         );
     }
-    assert!(lost.is_empty(), "receipted inputs never applied: {lost:?}");
+    if !lost.is_empty() {
+        let mut lost = lost.clone();
+        lost.sort();
+        panic!(
+            "{} receipted inputs never applied: {:?} … {:?}\nthe cluster's last words:\n{}",
+            lost.len(),
+            &lost[..lost.len().min(5)],
+            lost.last(),
+            cluster.dump()
+        );
+    }
     assert_eq!(doubled, 0, "inputs applied twice");
     assert_eq!(applied.len(), total, "every applied input was receipted");
     cluster.end_rooms().await;

@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Tests that compare round trips take turns: running beside each other, each would
+/// measure the other's load.
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The oldest live room.
 async fn first_room(server: &Server) -> String {
     let rooms = server.get_json("/rooms").await;
@@ -265,6 +269,7 @@ fn p99(mut rtts: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooder_is_limited_and_the_others_in_its_room_play_on() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("flood");
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
@@ -534,4 +539,106 @@ async fn no_token_key_or_secret_reaches_the_logs() {
         "{} log lines at debug, none with a token, key or secret",
         lines.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_twenty_slow_readers_does_not_stall_a_player() {
+    let _turn = TIMING.lock().await;
+    use futures_util::SinkExt;
+    let dir = temp_dir("slow");
+    let config = game_server_less::Config {
+        input_rate: (100_000, 100_000), // the loud player fills the slow readers' buffers
+        ..Server::config(&dir)
+    };
+    let server = Server::start_with(game_server::lobby(), game_server::msg(), config).await;
+    let room = server.create_room().await;
+    let mut bystander = Player::join(&server, &room, "ann", false).await;
+    let mut loud = Player::join(&server, &room, "loud", true).await;
+    // The same flood twice, each with twenty more subscribers: first readers that read,
+    // then readers that never do and are dropped. Only the dropping differs.
+    let mut worst = Vec::new();
+    let mut slow = Vec::new();
+    for phase in 0..2 {
+        let mut readers = Vec::new();
+        for i in 0..20 {
+            let ticket = join_ticket(&server.http, &room, &format!("r{phase}x{i}")).await;
+            let mut request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    ticket.ws_url.as_str(),
+                )
+                .unwrap();
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+            let frames = format!(
+                "CONNECT\naccept-version:1.2\nhost:/\nlogin:{}\npasscode:{}\n\n\0SUBSCRIBE\nid:1\ndestination:{}\n\n\0",
+                ticket.login, ticket.token, ticket.topic
+            );
+            ws.send(tokio_tungstenite::tungstenite::Message::text(frames))
+                .await
+                .unwrap();
+            if phase == 0 {
+                readers.push(tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }));
+            } else {
+                slow.push(ws); // never read again
+            }
+        }
+        let before: Value = server.get_json("/health").await;
+        let flood = tokio::spawn(async move {
+            let text = "x".repeat(180);
+            for n in 1..=30_000u64 {
+                let seq = loud.next_seq();
+                let body = json!({ "type": "chat", "text": text, "seq": seq }).to_string();
+                if loud.client.send_nowait(&loud.ticket.inbox, body).is_err() {
+                    break;
+                }
+                if n % 32 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            loud
+        });
+        let mut rtts = Vec::new();
+        while !flood.is_finished() {
+            rtts.extend(chat_timed(&mut bystander, 1, Duration::from_millis(20)).await);
+        }
+        loud = flood.await.unwrap();
+        let after: Value = server.get_json("/health").await;
+        let max = *rtts.iter().max().unwrap();
+        for r in readers {
+            r.abort();
+        }
+        println!(
+            "{}: connections {} before the flood, {} after; the bystander's {} chats: p99 {:?}, max {max:?}",
+            if phase == 0 { "20 readers" } else { "20 slow readers, dropped" },
+            before["connections"],
+            after["connections"],
+            rtts.len(),
+            p99(rtts),
+        );
+        if phase == 1 {
+            assert!(
+                after["connections"].as_u64().unwrap() + 20
+                    <= before["connections"].as_u64().unwrap(),
+                "the slow readers were dropped"
+            );
+        }
+        worst.push(max);
+    }
+    assert!(
+        bystander.client.closed().is_none(),
+        "the bystander stayed connected"
+    );
+    assert!(
+        worst[1] <= worst[0] * 2 + Duration::from_millis(50),
+        "dropping slow readers stalled the bystander: worst {:?} with readers that read, {:?} with readers dropped",
+        worst[0],
+        worst[1]
+    );
+    drop(slow);
+    server.stop().await;
 }

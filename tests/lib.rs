@@ -262,6 +262,12 @@ impl Player {
         self.seq
     }
 
+    /// The number for the next input, for bodies built by hand.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
     /// Sends a body as it is, with a receipt.
     pub async fn send_raw(&self, body: &str) {
         self.client

@@ -133,6 +133,17 @@ impl Store {
                         sqlx::query("PRAGMA synchronous = NORMAL")
                             .execute(&mut *conn)
                             .await?;
+                    } else {
+                        // A worker that hangs (SIGSTOP) in the middle of a checkpoint holds
+                        // its row's lock: PostgreSQL ends that session after a while, so
+                        // the worker that replaced it can save; and nothing waits on a
+                        // lock for ever.
+                        sqlx::query("SET idle_in_transaction_session_timeout = '5s'")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("SET lock_timeout = '10s'")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })

@@ -926,3 +926,84 @@ async fn queued_bytes_and_transaction_bytes_are_bounded() {
     .await;
     assert!(out.contains("transaction \"b\" is too large"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_slow_readers_does_not_stall_a_bystander() {
+    let server = start(BrokerConfig {
+        outbox_capacity: 512,
+        heartbeat: (0, 0),
+        ..BrokerConfig::default()
+    })
+    .await;
+    // 20 readers that subscribe to a busy topic and never read their socket: 10 over
+    // TCP, 10 over WebSocket.
+    let mut slow = Vec::new();
+    let mut slow_ws = Vec::new();
+    for i in 0..10 {
+        let subscribe = format!("CONNECT\naccept-version:1.2\nhost:/\n\n\0SUBSCRIBE\nid:{i}\ndestination:/topic/busy\n\n\0");
+        let mut s = TcpStream::connect(server.tcp_addr).await.unwrap();
+        s.write_all(subscribe.as_bytes()).await.unwrap();
+        slow.push(s);
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                server.ws_url.as_str(),
+            )
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        futures_util::SinkExt::send(
+            &mut ws,
+            tokio_tungstenite::tungstenite::Message::text(subscribe),
+        )
+        .await
+        .unwrap();
+        slow_ws.push(ws);
+    }
+    let producer = connect(&server.tcp_url).await;
+    let bystander = connect(&server.tcp_url).await;
+    let mut pings = bystander
+        .subscribe("/queue/ping", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let body = "x".repeat(2_000);
+    let flood = tokio::spawn(async move {
+        for _ in 0..40_000 {
+            if producer.send_nowait("/topic/busy", body.clone()).is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        producer.flush().await.unwrap();
+    });
+    let mut rtts = Vec::new();
+    while !flood.is_finished() {
+        let sent = std::time::Instant::now();
+        bystander.send("/queue/ping", "ping").await.unwrap();
+        recv(&mut pings).await;
+        rtts.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    flood.await.unwrap();
+    let dropped = server.broker.session_count();
+    rtts.sort();
+    let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    println!(
+        "bystander round trips while 20 slow readers were dropped: {} pings, p50 {:?}, p99 {:?}, max {:?}; sessions left {dropped}",
+        rtts.len(),
+        pct(0.5),
+        pct(0.99),
+        rtts.last().unwrap()
+    );
+    assert!(
+        dropped <= 2,
+        "the slow readers were dropped: {dropped} sessions left"
+    );
+    assert!(
+        *rtts.last().unwrap() < Duration::from_millis(200),
+        "a bystander stalled while slow readers were dropped"
+    );
+    drop(slow);
+    drop(slow_ws);
+}

@@ -163,7 +163,9 @@ pub struct BrokerConfig {
     pub heartbeat: (u64, u64),
     /// How long a new connection has to send CONNECT.
     pub connect_timeout: Duration,
-    /// Frames queued for one connection before it counts as too slow and is closed.
+    /// Frames queued for one connection before it counts as too slow and is closed. A
+    /// client that reads holds almost none; a large backlog only makes dropping it
+    /// costly for everyone (16,384 stalled a bystander for half a second).
     pub outbox_capacity: usize,
     /// Undelivered messages one queue may hold; a SEND beyond it is refused.
     pub max_queue_len: usize,
@@ -218,7 +220,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             heartbeat: (10_000, 10_000),
             connect_timeout: Duration::from_secs(10),
-            outbox_capacity: 16 * 1024,
+            outbox_capacity: 4096,
             max_queue_len: 100_000,
             max_topic_backlog: 10_000,
             max_unacked: 10_000,

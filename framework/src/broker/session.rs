@@ -105,7 +105,20 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         broker.lock().remove_session(id);
         return;
     }
-    let writer = tokio::spawn(write_loop(outgoing, rx, send_every));
+    // The writer hands its queue back when it ends, so that a slow reader's backlog is
+    // freed off the runtime's threads (see below).
+    let stop_writer = Arc::new(tokio::sync::Notify::new());
+    let writer = {
+        let stop = stop_writer.clone();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = write_loop(outgoing, &mut rx, send_every) => {}
+                _ = stop.notified() => {}
+            }
+            rx
+        })
+    };
 
     let mut shutdown = broker.shutdown.subscribe();
     let deadline = expect_every.map(|d| d * 2);
@@ -169,7 +182,12 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         core.remove_session(id);
     }
     if slow {
-        writer.abort();
+        // Its socket is full: stop writing. Freeing thousands of queued frames takes a
+        // while, and on a runtime thread it would stall every other connection.
+        stop_writer.notify_one();
+        if let Ok(backlog) = writer.await {
+            tokio::task::spawn_blocking(move || drop(backlog));
+        }
     } else if tokio::time::timeout(Duration::from_secs(10), writer)
         .await
         .is_err()

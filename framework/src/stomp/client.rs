@@ -258,7 +258,10 @@ impl Client {
             server: connected.header("server").map(str::to_owned),
             session: connected.header("session").map(str::to_owned),
         });
-        tokio::spawn(write_loop(transport.outgoing, writer_rx, send_every));
+        let mut writer_rx = writer_rx;
+        tokio::spawn(
+            async move { write_loop(transport.outgoing, &mut writer_rx, send_every).await },
+        );
         tokio::spawn(read_loop(
             transport.incoming,
             Arc::downgrade(&inner),

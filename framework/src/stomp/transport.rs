@@ -263,7 +263,7 @@ pub(crate) enum Outbound {
 /// heart-beat whenever nothing was written for `heartbeat`.
 pub(crate) async fn write_loop(
     mut sink: ItemSink,
-    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
+    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
     heartbeat: Option<std::time::Duration>,
 ) {
     loop {
