@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Tests that compare round trips take turns: running beside each other, each would
-/// measure the other's load.
+/// These tests take turns: some compare round trips, and running beside the others each
+/// would measure the others' load.
 static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The oldest live room.
@@ -41,6 +41,7 @@ async fn connect(ticket: &game_server_less::proto::Ticket) -> game_server_less::
 
 #[tokio::test]
 async fn leaving_or_being_kicked_revokes_the_ticket_and_closes_its_connections() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("revoke");
     let server = Server::game(&dir).await;
     let (room, owner) = server.create_owned_room().await;
@@ -80,6 +81,7 @@ async fn leaving_or_being_kicked_revokes_the_ticket_and_closes_its_connections()
 
 #[tokio::test]
 async fn a_name_belongs_to_its_first_holder_and_an_earlier_ticket_cannot_act_as_a_later_one() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("names");
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
@@ -145,6 +147,7 @@ async fn a_name_belongs_to_its_first_holder_and_an_earlier_ticket_cannot_act_as_
 
 #[tokio::test]
 async fn of_fifty_simultaneous_joins_with_one_fresh_name_one_wins() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("race");
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
@@ -176,6 +179,7 @@ async fn of_fifty_simultaneous_joins_with_one_fresh_name_one_wins() {
 
 #[tokio::test]
 async fn half_sent_requests_are_cut_off_and_a_full_lobby_still_answers_health() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("http");
     let mut config = Server::config(&dir);
     config.http = HttpLimits {
@@ -354,6 +358,7 @@ async fn a_flooder_is_limited_and_the_others_in_its_room_play_on() {
 
 #[tokio::test]
 async fn every_bound_answers_a_clear_error_when_hit() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("bounds");
     let mut config = Server::config(&dir);
     config.rooms.max_rooms = 4;
@@ -417,6 +422,7 @@ async fn every_bound_answers_a_clear_error_when_hit() {
 
 #[tokio::test]
 async fn metrics_count_what_happens() {
+    let _turn = TIMING.lock().await;
     let dir = temp_dir("metrics");
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
@@ -452,6 +458,7 @@ async fn metrics_count_what_happens() {
 
 #[tokio::test]
 async fn no_token_key_or_secret_reaches_the_logs() {
+    let _turn = TIMING.lock().await;
     use e2e_tests::{Log, Process};
     let dir = temp_dir("logs");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -634,7 +641,9 @@ async fn dropping_twenty_slow_readers_does_not_stall_a_player() {
         "the bystander stayed connected"
     );
     assert!(
-        worst[1] <= worst[0] * 2 + Duration::from_millis(50),
+        // One sample's worst is noisy on two cores; the stall this guards against was
+        // 477 ms against 26 ms.
+        worst[1] <= worst[0] * 3 + Duration::from_millis(100),
         "dropping slow readers stalled the bystander: worst {:?} with readers that read, {:?} with readers dropped",
         worst[0],
         worst[1]
