@@ -3,92 +3,14 @@
 //! that a player saw ever names other content. The game is `tests/bin/ledger.rs`, whose
 //! state lists every input it applied.
 
-use e2e_tests::{create_room_at, http, join_ticket, json_of, temp_dir, Log, Process, WAIT};
+use e2e_tests::{create_room_at, join_ticket, json_of, temp_dir, Restartable, WAIT};
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The ledger game as a process, started again on the same ports and data directory.
-struct Server {
-    args: Vec<String>,
-    http: String,
-    process: Option<Process>,
-    log: Log,
-    starts: usize,
-}
-
-impl Server {
-    async fn start(dir: &Path, fsync: bool) -> Server {
-        let (http_port, stomp_port) = (free_port(), free_port());
-        let mut args: Vec<String> = [
-            "--listen".to_owned(),
-            format!("127.0.0.1:{http_port}"),
-            "--stomp-listen".to_owned(),
-            format!("127.0.0.1:{stomp_port}"),
-            "--data-dir".to_owned(),
-            dir.display().to_string(),
-            "--secret".to_owned(),
-            "crash-secret".to_owned(),
-            "--log".to_owned(),
-            "warn".to_owned(),
-            // Bursts as fast as the sockets go: the rate limit is not what is tested.
-            "--inputs-per-second".to_owned(),
-            "1000000".to_owned(),
-            "--input-burst".to_owned(),
-            "1000000".to_owned(),
-        ]
-        .into();
-        if fsync {
-            args.push("--fsync".into());
-        }
-        let mut server = Server {
-            args,
-            http: format!("http://127.0.0.1:{http_port}"),
-            process: None,
-            log: Log::default(),
-            starts: 0,
-        };
-        server.restart().await;
-        server
-    }
-
-    /// Kills the process with SIGKILL if it runs, and starts it again.
-    async fn restart(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill9();
-        }
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
-        self.process = Some(Process::spawn(&bin, &self.args, self.starts, &self.log));
-        self.starts += 1;
-        let started = Instant::now();
-        while http()
-            .get(format!("{}/health", self.http))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < WAIT,
-                "the server did not start: {:?}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// What all players saw: each output by room seq, and any seq seen with two contents.
 #[derive(Default)]
@@ -193,7 +115,13 @@ async fn report(ticket: &Ticket) -> Vec<(String, u64)> {
 /// server with -9 after `kill_after` and starts it again; then checks and prints.
 async fn crash_and_count(tag: &str, count: u64, window: usize, kill_after: Duration, fsync: bool) {
     let dir = temp_dir(tag);
-    let mut server = Server::start(&dir, fsync).await;
+    // Bursts as fast as the sockets go: the rate limit is not what is tested.
+    let mut extra = vec!["--inputs-per-second", "1000000", "--input-burst", "1000000"];
+    if fsync {
+        extra.push("--fsync");
+    }
+    let ledger = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
+    let mut server = Restartable::start(ledger, &dir, &extra).await;
     let room = create_room_at(&server.http).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut players = Vec::new();

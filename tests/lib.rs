@@ -374,3 +374,92 @@ impl Drop for Process {
         }
     }
 }
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A game server binary as a process on loopback ports of its own, which a test can kill
+/// with -9 and start again on the same ports and data directory.
+pub struct Restartable {
+    program: PathBuf,
+    args: Vec<String>,
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    process: Option<Process>,
+    /// Its output, every start's.
+    pub log: Log,
+    starts: usize,
+}
+
+impl Restartable {
+    /// Starts `program` with its data in `dir`, a fixed token secret, and `extra` options.
+    pub async fn start(program: PathBuf, dir: &Path, extra: &[&str]) -> Restartable {
+        let (http_port, stomp_port) = (free_port(), free_port());
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--stomp-listen",
+            &format!("127.0.0.1:{stomp_port}"),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--secret",
+            "restartable-secret",
+            "--log",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Restartable {
+            program,
+            args,
+            http: format!("http://127.0.0.1:{http_port}"),
+            process: None,
+            log: Log::default(),
+            starts: 0,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Kills the process with SIGKILL if it runs, starts it again, and waits until its
+    /// lobby answers.
+    pub async fn restart(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+        self.process = Some(Process::spawn(
+            &self.program,
+            &self.args,
+            self.starts,
+            &self.log,
+        ));
+        self.starts += 1;
+        let started = Instant::now();
+        while http()
+            .get(format!("{}/health", self.http))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < WAIT,
+                "the server did not start: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("it runs").pid()
+    }
+}

@@ -6,25 +6,17 @@
 //!
 //!     GSL_SOAK_SECS=300 cargo test -p e2e-tests --test soak -- --nocapture
 
-use e2e_tests::{http, json_of, temp_dir, Log, Process, WAIT};
+use e2e_tests::{http, json_of, temp_dir, Restartable, WAIT};
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BOTS: usize = 12;
 const ROOMS: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -44,64 +36,6 @@ impl Dice {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-struct Server {
-    args: Vec<String>,
-    http: String,
-    process: Option<Process>,
-    log: Log,
-}
-
-impl Server {
-    async fn start(dir: &Path) -> Server {
-        let (http_port, stomp_port) = (free_port(), free_port());
-        let args = [
-            "--listen",
-            &format!("127.0.0.1:{http_port}"),
-            "--stomp-listen",
-            &format!("127.0.0.1:{stomp_port}"),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--secret",
-            "soak-secret",
-            "--log",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut server = Server {
-            args,
-            http: format!("http://127.0.0.1:{http_port}"),
-            process: None,
-            log: Log::default(),
-        };
-        server.restart().await;
-        server
-    }
-
-    async fn restart(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill9();
-        }
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
-        self.process = Some(Process::spawn(&bin, &self.args, 0, &self.log));
-        let started = Instant::now();
-        while http()
-            .get(format!("{}/health", self.http))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(started.elapsed() < WAIT, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.as_ref().unwrap().pid()
     }
 }
 
@@ -240,7 +174,8 @@ async fn bots_join_leave_drop_and_flood_through_a_kill_9_and_nothing_is_lost_or_
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let dir = temp_dir("soak");
-    let mut server = Server::start(&dir).await;
+    let ledger = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
+    let mut server = Restartable::start(ledger, &dir, &[]).await;
     let mut rooms = Vec::new();
     let mut owners = Vec::new();
     for _ in 0..ROOMS {
