@@ -3,7 +3,7 @@
 //! that a player saw ever names other content. The game is `tests/bin/ledger.rs`, whose
 //! state lists every input it applied.
 
-use e2e_tests::{create_room_at, join_ticket, json_of, temp_dir, Restartable, WAIT};
+use e2e_tests::{create_room_at, join_ticket, json_of, ledger_report, temp_dir, Restartable};
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
@@ -88,29 +88,6 @@ async fn play(ticket: Ticket, count: u64, window: usize, seen: Arc<Mutex<Seen>>)
     connections
 }
 
-/// The room's own list of applied inputs.
-async fn report(ticket: &Ticket) -> Vec<(String, u64)> {
-    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
-    let client = Client::connect(&ticket.tcp_url, options).await.unwrap();
-    let mut private = client
-        .subscribe(&ticket.private, SubscribeOptions::default())
-        .await
-        .unwrap();
-    client
-        .send(
-            &ticket.inbox,
-            json!({ "type": "report", "seq": u64::MAX / 2 }).to_string(),
-        )
-        .await
-        .unwrap();
-    loop {
-        let m = json_of(&private.recv_timeout(WAIT).await.unwrap());
-        if m["type"] == "report" {
-            return serde_json::from_value(m["applied"].clone()).unwrap();
-        }
-    }
-}
-
 /// Plays `count` inputs for each of three players, `window` in flight each, kills the
 /// server with -9 after `kill_after` and starts it again; then checks and prints.
 async fn crash_and_count(tag: &str, count: u64, window: usize, kill_after: Duration, fsync: bool) {
@@ -140,7 +117,7 @@ async fn crash_and_count(tag: &str, count: u64, window: usize, kill_after: Durat
     for p in players {
         connections += p.await.unwrap();
     }
-    let applied = report(&tickets[0]).await;
+    let applied = ledger_report(&tickets[0], u64::MAX / 2).await;
     let mut per_input: HashMap<(String, u64), usize> = HashMap::new();
     for key in applied {
         *per_input.entry(key).or_default() += 1;

@@ -463,3 +463,27 @@ impl Restartable {
         self.process.as_ref().expect("it runs").pid()
     }
 }
+
+/// Opens a STOMP connection over TCP with `ticket`'s login and token.
+pub async fn connect_ticket(ticket: &Ticket) -> game_server_less::Result<Client> {
+    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
+    Client::connect(&ticket.tcp_url, options).await
+}
+
+/// Asks a room of the ledger game (`tests/bin/ledger.rs`) for every input it applied,
+/// with `ticket`, as input number `seq`.
+pub async fn ledger_report(ticket: &Ticket, seq: u64) -> Vec<(String, u64)> {
+    let client = connect_ticket(ticket).await.unwrap();
+    let mut private = client
+        .subscribe(&ticket.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let input = json!({ "type": "report", "seq": seq }).to_string();
+    client.send(&ticket.inbox, input).await.unwrap();
+    loop {
+        let m = json_of(&private.recv_timeout(WAIT).await.unwrap());
+        if m["type"] == "report" {
+            return serde_json::from_value(m["applied"].clone()).unwrap();
+        }
+    }
+}

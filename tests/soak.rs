@@ -6,7 +6,7 @@
 //!
 //!     GSL_SOAK_SECS=300 cargo test -p e2e-tests --test soak -- --nocapture
 
-use e2e_tests::{http, json_of, temp_dir, Restartable, WAIT};
+use e2e_tests::{http, join_ticket, ledger_report, temp_dir, Restartable, WAIT};
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
@@ -132,41 +132,6 @@ async fn bot(
     tally
 }
 
-async fn report(lobby: &str, room: &str, name: &str) -> Vec<(String, u64)> {
-    let ticket: Ticket = http()
-        .post(format!("{lobby}/rooms/{room}/join"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client = Client::connect(
-        &ticket.tcp_url,
-        ConnectOptions::login(ticket.login.clone(), ticket.token.clone()),
-    )
-    .await
-    .unwrap();
-    let mut private = client
-        .subscribe(&ticket.private, SubscribeOptions::default())
-        .await
-        .unwrap();
-    client
-        .send(
-            &ticket.inbox,
-            json!({ "type": "report", "seq": 1 }).to_string(),
-        )
-        .await
-        .unwrap();
-    loop {
-        let m = json_of(&private.recv_timeout(WAIT).await.unwrap());
-        if m["type"] == "report" {
-            return serde_json::from_value(m["applied"].clone()).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_join_leave_drop_and_flood_through_a_kill_9_and_nothing_is_lost_or_leaked() {
     let secs: u64 = std::env::var("GSL_SOAK_SECS")
@@ -224,7 +189,8 @@ async fn bots_join_leave_drop_and_flood_through_a_kill_9_and_nothing_is_lost_or_
     let accepted = accepted.lock().unwrap().clone();
     let (mut receipted, mut lost, mut doubled, mut applied_total) = (0, 0, 0, 0);
     for (i, room) in rooms.iter().enumerate() {
-        let applied = report(&server.http, room, &format!("auditor{i}")).await;
+        let auditor = join_ticket(&server.http, room, &format!("auditor{i}")).await;
+        let applied = ledger_report(&auditor, 1).await;
         applied_total += applied.len();
         let mut count: HashMap<(String, u64), usize> = HashMap::new();
         for key in applied {
