@@ -447,6 +447,20 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
         ),
         (
             "POST",
+            "/rooms".to_owned(),
+            "[null]",
+            400,
+            "expected an object",
+        ),
+        (
+            "POST",
+            format!("/rooms/{room}/join"),
+            r#"["ann"]"#,
+            400,
+            "expected an object",
+        ),
+        (
+            "POST",
             format!("/rooms/{room}/join"),
             "{}",
             400,

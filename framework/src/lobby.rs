@@ -196,7 +196,15 @@ fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes)
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // serde reads a struct from an array too (`[null]`); the lobby's bodies are objects.
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: expected an object, like {\"name\": \"...\"}",
+        ));
+    }
+    serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
