@@ -27,6 +27,11 @@ pub static OUTPUTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("gsl_outputs_total", "Messages room workers published").unwrap())
 });
 
+/// Checkpoints room workers saved to the store.
+pub static CHECKPOINTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("gsl_checkpoints_total", "Checkpoints room workers saved").unwrap())
+});
+
 /// How long applying one inbox message took.
 pub static HANDLER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     let buckets = vec![
@@ -117,7 +122,7 @@ pub fn refused(message: &str) {
 pub fn render() -> String {
     // Touch the lazies, so that every metric shows from the first scrape.
     let _ = (&*INPUTS, &*OUTPUTS, &*HANDLER_SECONDS, &*REFUSED, &*LIMITED);
-    let _ = (&*CONNECTIONS, &*ROOMS, &*PLAYERS, &*QUEUED);
+    let _ = (&*CONNECTIONS, &*ROOMS, &*PLAYERS, &*QUEUED, &*CHECKPOINTS);
     let mut out = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut out)

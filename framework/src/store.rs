@@ -439,6 +439,7 @@ impl Store {
         checkpoint: &Checkpoint,
         grants: &[Grant],
     ) -> Result<()> {
+        crate::metrics::CHECKPOINTS.inc();
         let applied =
             serde_json::to_string(&checkpoint.applied).expect("a map of numbers serializes");
         let players = serde_json::to_string(&checkpoint.players).expect("names serialize");

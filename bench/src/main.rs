@@ -1,0 +1,293 @@
+//! The CCU benchmark. Players join rooms through the real lobby, connect to the real
+//! broker over WebSocket, and each sends moves at a steady rate; every input's latency is
+//! the time until its own answer arrives. The same workload runs, in the same run,
+//! against the all-in-one server, cluster mode on RabbitMQ, and a plain WebSocket floor
+//! with the same room logic and no framework. See `docs/benchmarks.md`.
+//!
+//! ```sh
+//! cargo run --release -p bench -- run --ccu 300,500,1000 --sweep
+//! cargo run --release -p bench -- idle --rooms 1000
+//! ```
+
+mod floor;
+mod load;
+mod procfs;
+mod report;
+mod target;
+
+use clap::{Parser, Subcommand};
+use load::Workload;
+use report::Row;
+use std::path::PathBuf;
+use std::time::Duration;
+use target::{Mode, Target};
+
+/// The CCU benchmark of game-server-less, side by side with a plain WebSocket floor.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the workload at each CCU against each mode and prints a markdown table
+    /// side by side (and, with --plot, an SVG of p99 against CCU).
+    Run(RunArgs),
+    /// Measures what empty rooms cost: server CPU and store writes of rooms nobody is in,
+    /// beside the same server with no rooms.
+    Idle(IdleArgs),
+    /// Serves the floor (used by `run`).
+    #[command(hide = true)]
+    Floor {
+        /// Where to listen.
+        #[arg(long)]
+        listen: String,
+    },
+    /// Runs the game server (used by `run`): the same as `game-server ARGS`.
+    #[command(hide = true, name = "game-server")]
+    GameServer {
+        /// The game server's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Modes to measure; rabbitmq needs `scripts/rabbitmq-node start --lobby
+    /// http://127.0.0.1:18080` and PostgreSQL.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["floor", "embedded", "rabbitmq"])]
+    modes: Vec<Mode>,
+    /// CCU (players connected at once) to measure, in increasing order.
+    #[arg(long, value_delimiter = ',', default_values = ["100", "300", "500"])]
+    ccu: Vec<usize>,
+    /// Players per room.
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// Inputs each player sends a second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of sending before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// A mode stops at the first CCU it does not hold (p99 over --max-p99-ms, or
+    /// anything lost or doubled); the summary gives the largest CCU each held.
+    #[arg(long)]
+    sweep: bool,
+    /// The p99 a CCU must keep to count as held.
+    #[arg(long, default_value_t = 50.0)]
+    max_p99_ms: f64,
+    /// Write an SVG plot of p99 against CCU here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Exit with status 1 if any input was lost, doubled or out of order, or a mode could
+    /// not run (times are not checked).
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct IdleArgs {
+    /// Empty rooms to measure.
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let code = runtime.block_on(async {
+        match cli.command {
+            Cmd::Run(args) => run(args).await,
+            Cmd::Idle(args) => idle(args).await,
+            Cmd::Floor { listen } => match tokio::net::TcpListener::bind(&listen).await {
+                Ok(l) => floor::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
+                    eprintln!("floor: {e}");
+                    1
+                }),
+                Err(e) => {
+                    eprintln!("floor: cannot listen on {listen}: {e}");
+                    1
+                }
+            },
+            Cmd::GameServer { args } => game_server(args).await,
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn game_server(args: Vec<String>) -> i32 {
+    use clap::Parser as _;
+    let args =
+        game_server_less::Args::parse_from(std::iter::once("game-server".into()).chain(args));
+    game_server_less::server::init_logging(&args.log);
+    let server =
+        game_server_less::Server::new(args.config(), game_server::lobby(), game_server::msg());
+    let result = match server.start().await {
+        Ok(running) => {
+            running
+                .serve(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("game-server: {e}");
+            1
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> i32 {
+    let mut modes = args.modes.clone();
+    modes.sort();
+    modes.dedup();
+    println!(
+        "Rooms of {} players, each sending {} moves/s; {} s warm-up, {} s measured; a fresh server per run.\n",
+        args.room_size, args.rate, args.warmup, args.secs
+    );
+    println!("{}", report::HEADER);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut going = modes.clone();
+    for &ccu in &args.ccu {
+        for &mode in &modes {
+            if !going.contains(&mode) {
+                continue;
+            }
+            let w = Workload {
+                players: ccu,
+                room_size: args.room_size.max(1),
+                rate: args.rate,
+                warmup: Duration::from_secs_f64(args.warmup),
+                secs: Duration::from_secs_f64(args.secs),
+                drain: Duration::from_secs(5),
+            };
+            let row = measure(mode, &w).await;
+            println!("{}", report::line(&row, args.max_p99_ms));
+            let unavailable = row.outcome.is_err();
+            let failed = !row.held(args.max_p99_ms);
+            rows.push(row);
+            if unavailable || (args.sweep && failed) {
+                going.retain(|&m| m != mode);
+            }
+        }
+    }
+    println!("\n{}", report::summary(&rows, &modes, args.max_p99_ms));
+    if let Some(path) = &args.plot {
+        match report::plot(&rows, &modes, path) {
+            Ok(()) => println!("Plot: {}", path.display()),
+            Err(e) => eprintln!("bench: could not write the plot: {e}"),
+        }
+    }
+    let broken = rows.iter().any(|r| match &r.outcome {
+        Ok(o) => !o.clean(),
+        Err(_) => true,
+    });
+    if args.check && broken {
+        eprintln!("bench: inputs were lost, doubled or reordered, or a mode could not run");
+        return 1;
+    }
+    0
+}
+
+/// One fresh server of `mode`, the workload against it, and the server stopped.
+async fn measure(mode: Mode, w: &Workload) -> Row {
+    let mut row = Row {
+        mode,
+        ccu: w.players,
+        outcome: Err(String::new()),
+        peak_rss: 0,
+    };
+    let target = match Target::start(mode).await {
+        Ok(t) => t,
+        Err(e) => {
+            row.outcome = Err(format!("not run: {e}"));
+            return row;
+        }
+    };
+    let seats = match (&target.lobby, &target.floor_ws) {
+        (Some(lobby), _) => load::seats_via_lobby(lobby, w).await,
+        (None, Some(ws)) => Ok(load::seats_on_floor(ws, w)),
+        _ => Err("the target has neither a lobby nor a floor".into()),
+    };
+    row.outcome = match seats {
+        Ok(seats) => Ok(load::run(seats, w, &target.pids).await),
+        Err(e) => Err(format!("joining failed: {e}")),
+    };
+    row.peak_rss = target.peak_rss();
+    if let Ok(o) = &row.outcome {
+        if !o.clean() {
+            eprintln!(
+                "{} at {} CCU, server logs:\n{}",
+                mode.name(),
+                w.players,
+                target.logs()
+            );
+        }
+    }
+    target.stop().await;
+    row
+}
+
+async fn idle(args: IdleArgs) -> i32 {
+    let secs = Duration::from_secs_f64(args.secs);
+    let target = match Target::start(Mode::Embedded).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return 1;
+        }
+    };
+    let lobby = target.lobby.clone().unwrap_or_default();
+    println!(
+        "The all-in-one server, measured {} s at a time.\n",
+        args.secs
+    );
+    println!("| what | server CPU % of one core | disk bytes written | checkpoints saved |\n|---|---:|---:|---:|");
+    let empty = idle_sample(&target, &lobby, secs).await;
+    println!(
+        "| no rooms (reference) | {:.2} | {} | {} |",
+        empty.0, empty.1, empty.2
+    );
+    if let Err(e) = load::empty_rooms(&lobby, args.rooms).await {
+        eprintln!("bench: {e}");
+        target.stop().await;
+        return 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rooms = idle_sample(&target, &lobby, secs).await;
+    println!(
+        "| {} rooms, each joined and left by a player | {:.2} | {} | {} |",
+        args.rooms, rooms.0, rooms.1, rooms.2
+    );
+    target.stop().await;
+    0
+}
+
+/// The server's CPU (% of one core), disk writes and checkpoints over `secs`.
+async fn idle_sample(target: &Target, lobby: &str, secs: Duration) -> (f64, u64, u64) {
+    let (cpu0, disk0, cp0) = (
+        procfs::cpu_of(&target.pids),
+        target.disk_writes(),
+        load::checkpoints(lobby).await,
+    );
+    tokio::time::sleep(secs).await;
+    let cpu = procfs::cpu_of(&target.pids).saturating_sub(cpu0);
+    (
+        cpu.as_secs_f64() * 100.0 / secs.as_secs_f64(),
+        target.disk_writes().saturating_sub(disk0),
+        load::checkpoints(lobby).await.saturating_sub(cp0),
+    )
+}
