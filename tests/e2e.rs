@@ -2,7 +2,7 @@
 
 use e2e_tests::{http, json_of, next_of, temp_dir, Player, Server, WAIT};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
-use game_server_less::{Config, Ctx, Error, Lobby, Msg};
+use game_server_less::{Config, Ctx, Error, Lobby, Msg, RoomCtx};
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -872,5 +872,90 @@ async fn record_real_traffic_as_fuzz_seeds() {
         to_broker.len(),
         to_client.len()
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_nobody_is_in_hibernates_and_wakes_when_someone_joins() {
+    let dir = temp_dir("hibernate");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let version = || async {
+        let store = server.rooms.store();
+        store
+            .checkpoint(&room)
+            .await
+            .unwrap()
+            .map_or(0, |c| c.version)
+    };
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    ann.next_on_room("npcs").await; // the room ticks: its NPCs wander
+    let left = http()
+        .post(format!("{}/rooms/{room}/leave", server.http))
+        .bearer_auth(&ann.ticket.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 204);
+    // The leave is applied and saved within a checkpoint period; then nothing happens.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let asleep = version().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        version().await,
+        asleep,
+        "an empty room saved checkpoints (it still ticks)"
+    );
+    let mut bob = Player::join(&server, &room, "bob", false).await;
+    let npcs = bob.next_on_room("npcs").await;
+    assert!(npcs["npcs"].is_array(), "{npcs}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(version().await > asleep, "the woken room saves again");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ticks_that_change_nothing_save_no_checkpoint() {
+    let dir = temp_dir("still");
+    // Ticks count to 3 and then change nothing; an input changes the state again.
+    let msg = Msg::new(|| 0)
+        .tick(
+            Duration::from_millis(20),
+            |n: &mut i64, ctx: &mut RoomCtx| {
+                if *n < 3 {
+                    *n += 1;
+                    ctx.broadcast(&json!({ "type": "count", "n": *n }));
+                }
+            },
+        )
+        .route("type=add", |n: &mut i64, ctx: &mut Ctx, _: Value| {
+            *n += 1;
+            ctx.broadcast(&json!({ "type": "count", "n": *n }));
+        });
+    let server = Server::start(Lobby::new(), msg, &dir).await;
+    let room = server.create_room().await;
+    let version = || async {
+        let store = server.rooms.store();
+        store
+            .checkpoint(&room)
+            .await
+            .unwrap()
+            .map_or(0, |c| c.version)
+    };
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    while ann.next_on_room("count").await["n"] != 3 {}
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let still = version().await;
+    assert!(still > 0, "the join and the counting were saved");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        version().await,
+        still,
+        "ticks that changed nothing were saved"
+    );
+    ann.send(json!({ "type": "add" })).await;
+    assert_eq!(ann.next_on_room("count").await["n"], 4);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(version().await, still + 1, "a change is saved once");
     server.stop().await;
 }

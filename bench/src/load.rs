@@ -403,9 +403,9 @@ pub async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outcome {
     outcome
 }
 
-/// Creates `rooms` rooms that a player joins and leaves again: rooms with a worker and
-/// nobody in them.
-pub async fn empty_rooms(lobby: &str, rooms: usize) -> Result<(), String> {
+/// Creates `rooms` rooms with a player each (who joins through the lobby and never
+/// connects); returns each room's id and the player's token.
+pub async fn occupied_rooms(lobby: &str, rooms: usize) -> Result<Vec<(String, String)>, String> {
     let http = reqwest::Client::new();
     let one = |i: usize| {
         let http = http.clone();
@@ -430,13 +430,7 @@ pub async fn empty_rooms(lobby: &str, rooms: usize) -> Result<(), String> {
                 .json()
                 .await
                 .map_err(|e| e.to_string())?;
-            http.post(format!("{lobby}/rooms/{}/leave", room.id))
-                .bearer_auth(&ticket.token)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("leaving: {e}"))?;
-            Ok::<_, String>(())
+            Ok::<_, String>((room.id, ticket.token))
         }
     };
     futures_util::stream::iter((0..rooms).map(one))
@@ -447,14 +441,39 @@ pub async fn empty_rooms(lobby: &str, rooms: usize) -> Result<(), String> {
         .collect()
 }
 
-/// Checkpoints the server has saved (`gsl_checkpoints_total` on its `/metrics`).
-pub async fn checkpoints(lobby: &str) -> u64 {
+/// Every player of [`occupied_rooms`] leaves: the rooms live on with nobody in them.
+pub async fn leave_rooms(lobby: &str, seats: &[(String, String)]) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let leave = |(room, token): &(String, String)| {
+        let http = http.clone();
+        let url = format!("{lobby}/rooms/{room}/leave");
+        let token = token.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map(|_| ())
+                .map_err(|e| format!("leaving: {e}"))
+        }
+    };
+    futures_util::stream::iter(seats.iter().map(leave))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// A counter or gauge from the server's `/metrics` (0 if it has none).
+pub async fn metric(lobby: &str, name: &str) -> u64 {
     let Ok(text) = reqwest::get(format!("{lobby}/metrics")).await else {
         return 0;
     };
     let text = text.text().await.unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("gsl_checkpoints_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

@@ -255,39 +255,62 @@ async fn idle(args: IdleArgs) -> i32 {
         "The all-in-one server, measured {} s at a time.\n",
         args.secs
     );
-    println!("| what | server CPU % of one core | disk bytes written | checkpoints saved |\n|---|---:|---:|---:|");
-    let empty = idle_sample(&target, &lobby, secs).await;
-    println!(
-        "| no rooms (reference) | {:.2} | {} | {} |",
-        empty.0, empty.1, empty.2
-    );
-    if let Err(e) = load::empty_rooms(&lobby, args.rooms).await {
-        eprintln!("bench: {e}");
-        target.stop().await;
-        return 1;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rooms = idle_sample(&target, &lobby, secs).await;
-    println!(
-        "| {} rooms, each joined and left by a player | {:.2} | {} | {} |",
-        args.rooms, rooms.0, rooms.1, rooms.2
-    );
+    println!("| what | rooms with a worker | server CPU % of one core | disk bytes written | checkpoints saved |\n|---|---:|---:|---:|---:|");
+    let sample = |what: String| {
+        let (target, lobby) = (&target, &lobby);
+        async move {
+            let (cpu, disk, checkpoints) = idle_sample(target, lobby, secs).await;
+            let rooms = load::metric(lobby, "gsl_rooms").await;
+            println!("| {what} | {rooms} | {cpu:.2} | {disk} | {checkpoints} |");
+        }
+    };
+    sample("no rooms (reference)".into()).await;
+    let code = match load::occupied_rooms(&lobby, args.rooms).await {
+        Ok(seats) => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            sample(format!(
+                "{} rooms with one player each, who sends nothing",
+                args.rooms
+            ))
+            .await;
+            match load::leave_rooms(&lobby, &seats).await {
+                Ok(()) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    sample(format!(
+                        "the same {} rooms after the players left",
+                        args.rooms
+                    ))
+                    .await;
+                    0
+                }
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            1
+        }
+    };
     target.stop().await;
-    0
+    code
 }
 
 /// The server's CPU (% of one core), disk writes and checkpoints over `secs`.
 async fn idle_sample(target: &Target, lobby: &str, secs: Duration) -> (f64, u64, u64) {
+    let checkpoints = || load::metric(lobby, "gsl_checkpoints_total");
     let (cpu0, disk0, cp0) = (
         procfs::cpu_of(&target.pids),
         target.disk_writes(),
-        load::checkpoints(lobby).await,
+        checkpoints().await,
     );
     tokio::time::sleep(secs).await;
     let cpu = procfs::cpu_of(&target.pids).saturating_sub(cpu0);
     (
         cpu.as_secs_f64() * 100.0 / secs.as_secs_f64(),
         target.disk_writes().saturating_sub(disk0),
-        load::checkpoints(lobby).await.saturating_sub(cp0),
+        checkpoints().await.saturating_sub(cp0),
     )
 }

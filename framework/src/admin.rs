@@ -5,6 +5,7 @@
 
 use crate::broker::Broker;
 use crate::names::{Names, LOBBY_USER};
+use crate::stomp::Transport;
 use crate::Result;
 use futures_util::future::BoxFuture;
 
@@ -49,6 +50,12 @@ pub trait BrokerAdmin: Send + Sync + 'static {
 
     /// Messages waiting in queues, where the broker can tell.
     fn queued(&self) -> Option<usize> {
+        None
+    }
+
+    /// A connection to the broker in memory, when it runs in this process: workers
+    /// then use it instead of a socket to [`Endpoints::worker_url`].
+    fn connect_in_memory(&self) -> Option<Transport> {
         None
     }
 }
@@ -127,5 +134,9 @@ impl BrokerAdmin for EmbeddedAdmin {
 
     fn queued(&self) -> Option<usize> {
         Some(self.broker.queued())
+    }
+
+    fn connect_in_memory(&self) -> Option<Transport> {
+        Some(self.broker.connect_in_memory())
     }
 }

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 
 /// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+/// Frames in flight each way on an in-memory connection.
+const IN_MEMORY_CAPACITY: usize = 1024;
 
 impl Broker {
     /// Accepts STOMP connections on `listener` until the broker shuts down.
@@ -42,6 +44,17 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// A connection to the broker in memory (see [`Transport::pair`]): the client's end,
+    /// with the broker's served like any other connection. For clients in the broker's
+    /// own process, which then pay for no socket.
+    pub fn connect_in_memory(&self) -> Transport {
+        let (client, server) = Transport::pair(IN_MEMORY_CAPACITY);
+        let broker = self.clone();
+        self.tasks
+            .spawn(async move { session::run(broker, server, None).await });
+        client
     }
 
     /// A router serving STOMP over WebSocket at `/ws`, to merge into an axum app.

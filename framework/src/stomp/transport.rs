@@ -191,6 +191,38 @@ impl Transport {
         }
     }
 
+    /// Two ends of a connection in memory: frames pass as values over bounded channels,
+    /// with no encoding, parsing or socket. For a client and a broker in one process
+    /// (the all-in-one server's room workers); each end sees the other close when it is
+    /// dropped.
+    pub fn pair(capacity: usize) -> (Transport, Transport) {
+        fn half(capacity: usize) -> (ItemSink, ItemStream) {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Item>(capacity);
+            let sink = futures_util::sink::unfold(tx, |tx, item: Item| async move {
+                tx.send(item)
+                    .await
+                    .map_err(|_| Error::Closed("the other end of the connection closed".into()))?;
+                Ok::<_, Error>(tx)
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (Ok(item), rx))
+            });
+            (Box::pin(sink), Box::pin(stream))
+        }
+        let (a_out, b_in) = half(capacity);
+        let (b_out, a_in) = half(capacity);
+        (
+            Transport {
+                incoming: a_in,
+                outgoing: a_out,
+            },
+            Transport {
+                incoming: b_in,
+                outgoing: b_out,
+            },
+        )
+    }
+
     /// Opens a client connection to `tcp://host:port` or `ws://host:port/path`.
     ///
     /// WebSocket connections offer the `v12.stomp`, `v11.stomp` and `v10.stomp` subprotocols.

@@ -15,7 +15,7 @@ use crate::names::WORKER_USER;
 use crate::room::{Output, Target};
 use crate::stomp::Subscription;
 use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
-use crate::store::Store;
+use crate::store::{Checkpoint, Store};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -126,19 +126,27 @@ where
     // A live room has an inbox, even if the broker lost it (declaring is idempotent).
     env.admin.create_inbox(room_id).await?;
     let endpoints = env.admin.endpoints();
-    let client = Client::connect(
-        &endpoints.worker_url,
-        ConnectOptions {
-            host: endpoints.vhost.clone(),
-            // A hung worker is noticed by its missing heart-beats: keep them frequent.
-            heartbeat: (
-                env.timings.heartbeat.as_millis() as u64,
-                env.timings.heartbeat.as_millis() as u64,
-            ),
-            ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
-        },
-    )
-    .await?;
+    let options = ConnectOptions {
+        host: endpoints.vhost.clone(),
+        // A hung worker is noticed by its missing heart-beats: keep them frequent.
+        heartbeat: (
+            env.timings.heartbeat.as_millis() as u64,
+            env.timings.heartbeat.as_millis() as u64,
+        ),
+        ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
+    };
+    let client = match env.admin.connect_in_memory() {
+        // The broker is in this process: no socket, and no heart-beats (a worker and its
+        // broker live and die together; there is no standby to hand the room to).
+        Some(transport) => {
+            let options = ConnectOptions {
+                heartbeat: (0, 0),
+                ..options
+            };
+            Client::handshake(transport, options).await?
+        }
+        None => Client::connect(&endpoints.worker_url, options).await?,
+    };
     // The inbox has one active consumer at a time. This subscription stands by until the
     // broker makes it the active one (the worker before it is gone, and its unacked
     // inputs are back in line); only then is the checkpoint read, so a worker that stood
@@ -195,7 +203,11 @@ where
         client: &client,
         unacked: None,
         unsaved: 0,
+        last: None,
     };
+    // Checks for idleness once per idle period, not on every input.
+    let idle = tokio::time::sleep(env.timings.idle_timeout);
+    tokio::pin!(idle);
     let mut last_input = Instant::now();
     let publisher = Publisher {
         client: &client,
@@ -232,20 +244,28 @@ where
                 crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
                 publisher.publish(outputs)?;
                 saver.applied(message);
+                if saver.unsaved == 1 {
+                    // The first change since the last checkpoint: the next is a period away.
+                    checkpoint.reset();
+                }
                 // A busy room checkpoints early rather than stall on its prefetch.
                 if saver.unsaved >= PREFETCH / 2 {
                     saver.save(&mut worker).await?;
                 }
             }
-            _ = tick.tick(), if tick_every.is_some() => {
+            // A room nobody is in hibernates: no ticks, so nothing to publish or save.
+            _ = tick.tick(), if tick_every.is_some() && worker.room().players().next().is_some() => {
                 client.send_nowait(&inbox, TICK)?;
             }
-            _ = checkpoint.tick() => {
-                if saver.unsaved > 0 {
-                    saver.save(&mut worker).await?;
-                }
-                if last_input.elapsed() >= env.timings.idle_timeout {
+            _ = checkpoint.tick(), if saver.unsaved > 0 => {
+                saver.save(&mut worker).await?;
+            }
+            _ = &mut idle => {
+                let deadline = last_input + env.timings.idle_timeout;
+                if Instant::now() >= deadline {
                     publisher.publish(worker.end("idle"))?;
+                } else {
+                    idle.as_mut().reset(deadline.into());
                 }
             }
         }
@@ -292,6 +312,8 @@ struct Saver<'a> {
     /// The latest input applied and not yet acked; acking it acks all before it.
     unacked: Option<Message>,
     unsaved: u32,
+    /// The checkpoint last saved, to skip saving one that changes nothing.
+    last: Option<Checkpoint>,
 }
 
 impl Saver<'_> {
@@ -310,10 +332,18 @@ impl Saver<'_> {
     ) -> Result<()> {
         let (checkpoint, grants) = worker.checkpoint()?;
         self.client.flush().await?;
-        self.store
-            .save_checkpoint(worker.id(), &checkpoint, &grants)
-            .await?;
-        worker.saved();
+        // Inputs that changed nothing (a tick that moved no one) need no write: the saved
+        // checkpoint already holds what applying them again would make.
+        if !(grants.is_empty() && self.last.as_ref() == Some(&checkpoint)) {
+            self.store
+                .save_checkpoint(worker.id(), &checkpoint, &grants)
+                .await?;
+            worker.saved();
+            self.last = Some(Checkpoint {
+                version: checkpoint.version + 1,
+                ..checkpoint
+            });
+        }
         if let Some(m) = self.unacked.take() {
             self.client.ack(&m)?;
         }
