@@ -951,7 +951,10 @@ impl Core {
                 .subscriptions
                 .get_mut(&sub_id)
                 .expect("consumer has a subscription");
-            let mut frame = Frame::new(Command::Message)
+            let mut frame = Frame::new(Command::Message);
+            // Sized once: the four broker headers at most, then the message's own.
+            frame.headers.reserve_exact(4 + item.msg.headers.len());
+            frame = frame
                 .with_header("subscription", sub_id.clone())
                 .with_header("message-id", item.msg.id.clone())
                 .with_header("destination", item.msg.destination.clone());

@@ -119,14 +119,10 @@ pub(crate) enum WsIn {
     Ignore,
 }
 
-/// A WebSocket message to send.
+/// A WebSocket message to send: a frame's bytes, which go as text when they are UTF-8
+/// (browsers' STOMP clients prefer it) and as binary otherwise.
 #[derive(Debug)]
-pub(crate) enum WsOut {
-    /// Frames whose bytes are UTF-8 go as text, which browsers' STOMP clients prefer.
-    Text(String),
-    /// Frames with binary bodies.
-    Binary(Bytes),
-}
+pub(crate) struct WsOut(pub(crate) Bytes);
 
 impl Transport {
     /// STOMP over a TCP stream.
@@ -175,14 +171,8 @@ impl Transport {
             });
         let outgoing = sink.with(|item: Item| async move {
             Ok::<_, Error>(match item {
-                Item::Heartbeat => WsOut::Text("\n".into()),
-                Item::Frame(frame) => {
-                    let bytes = frame.to_bytes();
-                    match std::str::from_utf8(&bytes) {
-                        Ok(text) => WsOut::Text(text.to_owned()),
-                        Err(_) => WsOut::Binary(bytes),
-                    }
-                }
+                Item::Heartbeat => WsOut(Bytes::from_static(b"\n")),
+                Item::Frame(frame) => WsOut(frame.to_bytes()),
             })
         });
         Transport {
@@ -273,9 +263,9 @@ impl Transport {
         let sink =
             sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
                 .with(|out: WsOut| async move {
-                    Ok::<_, Error>(match out {
-                        WsOut::Text(t) => tungstenite::Message::text(t),
-                        WsOut::Binary(b) => tungstenite::Message::binary(b),
+                    Ok::<_, Error>(match tungstenite::Utf8Bytes::try_from(out.0.clone()) {
+                        Ok(text) => tungstenite::Message::Text(text),
+                        Err(_) => tungstenite::Message::Binary(out.0),
                     })
                 });
         Ok(Transport::websocket(stream, sink, limits))
