@@ -40,6 +40,8 @@ pub(crate) struct Journal {
     written: u64,
     /// Bytes of the messages not yet settled, by lsn.
     live: BTreeMap<u64, u64>,
+    /// The sum of `live`.
+    live_bytes: u64,
     buf: BytesMut,
 }
 
@@ -74,6 +76,7 @@ impl Journal {
             fsync,
             written: 0,
             live: BTreeMap::new(),
+            live_bytes: 0,
             buf: BytesMut::new(),
         };
         journal.rewrite(
@@ -96,6 +99,7 @@ impl Journal {
         let len = self.buf.len() as u64;
         self.append(self.fsync)?;
         self.live.insert(lsn, len);
+        self.live_bytes += len;
         Ok(())
     }
 
@@ -103,11 +107,14 @@ impl Journal {
     /// Losing this record costs only a redelivery, which consumers skip by their own
     /// sequence numbers, so it is not flushed to the disk.
     pub fn settle(&mut self, lsns: &[u64]) -> std::io::Result<()> {
-        let lsns: Vec<u64> = lsns
-            .iter()
-            .copied()
-            .filter(|l| self.live.remove(l).is_some())
-            .collect();
+        let mut settled = Vec::with_capacity(lsns.len());
+        for &lsn in lsns {
+            if let Some(len) = self.live.remove(&lsn) {
+                self.live_bytes -= len;
+                settled.push(lsn);
+            }
+        }
+        let lsns = settled;
         if lsns.is_empty() {
             return Ok(());
         }
@@ -126,8 +133,7 @@ impl Journal {
     /// Whether the file has grown to several times what it holds, so that
     /// [`Journal::compact`] is worth its cost.
     pub fn wants_compaction(&self) -> bool {
-        let live: u64 = self.live.values().sum();
-        self.written >= COMPACT_FROM && self.written >= 4 * live.max(1)
+        self.written >= COMPACT_FROM && self.written >= 4 * self.live_bytes.max(1)
     }
 
     /// Rewrites the file with only `kept`: every message not yet settled.
@@ -152,11 +158,19 @@ impl Journal {
             encode_send(&mut all, lsn, destination, headers, body);
             self.live.insert(lsn, (all.len() - before) as u64);
         }
+        self.live_bytes = all.len() as u64;
         self.file.write_all(&all)?;
-        self.file.sync_all()?;
+        // What a process crash needs is in the page cache once written. Flushing to the
+        // disk (a stall of the whole broker, which holds its lock) is for --fsync, which
+        // promises to survive a machine crash.
+        if self.fsync {
+            self.file.sync_all()?;
+        }
         std::fs::rename(self.path.with_extension("new"), &self.path)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
+        if self.fsync {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.written = all.len() as u64;

@@ -204,6 +204,7 @@ where
         unacked: None,
         unsaved: 0,
         last: None,
+        in_flight: None,
     };
     // Checks for idleness once per idle period, not on every input.
     let idle = tokio::time::sleep(env.timings.idle_timeout);
@@ -223,6 +224,10 @@ where
                 saver.save(&mut worker).await?;
                 let _ = client.disconnect().await;
                 return Ok(());
+            }
+            // Before the next input, so a finished save is acked even when inputs pour in.
+            result = saving(&mut saver.in_flight) => {
+                saver.finished(&mut worker, result)?;
             }
             message = next(&mut pending, &mut sub) => {
                 let message = message.ok_or_else(|| closed(&client))?;
@@ -250,15 +255,15 @@ where
                 }
                 // A busy room checkpoints early rather than stall on its prefetch.
                 if saver.unsaved >= PREFETCH / 2 {
-                    saver.save(&mut worker).await?;
+                    saver.start(&mut worker).await?;
                 }
             }
             // A room nobody is in hibernates: no ticks, so nothing to publish or save.
             _ = tick.tick(), if tick_every.is_some() && worker.room().players().next().is_some() => {
                 client.send_nowait(&inbox, TICK)?;
             }
-            _ = checkpoint.tick(), if saver.unsaved > 0 => {
-                saver.save(&mut worker).await?;
+            _ = checkpoint.tick(), if saver.unsaved > 0 && saver.in_flight.is_none() => {
+                saver.start(&mut worker).await?;
             }
             _ = &mut idle => {
                 let deadline = last_input + env.timings.idle_timeout;
@@ -305,15 +310,27 @@ fn closed(client: &Client) -> Error {
     )
 }
 
-/// Checkpoints, then acks what each checkpoint holds.
+/// Checkpoints, then acks what each checkpoint holds. A checkpoint is saved in the
+/// background while the room goes on applying inputs, one save at a time: the room
+/// never waits for the store unless it must (a full prefetch, the end, shutdown).
 struct Saver<'a> {
     store: &'a Store,
     client: &'a Client,
-    /// The latest input applied and not yet acked; acking it acks all before it.
+    /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
     unacked: Option<Message>,
     unsaved: u32,
     /// The checkpoint last saved, to skip saving one that changes nothing.
     last: Option<Checkpoint>,
+    /// The save under way.
+    in_flight: Option<InFlight>,
+}
+
+/// A checkpoint being saved, and the input to ack once it is.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// What was saved (`None`: nothing changed, nothing written).
+    saved: Option<Checkpoint>,
+    ack: Option<Message>,
 }
 
 impl Saver<'_> {
@@ -322,33 +339,94 @@ impl Saver<'_> {
         self.unsaved += 1;
     }
 
-    /// Saves a checkpoint, then acks every input it holds. The outputs of those inputs
-    /// must reach the broker first: a checkpoint that holds an input whose outputs were
-    /// lost would make its replay a skipped duplicate, and the outputs would never be
-    /// sent.
-    async fn save<S: Serialize + DeserializeOwned + 'static>(
+    /// Starts saving a checkpoint of everything applied so far (after the save under
+    /// way, if any, is done). The outputs of the inputs it holds must reach the broker
+    /// first: a checkpoint that holds an input whose outputs were lost would make its
+    /// replay a skipped duplicate, and the outputs would never be sent.
+    async fn start<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
         worker: &mut RoomWorker<S>,
     ) -> Result<()> {
+        self.settle(worker).await?;
         let (checkpoint, grants) = worker.checkpoint()?;
-        self.client.flush().await?;
         // Inputs that changed nothing (a tick that moved no one) need no write: the saved
         // checkpoint already holds what applying them again would make.
-        if !(grants.is_empty() && self.last.as_ref() == Some(&checkpoint)) {
-            self.store
-                .save_checkpoint(worker.id(), &checkpoint, &grants)
-                .await?;
+        let changed = !(grants.is_empty() && self.last.as_ref() == Some(&checkpoint));
+        let (client, store, room) = (
+            self.client.clone(),
+            self.store.clone(),
+            worker.id().to_owned(),
+        );
+        let saved = changed.then(|| checkpoint.clone());
+        let task = tokio::spawn(async move {
+            client.flush().await?;
+            if changed {
+                store.save_checkpoint(&room, &checkpoint, &grants).await?;
+            }
+            Ok(())
+        });
+        self.in_flight = Some(InFlight {
+            task,
+            saved,
+            ack: self.unacked.take(),
+        });
+        self.unsaved = 0;
+        Ok(())
+    }
+
+    /// Waits for the save under way, if any, and acks what it holds.
+    async fn settle<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        if let Some(mut f) = self.in_flight.take() {
+            let result = (&mut f.task).await;
+            self.in_flight = Some(f);
+            self.finished(worker, result)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in the result of the save under way (from [`saving`]).
+    fn finished<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+        result: std::result::Result<Result<()>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        result.map_err(|e| Error::Store(format!("a checkpoint save failed: {e}")))??;
+        if let Some(checkpoint) = f.saved {
             worker.saved();
             self.last = Some(Checkpoint {
                 version: checkpoint.version + 1,
                 ..checkpoint
             });
         }
-        if let Some(m) = self.unacked.take() {
+        if let Some(m) = f.ack {
             self.client.ack(&m)?;
         }
-        self.unsaved = 0;
         Ok(())
+    }
+
+    /// Saves a checkpoint of everything applied and acks it, waiting for both.
+    async fn save<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        self.start(worker).await?;
+        self.settle(worker).await
+    }
+}
+
+/// Resolves when the save under way (if any) is done; never, if none is.
+async fn saving(
+    in_flight: &mut Option<InFlight>,
+) -> std::result::Result<Result<()>, tokio::task::JoinError> {
+    match in_flight {
+        Some(f) => (&mut f.task).await,
+        None => std::future::pending().await,
     }
 }
 
