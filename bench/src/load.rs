@@ -111,7 +111,8 @@ pub struct Outcome {
     pub lost: u64,
     /// Inputs answered twice (the same kind of output under two room seqs).
     pub doubled: u64,
-    /// Answers that came after the answer to a later input of the same player.
+    /// Answers that came after the answer to a later input of the same player, by the
+    /// same subscription.
     pub out_of_order: u64,
     /// Messages players received in the measured window.
     pub deliveries: u64,
@@ -237,10 +238,13 @@ struct Output<'a> {
     input_from: Option<Cow<'a, str>>,
 }
 
-/// The JSON body of what the server sent: a STOMP MESSAGE's body, or the floor's text.
-fn body(text: &str, stomp: bool) -> Result<Option<&str>, String> {
+/// The JSON body of what the server sent (a STOMP MESSAGE's body, or the floor's
+/// text) and the subscription it came by (1 for the player's private destination, 0
+/// otherwise). Order holds within a subscription: a broker need not interleave two
+/// subscriptions in the order their messages were published.
+fn body(text: &str, stomp: bool) -> Result<Option<(usize, &str)>, String> {
     if !stomp {
-        return Ok(Some(text));
+        return Ok(Some((0, text)));
     }
     if text.starts_with("ERROR") {
         return Err(text.replace('\0', ""));
@@ -248,9 +252,11 @@ fn body(text: &str, stomp: bool) -> Result<Option<&str>, String> {
     if !text.starts_with("MESSAGE") {
         return Ok(None); // a heart-beat or a receipt
     }
-    Ok(text
-        .split_once("\n\n")
-        .map(|(_, b)| b.trim_end_matches(['\0', '\n', '\r'])))
+    Ok(text.split_once("\n\n").map(|(headers, b)| {
+        let private =
+            headers.contains("\nsubscription:1\n") || headers.ends_with("\nsubscription:1");
+        (usize::from(private), b.trim_end_matches(['\0', '\n', '\r']))
+    }))
 }
 
 async fn play(mut conn: Conn, plan: Plan) -> Tally {
@@ -258,7 +264,8 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
     // Per input (seq - 1): when it was sent, and its first answer (room seq, kind).
     let mut sent_at: Vec<Instant> = Vec::new();
     let mut answers: Vec<Option<(u64, String)>> = Vec::new();
-    let mut last_answered = 0u64;
+    // The latest input answered, by subscription.
+    let mut last_answered = [0u64; 2];
     let mut unanswered = 0usize;
     let mut next_send = plan.first;
     let stomp = conn.inbox.is_some();
@@ -282,7 +289,7 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                     Some(Err(e)) => { t.failure = Some(format!("{}: {e}", conn.name)); break; }
                     None => { t.failure = Some(format!("{}: disconnected", conn.name)); break; }
                 };
-                let body = match body(&text, stomp) {
+                let (channel, body) = match body(&text, stomp) {
                     Ok(Some(b)) => b,
                     Ok(None) => continue,
                     Err(e) => { t.failure = Some(format!("{}: {e}", conn.name)); break; }
@@ -302,10 +309,10 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                         if sent >= plan.measure_from && sent < plan.stop_at {
                             t.latencies_us.push((now - sent).as_micros() as u64);
                         }
-                        if input < last_answered {
+                        if input < last_answered[channel] {
                             t.out_of_order += 1;
                         }
-                        last_answered = last_answered.max(input);
+                        last_answered[channel] = last_answered[channel].max(input);
                         answers[input as usize - 1] = Some((room_seq, kind.into_owned()));
                         unanswered -= 1;
                     }

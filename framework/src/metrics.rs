@@ -32,6 +32,18 @@ pub static CHECKPOINTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("gsl_checkpoints_total", "Checkpoints room workers saved").unwrap())
 });
 
+/// Flushes of the broker's journal to the disk (`--fsync`): each covers every message
+/// written while the one before was under way.
+pub static JOURNAL_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "gsl_journal_flushes_total",
+            "Flushes of the broker's journal to the disk",
+        )
+        .unwrap(),
+    )
+});
+
 /// How long applying one inbox message took.
 pub static HANDLER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     let buckets = vec![
@@ -123,6 +135,7 @@ pub fn render() -> String {
     // Touch the lazies, so that every metric shows from the first scrape.
     let _ = (&*INPUTS, &*OUTPUTS, &*HANDLER_SECONDS, &*REFUSED, &*LIMITED);
     let _ = (&*CONNECTIONS, &*ROOMS, &*PLAYERS, &*QUEUED, &*CHECKPOINTS);
+    let _ = &*JOURNAL_FLUSHES;
     let mut out = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut out)

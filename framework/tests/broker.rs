@@ -1007,3 +1007,65 @@ async fn dropping_slow_readers_does_not_stall_a_bystander() {
     drop(slow);
     drop(slow_ws);
 }
+
+#[tokio::test]
+async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
+    let dir = std::env::temp_dir().join(format!(
+        "gsl-groupcommit-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let config = BrokerConfig {
+        journal: Some(dir.join("broker.journal")),
+        journal_fsync: true,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(
+        config,
+        std::sync::Arc::new(game_server_less::broker::AllowAll),
+    )
+    .unwrap();
+    let b = LocalBroker::start_with(broker).await.unwrap();
+    let consumer = connect(&b.tcp_url).await;
+    let mut sub = consumer
+        .subscribe("/queue/kept", SubscribeOptions::default())
+        .await
+        .unwrap();
+    // Ten senders, each with 50 receipted messages in flight at once.
+    let flushes = game_server_less::metrics::JOURNAL_FLUSHES.get();
+    let mut senders = Vec::new();
+    for s in 0..10 {
+        let client = connect(&b.tcp_url).await;
+        senders.push(tokio::spawn(async move {
+            let sends = (0..50).map(|i| {
+                let client = client.clone();
+                async move { client.send("/queue/kept", format!("{s}-{i}")).await }
+            });
+            for r in futures_util::future::join_all(sends).await {
+                r.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let flushed = game_server_less::metrics::JOURNAL_FLUSHES.get() - flushes;
+    let mut seen = HashSet::new();
+    for _ in 0..500 {
+        assert!(
+            seen.insert(body(&recv(&mut sub).await)),
+            "a message came twice"
+        );
+    }
+    nothing_more(&mut sub).await;
+    println!("500 receipted messages with --fsync took {flushed} flushes to the disk");
+    assert!(flushed >= 1, "nothing was flushed");
+    assert!(
+        flushed < 250,
+        "{flushed} flushes: the messages did not share them"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

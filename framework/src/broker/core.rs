@@ -155,6 +155,8 @@ pub(crate) struct Core {
     journal: Option<Journal>,
     /// Set when the frame being handled was a SEND dropped by its rate limit.
     dropped: bool,
+    /// With a group-committed journal (`--fsync`): what waits for the disk.
+    durability: Durability,
     /// Body bytes in all named queues.
     queued_bytes: usize,
     config: BrokerConfig,
@@ -165,6 +167,58 @@ pub(crate) struct Core {
     next_session: SessionId,
     next_seq: u64,
     accepting: bool,
+}
+
+/// What a group-committed journal holds back until a flush puts it on the disk.
+pub(crate) struct Durability {
+    /// The journal is on the disk up to this lsn. Messages after it are neither
+    /// delivered nor receipted yet (`u64::MAX` when nothing waits for the disk).
+    synced: u64,
+    /// Receipts to send once `synced` reaches their lsn, in lsn order.
+    receipts: std::collections::VecDeque<(u64, SessionId, String)>,
+    /// Queues holding messages that wait for the disk.
+    queues: std::collections::HashSet<String>,
+    /// The last lsn written by the frame being handled.
+    unsynced_in_call: Option<u64>,
+    /// Tells the flusher there is something to flush.
+    pub(crate) wake: Arc<SyncSignal>,
+}
+
+impl Default for Durability {
+    fn default() -> Durability {
+        Durability {
+            synced: u64::MAX,
+            receipts: Default::default(),
+            queues: Default::default(),
+            unsynced_in_call: None,
+            wake: Arc::default(),
+        }
+    }
+}
+
+/// A flag and a condition variable: the flusher thread sleeps until there is work.
+#[derive(Debug, Default)]
+pub(crate) struct SyncSignal {
+    dirty: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl SyncSignal {
+    /// There is something to flush.
+    pub fn notify(&self) {
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits up to `timeout` for work; returns whether there is some.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut dirty, _) = self
+            .cv
+            .wait_timeout_while(dirty, timeout, |d| !*d)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *dirty)
+    }
 }
 
 /// A message kept across a restart: destination, the sender's headers, body.
@@ -265,6 +319,7 @@ impl Core {
         Core {
             journal: None,
             dropped: false,
+            durability: Durability::default(),
             queued_bytes: 0,
             config,
             authorizer,
@@ -379,6 +434,7 @@ impl Core {
     /// Applies one frame from a connected session. `Ok` means processed; any RECEIPT is
     /// the caller's to send.
     pub fn handle(&mut self, id: SessionId, frame: Frame) -> Handled {
+        self.durability.unsynced_in_call = None;
         if let Some(tx) = frame.header("transaction") {
             if matches!(frame.command, Command::Send | Command::Ack | Command::Nack) {
                 let tx = tx.to_owned();
@@ -577,6 +633,67 @@ impl Core {
         std::mem::take(&mut self.dropped)
     }
 
+    /// The last lsn the frame just handled wrote to a journal that is not yet on the
+    /// disk: its RECEIPT must wait for it ([`Core::hold_receipt`]).
+    pub fn take_unsynced(&mut self) -> Option<u64> {
+        self.durability.unsynced_in_call.take()
+    }
+
+    /// Sends session `id` its RECEIPT once the journal is on the disk up to `lsn`.
+    pub fn hold_receipt(&mut self, lsn: u64, id: SessionId, receipt: String) {
+        if lsn <= self.durability.synced {
+            let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+            self.send_to(id, Out::Frame(frame));
+        } else {
+            self.durability.receipts.push_back((lsn, id, receipt));
+        }
+    }
+
+    /// What a flush to the disk would make durable now (`None` without a group-committed
+    /// journal, or when everything written is on the disk already).
+    pub fn to_sync(&self) -> Option<(std::fs::File, u64)> {
+        let journal = self.journal.as_ref().filter(|j| j.group_commit())?;
+        match journal.to_sync() {
+            Ok((file, lsn)) if lsn > self.durability.synced => Some((file, lsn)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!("cannot flush the journal: {e}");
+                None
+            }
+        }
+    }
+
+    /// What wakes the group commit's flusher.
+    pub fn durability_signal(&self) -> Arc<SyncSignal> {
+        self.durability.wake.clone()
+    }
+
+    /// The journal is on the disk up to `lsn`: what waited for it goes out.
+    pub fn synced(&mut self, lsn: u64) {
+        let d = &mut self.durability;
+        d.synced = d.synced.max(lsn);
+        let mut ready = Vec::new();
+        while d.receipts.front().is_some_and(|(l, _, _)| *l <= d.synced) {
+            ready.push(d.receipts.pop_front().expect("checked"));
+        }
+        let queues: Vec<String> = d.queues.drain().collect();
+        for (_, id, receipt) in ready {
+            let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+            self.send_to(id, Out::Frame(frame));
+        }
+        for queue in queues {
+            self.dispatch(&queue);
+            let synced = self.durability.synced;
+            if self
+                .queues
+                .get(&queue)
+                .is_some_and(|q| q.ready.back().is_some_and(|i| i.seq > synced))
+            {
+                self.durability.queues.insert(queue);
+            }
+        }
+    }
+
     /// Publishes a message as if a client had sent it (for in-process producers).
     /// A managed queue must exist unless `create` says the caller may bring it back (the
     /// shutdown spool's restore).
@@ -659,6 +776,15 @@ impl Core {
                         })?;
                 }
                 queue.ready.push_back(item);
+                if self.journal.as_ref().is_some_and(Journal::group_commit) {
+                    // Delivered (and receipted) once the group commit has it on the disk.
+                    let d = &mut self.durability;
+                    d.unsynced_in_call = Some(seq);
+                    if !d.queues.contains(destination) {
+                        d.queues.insert(destination.to_owned());
+                    }
+                    d.wake.notify();
+                }
                 self.dispatch(destination);
             }
             Dest::Topic(topic) => {
@@ -918,6 +1044,16 @@ impl Core {
             if queue.ready.is_empty() || queue.consumers.is_empty() {
                 return;
             }
+            // A journaled message a group commit has not yet put on the disk waits, and
+            // so does everything behind it. (Topic subscriptions are not journaled.)
+            if journaled(queue_name)
+                && queue
+                    .ready
+                    .front()
+                    .is_some_and(|i| i.seq > self.durability.synced)
+            {
+                return;
+            }
             // A single-active-consumer queue feeds its oldest consumer only; the next one
             // takes over when it goes, starting with what it left unacked.
             let n = if queue.single_active {
@@ -1067,6 +1203,10 @@ impl Core {
                 msg,
                 redelivered: true,
             });
+        }
+        if journal.group_commit() {
+            // What the journal kept is on the disk (opening rewrote and flushed it).
+            self.durability.synced = self.next_seq - 1;
         }
         self.journal = Some(journal);
         Ok(n)

@@ -1,7 +1,10 @@
 //! The broker's journal: what makes a RECEIPT mean "kept". Every message sent to a named
 //! queue (`/queue/…`) is appended here, with one `write(2)`, before the broker delivers
 //! it or answers its RECEIPT; the kernel then has it, so it survives the process being
-//! killed. With `fsync` it is also flushed to the disk first, which survives the machine.
+//! killed. With `fsync` it is also flushed to the disk first, which survives the machine:
+//! a group commit, where one flush (off the broker's lock) covers every message written
+//! while the one before was under way, and the broker holds back their delivery and
+//! receipts until it is done.
 //! Acks (and deleted queues) are appended as the lsns they settle. On start the journal
 //! is read back, every message that was never settled is put back in its queue in its
 //! place, and the file is rewritten with only those (compaction); it is compacted again
@@ -42,6 +45,8 @@ pub(crate) struct Journal {
     live: BTreeMap<u64, u64>,
     /// The sum of `live`.
     live_bytes: u64,
+    /// The highest lsn written.
+    last_lsn: u64,
     buf: BytesMut,
 }
 
@@ -77,6 +82,7 @@ impl Journal {
             written: 0,
             live: BTreeMap::new(),
             live_bytes: 0,
+            last_lsn: 0,
             buf: BytesMut::new(),
         };
         journal.rewrite(
@@ -97,7 +103,10 @@ impl Journal {
         self.buf.clear();
         encode_send(&mut self.buf, lsn, destination, headers, body);
         let len = self.buf.len() as u64;
-        self.append(self.fsync)?;
+        // With --fsync the flush is the group commit's (see `Journal::to_sync`): one for
+        // every message written while the last was under way.
+        self.append()?;
+        self.last_lsn = self.last_lsn.max(lsn);
         self.live.insert(lsn, len);
         self.live_bytes += len;
         Ok(())
@@ -127,7 +136,18 @@ impl Journal {
         Frame::new(Command::Ack)
             .with_body(body)
             .encode(&mut self.buf);
-        self.append(false)
+        self.append()
+    }
+
+    /// Whether messages must wait for a flush to the disk before they count as kept.
+    pub fn group_commit(&self) -> bool {
+        self.fsync
+    }
+
+    /// What a flush to the disk now would make durable: a handle on the file, and the
+    /// last lsn written to it. Flushing the handle does not need the broker's lock.
+    pub fn to_sync(&self) -> std::io::Result<(File, u64)> {
+        Ok((self.file.try_clone()?, self.last_lsn))
     }
 
     /// Whether the file has grown to several times what it holds, so that
@@ -157,6 +177,7 @@ impl Journal {
             let before = all.len();
             encode_send(&mut all, lsn, destination, headers, body);
             self.live.insert(lsn, (all.len() - before) as u64);
+            self.last_lsn = self.last_lsn.max(lsn);
         }
         self.live_bytes = all.len() as u64;
         self.file.write_all(&all)?;
@@ -177,11 +198,8 @@ impl Journal {
         Ok(())
     }
 
-    fn append(&mut self, fsync: bool) -> std::io::Result<()> {
+    fn append(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.buf)?;
-        if fsync {
-            self.file.sync_data()?;
-        }
         self.written += self.buf.len() as u64;
         Ok(())
     }

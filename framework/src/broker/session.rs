@@ -153,9 +153,14 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
                 // A SEND dropped by its rate limit was not accepted: no receipt.
                 let dropped = core.take_dropped();
                 let receipt = receipt.filter(|_| !dropped);
-                if let Some(receipt) = receipt {
-                    let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-                    core.send_to(id, Out::Frame(frame));
+                match (receipt, core.take_unsynced()) {
+                    // Kept once the journal's group commit has it on the disk.
+                    (Some(receipt), Some(lsn)) => core.hold_receipt(lsn, id, receipt),
+                    (Some(receipt), None) => {
+                        let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+                        core.send_to(id, Out::Frame(frame));
+                    }
+                    (None, _) => {}
                 }
                 if disconnect {
                     core.send_to(id, Out::Close);
