@@ -24,6 +24,9 @@ pub struct Output {
     pub body: Value,
 }
 
+/// Worker lives whose last tick a room remembers (see [`Room::tick_once`]).
+pub const TICK_LIVES: usize = 8;
+
 /// A room: its state, its players, and what it has applied.
 ///
 /// Broadcasts carry `seq`, the room's sequence number, which grows by one with each, so a
@@ -198,6 +201,33 @@ impl<S: 'static> Room<S> {
             outputs: self.finish(ctx.take_effects(), Cause::Input(player, seq), result),
             duplicate: false,
         }
+    }
+
+    /// Runs the tick handler for tick `n` of the worker life `life`, unless it has run
+    /// already: after a crash, ticks a checkpoint holds but the inbox had not yet
+    /// forgotten come again, and must not run twice. What each life last ticked is kept
+    /// with the players' last inputs (as `$tick:LIFE`, which no player name can be), for
+    /// the latest [`TICK_LIVES`] lives; `life` must sort after every earlier one.
+    pub fn tick_once(&mut self, life: &str, n: u64) -> Vec<Output> {
+        let key = format!("$tick:{life}");
+        if self.applied.get(&key).is_some_and(|&last| n <= last) {
+            return Vec::new();
+        }
+        if !self.applied.contains_key(&key) {
+            let mut lives: Vec<String> = self
+                .applied
+                .keys()
+                .filter(|k| k.starts_with("$tick:"))
+                .cloned()
+                .collect();
+            lives.sort();
+            let excess = (lives.len() + 1).saturating_sub(TICK_LIVES);
+            for old in lives.into_iter().take(excess) {
+                self.applied.remove(&old);
+            }
+        }
+        self.applied.insert(key, n);
+        self.tick()
     }
 
     /// Runs the tick handler.

@@ -43,6 +43,22 @@ pub(crate) struct Stored {
     /// The sender's own headers, passed through to MESSAGE frames.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// What every subscriber's MESSAGE frame ends with, encoded once, at first need.
+    pub tail: std::sync::OnceLock<Bytes>,
+}
+
+impl Stored {
+    /// The MESSAGE frame's common part: message-id, destination, the sender's headers
+    /// and the body, in wire form.
+    fn tail(&self) -> &Bytes {
+        self.tail.get_or_init(|| {
+            let mut headers = Vec::with_capacity(self.headers.len() + 2);
+            headers.push(("message-id".to_owned(), self.id.clone()));
+            headers.push(("destination".to_owned(), self.destination.clone()));
+            headers.extend(self.headers.iter().cloned());
+            crate::stomp::encode_message_tail(&headers, &self.body)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +163,9 @@ struct Session {
     unacked: BTreeMap<u64, Unacked>,
     next_tag: u64,
     transactions: HashMap<String, Vec<Frame>>,
+    /// Whether the connection takes frames in wire form (a socket), so that a MESSAGE
+    /// is encoded once for all its subscribers.
+    wire: bool,
 }
 
 /// The broker's whole state.
@@ -350,6 +369,7 @@ impl Core {
         peer: Option<std::net::SocketAddr>,
         outbox: mpsc::Sender<Out>,
         kill: Arc<Kill>,
+        wire: bool,
     ) -> Result<SessionId, Refusal> {
         let c = &self.config;
         if self.sessions.len() >= c.max_connections {
@@ -406,6 +426,7 @@ impl Core {
                 unacked: BTreeMap::new(),
                 next_tag: 1,
                 transactions: HashMap::new(),
+                wire,
             },
         );
         Ok(id)
@@ -725,6 +746,7 @@ impl Core {
             destination: destination.to_owned(),
             headers,
             body,
+            tail: Default::default(),
         });
         let item = Queued {
             seq,
@@ -1087,27 +1109,39 @@ impl Core {
                 .subscriptions
                 .get_mut(&sub_id)
                 .expect("consumer has a subscription");
-            let mut frame = Frame::new(Command::Message);
-            // Sized once: the four broker headers at most, then the message's own.
-            frame.headers.reserve_exact(4 + item.msg.headers.len());
-            frame = frame
-                .with_header("subscription", sub_id.clone())
-                .with_header("message-id", item.msg.id.clone())
-                .with_header("destination", item.msg.destination.clone());
-            let tag = if sub.ack != AckMode::Auto {
-                let tag = session.next_tag;
+            let tag = (sub.ack != AckMode::Auto).then(|| {
                 session.next_tag += 1;
-                frame = frame.with_header("ack", tag.to_string());
-                Some(tag)
+                session.next_tag - 1
+            });
+            let out = if session.wire {
+                // The subscriber's own headers, then the part every subscriber shares.
+                let ack = tag.map(|t| t.to_string());
+                let mut head: Vec<(&str, &str)> = vec![("subscription", &sub_id)];
+                if let Some(ack) = &ack {
+                    head.push(("ack", ack));
+                }
+                if item.redelivered {
+                    head.push(("redelivered", "true"));
+                }
+                Out::Encoded(crate::stomp::encode_message_head(&head, item.msg.tail()))
             } else {
-                None
+                let mut frame = Frame::new(Command::Message);
+                frame.headers.reserve_exact(5 + item.msg.headers.len());
+                frame = frame
+                    .with_header("subscription", sub_id.clone())
+                    .with_header("message-id", item.msg.id.clone())
+                    .with_header("destination", item.msg.destination.clone());
+                if let Some(tag) = tag {
+                    frame = frame.with_header("ack", tag.to_string());
+                }
+                if item.redelivered {
+                    frame = frame.with_header("redelivered", "true");
+                }
+                frame.headers.extend(item.msg.headers.iter().cloned());
+                frame.body = item.msg.body.clone();
+                Out::Frame(frame)
             };
-            if item.redelivered {
-                frame = frame.with_header("redelivered", "true");
-            }
-            frame.headers.extend(item.msg.headers.iter().cloned());
-            frame.body = item.msg.body.clone();
-            if session.outbox.try_send(Out::Frame(frame)).is_err() {
+            if session.outbox.try_send(out).is_err() {
                 // The consumer cannot keep up (or is gone): it loses its connection, and
                 // the message stays first in line for someone else.
                 session.kill.slow();
@@ -1194,6 +1228,7 @@ impl Core {
                 destination: k.destination.clone(),
                 headers: k.headers,
                 body: k.body,
+                tail: Default::default(),
             });
             let queue = self.queues.entry(k.destination).or_default();
             queue.bytes += msg.body.len();

@@ -506,11 +506,12 @@ pub mod fuzzing {
         });
         let mut outboxes = Vec::new();
         let mut sessions = Vec::new();
-        for principal in [Principal::anyone("open"), player] {
+        // One takes MESSAGE frames encoded once (a socket), the other as values.
+        for (principal, wire) in [(Principal::anyone("open"), true), (player, false)] {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             outboxes.push(rx);
             let id = core
-                .add_session(principal, None, tx, Arc::default())
+                .add_session(principal, None, tx, Arc::default(), wire)
                 .expect("two sessions fit");
             sessions.push(Some(id));
         }

@@ -17,6 +17,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     let Transport {
         mut incoming,
         mut outgoing,
+        in_memory,
     } = transport;
     let (config, authorizer) = {
         let core = broker.lock();
@@ -28,6 +29,9 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
             match incoming.next().await {
                 Some(Ok(Item::Heartbeat)) => continue,
                 Some(Ok(Item::Frame(f))) => return Ok(f),
+                Some(Ok(Item::Encoded(_))) => {
+                    return Err(Refusal::from_error(&crate::stomp::unexpected_encoded()))
+                }
                 Some(Err(e)) => return Err(Refusal::from_error(&e)),
                 None => return Err(Refusal::closed()),
             }
@@ -85,7 +89,9 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
 
     let (tx, rx) = mpsc::channel(config.outbox_capacity);
     let kill = Arc::new(Kill::default());
-    let added = broker.lock().add_session(principal, peer, tx, kill.clone());
+    let added = broker
+        .lock()
+        .add_session(principal, peer, tx, kill.clone(), !in_memory);
     let id = match added {
         Ok(id) => id,
         Err(refusal) => {
@@ -141,6 +147,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         let frame = match next {
             Ok(Some(Item::Frame(frame))) => frame,
             Ok(Some(Item::Heartbeat)) => continue,
+            Ok(Some(Item::Encoded(_))) => break None,
             Ok(None) => break None,
             Err(refusal) if refusal.is_close() => break None,
             Err(refusal) => break Some((refusal, None)),

@@ -16,7 +16,7 @@
 //! ```
 
 use super::frame::{Command, Frame, Limits};
-use super::transport::{write_loop, Item, Outbound, Transport};
+use super::transport::{unexpected_encoded, write_loop, Item, Outbound, Transport};
 use crate::{Error, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -230,6 +230,7 @@ impl Client {
                 match transport.incoming.next().await {
                     Some(Ok(Item::Heartbeat)) => continue,
                     Some(Ok(Item::Frame(f))) => return Ok(f),
+                    Some(Ok(Item::Encoded(_))) => return Err(unexpected_encoded()),
                     Some(Err(e)) => return Err(e),
                     None => return Err(Error::Closed("the server closed before CONNECTED".into())),
                 }
@@ -486,6 +487,7 @@ async fn read_loop(
         let frame = match next {
             Some(Ok(Item::Frame(frame))) => frame,
             Some(Ok(Item::Heartbeat)) => continue,
+            Some(Ok(Item::Encoded(_))) => break unexpected_encoded().to_string(),
             Some(Err(e)) => break e.to_string(),
             None => break "the server closed the connection".into(),
         };

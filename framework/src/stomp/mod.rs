@@ -6,6 +6,8 @@ mod transport;
 
 pub(crate) use client::parse_heartbeat;
 pub use client::{AckMode, Client, ConnectOptions, Message, SubscribeOptions, Subscription};
-pub use frame::{parse, Command, Frame, FrameError, Limits, Parsed};
-pub(crate) use transport::{write_loop, Outbound, WsIn, WsOut};
+pub use frame::{
+    encode_message_head, encode_message_tail, parse, Command, Frame, FrameError, Limits, Parsed,
+};
+pub(crate) use transport::{unexpected_encoded, write_loop, Outbound, WsIn, WsOut};
 pub use transport::{Item, ItemSink, ItemStream, StompCodec, Transport};

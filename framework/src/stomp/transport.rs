@@ -18,6 +18,14 @@ pub enum Item {
     /// A heart-beat (EOLs between frames), or more bytes of a frame still arriving: either
     /// way the peer is alive ("any new data" counts, says STOMP 1.2).
     Heartbeat,
+    /// A whole frame already in wire form (a broker's MESSAGE, encoded once for all its
+    /// subscribers). Only ever sent; incoming streams yield [`Item::Frame`].
+    Encoded(Bytes),
+}
+
+/// An incoming stream yielded [`Item::Encoded`], which only outgoing sinks take.
+pub(crate) fn unexpected_encoded() -> Error {
+    Error::Protocol("a pre-encoded frame came in; incoming streams yield frames".into())
 }
 
 /// The STOMP codec for byte streams (TCP): [`parse`] and [`Frame::encode`] behind
@@ -90,6 +98,7 @@ impl Encoder<Item> for StompCodec {
         match item {
             Item::Frame(frame) => frame.encode(dst),
             Item::Heartbeat => dst.extend_from_slice(b"\n"),
+            Item::Encoded(bytes) => dst.extend_from_slice(&bytes),
         }
         Ok(())
     }
@@ -106,6 +115,9 @@ pub struct Transport {
     pub incoming: ItemStream,
     /// Frames and heart-beats to the peer.
     pub outgoing: ItemSink,
+    /// An in-memory connection ([`Transport::pair`]): frames pass as values, so there is
+    /// nothing to gain from sending them already encoded.
+    pub in_memory: bool,
 }
 
 /// A WebSocket message reduced to what STOMP cares about.
@@ -132,6 +144,7 @@ impl Transport {
         Transport {
             incoming: Box::pin(stream),
             outgoing: Box::pin(sink),
+            in_memory: false,
         }
     }
 
@@ -173,11 +186,13 @@ impl Transport {
             Ok::<_, Error>(match item {
                 Item::Heartbeat => WsOut(Bytes::from_static(b"\n")),
                 Item::Frame(frame) => WsOut(frame.to_bytes()),
+                Item::Encoded(bytes) => WsOut(bytes),
             })
         });
         Transport {
             incoming: Box::pin(incoming),
             outgoing: Box::pin(outgoing),
+            in_memory: false,
         }
     }
 
@@ -189,6 +204,20 @@ impl Transport {
         fn half(capacity: usize) -> (ItemSink, ItemStream) {
             let (tx, rx) = tokio::sync::mpsc::channel::<Item>(capacity);
             let sink = futures_util::sink::unfold(tx, |tx, item: Item| async move {
+                // Frames pass as values; one already encoded is read back.
+                let item = match item {
+                    Item::Encoded(bytes) => match parse(
+                        &bytes,
+                        &Limits {
+                            max_frame_bytes: usize::MAX,
+                            ..Limits::default()
+                        },
+                    )? {
+                        Parsed::Frame(frame, _) => Item::Frame(frame),
+                        _ => Item::Heartbeat,
+                    },
+                    item => item,
+                };
                 tx.send(item)
                     .await
                     .map_err(|_| Error::Closed("the other end of the connection closed".into()))?;
@@ -205,10 +234,12 @@ impl Transport {
             Transport {
                 incoming: a_in,
                 outgoing: a_out,
+                in_memory: true,
             },
             Transport {
                 incoming: b_in,
                 outgoing: b_out,
+                in_memory: true,
             },
         )
     }
@@ -277,6 +308,8 @@ impl Transport {
 pub(crate) enum Outbound {
     /// A frame to write.
     Frame(Frame),
+    /// A frame already in wire form.
+    Encoded(Bytes),
     /// Write everything queued before this, then close the connection.
     Close,
 }
@@ -301,25 +334,27 @@ pub(crate) async fn write_loop(
             },
             None => rx.recv().await,
         };
-        let Some(Outbound::Frame(frame)) = next else {
-            break;
+        let first = match next {
+            Some(Outbound::Frame(frame)) => Item::Frame(frame),
+            Some(Outbound::Encoded(bytes)) => Item::Encoded(bytes),
+            Some(Outbound::Close) | None => break,
         };
-        if sink.feed(Item::Frame(frame)).await.is_err() {
+        if sink.feed(first).await.is_err() {
             return;
         }
         let mut closing = false;
         loop {
-            match rx.try_recv() {
-                Ok(Outbound::Frame(frame)) => {
-                    if sink.feed(Item::Frame(frame)).await.is_err() {
-                        return;
-                    }
-                }
+            let item = match rx.try_recv() {
+                Ok(Outbound::Frame(frame)) => Item::Frame(frame),
+                Ok(Outbound::Encoded(bytes)) => Item::Encoded(bytes),
                 Ok(Outbound::Close) => {
                     closing = true;
                     break;
                 }
                 Err(_) => break,
+            };
+            if sink.feed(item).await.is_err() {
+                return;
             }
         }
         if sink.flush().await.is_err() || closing {

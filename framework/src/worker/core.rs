@@ -10,10 +10,24 @@ use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The body of the tick a worker puts in its own inbox: ticks go through the inbox like
-/// inputs, so a replay after a crash interleaves them with inputs exactly as the first
-/// run did.
+/// An unnumbered tick, which runs every time it is delivered. Workers put numbered ones
+/// ([`tick`]) in their own inbox: ticks go through the inbox like inputs, so a replay
+/// after a crash interleaves them with inputs exactly as the first run did.
 pub const TICK: &str = r#"{"type":"$tick"}"#;
+
+/// A numbered tick: the `n`th tick a worker sent in its life `life`. Numbered ticks run
+/// once, even when a crash makes the inbox deliver them again (see `Room::tick_once`).
+pub fn tick(life: &str, n: u64) -> String {
+    format!(r#"{{"type":"$tick","life":"{life}","n":{n}}}"#)
+}
+
+#[derive(Deserialize)]
+struct Tick {
+    #[serde(rename = "type")]
+    kind: String,
+    life: Option<String>,
+    n: Option<u64>,
+}
 
 /// One message from a room's inbox, as any transport delivers it.
 #[derive(Debug, Clone, Copy)]
@@ -123,10 +137,14 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     pub fn handle(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
         let InboxMessage { user, body } = message;
         if user == WORKER_USER {
-            return if body == TICK.as_bytes() {
-                self.room.tick()
-            } else {
-                Vec::new()
+            return match serde_json::from_slice::<Tick>(body) {
+                Ok(Tick {
+                    kind,
+                    life: Some(life),
+                    n: Some(n),
+                }) if kind == "$tick" => self.room.tick_once(&life, n),
+                Ok(Tick { kind, .. }) if kind == "$tick" => self.room.tick(),
+                _ => Vec::new(),
             };
         }
         if user == LOBBY_USER {
@@ -250,6 +268,63 @@ mod tests {
         assert_eq!(
             outputs_second, outputs_first,
             "the replay repeats the same outputs"
+        );
+    }
+
+    #[test]
+    fn a_tick_the_checkpoint_holds_does_not_run_again() {
+        let mut first = RoomWorker::new("r", counter());
+        join(&mut first, "ann");
+        let input = |seq: u64| format!(r#"{{"type":"add","by":1,"seq":{seq}}}"#);
+        let inbox: Vec<(String, String)> = vec![
+            ("ann".into(), input(1)),
+            ("$worker".into(), tick("0001", 1)),
+            ("ann".into(), input(2)),
+        ];
+        for (user, body) in &inbox {
+            first.handle(InboxMessage {
+                user,
+                body: body.as_bytes(),
+            });
+        }
+        assert_eq!(*first.room().state(), 11);
+        let (checkpoint, _) = first.checkpoint().unwrap();
+
+        // A crash after the checkpoint was saved but before the inbox heard the ack: all
+        // of it comes again, then the next life ticks.
+        let mut second = RoomWorker::new("r", counter());
+        second.restore(checkpoint).unwrap();
+        for (user, body) in &inbox {
+            second.handle(InboxMessage {
+                user,
+                body: body.as_bytes(),
+            });
+        }
+        assert_eq!(*second.room().state(), 11, "nothing ran twice");
+        second.handle(InboxMessage {
+            user: "$worker",
+            body: tick("0002", 1).as_bytes(),
+        });
+        assert_eq!(
+            *second.room().state(),
+            110,
+            "the next life's first tick runs"
+        );
+        for life in 3..20 {
+            second.handle(InboxMessage {
+                user: "$worker",
+                body: tick(&format!("{life:04}"), 1).as_bytes(),
+            });
+        }
+        let (checkpoint, _) = second.checkpoint().unwrap();
+        let lives = checkpoint
+            .applied
+            .keys()
+            .filter(|k| k.starts_with("$tick:"));
+        assert_eq!(
+            lives.count(),
+            crate::room::TICK_LIVES,
+            "old lives are forgotten"
         );
     }
 

@@ -8,7 +8,7 @@
 //! are skipped by their player's sequence number, the rest are applied again. Outputs
 //! that are published twice carry the same room `seq`, so clients can drop repeats.
 
-use super::core::{InboxMessage, RoomWorker, TICK};
+use super::core::{InboxMessage, RoomWorker};
 use crate::admin::BrokerAdmin;
 use crate::msg::Msg;
 use crate::names::WORKER_USER;
@@ -216,6 +216,16 @@ where
         room_id,
     };
     let inbox = names.inbox(room_id, WORKER_USER);
+    // This life's ticks are numbered, so that each runs once; lives sort by start time.
+    let life = format!(
+        "{:013}{:04x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+        rand_u16()
+    );
+    let mut ticks = 0u64;
 
     loop {
         tokio::select! {
@@ -260,7 +270,8 @@ where
             }
             // A room nobody is in hibernates: no ticks, so nothing to publish or save.
             _ = tick.tick(), if tick_every.is_some() && worker.room().players().next().is_some() => {
-                client.send_nowait(&inbox, TICK)?;
+                ticks += 1;
+                client.send_nowait(&inbox, super::core::tick(&life, ticks))?;
             }
             _ = checkpoint.tick(), if saver.unsaved > 0 && saver.in_flight.is_none() => {
                 saver.start(&mut worker).await?;
@@ -288,6 +299,14 @@ where
             return Ok(());
         }
     }
+}
+
+/// A few random bits, to tell apart two lives started in the same millisecond.
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish() as u16
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
