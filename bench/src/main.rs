@@ -32,8 +32,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Runs the workload at each CCU against each mode and prints a markdown table
-    /// side by side (and, with --plot, an SVG of p99 against CCU).
+    /// Runs the workload at each CCU against each mode, prints a markdown table side by
+    /// side, and writes an SVG plot of p99 against CCU.
     Run(RunArgs),
     /// Measures what empty rooms cost: server CPU and store writes of rooms nobody is in,
     /// beside the same server with no rooms.
@@ -61,7 +61,7 @@ struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["floor", "embedded", "rabbitmq"])]
     modes: Vec<Mode>,
     /// CCU (players connected at once) to measure, in increasing order.
-    #[arg(long, value_delimiter = ',', default_values = ["100", "300", "500"])]
+    #[arg(long, value_delimiter = ',', default_values = ["100", "300", "500", "1000", "1500", "2000"])]
     ccu: Vec<usize>,
     /// Players per room.
     #[arg(long, default_value_t = 10)]
@@ -82,9 +82,9 @@ struct RunArgs {
     /// The p99 a CCU must keep to count as held.
     #[arg(long, default_value_t = 50.0)]
     max_p99_ms: f64,
-    /// Write an SVG plot of p99 against CCU here.
-    #[arg(long)]
-    plot: Option<PathBuf>,
+    /// Where to write the SVG plot of p99 against CCU.
+    #[arg(long, default_value = "target/bench-p99.svg")]
+    plot: PathBuf,
     /// Exit with status 1 if any input was lost, doubled or out of order, or a mode could
     /// not run (times are not checked).
     #[arg(long)]
@@ -185,11 +185,12 @@ async fn run(args: RunArgs) -> i32 {
         }
     }
     println!("\n{}", report::summary(&rows, &modes, args.max_p99_ms));
-    if let Some(path) = &args.plot {
-        match report::plot(&rows, &modes, path) {
-            Ok(()) => println!("Plot: {}", path.display()),
-            Err(e) => eprintln!("bench: could not write the plot: {e}"),
-        }
+    if let Some(dir) = args.plot.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match report::plot(&rows, &modes, &args.plot) {
+        Ok(()) => println!("Plot: {}", args.plot.display()),
+        Err(e) => eprintln!("bench: could not write the plot: {e}"),
     }
     let broken = rows.iter().any(|r| match &r.outcome {
         Ok(o) => !o.clean(),

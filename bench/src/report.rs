@@ -141,7 +141,7 @@ pub fn plot(rows: &[Row], modes: &[Mode], path: &Path) -> Result<(), String> {
         .flat_map(|&m| points(m))
         .map(|p| p.1)
         .fold(60.0f64, f64::max)
-        .min(1000.0);
+        .min(200.0); // past that a run has failed; points above are drawn at the top
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     let e = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;

@@ -5,8 +5,12 @@
 //! Exactly once: inputs are acked (cumulatively) only after a checkpoint that includes
 //! them. If the worker dies, the broker redelivers every unacked input to its
 //! replacement, which starts from that checkpoint; inputs the checkpoint already holds
-//! are skipped by their player's sequence number, the rest are applied again. Outputs
-//! that are published twice carry the same room `seq`, so clients can drop repeats.
+//! are skipped by their player's sequence number (and ticks by their number in the life
+//! of the worker that sent them), the rest are applied again. Outputs that are published
+//! twice carry the same room `seq`, so clients can drop repeats.
+//!
+//! A room nobody is in hibernates: it sends itself no ticks, so it has nothing to
+//! publish or save, and no timer but the idle one runs.
 
 use super::core::{InboxMessage, RoomWorker};
 use crate::admin::BrokerAdmin;
@@ -195,7 +199,11 @@ where
     let mut pending = Some(first);
 
     let tick_every = worker.tick_interval();
-    let mut tick = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
+    // Rooms started together would tick together, and a thousand ticks at one instant is
+    // a stall for everyone: each room starts at a random point of its period.
+    let every = tick_every.unwrap_or(Duration::from_secs(3600));
+    let phase = every.mul_f64(f64::from(rand_u16()) / 65536.0);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checkpoint = tokio::time::interval(env.timings.checkpoint_every);
     let mut saver = Saver {
@@ -301,7 +309,8 @@ where
     }
 }
 
-/// A few random bits, to tell apart two lives started in the same millisecond.
+/// A few random bits (each call different): to tell apart two lives started in the same
+/// millisecond, and to spread rooms' ticks.
 fn rand_u16() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
