@@ -810,16 +810,23 @@ impl Core {
                 self.dispatch(destination);
             }
             Dest::Topic(topic) => {
-                let subscribers = self.topics.get(topic).cloned().unwrap_or_default();
-                for queue_name in subscribers {
-                    if let Some(queue) = self.queues.get_mut(&queue_name) {
+                // Borrowed out of the map while dispatching (which never changes who
+                // subscribes), rather than cloned for every message.
+                let Some(subscribers) = self.topics.get_mut(topic).map(std::mem::take) else {
+                    return Ok(());
+                };
+                for queue_name in &subscribers {
+                    if let Some(queue) = self.queues.get_mut(queue_name) {
                         // A subscriber this far behind loses the oldest: a topic is live.
                         if queue.ready.len() >= self.config.max_topic_backlog {
                             queue.ready.pop_front();
                         }
                         queue.ready.push_back(item.clone());
-                        self.dispatch(&queue_name);
+                        self.dispatch(queue_name);
                     }
+                }
+                if let Some(slot) = self.topics.get_mut(topic) {
+                    *slot = subscribers;
                 }
             }
         }
