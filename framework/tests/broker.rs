@@ -1061,6 +1061,24 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
         );
     }
     nothing_more(&mut sub).await;
+    // A DISCONNECT right behind receipted SENDs: their receipts still come first.
+    let client = connect(&b.tcp_url).await;
+    let sends: Vec<_> = (0..20)
+        .map(|i| {
+            let client = client.clone();
+            async move { client.send("/queue/kept", format!("last-{i}")).await }
+        })
+        .collect();
+    let (sent, closed) =
+        futures_util::future::join(futures_util::future::join_all(sends), client.disconnect())
+            .await;
+    closed.unwrap();
+    for r in sent {
+        r.expect("a receipted SEND before DISCONNECT gets its receipt");
+    }
+    for _ in 0..20 {
+        assert!(body(&recv(&mut sub).await).starts_with("last-"));
+    }
     println!("500 receipted messages with --fsync took {flushed} flushes to the disk");
     assert!(flushed >= 1, "nothing was flushed");
     assert!(

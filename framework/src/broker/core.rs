@@ -670,6 +670,11 @@ impl Core {
         }
     }
 
+    /// Whether session `id` has receipts waiting for the journal's flush.
+    pub fn holds_receipts_for(&self, id: SessionId) -> bool {
+        self.durability.receipts.iter().any(|(_, s, _)| *s == id)
+    }
+
     /// What a flush to the disk would make durable now (`None` without a group-committed
     /// journal, or when everything written is on the disk already).
     pub fn to_sync(&self) -> Option<(std::fs::File, u64)> {

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long a DISCONNECT waits for the receipts a group commit still holds.
+const HELD_RECEIPTS_WAIT: Duration = Duration::from_secs(5);
+
 /// Versions this broker speaks, best first.
 const VERSIONS: [&str; 3] = ["1.2", "1.1", "1.0"];
 
@@ -154,6 +157,15 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         };
         let receipt = frame.header("receipt").map(str::to_owned);
         let disconnect = frame.command == Command::Disconnect;
+        if disconnect {
+            // Receipts still waiting for the journal's flush go out before the
+            // DISCONNECT's own and the close (a flush takes milliseconds; a disk that
+            // hangs does not keep the connection past a few seconds).
+            let waiting = std::time::Instant::now();
+            while broker.lock().holds_receipts_for(id) && waiting.elapsed() < HELD_RECEIPTS_WAIT {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let mut core = broker.lock();
         match core.handle(id, frame) {
             Ok(()) => {
