@@ -875,19 +875,18 @@ async fn record_real_traffic_as_fuzz_seeds() {
     server.stop().await;
 }
 
+/// How many checkpoints `room` has saved.
+async fn checkpoint_version(server: &Server, room: &str) -> u64 {
+    let checkpoint = server.rooms.store().checkpoint(room).await.unwrap();
+    checkpoint.map_or(0, |c| c.version)
+}
+
 #[tokio::test]
 async fn a_room_nobody_is_in_hibernates_and_wakes_when_someone_joins() {
     let dir = temp_dir("hibernate");
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
-    let version = || async {
-        let store = server.rooms.store();
-        store
-            .checkpoint(&room)
-            .await
-            .unwrap()
-            .map_or(0, |c| c.version)
-    };
+    let version = || checkpoint_version(&server, &room);
     let mut ann = Player::join(&server, &room, "ann", true).await;
     ann.next_on_room("npcs").await; // the room ticks: its NPCs wander
     let left = http()
@@ -934,14 +933,7 @@ async fn ticks_that_change_nothing_save_no_checkpoint() {
         });
     let server = Server::start(Lobby::new(), msg, &dir).await;
     let room = server.create_room().await;
-    let version = || async {
-        let store = server.rooms.store();
-        store
-            .checkpoint(&room)
-            .await
-            .unwrap()
-            .map_or(0, |c| c.version)
-    };
+    let version = || checkpoint_version(&server, &room);
     let mut ann = Player::join(&server, &room, "ann", true).await;
     while ann.next_on_room("count").await["n"] != 3 {}
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -45,38 +45,51 @@ pub enum Seat {
     },
 }
 
+/// `POST {lobby}/rooms`: a new room's id.
+async fn create_room(http: &reqwest::Client, lobby: &str, name: &str) -> Result<String, String> {
+    let room: RoomView = http
+        .post(format!("{lobby}/rooms"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("creating a room: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("creating a room: {e}"))?;
+    Ok(room.id)
+}
+
+/// `POST {lobby}/rooms/{room}/join` as `name`: its ticket.
+async fn join(
+    http: &reqwest::Client,
+    lobby: &str,
+    room: &str,
+    name: &str,
+) -> Result<Ticket, String> {
+    http.post(format!("{lobby}/rooms/{room}/join"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("joining {name}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("joining {name}: {e}"))
+}
+
 /// Creates the rooms and joins every player through the lobby at `lobby`.
 pub async fn seats_via_lobby(lobby: &str, w: &Workload) -> Result<Vec<Seat>, String> {
     let http = reqwest::Client::new();
     let rooms = w.players.div_ceil(w.room_size);
     let mut ids = Vec::with_capacity(rooms);
     for _ in 0..rooms {
-        let room: RoomView = http
-            .post(format!("{lobby}/rooms"))
-            .json(&serde_json::json!({ "name": "bench" }))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("creating a room: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("creating a room: {e}"))?;
-        ids.push(room.id);
+        ids.push(create_room(&http, lobby, "bench").await?);
     }
     let joins = (0..w.players).map(|i| {
         let (http, room) = (http.clone(), ids[i / w.room_size].clone());
         async move {
-            let name = format!("p{i}");
-            let ticket: Ticket = http
-                .post(format!("{lobby}/rooms/{room}/join"))
-                .json(&serde_json::json!({ "name": name }))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("joining {name}: {e}"))?
-                .json()
-                .await
-                .map_err(|e| format!("joining {name}: {e}"))?;
+            let ticket = join(&http, lobby, &room, &format!("p{i}")).await?;
             Ok::<_, String>(Seat::Stomp(Box::new(ticket)))
         }
     });
@@ -417,27 +430,9 @@ pub async fn occupied_rooms(lobby: &str, rooms: usize) -> Result<Vec<(String, St
     let one = |i: usize| {
         let http = http.clone();
         async move {
-            let room: RoomView = http
-                .post(format!("{lobby}/rooms"))
-                .json(&serde_json::json!({ "name": format!("idle{i}") }))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("creating a room: {e}"))?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ticket: Ticket = http
-                .post(format!("{lobby}/rooms/{}/join", room.id))
-                .json(&serde_json::json!({ "name": format!("v{i}") }))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("joining: {e}"))?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((room.id, ticket.token))
+            let room = create_room(&http, lobby, &format!("idle{i}")).await?;
+            let ticket = join(&http, lobby, &room, &format!("v{i}")).await?;
+            Ok::<_, String>((room, ticket.token))
         }
     };
     futures_util::stream::iter((0..rooms).map(one))
