@@ -129,20 +129,26 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         })
     };
 
+    // Made once for the whole connection: a fresh one per frame would lock a waiter
+    // list twice for every frame received.
     let mut shutdown = broker.shutdown.subscribe();
+    let stopping = shutdown.wait_for(|stop| *stop);
+    tokio::pin!(stopping);
+    let killed = kill.notify.notified();
+    tokio::pin!(killed);
     let deadline = expect_every.map(|d| d * 2);
     let mut slow = false;
     let ending: Option<(Refusal, Option<String>)> = loop {
         let next = tokio::select! {
             biased;
-            _ = kill.notify.notified() => {
+            _ = &mut killed => {
                 if kill.kicked.load(std::sync::atomic::Ordering::SeqCst) {
                     break Some((Refusal::new("disconnected by the server", "The server closed this connection; unacknowledged messages were requeued."), None));
                 }
                 slow = true;
                 break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
             }
-            _ = shutdown.wait_for(|stop| *stop) => {
+            _ = &mut stopping => {
                 break Some((Refusal::new("server shutting down", "The server is shutting down; reconnect later."), None));
             }
             next = next_item(&mut incoming, deadline) => next,

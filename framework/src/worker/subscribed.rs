@@ -165,12 +165,15 @@ where
             },
         )
         .await?;
-    let mut shutdown = env.shutdown.clone();
+    // One future for the whole run: a fresh one per message would lock the watch's
+    // waiter list twice for every input.
+    let stop = stopped(env.shutdown.clone());
+    tokio::pin!(stop);
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
     let first = loop {
         tokio::select! {
             biased;
-            _ = stopped(&mut shutdown) => {
+            _ = &mut stop => {
                 let _ = client.disconnect().await;
                 return Ok(());
             }
@@ -238,7 +241,7 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = stopped(&mut shutdown) => {
+            _ = &mut stop => {
                 saver.save(&mut worker).await?;
                 let _ = client.disconnect().await;
                 return Ok(());
@@ -318,7 +321,7 @@ fn rand_u16() -> u16 {
     h.finish() as u16
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
