@@ -688,3 +688,237 @@ async fn two_lobbies_and_two_workers_share_twenty_rooms() {
     );
     cluster.end_rooms().await;
 }
+
+/// `cargo lambda watch`, the Lambda Runtime API emulator, serving the game server's
+/// binaries as functions (`game-server`, version 1, and `game-server-v2`, version 2) on
+/// the cluster's RabbitMQ and database. Returns its address.
+async fn start_emulator(cluster: &mut Cluster, lease_secs: u64) -> String {
+    let program = std::env::var("GSL_CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
+    let installed = Command::new(&program).arg("--help").output().is_ok();
+    assert!(
+        installed,
+        "{program} is missing: pip install cargo-lambda==1.9.2 (tests/run does), or point GSL_CARGO_LAMBDA at it"
+    );
+    let port = e2e_tests::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(&program);
+    command
+        .current_dir(repo())
+        .args(["lambda", "watch", "--ignore-changes", "--concurrency", "8"])
+        .args([
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .args(["-F", "game-server/lambda"])
+        // Its own target directory: this test's cargo holds the lock of the usual one.
+        // (Not --target-dir: cargo-lambda 1.9.2 passes that to `cargo metadata` too.)
+        .env("CARGO_TARGET_DIR", repo().join("target/lambda"))
+        .env("GSL_BROKER", &cluster.broker)
+        .env("GSL_STORE", &cluster.db.url)
+        .env("GSL_SECRET", SECRET)
+        .env("GSL_OPERATOR_SECRET", OPERATOR)
+        .env("GSL_LAMBDA_ENDPOINT", &url)
+        .env("GSL_LAMBDA_LEASE_SECS", lease_secs.to_string())
+        .env("GSL_LAMBDA_EMPTY_SECS", "2")
+        .env("RUST_LOG", "info,sqlx=warn");
+    let index = cluster.processes.len();
+    cluster
+        .processes
+        .push(Process::spawn_command(command, true, index, &cluster.log));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cargo lambda watch did not listen:\n{}",
+            cluster.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    url
+}
+
+/// Invokes `function` through the emulator's Invoke API and answers what it returned.
+async fn invoke(emulator: &str, function: &str, event: Value) -> Value {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .post(format!(
+            "{emulator}/2015-03-31/functions/{function}/invocations"
+        ))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
+/// The function version a room is pinned to, and the worker that last ran it.
+async fn pinned(store: &Store, room: &str) -> (Option<String>, Option<String>) {
+    let worker = store
+        .room_workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| r == room)
+        .and_then(|(_, w)| w);
+    (store.code_version(room).await.unwrap(), worker)
+}
+
+#[tokio::test]
+async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() {
+    let _turn = SERIAL.lock().await;
+    // A plain lobby at the auth backend's address checks players' tickets for RabbitMQ;
+    // every room is created and joined through the Lambda functions.
+    let mut cluster = Cluster::start("lambda", 1, 0).await;
+    let emulator = start_emulator(&mut cluster, 1).await;
+    let v1 = format!("{emulator}/lambda-url/game-server");
+    let v2 = format!("{emulator}/lambda-url/game-server-v2");
+    let store = Store::open(&cluster.db.url).await.unwrap();
+
+    // The first request to each function builds and starts it.
+    for lobby in [&v1, &v2] {
+        let started = Instant::now();
+        loop {
+            match http().get(format!("{lobby}/health")).send().await {
+                Ok(r) if r.status().is_success() => break,
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "{lobby} did not answer:\n{}",
+                cluster.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    // A room of version 1; three players chat through several 1 s leases.
+    let room = create_room_at(&v1).await;
+    let names = ["ann", "bob", "cyd"];
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut senders, mut collectors) = (Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        let p = player(&v1, &room, name, i % 2 == 0).await;
+        collectors.push(collect(p.room, done.clone()));
+        senders.push(chat(
+            p.client,
+            p.inbox,
+            p.name,
+            150,
+            Duration::from_millis(50),
+        ));
+    }
+    let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
+    for (name, sender) in names.iter().zip(senders) {
+        accepted.insert(name.to_string(), sender.await.unwrap());
+    }
+    let total: usize = accepted.values().map(Vec::len).sum();
+    let started = Instant::now();
+    while chats_applied(&collectors[0].0.lock().unwrap()) < total
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut views = Vec::new();
+    for (seen, task) in collectors {
+        task.await.unwrap();
+        views.push(distinct(&seen.lock().unwrap()));
+    }
+    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    for (seq, (_, m)) in &views[0] {
+        if m["type"] == "chat" {
+            let key = (
+                m["input_from"].as_str().unwrap().to_owned(),
+                m["input_seq"].as_u64().unwrap(),
+            );
+            applied.entry(key).or_default().insert(*seq);
+        }
+    }
+    let lost = accepted
+        .iter()
+        .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
+        .filter(|key| !applied.contains_key(key))
+        .count();
+    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
+    let handovers = cluster
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, l)| l.contains("worker invocation done") && l.contains("handed-over"))
+        .count();
+    let first = views[0].values().map(|(at, _)| *at).min().unwrap();
+    println!(
+        "lambda handover: accepted {total}, applied {}, lost {lost}, doubled {doubled}; {handovers} handovers (1 s leases; 3 players, 150 inputs each, one every 50 ms); the players' longest pause {:?}",
+        applied.len(),
+        pause_after(&views[0], first, Duration::from_secs(60))
+    );
+    assert!(
+        handovers >= 2,
+        "the room was handed over:\n{}",
+        cluster.dump()
+    );
+    assert_eq!(
+        lost,
+        0,
+        "receipted inputs never applied:\n{}",
+        cluster.dump()
+    );
+    assert_eq!(doubled, 0, "inputs applied twice");
+    assert_eq!(applied.len(), total, "every applied input was receipted");
+
+    // "Deploy" version 2: new rooms go to it; the old room stays on version 1, also
+    // when version 2's lobby wakes it and when version 2 is invoked for it.
+    let newer = create_room_at(&v2).await;
+    let (version, _) = pinned(&store, &room).await;
+    assert_eq!(version.as_deref(), Some("game-server:1"));
+    let started = Instant::now();
+    while pinned(&store, &newer).await.0.is_none() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        pinned(&store, &newer).await.0.as_deref(),
+        Some("game-server-v2:2")
+    );
+    let answer = invoke(&emulator, "game-server-v2", json!({ "gsl_room": room })).await;
+    println!("version 2 invoked for the version-1 room: {answer}");
+    assert_eq!(answer["outcome"], "redirected", "{answer}");
+    assert_eq!(answer["to"], "game-server:1");
+    let late = player(&v2, &room, "dan", true).await;
+    late.client
+        .send(
+            &late.inbox,
+            json!({ "type": "chat", "text": "hi", "seq": 1 }).to_string(),
+        )
+        .await
+        .unwrap();
+    let mut sub = late.room;
+    let started = Instant::now();
+    loop {
+        let m = json_of(&sub.recv_timeout(WAIT).await.unwrap());
+        if m["type"] == "chat" && m["input_from"] == "dan" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    let (version, worker) = pinned(&store, &room).await;
+    println!("after a join through version 2: room {room} pinned to {version:?}, run by {worker:?}; room {newer} pinned to game-server-v2:2");
+    assert_eq!(version.as_deref(), Some("game-server:1"));
+    assert!(
+        worker
+            .as_deref()
+            .is_some_and(|w| w.starts_with("lambda-game-server:1-")),
+        "{worker:?}"
+    );
+
+    // A clean error type for what the function cannot handle.
+    let answer = invoke(&emulator, "game-server", json!({ "hello": "there" })).await;
+    println!("an unknown event: {answer}");
+    assert_eq!(answer["errorType"], "UnknownEvent", "{answer}");
+    cluster.end_rooms().await;
+}

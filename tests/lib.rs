@@ -312,18 +312,29 @@ pub type Log = Arc<Mutex<Vec<(Instant, usize, String)>>>;
 /// A process whose output goes to a shared log; killed when dropped.
 pub struct Process {
     child: Child,
+    /// It leads a process group of its own, killed with it.
+    group: bool,
 }
 
 impl Process {
     /// Starts `program` with `args`; its output lines go to `log` as process `index`.
     pub fn spawn(program: &Path, args: &[String], index: usize, log: &Log) -> Process {
-        let mut child = Command::new(program)
-            .args(args)
-            .env_remove("RUST_LOG")
+        let mut command = Command::new(program);
+        command.args(args).env_remove("RUST_LOG");
+        Process::spawn_command(command, false, index, log)
+    }
+
+    /// Starts `command`; its output lines go to `log` as process `index`. With `group`,
+    /// it leads a process group that dies with it (for programs that start others).
+    pub fn spawn_command(mut command: Command, group: bool, index: usize, log: &Log) -> Process {
+        if group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
@@ -335,7 +346,7 @@ impl Process {
                 }
             });
         }
-        Process { child }
+        Process { child, group }
     }
 
     /// Sends `signal` (`-KILL`, `-STOP`, …) with kill(1).
@@ -371,6 +382,12 @@ impl Drop for Process {
                 .status();
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if self.group {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

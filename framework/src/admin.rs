@@ -22,6 +22,15 @@ pub struct Endpoints {
     pub vhost: String,
 }
 
+/// A room inbox as the broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxState {
+    /// Connected consumers (the active worker and any standing by).
+    pub consumers: u64,
+    /// Messages in it, delivered or not, that no one has acked.
+    pub messages: u64,
+}
+
 /// A broker's control plane, as the room service and the room workers use it.
 pub trait BrokerAdmin: Send + Sync + 'static {
     /// How room destinations are spelled on this broker.
@@ -47,6 +56,13 @@ pub trait BrokerAdmin: Send + Sync + 'static {
 
     /// Open client connections, where the broker can tell.
     fn connections(&self) -> Option<usize>;
+
+    /// How many consumers a room's inbox has and how many messages wait in it, where
+    /// the broker can tell (`None`: it cannot).
+    fn inbox_state<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Option<InboxState>>> {
+        let _ = room;
+        Box::pin(async { Ok(None) })
+    }
 
     /// Messages waiting in queues, where the broker can tell.
     fn queued(&self) -> Option<usize> {

@@ -71,6 +71,8 @@ pub mod broker;
 pub mod config;
 mod error;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod lobby;
 pub mod metrics;
 pub mod msg;

@@ -9,7 +9,7 @@
 //! the sender and no player can write to another room or pass for another player. A SEND
 //! to a queue directly would be a write to the default exchange, which players may not use.
 
-use crate::admin::{BrokerAdmin, Endpoints};
+use crate::admin::{BrokerAdmin, Endpoints, InboxState};
 use crate::names::{Names, INPUT_EXCHANGE, LOBBY_USER};
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -322,6 +322,24 @@ impl BrokerAdmin for RabbitAdmin {
 
     fn connections(&self) -> Option<usize> {
         None
+    }
+
+    fn inbox_state<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Option<InboxState>>> {
+        Box::pin(async move {
+            let path = format!(
+                "/queues/{}/{}?columns=consumers,messages",
+                self.vhost(),
+                RabbitAdmin::queue(room)
+            );
+            let queue = match self.call(reqwest::Method::GET, &path, None).await {
+                Err(Error::Server { message, .. }) if message.contains("404") => return Ok(None),
+                other => other?,
+            };
+            Ok(Some(InboxState {
+                consumers: queue["consumers"].as_u64().unwrap_or(0),
+                messages: queue["messages"].as_u64().unwrap_or(0),
+            }))
+        })
     }
 }
 

@@ -373,6 +373,9 @@ impl Rooms {
         } else {
             self.inner.admin.disconnect(room, player).await?;
         }
+        // A room can sleep (on Lambda, an empty room's worker chain ends): the join
+        // wakes it. Launchers ignore rooms that have their worker.
+        self.inner.launcher.launch(room);
         let names = self.inner.admin.names();
         let endpoints = self.inner.admin.endpoints();
         let (token, expires) =

@@ -197,29 +197,14 @@ where
         }
         let (mut rooms, mut http, mut bound, mut router) = (None, None, None, Router::new());
         if config.role.lobby() {
-            let service = Rooms::new(
-                store.clone(),
-                signer.clone(),
-                admin.clone(),
-                Arc::new(External),
-                Joins::default(),
-                config.room_settings(),
-            );
             let listener = bind(config.listen, "--listen").await?;
             bound = Some(Bound {
                 http: listener.local_addr()?,
                 stomp: None,
             });
-            router = harden(
-                lobby
-                    .into_router(service.clone())
-                    .merge(rabbitmq_auth_router(RabbitAuth::new(
-                        signer,
-                        Names::rabbitmq(),
-                        store,
-                    ))),
-                config.http,
-            );
+            let (service, app) =
+                cluster_lobby(&config, lobby, store, signer, admin, Arc::new(External));
+            router = app;
             rooms = Some(service);
             http = Some(listener);
         }
@@ -236,6 +221,37 @@ where
             tasks,
         })
     }
+}
+
+/// The lobby of cluster mode: the room service over RabbitMQ, and its HTTP app (the
+/// game's routes and RabbitMQ's auth backend), with `launcher` starting room workers.
+pub(crate) fn cluster_lobby(
+    config: &Config,
+    lobby: Lobby,
+    store: Store,
+    signer: Signer,
+    admin: Arc<RabbitAdmin>,
+    launcher: Arc<dyn crate::worker::Launcher>,
+) -> (Rooms, Router) {
+    let rooms = Rooms::new(
+        store.clone(),
+        signer.clone(),
+        admin,
+        launcher,
+        Joins::default(),
+        config.room_settings(),
+    );
+    let router = harden(
+        lobby
+            .into_router(rooms.clone())
+            .merge(rabbitmq_auth_router(RabbitAuth::new(
+                signer,
+                Names::rabbitmq(),
+                store,
+            ))),
+        config.http,
+    );
+    (rooms, router)
 }
 
 /// A started server: its rooms, broker and addresses, and the HTTP app to serve. In
@@ -371,6 +387,14 @@ pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        #[cfg(feature = "lambda")]
+        return crate::lambda::run(lobby, msg).await;
+        #[cfg(not(feature = "lambda"))]
+        return Err(Error::Invalid(
+            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --features lambda`".into(),
+        ));
+    }
     let args = Args::parse();
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, msg).start().await?;

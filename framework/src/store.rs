@@ -43,6 +43,8 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         key_hash TEXT NOT NULL,
         created_at BIGINT NOT NULL)",
+    "ALTER TABLE rooms ADD COLUMN code_version TEXT",
+    "ALTER TABLE rooms ADD COLUMN chain BIGINT NOT NULL DEFAULT 0",
 ];
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -526,6 +528,58 @@ impl Store {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    /// Pins `room` to the code `version` that first ran it, unless it has one: the
+    /// version it keeps for its whole life, which this answers (`None` if the room
+    /// is gone).
+    pub async fn pin_code_version(&self, room: &str, version: &str) -> Result<Option<String>> {
+        sqlx::query("UPDATE rooms SET code_version = $1 WHERE id = $2 AND code_version IS NULL")
+            .bind(version)
+            .bind(room)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        self.code_version(room).await
+    }
+
+    /// The code version a live room is pinned to, if it has run yet.
+    pub async fn code_version(&self, room: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT code_version FROM rooms WHERE id = $1 AND ended_at IS NULL")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(match row {
+            Some(row) => row.try_get("code_version").map_err(db)?,
+            None => None,
+        })
+    }
+
+    /// Starts a new chain of worker invocations for a live room (see `lambda`):
+    /// answers its number, which supersedes every earlier chain (`None` if the room is
+    /// gone).
+    pub async fn next_chain(&self, room: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "UPDATE rooms SET chain = chain + 1 WHERE id = $1 AND ended_at IS NULL RETURNING chain",
+        )
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| r.try_get::<i64, _>("chain").map_err(db))
+            .transpose()
+    }
+
+    /// The number of a live room's current chain of worker invocations.
+    pub async fn chain(&self, room: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT chain FROM rooms WHERE id = $1 AND ended_at IS NULL")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get::<i64, _>("chain").map_err(db))
+            .transpose()
     }
 
     /// Each live room and the worker process that last said it runs it, by room id.

@@ -120,9 +120,52 @@ where
     }
 }
 
+/// How one life of a room worker ended (when it did not fail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The room ended.
+    Ended,
+    /// The process is shutting down.
+    Stopped,
+    /// Another worker ran the room all along (see [`Lease::standby_for`]).
+    NotNeeded,
+    /// The lease ran out (see [`Lease`]): the room is checkpointed, every input acked,
+    /// and the worker gone from the inbox. `occupied` says whether players were in it,
+    /// and so whether it wants a next worker now or can sleep until someone joins.
+    LeaseOver {
+        /// Players were in the room.
+        occupied: bool,
+    },
+}
+
+/// How long a worker may hold a room before it hands it on: for workers that live
+/// only so long (a Lambda invocation), not for worker processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Hand the room on by then.
+    pub until: tokio::time::Instant,
+    /// Or sooner, once nobody has been in the room for this long.
+    pub empty_for: Duration,
+    /// A worker still standing by after this long gives up: another runs the room.
+    pub standby_for: Duration,
+}
+
 /// One life of a room worker: from its checkpoint until the room ends, the process shuts
 /// down, or something fails.
 pub async fn run<S>(env: &WorkerEnv, room_id: &str, msg: Msg<S>) -> Result<()>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    run_leased(env, room_id, msg, None).await.map(drop)
+}
+
+/// [`run`], for at most `lease`.
+pub async fn run_leased<S>(
+    env: &WorkerEnv,
+    room_id: &str,
+    msg: Msg<S>,
+    lease: Option<Lease>,
+) -> Result<Outcome>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
@@ -170,12 +213,18 @@ where
     let stop = stopped(env.shutdown.clone());
     tokio::pin!(stop);
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
+    let give_up = tokio::time::sleep(lease.map_or(Duration::MAX / 4, |l| l.standby_for));
+    tokio::pin!(give_up);
     let first = loop {
         tokio::select! {
             biased;
             _ = &mut stop => {
                 let _ = client.disconnect().await;
-                return Ok(());
+                return Ok(Outcome::Stopped);
+            }
+            _ = &mut give_up, if lease.is_some() => {
+                let _ = client.disconnect().await;
+                return Ok(Outcome::NotNeeded);
             }
             first = sub.recv() => break first.ok_or_else(|| closed(&client))?,
             _ = still_live.tick() => {
@@ -183,7 +232,7 @@ where
                 if env.store.room(room_id).await?.is_none() {
                     env.admin.delete_inbox(room_id).await?;
                     let _ = client.disconnect().await;
-                    return Ok(());
+                    return Ok(Outcome::Ended);
                 }
             }
         }
@@ -237,6 +286,9 @@ where
         rand_u16()
     );
     let mut ticks = 0u64;
+    // A leased worker looks at its lease a few times a second.
+    let mut lease_check = tokio::time::interval(Duration::from_millis(200));
+    let mut empty_since: Option<tokio::time::Instant> = None;
 
     loop {
         tokio::select! {
@@ -244,7 +296,21 @@ where
             _ = &mut stop => {
                 saver.save(&mut worker).await?;
                 let _ = client.disconnect().await;
-                return Ok(());
+                return Ok(Outcome::Stopped);
+            }
+            _ = lease_check.tick(), if lease.is_some() => {
+                let Some(lease) = lease else { continue };
+                let occupied = worker.room().players().next().is_some();
+                if occupied {
+                    empty_since = None;
+                }
+                let now = tokio::time::Instant::now();
+                let empty = *empty_since.get_or_insert(now);
+                if now >= lease.until || now.duration_since(empty) >= lease.empty_for {
+                    saver.save(&mut worker).await?;
+                    let _ = client.disconnect().await;
+                    return Ok(Outcome::LeaseOver { occupied });
+                }
             }
             // Before the next input, so a finished save is acked even when inputs pour in.
             result = saving(&mut saver.in_flight) => {
@@ -307,7 +373,7 @@ where
             env.admin.delete_inbox(room_id).await?;
             let _ = client.disconnect().await;
             tracing::info!(room = %room_id, "room ended: {reason}");
-            return Ok(());
+            return Ok(Outcome::Ended);
         }
     }
 }
