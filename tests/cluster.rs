@@ -693,11 +693,15 @@ async fn two_lobbies_and_two_workers_share_twenty_rooms() {
 /// binaries as functions (`game-server`, version 1, and `game-server-v2`, version 2) on
 /// the cluster's RabbitMQ and database. Returns its address.
 async fn start_emulator(cluster: &mut Cluster, lease_secs: u64) -> String {
-    let program = std::env::var("GSL_CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
+    let venv = repo().join("tests/interop/.venv/bin/cargo-lambda");
+    let program = std::env::var("GSL_CARGO_LAMBDA").unwrap_or_else(|_| match venv.exists() {
+        true => venv.display().to_string(),
+        false => "cargo-lambda".into(),
+    });
     let installed = Command::new(&program).arg("--help").output().is_ok();
     assert!(
         installed,
-        "{program} is missing: pip install cargo-lambda==1.9.2 (tests/run does), or point GSL_CARGO_LAMBDA at it"
+        "{program} is missing: tests/run installs it in tests/interop/.venv (pip install cargo-lambda==1.9.2); or point GSL_CARGO_LAMBDA at it"
     );
     let port = e2e_tests::free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -714,7 +718,7 @@ async fn start_emulator(cluster: &mut Cluster, lease_secs: u64) -> String {
         .args(["-F", "game-server/lambda"])
         // Its own target directory: this test's cargo holds the lock of the usual one.
         // (Not --target-dir: cargo-lambda 1.9.2 passes that to `cargo metadata` too.)
-        .env("CARGO_TARGET_DIR", repo().join("target/lambda"))
+        .env("CARGO_TARGET_DIR", repo().join("target/lambda-watch"))
         .env("GSL_BROKER", &cluster.broker)
         .env("GSL_STORE", &cluster.db.url)
         .env("GSL_SECRET", SECRET)

@@ -264,6 +264,26 @@ pub struct Args {
     /// Log filter, e.g. `info`, `debug`, or `game_server_less=debug`.
     #[arg(long, default_value = "info,sqlx=warn", env = "RUST_LOG")]
     pub log: String,
+    /// Something to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Writes an AWS SAM template (template.yaml) that deploys this server to AWS Lambda:
+    /// the lobby behind an HTTP API and the room workers, with a published version and a
+    /// `live` alias. Build first: cargo lambda build --release --arm64 --features lambda
+    /// -p game-server; then: sam deploy --guided --template-file DIR/template.yaml
+    Package {
+        /// Directory to write template.yaml into.
+        #[arg(long, default_value = "deploy")]
+        out: PathBuf,
+        /// The Lambda build to deploy (the directory of its `bootstrap`).
+        #[arg(long, default_value = "target/lambda/game-server")]
+        code: PathBuf,
+    },
 }
 
 impl Args {

@@ -77,6 +77,7 @@ pub mod lobby;
 pub mod metrics;
 pub mod msg;
 pub mod names;
+pub mod package;
 pub mod proto;
 pub mod rabbit;
 pub mod room;

@@ -16,7 +16,7 @@
 use crate::admin::{EmbeddedAdmin, Endpoints};
 use crate::auth::{GameAuthorizer, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
-use crate::config::{Args, Config, Role};
+use crate::config::{Args, Command, Config, Role};
 use crate::http::{harden, HttpLimits};
 use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
@@ -396,6 +396,22 @@ where
         ));
     }
     let args = Args::parse();
+    if let Some(Command::Package { out, code }) = &args.command {
+        let code = std::path::absolute(code)?;
+        let path = crate::package::write(out, &code)?;
+        if !code.join("bootstrap").exists() {
+            println!(
+                "note: {} has no bootstrap yet: cargo lambda build --release --arm64 --features lambda -p game-server",
+                code.display()
+            );
+        }
+        println!("wrote {}", path.display());
+        println!(
+            "deploy: sam deploy --guided --template-file {} (see the README's \"Deploy to AWS\")",
+            path.display()
+        );
+        return Ok(());
+    }
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, msg).start().await?;
     match (server.bound(), server.bound().and_then(|b| b.stomp)) {
