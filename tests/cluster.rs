@@ -920,6 +920,86 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
         "{worker:?}"
     );
 
+    // An invocation that hangs (SIGSTOP of the instance running the room: the one with
+    // a STOMP connection to RabbitMQ) loses the room when RabbitMQ misses its
+    // heart-beats; the sweep, which the deployed template runs every minute and this
+    // test runs every 2 s, notices the inbox without a consumer and starts a new chain.
+    // (Not kill -9: the emulator does not replace an instance that died.)
+    let instances = String::from_utf8(
+        Command::new("pgrep")
+            .args(["-f", "lambda-watch/debug/game-server$"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let stomp_port: String = cluster
+        .broker
+        .split("stomp_port=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let sockets = String::from_utf8(
+        Command::new("ss")
+            .args(["-tnpH", "dst", &format!("127.0.0.1:{stomp_port}")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let worker_pid = instances
+        .split_whitespace()
+        .find(|pid| sockets.contains(&format!("pid={pid},")))
+        .unwrap_or_else(|| panic!("no instance of version 1 holds a STOMP connection:\n{sockets}"))
+        .to_owned();
+    assert!(Command::new("kill")
+        .args(["-STOP", &worker_pid])
+        .status()
+        .unwrap()
+        .success());
+    let at = Instant::now();
+    late.client
+        .send(
+            &late.inbox,
+            json!({ "type": "chat", "text": "anyone?", "seq": 2 }).to_string(),
+        )
+        .await
+        .unwrap();
+    let mut sweeps = 0;
+    let restarted = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let answer = invoke(&emulator, "game-server-v2", json!({ "gsl_sweep": true })).await;
+        sweeps += 1;
+        if answer["launched"].as_u64().unwrap_or(0) > 0 {
+            break answer;
+        }
+        assert!(
+            at.elapsed() < Duration::from_secs(60),
+            "no sweep restarted the room: {answer}
+{}",
+            cluster.dump()
+        );
+    };
+    loop {
+        let m = sub
+            .recv_timeout(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}: the restarted room is silent\n{}", cluster.dump()));
+        let m = json_of(&m);
+        if m["type"] == "chat" && m["input_from"] == "dan" && m["input_seq"] == 2 {
+            break;
+        }
+    }
+    let (version, worker) = pinned(&store, &room).await;
+    println!(
+        "hung invocation: sweep #{sweeps} ({restarted}) restarted the room; the input sent after the SIGSTOP was applied {:?} after it, by {worker:?} ({version:?})",
+        at.elapsed()
+    );
+    assert_eq!(version.as_deref(), Some("game-server:1"));
+    let _ = Command::new("kill").args(["-CONT", &worker_pid]).status();
+
     // A clean error type for what the function cannot handle.
     let answer = invoke(&emulator, "game-server", json!({ "hello": "there" })).await;
     println!("an unknown event: {answer}");
