@@ -889,6 +889,49 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
         pinned(&store, &newer).await.0.as_deref(),
         Some("game-server-v2:2")
     );
+    // Nobody is in the new room: its chain ends (2 s empty), and a join wakes it.
+    let asleep = format!("room=\"{newer}\" outcome=\"asleep\"");
+    let started = Instant::now();
+    while !cluster
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, _, l)| l.contains(&asleep))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the empty room's chain did not end:\n{}",
+            cluster.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slept = Instant::now();
+    let eve = player(&v2, &newer, "eve", true).await;
+    eve.client
+        .send(
+            &eve.inbox,
+            json!({ "type": "chat", "text": "wake", "seq": 1 }).to_string(),
+        )
+        .await
+        .unwrap();
+    let mut eve_room = eve.room;
+    loop {
+        let m = json_of(
+            &eve_room
+                .recv_timeout(Duration::from_secs(30))
+                .await
+                .unwrap(),
+        );
+        if m["type"] == "chat" && m["input_from"] == "eve" {
+            break;
+        }
+    }
+    println!(
+        "an empty room's chain ended; a join woke it: the first input applied {:?} after the join began",
+        slept.elapsed()
+    );
+
     let answer = invoke(&emulator, "game-server-v2", json!({ "gsl_room": room })).await;
     println!("version 2 invoked for the version-1 room: {answer}");
     assert_eq!(answer["outcome"], "redirected", "{answer}");

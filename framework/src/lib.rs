@@ -94,4 +94,22 @@ pub use error::{Error, Result};
 pub use lobby::{Caller, Lobby};
 pub use msg::{Ctx, Msg, RoomCtx};
 pub use rooms::Rooms;
-pub use server::{run, Running, Server};
+pub use server::{Running, Server};
+
+/// Runs a game server from the command line (see `--help`, and [`server::run`]), or, when
+/// AWS Lambda started the process (`AWS_LAMBDA_RUNTIME_API` is set), as a Lambda
+/// function (see `lambda`, behind the `lambda` feature).
+pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        #[cfg(feature = "lambda")]
+        return lambda::run(lobby, msg).await;
+        #[cfg(not(feature = "lambda"))]
+        return Err(Error::Invalid(
+            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda -p game-server`".into(),
+        ));
+    }
+    server::run(lobby, msg).await
+}

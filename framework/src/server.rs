@@ -387,14 +387,6 @@ pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        #[cfg(feature = "lambda")]
-        return crate::lambda::run(lobby, msg).await;
-        #[cfg(not(feature = "lambda"))]
-        return Err(Error::Invalid(
-            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --features lambda`".into(),
-        ));
-    }
     let args = Args::parse();
     if let Some(Command::Package { out, code }) = &args.command {
         let code = std::path::absolute(code)?;
