@@ -385,6 +385,84 @@ fn pause_after(
     longest
 }
 
+/// What the players saw of their inputs, once every sender is done.
+struct Tally {
+    /// Inputs the broker receipted.
+    total: usize,
+    /// Each player's distinct outputs by room seq (checked to agree where they overlap).
+    views: Vec<BTreeMap<u64, (Instant, Value)>>,
+    /// Each applied chat input, (player, input seq), with the room seqs of its outputs.
+    applied: HashMap<(String, u64), HashSet<u64>>,
+    /// Receipted inputs never applied.
+    lost: Vec<(String, u64)>,
+    /// Inputs applied more than once.
+    doubled: usize,
+    /// How long the tail took to arrive.
+    waited: Duration,
+}
+
+async fn tally(
+    names: &[&str],
+    senders: Vec<tokio::task::JoinHandle<Vec<u64>>>,
+    collectors: Vec<(Arc<std::sync::Mutex<Seen>>, tokio::task::JoinHandle<()>)>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Tally {
+    let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
+    for (name, sender) in names.iter().zip(senders) {
+        accepted.insert(name.to_string(), sender.await.unwrap());
+    }
+    // Let the last outputs arrive: the worker that took over last may still be working
+    // through what queued up while it stood by.
+    let total: usize = accepted.values().map(Vec::len).sum();
+    let started = Instant::now();
+    while chats_applied(&collectors[0].0.lock().unwrap()) < total
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled arrives too
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut views = Vec::new();
+    for (seen, task) in collectors {
+        task.await.unwrap();
+        views.push(distinct(&seen.lock().unwrap()));
+    }
+    for view in &views[1..] {
+        let common: Vec<&u64> = view.keys().filter(|s| views[0].contains_key(s)).collect();
+        for seq in common {
+            assert_eq!(
+                view[seq].1, views[0][seq].1,
+                "players saw different messages as seq {seq}"
+            );
+        }
+    }
+    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    for (seq, (_, m)) in &views[0] {
+        if m["type"] == "chat" {
+            let key = (
+                m["input_from"].as_str().unwrap().to_owned(),
+                m["input_seq"].as_u64().unwrap(),
+            );
+            applied.entry(key).or_default().insert(*seq);
+        }
+    }
+    let lost: Vec<(String, u64)> = accepted
+        .iter()
+        .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
+        .filter(|key| !applied.contains_key(key))
+        .collect();
+    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
+    Tally {
+        total,
+        views,
+        applied,
+        lost,
+        doubled,
+        waited,
+    }
+}
+
 #[tokio::test]
 async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_doubled() {
     let _turn = SERIAL.lock().await;
@@ -423,57 +501,19 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
         events.push((what, at, at.elapsed()));
         active = next;
     }
-    let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
-    for (name, sender) in names.iter().zip(senders) {
-        accepted.insert(name.to_string(), sender.await.unwrap());
-    }
-    // Let the last outputs arrive: the worker that took over last may still be working
-    // through what queued up while it stood by.
-    let total: usize = accepted.values().map(Vec::len).sum();
-    let started = Instant::now();
-    while chats_applied(&collectors[0].0.lock().unwrap()) < total
-        && started.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled arrives too
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut views = Vec::new();
-    for (seen, task) in collectors {
-        task.await.unwrap();
-        views.push(distinct(&seen.lock().unwrap()));
-    }
-    for view in &views[1..] {
-        let common: Vec<&u64> = view.keys().filter(|s| views[0].contains_key(s)).collect();
-        for seq in common {
-            assert_eq!(
-                view[seq].1, views[0][seq].1,
-                "players saw different messages as seq {seq}"
-            );
-        }
-    }
+    let Tally {
+        total,
+        views,
+        applied,
+        lost,
+        doubled,
+        waited,
+    } = tally(&names, senders, collectors, done).await;
     let outputs = &views[0];
-    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
-    for (seq, (_, m)) in outputs {
-        if m["type"] == "chat" {
-            let key = (
-                m["input_from"].as_str().unwrap().to_owned(),
-                m["input_seq"].as_u64().unwrap(),
-            );
-            applied.entry(key).or_default().insert(*seq);
-        }
-    }
-    let lost: Vec<(String, u64)> = accepted
-        .iter()
-        .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
-        .filter(|key| !applied.contains_key(key))
-        .collect();
-    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
     println!(
-        "failover: accepted {total}, applied {}, lost {}, doubled {doubled} (3 players, 500 inputs each, one every 12 ms; waited {:?} for the tail)",
+        "failover: accepted {total}, applied {}, lost {}, doubled {doubled} (3 players, 500 inputs each, one every 12 ms; waited {waited:?} for the tail)",
         applied.len(),
         lost.len(),
-        started.elapsed()
     );
     for (i, (what, at, took)) in events.iter().enumerate() {
         // Up to the next event, so that one event's pause is not counted for another.
@@ -815,40 +855,15 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
             Duration::from_millis(50),
         ));
     }
-    let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
-    for (name, sender) in names.iter().zip(senders) {
-        accepted.insert(name.to_string(), sender.await.unwrap());
-    }
-    let total: usize = accepted.values().map(Vec::len).sum();
-    let started = Instant::now();
-    while chats_applied(&collectors[0].0.lock().unwrap()) < total
-        && started.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut views = Vec::new();
-    for (seen, task) in collectors {
-        task.await.unwrap();
-        views.push(distinct(&seen.lock().unwrap()));
-    }
-    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
-    for (seq, (_, m)) in &views[0] {
-        if m["type"] == "chat" {
-            let key = (
-                m["input_from"].as_str().unwrap().to_owned(),
-                m["input_seq"].as_u64().unwrap(),
-            );
-            applied.entry(key).or_default().insert(*seq);
-        }
-    }
-    let lost = accepted
-        .iter()
-        .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
-        .filter(|key| !applied.contains_key(key))
-        .count();
-    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
+    let Tally {
+        total,
+        views,
+        applied,
+        lost,
+        doubled,
+        ..
+    } = tally(&names, senders, collectors, done).await;
+    let lost = lost.len();
     let handovers = cluster
         .log
         .lock()

@@ -545,15 +545,26 @@ impl Store {
 
     /// The code version a live room is pinned to, if it has run yet.
     pub async fn code_version(&self, room: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT code_version FROM rooms WHERE id = $1 AND ended_at IS NULL")
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(match row {
-            Some(row) => row.try_get("code_version").map_err(db)?,
-            None => None,
-        })
+        Ok(self
+            .live_room_column::<Option<String>>(room, "code_version")
+            .await?
+            .flatten())
+    }
+
+    /// One column of a live room's row (`None` if the room is gone).
+    async fn live_room_column<T>(&self, room: &str, column: &'static str) -> Result<Option<T>>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        let row = sqlx::query(&format!(
+            "SELECT {column} FROM rooms WHERE id = $1 AND ended_at IS NULL"
+        ))
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| r.try_get::<T, _>(column).map_err(db))
+            .transpose()
     }
 
     /// Starts a new chain of worker invocations for a live room (see `lambda`):
@@ -573,13 +584,7 @@ impl Store {
 
     /// The number of a live room's current chain of worker invocations.
     pub async fn chain(&self, room: &str) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT chain FROM rooms WHERE id = $1 AND ended_at IS NULL")
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.map(|r| r.try_get::<i64, _>("chain").map_err(db))
-            .transpose()
+        self.live_room_column(room, "chain").await
     }
 
     /// Each live room and the worker process that last said it runs it, by room id.

@@ -104,7 +104,21 @@ async fn exercise(store: &Store) {
 
     assert!(store.remove_player(&room, &player).await.unwrap());
     assert!(!store.remove_player(&room, &player).await.unwrap());
+
+    // A room keeps the first code version that ran it; chains of workers supersede.
+    assert_eq!(store.code_version(&room).await.unwrap(), None);
+    let pinned = store.pin_code_version(&room, "worker:1").await.unwrap();
+    assert_eq!(pinned.as_deref(), Some("worker:1"));
+    let again = store.pin_code_version(&room, "worker:2").await.unwrap();
+    assert_eq!(again.as_deref(), Some("worker:1"), "never moves");
+    assert_eq!(store.chain(&room).await.unwrap(), Some(0));
+    assert_eq!(store.next_chain(&room).await.unwrap(), Some(1));
+    assert_eq!(store.next_chain(&room).await.unwrap(), Some(2));
+    assert_eq!(store.chain(&room).await.unwrap(), Some(2));
     store.end_room(&room, "test over").await.unwrap();
+    assert_eq!(store.chain(&room).await.unwrap(), None, "an ended room has none");
+    assert_eq!(store.next_chain(&room).await.unwrap(), None);
+    assert_eq!(store.pin_code_version(&room, "worker:3").await.unwrap(), None);
     assert_eq!(store.room(&room).await.unwrap(), None);
     assert_eq!(store.checkpoint(&room).await.unwrap(), None);
     assert_eq!(
