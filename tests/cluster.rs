@@ -401,12 +401,36 @@ struct Tally {
     waited: Duration,
 }
 
-async fn tally(
-    names: &[&str],
+/// Players chatting in a room: their senders and what each saw.
+struct Chatters {
     senders: Vec<tokio::task::JoinHandle<Vec<u64>>>,
     collectors: Vec<(Arc<std::sync::Mutex<Seen>>, tokio::task::JoinHandle<()>)>,
     done: Arc<std::sync::atomic::AtomicBool>,
-) -> Tally {
+}
+
+/// `names` join `room` (over TCP and WebSocket in turn) and each sends `count` chat
+/// inputs, one every `pace`.
+async fn chatters(lobby: &str, room: &str, names: &[&str], count: u64, pace: Duration) -> Chatters {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut senders, mut collectors) = (Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        let p = player(lobby, room, name, i % 2 == 0).await;
+        collectors.push(collect(p.room, done.clone()));
+        senders.push(chat(p.client, p.inbox, p.name, count, pace));
+    }
+    Chatters {
+        senders,
+        collectors,
+        done,
+    }
+}
+
+async fn tally(names: &[&str], chatters: Chatters) -> Tally {
+    let Chatters {
+        senders,
+        collectors,
+        done,
+    } = chatters;
     let mut accepted: HashMap<String, Vec<u64>> = HashMap::new();
     for (name, sender) in names.iter().zip(senders) {
         accepted.insert(name.to_string(), sender.await.unwrap());
@@ -472,19 +496,7 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
     let mut active = cluster.wait_active(&room, None).await;
 
     let names = ["ann", "bob", "cyd"];
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (mut senders, mut collectors) = (Vec::new(), Vec::new());
-    for (i, name) in names.iter().enumerate() {
-        let p = player(&lobby, &room, name, i % 2 == 0).await;
-        collectors.push(collect(p.room, done.clone()));
-        senders.push(chat(
-            p.client,
-            p.inbox,
-            p.name,
-            500,
-            Duration::from_millis(12),
-        ));
-    }
+    let chatters = chatters(&lobby, &room, &names, 500, Duration::from_millis(12)).await;
 
     // Mid-stream: kill -9 the worker that runs the room, then its replacement; then hang
     // the next one with SIGSTOP.
@@ -508,7 +520,7 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
         lost,
         doubled,
         waited,
-    } = tally(&names, senders, collectors, done).await;
+    } = tally(&names, chatters).await;
     let outputs = &views[0];
     println!(
         "failover: accepted {total}, applied {}, lost {}, doubled {doubled} (3 players, 500 inputs each, one every 12 ms; waited {waited:?} for the tail)",
@@ -799,6 +811,28 @@ async fn invoke(emulator: &str, function: &str, event: Value) -> Value {
     response.json().await.unwrap()
 }
 
+/// Sends chat input `seq` as `p` and waits up to `wait` until the room applies it.
+async fn chat_applied(p: &mut Player, seq: u64, wait: Duration) -> Result<(), String> {
+    let body = json!({ "type": "chat", "text": format!("{}-{seq}", p.name), "seq": seq });
+    p.client
+        .send(&p.inbox, body.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_applied(p, seq, wait).await
+}
+
+/// Waits up to `wait` until the room applies `p`'s input `seq`.
+async fn wait_applied(p: &mut Player, seq: u64, wait: Duration) -> Result<(), String> {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let m = json_of(&p.room.recv_timeout(left).await.map_err(|e| e.to_string())?);
+        if m["input_from"] == p.name.as_str() && m["input_seq"] == seq {
+            return Ok(());
+        }
+    }
+}
+
 /// The function version a room is pinned to, and the worker that last ran it.
 async fn pinned(store: &Store, room: &str) -> (Option<String>, Option<String>) {
     let worker = store
@@ -842,19 +876,7 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
     // A room of version 1; three players chat through several 1 s leases.
     let room = create_room_at(&v1).await;
     let names = ["ann", "bob", "cyd"];
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (mut senders, mut collectors) = (Vec::new(), Vec::new());
-    for (i, name) in names.iter().enumerate() {
-        let p = player(&v1, &room, name, i % 2 == 0).await;
-        collectors.push(collect(p.room, done.clone()));
-        senders.push(chat(
-            p.client,
-            p.inbox,
-            p.name,
-            150,
-            Duration::from_millis(50),
-        ));
-    }
+    let chatters = chatters(&v1, &room, &names, 150, Duration::from_millis(50)).await;
     let Tally {
         total,
         views,
@@ -862,7 +884,7 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
         lost,
         doubled,
         ..
-    } = tally(&names, senders, collectors, done).await;
+    } = tally(&names, chatters).await;
     let lost = lost.len();
     let handovers = cluster
         .log
@@ -922,25 +944,9 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let slept = Instant::now();
-    let eve = player(&v2, &newer, "eve", true).await;
-    eve.client
-        .send(
-            &eve.inbox,
-            json!({ "type": "chat", "text": "wake", "seq": 1 }).to_string(),
-        )
-        .await
-        .unwrap();
-    let mut eve_room = eve.room;
-    loop {
-        let m = json_of(
-            &eve_room
-                .recv_timeout(Duration::from_secs(30))
-                .await
-                .unwrap(),
-        );
-        if m["type"] == "chat" && m["input_from"] == "eve" {
-            break;
-        }
+    let mut eve = player(&v2, &newer, "eve", true).await;
+    if let Err(e) = chat_applied(&mut eve, 1, Duration::from_secs(30)).await {
+        panic!("{e}: the woken room is silent\n{}", cluster.dump());
     }
     println!(
         "an empty room's chain ended; a join woke it: the first input applied {:?} after the join began",
@@ -951,22 +957,9 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
     println!("version 2 invoked for the version-1 room: {answer}");
     assert_eq!(answer["outcome"], "redirected", "{answer}");
     assert_eq!(answer["to"], "game-server:1");
-    let late = player(&v2, &room, "dan", true).await;
-    late.client
-        .send(
-            &late.inbox,
-            json!({ "type": "chat", "text": "hi", "seq": 1 }).to_string(),
-        )
-        .await
-        .unwrap();
-    let mut sub = late.room;
-    let started = Instant::now();
-    loop {
-        let m = json_of(&sub.recv_timeout(WAIT).await.unwrap());
-        if m["type"] == "chat" && m["input_from"] == "dan" {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30));
+    let mut late = player(&v2, &room, "dan", true).await;
+    if let Err(e) = chat_applied(&mut late, 1, Duration::from_secs(30)).await {
+        panic!("{e}: the room is silent\n{}", cluster.dump());
     }
     let (version, worker) = pinned(&store, &room).await;
     println!("after a join through version 2: room {room} pinned to {version:?}, run by {worker:?}; room {newer} pinned to game-server-v2:2");
@@ -1035,20 +1028,12 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
         }
         assert!(
             at.elapsed() < Duration::from_secs(60),
-            "no sweep restarted the room: {answer}
-{}",
+            "no sweep restarted the room: {answer}\n{}",
             cluster.dump()
         );
     };
-    loop {
-        let m = sub
-            .recv_timeout(Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|e| panic!("{e}: the restarted room is silent\n{}", cluster.dump()));
-        let m = json_of(&m);
-        if m["type"] == "chat" && m["input_from"] == "dan" && m["input_seq"] == 2 {
-            break;
-        }
+    if let Err(e) = wait_applied(&mut late, 2, Duration::from_secs(60)).await {
+        panic!("{e}: the restarted room is silent\n{}", cluster.dump());
     }
     let (version, worker) = pinned(&store, &room).await;
     println!(

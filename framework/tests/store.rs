@@ -116,9 +116,16 @@ async fn exercise(store: &Store) {
     assert_eq!(store.next_chain(&room).await.unwrap(), Some(2));
     assert_eq!(store.chain(&room).await.unwrap(), Some(2));
     store.end_room(&room, "test over").await.unwrap();
-    assert_eq!(store.chain(&room).await.unwrap(), None, "an ended room has none");
+    assert_eq!(
+        store.chain(&room).await.unwrap(),
+        None,
+        "an ended room has none"
+    );
     assert_eq!(store.next_chain(&room).await.unwrap(), None);
-    assert_eq!(store.pin_code_version(&room, "worker:3").await.unwrap(), None);
+    assert_eq!(
+        store.pin_code_version(&room, "worker:3").await.unwrap(),
+        None
+    );
     assert_eq!(store.room(&room).await.unwrap(), None);
     assert_eq!(store.checkpoint(&room).await.unwrap(), None);
     assert_eq!(
