@@ -771,7 +771,10 @@ async fn start_emulator(cluster: &mut Cluster, lease_secs: u64) -> String {
         // Its own target directory: this test's cargo holds the lock of the usual one.
         // (Not --target-dir: cargo-lambda 1.9.2 passes that to `cargo metadata` too.)
         .env("CARGO_TARGET_DIR", repo().join("target/lambda-watch"))
-        .env("GSL_BROKER", &cluster.broker)
+        // Workers reach RabbitMQ over TLS (its certificate is signed by the node's own
+        // CA); players as in cluster mode.
+        .env("GSL_BROKER", tls_broker(&cluster.broker))
+        .env("GSL_TLS_CA", node_ca())
         .env("GSL_STORE", &cluster.db.url)
         .env("GSL_SECRET", SECRET)
         .env("GSL_OPERATOR_SECRET", OPERATOR)
@@ -793,6 +796,39 @@ async fn start_emulator(cluster: &mut Cluster, lease_secs: u64) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     url
+}
+
+/// The node's STOMP over TLS port (`scripts/rabbitmq-node`: its STOMP port + 1).
+fn stomp_tls_port(broker: &str) -> u16 {
+    let stomp: u16 = broker
+        .split("stomp_port=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    stomp + 1
+}
+
+/// The `--broker` URL with workers on STOMP over TLS.
+fn tls_broker(broker: &str) -> String {
+    format!("{broker}&stomp_tls_port={}", stomp_tls_port(broker))
+}
+
+/// The CA that signed the test node's TLS certificate.
+fn node_ca() -> String {
+    let out = Command::new(repo().join("scripts/rabbitmq-node"))
+        .arg("ca")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/rabbitmq-node ca: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Invokes `function` through the emulator's Invoke API and answers what it returned.
@@ -972,7 +1008,7 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
     );
 
     // An invocation that hangs (SIGSTOP of the instance running the room: the one with
-    // a STOMP connection to RabbitMQ) loses the room when RabbitMQ misses its
+    // a TLS connection to RabbitMQ's STOMP) loses the room when RabbitMQ misses its
     // heart-beats; the sweep, which the deployed template runs every minute and this
     // test runs every 2 s, notices the inbox without a consumer and starts a new chain.
     // (Not kill -9: the emulator does not replace an instance that died.)
@@ -984,17 +1020,10 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
             .stdout,
     )
     .unwrap();
-    let stomp_port: String = cluster
-        .broker
-        .split("stomp_port=")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let tls_port = stomp_tls_port(&cluster.broker);
     let sockets = String::from_utf8(
         Command::new("ss")
-            .args(["-tnpH", "dst", &format!("127.0.0.1:{stomp_port}")])
+            .args(["-tnpH", "dst", &format!("127.0.0.1:{tls_port}")])
             .output()
             .unwrap()
             .stdout,

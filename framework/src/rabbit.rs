@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// What the `--broker amqp://USER:PASS@HOST:PORT/VHOST?…` URL says. The query may set
-/// `stomp_port` (61613), `web_stomp_port` (15674), `management_port` (15672),
+/// `stomp_port` (61613), `stomp_tls_port` (none: workers use STOMP over TLS there when
+/// set), `web_stomp_port` (15674), `management_port` (15672),
 /// `public_host` (the host players connect to; HOST), `quorum` (`true` for quorum
 /// inboxes) and `max_length` (inputs an inbox holds, 10000).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct RabbitConfig {
     pub vhost: String,
     /// STOMP over TCP.
     pub stomp_port: u16,
+    /// STOMP over TLS, which workers then use (`ssl://`, with the `tls` feature):
+    /// RabbitMQ's `stomp.listeners.ssl` port, if it has one.
+    pub stomp_tls_port: Option<u16>,
     /// STOMP over WebSocket (`/ws`).
     pub web_stomp_port: u16,
     /// The management HTTP API.
@@ -78,6 +82,7 @@ impl RabbitConfig {
             host,
             vhost,
             stomp_port: 61613,
+            stomp_tls_port: None,
             web_stomp_port: 15674,
             management_port: 15672,
             quorum: false,
@@ -91,6 +96,7 @@ impl RabbitConfig {
             };
             match &*key {
                 "stomp_port" => config.stomp_port = port()?,
+                "stomp_tls_port" => config.stomp_tls_port = Some(port()?),
                 "web_stomp_port" => config.web_stomp_port = port()?,
                 "management_port" => config.management_port = port()?,
                 "public_host" => config.public_host = value.into_owned(),
@@ -102,7 +108,7 @@ impl RabbitConfig {
                 }
                 other => {
                     return Err(bad(&format!(
-                        "unknown option {other:?}; known: stomp_port, web_stomp_port, management_port, public_host, quorum, max_length"
+                        "unknown option {other:?}; known: stomp_port, stomp_tls_port, web_stomp_port, management_port, public_host, quorum, max_length"
                     )))
                 }
             }
@@ -115,7 +121,10 @@ impl RabbitConfig {
         Endpoints {
             ws_url: format!("ws://{}:{}/ws", self.public_host, self.web_stomp_port),
             tcp_url: format!("tcp://{}:{}", self.public_host, self.stomp_port),
-            worker_url: format!("tcp://{}:{}", self.host, self.stomp_port),
+            worker_url: match self.stomp_tls_port {
+                Some(port) => format!("ssl://{}:{port}", self.host),
+                None => format!("tcp://{}:{}", self.host, self.stomp_port),
+            },
             vhost: self.vhost.clone(),
         }
     }
@@ -361,6 +370,18 @@ mod tests {
         );
         assert!(c.quorum);
         assert_eq!(c.endpoints().ws_url, "ws://127.0.0.1:15684/ws");
+        assert_eq!(c.endpoints().worker_url, "tcp://127.0.0.1:61623");
+        let tls = RabbitConfig::parse("amqp://h/?stomp_tls_port=61614").unwrap();
+        assert_eq!(
+            tls.endpoints().worker_url,
+            "ssl://h:61614",
+            "workers use TLS"
+        );
+        assert_eq!(
+            tls.endpoints().tcp_url,
+            "tcp://h:61613",
+            "players as before"
+        );
         let defaults = RabbitConfig::parse("amqp://h/%2fgames").unwrap();
         assert_eq!(defaults.vhost, "/games");
         assert_eq!(

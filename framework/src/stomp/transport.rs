@@ -140,6 +140,14 @@ impl Transport {
     /// STOMP over a TCP stream.
     pub fn tcp(stream: TcpStream, limits: Limits) -> Transport {
         let _ = stream.set_nodelay(true);
+        Transport::bytes(stream, limits)
+    }
+
+    /// STOMP over any byte stream (TCP, TLS over TCP).
+    fn bytes<S>(stream: S, limits: Limits) -> Transport
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (sink, stream) = Framed::new(stream, StompCodec::new(limits)).split();
         Transport {
             incoming: Box::pin(stream),
@@ -265,11 +273,24 @@ impl Transport {
             })?;
             return Ok(Transport::tcp(stream, limits));
         }
+        if let Some(addr) = url.strip_prefix("ssl://") {
+            #[cfg(feature = "tls")]
+            return tls::connect(url, addr.trim_end_matches('/'), limits).await;
+            #[cfg(not(feature = "tls"))]
+            {
+                let _ = addr;
+                return Err(bad(
+                    "ssl:// (STOMP over TLS) needs the `tls` feature (the `lambda` feature has it)",
+                ));
+            }
+        }
         if url.starts_with("wss://") {
-            return Err(bad("wss:// is not supported yet; use ws:// or tcp://"));
+            return Err(bad(
+                "wss:// is not supported yet; use ws://, tcp:// or ssl:// (STOMP over TLS)",
+            ));
         }
         if !url.starts_with("ws://") {
-            return Err(bad("expected a tcp:// or ws:// URL"));
+            return Err(bad("expected a tcp://, ssl:// or ws:// URL"));
         }
         let mut request = url.into_client_request().map_err(|e| bad(&e.to_string()))?;
         request.headers_mut().insert(
@@ -300,6 +321,74 @@ impl Transport {
                     })
                 });
         Ok(Transport::websocket(stream, sink, limits))
+    }
+}
+
+/// STOMP over TLS (`ssl://HOST:PORT`, as RabbitMQ calls its TLS listener): the
+/// server's certificate must chain to a web PKI root or to the PEM certificates in the
+/// file named by `GSL_TLS_CA` (for a broker with a certificate of its own making).
+#[cfg(feature = "tls")]
+mod tls {
+    use super::{Limits, Transport};
+    use crate::{Error, Result};
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types};
+
+    fn config() -> Result<rustls::ClientConfig> {
+        use pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = std::env::var_os("GSL_TLS_CA").filter(|p| !p.is_empty()) {
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::Invalid(format!(
+                    "GSL_TLS_CA={}: not a PEM certificate file: {e}",
+                    std::path::Path::new(&path).display()
+                ))
+            };
+            let certs = pki_types::CertificateDer::pem_file_iter(&path).map_err(|e| bad(&e))?;
+            for cert in certs {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    pub(super) async fn connect(url: &str, addr: &str, limits: Limits) -> Result<Transport> {
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) if !host.is_empty() => {
+                host.trim_start_matches('[').trim_end_matches(']')
+            }
+            _ => {
+                return Err(Error::Url {
+                    url: url.to_owned(),
+                    why: "expected ssl://HOST:PORT".into(),
+                })
+            }
+        };
+        let name = pki_types::ServerName::try_from(host.to_owned()).map_err(|e| Error::Url {
+            url: url.to_owned(),
+            why: format!("not a host name: {e}"),
+        })?;
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot connect to {url}: {e}"),
+            ))
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config()?));
+        let stream = connector.connect(name, tcp).await.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("TLS with {url} failed: {e}"),
+            ))
+        })?;
+        Ok(Transport::bytes(stream, limits))
     }
 }
 
@@ -368,6 +457,26 @@ pub(crate) async fn write_loop(
 mod tests {
     use super::super::frame::Command;
     use super::*;
+
+    #[tokio::test]
+    async fn a_tls_url_is_checked_before_connecting() {
+        let err = |url: &'static str| async move {
+            match Transport::connect(url, Limits::default()).await {
+                Ok(_) => panic!("{url} connected"),
+                Err(e) => e.to_string(),
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        assert!(err("ssl://127.0.0.1:61614").await.contains("`tls` feature"));
+        #[cfg(feature = "tls")]
+        {
+            assert!(err("ssl://:61614")
+                .await
+                .contains("expected ssl://HOST:PORT"));
+            assert!(err("ssl://bad host:1").await.contains("not a host name"));
+        }
+        assert!(err("wss://h/ws").await.contains("ssl://"));
+    }
 
     #[test]
     fn codec_splits_frames_and_heartbeats() {
