@@ -279,19 +279,12 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
 }
 
 fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
-    let w = 50.min(area.width);
-    let h = 14.min(area.height);
-    let r = Rect::new(
-        area.x + (area.width - w) / 2,
-        area.y + (area.height - h) / 2,
-        w,
-        h,
-    );
-    Clear.render(r, buf);
     let lines = vec![
-        Line::from("Lobby: ↑↓ select, Enter join, c create, r refresh"),
+        Line::from("Lobby: ↑↓ select, Enter join, c create,"),
+        Line::from("       r refresh, q quit"),
         Line::from("Game:  arrows or WASD move"),
-        Line::from("       Enter or Tab: chat; Enter sends, Esc cancels"),
+        Line::from("       Enter or Tab: chat (Enter sends,"),
+        Line::from("       Esc cancels)"),
         Line::from("       q or Esc: back to the lobby"),
         Line::from("Ctrl-C quits from anywhere."),
         Line::from(""),
@@ -312,6 +305,17 @@ fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
         Line::from(""),
         Line::from("any key closes this".dim()),
     ];
+    // As wide and tall as the text and its border, centred; smaller only on a screen
+    // smaller than that.
+    let w = (lines.iter().map(Line::width).max().unwrap_or(0) as u16 + 2).min(area.width);
+    let h = (lines.len() as u16 + 2).min(area.height);
+    let r = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    Clear.render(r, buf);
     Paragraph::new(lines).block(title(" Help ")).render(r, buf);
 }
 
@@ -415,9 +419,21 @@ mod tests {
     fn help_and_chat_prompt_render() {
         let mut app = crate::app::tests::in_game();
         app.help = true;
-        assert!(screen(&app, 80, 24)
-            .iter()
-            .any(|l| l.contains("arrows or WASD move")));
+        let help = screen(&app, 80, 24).join("\n");
+        // Every line whole in an 80×24 terminal: none clipped at the box's edge.
+        for line in [
+            "Lobby: ↑↓ select, Enter join, c create,",
+            "r refresh, q quit",
+            "arrows or WASD move",
+            "Enter or Tab: chat (Enter sends,",
+            "Esc cancels)",
+            "q or Esc: back to the lobby",
+            "Ctrl-C quits from anywhere.",
+            "items (gem, coin, herb)",
+            "any key closes this",
+        ] {
+            assert!(help.contains(line), "{line:?} is not whole in:\n{help}");
+        }
         app.help = false;
         app.focus = Focus::Chat;
         app.chat_input = "hello".into();
