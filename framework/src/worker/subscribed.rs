@@ -301,12 +301,10 @@ where
             _ = lease_check.tick(), if lease.is_some() => {
                 let Some(lease) = lease else { continue };
                 let occupied = worker.room().players().next().is_some();
-                if occupied {
-                    empty_since = None;
-                }
                 let now = tokio::time::Instant::now();
-                let empty = *empty_since.get_or_insert(now);
-                if now >= lease.until || now.duration_since(empty) >= lease.empty_for {
+                empty_since = if occupied { None } else { Some(empty_since.unwrap_or(now)) };
+                let empty_long = empty_since.is_some_and(|since| now - since >= lease.empty_for);
+                if now >= lease.until || empty_long {
                     saver.save(&mut worker).await?;
                     let _ = client.disconnect().await;
                     return Ok(Outcome::LeaseOver { occupied });
