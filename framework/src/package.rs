@@ -91,6 +91,20 @@ Globals:
         RUST_LOG: info,sqlx=warn
 
 Resources:
+  # The one thing either function may do besides logging: invoke the worker function
+  # (any version). So the worker may invoke only itself.
+  InvokeWorkerPolicy:
+    Type: AWS::IAM::ManagedPolicy
+    Properties:
+      PolicyDocument:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: lambda:InvokeFunction
+            Resource:
+              - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker"
+              - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker:*"
+
   WorkerFunction:
     Type: AWS::Serverless::Function
     Properties:
@@ -102,13 +116,7 @@ Resources:
         Variables:
           GSL_LAMBDA_LEASE_SECS: !Ref LeaseSeconds
       Policies:
-        - Version: "2012-10-17"
-          Statement:
-            - Effect: Allow
-              Action: lambda:InvokeFunction
-              Resource:
-                - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker"
-                - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker:*"
+        - !Ref InvokeWorkerPolicy
 
   LobbyFunction:
     Type: AWS::Serverless::Function
@@ -128,13 +136,7 @@ Resources:
             Schedule: rate(1 minute)
             Input: '{"gsl_sweep": true}'
       Policies:
-        - Version: "2012-10-17"
-          Statement:
-            - Effect: Allow
-              Action: lambda:InvokeFunction
-              Resource:
-                - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker"
-                - !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-worker:*"
+        - !Ref InvokeWorkerPolicy
 
 Outputs:
   LobbyUrl:
