@@ -559,24 +559,12 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
         .await
         .unwrap();
     assert_eq!(seen["players"], json!(["ann"]), "a member sees who is in");
-    let stale = http()
-        .post(format!("{}/rooms/{room}/leave", server.http))
-        .bearer_auth(&first.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        stale.status(),
-        401,
-        "joining again revoked the first ticket"
+    let stale = server.lobby().leave(&room, &first.token).await;
+    assert!(
+        matches!(stale, Err(game_server_less::Error::Unauthorized(_))),
+        "joining again revoked the first ticket: {stale:?}"
     );
-    let left = http()
-        .post(format!("{}/rooms/{room}/leave", server.http))
-        .bearer_auth(&ticket.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(left.status(), 204);
+    server.lobby().leave(&room, &ticket.token).await.unwrap();
     let view: Value = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(view["players_online"], 0);
     server.stop().await;
@@ -889,13 +877,11 @@ async fn a_room_nobody_is_in_hibernates_and_wakes_when_someone_joins() {
     let version = || checkpoint_version(&server, &room);
     let mut ann = Player::join(&server, &room, "ann", true).await;
     ann.next_on_room("npcs").await; // the room ticks: its NPCs wander
-    let left = http()
-        .post(format!("{}/rooms/{room}/leave", server.http))
-        .bearer_auth(&ann.ticket.token)
-        .send()
+    server
+        .lobby()
+        .leave(&room, &ann.ticket.token)
         .await
         .unwrap();
-    assert_eq!(left.status(), 204);
     // The leave is applied and saved within a checkpoint period; then nothing happens.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let asleep = version().await;

@@ -5,7 +5,7 @@ use game_server_less::broker::Broker;
 use game_server_less::msg::Msg;
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, Message, SubscribeOptions, Subscription};
-use game_server_less::{Config, Rooms};
+use game_server_less::{Config, LobbyClient, Rooms};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -135,54 +135,37 @@ impl Server {
 
     /// `POST /rooms`; returns the room id and its owner token.
     pub async fn create_owned_room(&self) -> (String, String) {
-        let room: Value = http()
-            .post(format!("{}/rooms", self.http))
-            .json(&json!({ "name": "e2e" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (
-            room["id"].as_str().unwrap().to_owned(),
-            room["owner_token"].as_str().unwrap().to_owned(),
-        )
+        let room = self.lobby().create_room(Some("e2e")).await.unwrap();
+        (room.id, room.owner_token.expect("a new room's owner token"))
     }
 
     /// `POST /rooms/{id}/join` as `name`.
     pub async fn join(&self, room: &str, name: &str) -> Ticket {
         join_ticket(&self.http, room, name).await
     }
+
+    /// The lobby's client.
+    pub fn lobby(&self) -> LobbyClient {
+        lobby(&self.http)
+    }
+}
+
+/// The framework's client of the lobby at `url` (`http://HOST:PORT`).
+pub fn lobby(url: &str) -> LobbyClient {
+    LobbyClient::with_timeout(url, WAIT).unwrap()
 }
 
 /// `POST {lobby}/rooms` (`lobby` is `http://HOST:PORT`); returns the room id.
-pub async fn create_room_at(lobby: &str) -> String {
-    let response = http()
-        .post(format!("{lobby}/rooms"))
-        .json(&json!({ "name": "e2e" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "create a room at {lobby}");
-    let room: Value = response.json().await.unwrap();
-    room["id"].as_str().unwrap().to_owned()
+pub async fn create_room_at(url: &str) -> String {
+    let room = lobby(url).create_room(Some("e2e")).await;
+    room.unwrap_or_else(|e| panic!("create a room at {url}: {e}"))
+        .id
 }
 
 /// `POST {lobby}/rooms/{id}/join` as `name`.
-pub async fn join_ticket(lobby: &str, room: &str, name: &str) -> Ticket {
-    let response = http()
-        .post(format!("{lobby}/rooms/{room}/join"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "join: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
+pub async fn join_ticket(url: &str, room: &str, name: &str) -> Ticket {
+    let ticket = lobby(url).join(room, name, None).await;
+    ticket.unwrap_or_else(|e| panic!("{name} joins {room} at {url}: {e}"))
 }
 
 /// An HTTP client.

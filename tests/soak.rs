@@ -7,7 +7,6 @@
 //!     GSL_SOAK_SECS=300 cargo test -p e2e-tests --test soak -- --nocapture
 
 use e2e_tests::{http, join_ticket, ledger_report, temp_dir, Restartable, WAIT};
-use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -61,22 +60,19 @@ async fn bot(
 ) -> Tally {
     let name = format!("bot{i}");
     let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let lobby_client = e2e_tests::lobby(&lobby);
     let mut key: Option<String> = None;
     let mut seq = 0u64; // across visits, so that (player, seq) names one input
     let mut tally = Tally::default();
     while Instant::now() < until {
         let room = rooms[dice.roll(rooms.len() as u64) as usize].clone();
-        let joined = http()
-            .post(format!("{lobby}/rooms/{room}/join"))
-            .json(&json!({ "name": name, "key": key }))
-            .send()
-            .await;
-        let Ok(response) = joined else {
-            tokio::time::sleep(Duration::from_millis(50)).await; // the server is restarting
-            continue;
-        };
-        let Ok(ticket) = response.json::<Ticket>().await else {
-            continue;
+        let ticket = match lobby_client.join(&room, &name, key.as_deref()).await {
+            Ok(ticket) => ticket,
+            Err(game_server_less::Error::Unreachable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await; // the server is restarting
+                continue;
+            }
+            Err(_) => continue,
         };
         key = key.or(ticket.player_key.clone());
         tally.joins += 1;
@@ -120,11 +116,7 @@ async fn bot(
             }
             1..=4 => tally.drops += 1, // the connection just goes
             _ => {
-                let _ = http()
-                    .post(format!("{lobby}/rooms/{room}/leave"))
-                    .bearer_auth(&ticket.token)
-                    .send()
-                    .await;
+                let _ = lobby_client.leave(&room, &ticket.token).await;
                 tally.leaves += 1;
             }
         }

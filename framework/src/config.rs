@@ -284,6 +284,15 @@ pub enum Command {
         #[arg(long, default_value = "target/lambda/game-server")]
         code: PathBuf,
     },
+    /// Writes a new game's crate: typed messages, handlers, a server with a --bot mode,
+    /// TestRoom tests and a README. Then: cd NAME && cargo test && cargo run
+    New {
+        /// The game's (and its crate's) name: lowercase letters, digits, - or _.
+        name: String,
+        /// Where to write it (./NAME if not given); must not exist, or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Args {

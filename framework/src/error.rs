@@ -56,6 +56,22 @@ pub enum Error {
     /// worker was replaced and must stop.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// No lobby answered at this URL (nothing listens there, or not in time).
+    #[error("cannot reach the lobby at {url}: {why}; is the server running (`cargo run -p game-server`)?")]
+    Unreachable {
+        /// The lobby's URL.
+        url: String,
+        /// What happened.
+        why: String,
+    },
+    /// The lobby answered with an error status no other variant fits.
+    #[error("the lobby answered {status}: {message}")]
+    Lobby {
+        /// The HTTP status.
+        status: u16,
+        /// The lobby's message.
+        message: String,
+    },
     /// A URL the framework cannot use.
     #[error("bad URL {url:?}: {why}")]
     Url {

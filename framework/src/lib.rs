@@ -11,7 +11,10 @@
 //! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
 //! - [`token`]: the signed, expiring join tokens the lobby issues and the broker checks.
 //! - [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
-//! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`]).
+//! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`])
+//!   and the room's envelope ([`proto::Envelope`]).
+//! - [`lobby_client`]: [`LobbyClient`], the typed client of the lobby's REST API.
+//! - [`bots`]: headless players for any game (`--bot N`).
 //! - [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
 //! - [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
 //! - [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
@@ -20,7 +23,12 @@
 //! - [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
 //! - [`config`], [`server`]: [`Config`] and the command line; [`Server`] and [`run`].
 //! - [`testing`]: run a game's handlers with simulated players, no sockets.
+//! - [`scaffold`]: `new NAME`, a new game's crate from the template.
 //! - [`Error`], [`Result`]: the crate-wide error.
+//!
+//! The `server` feature (on by default) holds everything but the client side; a game's
+//! client builds with `default-features = false` and gets [`stomp`], [`proto`] and
+//! [`LobbyClient`] without the broker, axum or sqlx.
 //!
 //! A whole game server: a counter any player can add to.
 //!
@@ -65,37 +73,66 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "server")]
 pub mod admin;
+#[cfg(feature = "server")]
 pub mod auth;
+pub mod bots;
+#[cfg(feature = "server")]
 pub mod broker;
+#[cfg(feature = "server")]
 pub mod config;
 mod error;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "server")]
 pub mod lobby;
+pub mod lobby_client;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod msg;
+#[cfg(feature = "server")]
 pub mod names;
+#[cfg(feature = "server")]
 pub mod package;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod rabbit;
 pub mod room;
+#[cfg(feature = "server")]
 pub mod rooms;
+#[cfg(feature = "server")]
+pub mod scaffold;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod stomp;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod testing;
+#[cfg(feature = "server")]
 pub mod token;
+#[cfg(feature = "server")]
 pub mod worker;
 
+/// The axum the lobby is built with, for a game's own routes.
+#[cfg(feature = "server")]
+pub use axum;
+#[cfg(feature = "server")]
 pub use config::{Args, Config, Role};
 pub use error::{Error, Result};
+#[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
+pub use lobby_client::LobbyClient;
 pub use msg::{Ctx, Msg, RoomCtx};
+#[cfg(feature = "server")]
 pub use rooms::Rooms;
+#[cfg(feature = "server")]
 pub use server::{Running, Server};
 
+#[cfg(feature = "server")]
 /// Runs a game server from the command line (see `--help`, and [`server::run`]), or, when
 /// AWS Lambda started the process (`AWS_LAMBDA_RUNTIME_API` is set), as a Lambda
 /// function (see `lambda`, behind the `lambda` feature).

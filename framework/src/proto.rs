@@ -1,11 +1,38 @@
-//! What the lobby answers, as types both the server and its clients use: a room's view
-//! and a join ticket. No behaviour, no dependencies but serde.
+//! The types both the server and its clients use: what the lobby answers (a room's view,
+//! a join ticket, an inventory), and the envelope of every message a room sends. No
+//! behaviour, no dependencies but serde.
+//!
+//! A game defines its own messages as serde enums tagged by `type`; [`Envelope`] wraps
+//! them with the room's numbering and the framework's own messages:
+//!
+//! ```
+//! use game_server_less::proto::{Envelope, Body, RoomEvent};
+//! use serde::Deserialize;
+//!
+//! #[derive(Debug, PartialEq, Deserialize)]
+//! #[serde(tag = "type", rename_all = "snake_case")]
+//! enum Out {
+//!     Count { count: i64 },
+//!     #[serde(other)]
+//!     Unknown, // a newer server's message: ignored, not an error
+//! }
+//!
+//! let m: Envelope<Out> = serde_json::from_str(r#"{"type":"count","count":3,"seq":7}"#).unwrap();
+//! assert_eq!((m.seq, m.body), (7, Body::Game(Out::Count { count: 3 })));
+//! let m: Envelope<Out> = serde_json::from_str(r#"{"type":"error","error":"no","seq":7}"#).unwrap();
+//! assert_eq!(m.body, Body::Room(RoomEvent::Error { error: "no".into() }));
+//! let m: Envelope<Out> = serde_json::from_str(r#"{"type":"fireworks","seq":8}"#).unwrap();
+//! assert_eq!(m.body, Body::Game(Out::Unknown));
+//! ```
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+#[cfg(feature = "server")]
 use utoipa::ToSchema;
 
 /// A room as the lobby shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(ToSchema))]
 pub struct RoomView {
     /// The room id.
     pub id: String,
@@ -29,7 +56,8 @@ pub struct RoomView {
 
 /// What joining a room answers: everything a client needs to play, with no destination
 /// names to build itself.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(ToSchema))]
 pub struct Ticket {
     /// The room id.
     pub room: String,
@@ -55,6 +83,79 @@ pub struct Ticket {
     /// every later join with the name must present it (`"key"` in the join request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player_key: Option<String>,
+}
+
+/// A player's persistent inventory (`GET /user/items`): item to count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Whose it is.
+    pub player: String,
+    /// How many of each item.
+    pub items: BTreeMap<String, i64>,
+}
+
+/// A message a room sent, as a client receives it: the game's own message `T` or one of
+/// the framework's ([`RoomEvent`]), and the numbers the room stamped on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// What the message says.
+    #[serde(flatten)]
+    pub body: Body<T>,
+    /// The room's sequence number: broadcasts count up by one each, so a gap means a
+    /// missed message; a message to one player carries the latest broadcast's.
+    #[serde(default)]
+    pub seq: u64,
+    /// The sender's number of the input that caused this message, if an input did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_seq: Option<u64>,
+    /// Who sent that input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_from: Option<String>,
+}
+
+/// The body of an [`Envelope`]: the framework's messages first, then the game's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Body<T> {
+    /// A message the framework itself sends.
+    Room(RoomEvent),
+    /// A message of the game.
+    Game(T),
+}
+
+/// The messages the framework sends, whatever the game.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    /// The room refused one of this player's inputs (or a hook failed); to that player only.
+    Error {
+        /// Why, for a person.
+        error: String,
+    },
+    /// The room has ended; every player hears it, and then nothing more.
+    RoomEnded {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An input as a client sends it: the game's message and the player's own number for it,
+/// growing with each input, by which the room applies each input once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input<T> {
+    /// The player's number for this input.
+    pub seq: u64,
+    /// The game's message.
+    #[serde(flatten)]
+    pub input: T,
+}
+
+/// A first input number larger than any an earlier run of a client used: the clock in
+/// microseconds. A client numbers its inputs on from it ([`Input::seq`]).
+pub fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A name a person chose: 1 to 32 letters, digits, `-` or `_`.

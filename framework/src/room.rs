@@ -3,7 +3,8 @@
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
 use crate::msg::{Ctx, Effect, Grant, Msg, PlayerId, Rejection, RoomCtx};
-use serde_json::{json, Value};
+use crate::proto::RoomEvent;
+use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
 /// Where an output goes.
@@ -258,7 +259,9 @@ impl<S: 'static> Room<S> {
         if let Err(rejection) = result {
             match cause {
                 Cause::Input(player, _) | Cause::Hook(player) => {
-                    let body = json!({ "type": "error", "error": rejection.to_string() });
+                    let body = event(RoomEvent::Error {
+                        error: rejection.to_string(),
+                    });
                     outputs.push(Output {
                         to: Target::Player(player.to_owned()),
                         body: stamp(body, self.seq, cause),
@@ -285,7 +288,9 @@ impl<S: 'static> Room<S> {
                 Effect::EndRoom(reason) => {
                     if self.ended.is_none() {
                         self.seq += 1;
-                        let body = json!({ "type": "room_ended", "reason": reason });
+                        let body = event(RoomEvent::RoomEnded {
+                            reason: reason.clone(),
+                        });
                         outputs.push(Output {
                             to: Target::Room,
                             body: stamp(body, self.seq, cause),
@@ -297,6 +302,11 @@ impl<S: 'static> Room<S> {
         }
         outputs
     }
+}
+
+/// One of the framework's own messages, as JSON.
+fn event(event: RoomEvent) -> Value {
+    serde_json::to_value(event).expect("a RoomEvent serializes")
 }
 
 /// What made a room emit outputs.
@@ -333,6 +343,7 @@ fn stamp(body: Value, seq: u64, cause: Cause<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn echo_room() -> Room<Vec<String>> {
         let mut room = bare_echo_room();

@@ -33,6 +33,7 @@ use clap::Parser;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -388,6 +389,23 @@ where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     let args = Args::parse();
+    if let Some(Command::New { name, dir }) = &args.command {
+        let started = std::time::Instant::now();
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(name));
+        let files = crate::scaffold::write(&dir, name, &crate::scaffold::framework_dir())?;
+        for file in &files {
+            println!("wrote {}", file.display());
+        }
+        println!(
+            "created the game {name} in {} ({} ms). Next:\n  cd {}\n  cargo test             # its rules\n  cargo run              # its server\n  cargo run -- --bot 2   # two bots playing, in another terminal",
+            dir.display(),
+            started.elapsed().as_millis(),
+            dir.display()
+        );
+        return Ok(());
+    }
     if let Some(Command::Package { out, code }) = &args.command {
         let code = std::path::absolute(code)?;
         let path = crate::package::write(out, &code)?;
@@ -406,30 +424,36 @@ where
     }
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, msg).start().await?;
+    // The program's own name: this framework serves every game, not only game-server.
+    let program = std::env::args()
+        .next()
+        .and_then(|a| Some(Path::new(&a).file_stem()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "game-server".into());
+    let play = |http: SocketAddr| {
+        if program == "game-server" {
+            format!("Play: cargo run -p game-client -- --server http://{http}")
+        } else {
+            format!("Play: {program} --bot 2 --server http://{http} (bots), or any STOMP client")
+        }
+    };
     match (server.bound(), server.bound().and_then(|b| b.stomp)) {
         (Some(bound), Some(stomp)) => {
-            println!("game-server listening:");
+            println!("{program} listening:");
             println!("  lobby     http://{}/rooms", bound.http);
             println!("  STOMP/WS  ws://{}/ws", bound.http);
             println!("  STOMP/TCP tcp://{stomp}");
-            println!(
-                "Play: cargo run -p game-client -- --server http://{}",
-                bound.http
-            );
+            println!("{}", play(bound.http));
         }
         (Some(bound), None) => {
-            println!("game-server lobby (cluster mode) listening:");
+            println!("{program} lobby (cluster mode) listening:");
             println!("  lobby     http://{}/rooms", bound.http);
             println!(
                 "  RabbitMQ auth backend: http://{}/rabbitmq/auth/",
                 bound.http
             );
-            println!(
-                "Play: cargo run -p game-client -- --server http://{}",
-                bound.http
-            );
+            println!("{}", play(bound.http));
         }
-        (None, _) => println!("game-server worker (cluster mode): running rooms"),
+        (None, _) => println!("{program} worker (cluster mode): running rooms"),
     }
     println!("Press Ctrl-C to stop.");
     server.serve(shutdown_signal()).await

@@ -20,7 +20,10 @@
 //! ```
 
 use crate::msg::Msg;
+use crate::proto::{Body, Envelope};
 use crate::room::{Output, Room, Target};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -55,9 +58,10 @@ impl<S: 'static> TestRoom<S> {
         self.deliver(outputs);
     }
 
-    /// A player sends `message`, numbered with the player's next sequence number.
-    /// Returns the error the room answered with, if it rejected the input.
-    pub fn send(&mut self, player: &str, message: Value) -> Result<(), String> {
+    /// A player sends `message` (the game's input type, or any JSON), numbered with the
+    /// player's next sequence number. Returns the error the room answered with, if it
+    /// rejected the input.
+    pub fn send(&mut self, player: &str, message: impl Serialize) -> Result<(), String> {
         let seq = {
             let n = self.next_seq.entry(player.to_owned()).or_insert(0);
             *n += 1;
@@ -67,8 +71,13 @@ impl<S: 'static> TestRoom<S> {
     }
 
     /// A player sends `message` with an explicit sequence number (to test duplicates).
-    pub fn send_numbered(&mut self, player: &str, seq: u64, message: Value) -> Result<(), String> {
-        let body = serde_json::to_vec(&message).expect("a JSON value serializes");
+    pub fn send_numbered(
+        &mut self,
+        player: &str,
+        seq: u64,
+        message: impl Serialize,
+    ) -> Result<(), String> {
+        let body = serde_json::to_vec(&message).expect("an input serializes as JSON");
         self.send_raw(player, seq, &body)
     }
 
@@ -102,6 +111,35 @@ impl<S: 'static> TestRoom<S> {
             .get_mut(player)
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Takes what `player` has received since the last call, as the game's output type
+    /// with the room's stamps (the framework's own messages as [`Body::Room`]).
+    ///
+    /// # Panics
+    ///
+    /// When a message does not parse as `T`: the server sent what its clients cannot read.
+    pub fn received_as<T: DeserializeOwned>(&mut self, player: &str) -> Vec<Envelope<T>> {
+        self.received(player)
+            .into_iter()
+            .map(|m| {
+                serde_json::from_value(m.clone()).unwrap_or_else(|e| {
+                    panic!("{player} got a message clients cannot read: {e}: {m}")
+                })
+            })
+            .collect()
+    }
+
+    /// Takes what `player` has received since the last call, as the game's own messages
+    /// only (the framework's and the stamps left out).
+    pub fn received_game<T: DeserializeOwned>(&mut self, player: &str) -> Vec<T> {
+        self.received_as(player)
+            .into_iter()
+            .filter_map(|m| match m.body {
+                Body::Game(out) => Some(out),
+                Body::Room(_) => None,
+            })
+            .collect()
     }
 
     /// The room's game state.

@@ -3,8 +3,8 @@
 //! the player asks for goes out as [`Action`]s.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use game_server_less::proto::RoomView;
-use serde_json::Value;
+use game_server::protocol::{Item, Npc, Out, Pos};
+use game_server_less::proto::{Body, Envelope, RoomEvent, RoomView};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -46,9 +46,9 @@ pub enum NetEvent {
     /// The broker connection changed.
     Connection(ConnState),
     /// A message on the room topic.
-    Room(Value),
+    Room(Envelope<Out>),
     /// A message for this player alone.
-    Private(Value),
+    Private(Envelope<Out>),
     /// An input's round trip (SEND to RECEIPT).
     Rtt(Duration),
     /// Inputs not yet confirmed by the broker.
@@ -95,12 +95,12 @@ pub struct Game {
     pub room: String,
     /// The map rows.
     pub map: Vec<String>,
-    /// Players by name, at (x, y).
-    pub players: BTreeMap<String, (i32, i32)>,
-    /// NPCs at (x, y).
-    pub npcs: Vec<(i32, i32)>,
-    /// Items: kind at (x, y).
-    pub items: Vec<(String, i32, i32)>,
+    /// Players by name, where they stand.
+    pub players: BTreeMap<String, Pos>,
+    /// NPCs.
+    pub npcs: Vec<Npc>,
+    /// Items on the floor.
+    pub items: Vec<Item>,
     /// Chat lines.
     pub chat: VecDeque<String>,
     /// Joins, leaves, pickups, errors.
@@ -177,7 +177,7 @@ impl App {
 
     /// The player's position, once the world knows it.
     pub fn me(&self) -> Option<(i32, i32)> {
-        self.game.players.get(&self.name).copied()
+        self.game.players.get(&self.name).map(|p| (p.x, p.y))
     }
 
     /// Handles a key; returns what the network layer should do, if anything.
@@ -352,128 +352,75 @@ impl App {
         None
     }
 
-    fn on_room(&mut self, m: Value) -> Option<Action> {
-        let seq = m["seq"].as_u64().unwrap_or(0);
-        if !self.game.synced || seq <= self.game.seq {
+    fn on_room(&mut self, m: Envelope<Out>) -> Option<Action> {
+        if !self.game.synced || m.seq <= self.game.seq {
             return None; // before the world arrived, or a repeat after a worker restart
         }
-        let missed = seq > self.game.seq + 1;
-        self.game.seq = seq;
+        let missed = m.seq > self.game.seq + 1;
+        self.game.seq = m.seq;
         if missed {
-            self.log_event(format!("missed room messages before #{seq}; catching up"));
+            self.log_event(format!(
+                "missed room messages before #{}; catching up",
+                m.seq
+            ));
             self.game.synced = false;
             return Some(Action::Look);
         }
-        let who = m["player"].as_str().unwrap_or_default().to_owned();
-        let at = |m: &Value| {
-            (
-                m["x"].as_i64().unwrap_or(0) as i32,
-                m["y"].as_i64().unwrap_or(0) as i32,
-            )
-        };
-        match m["type"].as_str().unwrap_or_default() {
-            "moved" => {
-                self.game.players.insert(who, at(&m));
-            }
-            "joined" => {
-                self.game.players.insert(who.clone(), at(&m));
-                self.log_event(format!("{who} joined"));
-            }
-            "left" => {
-                self.game.players.remove(&who);
-                self.log_event(format!("{who} left"));
-            }
-            "chat" => {
-                let line = format!("{who}: {}", m["text"].as_str().unwrap_or_default());
-                push(&mut self.game.chat, line);
-            }
-            "picked" => {
-                let item = m["item"].as_str().unwrap_or_default();
-                self.game
-                    .items
-                    .retain(|(_, x, y)| self.game.players.get(&who) != Some(&(*x, *y)));
-                if who == self.name {
-                    *self.inventory.entry(item.to_owned()).or_default() += 1;
-                }
-                self.log_event(format!("{who} picked up a {item}"));
-            }
-            "npcs" => self.game.npcs = positions(&m["npcs"]),
-            "item" => {
-                let item = &m["item"];
-                self.game.items.push((
-                    item["kind"].as_str().unwrap_or("?").to_owned(),
-                    item["x"].as_i64().unwrap_or(0) as i32,
-                    item["y"].as_i64().unwrap_or(0) as i32,
-                ));
-            }
-            "room_ended" => {
-                let why = format!(
-                    "room {} ended: {}",
-                    self.game.room,
-                    m["reason"].as_str().unwrap_or_default()
-                );
+        let out = match m.body {
+            Body::Game(out) => out,
+            Body::Room(RoomEvent::RoomEnded { reason }) => {
+                let why = format!("room {} ended: {reason}", self.game.room);
                 return self.back_to_lobby(why);
             }
-            _ => {}
+            Body::Room(RoomEvent::Error { error }) => {
+                self.log_event(format!("error: {error}"));
+                return None;
+            }
+        };
+        let game = &mut self.game;
+        match out {
+            Out::Moved { player, at } => {
+                game.players.insert(player, at);
+            }
+            Out::Joined { player, at } => {
+                game.players.insert(player.clone(), at);
+                self.log_event(format!("{player} joined"));
+            }
+            Out::Left { player } => {
+                game.players.remove(&player);
+                self.log_event(format!("{player} left"));
+            }
+            Out::Chat { player, text } => push(&mut game.chat, format!("{player}: {text}")),
+            Out::Picked { player, item, id } => {
+                game.items.retain(|it| it.id != id);
+                if player == self.name {
+                    *self.inventory.entry(item.clone()).or_default() += 1;
+                }
+                self.log_event(format!("{player} picked up a {item}"));
+            }
+            Out::Npcs { npcs } => game.npcs = npcs,
+            Out::Item { item } => game.items.push(item),
+            // To one player only, or from a newer server: nothing for the room view.
+            Out::Welcome(_) | Out::Blocked { .. } | Out::Unknown => {}
         }
         None
     }
 
-    fn on_private(&mut self, m: Value) {
-        match m["type"].as_str().unwrap_or_default() {
-            "welcome" => {
-                let seq = m["seq"].as_u64().unwrap_or(0);
-                if self.game.synced && seq < self.game.seq {
+    fn on_private(&mut self, m: Envelope<Out>) {
+        match m.body {
+            Body::Game(Out::Welcome(world)) => {
+                if self.game.synced && m.seq < self.game.seq {
                     return; // an older world, replayed after a worker restart
                 }
                 let game = &mut self.game;
-                game.map = m["map"]
-                    .as_array()
-                    .map(|rows| {
-                        rows.iter()
-                            .filter_map(|r| r.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                game.players = m["players"]
-                    .as_object()
-                    .map(|ps| {
-                        ps.iter()
-                            .map(|(name, p)| {
-                                (
-                                    name.clone(),
-                                    (
-                                        p["x"].as_i64().unwrap_or(0) as i32,
-                                        p["y"].as_i64().unwrap_or(0) as i32,
-                                    ),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                game.npcs = positions(&m["npcs"]);
-                game.items = m["items"]
-                    .as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .map(|i| {
-                                (
-                                    i["kind"].as_str().unwrap_or("?").to_owned(),
-                                    i["x"].as_i64().unwrap_or(0) as i32,
-                                    i["y"].as_i64().unwrap_or(0) as i32,
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                game.seq = m["seq"].as_u64().unwrap_or(0);
+                game.map = world.map;
+                game.players = world.players;
+                game.npcs = world.npcs;
+                game.items = world.items;
+                game.seq = m.seq;
                 game.synced = true;
             }
-            "error" => {
-                let line = format!("error: {}", m["error"].as_str().unwrap_or("?"));
-                self.log_event(line);
-            }
+            Body::Room(RoomEvent::Error { error }) => self.log_event(format!("error: {error}")),
             _ => {}
         }
     }
@@ -502,25 +449,15 @@ fn push(log: &mut VecDeque<String>, line: String) {
     log.push_back(line);
 }
 
-fn positions(v: &Value) -> Vec<(i32, i32)> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|n| {
-                    (
-                        n["x"].as_i64().unwrap_or(0) as i32,
-                        n["y"].as_i64().unwrap_or(0) as i32,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A message as it comes off the wire.
+    pub(crate) fn wire(json: serde_json::Value) -> Envelope<Out> {
+        serde_json::from_value(json).expect("a message the client can read")
+    }
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -547,12 +484,12 @@ pub(crate) mod tests {
     pub(crate) fn in_game() -> App {
         let mut app = App::new("http://x", Some("ann"));
         app.on_net(NetEvent::Joined("r1".into()));
-        app.on_net(NetEvent::Private(json!({
+        app.on_net(NetEvent::Private(wire(json!({
             "type": "welcome", "seq": 10,
             "map": ["#####", "#...#", "#####"],
             "players": { "ann": { "x": 1, "y": 1 }, "bob": { "x": 3, "y": 1 } },
             "npcs": [], "items": [{ "kind": "gem", "x": 2, "y": 1, "id": 1 }],
-        })));
+        }))));
         app
     }
 
@@ -612,37 +549,49 @@ pub(crate) mod tests {
     #[test]
     fn room_messages_update_the_world_in_sequence() {
         let mut app = in_game();
-        app.on_net(NetEvent::Room(
+        app.on_net(NetEvent::Room(wire(
             json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 }),
-        ));
-        app.on_net(NetEvent::Room(
-            json!({ "type": "picked", "player": "ann", "item": "gem", "seq": 12 }),
-        ));
-        app.on_net(NetEvent::Room(
+        )));
+        app.on_net(NetEvent::Room(wire(
+            json!({ "type": "picked", "player": "ann", "item": "gem", "id": 1, "seq": 12 }),
+        )));
+        app.on_net(NetEvent::Room(wire(
             json!({ "type": "chat", "player": "bob", "text": "nice", "seq": 13 }),
-        ));
+        )));
         assert_eq!(app.me(), Some((2, 1)));
         assert!(app.game.items.is_empty());
         assert_eq!(app.inventory["gem"], 1);
         assert_eq!(app.game.chat.back().unwrap(), "bob: nice");
         // A repeat (same seq) is dropped; a gap asks for the world again.
-        app.on_net(NetEvent::Room(
+        app.on_net(NetEvent::Room(wire(
             json!({ "type": "moved", "player": "ann", "x": 1, "y": 1, "seq": 13 }),
-        ));
+        )));
         assert_eq!(app.me(), Some((2, 1)));
-        let follow = app.on_net(NetEvent::Room(
+        let follow = app.on_net(NetEvent::Room(wire(
             json!({ "type": "moved", "player": "bob", "x": 2, "y": 1, "seq": 20 }),
-        ));
+        )));
         assert_eq!(follow, Some(Action::Look));
         assert!(!app.game.synced);
     }
 
     #[test]
+    fn errors_are_logged_and_unknown_messages_ignored() {
+        let mut app = in_game();
+        app.on_net(NetEvent::Private(wire(
+            json!({ "type": "error", "error": "no", "seq": 10 }),
+        )));
+        assert_eq!(app.game.events.back().unwrap(), "error: no");
+        let newer = json!({ "type": "fireworks", "colour": "red", "seq": 11 });
+        assert_eq!(app.on_net(NetEvent::Room(wire(newer))), None);
+        assert_eq!((app.game.seq, app.screen), (11, Screen::Game));
+    }
+
+    #[test]
     fn an_ended_room_or_a_refused_ticket_returns_to_the_lobby() {
         let mut app = in_game();
-        let next = app.on_net(NetEvent::Room(
+        let next = app.on_net(NetEvent::Room(wire(
             json!({ "type": "room_ended", "reason": "idle", "seq": 11 }),
-        ));
+        )));
         assert_eq!(next, Some(Action::Leave));
         assert_eq!(app.screen, Screen::Lobby);
         assert_eq!(app.error.as_deref(), Some("room r1 ended: idle"));
@@ -665,10 +614,10 @@ pub(crate) mod tests {
     #[test]
     fn an_older_world_does_not_roll_the_room_back() {
         let mut app = in_game();
-        app.on_net(NetEvent::Room(
+        app.on_net(NetEvent::Room(wire(
             json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 }),
-        ));
-        app.on_net(NetEvent::Private(json!({ "type": "welcome", "seq": 5, "map": [], "players": {}, "npcs": [], "items": [] })));
+        )));
+        app.on_net(NetEvent::Private(wire(json!({ "type": "welcome", "seq": 5, "map": [], "players": {}, "npcs": [], "items": [] }))));
         assert_eq!((app.game.seq, app.me()), (11, Some((2, 1))));
     }
 
@@ -692,9 +641,9 @@ pub(crate) mod tests {
         app.on_net(NetEvent::Connection(ConnState::Reconnecting(
             "broken pipe".into(),
         )));
-        app.on_net(NetEvent::Private(
+        app.on_net(NetEvent::Private(wire(
             json!({ "type": "error", "error": "nope" }),
-        ));
+        )));
         let events: Vec<&String> = app.game.events.iter().collect();
         assert_eq!(
             events,

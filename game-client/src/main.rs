@@ -57,7 +57,7 @@ async fn main() {
 
 async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Result<()> {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let net = net::Net::new(&args.server, events_tx);
+    let net = net::Net::new(&args.server, events_tx).map_err(std::io::Error::other)?;
     let mut app = App::new(&args.server, args.name.as_deref());
     if args.name.is_some() {
         match &args.room {

@@ -1,15 +1,16 @@
-//! The network side: lobby calls over HTTP (reqwest), and a play session over STOMP that
-//! reconnects with backoff and never drops an input.
+//! The network side: lobby calls through the framework's [`LobbyClient`], and a play
+//! session over STOMP that reconnects with backoff and never drops an input.
 //!
 //! Inputs are numbered by the player and kept until the broker's receipt; after a
 //! reconnect the unconfirmed ones are sent again, and the room applies each number once.
 
 use crate::app::{Action, ConnState, NetEvent};
 use crate::keys::Keys;
-use game_server_less::proto::{RoomView, Ticket};
+use game_server::protocol::{Chat, In, Look, Move, Out};
+use game_server_less::proto::{Envelope, Input, Ticket};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use game_server_less::LobbyClient;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -26,7 +27,7 @@ struct Session {
 
 /// Inputs numbered and waiting for the broker's receipt.
 struct Outbox {
-    queue: Mutex<(u64, VecDeque<Value>)>,
+    queue: Mutex<(u64, VecDeque<Input<In>>)>,
     ready: Notify,
 }
 
@@ -35,21 +36,21 @@ impl Outbox {
     /// the client (the room skips any number it has seen).
     fn new() -> Outbox {
         Outbox {
-            queue: Mutex::new((first_seq(), VecDeque::new())),
+            queue: Mutex::new((game_server_less::proto::first_seq(), VecDeque::new())),
             ready: Notify::new(),
         }
     }
 
-    fn push(&self, mut input: Value) -> usize {
+    fn push(&self, input: In) -> usize {
         let mut q = self.queue.lock().unwrap();
         q.0 += 1;
-        input["seq"] = q.0.into();
-        q.1.push_back(input);
+        let seq = q.0;
+        q.1.push_back(Input { seq, input });
         self.ready.notify_one();
         q.1.len()
     }
 
-    fn front(&self) -> Option<Value> {
+    fn front(&self) -> Option<Input<In>> {
         self.queue.lock().unwrap().1.front().cloned()
     }
 
@@ -63,33 +64,28 @@ impl Outbox {
 /// The lobby and play session of one client. Cheap to clone.
 #[derive(Clone)]
 pub struct Net {
-    http: reqwest::Client,
-    server: String,
+    lobby: LobbyClient,
     events: Events,
     session: Arc<Mutex<Option<Session>>>,
     token: Arc<Mutex<Option<String>>>,
     keys: Arc<Mutex<Keys>>,
-    lobby: mpsc::UnboundedSender<(Action, String)>,
+    requests: mpsc::UnboundedSender<(Action, String)>,
 }
 
 impl Net {
     /// A client of the lobby at `server` that reports to `events`.
-    pub fn new(server: &str, events: Events) -> Net {
-        let (lobby, requests) = mpsc::unbounded_channel();
+    pub fn new(server: &str, events: Events) -> game_server_less::Result<Net> {
+        let (tx, requests) = mpsc::unbounded_channel();
         let net = Net {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("an HTTP client without TLS builds"),
-            server: server.trim_end_matches('/').to_owned(),
+            lobby: LobbyClient::new(server)?,
             events,
             session: Arc::new(Mutex::new(None)),
             token: Arc::new(Mutex::new(None)),
             keys: Arc::new(Mutex::new(Keys::load())),
-            lobby,
+            requests: tx,
         };
         tokio::spawn(net.clone().lobby_loop(requests));
-        net
+        Ok(net)
     }
 
     /// Lobby requests run one at a time, in order: a leave finishes before the next join.
@@ -115,11 +111,11 @@ impl Net {
     pub fn dispatch(&self, action: Action, name: &str) {
         match action {
             Action::Refresh | Action::CreateRoom | Action::Join(_) | Action::Leave => {
-                let _ = self.lobby.send((action, name.to_owned()));
+                let _ = self.requests.send((action, name.to_owned()));
             }
-            Action::Move(dx, dy) => self.input(json!({ "type": "move", "dx": dx, "dy": dy })),
-            Action::Chat(text) => self.input(json!({ "type": "chat", "text": text })),
-            Action::Look => self.input(json!({ "type": "look" })),
+            Action::Move(dx, dy) => self.input(In::Move(Move { dx, dy })),
+            Action::Chat(text) => self.input(In::Chat(Chat { text })),
+            Action::Look => self.input(In::Look(Look {})),
             Action::Quit => {
                 if let Some(s) = self.session.lock().unwrap().take() {
                     s.task.abort();
@@ -133,12 +129,11 @@ impl Net {
         let session = self.session.lock().unwrap().take();
         if let Some(s) = session {
             s.task.abort();
-            let url = format!("{}/rooms/{}/leave", self.server, s.room);
-            let _ = self.http.post(url).bearer_auth(&s.token).send().await;
+            let _ = self.lobby.leave(&s.room, &s.token).await;
         }
     }
 
-    fn input(&self, input: Value) {
+    fn input(&self, input: In) {
         if let Some(s) = &*self.session.lock().unwrap() {
             let pending = s.outbox.push(input);
             let _ = self.events.send(NetEvent::Pending(pending));
@@ -149,97 +144,46 @@ impl Net {
         let _ = self.events.send(NetEvent::LobbyError(e));
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> String {
-        if e.is_connect() || e.is_timeout() {
-            format!(
-                "cannot reach the lobby at {}: start the server with `cargo run -p game-server`, or pass --server URL",
-                self.server
-            )
-        } else {
-            format!("lobby request failed: {e}")
-        }
-    }
-
-    async fn error_of(response: reqwest::Response) -> String {
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        format!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("no details")
-        )
-    }
-
     /// Reloads the room list, and the inventory once the player has a key (or a token).
     pub async fn refresh(&self, name: &str) {
-        match self.http.get(format!("{}/rooms", self.server)).send().await {
-            Ok(r) if r.status().is_success() => match r.json::<Vec<RoomView>>().await {
-                Ok(rooms) => {
-                    let _ = self.events.send(NetEvent::Rooms(rooms));
-                }
-                Err(e) => self.lobby_error(format!("the lobby's room list did not parse: {e}")),
-            },
-            Ok(r) => self.lobby_error(Self::error_of(r).await),
-            Err(e) => return self.lobby_error(self.unreachable(e)),
+        match self.lobby.rooms().await {
+            Ok(rooms) => {
+                let _ = self.events.send(NetEvent::Rooms(rooms));
+            }
+            Err(e) => return self.lobby_error(e.to_string()),
         }
         // The player key proves the name in or out of a room; a ticket only while in it.
-        let key = self
-            .keys
-            .lock()
-            .unwrap()
-            .get(&self.server, name)
-            .map(str::to_owned);
+        let key = self.key(name);
         let token = key.or_else(|| self.token.lock().unwrap().clone());
         if let Some(token) = token {
-            let url = format!("{}/user/items", self.server);
-            if let Ok(r) = self.http.get(url).bearer_auth(token).send().await {
-                if let Ok(body) = r.json::<Value>().await {
-                    let items: BTreeMap<String, i64> =
-                        serde_json::from_value(body["items"].clone()).unwrap_or_default();
-                    let _ = self.events.send(NetEvent::Inventory(items));
-                }
+            if let Ok(inventory) = self.lobby.items(&token).await {
+                let _ = self.events.send(NetEvent::Inventory(inventory.items));
             }
         }
     }
 
+    /// The key from the name's first join on this server, which lets this player use the
+    /// name again.
+    fn key(&self, name: &str) -> Option<String> {
+        let keys = self.keys.lock().unwrap();
+        keys.get(self.lobby.url(), name).map(str::to_owned)
+    }
+
     async fn create_room(&self, name: &str) -> Result<String, String> {
-        let r = self
-            .http
-            .post(format!("{}/rooms", self.server))
-            .json(&json!({ "name": format!("{name}'s room") }))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !r.status().is_success() {
-            return Err(Self::error_of(r).await);
-        }
-        let room: Value = r.json().await.map_err(|e| e.to_string())?;
-        Ok(room["id"].as_str().unwrap_or_default().to_owned())
+        let title = format!("{name}'s room");
+        let room = self.lobby.create_room(Some(&title)).await;
+        room.map(|r| r.id).map_err(|e| e.to_string())
     }
 
     /// Joins a room and starts playing in it.
     pub async fn join(&self, room: &str, name: &str) {
-        // The key from the name's first join lets this player use the name again.
-        let key = self
-            .keys
-            .lock()
-            .unwrap()
-            .get(&self.server, name)
-            .map(str::to_owned);
-        let request = self
-            .http
-            .post(format!("{}/rooms/{room}/join", self.server))
-            .json(&json!({ "name": name, "key": key }));
-        let r = match request.send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => return self.lobby_error(Self::error_of(r).await),
-            Err(e) => return self.lobby_error(self.unreachable(e)),
-        };
-        let ticket: Ticket = match r.json().await {
-            Ok(t) => t,
-            Err(e) => return self.lobby_error(format!("the join ticket did not parse: {e}")),
+        let key = self.key(name);
+        let ticket = match self.lobby.join(room, name, key.as_deref()).await {
+            Ok(ticket) => ticket,
+            Err(e) => return self.lobby_error(e.to_string()),
         };
         if let Some(key) = &ticket.player_key {
-            let kept = self.keys.lock().unwrap().set(&self.server, name, key);
+            let kept = self.keys.lock().unwrap().set(self.lobby.url(), name, key);
             if let Err(why) = kept {
                 self.lobby_error(why);
             }
@@ -287,7 +231,7 @@ async fn play(ticket: Ticket, outbox: Arc<Outbox>, events: Events) {
                 backoff = Duration::from_millis(250);
                 let _ = events.send(NetEvent::Connection(ConnState::Online));
                 // Catch up: the whole world, then whatever inputs were not confirmed.
-                outbox.push(json!({ "type": "look" }));
+                outbox.push(In::Look(Look {}));
                 match session(&ticket, client, room, private, &outbox, &events).await {
                     Ok(why) => why,
                     Err(fatal) => {
@@ -329,7 +273,8 @@ async fn session(
                 continue;
             };
             let started = Instant::now();
-            match client.send(&ticket.inbox, input.to_string()).await {
+            let body = serde_json::to_string(&input).expect("an input serializes");
+            match client.send(&ticket.inbox, body).await {
                 Ok(()) => {}
                 Err(e @ game_server_less::Error::Server { .. }) => return Err(e.to_string()),
                 Err(e) => return Ok(e.to_string()),
@@ -342,11 +287,11 @@ async fn session(
         loop {
             tokio::select! {
                 m = room.recv() => match m {
-                    Some(m) => { let _ = events.send(NetEvent::Room(parse(m.body()))); }
+                    Some(m) => if let Some(m) = parse(m.body()) { let _ = events.send(NetEvent::Room(m)); },
                     None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
                 m = private.recv() => match m {
-                    Some(m) => { let _ = events.send(NetEvent::Private(parse(m.body()))); }
+                    Some(m) => if let Some(m) = parse(m.body()) { let _ = events.send(NetEvent::Private(m)); },
                     None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
             }
@@ -358,13 +303,9 @@ async fn session(
     }
 }
 
-/// The clock in microseconds: a first input number larger than any an earlier run used.
-pub fn first_seq() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn parse(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|_| json!({ "type": "unreadable" }))
+/// A room's message; `None` for one that is not even an object with a `type` (a newer
+/// server's unknown types parse, as [`Out::Unknown`]). A broadcast dropped here shows as
+/// a gap in `seq`, and the app asks for the whole world again.
+fn parse(body: &[u8]) -> Option<Envelope<Out>> {
+    serde_json::from_slice(body).ok()
 }

@@ -125,7 +125,7 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
         .game
         .players
         .iter()
-        .map(|(name, (x, y))| {
+        .map(|(name, at)| {
             let style = if *name == app.name {
                 Style::new().fg(Color::Green).bold()
             } else {
@@ -133,7 +133,7 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
             };
             Line::from(vec![
                 Span::styled(format!("{} {name}", glyph(name, &app.name)), style),
-                format!(" {x},{y}").dim(),
+                format!(" {},{}", at.x, at.y).dim(),
             ])
         })
         .collect();
@@ -215,24 +215,36 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
             put(buf, x as i32, y as i32, t, style);
         }
     }
-    for (kind, x, y) in &game.items {
-        let ch = match kind.as_str() {
+    for item in &game.items {
+        let ch = match item.kind.as_str() {
             "coin" => '$',
             "herb" => '%',
             _ => '*',
         };
-        put(buf, *x, *y, ch, Style::new().fg(Color::Yellow).bold());
+        put(
+            buf,
+            item.x,
+            item.y,
+            ch,
+            Style::new().fg(Color::Yellow).bold(),
+        );
     }
-    for (x, y) in &game.npcs {
-        put(buf, *x, *y, 'N', Style::new().fg(Color::Magenta).bold());
+    for npc in &game.npcs {
+        put(
+            buf,
+            npc.x,
+            npc.y,
+            'N',
+            Style::new().fg(Color::Magenta).bold(),
+        );
     }
-    for (name, (x, y)) in &game.players {
+    for (name, at) in &game.players {
         let style = if *name == app.name {
             Style::new().fg(Color::Green).bold()
         } else {
             Style::new().fg(Color::Cyan).bold()
         };
-        put(buf, *x, *y, glyph(name, &app.name), style);
+        put(buf, at.x, at.y, glyph(name, &app.name), style);
     }
 }
 
@@ -393,7 +405,8 @@ mod tests {
         let mut app = crate::app::tests::in_game();
         let row = format!("#{}#", ".".repeat(300));
         app.game.map = vec![row; 100];
-        app.game.players.insert("ann".into(), (250, 90));
+        let far = game_server::protocol::Pos { x: 250, y: 90 };
+        app.game.players.insert("ann".into(), far);
         let lines = screen(&app, 80, 24);
         assert!(lines.iter().any(|l| l.contains('@')), "{lines:#?}");
     }

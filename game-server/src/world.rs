@@ -1,9 +1,13 @@
 //! The game's rules: a map with walls and spawn points, players who move and chat, NPCs
 //! who wander, and items to pick up. No sockets, no broker: handlers only.
 
+use crate::protocol::{Chat, Look, Move, Out, Pos, Welcome};
+pub use crate::protocol::{Item, Npc, Pos as Player};
+#[cfg(test)]
+use game_server_less::proto::Body;
+use game_server_less::proto::RoomEvent;
 use game_server_less::{Ctx, RoomCtx};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// The map the game ships with.
@@ -90,39 +94,6 @@ impl Map {
 
 fn default_map() -> Map {
     Map::parse(MAP)
-}
-
-/// A player in the world.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Player {
-    /// Column.
-    pub x: i32,
-    /// Row.
-    pub y: i32,
-}
-
-/// A wandering NPC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Npc {
-    /// Its id.
-    pub id: u32,
-    /// Column.
-    pub x: i32,
-    /// Row.
-    pub y: i32,
-}
-
-/// An item on the floor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    /// Its id.
-    pub id: u32,
-    /// What it is.
-    pub kind: String,
-    /// Column.
-    pub x: i32,
-    /// Row.
-    pub y: i32,
 }
 
 /// One room's world: the whole game state, saved in every checkpoint (but the map,
@@ -217,31 +188,14 @@ impl World {
     }
 
     /// The whole world as one message, as a newcomer gets it.
-    pub fn snapshot(&self) -> serde_json::Value {
-        json!({
-            "type": "welcome",
-            "map": self.map.lines(),
-            "players": self.players,
-            "npcs": self.npcs,
-            "items": self.items,
+    pub fn snapshot(&self) -> Out {
+        Out::Welcome(Welcome {
+            map: self.map.lines(),
+            players: self.players.clone(),
+            npcs: self.npcs.clone(),
+            items: self.items.clone(),
         })
     }
-}
-
-/// A move by one tile.
-#[derive(Debug, Deserialize)]
-pub struct Move {
-    /// -1, 0 or 1.
-    pub dx: i32,
-    /// -1, 0 or 1.
-    pub dy: i32,
-}
-
-/// A chat line.
-#[derive(Debug, Deserialize)]
-pub struct Chat {
-    /// What was said.
-    pub text: String,
 }
 
 /// A player arrives at a free spawn point; everyone hears of it, and the newcomer gets
@@ -264,21 +218,24 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
             floor.first().copied()
         });
     let Some((x, y)) = spot else {
-        ctx.send_to(
-            name,
-            &json!({ "type": "error", "error": "the world is full" }),
-        );
+        let error = "the world is full".to_owned();
+        ctx.send_to(name, &RoomEvent::Error { error });
         return;
     };
-    world.players.insert(name.to_owned(), Player { x, y });
-    ctx.broadcast(&json!({ "type": "joined", "player": name, "x": x, "y": y }));
+    world.players.insert(name.to_owned(), Pos { x, y });
+    let player = name.to_owned();
+    ctx.broadcast(&Out::Joined {
+        player,
+        at: Pos { x, y },
+    });
     ctx.send_to(name, &world.snapshot());
 }
 
 /// A player leaves; everyone hears of it.
 pub fn on_leave(world: &mut World, ctx: &mut RoomCtx, name: &str) {
     if world.players.remove(name).is_some() {
-        ctx.broadcast(&json!({ "type": "left", "player": name }));
+        let player = name.to_owned();
+        ctx.broadcast(&Out::Left { player });
     }
 }
 
@@ -294,25 +251,25 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     };
     let (x, y) = (me.x + m.dx, me.y + m.dy);
     if !world.free(x, y) {
-        ctx.reply(&json!({ "type": "blocked", "x": me.x, "y": me.y }));
+        ctx.reply(&Out::Blocked { at: me });
         return Ok(());
     }
-    world.players.insert(name.clone(), Player { x, y });
-    ctx.broadcast(&json!({ "type": "moved", "player": name, "x": x, "y": y }));
+    world.players.insert(name.clone(), Pos { x, y });
+    ctx.broadcast(&Out::Moved {
+        player: name.clone(),
+        at: Pos { x, y },
+    });
     if let Some(i) = world.items.iter().position(|it| it.x == x && it.y == y) {
         let item = world.items.remove(i);
         ctx.give_item(&name, &item.kind, 1);
-        ctx.broadcast(
-            &json!({ "type": "picked", "player": name, "item": item.kind, "id": item.id }),
-        );
+        ctx.broadcast(&Out::Picked {
+            player: name,
+            item: item.kind,
+            id: item.id,
+        });
     }
     Ok(())
 }
-
-/// Asks for the whole world again: clients send it once subscribed (the welcome sent at
-/// join may have come before they listened) and after a reconnect.
-#[derive(Debug, Deserialize)]
-pub struct Look {}
 
 /// Replies with the whole world.
 pub fn on_look(world: &mut World, ctx: &mut Ctx, _: Look) {
@@ -329,7 +286,8 @@ pub fn on_chat(_: &mut World, ctx: &mut Ctx, chat: Chat) -> Result<(), String> {
         return Err("a chat line has no control characters".into());
     }
     let name = ctx.sender().to_owned();
-    ctx.broadcast(&json!({ "type": "chat", "player": name, "text": text }));
+    let text = text.to_owned();
+    ctx.broadcast(&Out::Chat { player: name, text });
     Ok(())
 }
 
@@ -349,12 +307,13 @@ pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
             }
         }
         if moved {
-            ctx.broadcast(&json!({ "type": "npcs", "npcs": world.npcs }));
+            let npcs = world.npcs.clone();
+            ctx.broadcast(&Out::Npcs { npcs });
         }
     }
     if world.ticks % ITEM_EVERY == 0 && world.items.len() < MAX_ITEMS {
         if let Some(item) = world.spawn_item() {
-            ctx.broadcast(&json!({ "type": "item", "item": item }));
+            ctx.broadcast(&Out::Item { item });
         }
     }
 }
@@ -362,9 +321,9 @@ pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::In;
     use game_server_less::testing::TestRoom;
     use game_server_less::Msg;
-    use serde_json::Value;
     use std::time::Duration;
 
     const TINY: &str = "#####\n#S.S#\n#.#.#\n#####";
@@ -384,8 +343,24 @@ mod tests {
         TestRoom::new(msg)
     }
 
-    fn types(msgs: &[Value]) -> Vec<&str> {
-        msgs.iter().map(|m| m["type"].as_str().unwrap()).collect()
+    fn step(dx: i32, dy: i32) -> In {
+        In::Move(Move { dx, dy })
+    }
+
+    fn say(text: &str) -> In {
+        In::Chat(Chat { text: text.into() })
+    }
+
+    /// The variant names of `msgs`, as `type` spells them.
+    fn types(msgs: &[Out]) -> Vec<String> {
+        msgs.iter()
+            .map(|m| {
+                serde_json::to_value(m).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
     }
 
     #[test]
@@ -393,15 +368,20 @@ mod tests {
         let mut room = game(TINY);
         room.join("ann");
         room.join("bob");
-        assert_eq!(room.state().players["ann"], Player { x: 1, y: 1 });
-        assert_eq!(room.state().players["bob"], Player { x: 3, y: 1 });
-        let ann = room.received("ann");
+        assert_eq!(room.state().players["ann"], Pos { x: 1, y: 1 });
+        assert_eq!(room.state().players["bob"], Pos { x: 3, y: 1 });
+        let ann = room.received_game::<Out>("ann");
         assert_eq!(types(&ann), ["joined", "welcome", "joined"]);
-        assert_eq!(ann[1]["map"][2], "#.#.#");
-        room.send("bob", json!({ "type": "look" })).unwrap();
-        let look = room.received("bob").pop().unwrap();
-        assert_eq!(look["type"], "welcome");
-        assert_eq!(look["players"]["ann"], json!({ "x": 1, "y": 1 }));
+        let Out::Welcome(world) = &ann[1] else {
+            panic!("{ann:?}")
+        };
+        assert_eq!(world.map[2], "#.#.#");
+        room.send("bob", In::Look(Look {})).unwrap();
+        let look = room.received_game::<Out>("bob").pop().unwrap();
+        let Out::Welcome(world) = look else {
+            panic!("{look:?}")
+        };
+        assert_eq!(world.players["ann"], Pos { x: 1, y: 1 });
     }
 
     #[test]
@@ -411,37 +391,34 @@ mod tests {
         room.join("bob");
         room.received("ann");
         room.received("bob");
-        room.send("ann", json!({ "type": "move", "dx": 0, "dy": -1 }))
-            .unwrap(); // wall
-        room.send("ann", json!({ "type": "move", "dx": 1, "dy": 0 }))
-            .unwrap();
-        room.send("ann", json!({ "type": "move", "dx": 1, "dy": 0 }))
-            .unwrap(); // bob
-        assert_eq!(room.state().players["ann"], Player { x: 2, y: 1 });
+        room.send("ann", step(0, -1)).unwrap(); // wall
+        room.send("ann", step(1, 0)).unwrap();
+        room.send("ann", step(1, 0)).unwrap(); // bob
+        assert_eq!(room.state().players["ann"], Pos { x: 2, y: 1 });
+        let ann = room.received_game::<Out>("ann");
+        assert_eq!(types(&ann), ["blocked", "moved", "blocked"]);
         assert_eq!(
-            types(&room.received("ann")),
-            ["blocked", "moved", "blocked"]
+            ann[2],
+            Out::Blocked {
+                at: Pos { x: 2, y: 1 }
+            }
         );
-        assert_eq!(
-            types(&room.received("bob")),
-            ["moved"],
-            "only the real move is broadcast"
-        );
+        let bob = room.received_game::<Out>("bob");
+        assert_eq!(types(&bob), ["moved"], "only the real move is broadcast");
     }
 
     #[test]
     fn bad_moves_and_chat_are_errors_for_the_sender() {
         let mut room = game(TINY);
         room.join("ann");
-        let err = room
-            .send("ann", json!({ "type": "move", "dx": 5, "dy": 0 }))
-            .unwrap_err();
+        let err = room.send("ann", step(5, 0)).unwrap_err();
         assert!(err.contains("one step"), "{err}");
-        let err = room
-            .send("ann", json!({ "type": "chat", "text": "  " }))
-            .unwrap_err();
+        let err = room.send("ann", say("  ")).unwrap_err();
         assert!(err.contains("1 to 200"), "{err}");
-        let err = room.send("ann", json!({ "type": "dance" })).unwrap_err();
+        let err = room.send("ann", say("a\u{7}b")).unwrap_err();
+        assert!(err.contains("control"), "{err}");
+        let dance = serde_json::json!({ "type": "dance" });
+        let err = room.send("ann", dance).unwrap_err();
         assert_eq!(err, "unknown message type \"dance\"");
     }
 
@@ -455,15 +432,19 @@ mod tests {
             x: 1,
             y: 2,
         });
-        room.send("ann", json!({ "type": "move", "dx": 0, "dy": 1 }))
-            .unwrap();
+        room.send("ann", step(0, 1)).unwrap();
         let grants = room.grants();
         assert_eq!(
             (grants[0].player.as_str(), grants[0].item.as_str()),
             ("ann", "gem")
         );
         assert!(room.state().items.is_empty());
-        assert!(types(&room.received("ann")).contains(&"picked"));
+        let picked = Out::Picked {
+            player: "ann".into(),
+            item: "gem".into(),
+            id: 99,
+        };
+        assert!(room.received_game::<Out>("ann").contains(&picked));
     }
 
     #[test]
@@ -472,12 +453,35 @@ mod tests {
         room.join("ann");
         room.join("bob");
         room.received("bob");
-        room.send("ann", json!({ "type": "chat", "text": "hello" }))
-            .unwrap();
+        room.send("ann", say("hello")).unwrap();
         room.leave("ann");
-        let bob = room.received("bob");
-        assert_eq!(bob[0]["text"], "hello");
-        assert_eq!(bob[1], json!({ "type": "left", "player": "ann", "seq": 4 }));
+        let bob = room.received_as::<Out>("bob");
+        let said = Out::Chat {
+            player: "ann".into(),
+            text: "hello".into(),
+        };
+        assert_eq!(bob[0].body, Body::Game(said));
+        assert_eq!(bob[0].input_seq, Some(1));
+        assert_eq!(
+            bob[1].body,
+            Body::Game(Out::Left {
+                player: "ann".into()
+            })
+        );
+        assert_eq!(bob[1].seq, 4, "joined, joined, chat, left");
+    }
+
+    #[test]
+    fn a_full_world_tells_the_newcomer() {
+        let mut room = game("###\n#S#\n###");
+        room.join("ann");
+        room.join("bob");
+        let bob = room.received_as::<Out>("bob");
+        let full = RoomEvent::Error {
+            error: "the world is full".into(),
+        };
+        assert_eq!(bob.last().unwrap().body, Body::Room(full));
+        assert!(!room.state().players.contains_key("bob"));
     }
 
     #[test]
@@ -495,7 +499,7 @@ mod tests {
     #[test]
     fn the_world_survives_a_checkpoint() {
         let mut world = World::default();
-        world.players.insert("ann".into(), Player { x: 1, y: 1 });
+        world.players.insert("ann".into(), Pos { x: 1, y: 1 });
         let saved = serde_json::to_string(&world).unwrap();
         let back: World = serde_json::from_str(&saved).unwrap();
         assert_eq!(back.players, world.players);

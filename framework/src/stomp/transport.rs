@@ -397,7 +397,8 @@ mod tls {
 pub(crate) enum Outbound {
     /// A frame to write.
     Frame(Frame),
-    /// A frame already in wire form.
+    /// A frame already in wire form (the broker's shared MESSAGE bytes).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     Encoded(Bytes),
     /// Write everything queued before this, then close the connection.
     Close,

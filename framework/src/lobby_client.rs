@@ -1,0 +1,231 @@
+//! [`LobbyClient`]: the lobby's REST API as typed calls, for a game's client, its bots
+//! and its tests. It needs no server side: it builds without the `server` feature.
+//!
+//! ```no_run
+//! # async fn demo() -> game_server_less::Result<()> {
+//! use game_server_less::LobbyClient;
+//!
+//! let lobby = LobbyClient::new("http://127.0.0.1:8080")?;
+//! let room = lobby.create_room(Some("ann's room")).await?;
+//! let ticket = lobby.join(&room.id, "ann", None).await?;
+//! // ticket.ws_url, ticket.login, ticket.token: connect a STOMP client and play.
+//! let items = lobby.items(&ticket.token).await?;
+//! let top: serde_json::Value = lobby.get("/leaderboard", None).await?; // a game's own route
+//! lobby.leave(&room.id, &ticket.token).await?;
+//! # let _ = (items, top); Ok(()) }
+//! ```
+//!
+//! Errors come back as the [`Error`] variant that fits the status (404 [`Error::NotFound`],
+//! 409 [`Error::Conflict`], 400 [`Error::Invalid`], 401 [`Error::Unauthorized`], 403
+//! [`Error::Forbidden`], 429 and 503 [`Error::Limited`]) with the lobby's own message, or
+//! as [`Error::Unreachable`] when no lobby answers.
+
+use crate::proto::{Inventory, RoomView, Ticket};
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// A client of one lobby. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LobbyClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl LobbyClient {
+    /// A client of the lobby at `base` (`http://HOST:PORT`), with a 5 s timeout per call.
+    pub fn new(base: &str) -> Result<LobbyClient> {
+        LobbyClient::with_timeout(base, Duration::from_secs(5))
+    }
+
+    /// A client whose calls give up after `timeout`.
+    pub fn with_timeout(base: &str, timeout: Duration) -> Result<LobbyClient> {
+        let base = base.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Url {
+                url: base.to_owned(),
+                why: "the lobby's URL starts with http:// or https://".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?;
+        Ok(LobbyClient {
+            http,
+            base: base.to_owned(),
+        })
+    }
+
+    /// The lobby's URL, without a trailing `/`.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /rooms`: the live rooms, oldest first.
+    pub async fn rooms(&self) -> Result<Vec<RoomView>> {
+        self.get("/rooms", None).await
+    }
+
+    /// `POST /rooms`: creates a room (named `name`, or `room`). The answer holds its
+    /// owner token, which ends it ([`LobbyClient::end_room`]).
+    pub async fn create_room(&self, name: Option<&str>) -> Result<RoomView> {
+        self.post("/rooms", None, &json!({ "name": name })).await
+    }
+
+    /// `POST /rooms/{id}/join` as `name`, with the name's player key if it has one. The
+    /// first join with a name answers its key ([`Ticket::player_key`]): keep it.
+    pub async fn join(&self, room: &str, name: &str, key: Option<&str>) -> Result<Ticket> {
+        let path = format!("/rooms/{}/join", segment(room)?);
+        self.post(&path, None, &json!({ "name": name, "key": key }))
+            .await
+    }
+
+    /// `POST /rooms/{id}/leave` with the ticket's token.
+    pub async fn leave(&self, room: &str, token: &str) -> Result<()> {
+        let path = format!("/rooms/{}/leave", segment(room)?);
+        let _: serde_json::Value = self.post(&path, Some(token), &json!({})).await?;
+        Ok(())
+    }
+
+    /// `DELETE /rooms/{id}` with the room's owner token (or the operator secret).
+    pub async fn end_room(&self, room: &str, owner_token: &str) -> Result<()> {
+        let path = format!("/rooms/{}", segment(room)?);
+        let request = self.http.delete(self.at(&path)).bearer_auth(owner_token);
+        let _: serde_json::Value = self.call(request).await?;
+        Ok(())
+    }
+
+    /// `GET /user/items`: the persistent inventory of the player whose ticket token (or
+    /// player key) this is.
+    pub async fn items(&self, token: &str) -> Result<Inventory> {
+        self.get("/user/items", Some(token)).await
+    }
+
+    /// `GET path`, with a Bearer token if given: any route, the game's own included.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, bearer: Option<&str>) -> Result<T> {
+        let mut request = self.http.get(self.at(path));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        self.call(request).await
+    }
+
+    /// `POST path` with a JSON body, with a Bearer token if given.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &B,
+    ) -> Result<T> {
+        let mut request = self.http.post(self.at(path)).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        self.call(request).await
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, &bytes));
+        }
+        // An empty answer (204) reads as JSON null, which `()` and `Value` accept.
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::Protocol(format!(
+                "the lobby at {} answered {status} with JSON this client does not understand: {e}",
+                self.base
+            ))
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> Error {
+        Error::Unreachable {
+            url: self.base.clone(),
+            why: if e.is_timeout() {
+                "no answer in time".into()
+            } else if e.is_connect() {
+                "nothing listens there".into()
+            } else {
+                e.to_string()
+            },
+        }
+    }
+}
+
+/// A room id as one path segment: no `/`, `?` or `#` that would call another route.
+fn segment(id: &str) -> Result<&str> {
+    if id.is_empty() || id.contains(['/', '?', '#', '%']) || id.chars().any(char::is_whitespace) {
+        return Err(Error::Invalid(format!("{id:?} is not a room id")));
+    }
+    Ok(id)
+}
+
+/// The error for a lobby's non-2xx answer: its `{"error": …}` message under the variant
+/// that fits the status.
+fn status_error(status: u16, body: &[u8]) -> Error {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.chars().take(200).collect();
+            format!("HTTP {status}: {}", text.trim())
+        });
+    match status {
+        400 | 413 | 415 | 422 => Error::Invalid(message),
+        401 => Error::Unauthorized(message),
+        403 => Error::Forbidden(message),
+        404 => Error::NotFound(message),
+        409 => Error::Conflict(message),
+        429 | 503 => Error::Limited(message),
+        _ => Error::Lobby { status, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_the_fitting_error_with_the_lobbys_message() {
+        let e = status_error(404, br#"{"error":"no room r1"}"#);
+        assert!(
+            matches!(&e, Error::NotFound(m) if m == "no room r1"),
+            "{e:?}"
+        );
+        let e = status_error(409, br#"{"error":"name taken"}"#);
+        assert!(matches!(e, Error::Conflict(_)));
+        let e = status_error(502, b"<html>bad gateway</html>");
+        assert!(
+            matches!(&e, Error::Lobby { status: 502, message } if message.contains("bad gateway")),
+            "{e:?}"
+        );
+        let huge = vec![b'x'; 10_000];
+        assert!(status_error(500, &huge).to_string().len() < 300);
+    }
+
+    #[test]
+    fn room_ids_cannot_reach_other_routes() {
+        for bad in ["", "a/b", "../x", "r?x=1", "r#", "a b", "%2F"] {
+            assert!(segment(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(segment("r-12").unwrap(), "r-12");
+        assert!(LobbyClient::new("ftp://x").is_err());
+        let c = LobbyClient::new("http://h:1/").unwrap();
+        assert_eq!(c.at("/rooms"), "http://h:1/rooms");
+    }
+}

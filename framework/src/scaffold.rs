@@ -1,0 +1,164 @@
+//! `new NAME`: writes a new game's crate, as `cargo new` writes a program: typed messages
+//! (`src/protocol.rs`), handlers (`src/lib.rs`), a server binary with a `--bot N` mode
+//! (`src/main.rs`), `TestRoom` tests (`tests/rules.rs`) and a README. The files are in
+//! `framework/template/`; this module fills in the name and the framework's path.
+//!
+//! The crate is a workspace of its own that depends on this framework by path, and it
+//! starts from the framework's own `Cargo.lock` when there is one, so that it builds
+//! with the versions the framework was tested with (and reuses their builds when it
+//! shares a target directory).
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The template's files: path in the new crate, then text.
+const FILES: [(&str, &str); 6] = [
+    ("Cargo.toml", include_str!("../template/Cargo.toml.tmpl")),
+    ("README.md", include_str!("../template/README.md")),
+    (
+        "src/protocol.rs",
+        include_str!("../template/src/protocol.rs"),
+    ),
+    ("src/lib.rs", include_str!("../template/src/lib.rs")),
+    ("src/main.rs", include_str!("../template/src/main.rs")),
+    ("tests/rules.rs", include_str!("../template/tests/rules.rs")),
+];
+
+/// Names cargo refuses for a package, or that would shadow a crate every game uses.
+const RESERVED: [&str; 12] = [
+    "test",
+    "self",
+    "super",
+    "crate",
+    "std",
+    "core",
+    "alloc",
+    "proc_macro",
+    "serde",
+    "tokio",
+    "build",
+    "deps",
+];
+
+/// Checks `name` as a package name: 1 to 64 lowercase letters, digits, `-` or `_`,
+/// starting with a letter.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !RESERVED.contains(&name.replace('-', "_").as_str())
+        && name.replace('-', "_") != "game_server_less";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{name:?} cannot name a game's crate: use 1 to 64 lowercase letters, digits, - or _, starting with a letter (and not a name like test or std)"
+        )))
+    }
+}
+
+/// Writes the game `name` into `dir` (which must not exist, or be empty), depending on
+/// the framework at `framework` (the directory of its `Cargo.toml`). Answers the files
+/// written.
+pub fn write(dir: &Path, name: &str, framework: &Path) -> Result<Vec<PathBuf>> {
+    check_name(name)?;
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)?.next().is_none();
+        if !empty {
+            return Err(Error::Conflict(format!(
+                "{} already exists and is not empty: pick another name or --dir",
+                dir.display()
+            )));
+        }
+    }
+    let framework = framework.display().to_string();
+    if framework.contains(['"', '\\', '\n']) {
+        return Err(Error::Invalid(format!(
+            "the framework's path {framework:?} cannot go into Cargo.toml as it is"
+        )));
+    }
+    let krate = name.replace('-', "_");
+    let mut written = Vec::new();
+    for (path, text) in FILES {
+        let text = text
+            .replace("__NAME__", name)
+            .replace("__CRATE__", &krate)
+            .replace("__FRAMEWORK__", &framework);
+        written.push(put(&dir.join(path), &text)?);
+    }
+    written.push(put(&dir.join(".gitignore"), "/target\n")?);
+    let lock = Path::new(&framework).join("../Cargo.lock");
+    if let Ok(lock) = std::fs::read_to_string(lock) {
+        written.push(put(&dir.join("Cargo.lock"), &lock)?);
+    }
+    Ok(written)
+}
+
+fn put(path: &Path, text: &str) -> Result<PathBuf> {
+    let fail = |e: std::io::Error| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot write {}: {e}", path.display()),
+        ))
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    std::fs::write(path, text).map_err(fail)?;
+    Ok(path.to_owned())
+}
+
+/// This framework's directory, as it was built.
+pub fn framework_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_like_cargo_would() {
+        for good in ["dungeon", "my-game", "tanks_2"] {
+            check_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            "Game",
+            "2fast",
+            "my game",
+            "../x",
+            "a/b",
+            "test",
+            "std",
+            "game-server-less",
+            &"x".repeat(65),
+            "café",
+            "-x",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn writes_a_crate_named_after_the_game_and_never_over_one() {
+        let dir = std::env::temp_dir().join(format!("gsl-scaffold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = write(&dir, "space-ants", &framework_dir()).unwrap();
+        assert!(files.len() >= 7, "{files:?}");
+        let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(toml.contains("name = \"space-ants\""), "{toml}");
+        assert!(toml.contains(&framework_dir().display().to_string()));
+        let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
+        assert!(main.contains("space_ants::msg()"), "{main}");
+        for (path, _) in FILES {
+            let text = std::fs::read_to_string(dir.join(path)).unwrap();
+            assert!(!text.contains("__"), "{path} has a placeholder left");
+        }
+        let again = write(&dir, "space-ants", &framework_dir()).unwrap_err();
+        assert!(matches!(again, Error::Conflict(_)), "{again}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,82 @@
+//! __NAME__: a game made of nothing but handlers on game-server-less. The messages are
+//! in [`protocol`]; the rules are the handlers below; the framework does the rest (the
+//! lobby, the broker, ordering, exactly-once, checkpoints).
+
+pub mod protocol;
+
+use game_server_less::axum::{routing::get, Json};
+use game_server_less::{Ctx, Lobby, Msg, RoomCtx};
+use protocol::{Add, In, Out, Say};
+use serde::{Deserialize, Serialize};
+
+/// Everything a room remembers; saved in its checkpoints.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Room {
+    /// The shared counter.
+    pub count: i64,
+}
+
+/// Adds to the counter; everyone sees the new count.
+pub fn on_add(room: &mut Room, ctx: &mut Ctx, add: Add) -> Result<(), String> {
+    if add.by.abs() > 100 {
+        return Err("add at most 100 at a time".into()); // only the sender hears this
+    }
+    room.count += add.by;
+    let by = Some(ctx.sender().to_owned());
+    ctx.broadcast(&Out::Count {
+        count: room.count,
+        by,
+    });
+    Ok(())
+}
+
+/// Says something to the room.
+pub fn on_say(_: &mut Room, ctx: &mut Ctx, say: Say) -> Result<(), String> {
+    let text = say.text.trim().to_owned();
+    if text.is_empty() || text.chars().count() > 200 || text.chars().any(char::is_control) {
+        return Err("say 1 to 200 characters, no control characters".into());
+    }
+    let player = ctx.sender().to_owned();
+    ctx.broadcast(&Out::Said { player, text });
+    Ok(())
+}
+
+/// A newcomer is announced and told the count.
+pub fn on_join(room: &mut Room, ctx: &mut RoomCtx, player: &str) {
+    ctx.broadcast(&Out::Joined {
+        player: player.to_owned(),
+    });
+    let count = Out::Count {
+        count: room.count,
+        by: None,
+    };
+    ctx.send_to(player, &count);
+}
+
+/// The game's realtime handlers: one route per [`In`] variant.
+pub fn msg() -> Msg<Room> {
+    Msg::new(Room::default)
+        .route("type=add", on_add)
+        .route("type=say", on_say)
+        .on_join(on_join)
+}
+
+/// The game's own REST routes (axum handlers), beside the lobby's room routes.
+pub fn lobby() -> Lobby {
+    Lobby::new().route("/about", get(about))
+}
+
+/// `GET /about`.
+async fn about() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "game": "__NAME__" }))
+}
+
+/// What a bot sends (`--bot N`), from a random number.
+pub fn bot_input(dice: u64) -> In {
+    match dice % 10 {
+        0 => In::Say(Say {
+            text: format!("beep {}", dice % 1000),
+        }),
+        n => In::Add(Add { by: n as i64 - 5 }),
+    }
+}

@@ -1,0 +1,16 @@
+//! The __NAME__ server: `cargo run` serves it (see `--help`); `cargo run -- --bot 2`
+//! plays two headless bots against a running server.
+
+#[tokio::main]
+async fn main() {
+    let result = if std::env::args().any(|a| a == "--bot") {
+        let bots = game_server_less::bots::main(__CRATE__::bot_input);
+        bots.await.map(drop)
+    } else {
+        game_server_less::run(__CRATE__::lobby(), __CRATE__::msg()).await
+    };
+    if let Err(e) = result {
+        eprintln!("__NAME__: {e}");
+        std::process::exit(1);
+    }
+}

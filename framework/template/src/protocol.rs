@@ -1,0 +1,59 @@
+//! Every message of the game: [`In`] is what a player sends, [`Out`] what the room
+//! sends. On the wire each is a JSON object whose `type` names the variant, as in
+//! `{"type":"add","by":2}`. Add a message here first; the compiler then shows every
+//! place that must handle it.
+
+use serde::{Deserialize, Serialize};
+
+/// Adds to the room's counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Add {
+    /// -100 to 100.
+    pub by: i64,
+}
+
+/// Says something to the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Say {
+    /// 1 to 200 characters.
+    pub text: String,
+}
+
+/// What a player sends; each variant's payload is what its handler takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum In {
+    /// `on_add`.
+    Add(Add),
+    /// `on_say`.
+    Say(Say),
+}
+
+/// What the room sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Out {
+    /// The counter changed (or, to a newcomer, what it is).
+    Count {
+        /// Its value.
+        count: i64,
+        /// Who changed it, if anyone did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// A player said something.
+    Said {
+        /// Who.
+        player: String,
+        /// What.
+        text: String,
+    },
+    /// A player arrived.
+    Joined {
+        /// Who.
+        player: String,
+    },
+    /// A type this build does not know (from a newer server): clients ignore it.
+    #[serde(other)]
+    Unknown,
+}

@@ -1,0 +1,79 @@
+//! The game's rules, tested with simulated players: no sockets, no broker.
+
+use game_server_less::proto::{Body, RoomEvent};
+use game_server_less::testing::TestRoom;
+
+use __CRATE__::protocol::{Add, In, Out, Say};
+
+fn add(by: i64) -> In {
+    In::Add(Add { by })
+}
+
+#[test]
+fn everyone_sees_the_count_and_only_the_sender_sees_errors() {
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("ann");
+    room.join("bob");
+    room.received("ann");
+    room.received("bob");
+    room.send("ann", add(2)).unwrap();
+    let count = Out::Count {
+        count: 2,
+        by: Some("ann".into()),
+    };
+    let bob = room.received_game::<Out>("bob");
+    assert_eq!(bob, room.received_game::<Out>("ann"), "everyone sees it");
+    assert_eq!(bob, [count]);
+    let err = room.send("bob", add(1000)).unwrap_err();
+    assert_eq!(err, "add at most 100 at a time");
+    let bob = room.received_as::<Out>("bob");
+    assert!(matches!(&bob[0].body, Body::Room(RoomEvent::Error { .. })));
+    assert!(room.received("ann").is_empty(), "only bob hears his error");
+    assert_eq!(room.state().count, 2);
+}
+
+#[test]
+fn a_newcomer_is_told_the_count() {
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("ann");
+    room.send("ann", add(-7)).unwrap();
+    room.join("cyd");
+    let cyd = room.received_game::<Out>("cyd");
+    let joined = Out::Joined {
+        player: "cyd".into(),
+    };
+    let count = Out::Count { count: -7, by: None };
+    assert_eq!(cyd, [joined, count]);
+}
+
+#[test]
+fn chat_is_checked_and_broadcast() {
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("ann");
+    room.received("ann");
+    let say = |text: &str| In::Say(Say { text: text.into() });
+    assert!(room.send("ann", say("  ")).is_err());
+    room.send("ann", say("hi")).unwrap();
+    let said = Out::Said {
+        player: "ann".into(),
+        text: "hi".into(),
+    };
+    assert_eq!(room.received_game::<Out>("ann"), [said]);
+}
+
+#[test]
+fn unknown_types_get_a_clear_error() {
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("ann");
+    let err = room.send("ann", serde_json::json!({ "type": "fly" })).unwrap_err();
+    assert_eq!(err, "unknown message type \"fly\"");
+}
+
+#[test]
+fn bots_only_send_what_the_room_accepts() {
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("bot");
+    for dice in 0..100 {
+        room.send("bot", __CRATE__::bot_input(dice)).unwrap();
+    }
+}
