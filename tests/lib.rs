@@ -487,3 +487,100 @@ pub async fn ledger_report(ticket: &Ticket, seq: u64) -> Vec<(String, u64)> {
         }
     }
 }
+
+/// The client binary, refused if it is older than its sources (it would test old code).
+pub fn client_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("debug/game-client");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build -p game-client` first",
+                bin.display()
+            )
+        });
+    for dir in [
+        "game-client/src",
+        "framework/src",
+        "framework/src/stomp",
+        "framework/src/broker",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let modified = entry.unwrap().metadata().unwrap().modified().unwrap();
+            assert!(
+                modified <= built,
+                "{} is older than {dir}: run `cargo build -p game-client` first",
+                bin.display()
+            );
+        }
+    }
+    bin
+}
+
+/// A tmux server of its own, so the test never touches a user's sessions. Each client
+/// runs in a session named after its player.
+pub struct Tmux {
+    /// The tmux server's socket name (`-L`).
+    pub socket: String,
+}
+
+impl Tmux {
+    /// Runs tmux with `args` on this server; answers what it printed.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed (apt-get install tmux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the client as `name` in an 80×24 session of that name, joining `room`.
+    pub fn client(&self, dir: &Path, server: &Server, name: &str, room: &str) {
+        // After the client, the shell says how it exited, on whatever screen the client
+        // left. Its player keys go to the test's own config directory.
+        let command = format!(
+            "GSL_CONFIG_DIR={} {} --server {} --name {name} --room {room}; echo client-exited-$?; sleep 60",
+            dir.join(format!("client-config-{name}")).display(),
+            client_binary().display(),
+            server.http
+        );
+        let args = ["new-session", "-d", "-s", name, "-x", "80", "-y", "24"];
+        self.run(&[&args[..], &[command.as_str()]].concat());
+    }
+
+    /// Sends `key` (tmux key names: `Right`, `q`) to `session`.
+    pub fn keys(&self, session: &str, key: &str) {
+        self.run(&["send-keys", "-t", session, key]);
+    }
+
+    /// What `session` shows.
+    pub fn screen(&self, session: &str) -> String {
+        self.run(&["capture-pane", "-p", "-t", session])
+    }
+
+    /// Waits until `ok` holds for `session`'s screen; returns the screen then.
+    pub fn wait_for(&self, session: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen(session);
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "waited 15 s for {what}; {session}'s screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}

@@ -126,7 +126,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
 pub use lobby_client::LobbyClient;
-pub use msg::{Ctx, Msg, RoomCtx};
+pub use msg::{Arrival, Ctx, Msg, RoomCtx};
 #[cfg(feature = "server")]
 pub use rooms::Rooms;
 #[cfg(feature = "server")]

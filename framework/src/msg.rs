@@ -26,7 +26,7 @@
 //! the room worker carries it out after the handler returns.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -60,12 +60,30 @@ pub enum Effect {
     GiveItem(Grant),
 }
 
+/// What a player brings into a room, which the join hook reads from
+/// [`RoomCtx::arrival`]: the room's name, the player's persistent items (read by the
+/// lobby at the join, so a hook can derive levels and the like from them), and what a
+/// transfer from another room carried ([`crate::Rooms::transfer`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The room's display name, as it was created.
+    #[serde(default)]
+    pub room_name: String,
+    /// The player's persistent items when they joined.
+    #[serde(default)]
+    pub items: BTreeMap<String, i64>,
+    /// What the lobby route that moved the player here carried; null on a plain join.
+    #[serde(default)]
+    pub carried: Value,
+}
+
 /// What ticks and join/leave hooks act through: the room's id and the effects they ask
 /// for. Input handlers get a [`Ctx`], which derefs to this.
 #[derive(Debug)]
 pub struct RoomCtx {
     room: String,
     effects: Vec<Effect>,
+    arrival: Option<Arrival>,
 }
 
 impl RoomCtx {
@@ -74,12 +92,27 @@ impl RoomCtx {
         RoomCtx {
             room: room.into(),
             effects: Vec::new(),
+            arrival: None,
+        }
+    }
+
+    /// A context for the join hook of a player who brings `arrival`.
+    pub fn arriving(room: impl Into<String>, arrival: Arrival) -> RoomCtx {
+        RoomCtx {
+            arrival: Some(arrival),
+            ..RoomCtx::new(room)
         }
     }
 
     /// The room's id.
     pub fn room(&self) -> &str {
         &self.room
+    }
+
+    /// In the join hook: what the joining player brings (see [`Arrival`]). `None`
+    /// elsewhere.
+    pub fn arrival(&self) -> Option<&Arrival> {
+        self.arrival.as_ref()
     }
 
     /// Sends `message` to every player of the room.

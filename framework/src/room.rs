@@ -2,7 +2,7 @@
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
-use crate::msg::{Ctx, Effect, Grant, Msg, PlayerId, Rejection, RoomCtx};
+use crate::msg::{Arrival, Ctx, Effect, Grant, Msg, PlayerId, Rejection, RoomCtx};
 use crate::proto::RoomEvent;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -139,12 +139,18 @@ impl<S: 'static> Room<S> {
 
     /// Adds a player and runs the join hook; joining twice does nothing.
     pub fn join(&mut self, player: &str) -> Vec<Output> {
+        self.join_with(player, Arrival::default())
+    }
+
+    /// Adds a player who brings `arrival` (see [`RoomCtx::arrival`]) and runs the join
+    /// hook; joining twice does nothing.
+    pub fn join_with(&mut self, player: &str, arrival: Arrival) -> Vec<Output> {
         if !self.players.insert(player.to_owned()) {
             return Vec::new();
         }
         // A new visit: the player's client numbers its inputs afresh.
         self.applied.remove(player);
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = RoomCtx::arriving(&self.id, arrival);
         let result = self.msg.run_join(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }

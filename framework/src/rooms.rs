@@ -11,11 +11,13 @@
 //!   whoever created the room) or the operator secret.
 
 use crate::admin::BrokerAdmin;
+use crate::msg::Arrival;
 use crate::proto::{valid_name, RoomView, Ticket};
 use crate::store::{RoomRecord, Store};
 use crate::token::{random_id, Claims, Signer};
 use crate::worker::{Control, Launcher};
 use crate::{Error, Result};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -343,6 +345,38 @@ impl Rooms {
             ));
         }
         self.record(room).await?;
+        self.check_room_has_space(room, player).await?;
+        let new_key = self.own_name(player, key).await?;
+        let mut ticket = self.admit(room, player, Value::Null).await?;
+        ticket.player_key = new_key;
+        Ok(ticket)
+    }
+
+    /// Moves `player`, who is in room `from` (as a current ticket proved), to room `to`,
+    /// carrying `carried` into `to`'s join hook ([`crate::msg::Arrival::carried`]): a
+    /// game's lobby route calls it to move a player between rooms (zones, say) with
+    /// their state. The new room's ticket is issued first, then the player leaves
+    /// `from`; their items arrive as at any join.
+    pub async fn transfer(
+        &self,
+        from: &str,
+        player: &str,
+        to: &str,
+        carried: Value,
+    ) -> Result<Ticket> {
+        if from == to {
+            return Err(Error::Invalid(format!("{player} is in room {to} already")));
+        }
+        self.record(to).await?;
+        self.check_room_has_space(to, player).await?;
+        let ticket = self.admit(to, player, carried).await?;
+        if let Err(e) = self.remove(from, player).await {
+            tracing::warn!(%from, %to, %player, "moved, but could not leave the room before: {e}");
+        }
+        Ok(ticket)
+    }
+
+    async fn check_room_has_space(&self, room: &str, player: &str) -> Result<()> {
         let max = self.inner.settings.max_players_per_room;
         let players = self.store().players(room).await?;
         if players.len() >= max && !players.iter().any(|p| p == player) {
@@ -353,7 +387,12 @@ impl Rooms {
                 "room {room} is full: it has {max} players, its most"
             )));
         }
-        let new_key = self.own_name(player, key).await?;
+        Ok(())
+    }
+
+    /// Adds a player whose right to the name is settled, and issues its ticket; a
+    /// first visit puts a `$join` with what the player brings into the inbox.
+    async fn admit(&self, room: &str, player: &str, carried: Value) -> Result<Ticket> {
         let join = random_id(4);
         let first_visit = self.store().add_player(room, player, &join).await?;
         if !first_visit {
@@ -363,13 +402,16 @@ impl Rooms {
         // connections are closed.
         self.inner.joins.set(room, player, &join);
         if first_visit {
-            self.control(
-                room,
-                Control::Join {
-                    player: player.to_owned(),
-                },
-            )
-            .await?;
+            let arrival = Arrival {
+                room_name: self.record(room).await?.name,
+                items: self.store().items(player).await?,
+                carried,
+            };
+            let control = Control::Join {
+                player: player.to_owned(),
+                arrival: Some(arrival),
+            };
+            self.control(room, control).await?;
         } else {
             self.inner.admin.disconnect(room, player).await?;
         }
@@ -392,7 +434,7 @@ impl Rooms {
             inbox: names.inbox(room, player),
             topic: names.topic(room),
             private: names.private(room, player),
-            player_key: new_key,
+            player_key: None,
         })
     }
 

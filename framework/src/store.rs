@@ -413,6 +413,22 @@ impl Store {
         Ok(())
     }
 
+    /// The `limit` players with the most of `item` (most first, then by name): a
+    /// leaderboard.
+    pub async fn top_items(&self, item: &str, limit: usize) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT player, count FROM user_items WHERE item = $1 AND count > 0 ORDER BY count DESC, player LIMIT $2",
+        )
+        .bind(item)
+        .bind(limit.min(1000) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
+            .collect()
+    }
+
     /// `player`'s inventory: item to count.
     pub async fn items(&self, player: &str) -> Result<BTreeMap<String, i64>> {
         let rows =

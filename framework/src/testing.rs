@@ -51,6 +51,14 @@ impl<S: 'static> TestRoom<S> {
         self.deliver(outputs);
     }
 
+    /// A player joins bringing `arrival`: items, a room name, what a transfer carried
+    /// (see [`crate::msg::Arrival`]).
+    pub fn join_with(&mut self, player: &str, arrival: crate::msg::Arrival) {
+        self.inboxes.entry(player.to_owned()).or_default();
+        let outputs = self.room.join_with(player, arrival);
+        self.deliver(outputs);
+    }
+
     /// A player leaves.
     pub fn leave(&mut self, player: &str) {
         let outputs = self.room.leave(player);

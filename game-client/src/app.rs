@@ -3,7 +3,7 @@
 //! the player asks for goes out as [`Action`]s.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use game_server::protocol::{Item, Npc, Out, Pos};
+use game_server::protocol::{max_hp, Fighter, Item, Npc, Out, Player};
 use game_server_less::proto::{Body, Envelope, RoomEvent, RoomView};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub enum Action {
     Chat(String),
     /// Ask for the whole world again.
     Look,
+    /// Move to the zone a portal leads to: the `input_seq` of the step into it.
+    Travel(u64),
     /// Quit the program.
     Quit,
 }
@@ -95,8 +97,12 @@ pub struct Game {
     pub room: String,
     /// The map rows.
     pub map: Vec<String>,
-    /// Players by name, where they stand.
-    pub players: BTreeMap<String, Pos>,
+    /// The zone.
+    pub zone: String,
+    /// The zone a portal is taking the player to, until its world arrives.
+    pub travelling: Option<String>,
+    /// Players by name: where they stand, how hurt, their level.
+    pub players: BTreeMap<String, Player>,
     /// NPCs.
     pub npcs: Vec<Npc>,
     /// Items on the floor.
@@ -173,6 +179,12 @@ impl App {
             pending: 0,
             quit: false,
         }
+    }
+
+    /// The player's hit points, their most, and level, once the world knows them.
+    pub fn my_health(&self) -> Option<(i32, i32, u32)> {
+        let p = self.game.players.get(&self.name)?;
+        Some((p.hp, max_hp(p.level), p.level))
     }
 
     /// The player's position, once the world knows it.
@@ -318,6 +330,14 @@ impl App {
             }
             NetEvent::Inventory(items) => self.inventory = items,
             NetEvent::LobbyError(e) => self.error = Some(e),
+            NetEvent::Joined(room) if self.game.travelling.is_some() => {
+                // Through a portal: the old zone stays in view until the new one arrives.
+                self.game.room = room;
+                self.game.synced = false;
+                self.game.seq = 0;
+                self.conn = ConnState::Connecting;
+                self.pending = 0;
+            }
             NetEvent::Joined(room) => {
                 self.game = Game {
                     room,
@@ -345,7 +365,7 @@ impl App {
                 self.conn = state;
             }
             NetEvent::Room(m) => return self.on_room(m),
-            NetEvent::Private(m) => self.on_private(m),
+            NetEvent::Private(m) => return self.on_private(m),
             NetEvent::Rtt(d) => self.rtt = Some(d),
             NetEvent::Pending(n) => self.pending = n,
         }
@@ -377,13 +397,16 @@ impl App {
                 return None;
             }
         };
+        let me = self.name.clone();
         let game = &mut self.game;
         match out {
             Out::Moved { player, at } => {
-                game.players.insert(player, at);
+                if let Some(p) = game.players.get_mut(&player) {
+                    (p.x, p.y) = (at.x, at.y);
+                }
             }
-            Out::Joined { player, at } => {
-                game.players.insert(player.clone(), at);
+            Out::Joined { player, is } => {
+                game.players.insert(player.clone(), is);
                 self.log_event(format!("{player} joined"));
             }
             Out::Left { player } => {
@@ -393,26 +416,96 @@ impl App {
             Out::Chat { player, text } => push(&mut game.chat, format!("{player}: {text}")),
             Out::Picked { player, item, id } => {
                 game.items.retain(|it| it.id != id);
-                if player == self.name {
+                if player == me {
                     *self.inventory.entry(item.clone()).or_default() += 1;
                 }
                 self.log_event(format!("{player} picked up a {item}"));
             }
             Out::Npcs { npcs } => game.npcs = npcs,
             Out::Item { item } => game.items.push(item),
+            Out::Hit {
+                by,
+                target,
+                damage,
+                hp,
+            } => {
+                match &target {
+                    Fighter::Npc { id } => {
+                        if let Some(n) = game.npcs.iter_mut().find(|n| n.id == *id) {
+                            n.hp = hp;
+                        }
+                    }
+                    Fighter::Player { name } => {
+                        if let Some(p) = game.players.get_mut(name) {
+                            p.hp = hp;
+                        }
+                    }
+                }
+                let (by, target) = (who(&by, &me), who(&target, &me));
+                self.log_event(format!("{by} hit {target} for {damage} ({hp} left)"));
+            }
+            Out::Slain { npc, by, xp } => {
+                game.npcs.retain(|n| n.id != npc);
+                if by == me {
+                    *self.inventory.entry("xp".into()).or_default() += xp;
+                }
+                self.log_event(format!("{} slew N{npc} (+{xp} xp)", who_named(&by, &me)));
+            }
+            Out::Died { player, by } => {
+                let line = format!("{} fell to {}", who_named(&player, &me), who(&by, &me));
+                self.log_event(line);
+            }
+            Out::Respawned { player, is } => {
+                game.players.insert(player.clone(), is);
+                self.log_event(format!("{} woke at the start", who_named(&player, &me)));
+            }
+            Out::LevelUp { player, is } => {
+                let level = is.level;
+                game.players.insert(player.clone(), is);
+                self.log_event(format!(
+                    "{} reached level {level}!",
+                    who_named(&player, &me)
+                ));
+            }
+            Out::Hp { player, hp } => {
+                if let Some(p) = game.players.get_mut(&player) {
+                    p.hp = hp;
+                }
+            }
+            Out::Travelled { player, zone } => {
+                game.players.remove(&player);
+                if player == me {
+                    return self.travel(zone, m.input_seq);
+                }
+                self.log_event(format!("{player} left for the {zone}"));
+            }
             // To one player only, or from a newer server: nothing for the room view.
             Out::Welcome(_) | Out::Blocked { .. } | Out::Unknown => {}
         }
         None
     }
 
-    fn on_private(&mut self, m: Envelope<Out>) {
+    /// Through a portal: asks the network to move the player, keeping the view.
+    fn travel(&mut self, zone: String, input_seq: Option<u64>) -> Option<Action> {
+        if self.game.travelling.is_some() {
+            return None; // on the way already
+        }
+        self.log_event(format!("portal: to the {zone}…"));
+        self.game.travelling = Some(zone);
+        Some(Action::Travel(input_seq.unwrap_or(0)))
+    }
+
+    fn on_private(&mut self, m: Envelope<Out>) -> Option<Action> {
         match m.body {
             Body::Game(Out::Welcome(world)) => {
                 if self.game.synced && m.seq < self.game.seq {
-                    return; // an older world, replayed after a worker restart
+                    return None; // an older world, replayed after a worker restart
                 }
                 let game = &mut self.game;
+                if game.travelling.take().is_some() {
+                    push(&mut game.events, format!("you are in the {}", world.zone));
+                }
+                game.zone = world.zone;
                 game.map = world.map;
                 game.players = world.players;
                 game.npcs = world.npcs;
@@ -420,9 +513,14 @@ impl App {
                 game.seq = m.seq;
                 game.synced = true;
             }
+            // The reply to a look from a player on the way through a portal.
+            Body::Game(Out::Travelled { player, zone }) if player == self.name => {
+                return self.travel(zone, m.input_seq);
+            }
             Body::Room(RoomEvent::Error { error }) => self.log_event(format!("error: {error}")),
             _ => {}
         }
+        None
     }
 
     /// Leaves the game screen for the lobby, saying why.
@@ -439,6 +537,22 @@ impl App {
 
     fn log_event(&mut self, line: String) {
         push(&mut self.game.events, line);
+    }
+}
+
+/// A fighter as the log names it: `you`, a player's name, or `N3`.
+fn who(f: &Fighter, me: &str) -> String {
+    match f {
+        Fighter::Player { name } => who_named(name, me),
+        Fighter::Npc { id } => format!("N{id}"),
+    }
+}
+
+fn who_named(name: &str, me: &str) -> String {
+    if name == me {
+        "you".into()
+    } else {
+        name.to_owned()
     }
 }
 
@@ -485,9 +599,12 @@ pub(crate) mod tests {
         let mut app = App::new("http://x", Some("ann"));
         app.on_net(NetEvent::Joined("r1".into()));
         app.on_net(NetEvent::Private(wire(json!({
-            "type": "welcome", "seq": 10,
+            "type": "welcome", "seq": 10, "zone": "meadow",
             "map": ["#####", "#...#", "#####"],
-            "players": { "ann": { "x": 1, "y": 1 }, "bob": { "x": 3, "y": 1 } },
+            "players": {
+                "ann": { "x": 1, "y": 1, "hp": 10, "level": 1 },
+                "bob": { "x": 3, "y": 1, "hp": 10, "level": 1 }
+            },
             "npcs": [], "items": [{ "kind": "gem", "x": 2, "y": 1, "id": 1 }],
         }))));
         app
@@ -575,6 +692,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fights_show_hit_points_and_a_portal_keeps_the_view_until_the_new_zone_arrives() {
+        let mut app = in_game();
+        app.on_net(NetEvent::Room(wire(json!({
+            "type": "hit", "by": { "kind": "npc", "id": 1 },
+            "target": { "kind": "player", "name": "ann" }, "damage": 1, "hp": 9, "seq": 11
+        }))));
+        assert_eq!(app.my_health(), Some((9, 10, 1)));
+        assert_eq!(app.game.events.back().unwrap(), "N1 hit you for 1 (9 left)");
+        app.on_net(NetEvent::Room(wire(json!({
+            "type": "slain", "npc": 1, "by": "ann", "xp": 10, "seq": 12
+        }))));
+        assert_eq!(app.inventory["xp"], 10);
+        let next = app.on_net(NetEvent::Room(wire(json!({
+            "type": "travelled", "player": "ann", "zone": "caves",
+            "seq": 13, "input_seq": 77, "input_from": "ann"
+        }))));
+        assert_eq!(next, Some(Action::Travel(77)));
+        app.on_net(NetEvent::Joined("r2".into()));
+        assert_eq!(app.game.map.len(), 3, "the old zone stays in view");
+        assert_eq!(app.game.travelling.as_deref(), Some("caves"));
+        app.on_net(NetEvent::Private(wire(json!({
+            "type": "welcome", "seq": 3, "zone": "caves", "map": ["#O:#"],
+            "players": { "ann": { "x": 1, "y": 1, "hp": 9, "level": 1 } },
+            "npcs": [], "items": []
+        }))));
+        assert_eq!(
+            (app.game.zone.as_str(), app.game.room.as_str()),
+            ("caves", "r2")
+        );
+        assert_eq!((app.game.travelling.as_deref(), app.game.seq), (None, 3));
+        assert_eq!(app.game.events.back().unwrap(), "you are in the caves");
+    }
+
+    #[test]
     fn errors_are_logged_and_unknown_messages_ignored() {
         let mut app = in_game();
         app.on_net(NetEvent::Private(wire(
@@ -617,7 +768,7 @@ pub(crate) mod tests {
         app.on_net(NetEvent::Room(wire(
             json!({ "type": "moved", "player": "ann", "x": 2, "y": 1, "seq": 11 }),
         )));
-        app.on_net(NetEvent::Private(wire(json!({ "type": "welcome", "seq": 5, "map": [], "players": {}, "npcs": [], "items": [] }))));
+        app.on_net(NetEvent::Private(wire(json!({ "type": "welcome", "seq": 5, "zone": "meadow", "map": [], "players": {}, "npcs": [], "items": [] }))));
         assert_eq!((app.game.seq, app.me()), (11, Some((2, 1))));
     }
 

@@ -6,7 +6,7 @@
 
 use crate::app::{Action, ConnState, NetEvent};
 use crate::keys::Keys;
-use game_server::protocol::{Chat, In, Look, Move, Out};
+use game_server::protocol::{Chat, In, Look, Move, Out, Travel};
 use game_server_less::proto::{Envelope, Input, Ticket};
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less::LobbyClient;
@@ -98,6 +98,7 @@ impl Net {
                     Err(e) => self.lobby_error(e),
                 },
                 Action::Join(room) => self.join(&room, &name).await,
+                Action::Travel(input_seq) => self.travel(input_seq).await,
                 Action::Leave => {
                     self.leave().await;
                     self.refresh(&name).await;
@@ -110,7 +111,11 @@ impl Net {
     /// Carries out what the player asked for, as `name`.
     pub fn dispatch(&self, action: Action, name: &str) {
         match action {
-            Action::Refresh | Action::CreateRoom | Action::Join(_) | Action::Leave => {
+            Action::Refresh
+            | Action::CreateRoom
+            | Action::Join(_)
+            | Action::Leave
+            | Action::Travel(_) => {
                 let _ = self.requests.send((action, name.to_owned()));
             }
             Action::Move(dx, dy) => self.input(In::Move(Move { dx, dy })),
@@ -188,8 +193,36 @@ impl Net {
                 self.lobby_error(why);
             }
         }
-        *self.token.lock().unwrap() = Some(ticket.token.clone());
         self.leave().await; // one room at a time
+        self.start(ticket);
+    }
+
+    /// Through a portal: the lobby moves the player to the other zone's room (it left
+    /// this one for them), and play goes on there.
+    async fn travel(&self, input_seq: u64) {
+        let token = match &*self.session.lock().unwrap() {
+            Some(s) => s.token.clone(),
+            None => return,
+        };
+        let travel = Travel { input_seq };
+        match self.lobby.post("/travel", Some(&token), &travel).await {
+            Ok(ticket) => {
+                if let Some(s) = self.session.lock().unwrap().take() {
+                    s.task.abort();
+                }
+                self.start(ticket);
+            }
+            Err(e) => {
+                let _ = self
+                    .events
+                    .send(NetEvent::Ended(format!("the portal failed: {e}")));
+            }
+        }
+    }
+
+    /// Starts playing with `ticket`.
+    fn start(&self, ticket: Ticket) {
+        *self.token.lock().unwrap() = Some(ticket.token.clone());
         let outbox = Arc::new(Outbox::new());
         let room = ticket.room.clone();
         let task = tokio::spawn(play(ticket.clone(), outbox.clone(), self.events.clone()));

@@ -1,6 +1,7 @@
 //! Drawing the [`App`]: `impl Widget for &App`, split into one function per screen part.
 
 use crate::app::{App, ConnState, Focus, Screen};
+use game_server::protocol::{level_of, max_hp, NPC_HP};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -87,16 +88,21 @@ fn render_lobby(app: &App, area: Rect, buf: &mut Buffer) {
         Paragraph::new("No rooms yet: press c to create one.").render(inner, buf);
     }
 
-    let items: Vec<Line> = if app.inventory.is_empty() {
-        vec![Line::from("nothing yet".dim())]
-    } else {
-        app.inventory
-            .iter()
-            .map(|(k, n)| Line::from(format!("{k:<10} {n:>4}")))
-            .collect()
-    };
+    let xp = app.inventory.get("xp").copied().unwrap_or(0);
+    let mut items = vec![
+        Line::from(vec![
+            Span::styled(format!("level {}", level_of(xp)), Style::new().bold()),
+            format!("  {xp} xp").dim(),
+        ]),
+        Line::from(""),
+    ];
+    let things = app.inventory.iter().filter(|(k, _)| k.as_str() != "xp");
+    items.extend(things.map(|(k, n)| Line::from(format!("{k:<10} {n:>4}"))));
+    if items.len() == 2 {
+        items.push(Line::from("no items yet".dim()));
+    }
     Paragraph::new(items)
-        .block(title(format!(" {}'s items ", app.name)))
+        .block(title(format!(" {} ", app.name)))
         .render(items_area, buf);
 
     if let Some(e) = &app.error {
@@ -125,15 +131,19 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
         .game
         .players
         .iter()
-        .map(|(name, at)| {
+        .map(|(name, p)| {
             let style = if *name == app.name {
                 Style::new().fg(Color::Green).bold()
             } else {
                 Style::new().fg(Color::Cyan)
             };
             Line::from(vec![
-                Span::styled(format!("{} {name}", glyph(name, &app.name)), style),
-                format!(" {},{}", at.x, at.y).dim(),
+                Span::styled(
+                    format!("{} {}", glyph(name, &app.name), truncate(name, 12)),
+                    style,
+                ),
+                format!(" L{} ", p.level).dim(),
+                hp_span(p.hp, max_hp(p.level)),
             ])
         })
         .collect();
@@ -148,7 +158,9 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
             Span::styled("say> ", Style::new().fg(Color::Yellow).bold()),
             format!("{}_", app.chat_input).into(),
         ]),
-        Focus::Map => Line::from("arrows/WASD move · Enter chat · ? help · q leave".dim()),
+        Focus::Map => {
+            Line::from("arrows/WASD move (into N: fight) · Enter chat · ? help · q leave".dim())
+        }
     };
     Paragraph::new(prompt).render(input, buf);
     render_status(app, status, buf);
@@ -182,7 +194,12 @@ fn glyph(name: &str, me: &str) -> char {
 
 /// Draws the part of the map around the player, so large maps scroll.
 fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
-    let block = title(" Map ");
+    let name = match (&app.game.travelling, app.game.zone.as_str()) {
+        (Some(to), from) => format!(" {from} → {to}… "),
+        (None, "") => " Map ".to_owned(),
+        (None, zone) => format!(" {zone} "),
+    };
+    let block = title(name);
     let inner = block.inner(area);
     block.render(area, buf);
     let game = &app.game;
@@ -207,10 +224,11 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
     };
     for (y, row) in game.map.iter().enumerate() {
         for (x, t) in row.chars().enumerate() {
-            let style = if t == '#' {
-                Style::new().fg(Color::DarkGray)
-            } else {
-                Style::new().fg(Color::Gray).add_modifier(Modifier::DIM)
+            let style = match t {
+                '#' => Style::new().fg(Color::DarkGray),
+                'O' => Style::new().fg(Color::Blue).bold(),
+                ':' => Style::new().fg(Color::Red),
+                _ => Style::new().fg(Color::Gray).add_modifier(Modifier::DIM),
             };
             put(buf, x as i32, y as i32, t, style);
         }
@@ -230,13 +248,13 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
         );
     }
     for npc in &game.npcs {
-        put(
-            buf,
-            npc.x,
-            npc.y,
-            'N',
-            Style::new().fg(Color::Magenta).bold(),
-        );
+        // Hurt NPCs show in lower case (and red), so fights read without colour too.
+        let (ch, colour) = if npc.hp < NPC_HP {
+            ('n', Color::Red)
+        } else {
+            ('N', Color::Magenta)
+        };
+        put(buf, npc.x, npc.y, ch, Style::new().fg(colour).bold());
     }
     for (name, at) in &game.players {
         let style = if *name == app.name {
@@ -266,19 +284,23 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
     let rtt = app.rtt.map_or("-".to_owned(), |d| {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     });
-    let mut spans = vec![
-        dot,
+    let mut spans = vec![dot, format!(" {state}").into()];
+    if let Some((hp, max, level)) = app.my_health() {
+        spans.push(format!(" | L{level} ").into());
+        spans.push(hp_span(hp, max));
+    }
+    if let Some((x, y)) = app.me() {
+        spans.push(format!(" | {} at {x},{y}", app.name).into());
+    }
+    spans.push(
         format!(
-            " {state} | room {} | {} online | rtt {rtt} | seq {}",
+            " | room {} | {} online | rtt {rtt} | seq {}",
             app.game.room,
             app.game.players.len(),
             app.game.seq
         )
         .into(),
-    ];
-    if let Some((x, y)) = app.me() {
-        spans.push(format!(" | {} at {x},{y}", app.name).into());
-    }
+    );
     if app.pending > 0 {
         spans.push(Span::styled(
             format!(" | {} unsent", app.pending),
@@ -290,6 +312,16 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
 }
 
+/// Hit points as `HP 7/12`, green, yellow or red as they run out.
+fn hp_span(hp: i32, max: i32) -> Span<'static> {
+    let colour = match hp * 3 {
+        n if n > max * 2 => Color::Green,
+        n if n > max => Color::Yellow,
+        _ => Color::Red,
+    };
+    Span::styled(format!("HP {hp}/{max}"), Style::new().fg(colour))
+}
+
 fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
     let lines = vec![
         Line::from("Lobby: ↑↓ select, Enter join, c create,"),
@@ -298,6 +330,9 @@ fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
         Line::from("       Enter or Tab: chat (Enter sends,"),
         Line::from("       Esc cancels)"),
         Line::from("       q or Esc: back to the lobby"),
+        Line::from("       walk into an N to fight it; in the"),
+        Line::from("       arena (:) into players too"),
+        Line::from("       O: a portal to the other zone"),
         Line::from("Ctrl-C quits from anywhere."),
         Line::from(""),
         Line::from(vec![
@@ -306,13 +341,23 @@ fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
             "a".cyan().bold(),
             " others  ".into(),
             "N".magenta().bold(),
-            " NPC".into(),
+            " NPC ".into(),
+            "n".red().bold(),
+            " hurt".into(),
         ]),
         Line::from(vec![
             "* $ %".yellow().bold(),
             " items (gem, coin, herb)  ".into(),
             "#".dark_gray(),
             " wall".into(),
+        ]),
+        Line::from(vec![
+            "O".blue().bold(),
+            " portal  ".into(),
+            ":".red(),
+            " arena  ".into(),
+            "HP 7/12".green(),
+            " your health".into(),
         ]),
         Line::from(""),
         Line::from("any key closes this".dim()),
@@ -368,7 +413,8 @@ mod tests {
             players_online: 1,
             created_at: 0,
         }]));
-        app.on_net(NetEvent::Inventory([("gem".to_owned(), 3)].into()));
+        let items = [("gem".to_owned(), 3), ("xp".to_owned(), 60)];
+        app.on_net(NetEvent::Inventory(items.into()));
         let lines = screen(&app, 80, 24);
         assert!(
             lines[0].contains("Rooms on http://127.0.0.1:8080"),
@@ -379,7 +425,11 @@ mod tests {
             "{lines:#?}"
         );
         assert!(
-            lines[1].contains("gem") && lines[1].contains('3'),
+            lines[1].contains("level 2") && lines[1].contains("60 xp"),
+            "experience shows as a level: {lines:#?}"
+        );
+        assert!(
+            lines[3].contains("gem") && lines[3].contains('3'),
             "{lines:#?}"
         );
         assert!(lines[23].contains("Enter join"));
@@ -395,7 +445,7 @@ mod tests {
         assert!(lines[2].contains("#@*b#"), "me, an item, bob: {lines:#?}");
         let status = &lines[23];
         assert!(
-            status.contains("online | room r1 | 2 online | rtt 0.4 ms | seq 10 | ann at 1,1"),
+            status.contains("online | L1 HP 10/10 | ann at 1,1 | room r1 | 2 online | rtt 0.4 ms"),
             "{status}"
         );
     }
@@ -405,8 +455,8 @@ mod tests {
         let mut app = crate::app::tests::in_game();
         let row = format!("#{}#", ".".repeat(300));
         app.game.map = vec![row; 100];
-        let far = game_server::protocol::Pos { x: 250, y: 90 };
-        app.game.players.insert("ann".into(), far);
+        let me = app.game.players.get_mut("ann").unwrap();
+        (me.x, me.y) = (250, 90);
         let lines = screen(&app, 80, 24);
         assert!(lines.iter().any(|l| l.contains('@')), "{lines:#?}");
     }
@@ -441,8 +491,13 @@ mod tests {
             "Enter or Tab: chat (Enter sends,",
             "Esc cancels)",
             "q or Esc: back to the lobby",
+            "walk into an N to fight it; in the",
+            "arena (:) into players too",
+            "O: a portal to the other zone",
             "Ctrl-C quits from anywhere.",
             "items (gem, coin, herb)",
+            "portal",
+            "your health",
             "any key closes this",
         ] {
             assert!(help.contains(line), "{line:?} is not whole in:\n{help}");

@@ -50,7 +50,7 @@ pub enum In {
     Look(Look),
 }
 
-/// A wandering NPC.
+/// A wandering NPC, which fights back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Npc {
     /// Its id.
@@ -59,6 +59,56 @@ pub struct Npc {
     pub x: i32,
     /// Row.
     pub y: i32,
+    /// Hit points left, out of [`NPC_HP`].
+    pub hp: i32,
+}
+
+/// A player as others see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Player {
+    /// Column.
+    pub x: i32,
+    /// Row.
+    pub y: i32,
+    /// Hit points left, out of [`max_hp`] of the level.
+    pub hp: i32,
+    /// Level, from experience ([`level_of`]).
+    pub level: u32,
+}
+
+/// Who fights: a player or an NPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fighter {
+    /// A player, by name.
+    Player {
+        /// The name.
+        name: String,
+    },
+    /// An NPC, by id.
+    Npc {
+        /// The id.
+        id: u32,
+    },
+}
+
+/// An NPC's hit points when it (re)appears.
+pub const NPC_HP: i32 = 6;
+/// Experience for slaying an NPC.
+pub const XP_PER_NPC: i64 = 10;
+/// Experience for defeating a player in an arena.
+pub const XP_PER_PLAYER: i64 = 5;
+/// Experience per level.
+pub const XP_PER_LEVEL: i64 = 50;
+
+/// The level `xp` experience gives: 1 to 99.
+pub fn level_of(xp: i64) -> u32 {
+    (1 + xp.max(0) / XP_PER_LEVEL).min(99) as u32
+}
+
+/// A player's hit points at full health on `level`.
+pub fn max_hp(level: u32) -> i32 {
+    8 + 2 * level.min(99) as i32
 }
 
 /// An item on the floor.
@@ -77,10 +127,13 @@ pub struct Item {
 /// The whole world, as a newcomer gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
-    /// The map's rows: `#` walls, `.` floor.
+    /// The zone: `meadow` or `caves`.
+    pub zone: String,
+    /// The map's rows: `#` walls, `O` portals (to the other zone), `:` arena floor
+    /// (where players may fight each other), `.` floor.
     pub map: Vec<String>,
     /// Players by name.
-    pub players: BTreeMap<String, Pos>,
+    pub players: BTreeMap<String, Player>,
     /// NPCs.
     pub npcs: Vec<Npc>,
     /// Items on the floor.
@@ -97,9 +150,9 @@ pub enum Out {
     Joined {
         /// Who.
         player: String,
-        /// Where.
+        /// Where, and how they are.
         #[serde(flatten)]
-        at: Pos,
+        is: Player,
     },
     /// A player left.
     Left {
@@ -146,9 +199,93 @@ pub enum Out {
         /// The item.
         item: Item,
     },
+    /// A blow landed.
+    Hit {
+        /// Who struck.
+        by: Fighter,
+        /// Who was struck.
+        target: Fighter,
+        /// How hard.
+        damage: i32,
+        /// The target's hit points left.
+        hp: i32,
+    },
+    /// A player slew an NPC; it comes back later.
+    Slain {
+        /// The NPC's id.
+        npc: u32,
+        /// Who slew it.
+        by: String,
+        /// The experience they earned.
+        xp: i64,
+    },
+    /// A player fell; they wake at a spawn point with full hit points ([`Out::Respawned`]).
+    Died {
+        /// Who.
+        player: String,
+        /// Who defeated them.
+        by: Fighter,
+    },
+    /// A player is back, at full health.
+    Respawned {
+        /// Who.
+        player: String,
+        /// Where and how.
+        #[serde(flatten)]
+        is: Player,
+    },
+    /// A player reached a new level (and full health).
+    LevelUp {
+        /// Who.
+        player: String,
+        /// Where and how now.
+        #[serde(flatten)]
+        is: Player,
+    },
+    /// A player's hit points changed without a fight (healing).
+    Hp {
+        /// Who.
+        player: String,
+        /// Hit points now.
+        hp: i32,
+    },
+    /// A player stepped into a portal and leaves for `zone`. The player's own client then
+    /// asks the lobby to move it (`POST /travel` with this message's `input_seq`).
+    Travelled {
+        /// Who.
+        player: String,
+        /// Where to.
+        zone: String,
+    },
     /// A message type this build does not know (from a newer server): clients ignore it.
     #[serde(other)]
     Unknown,
+}
+
+/// `POST /travel`: after [`Out::Travelled`], move to the zone it names, with the
+/// `input_seq` of that message (the step into the portal). Answers the new room's ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Travel {
+    /// The `input_seq` of the [`Out::Travelled`] for this player.
+    pub input_seq: u64,
+}
+
+/// `GET /leaderboard`: the most experienced players.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaderboard {
+    /// Most experience first.
+    pub leaders: Vec<Leader>,
+}
+
+/// One line of the [`Leaderboard`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leader {
+    /// The player.
+    pub player: String,
+    /// Their experience.
+    pub xp: i64,
+    /// Their level.
+    pub level: u32,
 }
 
 #[cfg(test)]
@@ -190,5 +327,24 @@ mod tests {
             serde_json::from_value(json!({ "type": "fireworks", "colour": "red", "seq": 10 }))
                 .unwrap();
         assert_eq!(newer.body, Body::Game(Out::Unknown));
+    }
+
+    #[test]
+    fn levels_grow_with_experience_and_hit_points_with_levels() {
+        assert_eq!((level_of(-5), level_of(0), level_of(49)), (1, 1, 1));
+        assert_eq!(
+            (level_of(50), level_of(120), level_of(i64::MAX)),
+            (2, 3, 99)
+        );
+        assert!(max_hp(2) > max_hp(1));
+        let hit = Out::Hit {
+            by: Fighter::Player { name: "ann".into() },
+            target: Fighter::Npc { id: 3 },
+            damage: 2,
+            hp: 4,
+        };
+        let json = serde_json::to_value(&hit).unwrap();
+        assert_eq!(json["target"], json!({ "kind": "npc", "id": 3 }));
+        assert_eq!(serde_json::from_value::<Out>(json).unwrap(), hit);
     }
 }

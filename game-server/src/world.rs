@@ -1,29 +1,95 @@
-//! The game's rules: a map with walls and spawn points, players who move and chat, NPCs
-//! who wander, and items to pick up. No sockets, no broker: handlers only.
+//! The game's rules: zones with walls, spawn points, portals and an arena; players who
+//! move, chat, fight NPCs (and each other in the arena), level up, die and respawn; NPCs
+//! who wander and strike back; items to pick up. No sockets, no broker: handlers only.
+//!
+//! Experience is a persistent item (`xp`), granted with the room's checkpoint, so a kill
+//! pays out exactly once; it arrives with the player at every join
+//! ([`Arrival::items`](game_server_less::Arrival::items)), and the level follows from it.
+//! Hit points travel between zones in the transfer
+//! ([`Arrival::carried`](game_server_less::Arrival::carried)).
 
-use crate::protocol::{Chat, Look, Move, Out, Pos, Welcome};
-pub use crate::protocol::{Item, Npc, Pos as Player};
-#[cfg(test)]
-use game_server_less::proto::Body;
+use crate::protocol::{
+    level_of, max_hp, Chat, Fighter, Item, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
+    XP_PER_NPC, XP_PER_PLAYER,
+};
 use game_server_less::proto::RoomEvent;
 use game_server_less::{Ctx, RoomCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// The map the game ships with.
-pub const MAP: &str = include_str!("../../assets/map.txt");
+use std::sync::OnceLock;
 
 /// Items on the floor at most at once.
 const MAX_ITEMS: usize = 6;
-/// NPCs step every this many ticks.
+/// NPCs step (or strike) every this many ticks.
 const NPC_EVERY: u64 = 5;
 /// An item appears every this many ticks while there are fewer than `MAX_ITEMS`.
 const ITEM_EVERY: u64 = 30;
+/// A slain NPC comes back after this many ticks.
+const NPC_RESPAWN: u64 = 100;
+/// Players heal one hit point every this many ticks.
+const HEAL_EVERY: u64 = 30;
 /// What can lie on the floor.
 const ITEM_KINDS: [&str; 3] = ["gem", "coin", "herb"];
+/// The persistent item that counts experience.
+pub const XP: &str = "xp";
 
-/// A tile map: `#` walls, `S` spawn points, `N` NPC homes, anything else floor.
-#[derive(Debug, Clone)]
+/// A zone: a map of its own, played in rooms named after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Zone {
+    /// Open fields, where everyone starts.
+    #[default]
+    Meadow,
+    /// Narrow caves with more NPCs.
+    Caves,
+}
+
+impl Zone {
+    /// The zone of a room: rooms named `caves…` are caves, every other room is a meadow.
+    pub fn of_room(name: &str) -> Zone {
+        if name.trim().to_ascii_lowercase().starts_with("caves") {
+            Zone::Caves
+        } else {
+            Zone::Meadow
+        }
+    }
+
+    /// Its name, as rooms and clients spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Zone::Meadow => "meadow",
+            Zone::Caves => "caves",
+        }
+    }
+
+    /// Where its portals lead.
+    pub fn beyond(self) -> Zone {
+        match self {
+            Zone::Meadow => Zone::Caves,
+            Zone::Caves => Zone::Meadow,
+        }
+    }
+
+    /// Its map: `assets/<zone>.txt` as built in, or from the directory `GSL_MAPS` names
+    /// (tests use small maps).
+    pub fn map(self) -> &'static Map {
+        static MAPS: [OnceLock<Map>; 2] = [OnceLock::new(), OnceLock::new()];
+        let (slot, built_in) = match self {
+            Zone::Meadow => (&MAPS[0], include_str!("../../assets/map.txt")),
+            Zone::Caves => (&MAPS[1], include_str!("../../assets/caves.txt")),
+        };
+        slot.get_or_init(|| {
+            let custom = std::env::var_os("GSL_MAPS")
+                .map(|dir| std::path::PathBuf::from(dir).join(format!("{}.txt", self.name())))
+                .and_then(|path| std::fs::read_to_string(path).ok());
+            Map::parse(custom.as_deref().unwrap_or(built_in))
+        })
+    }
+}
+
+/// A tile map: `#` walls, `S` spawn points, `N` NPC homes, `O` portals, `A` arena floor,
+/// anything else floor.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Map {
     rows: Vec<Vec<u8>>,
 }
@@ -67,6 +133,16 @@ impl Map {
         self.tile(x, y) != b'#'
     }
 
+    /// Whether a tile is a portal.
+    pub fn portal(&self, x: i32, y: i32) -> bool {
+        self.tile(x, y) == b'O'
+    }
+
+    /// Whether a tile is arena floor, where players may fight each other.
+    pub fn arena(&self, x: i32, y: i32) -> bool {
+        self.tile(x, y) == b'A'
+    }
+
     fn find(&self, wanted: u8) -> Vec<(i32, i32)> {
         let mut found = Vec::new();
         for (y, row) in self.rows.iter().enumerate() {
@@ -79,33 +155,77 @@ impl Map {
         found
     }
 
-    /// The rows as text, walls kept and markers turned to floor, for clients to draw.
+    /// The rows for clients to draw: `#` walls, `O` portals, `:` arena, `.` floor.
     pub fn lines(&self) -> Vec<String> {
         self.rows
             .iter()
             .map(|r| {
                 r.iter()
-                    .map(|&t| if t == b'#' { '#' } else { '.' })
+                    .map(|&t| match t {
+                        b'#' => '#',
+                        b'O' => 'O',
+                        b'A' => ':',
+                        _ => '.',
+                    })
                     .collect()
             })
             .collect()
     }
 }
 
-fn default_map() -> Map {
-    Map::parse(MAP)
+/// A player in the world: where, how hurt, how experienced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hero {
+    /// Column.
+    pub x: i32,
+    /// Row.
+    pub y: i32,
+    /// Hit points left.
+    pub hp: i32,
+    /// Experience, as the store has it plus what this room granted since.
+    pub xp: i64,
+}
+
+impl Hero {
+    /// As others see this player.
+    pub fn view(&self) -> Player {
+        Player {
+            x: self.x,
+            y: self.y,
+            hp: self.hp,
+            level: level_of(self.xp),
+        }
+    }
+}
+
+/// A player who stepped into a portal, until the lobby has moved them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    /// Where to.
+    pub zone: Zone,
+    /// Hit points to arrive with.
+    pub hp: i32,
 }
 
 /// One room's world: the whole game state, saved in every checkpoint (but the map,
-/// which ships with the game).
+/// which ships with the game: the zone names it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Saved")]
 pub struct World {
-    #[serde(skip, default = "default_map")]
+    #[serde(skip)]
     map: Map,
+    /// The zone.
+    pub zone: Zone,
+    /// Whether anyone has joined yet: the first join may still pick the zone.
+    pub started: bool,
     /// Players by name.
-    pub players: BTreeMap<String, Player>,
-    /// NPCs.
+    pub players: BTreeMap<String, Hero>,
+    /// Players on their way out through a portal.
+    pub departures: BTreeMap<String, Departure>,
+    /// NPCs alive.
     pub npcs: Vec<Npc>,
+    /// Slain NPCs: id and the tick they come back on.
+    pub slain: Vec<(u32, u64)>,
     /// Items on the floor.
     pub items: Vec<Item>,
     ticks: u64,
@@ -113,15 +233,53 @@ pub struct World {
     rng: u64,
 }
 
+/// A [`World`] as checkpoints hold it; the map comes back from the zone.
+#[derive(Deserialize)]
+struct Saved {
+    zone: Zone,
+    started: bool,
+    players: BTreeMap<String, Hero>,
+    departures: BTreeMap<String, Departure>,
+    npcs: Vec<Npc>,
+    slain: Vec<(u32, u64)>,
+    items: Vec<Item>,
+    ticks: u64,
+    next_id: u32,
+    rng: u64,
+}
+
+impl From<Saved> for World {
+    fn from(s: Saved) -> World {
+        World {
+            map: s.zone.map().clone(),
+            zone: s.zone,
+            started: s.started,
+            players: s.players,
+            departures: s.departures,
+            npcs: s.npcs,
+            slain: s.slain,
+            items: s.items,
+            ticks: s.ticks,
+            next_id: s.next_id,
+            rng: s.rng,
+        }
+    }
+}
+
 impl Default for World {
     fn default() -> World {
-        World::new(default_map())
+        World::in_zone(Zone::default())
     }
 }
 
 impl World {
-    /// A world on `map`, with its NPCs at home and a few items about.
-    pub fn new(map: Map) -> World {
+    /// A fresh world in `zone`.
+    pub fn in_zone(zone: Zone) -> World {
+        World::new(zone, zone.map().clone())
+    }
+
+    /// A world in `zone` on `map`, with its NPCs at home and a few items about.
+    pub fn new(zone: Zone, map: Map) -> World {
         let npcs = map
             .find(b'N')
             .into_iter()
@@ -130,13 +288,18 @@ impl World {
                 id: i as u32 + 1,
                 x,
                 y,
+                hp: NPC_HP,
             })
             .collect::<Vec<_>>();
         let mut world = World {
             next_id: npcs.len() as u32 + 1,
             map,
+            zone,
+            started: false,
             players: BTreeMap::new(),
+            departures: BTreeMap::new(),
             npcs,
+            slain: Vec::new(),
             items: Vec::new(),
             ticks: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -145,6 +308,11 @@ impl World {
             world.spawn_item();
         }
         world
+    }
+
+    /// The map.
+    pub fn map(&self) -> &Map {
+        &self.map
     }
 
     /// xorshift64*: deterministic, so a room replayed from a checkpoint plays the same.
@@ -157,13 +325,17 @@ impl World {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D) % below.max(1)
     }
 
-    fn occupied(&self, x: i32, y: i32) -> bool {
-        self.players.values().any(|p| p.x == x && p.y == y)
-            || self.npcs.iter().any(|n| n.x == x && n.y == y)
+    fn player_at(&self, x: i32, y: i32) -> Option<String> {
+        let found = self.players.iter().find(|(_, p)| p.x == x && p.y == y);
+        found.map(|(name, _)| name.clone())
+    }
+
+    fn npc_at(&self, x: i32, y: i32) -> Option<usize> {
+        self.npcs.iter().position(|n| n.x == x && n.y == y)
     }
 
     fn free(&self, x: i32, y: i32) -> bool {
-        self.map.walkable(x, y) && !self.occupied(x, y)
+        self.map.walkable(x, y) && self.player_at(x, y).is_none() && self.npc_at(x, y).is_none()
     }
 
     fn spawn_item(&mut self) -> Option<Item> {
@@ -171,7 +343,8 @@ impl World {
         for _ in 0..100 {
             let x = self.random(w as u64) as i32;
             let y = self.random(h as u64) as i32;
-            if self.free(x, y) && !self.items.iter().any(|i| i.x == x && i.y == y) {
+            let clear = !self.map.portal(x, y) && !self.map.arena(x, y);
+            if clear && self.free(x, y) && !self.items.iter().any(|i| i.x == x && i.y == y) {
                 let kind = ITEM_KINDS[self.random(ITEM_KINDS.len() as u64) as usize].to_owned();
                 let item = Item {
                     id: self.next_id,
@@ -187,60 +360,235 @@ impl World {
         None
     }
 
+    /// A free spawn point (another than `not` if there is one), or the free floor
+    /// nearest the first one.
+    fn spawn_point(&self, not: Option<(i32, i32)>) -> Option<(i32, i32)> {
+        let spawns = self.map.find(b'S');
+        let free = spawns.iter().filter(|&&(x, y)| self.free(x, y));
+        if let Some(&spot) = free
+            .clone()
+            .find(|&&s| Some(s) != not)
+            .or(free.clone().next())
+        {
+            return Some(spot);
+        }
+        let (w, h) = self.map.size();
+        let (sx, sy) = spawns.first().copied().unwrap_or((1, 1));
+        let mut floor: Vec<(i32, i32)> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| self.free(x, y) && !self.map.portal(x, y))
+            .collect();
+        floor.sort_by_key(|&(x, y)| (x - sx).abs() + (y - sy).abs());
+        floor.first().copied()
+    }
+
     /// The whole world as one message, as a newcomer gets it.
     pub fn snapshot(&self) -> Out {
         Out::Welcome(Welcome {
+            zone: self.zone.name().to_owned(),
             map: self.map.lines(),
-            players: self.players.clone(),
+            players: self
+                .players
+                .iter()
+                .map(|(n, h)| (n.clone(), h.view()))
+                .collect(),
             npcs: self.npcs.clone(),
             items: self.items.clone(),
         })
     }
+
+    /// How hard `xp` experience hits: 2 or 3, plus one every two levels above the first.
+    fn damage(&mut self, xp: i64) -> i32 {
+        2 + self.random(2) as i32 + (level_of(xp) as i32 - 1) / 2
+    }
+
+    /// `killer` earns `xp`: saved with the checkpoint, and a level up heals.
+    fn reward(&mut self, ctx: &mut RoomCtx, killer: &str, xp: i64) {
+        ctx.give_item(killer, XP, xp);
+        let Some(hero) = self.players.get_mut(killer) else {
+            return;
+        };
+        let before = level_of(hero.xp);
+        hero.xp += xp;
+        if level_of(hero.xp) > before {
+            hero.hp = max_hp(level_of(hero.xp));
+            let is = hero.view();
+            let player = killer.to_owned();
+            ctx.broadcast(&Out::LevelUp { player, is });
+        }
+    }
+
+    /// `name` strikes the NPC at index `i`.
+    fn strike_npc(&mut self, ctx: &mut RoomCtx, name: &str, i: usize) {
+        let xp = self.players[name].xp;
+        let damage = self.damage(xp);
+        let npc = &mut self.npcs[i];
+        npc.hp = (npc.hp - damage).max(0);
+        let (id, hp) = (npc.id, npc.hp);
+        let by = Fighter::Player { name: name.into() };
+        let target = Fighter::Npc { id };
+        ctx.broadcast(&Out::Hit {
+            by,
+            target,
+            damage,
+            hp,
+        });
+        if hp == 0 {
+            self.npcs.remove(i);
+            self.slain.push((id, self.ticks + NPC_RESPAWN));
+            let by = name.to_owned();
+            let xp = XP_PER_NPC;
+            ctx.broadcast(&Out::Slain { npc: id, by, xp });
+            self.reward(ctx, name, XP_PER_NPC);
+        }
+    }
+
+    /// `by` strikes the player `target` for `damage`; a fall respawns them.
+    fn strike_player(&mut self, ctx: &mut RoomCtx, by: Fighter, target: &str, damage: i32) {
+        let Some(hero) = self.players.get_mut(target) else {
+            return;
+        };
+        hero.hp = (hero.hp - damage).max(0);
+        let hp = hero.hp;
+        let struck = Fighter::Player {
+            name: target.into(),
+        };
+        let hit = Out::Hit {
+            by: by.clone(),
+            target: struck,
+            damage,
+            hp,
+        };
+        ctx.broadcast(&hit);
+        if hp > 0 {
+            return;
+        }
+        let player = target.to_owned();
+        ctx.broadcast(&Out::Died {
+            player: player.clone(),
+            by: by.clone(),
+        });
+        if let Fighter::Player { name } = &by {
+            self.reward(ctx, name, XP_PER_PLAYER);
+        }
+        // Off the map first, so that the spawn point it stood on counts as free.
+        let mut hero = self.players.remove(target).expect("struck a player here");
+        // Not where they fell, if another spawn point is free: away from the fight.
+        let fell = (hero.x, hero.y);
+        let (x, y) = self.spawn_point(Some(fell)).unwrap_or(fell);
+        hero.x = x;
+        hero.y = y;
+        hero.hp = max_hp(level_of(hero.xp));
+        let is = hero.view();
+        self.players.insert(player.clone(), hero);
+        ctx.broadcast(&Out::Respawned { player, is });
+    }
+
+    /// NPCs next to a player strike one of them; the others wander.
+    fn npcs_act(&mut self, ctx: &mut RoomCtx) {
+        let mut moved = false;
+        for i in 0..self.npcs.len() {
+            let (nx, ny, id) = (self.npcs[i].x, self.npcs[i].y, self.npcs[i].id);
+            let near = [(0, 1), (0, -1), (1, 0), (-1, 0)]
+                .into_iter()
+                .find_map(|(dx, dy)| self.player_at(nx + dx, ny + dy));
+            if let Some(target) = near {
+                self.strike_player(ctx, Fighter::Npc { id }, &target, 1);
+                continue;
+            }
+            let (dx, dy) = [(0, 1), (0, -1), (1, 0), (-1, 0)][self.random(4) as usize];
+            let (x, y) = (nx + dx, ny + dy);
+            let on_item = self.items.iter().any(|it| it.x == x && it.y == y);
+            if self.free(x, y) && !on_item && !self.map.portal(x, y) && !self.map.arena(x, y) {
+                self.npcs[i].x = x;
+                self.npcs[i].y = y;
+                moved = true;
+            }
+        }
+        if moved {
+            let npcs = self.npcs.clone();
+            ctx.broadcast(&Out::Npcs { npcs });
+        }
+    }
+
+    /// Slain NPCs whose time has come return home, if it is free.
+    fn npcs_return(&mut self, ctx: &mut RoomCtx) {
+        let homes = self.map.find(b'N');
+        let due: Vec<u32> = (self.slain.iter())
+            .filter(|&&(_, at)| at <= self.ticks)
+            .map(|&(id, _)| id)
+            .collect();
+        let mut back = false;
+        for id in due {
+            let Some(&(x, y)) = homes.get(id as usize - 1) else {
+                self.slain.retain(|&(s, _)| s != id);
+                continue;
+            };
+            if self.free(x, y) {
+                self.slain.retain(|&(s, _)| s != id);
+                self.npcs.push(Npc {
+                    id,
+                    x,
+                    y,
+                    hp: NPC_HP,
+                });
+                back = true;
+            }
+        }
+        if back {
+            self.npcs.sort_by_key(|n| n.id);
+            let npcs = self.npcs.clone();
+            ctx.broadcast(&Out::Npcs { npcs });
+        }
+    }
 }
 
-/// A player arrives at a free spawn point; everyone hears of it, and the newcomer gets
-/// the whole world.
+/// A player arrives at a free spawn point, with the experience the store has for them
+/// and the hit points a portal carried (full health otherwise); everyone hears of it,
+/// and the newcomer gets the whole world. The first arrival in a new room picks its
+/// zone from the room's name.
 pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
-    let spawns = world.map.find(b'S');
-    let spot = spawns
-        .iter()
-        .copied()
-        .find(|&(x, y)| world.free(x, y))
-        .or_else(|| {
-            // Every spawn point taken: the nearest free floor to the first one.
-            let (w, h) = world.map.size();
-            let (sx, sy) = spawns.first().copied().unwrap_or((1, 1));
-            let mut floor: Vec<(i32, i32)> = (0..h)
-                .flat_map(|y| (0..w).map(move |x| (x, y)))
-                .filter(|&(x, y)| world.free(x, y))
-                .collect();
-            floor.sort_by_key(|&(x, y)| (x - sx).abs() + (y - sy).abs());
-            floor.first().copied()
-        });
-    let Some((x, y)) = spot else {
+    let arrival = ctx.arrival().cloned().unwrap_or_default();
+    if !world.started {
+        world.started = true;
+        let zone = Zone::of_room(&arrival.room_name);
+        if zone != world.zone && !arrival.room_name.is_empty() {
+            *world = World {
+                started: true,
+                ..World::in_zone(zone)
+            };
+        }
+    }
+    let Some((x, y)) = world.spawn_point(None) else {
         let error = "the world is full".to_owned();
         ctx.send_to(name, &RoomEvent::Error { error });
         return;
     };
-    world.players.insert(name.to_owned(), Pos { x, y });
+    let xp = arrival.items.get(XP).copied().unwrap_or(0).max(0);
+    let full = max_hp(level_of(xp));
+    let hp = (arrival.carried.get("hp").and_then(|v| v.as_i64()))
+        .map_or(full, |hp| (hp as i32).clamp(1, full));
+    let hero = Hero { x, y, hp, xp };
+    let is = hero.view();
+    world.departures.remove(name);
+    world.players.insert(name.to_owned(), hero);
     let player = name.to_owned();
-    ctx.broadcast(&Out::Joined {
-        player,
-        at: Pos { x, y },
-    });
+    ctx.broadcast(&Out::Joined { player, is });
     ctx.send_to(name, &world.snapshot());
 }
 
-/// A player leaves; everyone hears of it.
+/// A player leaves (or has been moved to another zone); everyone hears of it.
 pub fn on_leave(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+    world.departures.remove(name);
     if world.players.remove(name).is_some() {
         let player = name.to_owned();
         ctx.broadcast(&Out::Left { player });
     }
 }
 
-/// Moves the sender one tile unless a wall, a player or an NPC is in the way; picks up
-/// what lies there.
+/// Moves the sender one tile: into an NPC it is a blow, into another player too when
+/// both stand in the arena; a wall or anyone else blocks. Picks up what lies there; a
+/// portal sends the player to the other zone.
 pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> {
     if !(-1..=1).contains(&m.dx) || !(-1..=1).contains(&m.dy) || (m.dx == 0 && m.dy == 0) {
         return Err("a move is one step: dx and dy are -1, 0 or 1, not both 0".into());
@@ -250,11 +598,41 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
         return Err("you have no body in this world; join again".into());
     };
     let (x, y) = (me.x + m.dx, me.y + m.dy);
-    if !world.free(x, y) {
-        ctx.reply(&Out::Blocked { at: me });
+    if let Some(i) = world.npc_at(x, y) {
+        world.strike_npc(ctx, &name, i);
         return Ok(());
     }
-    world.players.insert(name.clone(), Pos { x, y });
+    if let Some(other) = world.player_at(x, y) {
+        if world.map.arena(me.x, me.y) && world.map.arena(x, y) {
+            let by = Fighter::Player { name: name.clone() };
+            let damage = world.damage(me.xp);
+            world.strike_player(ctx, by, &other, damage);
+        } else {
+            ctx.reply(&Out::Blocked {
+                at: Pos { x: me.x, y: me.y },
+            });
+        }
+        return Ok(());
+    }
+    if !world.free(x, y) {
+        ctx.reply(&Out::Blocked {
+            at: Pos { x: me.x, y: me.y },
+        });
+        return Ok(());
+    }
+    if world.map.portal(x, y) {
+        world.players.remove(&name);
+        let zone = world.zone.beyond();
+        world
+            .departures
+            .insert(name.clone(), Departure { zone, hp: me.hp });
+        let zone = zone.name().to_owned();
+        ctx.broadcast(&Out::Travelled { player: name, zone });
+        return Ok(());
+    }
+    let hero = world.players.get_mut(&name).expect("checked above");
+    hero.x = x;
+    hero.y = y;
     ctx.broadcast(&Out::Moved {
         player: name.clone(),
         at: Pos { x, y },
@@ -271,9 +649,17 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     Ok(())
 }
 
-/// Replies with the whole world.
+/// Replies with the whole world, or, to a player on the way through a portal (whose
+/// client lost the news), where they are going.
 pub fn on_look(world: &mut World, ctx: &mut Ctx, _: Look) {
-    ctx.reply(&world.snapshot());
+    let name = ctx.sender().to_owned();
+    match world.departures.get(&name) {
+        Some(d) => {
+            let zone = d.zone.name().to_owned();
+            ctx.reply(&Out::Travelled { player: name, zone });
+        }
+        None => ctx.reply(&world.snapshot()),
+    }
 }
 
 /// Says something to the room.
@@ -291,24 +677,24 @@ pub fn on_chat(_: &mut World, ctx: &mut Ctx, chat: Chat) -> Result<(), String> {
     Ok(())
 }
 
-/// Ten times a second: NPCs wander now and then, and items reappear.
+/// Ten times a second: NPCs wander or strike now and then, slain ones return, players
+/// heal slowly, and items reappear.
 pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
     world.ticks += 1;
     if world.ticks % NPC_EVERY == 0 && !world.npcs.is_empty() {
-        let mut moved = false;
-        for i in 0..world.npcs.len() {
-            let (dx, dy) = [(0, 1), (0, -1), (1, 0), (-1, 0)][world.random(4) as usize];
-            let (x, y) = (world.npcs[i].x + dx, world.npcs[i].y + dy);
-            let on_item = world.items.iter().any(|it| it.x == x && it.y == y);
-            if world.free(x, y) && !on_item {
-                world.npcs[i].x = x;
-                world.npcs[i].y = y;
-                moved = true;
+        world.npcs_act(ctx);
+    }
+    if !world.slain.is_empty() {
+        world.npcs_return(ctx);
+    }
+    if world.ticks % HEAL_EVERY == 0 {
+        for (name, hero) in world.players.iter_mut() {
+            let full = max_hp(level_of(hero.xp));
+            if hero.hp < full {
+                hero.hp += 1;
+                let (player, hp) = (name.clone(), hero.hp);
+                ctx.broadcast(&Out::Hp { player, hp });
             }
-        }
-        if moved {
-            let npcs = world.npcs.clone();
-            ctx.broadcast(&Out::Npcs { npcs });
         }
     }
     if world.ticks % ITEM_EVERY == 0 && world.items.len() < MAX_ITEMS {
@@ -319,191 +705,4 @@ pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::In;
-    use game_server_less::testing::TestRoom;
-    use game_server_less::Msg;
-    use std::time::Duration;
-
-    const TINY: &str = "#####\n#S.S#\n#.#.#\n#####";
-
-    fn game(map: &'static str) -> TestRoom<World> {
-        let msg = Msg::new(move || {
-            let mut w = World::new(Map::parse(map));
-            w.items.clear();
-            w
-        })
-        .route("type=move", on_move)
-        .route("type=chat", on_chat)
-        .route("type=look", on_look)
-        .tick(Duration::from_millis(100), on_tick)
-        .on_join(on_join)
-        .on_leave(on_leave);
-        TestRoom::new(msg)
-    }
-
-    fn step(dx: i32, dy: i32) -> In {
-        In::Move(Move { dx, dy })
-    }
-
-    fn say(text: &str) -> In {
-        In::Chat(Chat { text: text.into() })
-    }
-
-    /// The variant names of `msgs`, as `type` spells them.
-    fn types(msgs: &[Out]) -> Vec<String> {
-        msgs.iter()
-            .map(|m| {
-                serde_json::to_value(m).unwrap()["type"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn players_spawn_at_free_spawn_points_and_see_the_world() {
-        let mut room = game(TINY);
-        room.join("ann");
-        room.join("bob");
-        assert_eq!(room.state().players["ann"], Pos { x: 1, y: 1 });
-        assert_eq!(room.state().players["bob"], Pos { x: 3, y: 1 });
-        let ann = room.received_game::<Out>("ann");
-        assert_eq!(types(&ann), ["joined", "welcome", "joined"]);
-        let Out::Welcome(world) = &ann[1] else {
-            panic!("{ann:?}")
-        };
-        assert_eq!(world.map[2], "#.#.#");
-        room.send("bob", In::Look(Look {})).unwrap();
-        let look = room.received_game::<Out>("bob").pop().unwrap();
-        let Out::Welcome(world) = look else {
-            panic!("{look:?}")
-        };
-        assert_eq!(world.players["ann"], Pos { x: 1, y: 1 });
-    }
-
-    #[test]
-    fn walls_and_players_block_moves() {
-        let mut room = game(TINY);
-        room.join("ann");
-        room.join("bob");
-        room.received("ann");
-        room.received("bob");
-        room.send("ann", step(0, -1)).unwrap(); // wall
-        room.send("ann", step(1, 0)).unwrap();
-        room.send("ann", step(1, 0)).unwrap(); // bob
-        assert_eq!(room.state().players["ann"], Pos { x: 2, y: 1 });
-        let ann = room.received_game::<Out>("ann");
-        assert_eq!(types(&ann), ["blocked", "moved", "blocked"]);
-        assert_eq!(
-            ann[2],
-            Out::Blocked {
-                at: Pos { x: 2, y: 1 }
-            }
-        );
-        let bob = room.received_game::<Out>("bob");
-        assert_eq!(types(&bob), ["moved"], "only the real move is broadcast");
-    }
-
-    #[test]
-    fn bad_moves_and_chat_are_errors_for_the_sender() {
-        let mut room = game(TINY);
-        room.join("ann");
-        let err = room.send("ann", step(5, 0)).unwrap_err();
-        assert!(err.contains("one step"), "{err}");
-        let err = room.send("ann", say("  ")).unwrap_err();
-        assert!(err.contains("1 to 200"), "{err}");
-        let err = room.send("ann", say("a\u{7}b")).unwrap_err();
-        assert!(err.contains("control"), "{err}");
-        let dance = serde_json::json!({ "type": "dance" });
-        let err = room.send("ann", dance).unwrap_err();
-        assert_eq!(err, "unknown message type \"dance\"");
-    }
-
-    #[test]
-    fn picking_up_an_item_grants_it_and_tells_everyone() {
-        let mut room = game(TINY);
-        room.join("ann");
-        room.state_mut().items.push(Item {
-            id: 99,
-            kind: "gem".into(),
-            x: 1,
-            y: 2,
-        });
-        room.send("ann", step(0, 1)).unwrap();
-        let grants = room.grants();
-        assert_eq!(
-            (grants[0].player.as_str(), grants[0].item.as_str()),
-            ("ann", "gem")
-        );
-        assert!(room.state().items.is_empty());
-        let picked = Out::Picked {
-            player: "ann".into(),
-            item: "gem".into(),
-            id: 99,
-        };
-        assert!(room.received_game::<Out>("ann").contains(&picked));
-    }
-
-    #[test]
-    fn chat_and_leaving_are_announced() {
-        let mut room = game(TINY);
-        room.join("ann");
-        room.join("bob");
-        room.received("bob");
-        room.send("ann", say("hello")).unwrap();
-        room.leave("ann");
-        let bob = room.received_as::<Out>("bob");
-        let said = Out::Chat {
-            player: "ann".into(),
-            text: "hello".into(),
-        };
-        assert_eq!(bob[0].body, Body::Game(said));
-        assert_eq!(bob[0].input_seq, Some(1));
-        assert_eq!(
-            bob[1].body,
-            Body::Game(Out::Left {
-                player: "ann".into()
-            })
-        );
-        assert_eq!(bob[1].seq, 4, "joined, joined, chat, left");
-    }
-
-    #[test]
-    fn a_full_world_tells_the_newcomer() {
-        let mut room = game("###\n#S#\n###");
-        room.join("ann");
-        room.join("bob");
-        let bob = room.received_as::<Out>("bob");
-        let full = RoomEvent::Error {
-            error: "the world is full".into(),
-        };
-        assert_eq!(bob.last().unwrap().body, Body::Room(full));
-        assert!(!room.state().players.contains_key("bob"));
-    }
-
-    #[test]
-    fn npcs_wander_without_walking_through_walls_and_items_respawn() {
-        let mut room =
-            TestRoom::new(Msg::new(World::default).tick(Duration::from_millis(100), on_tick));
-        let start = room.state().npcs.clone();
-        room.tick(200);
-        let world = room.state();
-        assert_ne!(world.npcs, start, "NPCs moved");
-        assert!(world.npcs.iter().all(|n| world.map.walkable(n.x, n.y)));
-        assert!(world.items.len() > MAX_ITEMS / 2 && world.items.len() <= MAX_ITEMS);
-    }
-
-    #[test]
-    fn the_world_survives_a_checkpoint() {
-        let mut world = World::default();
-        world.players.insert("ann".into(), Pos { x: 1, y: 1 });
-        let saved = serde_json::to_string(&world).unwrap();
-        let back: World = serde_json::from_str(&saved).unwrap();
-        assert_eq!(back.players, world.players);
-        assert_eq!(back.items, world.items);
-        assert!(back.map.walkable(1, 1) && !back.map.walkable(0, 0));
-    }
-}
+mod tests;

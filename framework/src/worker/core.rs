@@ -2,7 +2,7 @@
 //! messages in order, produce outputs, take checkpoints. Every runtime (a task in the
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
-use crate::msg::{Grant, Msg};
+use crate::msg::{Arrival, Grant, Msg};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::room::{Output, Room};
 use crate::store::Checkpoint;
@@ -61,6 +61,9 @@ pub enum Control {
     Join {
         /// The player.
         player: String,
+        /// What the player brings (absent in messages from before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arrival: Option<Arrival>,
     },
     /// A player left through the lobby.
     #[serde(rename = "$leave")]
@@ -149,7 +152,9 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         }
         if user == LOBBY_USER {
             return match serde_json::from_slice::<Control>(body) {
-                Ok(Control::Join { player }) => self.room.join(&player),
+                Ok(Control::Join { player, arrival }) => {
+                    self.room.join_with(&player, arrival.unwrap_or_default())
+                }
                 Ok(Control::Leave { player }) => self.room.leave(&player),
                 Ok(Control::End { reason }) => self.room.end(&reason),
                 Ok(Control::Wake) => Vec::new(),
@@ -228,12 +233,46 @@ mod tests {
     fn join(w: &mut RoomWorker<i64>, player: &str) -> Vec<Output> {
         let body = Control::Join {
             player: player.into(),
+            arrival: None,
         }
         .to_json();
         w.handle(InboxMessage {
             user: LOBBY_USER,
             body: body.as_bytes(),
         })
+    }
+
+    #[test]
+    fn a_join_brings_the_players_arrival_to_the_hook_and_old_joins_still_read() {
+        let msg = Msg::new(Vec::new).on_join(|seen: &mut Vec<String>, ctx, player| {
+            let arrival = ctx.arrival().cloned().unwrap_or_default();
+            let xp = arrival.items.get("xp").copied().unwrap_or(0);
+            seen.push(format!(
+                "{player} {} {xp} {}",
+                arrival.room_name, arrival.carried
+            ));
+        });
+        let mut w = RoomWorker::new("r", msg);
+        let arrival = Arrival {
+            room_name: "caves".into(),
+            items: [("xp".to_owned(), 60)].into(),
+            carried: serde_json::json!({ "hp": 4 }),
+        };
+        let new = Control::Join {
+            player: "ann".into(),
+            arrival: Some(arrival),
+        };
+        let old = r#"{"type":"$join","player":"bob"}"#; // from before arrivals, in a journal
+        for body in [new.to_json().as_str(), old] {
+            w.handle(InboxMessage {
+                user: LOBBY_USER,
+                body: body.as_bytes(),
+            });
+        }
+        assert_eq!(
+            w.room().state(),
+            &["ann caves 60 {\"hp\":4}", "bob  0 null"]
+        );
     }
 
     #[test]
