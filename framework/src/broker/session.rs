@@ -1,9 +1,9 @@
 //! One client connection: the CONNECT handshake, then frames in, frames out.
 
-use super::core::{Kill, Out, Refusal};
+use super::core::{Core, Kill, Out, Refusal, SessionId};
 use super::Broker;
 use crate::stomp::{parse_heartbeat, write_loop, Command, Frame, Item, Transport};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +79,14 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
             crate::metrics::refused(&refusal.message);
-            let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
-            let _ = outgoing.close().await;
+            // A sink whose write failed is not closed: that would panic.
+            if outgoing
+                .send(Item::Frame(refusal.into_frame(None)))
+                .await
+                .is_ok()
+            {
+                let _ = outgoing.close().await;
+            }
             return;
         }
     };
@@ -100,8 +106,14 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
             crate::metrics::refused(&refusal.message);
-            let _ = outgoing.send(Item::Frame(refusal.into_frame(None))).await;
-            let _ = outgoing.close().await;
+            // A sink whose write failed is not closed: that would panic.
+            if outgoing
+                .send(Item::Frame(refusal.into_frame(None)))
+                .await
+                .is_ok()
+            {
+                let _ = outgoing.close().await;
+            }
             return;
         }
     };
@@ -138,22 +150,27 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     tokio::pin!(killed);
     let deadline = expect_every.map(|d| d * 2);
     let mut slow = false;
+    // An item read ahead while batching (see below), handled before reading again.
+    let mut lookahead: Option<Result<Option<Item>, Refusal>> = None;
     let ending: Option<(Refusal, Option<String>)> = loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut killed => {
-                if kill.kicked.load(std::sync::atomic::Ordering::SeqCst) {
-                    break Some((Refusal::new("disconnected by the server", "The server closed this connection; unacknowledged messages were requeued."), None));
+        let next = match lookahead.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                _ = &mut killed => {
+                    if kill.kicked.load(std::sync::atomic::Ordering::SeqCst) {
+                        break Some((Refusal::new("disconnected by the server", "The server closed this connection; unacknowledged messages were requeued."), None));
+                    }
+                    slow = true;
+                    break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
                 }
-                slow = true;
-                break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
-            }
-            _ = &mut stopping => {
-                break Some((Refusal::new("server shutting down", "The server is shutting down; reconnect later."), None));
-            }
-            next = next_item(&mut incoming, deadline) => next,
+                _ = &mut stopping => {
+                    break Some((Refusal::new("server shutting down", "The server is shutting down; reconnect later."), None));
+                }
+                next = next_item(&mut incoming, deadline) => next,
+            },
         };
-        let frame = match next {
+        let mut frame = match next {
             Ok(Some(Item::Frame(frame))) => frame,
             Ok(Some(Item::Heartbeat)) => continue,
             Ok(Some(Item::Encoded(_))) => break None,
@@ -161,9 +178,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
             Err(refusal) if refusal.is_close() => break None,
             Err(refusal) => break Some((refusal, None)),
         };
-        let receipt = frame.header("receipt").map(str::to_owned);
-        let disconnect = frame.command == Command::Disconnect;
-        if disconnect {
+        if frame.command == Command::Disconnect {
             // Receipts still waiting for the journal's flush go out before the
             // DISCONNECT's own and the close (a flush takes milliseconds; a disk that
             // hangs does not keep the connection past a few seconds).
@@ -173,26 +188,30 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
             }
         }
         let mut core = broker.lock();
-        match core.handle(id, frame) {
-            Ok(()) => {
-                // A SEND dropped by its rate limit was not accepted: no receipt.
-                let dropped = core.take_dropped();
-                let receipt = receipt.filter(|_| !dropped);
-                match (receipt, core.take_unsynced()) {
-                    // Kept once the journal's group commit has it on the disk.
-                    (Some(receipt), Some(lsn)) => core.hold_receipt(lsn, id, receipt),
-                    (Some(receipt), None) => {
-                        let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-                        core.send_to(id, Out::Frame(frame));
-                    }
-                    (None, _) => {}
-                }
-                if disconnect {
-                    core.send_to(id, Out::Close);
+        let mut handled = 0;
+        let step = loop {
+            if let Some(ending) = handle(&mut core, id, frame) {
+                break Some(ending);
+            }
+            handled += 1;
+            // An in-process worker's frames come in bursts (its outputs, then its acks):
+            // those already waiting go through under the same lock, up to a batch. Not
+            // for sockets, whose reads would lengthen the lock.
+            if !in_memory || handled == BATCH {
+                break None;
+            }
+            match ready_frame(&mut incoming) {
+                Ok(next) => frame = next,
+                Err(None) => break None,
+                Err(Some(item)) => {
+                    lookahead = Some(item);
                     break None;
                 }
             }
-            Err(refusal) => break Some((refusal, receipt)),
+        };
+        drop(core);
+        if let Some(ending) = step {
+            break ending;
         }
     };
 
@@ -223,6 +242,64 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         .is_err()
     {
         tracing::debug!(session = id, "writer did not finish flushing in 10 s");
+    }
+}
+
+/// Frames an in-process connection may hand over under one lock of the broker.
+const BATCH: usize = 64;
+
+/// Handles one frame: `None` to go on, `Some(ending)` when the connection ends (with the
+/// refusal to send, if any).
+#[allow(clippy::type_complexity)]
+fn handle(
+    core: &mut Core,
+    id: SessionId,
+    frame: Frame,
+) -> Option<Option<(Refusal, Option<String>)>> {
+    let receipt = frame.header("receipt").map(str::to_owned);
+    let disconnect = frame.command == Command::Disconnect;
+    match core.handle(id, frame) {
+        Ok(()) => {
+            // A SEND dropped by its rate limit was not accepted: no receipt.
+            let dropped = core.take_dropped();
+            let receipt = receipt.filter(|_| !dropped);
+            match (receipt, core.take_unsynced()) {
+                // Kept once the journal's group commit has it on the disk.
+                (Some(receipt), Some(lsn)) => core.hold_receipt(lsn, id, receipt),
+                (Some(receipt), None) => {
+                    let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+                    core.send_to(id, Out::Frame(frame));
+                }
+                (None, _) => {}
+            }
+            if disconnect {
+                core.send_to(id, Out::Close);
+                return Some(None);
+            }
+            None
+        }
+        Err(refusal) => Some(Some((refusal, receipt))),
+    }
+}
+
+/// A frame that has arrived already (heart-beats skipped): `Err(None)` when none has,
+/// `Err(Some(item))` for anything to handle on its own (a DISCONNECT, an error, the end).
+#[allow(clippy::type_complexity)]
+fn ready_frame(
+    incoming: &mut crate::stomp::ItemStream,
+) -> Result<Frame, Option<Result<Option<Item>, Refusal>>> {
+    loop {
+        let item = match incoming.next().now_or_never() {
+            None => return Err(None),
+            Some(None) => return Err(Some(Ok(None))),
+            Some(Some(Err(e))) => return Err(Some(Err(Refusal::from_error(&e)))),
+            Some(Some(Ok(item))) => item,
+        };
+        match item {
+            Item::Heartbeat => continue,
+            Item::Frame(f) if f.command != Command::Disconnect => return Ok(f),
+            other => return Err(Some(Ok(Some(other)))),
+        }
     }
 }
 

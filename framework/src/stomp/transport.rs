@@ -417,7 +417,7 @@ pub(crate) async fn write_loop(
                 Ok(next) => next,
                 Err(_) => {
                     if sink.send(Item::Heartbeat).await.is_err() {
-                        break;
+                        return; // a sink that failed must not be closed: it would panic
                     }
                     continue;
                 }
@@ -447,10 +447,15 @@ pub(crate) async fn write_loop(
                 return;
             }
         }
-        if sink.flush().await.is_err() || closing {
+        if sink.flush().await.is_err() {
+            return;
+        }
+        if closing {
             break;
         }
     }
+    // Only a sink that has not failed is closed: closing one whose write failed polls a
+    // finished future again, which panics ("polled MapErr after completion").
     let _ = sink.close().await;
 }
 
@@ -458,6 +463,70 @@ pub(crate) async fn write_loop(
 mod tests {
     use super::super::frame::Command;
     use super::*;
+
+    /// A sink whose flush fails once `fail_after` items were fed, and which panics if it
+    /// is used again after failing, as futures' `With` and `MapErr` do.
+    struct Failing {
+        fed: usize,
+        fail_after: usize,
+        failed: bool,
+    }
+
+    impl Sink<Item> for Failing {
+        type Error = Error;
+        fn poll_ready(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "used after it failed");
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, _: Item) -> Result<()> {
+            self.fed += 1;
+            Ok(())
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "flushed after it failed");
+            if self.fed >= self.fail_after {
+                self.failed = true;
+                return std::task::Poll::Ready(Err(Error::Closed("peer gone".into())));
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "closed after it failed");
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_peer_went_away_stops_without_touching_the_failed_sink() {
+        for with_heartbeat in [None, Some(std::time::Duration::from_millis(5))] {
+            let sink: ItemSink = Box::pin(Failing {
+                fed: 0,
+                fail_after: 3,
+                failed: false,
+            });
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let writer =
+                tokio::spawn(async move { write_loop(sink, &mut rx, with_heartbeat).await });
+            for _ in 0..5 {
+                let frame = Frame::new(Command::Send).with_header("destination", "/queue/a");
+                if tx.send(Outbound::Frame(frame)).await.is_err() {
+                    break; // the writer is gone: as it should be once its sink failed
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            drop(tx);
+            writer.await.expect("the writer ends without panicking");
+        }
+    }
 
     #[tokio::test]
     async fn a_tls_url_is_checked_before_connecting() {
