@@ -119,6 +119,7 @@ async fn travel_moves_only_a_player_in_a_portal_and_refuses_everything_else() {
         r#"{"input_seq":"x"}"#,
         r#"{"input_seq":-1}"#,
         r#"{"zone":"caves"}"#,
+        "[5]",
     ] {
         let (status, body) = travel(Some(&token), bad).await;
         assert_eq!(status, 400, "{bad:?}: {body}");

@@ -196,9 +196,14 @@ fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
+    json_body(bytes)
+}
+
+/// Parses a JSON body that must be an object, as every lobby body is (serde reads a
+/// struct from an array too, `[null]`): for a game's own routes as for the lobby's.
+pub fn json_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> ApiResult<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    // serde reads a struct from an array too (`[null]`); the lobby's bodies are objects.
     if !value.is_object() {
         return Err(ApiError::bad_request(
             "invalid JSON body: expected an object, like {\"name\": \"...\"}",

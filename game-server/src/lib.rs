@@ -21,7 +21,7 @@ mod server_side {
     use axum::http::StatusCode;
     use axum::routing::{get, post};
     use axum::Json;
-    use game_server_less::lobby::{ApiError, ApiResult};
+    use game_server_less::lobby::{json_body, ApiError, ApiResult};
     use game_server_less::proto::{Inventory, Ticket};
     use game_server_less::{Caller, Lobby, Msg, Rooms};
     use std::time::{Duration, Instant};
@@ -72,8 +72,8 @@ mod server_side {
         caller: Caller,
         raw: Bytes,
     ) -> ApiResult<Json<Ticket>> {
-        let req: Travel = serde_json::from_slice(&raw).map_err(|e| {
-            ApiError::bad_request(format!("invalid JSON body: {e}; send {{\"input_seq\": N}}"))
+        let req: Travel = json_body(&raw).map_err(|e| {
+            ApiError::bad_request(format!("{}; send {{\"input_seq\": N}}", e.message))
         })?;
         let Some(from) = caller.room else {
             return Err(ApiError::bad_request(
