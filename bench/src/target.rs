@@ -207,7 +207,18 @@ impl Target {
     fn spawn(&mut self, exe: &Path, tag: &str, args: &[&str]) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join(format!("{tag}.log")))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
+        // A profiler to run the servers under, e.g.
+        // BENCH_SERVER_WRAPPER="valgrind --tool=callgrind" (see docs/benchmarks.md).
+        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut command = match wrapper.split_whitespace().collect::<Vec<_>>()[..] {
+            [] => Command::new(exe),
+            [program, ref rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
+                c
+            }
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)

@@ -135,12 +135,99 @@ async fn exercise(store: &Store) {
     );
 }
 
+/// Checkpoints saved at once go in one group commit; each still gets its own answer: a
+/// fenced room among written ones, a room saved twice in one group, grants only for
+/// what was written.
+async fn group_commit(store: &Store) {
+    let rooms: Vec<String> = (0..150).map(|i| unique(&format!("g{i:03}-"))).collect();
+    let player = unique("gp");
+    let checkpoint = |seq: u64, version: u64| Checkpoint {
+        seq,
+        state: format!(r#"{{"seq":{seq}}}"#),
+        applied: BTreeMap::from([(player.clone(), seq)]),
+        players: vec![player.clone()],
+        version,
+    };
+    let grant = [Grant {
+        player: player.clone(),
+        item: "gem".into(),
+        count: 1,
+    }];
+    // Rooms 0 and 1 get a first checkpoint; room 1 then a second, so that room 1's
+    // version 1 is stale below.
+    store
+        .save_checkpoint(&rooms[0], &checkpoint(1, 0), &[])
+        .await
+        .unwrap();
+    store
+        .save_checkpoint(&rooms[1], &checkpoint(1, 0), &[])
+        .await
+        .unwrap();
+    store
+        .save_checkpoint(&rooms[1], &checkpoint(2, 1), &[])
+        .await
+        .unwrap();
+
+    let mut saves = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let version = match i {
+            0 => 1, // the latest: replaced
+            1 => 1, // stale: fenced
+            _ => 0, // new rooms
+        };
+        saves.push((room.clone(), checkpoint(10 + i as u64, version)));
+    }
+    // Room 2 twice in the same group, as an old and a new worker both starting from
+    // nothing: one of them wins.
+    saves.push((rooms[2].clone(), checkpoint(99, 0)));
+    let results = futures_util::future::join_all(
+        saves
+            .iter()
+            .map(|(room, c)| store.save_checkpoint(room, c, &grant)),
+    )
+    .await;
+    let fenced = |r: &Result<(), game_server_less::Error>| {
+        matches!(r, Err(game_server_less::Error::Fenced(_)))
+    };
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(fenced(&results[1]), "{:?}", results[1]);
+    for r in &results[3..150] {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(
+        results[2].is_ok() != results[150].is_ok()
+            && (fenced(&results[2]) || fenced(&results[150])),
+        "exactly one of two savers of a new room wins: {:?} {:?}",
+        results[2],
+        results[150]
+    );
+    async fn saved(store: &Store, room: &str) -> Checkpoint {
+        store.checkpoint(room).await.unwrap().unwrap()
+    }
+    assert_eq!(saved(store, &rooms[0]).await.version, 2);
+    assert_eq!(saved(store, &rooms[0]).await.seq, 10);
+    assert_eq!(
+        saved(store, &rooms[1]).await.seq,
+        2,
+        "the fenced save wrote nothing"
+    );
+    assert_eq!(saved(store, &rooms[149]).await.seq, 159);
+    let winner = if results[2].is_ok() { 12 } else { 99 };
+    assert_eq!(saved(store, &rooms[2]).await.seq, winner);
+    assert_eq!(
+        store.items(&player).await.unwrap()["gem"],
+        149,
+        "a grant for each written save, none for the fenced ones"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_file_store() {
     let dir = std::env::temp_dir().join(unique("gsl-store-"));
     let url = format!("sqlite://{}/nested/game.db", dir.display());
     let store = Store::open(&url).await.unwrap();
     exercise(&store).await;
+    group_commit(&store).await;
     // Migrations run once: opening again keeps the data.
     store.add_item("keeper", "herb", 1).await.unwrap();
     drop(store);
@@ -156,6 +243,7 @@ async fn postgres_store() {
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL must be running for this test ({url}): {e}"));
     exercise(&store).await;
+    group_commit(&store).await;
     Store::open(&url).await.expect("migrations are idempotent");
 }
 
