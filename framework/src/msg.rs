@@ -239,6 +239,32 @@ impl std::ops::DerefMut for Ctx {
     }
 }
 
+/// A message's `type`, read without building the whole message as a JSON value (the
+/// handler's own type is deserialized from the body once, by its route).
+fn message_type(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, Rejection> {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    // serde reads a struct from an array too: only an object is a message.
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if let (true, Ok(typed)) = (object, serde_json::from_slice::<Typed>(body)) {
+        return Ok(typed.kind);
+    }
+    // Not a well-formed message: the whole value, for the error to say why.
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Rejection::BadJson(e.to_string()))?;
+    match value.get("type").and_then(Value::as_str) {
+        // A `type` the fast read refused, such as one given twice: the last one, as a
+        // JSON value takes it.
+        Some(kind) => Ok(std::borrow::Cow::Owned(kind.to_owned())),
+        None => Err(Rejection::BadJson(
+            "expected an object with a string \"type\" field".into(),
+        )),
+    }
+}
+
 fn to_value(message: &impl Serialize) -> Value {
     serde_json::to_value(message)
         .unwrap_or_else(|e| panic!("a handler's message cannot be serialized as JSON: {e}"))
@@ -295,7 +321,8 @@ impl Display for Rejection {
     }
 }
 
-type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, Value) -> Result<(), Rejection> + Send + Sync>;
+/// A route: deserializes the message's JSON body as its handler's type and runs it.
+type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, &[u8]) -> Result<(), Rejection> + Send + Sync>;
 type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
 type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) + Send + Sync>;
 
@@ -356,12 +383,11 @@ impl<S: 'static> Msg<S> {
             panic!("message type {kind:?} is routed twice");
         }
         let name = kind.clone();
-        let route: RouteFn<S> = Arc::new(move |state, ctx, value| {
-            let message =
-                serde_json::from_value::<M>(value).map_err(|e| Rejection::BadPayload {
-                    kind: name.clone(),
-                    error: e.to_string(),
-                })?;
+        let route: RouteFn<S> = Arc::new(move |state, ctx, body| {
+            let message = serde_json::from_slice::<M>(body).map_err(|e| Rejection::BadPayload {
+                kind: name.clone(),
+                error: e.to_string(),
+            })?;
             handler(state, ctx, message)
                 .into_result()
                 .map_err(Rejection::Refused)
@@ -425,21 +451,13 @@ impl<S: 'static> Msg<S> {
     /// are dropped, but its changes to `state` are not undone: validate before you
     /// mutate.
     pub fn dispatch(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| Rejection::BadJson(e.to_string()))?;
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                Rejection::BadJson("expected an object with a string \"type\" field".into())
-            })?
-            .to_owned();
+        let kind = message_type(body)?;
         let route = self
             .routes
-            .get(&kind)
-            .ok_or_else(|| Rejection::UnknownType(kind.clone()))?
+            .get(kind.as_ref())
+            .ok_or_else(|| Rejection::UnknownType(kind.clone().into_owned()))?
             .clone();
-        let result = guarded(|| route(state, ctx, value));
+        let result = guarded(|| route(state, ctx, body));
         if result.is_err() {
             ctx.take_effects();
         }
@@ -548,6 +566,11 @@ mod tests {
         };
         assert!(err(b"{nope", &mut n, &mut ctx).starts_with("invalid JSON"));
         assert!(err(b"[1,2]", &mut n, &mut ctx).contains("string \"type\""));
+        // serde would read a struct from an array: the type is read from objects only.
+        assert!(err(br#"["add", 1]"#, &mut n, &mut ctx).contains("string \"type\""));
+        assert!(err(br#"{"type":5}"#, &mut n, &mut ctx).contains("string \"type\""));
+        assert!(err(br#"{"by":1}"#, &mut n, &mut ctx).contains("string \"type\""));
+        assert!(err(br#"{"type":"add"} x"#, &mut n, &mut ctx).starts_with("invalid JSON"));
         assert_eq!(
             err(br#"{"type":"fly"}"#, &mut n, &mut ctx),
             "unknown message type \"fly\""
@@ -556,6 +579,10 @@ mod tests {
             .starts_with("invalid \"add\" message"));
         assert_eq!(n, 0);
         assert!(ctx.effects().is_empty());
+        // Escapes in the type, whitespace before the object: still routed.
+        msg.dispatch(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]

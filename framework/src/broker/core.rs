@@ -58,11 +58,12 @@ impl Stored {
     /// and the body, in wire form.
     fn tail(&self) -> &Bytes {
         self.tail.get_or_init(|| {
-            let mut headers = Vec::with_capacity(self.headers.len() + 2);
-            headers.push(("message-id".to_owned(), self.id.clone()));
-            headers.push(("destination".to_owned(), self.destination.clone()));
-            headers.extend(self.headers.iter().cloned());
-            crate::stomp::encode_message_tail(&headers, &self.body)
+            let fixed = [
+                ("message-id", self.id.as_str()),
+                ("destination", self.destination.as_str()),
+            ];
+            let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            crate::stomp::encode_message_tail(fixed.into_iter().chain(headers), &self.body)
         })
     }
 }

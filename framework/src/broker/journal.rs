@@ -14,7 +14,7 @@
 //! destination, the message's lsn (`x-lsn`, its place in the queue) and its headers and
 //! body; `ACK` whose body lists settled lsns.
 
-use crate::stomp::{parse, Command, Frame, Limits, Parsed};
+use crate::stomp::{encode_parts, parse, Command, Frame, Limits, Parsed};
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -212,12 +212,13 @@ fn encode_send(
     headers: &[(String, String)],
     body: &Bytes,
 ) {
-    let mut frame = Frame::new(Command::Send)
-        .with_header("destination", destination)
-        .with_header("x-lsn", lsn.to_string());
-    frame.headers.extend(headers.iter().cloned());
-    frame.body = body.clone();
-    frame.encode(buf);
+    let mut lsn_digits = itoa::Buffer::new();
+    let fixed = [
+        ("destination", destination),
+        ("x-lsn", lsn_digits.format(lsn)),
+    ];
+    let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    encode_parts(buf, Command::Send, fixed.into_iter().chain(headers), body);
 }
 
 /// The messages a journal's bytes keep, in lsn order. A record cut short at the end (the

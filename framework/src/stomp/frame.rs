@@ -166,28 +166,13 @@ impl Frame {
     /// that contain NUL bytes survive; a `content-length` already present is rewritten to the
     /// body's real length.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let escape = self.command.escapes_headers();
         dst.reserve(self.encoded_len_hint());
-        dst.put_slice(self.command.as_str().as_bytes());
-        dst.put_u8(b'\n');
-        let mut wrote_length = false;
-        for (name, value) in &self.headers {
-            if name == "content-length" {
-                if wrote_length {
-                    continue;
-                }
-                wrote_length = true;
-                put_header(dst, name, &self.body.len().to_string(), escape);
-            } else {
-                put_header(dst, name, value, escape);
-            }
-        }
-        if !wrote_length && !self.body.is_empty() {
-            put_header(dst, "content-length", &self.body.len().to_string(), escape);
-        }
-        dst.put_u8(b'\n');
-        dst.put_slice(&self.body);
-        dst.put_u8(0);
+        encode_parts(
+            dst,
+            self.command,
+            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &self.body,
+        );
     }
 
     /// The frame in wire form, as a new buffer.
@@ -209,6 +194,39 @@ impl Frame {
 
 fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
+}
+
+/// A frame from its parts, as [`Frame::encode`] writes it, without making a [`Frame`]
+/// (the journal writes one record per message this way, without copying its headers).
+pub(crate) fn encode_parts<'a>(
+    dst: &mut BytesMut,
+    command: Command,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) {
+    let escape = command.escapes_headers();
+    let mut length = itoa::Buffer::new();
+    let length = length.format(body.len());
+    dst.put_slice(command.as_str().as_bytes());
+    dst.put_u8(b'\n');
+    let mut wrote_length = false;
+    for (name, value) in headers {
+        if name == "content-length" {
+            if wrote_length {
+                continue;
+            }
+            wrote_length = true;
+            put_header(dst, name, length, escape);
+        } else {
+            put_header(dst, name, value, escape);
+        }
+    }
+    if !wrote_length && !body.is_empty() {
+        put_header(dst, "content-length", length, escape);
+    }
+    dst.put_u8(b'\n');
+    dst.put_slice(body);
+    dst.put_u8(0);
 }
 
 fn put_header(dst: &mut BytesMut, name: &str, value: &str, escape: bool) {
@@ -249,22 +267,19 @@ fn put_escaped(dst: &mut BytesMut, s: &str) {
 /// (escaped), `content-length` for a non-empty body, the blank line, the body and the
 /// NUL. A subscriber's frame is its own header lines (see [`encode_message_head`])
 /// followed by these bytes.
-pub fn encode_message_tail(headers: &[(String, String)], body: &[u8]) -> Bytes {
-    let mut dst = BytesMut::with_capacity(
-        headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 2)
-            .sum::<usize>()
-            + body.len()
-            + 24,
-    );
+pub fn encode_message_tail<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) -> Bytes {
+    let mut dst = BytesMut::with_capacity(body.len() + 256);
     for (name, value) in headers {
         if name != "content-length" {
             put_header(&mut dst, name, value, true);
         }
     }
     if !body.is_empty() {
-        put_header(&mut dst, "content-length", &body.len().to_string(), false);
+        let mut length = itoa::Buffer::new();
+        put_header(&mut dst, "content-length", length.format(body.len()), false);
     }
     dst.put_u8(b'\n');
     dst.put_slice(body);
@@ -542,13 +557,13 @@ mod tests {
     #[test]
     fn a_message_encoded_once_reads_back_as_the_frame_it_stands_for() {
         let body = Bytes::from_static(b"{\"a\":1}\0tail");
-        let headers = vec![
-            ("message-id".to_owned(), "m-7".to_owned()),
-            ("destination".to_owned(), "/topic/room.r:1".to_owned()),
-            ("user-id".to_owned(), "ann\\bob\nc\rd".to_owned()),
-            ("content-length".to_owned(), "999".to_owned()),
+        let headers = [
+            ("message-id", "m-7"),
+            ("destination", "/topic/room.r:1"),
+            ("user-id", "ann\\bob\nc\rd"),
+            ("content-length", "999"),
         ];
-        let tail = encode_message_tail(&headers, &body);
+        let tail = encode_message_tail(headers, &body);
         let wire = encode_message_head(&[("subscription", "s:1"), ("ack", "42")], &tail);
         let f = parse_one(&wire);
         assert_eq!(f.command, Command::Message);
@@ -567,7 +582,11 @@ mod tests {
         let mut whole = Frame::new(Command::Message)
             .with_header("subscription", "s:1")
             .with_header("ack", "42");
-        whole.headers.extend(headers[..3].iter().cloned());
+        whole.headers.extend(
+            headers[..3]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+        );
         whole.body = body;
         assert_eq!(whole.to_bytes(), wire);
     }

@@ -7,6 +7,8 @@ mod transport;
 #[cfg(feature = "server")]
 pub(crate) use client::parse_heartbeat;
 pub use client::{AckMode, Client, ConnectOptions, Message, SubscribeOptions, Subscription};
+#[cfg(feature = "server")]
+pub(crate) use frame::encode_parts;
 pub use frame::{
     encode_message_head, encode_message_tail, parse, Command, Frame, FrameError, Limits, Parsed,
 };
