@@ -937,3 +937,42 @@ async fn ticks_that_change_nothing_save_no_checkpoint() {
     assert_eq!(version().await, still + 1, "a change is saved once");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn ticks_alone_checkpoint_at_a_slower_pace_than_inputs() {
+    let dir = temp_dir("tick-pace");
+    // Every tick changes the state (as wandering NPCs do); an input changes it too.
+    let msg = Msg::new(|| 0)
+        .tick(Duration::from_millis(20), |n: &mut i64, _: &mut RoomCtx| {
+            *n += 1
+        })
+        .route("type=add", |n: &mut i64, ctx: &mut Ctx, _: Value| {
+            *n += 1000;
+            ctx.broadcast(&json!({ "type": "count", "n": *n }));
+        });
+    let server = Server::start(Lobby::new(), msg, &dir).await;
+    let room = server.create_room().await;
+    let version = || checkpoint_version(&server, &room);
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // the join is saved
+    let before = version().await;
+    assert!(before > 0, "the join was saved");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ticked = version().await;
+    assert!(
+        ticked - before <= 1,
+        "ticks alone saved {} checkpoints in 1 s (every 250 ms would be 4)",
+        ticked - before
+    );
+    ann.send(json!({ "type": "add" })).await;
+    assert!(ann.next_on_room("count").await["n"].as_i64().unwrap() > 1000);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let input_saved = version().await;
+    assert!(input_saved > ticked, "an input is saved at the full pace");
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        version().await > input_saved,
+        "the ticks' changes are saved too, every 2 s"
+    );
+    server.stop().await;
+}

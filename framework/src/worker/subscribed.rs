@@ -29,6 +29,10 @@ use tokio::sync::watch;
 
 /// Inputs in flight to a worker before it must ack; bounds what a crash replays.
 const PREFETCH: u32 = 1024;
+/// A room whose only unsaved changes come from its own ticks (NPCs wandering beside
+/// players who send nothing) checkpoints this many times less often: replaying ticks
+/// after a crash repeats them exactly, and nobody waits for their acks.
+const TICKS_ONLY_SLOWER: u32 = 8;
 /// How often a standby worker checks that its room still lives.
 const STANDBY_CHECK: Duration = Duration::from_secs(2);
 
@@ -263,9 +267,12 @@ where
         client: &client,
         unacked: None,
         unsaved: 0,
+        unsaved_not_ticks: 0,
+        started: Instant::now(),
         last: None,
         in_flight: None,
     };
+    let ticks_only_every = env.timings.checkpoint_every * TICKS_ONLY_SLOWER;
     // Checks for idleness once per idle period, not on every input.
     let idle = tokio::time::sleep(env.timings.idle_timeout);
     tokio::pin!(idle);
@@ -322,7 +329,8 @@ where
                         .unwrap_or_default(),
                     body: message.body(),
                 };
-                if input.keeps_alive() {
+                let tick = !input.keeps_alive();
+                if !tick {
                     last_input = Instant::now();
                 }
                 if !input.user.starts_with('$') {
@@ -333,7 +341,7 @@ where
                 timer.observe_duration();
                 crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
                 publisher.publish(outputs)?;
-                saver.applied(message);
+                saver.applied(message, tick);
                 if saver.unsaved == 1 {
                     // The first change since the last checkpoint: the next is a period away.
                     checkpoint.reset();
@@ -349,7 +357,9 @@ where
                 client.send_nowait(&inbox, super::core::tick(&life, ticks))?;
             }
             _ = checkpoint.tick(), if saver.unsaved > 0 && saver.in_flight.is_none() => {
-                saver.start(&mut worker).await?;
+                if saver.unsaved_not_ticks > 0 || saver.started.elapsed() >= ticks_only_every {
+                    saver.start(&mut worker).await?;
+                }
             }
             _ = &mut idle => {
                 let deadline = last_input + env.timings.idle_timeout;
@@ -414,6 +424,11 @@ struct Saver<'a> {
     /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
     unacked: Option<Message>,
     unsaved: u32,
+    /// Of `unsaved`, those that are not the worker's own ticks: player inputs, joins and
+    /// leaves, which checkpoint at the full pace.
+    unsaved_not_ticks: u32,
+    /// When the last checkpoint was started.
+    started: Instant,
     /// The checkpoint last saved, to skip saving one that changes nothing.
     last: Option<Checkpoint>,
     /// The save under way.
@@ -429,9 +444,12 @@ struct InFlight {
 }
 
 impl Saver<'_> {
-    fn applied(&mut self, message: Message) {
+    fn applied(&mut self, message: Message, tick: bool) {
         self.unacked = Some(message);
         self.unsaved += 1;
+        if !tick {
+            self.unsaved_not_ticks += 1;
+        }
     }
 
     /// Starts saving a checkpoint of everything applied so far (after the save under
@@ -470,6 +488,8 @@ impl Saver<'_> {
             ack: self.unacked.take(),
         });
         self.unsaved = 0;
+        self.unsaved_not_ticks = 0;
+        self.started = Instant::now();
         Ok(())
     }
 
