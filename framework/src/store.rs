@@ -597,9 +597,10 @@ impl Store {
         let mut statements: Vec<Vec<usize>> = Vec::new();
         for i in order {
             match statements.last_mut() {
+                // Sorted, a room saved twice is next to itself: the last row tells.
                 Some(rows)
                     if rows.len() < SAVES_PER_STATEMENT
-                        && rows.iter().all(|&r| group[r].room != group[i].room) =>
+                        && rows.last().is_some_and(|&r| group[r].room != group[i].room) =>
                 {
                     rows.push(i)
                 }
