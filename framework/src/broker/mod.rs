@@ -12,12 +12,12 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
-mod core;
 mod journal;
 mod server;
 mod session;
+mod state;
 
-use self::core::Core;
+use self::state::State;
 use crate::Result;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -247,7 +247,7 @@ impl Default for BrokerConfig {
 /// The embedded broker. Cheap to clone; every clone is the same broker.
 #[derive(Clone)]
 pub struct Broker {
-    core: Arc<Mutex<Core>>,
+    state: Arc<Mutex<State>>,
     shutdown: watch::Sender<bool>,
     tasks: TaskTracker,
 }
@@ -280,7 +280,7 @@ impl Broker {
         let journal = config.journal.clone();
         let fsync = config.journal_fsync;
         let broker = Broker {
-            core: Arc::new(Mutex::new(Core::new(config, authorizer))),
+            state: Arc::new(Mutex::new(State::new(config, authorizer))),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
         };
@@ -316,17 +316,17 @@ impl Broker {
     /// something was written, off the broker's lock, then releases what waited for it.
     /// It ends when the broker is dropped.
     fn start_flusher(&self) -> Result<()> {
-        let core = Arc::downgrade(&self.core);
+        let state = Arc::downgrade(&self.state);
         let wake = self.lock().durability_signal();
         std::thread::Builder::new()
             .name("gsl-journal-sync".into())
             .spawn(move || loop {
                 let work = wake.wait(std::time::Duration::from_secs(1));
-                let Some(core) = core.upgrade() else { return };
+                let Some(state) = state.upgrade() else { return };
                 if !work {
                     continue;
                 }
-                let lock = || core.lock().unwrap_or_else(|e| e.into_inner());
+                let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
                 let Some((file, lsn)) = lock().to_sync() else {
                     continue;
                 };
@@ -347,10 +347,10 @@ impl Broker {
             .map_err(crate::Error::Io)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves state that is still consistent enough to
         // serve: every operation finishes its bookkeeping before it can panic.
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a message from inside the process, as a client's SEND would (a managed
@@ -479,7 +479,7 @@ impl Broker {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    use super::core::Core;
+    use super::state::State;
     use super::{AllowAll, BrokerConfig, Principal, SendRate};
     use crate::stomp::{parse, Limits, Parsed};
     use std::sync::Arc;
@@ -494,7 +494,7 @@ pub mod fuzzing {
             managed_prefixes: vec!["/queue/room.".into()],
             ..BrokerConfig::default()
         };
-        let mut core = Core::new(config, Arc::new(AllowAll));
+        let mut core = State::new(config, Arc::new(AllowAll));
         core.create_queue("/queue/room.r1", true);
         let mut player = Principal::anyone("ann");
         player.send = Some(vec!["/queue/room.r1".into()]);

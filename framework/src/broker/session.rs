@@ -1,6 +1,6 @@
 //! One client connection: the CONNECT handshake, then frames in, frames out.
 
-use super::core::{Core, Kill, Out, Refusal, SessionId};
+use super::state::{Kill, Out, Refusal, SessionId, State};
 use super::Broker;
 use crate::stomp::{parse_heartbeat, write_loop, Command, Frame, Item, Transport};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -252,7 +252,7 @@ const BATCH: usize = 64;
 /// refusal to send, if any).
 #[allow(clippy::type_complexity)]
 fn handle(
-    core: &mut Core,
+    core: &mut State,
     id: SessionId,
     frame: Frame,
 ) -> Option<Option<(Refusal, Option<String>)>> {

@@ -1,0 +1,515 @@
+//! Messages in: a SEND is checked, stamped with its sender and published, to a named
+//! queue (bounded, journaled) or to every subscriber of a topic. Messages out:
+//! `dispatch` hands what is ready to consumers with room for it, round robin (or to the
+//! single active one), and a message a consumer gave back is requeued at its old place.
+
+use super::destination::{classify, journaled, required, Dest};
+use super::{Handled, Out, Queued, Refusal, SessionId, State, Stored};
+use crate::stomp::{AckMode, Command, Frame};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
+const BROKER_HEADERS: [&str; 9] = [
+    "user-id",
+    "destination",
+    "receipt",
+    "transaction",
+    "content-length",
+    "message-id",
+    "subscription",
+    "ack",
+    "redelivered",
+];
+
+impl State {
+    /// Everything that could refuse a SEND, checked without sending: the destination, the
+    /// authorizer, managed queues. Returns the destination and the sender's name.
+    pub(super) fn check_send(
+        &mut self,
+        id: SessionId,
+        frame: &Frame,
+    ) -> Result<(String, String), Refusal> {
+        if !self.accepting {
+            return Err(Refusal::new(
+                "server shutting down",
+                "The broker is shutting down and accepts no new messages; reconnect later.",
+            ));
+        }
+        let destination = required(frame, "destination")?.to_owned();
+        classify(&destination, &self.config)?;
+        let authorizer = self.authorizer.clone();
+        let principal = &self.session(id)?.principal;
+        authorizer
+            .can_send(principal, &destination)
+            .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
+        let user = principal.name.clone();
+        self.check_managed(&destination)?;
+        Ok((destination, user))
+    }
+
+    /// A client's SEND: checked, rate-limited (to queues), stamped with its sender.
+    pub(super) fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
+        let (destination, user) = self.check_send(id, &frame)?;
+        let dest = classify(&destination, &self.config)?;
+        if matches!(dest, Dest::Queue) && !self.within_rate(id)? {
+            self.dropped = true;
+            return Ok(());
+        }
+        let mut headers: Vec<(String, String)> = frame
+            .headers
+            .into_iter()
+            .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
+            .collect();
+        headers.push(("user-id".into(), user));
+        self.publish(&destination, dest, headers, frame.body)
+    }
+
+    /// Publishes a message as if a client had sent it (for in-process producers).
+    /// A managed queue must exist unless `create` says the caller may bring it back (the
+    /// shutdown spool's restore).
+    pub fn publish_local(
+        &mut self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        create: bool,
+    ) -> Handled {
+        let dest = classify(destination, &self.config)?;
+        if !create {
+            self.check_managed(destination)?;
+        }
+        self.publish(destination, dest, headers, body)
+    }
+
+    /// Numbers a message in the broker's order and puts it where `dest` says.
+    pub(super) fn publish(
+        &mut self,
+        destination: &str,
+        dest: Dest<'_>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Handled {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let msg = Arc::new(Stored {
+            id: format!("m-{seq}"),
+            destination: destination.to_owned(),
+            headers,
+            body,
+            tail: Default::default(),
+        });
+        let item = Queued {
+            seq,
+            msg,
+            redelivered: false,
+        };
+        match dest {
+            Dest::Queue => self.enqueue(destination, item),
+            Dest::Topic(topic) => {
+                self.fan_out(topic, item);
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts a message in a named queue, within its bounds, journaled before anyone sees
+    /// it.
+    fn enqueue(&mut self, destination: &str, item: Queued) -> Handled {
+        let size = item.msg.body.len();
+        self.check_room(destination, size)?;
+        // Kept before anyone sees it: a RECEIPT, and any output a consumer makes from
+        // it, outlive the process.
+        if let Some(journal) = &mut self.journal {
+            let msg = &item.msg;
+            journal
+                .publish(item.seq, destination, &msg.headers, &msg.body)
+                .map_err(|e| {
+                    tracing::error!("cannot write the journal: {e}");
+                    Refusal::new(
+                        "the broker cannot keep the message",
+                        format!("Writing its journal failed ({e}); the message was not accepted."),
+                    )
+                })?;
+        }
+        let seq = item.seq;
+        let queue = self.queues.entry(destination.to_owned()).or_default();
+        queue.bytes += size;
+        queue.ready.push_back(item);
+        self.queued_bytes += size;
+        self.wait_for_disk(destination, seq);
+        self.dispatch(destination);
+        Ok(())
+    }
+
+    /// Whether a queue (and the broker) has room for `size` more bytes.
+    fn check_room(&self, destination: &str, size: usize) -> Handled {
+        let c = &self.config;
+        let (max, max_bytes, max_total) =
+            (c.max_queue_len, c.max_queue_bytes, c.max_total_queue_bytes);
+        let (len, bytes) = self
+            .queues
+            .get(destination)
+            .map_or((0, 0), |q| (q.ready.len(), q.bytes));
+        if len >= max {
+            return Err(Refusal::new(
+                format!("queue {destination} is full"),
+                format!(
+                    "The queue holds {max} undelivered messages; the message was not accepted."
+                ),
+            ));
+        }
+        if bytes + size > max_bytes {
+            return Err(Refusal::new(
+                format!("queue {destination} is full"),
+                format!(
+                    "The queue holds {max_bytes} bytes of messages; the message was not accepted."
+                ),
+            ));
+        }
+        if self.queued_bytes + size > max_total {
+            return Err(Refusal::new(
+                "the broker is full",
+                format!("All queues together hold {max_total} bytes of messages; the message was not accepted."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives a message to every subscriber of a topic (each has a private queue).
+    fn fan_out(&mut self, topic: &str, item: Queued) {
+        // Borrowed out of the map while dispatching (which never changes who
+        // subscribes), rather than cloned for every message.
+        let Some(subscribers) = self.topics.get_mut(topic).map(std::mem::take) else {
+            return;
+        };
+        for queue_name in &subscribers {
+            if let Some(queue) = self.queues.get_mut(queue_name) {
+                // A subscriber this far behind loses the oldest: a topic is live.
+                if queue.ready.len() >= self.config.max_topic_backlog {
+                    queue.ready.pop_front();
+                }
+                queue.ready.push_back(item.clone());
+                self.dispatch(queue_name);
+            }
+        }
+        if let Some(slot) = self.topics.get_mut(topic) {
+            *slot = subscribers;
+        }
+    }
+
+    /// Puts a message back at its original place in the queue, marked redelivered.
+    pub(super) fn requeue(&mut self, queue_name: &str, mut item: Queued) {
+        let Some(queue) = self.queues.get_mut(queue_name) else {
+            return;
+        };
+        item.redelivered = true;
+        let at = queue.ready.partition_point(|q| q.seq < item.seq);
+        queue.ready.insert(at, item);
+    }
+
+    /// Hands ready messages to consumers with room for them, round robin.
+    pub(super) fn dispatch(&mut self, queue_name: &str) {
+        while let Some(i) = self.next_consumer(queue_name) {
+            self.deliver(queue_name, i);
+        }
+    }
+
+    /// The index of the consumer that takes the queue's next message, if a message is
+    /// ready and a consumer has room for it.
+    fn next_consumer(&self, queue_name: &str) -> Option<usize> {
+        let queue = self.queues.get(queue_name)?;
+        let first = queue.ready.front()?;
+        // A journaled message a group commit has not yet put on the disk waits, and
+        // so does everything behind it. (Topic subscriptions are not journaled.)
+        if journaled(queue_name) && !self.durability.on_disk(first.seq) {
+            return None;
+        }
+        // A single-active-consumer queue feeds its oldest consumer only; the next one
+        // takes over when it goes, starting with what it left unacked.
+        let n = if queue.single_active {
+            queue.consumers.len().min(1)
+        } else {
+            queue.consumers.len()
+        };
+        let max_unacked = self.config.max_unacked;
+        (0..n).map(|k| (queue.next_consumer + k) % n).find(|&i| {
+            let (sid, sub_id) = &queue.consumers[i];
+            self.sessions.get(sid).is_some_and(|session| {
+                // Besides its prefetch, a session may hold only so many unacked messages.
+                session.unacked.len() < max_unacked
+                    && session.subscriptions.get(sub_id).is_some_and(|s| {
+                        s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
+                    })
+            })
+        })
+    }
+
+    /// Delivers the queue's first message to its consumer `i`.
+    fn deliver(&mut self, queue_name: &str, i: usize) {
+        let queue = self
+            .queues
+            .get_mut(queue_name)
+            .expect("a queue to deliver from");
+        let n = if queue.single_active {
+            1
+        } else {
+            queue.consumers.len()
+        };
+        queue.next_consumer = (i + 1) % n;
+        let item = queue.ready.pop_front().expect("checked non-empty");
+        let (sid, sub_id) = &queue.consumers[i];
+        let sid = *sid;
+        let session = self.sessions.get_mut(&sid).expect("consumer has a session");
+        let sub = session
+            .subscriptions
+            .get_mut(sub_id)
+            .expect("consumer has a subscription");
+        let tag = (sub.ack != AckMode::Auto).then(|| {
+            session.next_tag += 1;
+            session.next_tag - 1
+        });
+        let out = message_frame(&item, sub_id, tag, session.wire);
+        if session.outbox.try_send(out).is_err() {
+            // The consumer cannot keep up (or is gone): it loses its connection, and
+            // the message stays first in line for someone else.
+            session.kill.slow();
+            let queue = self.queues.get_mut(queue_name).expect("queue exists");
+            queue.ready.push_front(item);
+            queue.consumers.retain(|(s, _)| *s != sid);
+            return;
+        }
+        if let Some(tag) = tag {
+            sub.in_flight += 1;
+            session.unacked.insert(
+                tag,
+                super::Unacked {
+                    subscription: sub_id.clone(),
+                    queue: queue_name.to_owned(),
+                    item,
+                },
+            );
+        } else if journaled(queue_name) {
+            // Delivered with ack=auto: settled.
+            let (seq, size) = (item.seq, item.msg.body.len());
+            self.release(queue_name, size);
+            self.settle(&[seq]);
+        }
+    }
+
+    /// Takes `bytes` of a message that left `queue` for good off the counts.
+    pub(super) fn release(&mut self, queue: &str, bytes: usize) {
+        if !journaled(queue) {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.bytes = q.bytes.saturating_sub(bytes);
+        }
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+    }
+
+    /// Creates an empty queue unless it exists.
+    pub fn create_queue(&mut self, destination: &str, single_active: bool) {
+        self.queues
+            .entry(destination.to_owned())
+            .or_default()
+            .single_active |= single_active;
+    }
+
+    /// Deletes a queue and every message in it; returns whether it existed.
+    pub fn delete_queue(&mut self, destination: &str) -> bool {
+        let Some(queue) = self.queues.remove(destination) else {
+            return false;
+        };
+        if journaled(destination) {
+            self.queued_bytes = self.queued_bytes.saturating_sub(queue.bytes);
+        }
+        let mut gone: Vec<u64> = queue.ready.iter().map(|q| q.seq).collect();
+        for (sid, sub_id) in queue.consumers {
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.subscriptions.remove(&sub_id);
+                session.unacked.retain(|_, u| {
+                    if u.queue == destination {
+                        gone.push(u.item.seq);
+                    }
+                    u.queue != destination
+                });
+            }
+        }
+        if journaled(destination) {
+            self.settle(&gone);
+        }
+        true
+    }
+}
+
+/// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
+/// (the subscriber's own headers, then the part every subscriber shares, encoded once),
+/// as a value otherwise.
+fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> Out {
+    if wire {
+        let mut digits = itoa::Buffer::new();
+        let mut head = [("subscription", sub_id), ("", ""), ("", "")];
+        let mut len = 1;
+        if let Some(tag) = tag {
+            head[len] = ("ack", digits.format(tag));
+            len += 1;
+        }
+        if item.redelivered {
+            head[len] = ("redelivered", "true");
+            len += 1;
+        }
+        return Out::Encoded(crate::stomp::encode_message_head(
+            &head[..len],
+            item.msg.tail(),
+        ));
+    }
+    let mut frame = Frame::new(Command::Message);
+    frame.headers.reserve_exact(5 + item.msg.headers.len());
+    frame = frame
+        .with_header("subscription", sub_id)
+        .with_header("message-id", item.msg.id.clone())
+        .with_header("destination", item.msg.destination.clone());
+    if let Some(tag) = tag {
+        frame = frame.with_header("ack", tag.to_string());
+    }
+    if item.redelivered {
+        frame = frame.with_header("redelivered", "true");
+    }
+    frame.headers.extend(item.msg.headers.iter().cloned());
+    frame.body = item.msg.body.clone();
+    Out::Frame(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::Harness;
+    use crate::broker::{BrokerConfig, Principal};
+    use crate::stomp::{Command, Frame};
+
+    #[test]
+    fn a_queue_keeps_messages_in_order_until_a_consumer_comes() {
+        let mut h = Harness::new();
+        let (ann, bob) = (h.connect("ann"), h.connect("bob"));
+        h.send_all(bob, "/queue/q", &["1", "2", "3"]);
+        assert_eq!(h.state.queue_depth("/queue/q"), Some(3));
+        assert_eq!(h.state.queued(), 3);
+        h.subscribe(ann, "/queue/q", "s", "auto", 0).unwrap();
+        assert_eq!(h.bodies(ann), ["1", "2", "3"]);
+        assert_eq!(h.state.queued(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_or_broker_refuses_the_send() {
+        let mut h = Harness::with_config(BrokerConfig {
+            max_queue_len: 2,
+            max_queue_bytes: 10,
+            max_total_queue_bytes: 15,
+            ..BrokerConfig::default()
+        });
+        let bob = h.connect("bob");
+        h.send(bob, "/queue/a", "1").unwrap();
+        h.send(bob, "/queue/a", "2").unwrap();
+        let len = h.send(bob, "/queue/a", "3").unwrap_err();
+        assert_eq!(len.message, "queue /queue/a is full");
+        assert!(len.detail.contains("2 undelivered messages"));
+        let bytes = h.send(bob, "/queue/b", "12345678901").unwrap_err();
+        assert!(bytes.detail.contains("10 bytes"));
+        h.send(bob, "/queue/b", "1234567890").unwrap();
+        let total = h.send(bob, "/queue/c", "1234").unwrap_err();
+        assert_eq!(total.message, "the broker is full");
+        // A refused SEND creates no queue.
+        assert!(!h.state.has_queue("/queue/c"));
+    }
+
+    #[test]
+    fn a_single_active_consumer_queue_feeds_its_oldest_consumer_only() {
+        let mut h = Harness::new();
+        let (ann, bob, cy) = (h.connect("ann"), h.connect("bob"), h.connect("cy"));
+        h.state.create_queue("/queue/inbox", true);
+        h.subscribe(ann, "/queue/inbox", "a", "client", 0).unwrap();
+        h.subscribe(bob, "/queue/inbox", "b", "client", 0).unwrap();
+        h.send_all(cy, "/queue/inbox", &["1", "2"]);
+        assert_eq!(h.bodies(ann), ["1", "2"]);
+        assert!(h.bodies(bob).is_empty(), "standing by");
+        // The next takes over with what the first left unacked.
+        h.state.remove_session(ann);
+        let taken = h.messages(bob);
+        assert_eq!(taken.len(), 2);
+        assert!(taken
+            .iter()
+            .all(|m| m.header("redelivered") == Some("true")));
+    }
+
+    #[test]
+    fn a_topic_subscriber_far_behind_loses_the_oldest() {
+        let mut h = Harness::with_config(BrokerConfig {
+            max_topic_backlog: 2,
+            ..BrokerConfig::default()
+        });
+        let (ann, bob) = (h.connect("ann"), h.connect("bob"));
+        // Holding one unacked message, the subscriber takes no more: a backlog builds.
+        h.subscribe(ann, "/topic/t", "s", "client", 1).unwrap();
+        h.send_all(bob, "/topic/t", &["1", "2", "3", "4"]);
+        let first = h.messages(ann);
+        assert_eq!(&first[0].body[..], b"1");
+        h.ack(ann, &first[0]).unwrap();
+        let next = h.messages(ann);
+        assert_eq!(&next[0].body[..], b"3", "2 was dropped for 3 and 4");
+    }
+
+    #[test]
+    fn a_consumer_that_cannot_keep_up_is_closed_and_its_message_kept() {
+        let mut h = Harness::new();
+        let bob = h.connect("bob");
+        let slow = h.try_connect(Principal::anyone("slow"), false, 1).unwrap();
+        h.subscribe(slow, "/queue/q", "s", "auto", 0).unwrap();
+        h.send(bob, "/queue/q", "1").unwrap();
+        h.send(bob, "/queue/q", "2").unwrap();
+        // The outbox held one; the second stays first in line, for another consumer.
+        assert_eq!(h.state.consumer_count("/queue/q"), 0);
+        assert_eq!(h.state.queue_depth("/queue/q"), Some(1));
+        assert_eq!(h.bodies(slow), ["1"]);
+    }
+
+    #[test]
+    fn a_message_reads_the_same_encoded_once_for_a_socket_or_as_a_value() {
+        let mut h = Harness::new();
+        let sender = h.connect("ann");
+        let value = h.connect("value");
+        let wire = h.connect_as(Principal::anyone("wire"), true);
+        h.subscribe(value, "/topic/t", "s", "client", 0).unwrap();
+        h.subscribe(wire, "/topic/t", "s", "client", 0).unwrap();
+        let send = Frame::new(Command::Send)
+            .with_header("destination", "/topic/t")
+            .with_header("content-type", "application/json")
+            .with_body(b"{\"type\":\"hi\"}".to_vec());
+        h.state.handle(sender, send).unwrap();
+        let [a] = h.messages(value).try_into().unwrap();
+        let [b] = h.messages(wire).try_into().unwrap();
+        let sorted = |f: &Frame| {
+            // The value's content-length is added when it is written.
+            let mut headers = f.headers.clone();
+            headers.retain(|(n, _)| n != "content-length");
+            headers.sort();
+            (headers, f.body.clone())
+        };
+        assert_eq!(sorted(&a), sorted(&b));
+    }
+
+    #[test]
+    fn deleting_a_queue_drops_its_messages_and_subscriptions() {
+        let mut h = Harness::new();
+        let (ann, bob) = (h.connect("ann"), h.connect("bob"));
+        h.subscribe(ann, "/queue/q", "s", "client", 1).unwrap();
+        h.send(bob, "/queue/q", "1").unwrap();
+        h.send(bob, "/queue/q", "2").unwrap();
+        assert!(h.state.delete_queue("/queue/q"));
+        assert!(!h.state.delete_queue("/queue/q"));
+        assert_eq!(h.state.queued(), 0);
+        // Its subscription went with it: the id is free again.
+        h.subscribe(ann, "/queue/other", "s", "auto", 0).unwrap();
+        h.send(bob, "/queue/q", "3").unwrap();
+        assert_eq!(h.bodies(ann), ["1"]);
+    }
+}
