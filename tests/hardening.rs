@@ -432,6 +432,19 @@ async fn metrics_count_what_happens() {
         ann.send(json!({ "type": "chat", "text": "hi" })).await;
         ann.next_on_room("chat").await;
     }
+    // A connection that breaks the protocol is refused, and counted as malformed.
+    let ticket = server.join(&room, "bob").await;
+    let addr = ticket.tcp_url.trim_start_matches("tcp://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(b"HELLO\n\n\0").await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"ERROR"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     let response = http()
         .get(format!("{}/metrics", server.http))
         .send()
@@ -454,6 +467,7 @@ async fn metrics_count_what_happens() {
     assert!(value("gsl_connections") >= 2.0, "the player and the worker");
     assert!(value("gsl_players") >= 1.0);
     assert!(value("gsl_rooms") >= 1.0);
+    assert!(value("gsl_refused_total{reason=\"malformed\"}") >= 1.0);
     server.stop().await;
 }
 

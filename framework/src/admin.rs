@@ -69,6 +69,12 @@ pub trait BrokerAdmin: Send + Sync + 'static {
         None
     }
 
+    /// What the broker counted (refusals, dropped inputs, journal flushes), where it
+    /// runs in this process.
+    fn stats(&self) -> Option<crate::broker::Stats> {
+        None
+    }
+
     /// A connection to the broker in memory, when it runs in this process: workers
     /// then use it instead of a socket to [`Endpoints::worker_url`].
     fn connect_in_memory(&self) -> Option<Transport> {
@@ -150,6 +156,10 @@ impl BrokerAdmin for EmbeddedAdmin {
 
     fn queued(&self) -> Option<usize> {
         Some(self.broker.queued())
+    }
+
+    fn stats(&self) -> Option<crate::broker::Stats> {
+        Some(self.broker.stats())
     }
 
     fn connect_in_memory(&self) -> Option<Transport> {

@@ -3,8 +3,10 @@
 //! to anything outside the rooms. [`GameAuthorizer`] says it to the embedded broker,
 //! [`RabbitAuth`] to RabbitMQ's HTTP auth backend.
 
-use crate::broker::{default_can_send, default_can_subscribe, Authorizer, Principal, SendRate};
-use crate::names::{Names, GUEST, INPUT_EXCHANGE, WORKER_USER};
+use crate::broker::{
+    default_can_send, default_can_subscribe, Authorizer, Notice, Principal, SendRate,
+};
+use crate::names::{Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
 use crate::rooms::Joins;
 use crate::store::Store;
 use crate::token::Signer;
@@ -68,7 +70,11 @@ impl GameAuthorizer {
             rate: self.input_rate.map(|(per_second, burst)| SendRate {
                 per_second,
                 burst,
-                notice: Some(self.names.private(room, player)),
+                notice: Some(rate_notice(
+                    self.names.private(room, player),
+                    per_second,
+                    burst,
+                )),
             }),
         }
     }
@@ -80,6 +86,26 @@ impl GameAuthorizer {
             );
         }
         Ok(())
+    }
+}
+
+/// What a player hears on its private destination when its inputs go over its rate:
+/// the room's error message, marked `limited`, from the broker.
+fn rate_notice(destination: String, per_second: u32, burst: u32) -> Notice {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": format!(
+            "too fast: at most {per_second} inputs a second ({burst} at once); inputs over that are dropped, without a receipt"
+        ),
+        "limited": true,
+    });
+    Notice {
+        destination,
+        headers: vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("user-id".to_owned(), BROKER_USER.to_owned()),
+        ],
+        body: body.to_string().into(),
     }
 }
 

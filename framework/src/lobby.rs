@@ -288,6 +288,9 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
     QUEUED.set(gauge(rooms.admin().queued()));
     ROOMS.set(gauge(rooms.running()));
     PLAYERS.set(rooms.store().player_count().await? as i64);
+    if let Some(stats) = rooms.admin().stats() {
+        crate::metrics::record_broker(&stats);
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

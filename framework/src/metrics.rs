@@ -2,6 +2,7 @@
 //! (`GET /metrics` serves it). Counters and histograms are updated where things happen;
 //! gauges (connections, rooms, players, queue depth) are read when scraped.
 
+use crate::broker::Stats;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -111,23 +112,32 @@ pub static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
-/// Counts an ERROR the broker answered with `message`, by a few reasons.
-pub fn refused(message: &str) {
-    let m = message.to_ascii_lowercase();
-    let reason = if m.contains("too many")
-        || m.contains("full")
-        || m.contains("too large")
-        || m.contains("slow")
-    {
-        "limit"
-    } else if m.contains("access") || m.contains("may not") || m.contains("revoked") {
-        "access"
-    } else if m.contains("invalid") || m.contains("malformed") || m.contains("frame") {
-        "malformed"
-    } else {
-        "other"
-    };
-    REFUSED.with_label_values(&[reason]).inc();
+/// Brings the broker's counters here: the broker counts on its own (it knows nothing
+/// of metrics), and what it counted is read when `GET /metrics` is scraped.
+pub fn record_broker(stats: &Stats) {
+    let refused = [
+        ("limit", stats.refused_limit),
+        ("access", stats.refused_access),
+        ("malformed", stats.refused_malformed),
+        ("other", stats.refused_other),
+    ];
+    for (reason, total) in refused {
+        catch_up(&REFUSED.with_label_values(&[reason]), total);
+    }
+    catch_up(
+        &LIMITED.with_label_values(&["input_rate"]),
+        stats.dropped_sends,
+    );
+    catch_up(&LIMITED.with_label_values(&["flood"]), stats.floods);
+    catch_up(&JOURNAL_FLUSHES, stats.journal_flushes);
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere since the process started.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let have = counter.get();
+    if total > have {
+        counter.inc_by(total - have);
+    }
 }
 
 /// Every metric in Prometheus's text format.

@@ -7,6 +7,9 @@ pub const LOBBY_USER: &str = "$lobby";
 /// The login room workers use with the embedded broker, and so the sender of what they
 /// put in their own inbox (ticks).
 pub const WORKER_USER: &str = "$worker";
+/// The sender of what the broker itself publishes (the notice of inputs dropped over a
+/// player's rate).
+pub const BROKER_USER: &str = "$broker";
 /// The login for a general-purpose client on loopback, as RabbitMQ's default.
 pub const GUEST: &str = "guest";
 /// The RabbitMQ topic exchange that routes players' inputs to room inboxes.

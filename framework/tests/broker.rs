@@ -1035,7 +1035,7 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
         .await
         .unwrap();
     // Ten senders, each with 50 receipted messages in flight at once.
-    let flushes = game_server_less::metrics::JOURNAL_FLUSHES.get();
+    let flushes = b.broker.stats().journal_flushes;
     let mut senders = Vec::new();
     for s in 0..10 {
         let client = connect(&b.tcp_url).await;
@@ -1052,7 +1052,7 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
     for s in senders {
         s.await.unwrap();
     }
-    let flushed = game_server_less::metrics::JOURNAL_FLUSHES.get() - flushes;
+    let flushed = b.broker.stats().journal_flushes - flushes;
     let mut seen = HashSet::new();
     for _ in 0..500 {
         assert!(

@@ -47,8 +47,8 @@ pub struct Principal {
 }
 
 /// A token bucket for a connection's SENDs to queues. A SEND over the rate is dropped
-/// (no RECEIPT: it was not accepted) and, at most once a second, a notice says so on
-/// `notice`; a connection that goes on sending at twice its burst in a second is
+/// (no RECEIPT: it was not accepted) and, at most once a second, the `notice` is
+/// published; a connection that goes on sending at twice its burst in a second is
 /// disconnected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRate {
@@ -56,8 +56,41 @@ pub struct SendRate {
     pub per_second: u32,
     /// SENDs at once after a quiet spell.
     pub burst: u32,
-    /// Where the broker tells of dropped SENDs (a topic the principal reads).
-    pub notice: Option<String>,
+    /// What tells the principal that its SENDs are being dropped.
+    pub notice: Option<Notice>,
+}
+
+/// A message the broker publishes on its own: whoever grants a [`SendRate`] writes it,
+/// in the application's own format, since the broker knows none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Where it goes (a destination the principal reads).
+    pub destination: String,
+    /// Its headers, `user-id` included.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// What the broker has counted since it started, for whoever reports on it (the game
+/// server's `GET /metrics`): [`Broker::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames and connections refused with an ERROR for a limit: too many, too large,
+    /// full, too fast, too slow.
+    pub refused_limit: u64,
+    /// Refused by the authorizer.
+    pub refused_access: u64,
+    /// Refused as breaking the protocol.
+    pub refused_malformed: u64,
+    /// Refused for any other reason.
+    pub refused_other: u64,
+    /// SENDs dropped by their connection's rate limit.
+    pub dropped_sends: u64,
+    /// Connections closed for going on sending far over their rate.
+    pub floods: u64,
+    /// Flushes of the journal to the disk (`--fsync`).
+    pub journal_flushes: u64,
 }
 
 impl Principal {
@@ -331,10 +364,7 @@ impl Broker {
                     continue;
                 };
                 match file.sync_data() {
-                    Ok(()) => {
-                        crate::metrics::JOURNAL_FLUSHES.inc();
-                        lock().synced(lsn)
-                    }
+                    Ok(()) => lock().synced(lsn),
                     Err(e) => {
                         // Nothing is released; the next round tries again.
                         tracing::error!("cannot flush the journal to the disk: {e}");
@@ -441,6 +471,11 @@ impl Broker {
         self.lock().queued()
     }
 
+    /// What the broker has counted since it started.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats()
+    }
+
     /// Connections currently open.
     pub fn session_count(&self) -> usize {
         self.lock().session_count()
@@ -480,7 +515,7 @@ impl Broker {
 #[doc(hidden)]
 pub mod fuzzing {
     use super::state::State;
-    use super::{AllowAll, BrokerConfig, Principal, SendRate};
+    use super::{AllowAll, BrokerConfig, Notice, Principal, SendRate};
     use crate::stomp::{parse, Limits, Parsed};
     use std::sync::Arc;
 
@@ -502,7 +537,11 @@ pub mod fuzzing {
         player.rate = Some(SendRate {
             per_second: 5,
             burst: 3,
-            notice: Some("/topic/room.r1.player.ann".into()),
+            notice: Some(Notice {
+                destination: "/topic/room.r1.player.ann".into(),
+                headers: vec![("user-id".into(), "$broker".into())],
+                body: "too fast".into(),
+            }),
         });
         let mut outboxes = Vec::new();
         let mut sessions = Vec::new();

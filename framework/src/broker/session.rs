@@ -42,7 +42,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     })
     .await
     .unwrap_or_else(|_| {
-        Err(Refusal::new(
+        Err(Refusal::malformed(
             "no CONNECT frame",
             format!(
                 "Send CONNECT within {:?} of opening the connection.",
@@ -52,7 +52,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     });
     let accepted = connect.and_then(|frame| {
         if !matches!(frame.command, Command::Connect | Command::Stomp) {
-            return Err(Refusal::new(
+            return Err(Refusal::malformed(
                 format!("expected CONNECT, got {}", frame.command),
                 "The first frame on a connection must be CONNECT or STOMP.",
             ));
@@ -70,7 +70,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
             })?;
         let principal = authorizer
             .connect(frame.header("login"), frame.header("passcode"), peer)
-            .map_err(|why| Refusal::new("access refused", why))?;
+            .map_err(|why| Refusal::access("access refused", why))?;
         Ok((frame, version, principal))
     });
     let (connect, version, principal) = match accepted {
@@ -78,7 +78,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Err(refusal) if refusal.is_close() => return,
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
-            crate::metrics::refused(&refusal.message);
+            broker.lock().count_refusal(&refusal);
             // A sink whose write failed is not closed: that would panic.
             if outgoing
                 .send(Item::Frame(refusal.into_frame(None)))
@@ -105,7 +105,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         Ok(id) => id,
         Err(refusal) => {
             tracing::debug!(?peer, "refused a connection: {}", refusal.message);
-            crate::metrics::refused(&refusal.message);
+            broker.lock().count_refusal(&refusal);
             // A sink whose write failed is not closed: that would panic.
             if outgoing
                 .send(Item::Frame(refusal.into_frame(None)))
@@ -162,7 +162,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
                         break Some((Refusal::new("disconnected by the server", "The server closed this connection; unacknowledged messages were requeued."), None));
                     }
                     slow = true;
-                    break Some((Refusal::new("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
+                    break Some((Refusal::limit("slow consumer", "The connection could not keep up with its messages and was closed; unacknowledged messages were requeued."), None));
                 }
                 _ = &mut stopping => {
                     break Some((Refusal::new("server shutting down", "The server is shutting down; reconnect later."), None));
@@ -218,7 +218,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     {
         let mut core = broker.lock();
         if let Some((refusal, receipt)) = ending {
-            crate::metrics::refused(&refusal.message);
+            core.count_refusal(&refusal);
             tracing::debug!(
                 ?peer,
                 session = id,
@@ -328,7 +328,7 @@ async fn next_item(
 impl Refusal {
     fn from_error(error: &crate::Error) -> Refusal {
         match error {
-            crate::Error::Frame(e) => Refusal::new(
+            crate::Error::Frame(e) => Refusal::malformed(
                 format!("malformed frame: {e}"),
                 "The frame could not be parsed; see the STOMP 1.2 specification.",
             ),

@@ -33,7 +33,7 @@ mod testkit;
 use self::durability::Durability;
 use self::rate::Bucket;
 use super::journal::Journal;
-use super::{Authorizer, BrokerConfig, Principal};
+use super::{Authorizer, BrokerConfig, Principal, Stats};
 use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -165,6 +165,8 @@ pub(crate) struct State {
     next_session: SessionId,
     next_seq: u64,
     accepting: bool,
+    /// What was counted, for whoever reports on the broker.
+    stats: Stats,
 }
 
 /// A frame the session must answer with ERROR, then close.
@@ -173,14 +175,51 @@ pub(crate) struct Refusal {
     pub message: String,
     pub detail: String,
     pub headers: Vec<(String, String)>,
+    /// What kind of refusal it is, for [`Stats`]: said where the refusal is made, so
+    /// that rewording a message changes no count.
+    pub kind: RefusalKind,
+}
+
+/// The kinds of refusal [`Stats`] counts apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// A bound was reached: too many, too large, too fast, too slow.
+    Limit,
+    /// The authorizer said no.
+    Access,
+    /// The frame breaks the protocol.
+    Malformed,
+    /// Anything else.
+    Other,
 }
 
 impl Refusal {
+    /// A refusal of no particular kind.
     pub fn new(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal::of(RefusalKind::Other, message, detail)
+    }
+
+    /// A bound was reached.
+    pub fn limit(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal::of(RefusalKind::Limit, message, detail)
+    }
+
+    /// The authorizer said no.
+    pub fn access(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal::of(RefusalKind::Access, message, detail)
+    }
+
+    /// The frame breaks the protocol.
+    pub fn malformed(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal::of(RefusalKind::Malformed, message, detail)
+    }
+
+    fn of(kind: RefusalKind, message: impl Into<String>, detail: impl Into<String>) -> Refusal {
         Refusal {
             message: message.into(),
             detail: detail.into(),
             headers: Vec::new(),
+            kind,
         }
     }
 
@@ -207,6 +246,7 @@ impl State {
             next_session: 1,
             next_seq: 1,
             accepting: true,
+            stats: Stats::default(),
         }
     }
 
@@ -245,7 +285,7 @@ impl State {
                 "already connected",
                 "CONNECT may be sent only once per connection.",
             )),
-            other => Err(Refusal::new(
+            other => Err(Refusal::malformed(
                 format!("{other} is a server frame"),
                 "Clients may not send it.",
             )),
@@ -271,6 +311,22 @@ impl State {
                 session.kill.slow();
             }
         }
+    }
+
+    /// What the broker has counted since it started.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Counts a refusal a session is about to send.
+    pub fn count_refusal(&mut self, refusal: &Refusal) {
+        let s = &mut self.stats;
+        *match refusal.kind {
+            RefusalKind::Limit => &mut s.refused_limit,
+            RefusalKind::Access => &mut s.refused_access,
+            RefusalKind::Malformed => &mut s.refused_malformed,
+            RefusalKind::Other => &mut s.refused_other,
+        } += 1;
     }
 
     /// How many subscriptions consume from a queue.

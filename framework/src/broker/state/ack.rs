@@ -70,7 +70,7 @@ fn acked_tag(session: &Session, frame: &Frame) -> Result<Option<u64>, Refusal> {
         .header("id")
         .or_else(|| frame.header("message-id"))
         .ok_or_else(|| {
-            Refusal::new(
+            Refusal::malformed(
                 format!("{} frame without an id header", frame.command),
                 "Use the ack header of the MESSAGE as the id.",
             )

@@ -44,7 +44,7 @@ impl State {
     fn admit(&self, principal: &Principal, ip: Option<std::net::IpAddr>) -> Result<(), Refusal> {
         let c = &self.config;
         if self.sessions.len() >= c.max_connections {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 "too many connections",
                 format!(
                     "The broker has {} connections, its most; try again soon.",
@@ -58,7 +58,7 @@ impl State {
             .filter(|s| ip.is_some() && s.peer == ip)
             .count();
         if ip.is_some_and(|ip| !ip.is_loopback()) && from_ip >= c.max_connections_per_address {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 "too many connections from this address",
                 format!(
                     "One address may have {} connections open.",
@@ -73,7 +73,7 @@ impl State {
                 .filter(|s| s.principal.name == principal.name && s.principal.tag == principal.tag)
                 .count();
             if same >= c.max_connections_per_login {
-                return Err(Refusal::new(
+                return Err(Refusal::limit(
                     "too many connections with this ticket",
                     format!(
                         "One ticket may open {} connections at once; close one first.",

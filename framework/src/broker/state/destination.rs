@@ -25,7 +25,7 @@ pub(super) fn classify<'a>(
     config: &BrokerConfig,
 ) -> Result<Dest<'a>, Refusal> {
     let bad = |why: &str| {
-        Refusal::new(
+        Refusal::malformed(
             format!("invalid destination {destination:?}"),
             format!("{why}. Destinations are /queue/NAME or /topic/NAME."),
         )
@@ -54,7 +54,7 @@ pub(super) fn classify<'a>(
 /// A header the frame cannot go without.
 pub(super) fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
     frame.header(header).ok_or_else(|| {
-        Refusal::new(
+        Refusal::malformed(
             format!("{} frame without a {header} header", frame.command),
             format!(
                 "The {header} header is required on {} frames.",

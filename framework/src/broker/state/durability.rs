@@ -137,6 +137,7 @@ impl State {
 
     /// The journal is on the disk up to `lsn`: what waited for it goes out.
     pub fn synced(&mut self, lsn: u64) {
+        self.stats.journal_flushes += 1;
         let d = &mut self.durability;
         d.synced = d.synced.max(lsn);
         let mut ready = Vec::new();

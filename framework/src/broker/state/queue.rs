@@ -42,7 +42,7 @@ impl State {
         let principal = &self.session(id)?.principal;
         authorizer
             .can_send(principal, &destination)
-            .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
+            .map_err(|why| Refusal::access(format!("access refused to {destination}"), why))?;
         let user = principal.name.clone();
         self.check_managed(&destination)?;
         Ok((destination, user))
@@ -152,7 +152,7 @@ impl State {
             .get(destination)
             .map_or((0, 0), |q| (q.ready.len(), q.bytes));
         if len >= max {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 format!("queue {destination} is full"),
                 format!(
                     "The queue holds {max} undelivered messages; the message was not accepted."
@@ -160,7 +160,7 @@ impl State {
             ));
         }
         if bytes + size > max_bytes {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 format!("queue {destination} is full"),
                 format!(
                     "The queue holds {max_bytes} bytes of messages; the message was not accepted."
@@ -168,7 +168,7 @@ impl State {
             ));
         }
         if self.queued_bytes + size > max_total {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 "the broker is full",
                 format!("All queues together hold {max_total} bytes of messages; the message was not accepted."),
             ));

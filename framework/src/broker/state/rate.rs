@@ -4,8 +4,7 @@
 
 use super::destination::classify;
 use super::{Refusal, SessionId, State};
-use crate::broker::SendRate;
-use bytes::Bytes;
+use crate::broker::{Notice, SendRate};
 use std::time::{Duration, Instant};
 
 /// A session's token bucket.
@@ -82,8 +81,8 @@ impl State {
         match bucket.take() {
             Allowed::Yes => Ok(true),
             Allowed::Flooding => Err({
-                crate::metrics::LIMITED.with_label_values(&["flood"]).inc();
-                Refusal::new(
+                self.stats.floods += 1;
+                Refusal::limit(
                 "too many messages",
                 format!(
                     "This connection may send {} messages a second ({} at once) and went on sending far more; it is closed.",
@@ -92,34 +91,19 @@ impl State {
             )
             }),
             Allowed::Dropped { notify } => {
-                crate::metrics::LIMITED
-                    .with_label_values(&["input_rate"])
-                    .inc();
-                if notify {
-                    self.notify_dropped(&rate);
+                self.stats.dropped_sends += 1;
+                if let (true, Some(notice)) = (notify, rate.notice) {
+                    self.publish_notice(notice);
                 }
                 Ok(false)
             }
         }
     }
 
-    /// Tells the principal's notice destination that its SENDs are being dropped.
-    fn notify_dropped(&mut self, rate: &SendRate) {
-        let Some(notice) = &rate.notice else { return };
-        let body = serde_json::json!({
-            "type": "error",
-            "error": format!(
-                "too fast: at most {} inputs a second ({} at once); inputs over that are dropped, without a receipt",
-                rate.per_second, rate.burst
-            ),
-            "limited": true,
-        });
-        let headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("user-id".to_owned(), "$broker".to_owned()),
-        ];
-        if let Ok(dest) = classify(notice, &self.config) {
-            let _ = self.publish(notice, dest, headers, Bytes::from(body.to_string()));
+    /// Publishes what the principal's grant said to tell it of dropped SENDs.
+    fn publish_notice(&mut self, notice: Notice) {
+        if let Ok(dest) = classify(&notice.destination, &self.config) {
+            let _ = self.publish(&notice.destination, dest, notice.headers, notice.body);
         }
     }
 }
@@ -134,7 +118,11 @@ mod tests {
         SendRate {
             per_second,
             burst,
-            notice: Some("/topic/notices".into()),
+            notice: Some(Notice {
+                destination: "/topic/notices".into(),
+                headers: vec![("user-id".into(), "$broker".into())],
+                body: "too fast".into(),
+            }),
         }
     }
 
@@ -192,6 +180,7 @@ mod tests {
             .collect();
         assert_eq!(inputs.len(), 2);
         assert_eq!(notices.len(), 1, "one notice a second");
+        assert_eq!(h.state.stats().dropped_sends, 2);
         assert_eq!(notices[0].header("user-id"), Some("$broker"));
         assert!(String::from_utf8_lossy(&notices[0].body).contains("too fast"));
     }
@@ -206,6 +195,7 @@ mod tests {
             .find_map(|_| h.send(ann, "/queue/in", "x").err())
             .expect("a flood is refused");
         assert_eq!(refusal.message, "too many messages");
+        assert_eq!(h.state.stats().floods, 1);
         h.state.take_dropped();
         // Topics are not rate-limited: only inputs to queues are.
         let mut bob = Principal::anyone("bob");

@@ -16,7 +16,7 @@ impl State {
         let session = self.session(id)?;
         authorizer
             .can_subscribe(&session.principal, &destination)
-            .map_err(|why| Refusal::new(format!("access refused to {destination}"), why))?;
+            .map_err(|why| Refusal::access(format!("access refused to {destination}"), why))?;
         if session.subscriptions.contains_key(&sub_id) {
             return Err(Refusal::new(
                 format!("duplicate subscription id {sub_id:?}"),
@@ -24,7 +24,7 @@ impl State {
             ));
         }
         if session.subscriptions.len() >= max_subs {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 "too many subscriptions",
                 format!("A connection may hold at most {max_subs} subscriptions."),
             ));
@@ -75,7 +75,7 @@ impl State {
         let sub_id = frame
             .header("id")
             .or_else(|| frame.header("destination"))
-            .ok_or_else(|| Refusal::new("UNSUBSCRIBE frame without an id header", ""))?
+            .ok_or_else(|| Refusal::malformed("UNSUBSCRIBE frame without an id header", ""))?
             .to_owned();
         let session = self.session(id)?;
         let Some(sub) = session.subscriptions.remove(&sub_id) else {
@@ -129,7 +129,7 @@ fn options(frame: &Frame) -> Result<(AckMode, usize), Refusal> {
     let ack = match frame.header("ack") {
         None => AckMode::Auto,
         Some(a) => AckMode::parse(a).ok_or_else(|| {
-            Refusal::new(
+            Refusal::malformed(
                 format!("invalid ack mode {a:?}"),
                 "ack must be auto, client or client-individual.",
             )
@@ -138,7 +138,7 @@ fn options(frame: &Frame) -> Result<(AckMode, usize), Refusal> {
     let prefetch = match frame.header("prefetch-count") {
         None => 0,
         Some(p) => p.trim().parse::<usize>().map_err(|_| {
-            Refusal::new(
+            Refusal::malformed(
                 format!("invalid prefetch-count {p:?}"),
                 "prefetch-count must be a whole number (0 for no limit).",
             )

@@ -31,7 +31,7 @@ impl State {
             ));
         };
         if buffered.len() >= max_frames || bytes > max_bytes {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 format!("transaction {tx:?} is too large"),
                 format!("A transaction holds at most {max_frames} frames, and a connection's open transactions {max_bytes} body bytes together."),
             ));
@@ -45,7 +45,7 @@ impl State {
         let max = self.config.max_transactions;
         let session = self.session(id)?;
         if session.transactions.len() >= max {
-            return Err(Refusal::new(
+            return Err(Refusal::limit(
                 "too many open transactions",
                 format!(
                     "A connection may have at most {max} transactions open; COMMIT or ABORT one."
