@@ -7,10 +7,42 @@ use crate::broker::{
     default_can_send, default_can_subscribe, Authorizer, Notice, Principal, SendRate,
 };
 use crate::names::{Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
-use crate::rooms::Joins;
 use crate::store::Store;
 use crate::token::Signer;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+/// The current join of every player, as this process knows it: what the embedded
+/// broker checks a token against at CONNECT, where it cannot wait for the store. Cheap
+/// to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Joins(Arc<RwLock<HashMap<(String, String), String>>>);
+
+impl Joins {
+    /// Whether `join` is `player`'s current join of `room`.
+    pub fn is_current(&self, room: &str, player: &str, join: &str) -> bool {
+        self.0
+            .read()
+            .unwrap()
+            .get(&(room.to_owned(), player.to_owned()))
+            .is_some_and(|j| j == join)
+    }
+
+    pub(crate) fn set(&self, room: &str, player: &str, join: &str) {
+        self.0
+            .write()
+            .unwrap()
+            .insert((room.to_owned(), player.to_owned()), join.to_owned());
+    }
+
+    pub(crate) fn remove(&self, room: &str, player: &str) {
+        self.0
+            .write()
+            .unwrap()
+            .remove(&(room.to_owned(), player.to_owned()));
+    }
+}
 
 /// The broker's gatekeeper for a game server.
 pub struct GameAuthorizer {

@@ -15,7 +15,8 @@
 
 use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
-use crate::rooms::{key_name, Rooms, Viewer};
+use crate::rooms::{Rooms, Viewer};
+use crate::token::key_name;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;

@@ -25,6 +25,7 @@
 //! handler wants done outside the room (messages, ending the room) it asks of [`Ctx`], and
 //! the room worker carries it out after the handler returns.
 
+use crate::proto::Grant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,17 +36,6 @@ use std::time::Duration;
 
 /// A player's id, as the lobby issued it.
 pub type PlayerId = String;
-
-/// An inventory grant a handler made, saved with the room's next checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The player.
-    pub player: PlayerId,
-    /// The item.
-    pub item: String,
-    /// How many.
-    pub count: i64,
-}
 
 /// What a handler asked for, in the order it asked.
 #[derive(Debug, Clone, PartialEq)]

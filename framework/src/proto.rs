@@ -94,6 +94,17 @@ pub struct Inventory {
     pub items: BTreeMap<String, i64>,
 }
 
+/// An inventory grant a handler made, saved with the room's next checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The player.
+    pub player: String,
+    /// The item.
+    pub item: String,
+    /// How many.
+    pub count: i64,
+}
+
 /// A message a room sent, as a client receives it: the game's own message `T` or one of
 /// the framework's ([`RoomEvent`]), and the numbers the room stamped on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
-use crate::msg::{Arrival, Ctx, Effect, Grant, Msg, PlayerId, Rejection, RoomCtx};
+use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx};
+use crate::proto::Grant;
 use crate::proto::RoomEvent;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};

@@ -11,49 +11,18 @@
 //!   whoever created the room) or the operator secret.
 
 use crate::admin::BrokerAdmin;
+use crate::auth::Joins;
 use crate::msg::Arrival;
 use crate::proto::{valid_name, RoomView, Ticket};
 use crate::store::{RoomRecord, Store};
-use crate::token::{random_id, Claims, Signer};
+use crate::token::{key_hash, key_name, player_key, random_id, same_secret, Claims, Signer};
 use crate::worker::{Control, Launcher};
 use crate::{Error, Result};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The current join of every player, as this process knows it: what the embedded
-/// broker checks a token against at CONNECT, where it cannot wait for the store. Cheap
-/// to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Joins(Arc<RwLock<HashMap<(String, String), String>>>);
-
-impl Joins {
-    /// Whether `join` is `player`'s current join of `room`.
-    pub fn is_current(&self, room: &str, player: &str, join: &str) -> bool {
-        self.0
-            .read()
-            .unwrap()
-            .get(&(room.to_owned(), player.to_owned()))
-            .is_some_and(|j| j == join)
-    }
-
-    fn set(&self, room: &str, player: &str, join: &str) {
-        self.0
-            .write()
-            .unwrap()
-            .insert((room.to_owned(), player.to_owned()), join.to_owned());
-    }
-
-    fn remove(&self, room: &str, player: &str) {
-        self.0
-            .write()
-            .unwrap()
-            .remove(&(room.to_owned(), player.to_owned()));
-    }
-}
 
 /// Settings of the room service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,21 +83,6 @@ impl std::fmt::Debug for Rooms {
             .field("endpoints", self.inner.admin.endpoints())
             .finish_non_exhaustive()
     }
-}
-
-/// The hash under which a player key is kept.
-fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The name a player key is for: `k1.NAME.SECRET`.
-pub fn key_name(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix("k1.")?;
-    let (name, secret) = rest.split_once('.')?;
-    (valid_name(name) && !secret.is_empty()).then_some(name)
 }
 
 impl Rooms {
@@ -206,16 +160,13 @@ impl Rooms {
 
     /// The token that lets whoever created `room` end it and kick its players.
     pub fn owner_token(&self, room: &str) -> String {
-        format!(
-            "o1.{room}.{}",
-            self.signer().derive(&format!("owner:{room}"))
-        )
+        self.signer().owner_token(room)
     }
 
     /// Whether `bearer` (an `Authorization: Bearer` value) is the operator secret.
     pub fn is_operator(&self, bearer: Option<&str>) -> bool {
         let secret = self.inner.settings.operator_secret.as_deref();
-        matches!((secret, bearer), (Some(s), Some(b)) if !s.is_empty() && key_hash(s) == key_hash(b))
+        matches!((secret, bearer), (Some(s), Some(b)) if !s.is_empty() && same_secret(s, b))
     }
 
     /// Checks that `bearer` may manage `room`: its owner token or the operator secret.
@@ -225,7 +176,7 @@ impl Rooms {
                 "ending room {room} or kicking its players takes its owner token (answered by POST /rooms) or the operator secret, as Authorization: Bearer"
             )));
         };
-        if key_hash(bearer) == key_hash(&self.owner_token(room)) || self.is_operator(Some(bearer)) {
+        if same_secret(bearer, &self.owner_token(room)) || self.is_operator(Some(bearer)) {
             Ok(())
         } else {
             Err(Error::Forbidden(format!(
@@ -450,7 +401,7 @@ impl Rooms {
             Some(hash) if key.is_some_and(|k| key_hash(k) == hash) => Ok(None),
             Some(_) => Err(taken()),
             None => {
-                let key = format!("k1.{player}.{}", random_id(16));
+                let key = player_key(player);
                 if self.store().claim_name(player, &key_hash(&key)).await? {
                     Ok(Some(key))
                 } else {

@@ -14,6 +14,7 @@
 //! ```
 
 use crate::admin::{EmbeddedAdmin, Endpoints};
+use crate::auth::Joins;
 use crate::auth::{GameAuthorizer, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{Args, Command, Config, Role};
@@ -22,7 +23,7 @@ use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
 use crate::names::{Names, WORKER_USER};
 use crate::rabbit::{redact, RabbitAdmin, RabbitConfig};
-use crate::rooms::{Joins, Rooms};
+use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::token::{random_id, Signer};
 use crate::worker::discovery::Discovery;

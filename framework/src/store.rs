@@ -1,7 +1,7 @@
 //! Persistence: rooms, players, user items and room checkpoints, in SQLite (a file, the
 //! default) or PostgreSQL, through one SQL text (sqlx's `Any` driver).
 
-use crate::msg::Grant;
+use crate::proto::Grant;
 use crate::{Error, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};

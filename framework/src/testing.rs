@@ -161,7 +161,7 @@ impl<S: 'static> TestRoom<S> {
     }
 
     /// Inventory grants handlers made since the last call.
-    pub fn grants(&mut self) -> Vec<crate::msg::Grant> {
+    pub fn grants(&mut self) -> Vec<crate::proto::Grant> {
         self.room.take_grants()
     }
 

@@ -1,6 +1,12 @@
-//! Join tokens: the signed, expiring tokens the lobby issues and the broker checks.
+//! Every token the framework issues, and how each is checked:
 //!
-//! A token reads `v2.ROOM.PLAYER.JOIN.EXPIRES.SIGNATURE`, where JOIN names the one join
+//! - **Join tokens**, signed and expiring, which the lobby issues and the broker checks.
+//! - **Player keys** `k1.NAME.SECRET`: the first join with a name answers one, and every
+//!   later join with the name must present it. Only their hash is stored.
+//! - **Owner tokens** `o1.ROOM.SIGNATURE`: answered to whoever created a room; they end
+//!   it and kick its players. Derived from the server's secret, so never stored.
+//!
+//! A join token reads `v2.ROOM.PLAYER.JOIN.EXPIRES.SIGNATURE`, where JOIN names the one join
 //! it was issued for and SIGNATURE is the hex HMAC-SHA256 of everything before it under
 //! the server's secret. Room, player and join ids never contain dots. A signature only
 //! says the lobby issued the token; whether its join is still current (the player has
@@ -145,12 +151,44 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
+/// A new player key for `name`: `k1.NAME.SECRET`.
+pub fn player_key(name: &str) -> String {
+    format!("k1.{name}.{}", random_id(16))
+}
+
+/// The name a player key is for, if `key` has the form of one.
+pub fn key_name(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("k1.")?;
+    let (name, secret) = rest.split_once('.')?;
+    (crate::proto::valid_name(name) && !secret.is_empty()).then_some(name)
+}
+
+/// The hash under which a secret (a player key) is kept, and by which two secrets are
+/// compared without a timing leak.
+pub fn key_hash(key: &str) -> String {
+    hex(&<Sha256 as sha2::Digest>::digest(key.as_bytes()))
+}
+
+/// Whether two secrets are the same, compared by their hashes.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    key_hash(a) == key_hash(b)
+}
+
+impl Signer {
+    /// The token that lets whoever created `room` end it and kick its players:
+    /// `o1.ROOM.SIGNATURE`.
+    pub fn owner_token(&self, room: &str) -> String {
+        format!("o1.{room}.{}", self.derive(&format!("owner:{room}")))
+    }
+}
+
 /// A short random id of lowercase hex, safe in destinations and tokens.
 pub fn random_id(bytes: usize) -> String {
     hex(&random_bytes(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

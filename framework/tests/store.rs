@@ -1,6 +1,6 @@
 //! The store against SQLite (a file) and PostgreSQL, through the same SQL.
 
-use game_server_less::msg::Grant;
+use game_server_less::proto::Grant;
 use game_server_less::store::{Checkpoint, Store};
 use std::collections::BTreeMap;
 

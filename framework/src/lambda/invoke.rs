@@ -2,6 +2,7 @@
 //! HTTP POST to the Invoke API, signed with Signature Version 4 from the credentials
 //! Lambda gives every function. No AWS SDK: this is one request.
 
+use crate::token::hex;
 use crate::{Error, Result};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -249,10 +250,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// URI-encodes as SigV4 wants: everything but unreserved characters (and `/` unless

@@ -2,8 +2,9 @@
 //! messages in order, produce outputs, take checkpoints. Every runtime (a task in the
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
-use crate::msg::{Arrival, Grant, Msg};
+use crate::msg::{Arrival, Msg};
 use crate::names::{LOBBY_USER, WORKER_USER};
+use crate::proto::Grant;
 use crate::room::{Output, Room};
 use crate::store::Checkpoint;
 use crate::{Error, Result};
