@@ -5,8 +5,8 @@
 //! (`GSL_BENCH_N=20000` for more samples; RabbitMQ URLs as in `tests/rabbitmq.rs`.)
 
 use game_server_less::broker::BrokerConfig;
+use game_server_less::broker::LocalBroker;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
-use game_server_less::testing::LocalBroker;
 use std::time::{Duration, Instant};
 
 struct Figures {

@@ -110,7 +110,6 @@ pub mod server;
 pub mod stomp;
 #[cfg(feature = "server")]
 pub mod store;
-#[cfg(feature = "server")]
 pub mod testing;
 #[cfg(feature = "server")]
 pub mod token;

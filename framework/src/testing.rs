@@ -1,6 +1,7 @@
 //! A handler test harness, like `chalice.test.Client`: runs a [`Msg`] router in process
-//! with simulated players, so a game's rules are tested without sockets or a broker; and
-//! [`LocalBroker`], a broker on loopback ports for tests that want real sockets.
+//! with simulated players, so a game's rules are tested without sockets or a broker. It
+//! needs no `server` feature: a crate of rules alone can test them. (For tests that
+//! want real sockets, `broker::LocalBroker` serves a broker on loopback ports.)
 //!
 //! ```
 //! use game_server_less::msg::{Ctx, Msg};
@@ -185,50 +186,5 @@ impl<S: 'static> TestRoom<S> {
                 }
             }
         }
-    }
-}
-
-/// A broker of its own on loopback ports, for tests and benchmarks: STOMP over TCP and
-/// over WebSocket at `/ws`.
-pub struct LocalBroker {
-    /// The broker.
-    pub broker: crate::broker::Broker,
-    /// `tcp://127.0.0.1:PORT`.
-    pub tcp_url: String,
-    /// `ws://127.0.0.1:PORT/ws`.
-    pub ws_url: String,
-    /// The TCP port's address, for raw sockets.
-    pub tcp_addr: std::net::SocketAddr,
-}
-
-impl LocalBroker {
-    /// Starts a broker with `config` on two free loopback ports.
-    pub async fn start(config: crate::broker::BrokerConfig) -> crate::Result<LocalBroker> {
-        Self::start_with(crate::broker::Broker::new(config)).await
-    }
-
-    /// Serves `broker` on two free loopback ports.
-    pub async fn start_with(broker: crate::broker::Broker) -> crate::Result<LocalBroker> {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let tcp_addr = tcp.local_addr()?;
-        tokio::spawn(broker.clone().serve_tcp(tcp));
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let http_addr = http.local_addr()?;
-        let app: axum::Router = broker.ws_router();
-        tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(http, service).await
-        });
-        Ok(LocalBroker {
-            broker,
-            tcp_url: format!("tcp://{tcp_addr}"),
-            ws_url: format!("ws://{http_addr}/ws"),
-            tcp_addr,
-        })
-    }
-
-    /// Both URLs, TCP first.
-    pub fn urls(&self) -> [&str; 2] {
-        [&self.tcp_url, &self.ws_url]
     }
 }

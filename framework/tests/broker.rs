@@ -1,9 +1,9 @@
 //! The embedded broker over real sockets, driven by our client and by raw bytes.
 
 use futures_util::StreamExt;
+use game_server_less::broker::LocalBroker;
 use game_server_less::broker::{Broker, BrokerConfig};
 use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
-use game_server_less::testing::LocalBroker;
 use game_server_less::Error;
 use std::collections::HashSet;
 use std::net::SocketAddr;

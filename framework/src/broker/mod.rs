@@ -13,10 +13,12 @@
 //! ```
 
 mod journal;
+mod local;
 mod server;
 mod session;
 mod state;
 
+pub use self::local::LocalBroker;
 use self::state::State;
 use crate::Result;
 use bytes::Bytes;
