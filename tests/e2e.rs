@@ -574,7 +574,10 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
 async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() {
     let dir = temp_dir("crash");
     let config = Config {
-        input_rate: (100_000, 100_000), // inputs as fast as receipts come back
+        input_rate: game_server_less::broker::Rate {
+            per_second: 100_000,
+            burst: 100_000,
+        }, // inputs as fast as receipts come back
         ..Server::config(&dir)
     };
     let server = Server::start_with(Lobby::new(), panicky(), config).await;

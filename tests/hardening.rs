@@ -569,7 +569,10 @@ async fn dropping_twenty_slow_readers_does_not_stall_a_player() {
     use futures_util::SinkExt;
     let dir = temp_dir("slow");
     let config = game_server_less::Config {
-        input_rate: (100_000, 100_000), // the loud player fills the slow readers' buffers
+        input_rate: game_server_less::broker::Rate {
+            per_second: 100_000,
+            burst: 100_000,
+        }, // the loud player fills the slow readers' buffers
         ..Server::config(&dir)
     };
     let server = Server::start_with(game_server::lobby(), game_server::msg(), config).await;

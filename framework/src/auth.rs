@@ -4,7 +4,7 @@
 //! [`RabbitAuth`] to RabbitMQ's HTTP auth backend.
 
 use crate::broker::{
-    default_can_send, default_can_subscribe, Authorizer, Notice, Principal, SendRate,
+    default_can_send, default_can_subscribe, Authorizer, Notice, Principal, Rate, SendRate,
 };
 use crate::names::{Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
 use crate::store::Store;
@@ -52,7 +52,7 @@ pub struct GameAuthorizer {
     worker_secret: String,
     allow_guest: bool,
     /// Inputs a second and at once a player may send; `None` for no limit.
-    input_rate: Option<(u32, u32)>,
+    input_rate: Option<Rate>,
 }
 
 impl std::fmt::Debug for GameAuthorizer {
@@ -84,8 +84,8 @@ impl GameAuthorizer {
     }
 
     /// Limits each player to `per_second` inputs a second, `burst` at once.
-    pub fn with_input_rate(mut self, per_second: u32, burst: u32) -> Self {
-        self.input_rate = Some((per_second, burst));
+    pub fn with_input_rate(mut self, rate: Rate) -> Self {
+        self.input_rate = Some(rate);
         self
     }
 
@@ -99,14 +99,9 @@ impl GameAuthorizer {
                 self.names.private(room, player),
             ]),
             tag: Some(room.to_owned()),
-            rate: self.input_rate.map(|(per_second, burst)| SendRate {
-                per_second,
-                burst,
-                notice: Some(rate_notice(
-                    self.names.private(room, player),
-                    per_second,
-                    burst,
-                )),
+            rate: self.input_rate.map(|rate| SendRate {
+                rate,
+                notice: Some(rate_notice(self.names.private(room, player), rate)),
             }),
         }
     }
@@ -123,7 +118,8 @@ impl GameAuthorizer {
 
 /// What a player hears on its private destination when its inputs go over its rate:
 /// the room's error message, marked `limited`, from the broker.
-fn rate_notice(destination: String, per_second: u32, burst: u32) -> Notice {
+fn rate_notice(destination: String, rate: Rate) -> Notice {
+    let Rate { per_second, burst } = rate;
     let body = serde_json::json!({
         "type": "error",
         "error": format!(

@@ -1,7 +1,7 @@
 //! A game server's settings: [`Config`], which programs fill directly, and [`Args`], the
 //! command line that fills it.
 
-use crate::broker::BrokerConfig;
+use crate::broker::{BrokerConfig, Rate};
 use crate::token::random_id;
 use crate::worker::Timings;
 use crate::Result;
@@ -57,11 +57,6 @@ pub struct Config {
     /// The room workers' broker passcode; `None` derives it from the token secret, so
     /// every process given the same secret agrees.
     pub worker_secret: Option<String>,
-    /// How long a join token is valid.
-    pub ticket_ttl: Duration,
-    /// A secret that may end any room and kick any player (`Authorization: Bearer`);
-    /// `None`: only a room's creator may, with its owner token.
-    pub operator_secret: Option<String>,
     /// Room workers' checkpoint and idle periods.
     pub timings: Timings,
     /// Whether `guest`/`guest` may connect to the embedded broker (from loopback only);
@@ -71,10 +66,11 @@ pub struct Config {
     pub heartbeat: Duration,
     /// The lobby port's timeouts and connection caps.
     pub http: crate::http::HttpLimits,
-    /// Rooms, room creations and players per room at most.
+    /// The room service: rooms, room creations and players per room at most, how long
+    /// a join token is valid, the operator secret.
     pub rooms: crate::rooms::RoomSettings,
     /// Inputs a second, and at once, one player may send (embedded broker).
-    pub input_rate: (u32, u32),
+    pub input_rate: Rate,
     /// Whether the embedded broker flushes each input to the disk before its receipt
     /// (survives a machine crash); without it an input survives the process being
     /// killed.
@@ -92,15 +88,16 @@ impl Default for Config {
             role: Role::Both,
             secret: None,
             worker_secret: None,
-            ticket_ttl: Duration::from_secs(24 * 3600),
-            operator_secret: None,
             timings: Timings::default(),
             allow_guest: false,
             heartbeat: Duration::from_secs(10),
             fsync: false,
             http: crate::http::HttpLimits::default(),
             rooms: crate::rooms::RoomSettings::default(),
-            input_rate: (30, 60),
+            input_rate: Rate {
+                per_second: 30,
+                burst: 60,
+            },
         }
     }
 }
@@ -128,15 +125,6 @@ impl Config {
         match self.secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => Ok(secret.as_bytes().to_vec()),
             None => stored_secret(&self.data_dir),
-        }
-    }
-
-    /// The room service's settings.
-    pub fn room_settings(&self) -> crate::rooms::RoomSettings {
-        crate::rooms::RoomSettings {
-            ticket_ttl: self.ticket_ttl,
-            operator_secret: self.operator_secret.clone().filter(|s| !s.is_empty()),
-            ..self.rooms.clone()
         }
     }
 
@@ -172,6 +160,11 @@ fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
+/// The defaults of every option: [`Config::default`], the one place they are written.
+fn defaults() -> Config {
+    Config::default()
+}
+
 /// Command-line options of a game server.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -188,13 +181,13 @@ fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
 )]
 pub struct Args {
     /// Address for HTTP: the lobby, and STOMP over WebSocket at /ws.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "GSL_LISTEN")]
+    #[arg(long, default_value_t = defaults().listen, env = "GSL_LISTEN")]
     pub listen: SocketAddr,
     /// Address for STOMP over plain TCP.
-    #[arg(long, default_value = "127.0.0.1:7613", env = "GSL_STOMP_LISTEN")]
+    #[arg(long, default_value_t = defaults().stomp_listen, env = "GSL_STOMP_LISTEN")]
     pub stomp_listen: SocketAddr,
     /// Directory for the server's files (messages kept across a restart).
-    #[arg(long, default_value = "data", env = "GSL_DATA_DIR")]
+    #[arg(long, default_value_os_t = defaults().data_dir, env = "GSL_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite in --data-dir].
     #[arg(long, env = "GSL_STORE")]
@@ -208,7 +201,7 @@ pub struct Args {
     pub broker: Option<String>,
     /// What this process does in cluster mode: `lobby`, `worker`, or `both`. Any number
     /// of each can share one --broker and one PostgreSQL --store.
-    #[arg(long, value_enum, default_value_t = Role::Both, env = "GSL_ROLE")]
+    #[arg(long, value_enum, default_value_t = defaults().role, env = "GSL_ROLE")]
     pub role: Role,
     /// Secret that signs join tokens [default: one made on first start, kept in
     /// --data-dir]. Cluster mode needs it, the same for every lobby.
@@ -223,7 +216,7 @@ pub struct Args {
     #[arg(long, env = "GSL_OPERATOR_SECRET", hide_env_values = true)]
     pub operator_secret: Option<String>,
     /// A room with no input for this many seconds ends.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = defaults().timings.idle_timeout.as_secs())]
     pub room_idle_secs: u64,
     /// Let `guest`/`guest` use the embedded broker, from loopback only and outside the
     /// rooms' destinations (for general STOMP clients and tests). Off by default: behind a
@@ -231,30 +224,30 @@ pub struct Args {
     #[arg(long)]
     pub guest: bool,
     /// Heart-beat interval the broker offers clients, in milliseconds (0 turns it off).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults().heartbeat.as_millis() as u64)]
     pub heartbeat_ms: u64,
     /// Inputs a second one player may send, on average; more are dropped (no receipt)
     /// and the player is told on its private destination.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = defaults().input_rate.per_second)]
     pub inputs_per_second: u32,
     /// Inputs one player may send at once after a quiet spell.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = defaults().input_rate.burst)]
     pub input_burst: u32,
     /// Live rooms at most.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults().rooms.max_rooms)]
     pub max_rooms: usize,
     /// Rooms one address may create a minute.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = defaults().rooms.creations_per_minute)]
     pub room_creations_per_minute: usize,
     /// Players one room may have.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults().rooms.max_players_per_room)]
     pub max_players_per_room: usize,
     /// HTTP connections (lobby requests and WebSocket upgrades) open at once; past it a
     /// connection is answered 503, except GET /health.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults().http.max_connections)]
     pub max_http_connections: usize,
     /// HTTP connections one address may have open at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults().http.max_per_address)]
     pub max_http_connections_per_address: usize,
     /// Flush every input to the disk before the broker's receipt, so that receipted
     /// inputs survive a machine crash (without it they survive the process being killed,
@@ -308,7 +301,6 @@ impl Args {
             role: self.role,
             secret: self.secret.clone(),
             worker_secret: self.worker_secret.clone(),
-            operator_secret: self.operator_secret.clone(),
             timings: Timings {
                 idle_timeout: Duration::from_secs(self.room_idle_secs),
                 ..defaults.timings
@@ -316,19 +308,41 @@ impl Args {
             allow_guest: self.guest,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             fsync: self.fsync,
-            input_rate: (self.inputs_per_second, self.input_burst),
+            input_rate: Rate {
+                per_second: self.inputs_per_second,
+                burst: self.input_burst,
+            },
             rooms: crate::rooms::RoomSettings {
+                operator_secret: self.operator_secret.clone(),
                 max_rooms: self.max_rooms,
                 creations_per_minute: self.room_creations_per_minute,
                 max_players_per_room: self.max_players_per_room,
-                ..crate::rooms::RoomSettings::default()
+                ..defaults.rooms
             },
             http: crate::http::HttpLimits {
                 max_connections: self.max_http_connections,
                 max_per_address: self.max_http_connections_per_address,
-                ..crate::http::HttpLimits::default()
+                ..defaults.http
             },
-            ..defaults
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_command_line_without_options_is_the_default_config() {
+        let args = Args::try_parse_from(["server"]).unwrap();
+        // Config has no PartialEq (its parts are compared by what they print).
+        assert_eq!(format!("{:?}", args.config()), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn an_operator_secret_reaches_the_room_service() {
+        let args = Args::try_parse_from(["server", "--operator-secret", "s3"]).unwrap();
+        assert_eq!(args.config().rooms.operator_secret.as_deref(), Some("s3"));
     }
 }

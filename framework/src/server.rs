@@ -101,7 +101,7 @@ where
             worker_secret.clone(),
             config.allow_guest,
         )
-        .with_input_rate(config.input_rate.0, config.input_rate.1);
+        .with_input_rate(config.input_rate);
         let broker_config = BrokerConfig {
             managed_prefixes: vec![names.inbox_prefix().to_owned()],
             ..config.broker_config()
@@ -141,7 +141,7 @@ where
             admin,
             Arc::new(workers.clone()),
             joins,
-            config.room_settings(),
+            config.rooms.clone(),
         );
         let router = harden(
             lobby.into_router(rooms.clone()).merge(broker.ws_router()),
@@ -241,7 +241,7 @@ pub(crate) fn cluster_lobby(
         admin,
         launcher,
         Joins::default(),
-        config.room_settings(),
+        config.rooms.clone(),
     );
     let router = harden(
         lobby

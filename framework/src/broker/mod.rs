@@ -54,12 +54,20 @@ pub struct Principal {
 /// disconnected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRate {
-    /// SENDs a second, on average.
-    pub per_second: u32,
-    /// SENDs at once after a quiet spell.
-    pub burst: u32,
+    /// How many SENDs.
+    pub rate: Rate,
     /// What tells the principal that its SENDs are being dropped.
     pub notice: Option<Notice>,
+}
+
+/// A rate of messages: so many a second on average, so many at once after a quiet
+/// spell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Messages a second, on average.
+    pub per_second: u32,
+    /// Messages at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// A message the broker publishes on its own: whoever grants a [`SendRate`] writes it,
@@ -517,7 +525,7 @@ impl Broker {
 #[doc(hidden)]
 pub mod fuzzing {
     use super::state::State;
-    use super::{AllowAll, BrokerConfig, Notice, Principal, SendRate};
+    use super::{AllowAll, BrokerConfig, Notice, Principal, Rate, SendRate};
     use crate::stomp::{parse, Limits, Parsed};
     use std::sync::Arc;
 
@@ -537,8 +545,10 @@ pub mod fuzzing {
         player.send = Some(vec!["/queue/room.r1".into()]);
         player.tag = Some("r1".into());
         player.rate = Some(SendRate {
-            per_second: 5,
-            burst: 3,
+            rate: Rate {
+                per_second: 5,
+                burst: 3,
+            },
             notice: Some(Notice {
                 destination: "/topic/room.r1.player.ann".into(),
                 headers: vec![("user-id".into(), "$broker".into())],

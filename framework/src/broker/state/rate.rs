@@ -4,6 +4,8 @@
 
 use super::destination::classify;
 use super::{Refusal, SessionId, State};
+#[cfg(test)]
+use crate::broker::Rate;
 use crate::broker::{Notice, SendRate};
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,7 @@ impl Bucket {
     pub(super) fn new(rate: SendRate) -> Bucket {
         let now = Instant::now();
         Bucket {
-            tokens: f64::from(rate.burst),
+            tokens: f64::from(rate.rate.burst),
             rate,
             refilled: now,
             dropped: 0,
@@ -47,8 +49,8 @@ impl Bucket {
 
     fn take_at(&mut self, now: Instant) -> Allowed {
         let earned =
-            now.duration_since(self.refilled).as_secs_f64() * f64::from(self.rate.per_second);
-        self.tokens = (self.tokens + earned).min(f64::from(self.rate.burst));
+            now.duration_since(self.refilled).as_secs_f64() * f64::from(self.rate.rate.per_second);
+        self.tokens = (self.tokens + earned).min(f64::from(self.rate.rate.burst));
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -59,7 +61,7 @@ impl Bucket {
             self.dropped = 0;
         }
         self.dropped += 1;
-        if self.dropped > 2 * self.rate.burst.max(1) {
+        if self.dropped > 2 * self.rate.rate.burst.max(1) {
             Allowed::Flooding
         } else {
             Allowed::Dropped {
@@ -86,7 +88,7 @@ impl State {
                 "too many messages",
                 format!(
                     "This connection may send {} messages a second ({} at once) and went on sending far more; it is closed.",
-                    rate.per_second, rate.burst
+                    rate.rate.per_second, rate.rate.burst
                 ),
             )
             }),
@@ -116,8 +118,7 @@ mod tests {
 
     fn rate(per_second: u32, burst: u32) -> SendRate {
         SendRate {
-            per_second,
-            burst,
+            rate: Rate { per_second, burst },
             notice: Some(Notice {
                 destination: "/topic/notices".into(),
                 headers: vec![("user-id".into(), "$broker".into())],
