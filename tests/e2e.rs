@@ -1,8 +1,9 @@
 //! The game server end to end: the lobby over HTTP, the game over STOMP, on real sockets.
 
 use e2e_tests::{http, json_of, next_of, temp_dir, Player, Server, WAIT};
+use game_server_less::stomp::Error;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
-use game_server_less::{Config, Ctx, Error, Lobby, Msg, RoomCtx};
+use game_server_less::{Config, Ctx, Lobby, Msg, RoomCtx};
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;

@@ -465,7 +465,7 @@ impl Restartable {
 }
 
 /// Opens a STOMP connection over TCP with `ticket`'s login and token.
-pub async fn connect_ticket(ticket: &Ticket) -> game_server_less::Result<Client> {
+pub async fn connect_ticket(ticket: &Ticket) -> game_server_less::stomp::Result<Client> {
     let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
     Client::connect(&ticket.tcp_url, options).await
 }
@@ -505,7 +505,7 @@ pub fn client_binary() -> PathBuf {
     for dir in [
         "game-client/src",
         "framework/src",
-        "framework/src/stomp",
+        "stomp/src",
         "framework/src/broker",
     ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {

@@ -2,7 +2,7 @@
 //! broker and RabbitMQ in the same run, printed side by side.
 //!
 //! Run: `cargo bench -p game-server-less --bench roundtrip`
-//! (`GSL_BENCH_N=20000` for more samples; RabbitMQ URLs as in `tests/rabbitmq.rs`.)
+//! (`GSL_BENCH_N=20000` for more samples; RabbitMQ URLs as in `stomp/tests/rabbitmq.rs`.)
 
 use game_server_less::broker::BrokerConfig;
 use game_server_less::broker::LocalBroker;

@@ -337,7 +337,10 @@ mod tests {
     fn the_command_line_without_options_is_the_default_config() {
         let args = Args::try_parse_from(["server"]).unwrap();
         // Config has no PartialEq (its parts are compared by what they print).
-        assert_eq!(format!("{:?}", args.config()), format!("{:?}", Config::default()));
+        assert_eq!(
+            format!("{:?}", args.config()),
+            format!("{:?}", Config::default())
+        );
     }
 
     #[test]

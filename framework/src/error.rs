@@ -1,36 +1,28 @@
 //! The crate-wide error type.
 
-use crate::stomp::FrameError;
-
 /// Everything that can go wrong in the framework.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bytes that are not a valid STOMP frame.
-    #[error("invalid STOMP frame: {0}")]
-    Frame(#[from] FrameError),
-    /// A socket or file failed.
+    /// Speaking STOMP failed: a malformed frame, a closed connection, an ERROR frame
+    /// from the broker, a timeout.
+    #[error(transparent)]
+    Stomp(#[from] stomp::Error),
+    /// A file or socket failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The WebSocket layer failed.
-    #[error("WebSocket error: {0}")]
-    WebSocket(String),
-    /// The peer answered with a STOMP ERROR frame.
-    #[error("server error: {message}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
-    Server {
-        /// The ERROR frame's `message` header.
-        message: String,
-        /// The ERROR frame's body.
-        detail: String,
-    },
-    /// The peer broke the protocol.
+    /// A service the framework talks over HTTP (RabbitMQ's management API, AWS Lambda,
+    /// the lobby) answered what the framework cannot read.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The connection is closed (or the peer stopped heart-beating).
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// An operation took longer than allowed.
-    #[error("timed out waiting for {0}")]
-    Timeout(String),
+    /// A service refused a request: RabbitMQ's management API, AWS Lambda, or the
+    /// embedded broker refusing a message published in process.
+    #[error("refused: {message}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    Refused {
+        /// What it said.
+        message: String,
+        /// More of what it said, if anything.
+        detail: String,
+    },
     /// The store (database) failed.
     #[error("store error: {0}")]
     Store(String),

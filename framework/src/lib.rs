@@ -107,7 +107,6 @@ pub mod rooms;
 pub mod scaffold;
 #[cfg(feature = "server")]
 pub mod server;
-pub mod stomp;
 #[cfg(feature = "server")]
 pub mod store;
 pub mod testing;
@@ -130,6 +129,8 @@ pub use msg::{Arrival, Ctx, Msg, RoomCtx};
 pub use rooms::Rooms;
 #[cfg(feature = "server")]
 pub use server::{Running, Server};
+/// STOMP 1.2: the codec, the transports and the client (the `stomp` crate).
+pub use stomp;
 
 #[cfg(feature = "server")]
 /// Runs a game server from the command line (see `--help`, and [`server::run`]), or, when

@@ -218,7 +218,7 @@ impl RabbitAdmin {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(Error::Server {
+            return Err(Error::Refused {
                 message: format!("RabbitMQ management API {method} {path} answered {status}"),
                 detail: text,
             });
@@ -268,7 +268,7 @@ impl BrokerAdmin for RabbitAdmin {
         Box::pin(async move {
             let path = format!("/queues/{}/{}", self.vhost(), RabbitAdmin::queue(room));
             match self.call(reqwest::Method::DELETE, &path, None).await {
-                Err(Error::Server { message, .. }) if message.contains("404") => Ok(()),
+                Err(Error::Refused { message, .. }) if message.contains("404") => Ok(()),
                 other => other.map(drop),
             }
         })
@@ -341,7 +341,7 @@ impl BrokerAdmin for RabbitAdmin {
                 RabbitAdmin::queue(room)
             );
             let queue = match self.call(reqwest::Method::GET, &path, None).await {
-                Err(Error::Server { message, .. }) if message.contains("404") => return Ok(None),
+                Err(Error::Refused { message, .. }) if message.contains("404") => return Ok(None),
                 other => other?,
             };
             Ok(Some(InboxState {

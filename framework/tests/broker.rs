@@ -3,8 +3,8 @@
 use futures_util::StreamExt;
 use game_server_less::broker::LocalBroker;
 use game_server_less::broker::{Broker, BrokerConfig};
+use game_server_less::stomp::Error;
 use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
-use game_server_less::Error;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;

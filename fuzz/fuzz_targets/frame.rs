@@ -2,7 +2,7 @@
 //! Whatever parses must encode and parse back to the same frame.
 #![no_main]
 
-use game_server_less::stomp::{parse, Limits, Parsed};
+use stomp::{parse, Limits, Parsed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -238,7 +238,7 @@ impl Net {
 
 async fn connect(
     ticket: &Ticket,
-) -> game_server_less::Result<(Client, Subscription, Subscription)> {
+) -> game_server_less::stomp::Result<(Client, Subscription, Subscription)> {
     let options = ConnectOptions {
         heartbeat: (2000, 2000),
         timeout: Duration::from_secs(5),
@@ -275,7 +275,7 @@ async fn play(ticket: Ticket, outbox: Arc<Outbox>, events: Events) {
             }
             // The server refused the ticket (expired, or the room is gone): trying
             // again will not help.
-            Err(e @ game_server_less::Error::Server { .. }) => {
+            Err(e @ game_server_less::stomp::Error::Server { .. }) => {
                 let _ = events.send(NetEvent::Ended(format!(
                     "the server refused this room's ticket: {e}"
                 )));
@@ -309,7 +309,7 @@ async fn session(
             let body = serde_json::to_string(&input).expect("an input serializes");
             match client.send(&ticket.inbox, body).await {
                 Ok(()) => {}
-                Err(e @ game_server_less::Error::Server { .. }) => return Err(e.to_string()),
+                Err(e @ game_server_less::stomp::Error::Server { .. }) => return Err(e.to_string()),
                 Err(e) => return Ok(e.to_string()),
             }
             let _ = events.send(NetEvent::Rtt(started.elapsed()));

@@ -413,7 +413,7 @@ impl Broker {
     ) -> Result<()> {
         self.lock()
             .publish_local(destination, headers, body, create)
-            .map_err(|r| crate::Error::Server {
+            .map_err(|r| crate::Error::Refused {
                 message: r.message,
                 detail: r.detail,
             })

@@ -79,19 +79,19 @@ impl Broker {
             Ok(Message::Close(_)) => Ok(WsIn::Close),
             Ok(_) => Ok(WsIn::Ignore),
             // A message over the WebSocket limit is an oversized frame: say so.
-            Err(e) if e.to_string().contains("Space limit exceeded") => {
-                Err(Error::Frame(FrameError::TooLarge(limits.max_frame_bytes)))
-            }
-            Err(e) => Err(Error::WebSocket(e.to_string())),
+            Err(e) if e.to_string().contains("Space limit exceeded") => Err(stomp::Error::Frame(
+                FrameError::TooLarge(limits.max_frame_bytes),
+            )),
+            Err(e) => Err(stomp::Error::WebSocket(e.to_string())),
         });
-        let sink =
-            sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
-                .with(|out: WsOut| async move {
-                    Ok::<_, Error>(match Utf8Bytes::try_from(out.0.clone()) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => Message::Binary(out.0),
-                    })
-                });
+        let sink = sink
+            .sink_map_err(|e| stomp::Error::WebSocket(e.to_string()))
+            .with(|out: WsOut| async move {
+                Ok::<_, stomp::Error>(match Utf8Bytes::try_from(out.0.clone()) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => Message::Binary(out.0),
+                })
+            });
         let transport = Transport::websocket(stream, sink, limits);
         session::run(self, transport, peer).await;
     }
@@ -164,7 +164,7 @@ pub(super) fn restore_spool(broker: &Broker, path: &Path) -> Result<usize> {
     let mut rest = &bytes[..];
     let mut n = 0;
     while !rest.is_empty() {
-        match parse(rest, &limits)? {
+        match parse(rest, &limits).map_err(stomp::Error::from)? {
             Parsed::Frame(mut frame, len) => {
                 rest = &rest[len..];
                 let destination = frame.header("destination").unwrap_or_default().to_owned();

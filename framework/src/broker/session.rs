@@ -326,15 +326,15 @@ async fn next_item(
 }
 
 impl Refusal {
-    fn from_error(error: &crate::Error) -> Refusal {
+    fn from_error(error: &crate::stomp::Error) -> Refusal {
         match error {
-            crate::Error::Frame(e) => Refusal::malformed(
+            crate::stomp::Error::Frame(e) => Refusal::malformed(
                 format!("malformed frame: {e}"),
                 "The frame could not be parsed; see the STOMP 1.2 specification.",
             ),
-            crate::Error::Io(_) | crate::Error::WebSocket(_) | crate::Error::Closed(_) => {
-                Refusal::closed()
-            }
+            crate::stomp::Error::Io(_)
+            | crate::stomp::Error::WebSocket(_)
+            | crate::stomp::Error::Closed(_) => Refusal::closed(),
             other => Refusal::new(other.to_string(), ""),
         }
     }

@@ -174,7 +174,7 @@ impl Invoker {
             Ok(Ok(response)) if response.status().is_success() => Ok(()),
             Ok(Ok(response)) => {
                 let status = response.status();
-                Err(Error::Server {
+                Err(Error::Refused {
                     message: format!("Lambda refused to invoke {target}: {status}"),
                     detail: response.text().await.unwrap_or_default(),
                 })

@@ -408,11 +408,11 @@ async fn next(pending: &mut Option<Message>, sub: &mut Subscription) -> Option<M
 }
 
 fn closed(client: &Client) -> Error {
-    Error::Closed(
+    Error::Stomp(crate::stomp::Error::Closed(
         client
             .closed()
             .unwrap_or_else(|| "the inbox subscription ended".into()),
-    )
+    ))
 }
 
 /// Checkpoints, then acks what each checkpoint holds. A checkpoint is saved in the

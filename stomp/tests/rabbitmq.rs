@@ -4,9 +4,9 @@
 //! README's test command sets up. Set `GSL_RABBITMQ_STOMP` / `GSL_RABBITMQ_WS` to point
 //! elsewhere.
 
-use game_server_less::stomp::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
-use game_server_less::Error;
 use std::time::Duration;
+use stomp::Error;
+use stomp::{AckMode, Client, Command, ConnectOptions, Frame, SubscribeOptions};
 
 const WAIT: Duration = Duration::from_secs(5);
 

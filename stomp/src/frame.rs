@@ -198,7 +198,7 @@ fn one_line(s: &str) -> String {
 
 /// A frame from its parts, as [`Frame::encode`] writes it, without making a [`Frame`]
 /// (the journal writes one record per message this way, without copying its headers).
-pub(crate) fn encode_parts<'a>(
+pub fn encode_parts<'a>(
     dst: &mut BytesMut,
     command: Command,
     headers: impl Iterator<Item = (&'a str, &'a str)>,

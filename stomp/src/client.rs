@@ -2,9 +2,9 @@
 //! stream per subscription, heart-beats both ways with dead-peer detection.
 //!
 //! ```no_run
-//! # async fn demo() -> game_server_less::Result<()> {
+//! # async fn demo() -> stomp::Result<()> {
 //! use futures_util::StreamExt;
-//! use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
+//! use stomp::{Client, ConnectOptions, SubscribeOptions};
 //!
 //! let client = Client::connect("ws://127.0.0.1:8080/ws", ConnectOptions::default()).await?;
 //! let mut sub = client.subscribe("/queue/hello", SubscribeOptions::default()).await?;
@@ -436,7 +436,7 @@ fn ack_frame(command: Command, message: &Message) -> Result<Frame> {
 }
 
 /// Parses a `heart-beat` header, `"x,y"`; anything else counts as no heart-beats.
-pub(crate) fn parse_heartbeat(value: &str) -> (u64, u64) {
+pub fn parse_heartbeat(value: &str) -> (u64, u64) {
     let mut parts = value.split(',').map(|p| p.trim().parse::<u64>());
     match (parts.next(), parts.next(), parts.next()) {
         (Some(Ok(x)), Some(Ok(y)), None) => (x, y),

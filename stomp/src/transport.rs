@@ -24,7 +24,7 @@ pub enum Item {
 }
 
 /// An incoming stream yielded [`Item::Encoded`], which only outgoing sinks take.
-pub(crate) fn unexpected_encoded() -> Error {
+pub fn unexpected_encoded() -> Error {
     Error::Protocol("a pre-encoded frame came in; incoming streams yield frames".into())
 }
 
@@ -54,7 +54,7 @@ impl Decoder for StompCodec {
         // byte costs linear time, not quadratic.
         if self.pending > 0 && src.len() > self.pending && !src[self.pending..].contains(&0) {
             if src.len() >= self.limits.max_frame_bytes {
-                return Err(crate::stomp::FrameError::TooLarge(self.limits.max_frame_bytes).into());
+                return Err(crate::FrameError::TooLarge(self.limits.max_frame_bytes).into());
             }
             self.pending = src.len();
             return Ok(Some(Item::Heartbeat));
@@ -122,7 +122,7 @@ pub struct Transport {
 
 /// A WebSocket message reduced to what STOMP cares about.
 #[derive(Debug)]
-pub(crate) enum WsIn {
+pub enum WsIn {
     /// Text or binary payload.
     Data(Bytes),
     /// The peer's close frame.
@@ -134,7 +134,7 @@ pub(crate) enum WsIn {
 /// A WebSocket message to send: a frame's bytes, which go as text when they are UTF-8
 /// (browsers' STOMP clients prefer it) and as binary otherwise.
 #[derive(Debug)]
-pub(crate) struct WsOut(pub(crate) Bytes);
+pub struct WsOut(pub Bytes);
 
 impl Transport {
     /// STOMP over a TCP stream.
@@ -158,7 +158,7 @@ impl Transport {
 
     /// STOMP over any WebSocket, given as a stream of incoming and a sink of outgoing
     /// messages. Frames may be split across messages or share one; heart-beats are EOLs.
-    pub(crate) fn websocket<St, Si>(stream: St, sink: Si, limits: Limits) -> Transport
+    pub fn websocket<St, Si>(stream: St, sink: Si, limits: Limits) -> Transport
     where
         St: Stream<Item = Result<WsIn>> + Send + Unpin + 'static,
         Si: Sink<WsOut, Error = Error> + Send + 'static,
@@ -280,7 +280,7 @@ impl Transport {
             {
                 let _ = addr;
                 return Err(bad(
-                    "ssl:// (STOMP over TLS) needs the `tls` feature (the `lambda` feature has it)",
+                    "ssl:// (STOMP over TLS) needs the stomp crate's `tls` feature (game-server-less turns it on with its `tls` or `lambda` feature)",
                 ));
             }
         }
@@ -340,7 +340,7 @@ mod tls {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = std::env::var_os("GSL_TLS_CA").filter(|p| !p.is_empty()) {
             let bad = |e: &dyn std::fmt::Display| {
-                Error::Invalid(format!(
+                Error::Config(format!(
                     "GSL_TLS_CA={}: not a PEM certificate file: {e}",
                     std::path::Path::new(&path).display()
                 ))
@@ -394,11 +394,10 @@ mod tls {
 
 /// What a connection's writer task receives.
 #[derive(Debug)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     /// A frame to write.
     Frame(Frame),
     /// A frame already in wire form (the broker's shared MESSAGE bytes).
-    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     Encoded(Bytes),
     /// Write everything queued before this, then close the connection.
     Close,
@@ -406,7 +405,7 @@ pub(crate) enum Outbound {
 
 /// Writes queued frames to `sink`, batching whatever is queued into one flush, and a
 /// heart-beat whenever nothing was written for `heartbeat`.
-pub(crate) async fn write_loop(
+pub async fn write_loop(
     mut sink: ItemSink,
     rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
     heartbeat: Option<std::time::Duration>,

@@ -2,8 +2,8 @@
 //! random bytes never make it panic.
 
 use bytes::BytesMut;
-use game_server_less::stomp::{parse, Command, Frame, Item, Limits, Parsed, StompCodec};
 use proptest::prelude::*;
+use stomp::{parse, Command, Frame, Item, Limits, Parsed, StompCodec};
 use tokio_util::codec::Decoder;
 
 fn command() -> impl Strategy<Value = Command> {
