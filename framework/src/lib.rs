@@ -2,33 +2,39 @@
 //!
 //! Realtime multiplayer game servers made of nothing but message handlers.
 //!
-//! Layers, each using only those above it in this list:
+//! The crates below this one: [`stomp`] (STOMP 1.2: codec, transports, client) and
+//! `game-server-less-client` (re-exported: [`proto`], the shared wire types; [`Error`]
+//! and [`Result`]; [`LobbyClient`]; [`bots`]), which a game's client uses without this
+//! crate, and so without axum or sqlx.
 //!
-//! - [`stomp`]: STOMP 1.2: the pure frame codec, TCP and WebSocket transports, a client.
-//! - [`broker`]: the embedded STOMP broker (queues, topics, acks, redelivery, heart-beats).
-//! - [`msg`]: realtime handlers routed by message type ([`Msg`], [`Ctx`], [`RoomCtx`]).
-//! - [`room`]: one room's logic without sockets: ordering, duplicates, sequence numbers.
-//! - [`store`]: rooms, players, user items and checkpoints in SQLite or PostgreSQL.
-//! - [`token`]: the signed, expiring join tokens the lobby issues and the broker checks.
-//! - [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
-//! - [`names`], [`proto`]: destination names; the lobby's answer types ([`proto::Ticket`])
-//!   and the room's envelope ([`proto::Envelope`]).
-//! - [`lobby_client`]: [`LobbyClient`], the typed client of the lobby's REST API.
-//! - [`bots`]: headless players for any game (`--bot N`).
-//! - [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
-//! - [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
-//! - [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
-//! - [`rooms`]: the room service (create, join, leave, end), without HTTP.
-//! - [`auth`], [`lobby`]: the broker's gatekeeper; the REST lobby on axum.
-//! - [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
-//! - [`config`], [`server`]: [`Config`] and the command line; [`Server`] and [`run`].
-//! - [`testing`]: run a game's handlers with simulated players, no sockets.
-//! - [`scaffold`]: `new NAME`, a new game's crate from the template.
-//! - [`Error`], [`Result`]: the crate-wide error.
+//! The layers of this crate, from the bottom up. Each module uses only the modules
+//! listed before it (and the crates below); `tests/layers.rs` fails when an import
+//! points up, and checks that ARCHITECTURE.md carries the same list.
 //!
-//! The `server` feature (on by default) holds everything but the client side; a game's
-//! client builds with `default-features = false` and gets [`stomp`], [`proto`] and
-//! [`LobbyClient`] without the broker, axum or sqlx.
+//! 1. [`names`]: destination names per broker, and the users the framework reserves.
+//! 2. [`token`]: every token: signed join tokens, player keys, owner tokens.
+//! 3. [`msg`]: realtime handlers routed by message type ([`Msg`], [`Ctx`], [`RoomCtx`]).
+//! 4. [`room`]: one room without sockets: duplicates, ordering, sequence numbers.
+//! 5. [`testing`]: [`testing::TestRoom`], a game's rules run with simulated players.
+//! 6. [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
+//! 7. [`broker`]: the embedded STOMP broker: a state without sockets ([`broker`]'s
+//!    `state`), sessions, the journal; it counts what happens in [`broker::Stats`].
+//! 8. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
+//! 9. [`store`]: rooms, players, items and checkpoints in SQLite or PostgreSQL.
+//! 10. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
+//! 11. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
+//! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
+//! 13. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
+//! 14. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
+//! 15. [`lobby`]: the REST lobby on axum, over the room service.
+//! 16. [`config`]: [`Config`] and the command line ([`Args`]).
+//! 17. [`package`]: `package`, the AWS SAM template of a deployment.
+//! 18. [`scaffold`]: `new NAME`, a new game's crate from the template.
+//! 19. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
+//! 20. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
+//!
+//! The `server` feature (on by default) holds everything but [`msg`], [`room`] and
+//! [`testing`]: a crate of game rules alone builds and tests them without it.
 //!
 //! A whole game server: a counter any player can add to.
 //!
@@ -77,19 +83,16 @@
 pub mod admin;
 #[cfg(feature = "server")]
 pub mod auth;
-pub mod bots;
 #[cfg(feature = "server")]
 pub mod broker;
 #[cfg(feature = "server")]
 pub mod config;
-mod error;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 #[cfg(feature = "server")]
 pub mod lobby;
-pub mod lobby_client;
 #[cfg(feature = "server")]
 pub mod metrics;
 pub mod msg;
@@ -97,7 +100,6 @@ pub mod msg;
 pub mod names;
 #[cfg(feature = "server")]
 pub mod package;
-pub mod proto;
 #[cfg(feature = "server")]
 pub mod rabbit;
 pub mod room;
@@ -120,10 +122,9 @@ pub mod worker;
 pub use axum;
 #[cfg(feature = "server")]
 pub use config::{Args, Config, Role};
-pub use error::{Error, Result};
+pub use game_server_less_client::{bots, lobby_client, proto, Error, LobbyClient, Result};
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
-pub use lobby_client::LobbyClient;
 pub use msg::{Arrival, Ctx, Msg, RoomCtx};
 #[cfg(feature = "server")]
 pub use rooms::Rooms;

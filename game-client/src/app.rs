@@ -3,8 +3,8 @@
 //! the player asks for goes out as [`Action`]s.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use game_server::protocol::{max_hp, Fighter, Item, Npc, Out, Player};
-use game_server_less::proto::{Body, Envelope, RoomEvent, RoomView};
+use game_protocol::{max_hp, Fighter, Item, Npc, Out, Player};
+use game_server_less_client::proto::{Body, Envelope, RoomEvent, RoomView};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! `--bot N`: headless players that random-walk and chat, for demos and load, with a
 //! one-line summary every two seconds (the framework's [`bots`] with this game's inputs).
 
-use game_server::protocol::{Chat, In, Move};
-use game_server_less::bots::{self, BotOptions};
+use game_protocol::{Chat, In, Move};
+use game_server_less_client::bots::{self, BotOptions};
 
 /// A bot's next input: mostly a random step, now and then a chat line.
 pub fn input(dice: u64) -> In {

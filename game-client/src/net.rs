@@ -6,10 +6,10 @@
 
 use crate::app::{Action, ConnState, NetEvent};
 use crate::keys::Keys;
-use game_server::protocol::{Chat, In, Look, Move, Out, Travel};
-use game_server_less::proto::{Envelope, Input, Ticket};
-use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
-use game_server_less::LobbyClient;
+use game_protocol::{Chat, In, Look, Move, Out, Travel};
+use game_server_less_client::proto::{Envelope, Input, Ticket};
+use game_server_less_client::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
+use game_server_less_client::LobbyClient;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ impl Outbox {
     /// the client (the room skips any number it has seen).
     fn new() -> Outbox {
         Outbox {
-            queue: Mutex::new((game_server_less::proto::first_seq(), VecDeque::new())),
+            queue: Mutex::new((game_server_less_client::proto::first_seq(), VecDeque::new())),
             ready: Notify::new(),
         }
     }
@@ -74,7 +74,7 @@ pub struct Net {
 
 impl Net {
     /// A client of the lobby at `server` that reports to `events`.
-    pub fn new(server: &str, events: Events) -> game_server_less::Result<Net> {
+    pub fn new(server: &str, events: Events) -> game_server_less_client::Result<Net> {
         let (tx, requests) = mpsc::unbounded_channel();
         let net = Net {
             lobby: LobbyClient::new(server)?,
@@ -238,7 +238,7 @@ impl Net {
 
 async fn connect(
     ticket: &Ticket,
-) -> game_server_less::stomp::Result<(Client, Subscription, Subscription)> {
+) -> game_server_less_client::stomp::Result<(Client, Subscription, Subscription)> {
     let options = ConnectOptions {
         heartbeat: (2000, 2000),
         timeout: Duration::from_secs(5),
@@ -275,7 +275,7 @@ async fn play(ticket: Ticket, outbox: Arc<Outbox>, events: Events) {
             }
             // The server refused the ticket (expired, or the room is gone): trying
             // again will not help.
-            Err(e @ game_server_less::stomp::Error::Server { .. }) => {
+            Err(e @ game_server_less_client::stomp::Error::Server { .. }) => {
                 let _ = events.send(NetEvent::Ended(format!(
                     "the server refused this room's ticket: {e}"
                 )));
@@ -309,7 +309,9 @@ async fn session(
             let body = serde_json::to_string(&input).expect("an input serializes");
             match client.send(&ticket.inbox, body).await {
                 Ok(()) => {}
-                Err(e @ game_server_less::stomp::Error::Server { .. }) => return Err(e.to_string()),
+                Err(e @ game_server_less_client::stomp::Error::Server { .. }) => {
+                    return Err(e.to_string())
+                }
                 Err(e) => return Ok(e.to_string()),
             }
             let _ = events.send(NetEvent::Rtt(started.elapsed()));

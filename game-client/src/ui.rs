@@ -1,7 +1,7 @@
 //! Drawing the [`App`]: `impl Widget for &App`, split into one function per screen part.
 
 use crate::app::{App, ConnState, Focus, Screen};
-use game_server::protocol::{level_of, max_hp, NPC_HP};
+use game_protocol::{level_of, max_hp, NPC_HP};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -384,7 +384,7 @@ fn truncate(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use crate::app::NetEvent;
-    use game_server_less::proto::RoomView;
+    use game_server_less_client::proto::RoomView;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 

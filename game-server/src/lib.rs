@@ -4,7 +4,7 @@
 //! Without the `server` feature (on by default) only [`protocol`] is built: that is what
 //! the client shares with the server.
 
-pub mod protocol;
+pub use game_protocol as protocol;
 #[cfg(feature = "server")]
 pub mod world;
 

@@ -4,8 +4,8 @@
 //! Client side: it builds without the `server` feature.
 //!
 //! ```no_run
-//! # async fn demo() -> game_server_less::Result<()> {
-//! use game_server_less::bots::{self, BotOptions};
+//! # async fn demo() -> game_server_less_client::Result<()> {
+//! use game_server_less_client::bots::{self, BotOptions};
 //! use serde_json::json;
 //!
 //! let options = BotOptions::new("http://127.0.0.1:8080", 2);
@@ -15,12 +15,12 @@
 //! ```
 
 use crate::proto::{Input, Ticket};
-use crate::stomp::{Client, ConnectOptions, SubscribeOptions};
 use crate::{LobbyClient, Result};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stomp::{Client, ConnectOptions, SubscribeOptions};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -2,8 +2,8 @@
 //! share: [`In`] is what a player sends, [`Out`] what a room sends. On the wire each is a
 //! JSON object whose `type` names the variant (`{"type":"move","dx":1,"dy":0}`).
 //!
-//! This module needs nothing but serde, so the client builds it without the server side
-//! (`game-server` with `default-features = false`).
+//! This crate needs nothing but serde, so the client builds on it without the server
+//! side; the server re-exports it as `game_server::protocol`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -291,7 +291,7 @@ pub struct Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use game_server_less::proto::{Body, Envelope, Input};
+    use game_server_less_client::proto::{Body, Envelope, Input};
     use serde_json::json;
 
     #[test]

@@ -6,7 +6,7 @@
 //! them with the room's numbering and the framework's own messages:
 //!
 //! ```
-//! use game_server_less::proto::{Envelope, Body, RoomEvent};
+//! use game_server_less_client::proto::{Envelope, Body, RoomEvent};
 //! use serde::Deserialize;
 //!
 //! #[derive(Debug, PartialEq, Deserialize)]
@@ -27,12 +27,12 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-#[cfg(feature = "server")]
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 /// A room as the lobby shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct RoomView {
     /// The room id.
     pub id: String,
@@ -57,7 +57,7 @@ pub struct RoomView {
 /// What joining a room answers: everything a client needs to play, with no destination
 /// names to build itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Ticket {
     /// The room id.
     pub room: String,

@@ -2,8 +2,8 @@
 //! and its tests. It needs no server side: it builds without the `server` feature.
 //!
 //! ```no_run
-//! # async fn demo() -> game_server_less::Result<()> {
-//! use game_server_less::LobbyClient;
+//! # async fn demo() -> game_server_less_client::Result<()> {
+//! use game_server_less_client::LobbyClient;
 //!
 //! let lobby = LobbyClient::new("http://127.0.0.1:8080")?;
 //! let room = lobby.create_room(Some("ann's room")).await?;
