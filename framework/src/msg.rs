@@ -39,7 +39,7 @@ pub type PlayerId = String;
 
 /// What a handler asked for, in the order it asked.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// A message for every player of the room (the room topic).
     Broadcast(Value),
     /// A message for one player (that player's own destination).
@@ -78,7 +78,7 @@ pub struct RoomCtx {
 
 impl RoomCtx {
     /// A context for a tick or a hook in `room`.
-    pub fn new(room: impl Into<String>) -> RoomCtx {
+    pub(crate) fn new(room: impl Into<String>) -> RoomCtx {
         RoomCtx {
             room: room.into(),
             effects: Vec::new(),
@@ -87,7 +87,7 @@ impl RoomCtx {
     }
 
     /// A context for the join hook of a player who brings `arrival`.
-    pub fn arriving(room: impl Into<String>, arrival: Arrival) -> RoomCtx {
+    pub(crate) fn arriving(room: impl Into<String>, arrival: Arrival) -> RoomCtx {
         RoomCtx {
             arrival: Some(arrival),
             ..RoomCtx::new(room)
@@ -141,12 +141,13 @@ impl RoomCtx {
     }
 
     /// The effects asked for so far.
-    pub fn effects(&self) -> &[Effect] {
+    #[cfg(test)]
+    pub(crate) fn effects(&self) -> &[Effect] {
         &self.effects
     }
 
     /// Takes the effects, leaving none.
-    pub fn take_effects(&mut self) -> Vec<Effect> {
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
 }
@@ -162,7 +163,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context for input `input_seq` from `sender` in `room`.
-    pub fn new(room: impl Into<String>, sender: impl Into<PlayerId>, input_seq: u64) -> Ctx {
+    pub(crate) fn new(room: impl Into<String>, sender: impl Into<PlayerId>, input_seq: u64) -> Ctx {
         Ctx {
             room: RoomCtx::new(room),
             sender: sender.into(),
@@ -281,7 +282,7 @@ impl<E: Display> HandlerResult for Result<(), E> {
 
 /// Why an input was not applied; reported to its sender only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The body is not a JSON object with a string `type`.
     BadJson(String),
     /// No handler for this `type`.
@@ -422,7 +423,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// A fresh room state.
-    pub fn new_state(&self) -> S {
+    pub(crate) fn new_state(&self) -> S {
         (self.new_state)()
     }
 
@@ -440,7 +441,7 @@ impl<S: 'static> Msg<S> {
     /// is caught and becomes a [`Rejection::Panicked`]; the effects of a rejected input
     /// are dropped, but its changes to `state` are not undone: validate before you
     /// mutate.
-    pub fn dispatch(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
+    pub(crate) fn apply(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
         let kind = message_type(body)?;
         let route = self
             .routes
@@ -455,7 +456,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the tick handler, if any.
-    pub fn run_tick(&self, state: &mut S, ctx: &mut RoomCtx) -> Result<(), Rejection> {
+    pub(crate) fn run_tick(&self, state: &mut S, ctx: &mut RoomCtx) -> Result<(), Rejection> {
         match &self.tick {
             Some((_, hook)) => guarded(|| {
                 hook(state, ctx);
@@ -466,7 +467,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the join hook for `player`, if any.
-    pub fn run_join(
+    pub(crate) fn run_join(
         &self,
         state: &mut S,
         ctx: &mut RoomCtx,
@@ -476,7 +477,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the leave hook for `player`, if any.
-    pub fn run_leave(
+    pub(crate) fn run_leave(
         &self,
         state: &mut S,
         ctx: &mut RoomCtx,
@@ -535,7 +536,7 @@ mod tests {
         let msg = counter();
         let mut n = msg.new_state();
         let mut ctx = Ctx::new("r1", "p1", 1);
-        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
+        msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
             .unwrap();
         assert_eq!(n, 3);
         assert_eq!(
@@ -552,7 +553,7 @@ mod tests {
         let mut n = 0;
         let mut ctx = Ctx::new("r1", "p1", 1);
         let err = |body: &[u8], n: &mut i64, ctx: &mut Ctx| {
-            msg.dispatch(n, ctx, body).unwrap_err().to_string()
+            msg.apply(n, ctx, body).unwrap_err().to_string()
         };
         assert!(err(b"{nope", &mut n, &mut ctx).starts_with("invalid JSON"));
         assert!(err(b"[1,2]", &mut n, &mut ctx).contains("string \"type\""));
@@ -570,7 +571,7 @@ mod tests {
         assert_eq!(n, 0);
         assert!(ctx.effects().is_empty());
         // Escapes in the type, whitespace before the object: still routed.
-        msg.dispatch(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
+        msg.apply(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
             .unwrap();
         assert_eq!(n, 2);
     }
@@ -602,14 +603,14 @@ mod tests {
         let mut n = 0;
         let mut ctx = Ctx::new("r1", "p1", 1);
         let err = msg
-            .dispatch(&mut n, &mut ctx, br#"{"type":"boom"}"#)
+            .apply(&mut n, &mut ctx, br#"{"type":"boom"}"#)
             .unwrap_err();
         assert_eq!(err, Rejection::Panicked("kaboom".into()));
         assert!(
             ctx.effects().is_empty(),
             "a rejected input's effects are dropped"
         );
-        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
+        msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
             .unwrap();
         assert_eq!(n, 1);
     }
@@ -619,7 +620,7 @@ mod tests {
         let msg = Msg::new(|| 0).route("type=take", |_: &mut i64, _: &mut Ctx, _: Value| {
             Err::<(), _>("nothing to take here")
         });
-        let err = msg.dispatch(&mut 0, &mut Ctx::new("r", "p", 1), br#"{"type":"take"}"#);
+        let err = msg.apply(&mut 0, &mut Ctx::new("r", "p", 1), br#"{"type":"take"}"#);
         assert_eq!(err, Err(Rejection::Refused("nothing to take here".into())));
     }
 }
