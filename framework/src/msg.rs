@@ -261,8 +261,8 @@ fn to_value(message: &impl Serialize) -> Value {
         .unwrap_or_else(|e| panic!("a handler's message cannot be serialized as JSON: {e}"))
 }
 
-/// What a handler may return: nothing, or a `Result` whose error rejects the input and
-/// is reported to its sender.
+/// What a handler or a join or leave hook may return: nothing, or a `Result` whose error
+/// rejects the input (or the join) and is reported to its sender (or the player).
 pub trait HandlerResult {
     /// `Err(reason)` rejects the input.
     fn into_result(self) -> Result<(), String>;
@@ -315,7 +315,14 @@ impl Display for Rejection {
 /// A route: deserializes the message's JSON body as its handler's type and runs it.
 type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, &[u8]) -> Result<(), Rejection> + Send + Sync>;
 type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
-type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) + Send + Sync>;
+type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) -> Result<(), String> + Send + Sync>;
+
+/// A join or leave hook, its result made a `Result`.
+fn hook<S, R: HandlerResult>(
+    handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
+) -> HookFn<S> {
+    Arc::new(move |state, ctx, player| handler(state, ctx, player).into_result())
+}
 
 /// The router of a room's realtime messages: `type` to handler, plus tick, join and leave
 /// hooks, and how to make a new room's state. Cheap to clone.
@@ -404,21 +411,42 @@ impl<S: 'static> Msg<S> {
         self
     }
 
-    /// Runs `handler` with the player's id when a player joins.
-    pub fn on_join(
+    /// Runs `handler` with the player's id when a player joins. Like an input handler, it
+    /// may return nothing or a `Result`: an error refuses the join. A refused join is
+    /// answered as a refused input is: the player gets the error, and what the hook asked
+    /// for (messages, items, the room's end) is dropped, though its changes to the state
+    /// are not undone. The player stays a member of the room, since the lobby admitted
+    /// it: its inputs still reach the handlers, and the leave hook runs when it leaves
+    /// (or is kicked) through the lobby.
+    ///
+    /// # Panics
+    ///
+    /// When a join hook is already set.
+    #[track_caller]
+    pub fn on_join<R: HandlerResult>(
         mut self,
-        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
     ) -> Msg<S> {
-        self.on_join = Some(Arc::new(handler));
+        assert!(self.on_join.is_none(), "the join hook is set twice");
+        self.on_join = Some(hook(handler));
         self
     }
 
-    /// Runs `handler` with the player's id when a player leaves.
-    pub fn on_leave(
+    /// Runs `handler` with the player's id when a player leaves. It may return a
+    /// `Result`, as the join hook does, but a leave cannot be refused: the player is gone
+    /// either way, and an error only drops what the hook asked for (and is sent to the
+    /// player, who may no longer be listening).
+    ///
+    /// # Panics
+    ///
+    /// When a leave hook is already set.
+    #[track_caller]
+    pub fn on_leave<R: HandlerResult>(
         mut self,
-        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
     ) -> Msg<S> {
-        self.on_leave = Some(Arc::new(handler));
+        assert!(self.on_leave.is_none(), "the leave hook is set twice");
+        self.on_leave = Some(hook(handler));
         self
     }
 
@@ -494,10 +522,7 @@ fn run_hook<S>(
     player: &str,
 ) -> Result<(), Rejection> {
     match hook {
-        Some(hook) => guarded(|| {
-            hook(state, ctx, player);
-            Ok(())
-        }),
+        Some(hook) => guarded(|| hook(state, ctx, player).map_err(Rejection::Refused)),
         None => Ok(()),
     }
 }
@@ -612,6 +637,41 @@ mod tests {
         );
         msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
             .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "the join hook is set twice")]
+    fn setting_the_join_hook_twice_panics() {
+        let _ = Msg::new(|| 0)
+            .on_join(|_: &mut i64, _, _| {})
+            .on_join(|_, _, _| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "the leave hook is set twice")]
+    fn setting_the_leave_hook_twice_panics() {
+        let _ = Msg::new(|| 0)
+            .on_leave(|_: &mut i64, _, _| {})
+            .on_leave(|_, _, _| {});
+    }
+
+    #[test]
+    fn a_hook_may_refuse_and_a_plain_one_still_compiles() {
+        let msg = Msg::new(|| 0).on_join(|n: &mut i64, _: &mut RoomCtx, player: &str| {
+            *n += 1;
+            if player == "mallory" {
+                return Err(format!("{player} is banned"));
+            }
+            Ok(())
+        });
+        let mut n = 0;
+        let mut ctx = RoomCtx::new("r");
+        assert_eq!(msg.run_join(&mut n, &mut ctx, "ann"), Ok(()));
+        let refused = msg.run_join(&mut n, &mut ctx, "mallory");
+        assert_eq!(refused, Err(Rejection::Refused("mallory is banned".into())));
+        let plain = Msg::new(|| 0).on_leave(|n: &mut i64, _: &mut RoomCtx, _: &str| *n -= 1);
+        assert_eq!(plain.run_leave(&mut n, &mut ctx, "ann"), Ok(()));
         assert_eq!(n, 1);
     }
 

@@ -459,6 +459,43 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_join_answers_the_player_only_who_stays_a_member() {
+        let msg = Msg::new(Vec::new)
+            .on_join(|seen: &mut Vec<String>, ctx: &mut RoomCtx, player: &str| {
+                seen.push(format!("+{player}"));
+                ctx.broadcast(&json!({ "type": "joined", "player": player }));
+                if player == "mallory" {
+                    return Err("no room for mallory");
+                }
+                Ok(())
+            })
+            .on_leave(|seen: &mut Vec<String>, _: &mut RoomCtx, player: &str| {
+                seen.push(format!("-{player}"));
+            })
+            .route("type=say", |_: &mut Vec<String>, _: &mut Ctx, _: Value| {});
+        let mut room = Room::new("r1", msg);
+        assert_eq!(room.join("ann")[0].to, Target::Room);
+        let out = room.join("mallory");
+        assert_eq!(out.len(), 1, "the hook's broadcast is dropped: {out:?}");
+        assert_eq!(out[0].to, Target::Player("mallory".into()));
+        assert_eq!(
+            out[0].body,
+            json!({ "type": "error", "error": "no room for mallory", "seq": 1 })
+        );
+        assert_eq!(room.seq(), 1, "only ann's join was broadcast");
+        assert!(
+            room.players().any(|p| p == "mallory"),
+            "the lobby admitted her"
+        );
+        assert!(room
+            .apply("mallory", Some(1), br#"{"type":"say"}"#)
+            .outputs
+            .is_empty());
+        room.leave("mallory");
+        assert_eq!(room.state(), &["+ann", "+mallory", "-mallory"]);
+    }
+
+    #[test]
     fn ending_is_announced_once_and_stops_inputs() {
         let mut room = echo_room();
         let out = room.apply("p1", Some(1), br#"{"type":"quit"}"#).outputs;

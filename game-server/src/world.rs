@@ -12,7 +12,6 @@ use crate::protocol::{
     level_of, max_hp, Chat, Fighter, Item, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
     XP_PER_NPC, XP_PER_PLAYER,
 };
-use game_server_less::proto::RoomEvent;
 use game_server_less::{Ctx, RoomCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -546,8 +545,9 @@ impl World {
 /// A player arrives at a free spawn point, with the experience the store has for them
 /// and the hit points a portal carried (full health otherwise); everyone hears of it,
 /// and the newcomer gets the whole world. The first arrival in a new room picks its
-/// zone from the room's name.
-pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+/// zone from the room's name. With no spawn point free, the join is refused: the player
+/// is told, and has no body (its moves are refused) until it leaves and joins again.
+pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) -> Result<(), String> {
     let arrival = ctx.arrival().cloned().unwrap_or_default();
     if !world.started {
         world.started = true;
@@ -560,9 +560,7 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
         }
     }
     let Some((x, y)) = world.spawn_point(None) else {
-        let error = "the world is full".to_owned();
-        ctx.send_to(name, &RoomEvent::Error { error });
-        return;
+        return Err("the world is full".into());
     };
     let xp = arrival.items.get(XP).copied().unwrap_or(0).max(0);
     let full = max_hp(level_of(xp));
@@ -575,6 +573,7 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
     let player = name.to_owned();
     ctx.broadcast(&Out::Joined { player, is });
     ctx.send_to(name, &world.snapshot());
+    Ok(())
 }
 
 /// A player leaves (or has been moved to another zone); everyone hears of it.

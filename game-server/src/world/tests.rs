@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::protocol::In;
-use game_server_less::proto::Body;
+use game_server_less::proto::{Body, RoomEvent};
 use game_server_less::testing::TestRoom;
 use game_server_less::{Arrival, Msg};
 use serde_json::json;
@@ -199,13 +199,21 @@ fn chat_and_leaving_are_announced() {
 fn a_full_world_tells_the_newcomer() {
     let mut room = game("###\n#S#\n###");
     room.join("ann");
+    room.received("ann");
     room.join("bob");
     let bob = room.received_as::<Out>("bob");
     let full = RoomEvent::Error {
         error: "the world is full".into(),
     };
-    assert_eq!(bob.last().unwrap().body, Body::Room(full));
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    assert_eq!(bob[0].body, Body::Room(full));
+    assert!(
+        room.received("ann").is_empty(),
+        "a refused join is not announced"
+    );
     assert!(!room.state().players.contains_key("bob"));
+    let err = room.send("bob", step(1, 0)).unwrap_err();
+    assert!(err.contains("no body"), "{err}");
 }
 
 #[test]
