@@ -125,7 +125,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
 pub use lobby_client::LobbyClient;
-pub use msg::{Arrival, Ctx, Msg, RoomCtx};
+pub use msg::{Arrival, Ctx, Msg, RoomCtx, RoomInfo};
 #[cfg(feature = "server")]
 pub use rooms::Rooms;
 #[cfg(feature = "server")]

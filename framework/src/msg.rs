@@ -51,7 +51,8 @@ pub(crate) enum Effect {
 }
 
 /// What a player brings into a room, which the join hook reads from
-/// [`RoomCtx::arrival`]: the room's name, the player's persistent items (read by the
+/// [`RoomCtx::arrival`]: the room's name (which the state factory of [`Msg::for_room`]
+/// sees too, before anyone joins), the player's persistent items (read by the
 /// lobby at the join, so a hook can derive levels and the like from them), and what a
 /// transfer from another room carried ([`crate::Rooms::transfer`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +66,26 @@ pub struct Arrival {
     /// What the lobby route that moved the player here carried; null on a plain join.
     #[serde(default)]
     pub carried: Value,
+}
+
+/// The room a state is made for, as the factory of [`Msg::for_room`] sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoomInfo {
+    /// The room's id.
+    pub id: String,
+    /// The room's display name, as it was created (`POST /rooms` with `{"name": …}`).
+    pub name: String,
+}
+
+impl RoomInfo {
+    /// The room `id`, named `name`.
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> RoomInfo {
+        RoomInfo {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
 }
 
 /// What ticks and join/leave hooks act through: the room's id and the effects they ask
@@ -331,7 +352,7 @@ pub struct Msg<S> {
     tick: Option<(Duration, TickFn<S>)>,
     on_join: Option<HookFn<S>>,
     on_leave: Option<HookFn<S>>,
-    new_state: Arc<dyn Fn() -> S + Send + Sync>,
+    new_state: Arc<dyn Fn(&RoomInfo) -> S + Send + Sync>,
 }
 
 impl<S> Clone for Msg<S> {
@@ -349,6 +370,22 @@ impl<S> Clone for Msg<S> {
 impl<S: 'static> Msg<S> {
     /// A router whose rooms start with the state `new_state` makes.
     pub fn new(new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
+        Msg::for_room(move |_| new_state())
+    }
+
+    /// A router whose rooms start with the state `new_state` makes for each, from what it
+    /// knows of the room: rooms named `caves…` can start as caves, say.
+    ///
+    /// ```
+    /// use game_server_less::{Msg, RoomInfo};
+    ///
+    /// let msg = Msg::for_room(|room: &RoomInfo| room.name.starts_with("caves"));
+    /// # let _ = msg;
+    /// ```
+    ///
+    /// It runs when a worker starts the room, before anyone joins; a room carried on from
+    /// its checkpoint then takes the saved state instead.
+    pub fn for_room(new_state: impl Fn(&RoomInfo) -> S + Send + Sync + 'static) -> Msg<S> {
         Msg {
             routes: BTreeMap::new(),
             tick: None,
@@ -450,9 +487,9 @@ impl<S: 'static> Msg<S> {
         self
     }
 
-    /// A fresh room state.
-    pub(crate) fn new_state(&self) -> S {
-        (self.new_state)()
+    /// A fresh state for `room`.
+    pub(crate) fn new_state(&self, room: &RoomInfo) -> S {
+        (self.new_state)(room)
     }
 
     /// The message types routed, sorted.
@@ -559,7 +596,7 @@ mod tests {
     #[test]
     fn routes_by_type_and_records_effects() {
         let msg = counter();
-        let mut n = msg.new_state();
+        let mut n = msg.new_state(&RoomInfo::new("r1", ""));
         let mut ctx = Ctx::new("r1", "p1", 1);
         msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
             .unwrap();

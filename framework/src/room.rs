@@ -2,7 +2,7 @@
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
-use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx};
+use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx, RoomInfo};
 use crate::proto::Grant;
 use crate::proto::RoomEvent;
 use serde_json::Value;
@@ -57,11 +57,11 @@ pub(crate) struct Applied {
 }
 
 impl<S: 'static> Room<S> {
-    /// A new room with a fresh state.
-    pub(crate) fn new(id: impl Into<String>, msg: Msg<S>) -> Room<S> {
-        let state = msg.new_state();
+    /// A new room with the state `msg` makes for it.
+    pub(crate) fn new(room: RoomInfo, msg: Msg<S>) -> Room<S> {
+        let state = msg.new_state(&room);
         Room {
-            id: id.into(),
+            id: room.id,
             msg,
             state,
             seq: 0,
@@ -411,7 +411,7 @@ mod tests {
                 "type=quit",
                 |_: &mut Vec<String>, ctx: &mut Ctx, _: Value| ctx.end_room("bye"),
             );
-        Room::new("r1", msg)
+        Room::new(RoomInfo::new("r1", "echo"), msg)
     }
 
     #[test]
@@ -473,7 +473,7 @@ mod tests {
                 seen.push(format!("-{player}"));
             })
             .route("type=say", |_: &mut Vec<String>, _: &mut Ctx, _: Value| {});
-        let mut room = Room::new("r1", msg);
+        let mut room = Room::new(RoomInfo::new("r1", "r1"), msg);
         assert_eq!(room.join("ann")[0].to, Target::Room);
         let out = room.join("mallory");
         assert_eq!(out.len(), 1, "the hook's broadcast is dropped: {out:?}");

@@ -20,7 +20,7 @@
 //! assert_eq!(*room.state(), 1);
 //! ```
 
-use crate::msg::Msg;
+use crate::msg::{Msg, RoomInfo};
 use crate::proto::{Body, Envelope};
 use crate::room::{Output, Room, Target};
 use serde::de::DeserializeOwned;
@@ -38,8 +38,14 @@ pub struct TestRoom<S> {
 impl<S: 'static> TestRoom<S> {
     /// A room named `test-room` running `msg`.
     pub fn new(msg: Msg<S>) -> TestRoom<S> {
+        TestRoom::named(msg, "test-room")
+    }
+
+    /// A room named `name` running `msg`: the name its state factory sees (see
+    /// [`Msg::for_room`]). Its id is `test-room`.
+    pub fn named(msg: Msg<S>, name: &str) -> TestRoom<S> {
         TestRoom {
-            room: Room::new("test-room", msg),
+            room: Room::new(RoomInfo::new("test-room", name), msg),
             inboxes: HashMap::new(),
             next_seq: HashMap::new(),
         }

@@ -29,7 +29,7 @@ mod server_side {
     /// The game's realtime handlers, one per [`crate::protocol::In`] variant. A room's
     /// zone comes from its name (`caves…`, or the meadow).
     pub fn msg() -> Msg<World> {
-        Msg::new(World::default)
+        Msg::for_room(|room| World::in_zone(Zone::of_room(&room.name)))
             .route("type=move", on_move)
             .route("type=chat", on_chat)
             .route("type=look", on_look)

@@ -369,15 +369,16 @@ fn stepping_into_a_portal_leaves_for_the_other_zone_with_the_hit_points() {
 }
 
 #[test]
-fn the_first_arrival_picks_the_zone_from_the_room_name_and_carries_hit_points() {
-    let mut room = TestRoom::new(crate::msg());
+fn a_rooms_zone_comes_from_its_name_and_arrivals_carry_hit_points() {
+    assert_eq!(TestRoom::new(crate::msg()).state().zone, Zone::Meadow);
+    let mut room = TestRoom::named(crate::msg(), "Caves 2");
+    assert_eq!(room.state().zone, Zone::Caves, "before anyone joins");
     let arrival = Arrival {
-        room_name: "caves".into(),
         items: [(XP.to_owned(), 60)].into(),
         carried: json!({ "hp": 4 }),
+        ..Arrival::default()
     };
     room.join_with("ann", arrival);
-    assert_eq!(room.state().zone, Zone::Caves);
     let hero = &room.state().players["ann"];
     assert_eq!((hero.hp, hero.view().level), (4, 2));
     let ann = room.received_game::<Out>("ann");
@@ -386,14 +387,12 @@ fn the_first_arrival_picks_the_zone_from_the_room_name_and_carries_hit_points() 
     };
     assert_eq!(w.zone, "caves");
     assert!(w.map.iter().any(|r| r.contains('O')) && w.map.iter().any(|r| r.contains(':')));
-    // A later arrival does not change the zone; hostile hit points are clamped.
+    // Hostile hit points are clamped.
     let liar = Arrival {
-        room_name: "meadow".into(),
         carried: json!({ "hp": 1000 }),
         ..Arrival::default()
     };
     room.join_with("bob", liar);
-    assert_eq!(room.state().zone, Zone::Caves);
     assert_eq!(room.state().players["bob"].hp, max_hp(1));
 }
 
