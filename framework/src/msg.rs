@@ -395,6 +395,25 @@ impl<S: 'static> Msg<S> {
         }
     }
 
+    /// The same router, whose rooms start with the state `new_state` makes instead: a
+    /// test runs the game's own routes and hooks on a world of its own.
+    ///
+    /// ```
+    /// # use game_server_less::{Ctx, Msg};
+    /// # fn on_add(n: &mut i64, _: &mut Ctx, by: i64) { *n += by }
+    /// fn msg() -> Msg<i64> {
+    ///     Msg::new(|| 0).route("type=add", on_add)
+    /// }
+    /// let almost_full = msg().with_state(|| 99);
+    /// # let _ = almost_full;
+    /// ```
+    pub fn with_state(self, new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
+        Msg {
+            new_state: Arc::new(move |_: &RoomInfo| new_state()),
+            ..self
+        }
+    }
+
     /// Routes messages whose `type` is `T` to `handler`; `selector` is `"type=T"` (the
     /// `"/type=T"` spelling works too). The handler gets the message deserialized as `M`.
     ///
@@ -636,6 +655,20 @@ mod tests {
         msg.apply(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn with_state_swaps_the_state_and_keeps_the_routes() {
+        let msg = counter().with_state(|| 10);
+        let mut n = msg.new_state(&RoomInfo::new("r1", ""));
+        assert_eq!(n, 10);
+        msg.apply(
+            &mut n,
+            &mut Ctx::new("r1", "p1", 1),
+            br#"{"type":"add","by":1}"#,
+        )
+        .unwrap();
+        assert_eq!(n, 11);
     }
 
     #[test]

@@ -4,25 +4,18 @@ use super::*;
 use crate::protocol::In;
 use game_server_less::proto::{Body, RoomEvent};
 use game_server_less::testing::TestRoom;
-use game_server_less::{Arrival, Msg};
+use game_server_less::Arrival;
 use serde_json::json;
-use std::time::Duration;
 
 const TINY: &str = "#####\n#S.S#\n#.#.#\n#####";
 
+/// The game's own handlers on a world of `map`, with nothing on the floor.
 fn game(map: &'static str) -> TestRoom<World> {
-    let msg = Msg::new(move || {
+    TestRoom::new(crate::msg().with_state(move || {
         let mut w = World::new(Zone::Meadow, Map::parse(map));
         w.items.clear();
         w
-    })
-    .route("type=move", on_move)
-    .route("type=chat", on_chat)
-    .route("type=look", on_look)
-    .tick(Duration::from_millis(100), on_tick)
-    .on_join(on_join)
-    .on_leave(on_leave);
-    TestRoom::new(msg)
+    }))
 }
 
 fn step(dx: i32, dy: i32) -> In {
@@ -407,8 +400,7 @@ fn players_heal_slowly() {
 
 #[test]
 fn npcs_wander_without_walking_through_walls_and_items_respawn() {
-    let mut room =
-        TestRoom::new(Msg::new(World::default).tick(Duration::from_millis(100), on_tick));
+    let mut room = TestRoom::new(crate::msg());
     let start = room.state().npcs.clone();
     room.tick(200);
     let world = room.state();
