@@ -367,6 +367,18 @@ impl<S> Clone for Msg<S> {
     }
 }
 
+impl<S> Msg<S> {
+    /// The message types routed, sorted.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// The tick interval, if there is a tick.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        self.tick.as_ref().map(|(every, _)| *every)
+    }
+}
+
 impl<S: 'static> Msg<S> {
     /// A router whose rooms start with the state `new_state` makes.
     pub fn new(new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
@@ -509,16 +521,6 @@ impl<S: 'static> Msg<S> {
     /// A fresh state for `room`.
     pub(crate) fn new_state(&self, room: &RoomInfo) -> S {
         (self.new_state)(room)
-    }
-
-    /// The message types routed, sorted.
-    pub fn types(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
-    }
-
-    /// The tick interval, if there is a tick.
-    pub fn tick_interval(&self) -> Option<Duration> {
-        self.tick.as_ref().map(|(every, _)| *every)
     }
 
     /// Applies one input's body (JSON with a `type`) to `state`. A panic in the handler
