@@ -144,7 +144,7 @@ where
         return lambda::run(lobby, msg).await;
         #[cfg(not(feature = "lambda"))]
         return Err(Error::Invalid(
-            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda -p game-server`".into(),
+            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda` (the game's feature that turns on game-server-less/lambda)".into(),
         ));
     }
     server::run(lobby, msg).await
