@@ -251,6 +251,30 @@ impl BotArgs {
     }
 }
 
+/// Whether the command line asks for the `--bot N` mode (spelt `--bot N` or `--bot=N`,
+/// before any `--`), for a game's `main` to choose between its server and [`main`],
+/// which then parses the whole command line as [`BotArgs`].
+///
+/// ```no_run
+/// # async fn demo() -> game_server_less::Result<()> {
+/// # let (lobby, msg) = (game_server_less::Lobby::new(), game_server_less::Msg::new(|| 0));
+/// if game_server_less::bots::wanted() {
+///     game_server_less::bots::main(|dice: u64| serde_json::json!({ "type": "add", "by": dice % 3 })).await?;
+/// } else {
+///     game_server_less::run(lobby, msg).await?;
+/// }
+/// # Ok(()) }
+/// ```
+pub fn wanted() -> bool {
+    asks_for_bots(std::env::args_os().skip(1))
+}
+
+fn asks_for_bots(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--bot" || a.to_str().is_some_and(|a| a.starts_with("--bot=")))
+}
+
 /// A game's `--bot N` mode: parses [`BotArgs`] from the command line, runs the bots, and
 /// with `--for` checks that every bot is online, sent inputs and heard the room.
 pub async fn main<I, F>(input: F) -> Result<Summary>
@@ -270,4 +294,26 @@ where
         }
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn asks(args: &[&str]) -> bool {
+        asks_for_bots(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn bot_mode_is_asked_for_in_every_spelling_clap_reads() {
+        assert!(asks(&["--bot", "2"]));
+        assert!(asks(&["--server", "http://h:1", "--bot=2"]));
+        assert!(!asks(&[]));
+        assert!(!asks(&["--listen", "127.0.0.1:9000"]));
+        assert!(!asks(&["--botany"]));
+        assert!(!asks(&["--", "--bot", "2"]));
+        let parsed = BotArgs::try_parse_from(["game", "--bot=2", "--for", "5"]).unwrap();
+        assert_eq!((parsed.bots, parsed.run_for), (2, Some(5)));
+    }
 }

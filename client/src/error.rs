@@ -49,7 +49,7 @@ pub enum Error {
     #[error("fenced: {0}")]
     Fenced(String),
     /// No lobby answered at this URL (nothing listens there, or not in time).
-    #[error("cannot reach the lobby at {url}: {why}; is the server running (`cargo run -p game-server`)?")]
+    #[error("cannot reach the lobby at {url}: {why}; is the game's server running there?")]
     Unreachable {
         /// The lobby's URL.
         url: String,

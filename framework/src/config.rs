@@ -165,6 +165,27 @@ fn defaults() -> Config {
     Config::default()
 }
 
+/// The name this program was started as (the file stem of `argv[0]`: `space-ants`, say),
+/// for messages that name it: the framework serves every game, so it has no name of its
+/// own to give. `None` when the platform gives none.
+pub(crate) fn program() -> Option<String> {
+    let argv0 = std::env::args_os().next()?;
+    let stem = Path::new(&argv0).file_stem()?;
+    Some(stem.to_string_lossy().into_owned())
+}
+
+/// The Lambda build `package` deploys: `code` if given, else where `cargo lambda build`
+/// puts `program`'s.
+pub(crate) fn lambda_code(code: Option<&Path>, program: Option<&str>) -> Result<PathBuf> {
+    match (code, program) {
+        (Some(code), _) => Ok(code.to_owned()),
+        (None, Some(program)) => Ok(Path::new("target/lambda").join(program)),
+        (None, None) => Err(crate::Error::Invalid(
+            "name the Lambda build to deploy: package --code DIR".into(),
+        )),
+    }
+}
+
 /// Command-line options of a game server.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -268,14 +289,15 @@ pub enum Command {
     /// Writes an AWS SAM template (template.yaml) that deploys this server to AWS Lambda:
     /// the lobby behind an HTTP API and the room workers, with a published version and a
     /// `live` alias. Build first: cargo lambda build --release --arm64 --features lambda
-    /// -p game-server; then: sam deploy --guided --template-file DIR/template.yaml
+    /// -p PROGRAM; then: sam deploy --guided --template-file DIR/template.yaml
     Package {
         /// Directory to write template.yaml into.
         #[arg(long, default_value = "deploy")]
         out: PathBuf,
-        /// The Lambda build to deploy (the directory of its `bootstrap`).
-        #[arg(long, default_value = "target/lambda/game-server")]
-        code: PathBuf,
+        /// The Lambda build to deploy (the directory of its `bootstrap`) [default:
+        /// target/lambda/PROGRAM, PROGRAM being this program's name]
+        #[arg(long)]
+        code: Option<PathBuf>,
     },
     /// Writes a new game's crate: typed messages, handlers, a server with a --bot mode,
     /// TestRoom tests and a README. Then: cd NAME && cargo test && cargo run
@@ -347,5 +369,16 @@ mod tests {
     fn an_operator_secret_reaches_the_room_service() {
         let args = Args::try_parse_from(["server", "--operator-secret", "s3"]).unwrap();
         assert_eq!(args.config().rooms.operator_secret.as_deref(), Some("s3"));
+    }
+
+    #[test]
+    fn the_program_is_named_by_its_binary_and_so_is_its_lambda_build() {
+        let program = program().expect("tests have an argv[0]");
+        assert!(!program.contains('/'), "{program}");
+        let code = lambda_code(None, Some("space-ants")).unwrap();
+        assert_eq!(code, Path::new("target/lambda/space-ants"));
+        let given = lambda_code(Some(Path::new("dist")), Some("space-ants")).unwrap();
+        assert_eq!(given, Path::new("dist"));
+        assert!(lambda_code(None, None).is_err());
     }
 }

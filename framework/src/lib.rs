@@ -125,7 +125,7 @@ pub use config::{Args, Config, Role};
 pub use game_server_less_client::{bots, lobby_client, proto, Error, LobbyClient, Result};
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
-pub use msg::{Arrival, Ctx, Msg, RoomCtx};
+pub use msg::{Arrival, Ctx, Msg, RoomCtx, RoomInfo};
 #[cfg(feature = "server")]
 pub use rooms::Rooms;
 #[cfg(feature = "server")]
@@ -146,7 +146,7 @@ where
         return lambda::run(lobby, msg).await;
         #[cfg(not(feature = "lambda"))]
         return Err(Error::Invalid(
-            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda -p game-server`".into(),
+            "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda` (the game's feature that turns on game-server-less/lambda)".into(),
         ));
     }
     server::run(lobby, msg).await

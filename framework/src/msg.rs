@@ -39,7 +39,7 @@ pub type PlayerId = String;
 
 /// What a handler asked for, in the order it asked.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// A message for every player of the room (the room topic).
     Broadcast(Value),
     /// A message for one player (that player's own destination).
@@ -51,7 +51,8 @@ pub enum Effect {
 }
 
 /// What a player brings into a room, which the join hook reads from
-/// [`RoomCtx::arrival`]: the room's name, the player's persistent items (read by the
+/// [`RoomCtx::arrival`]: the room's name (which the state factory of [`Msg::for_room`]
+/// sees too, before anyone joins), the player's persistent items (read by the
 /// lobby at the join, so a hook can derive levels and the like from them), and what a
 /// transfer from another room carried ([`crate::Rooms::transfer`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,26 @@ pub struct Arrival {
     pub carried: Value,
 }
 
+/// The room a state is made for, as the factory of [`Msg::for_room`] sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoomInfo {
+    /// The room's id.
+    pub id: String,
+    /// The room's display name, as it was created (`POST /rooms` with `{"name": …}`).
+    pub name: String,
+}
+
+impl RoomInfo {
+    /// The room `id`, named `name`.
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> RoomInfo {
+        RoomInfo {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+}
+
 /// What ticks and join/leave hooks act through: the room's id and the effects they ask
 /// for. Input handlers get a [`Ctx`], which derefs to this.
 #[derive(Debug)]
@@ -78,7 +99,7 @@ pub struct RoomCtx {
 
 impl RoomCtx {
     /// A context for a tick or a hook in `room`.
-    pub fn new(room: impl Into<String>) -> RoomCtx {
+    pub(crate) fn new(room: impl Into<String>) -> RoomCtx {
         RoomCtx {
             room: room.into(),
             effects: Vec::new(),
@@ -87,7 +108,7 @@ impl RoomCtx {
     }
 
     /// A context for the join hook of a player who brings `arrival`.
-    pub fn arriving(room: impl Into<String>, arrival: Arrival) -> RoomCtx {
+    pub(crate) fn arriving(room: impl Into<String>, arrival: Arrival) -> RoomCtx {
         RoomCtx {
             arrival: Some(arrival),
             ..RoomCtx::new(room)
@@ -141,12 +162,13 @@ impl RoomCtx {
     }
 
     /// The effects asked for so far.
-    pub fn effects(&self) -> &[Effect] {
+    #[cfg(test)]
+    pub(crate) fn effects(&self) -> &[Effect] {
         &self.effects
     }
 
     /// Takes the effects, leaving none.
-    pub fn take_effects(&mut self) -> Vec<Effect> {
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
 }
@@ -162,7 +184,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context for input `input_seq` from `sender` in `room`.
-    pub fn new(room: impl Into<String>, sender: impl Into<PlayerId>, input_seq: u64) -> Ctx {
+    pub(crate) fn new(room: impl Into<String>, sender: impl Into<PlayerId>, input_seq: u64) -> Ctx {
         Ctx {
             room: RoomCtx::new(room),
             sender: sender.into(),
@@ -260,8 +282,8 @@ fn to_value(message: &impl Serialize) -> Value {
         .unwrap_or_else(|e| panic!("a handler's message cannot be serialized as JSON: {e}"))
 }
 
-/// What a handler may return: nothing, or a `Result` whose error rejects the input and
-/// is reported to its sender.
+/// What a handler or a join or leave hook may return: nothing, or a `Result` whose error
+/// rejects the input (or the join) and is reported to its sender (or the player).
 pub trait HandlerResult {
     /// `Err(reason)` rejects the input.
     fn into_result(self) -> Result<(), String>;
@@ -281,7 +303,7 @@ impl<E: Display> HandlerResult for Result<(), E> {
 
 /// Why an input was not applied; reported to its sender only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The body is not a JSON object with a string `type`.
     BadJson(String),
     /// No handler for this `type`.
@@ -314,7 +336,14 @@ impl Display for Rejection {
 /// A route: deserializes the message's JSON body as its handler's type and runs it.
 type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, &[u8]) -> Result<(), Rejection> + Send + Sync>;
 type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
-type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) + Send + Sync>;
+type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) -> Result<(), String> + Send + Sync>;
+
+/// A join or leave hook, its result made a `Result`.
+fn hook<S, R: HandlerResult>(
+    handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
+) -> HookFn<S> {
+    Arc::new(move |state, ctx, player| handler(state, ctx, player).into_result())
+}
 
 /// The router of a room's realtime messages: `type` to handler, plus tick, join and leave
 /// hooks, and how to make a new room's state. Cheap to clone.
@@ -323,7 +352,7 @@ pub struct Msg<S> {
     tick: Option<(Duration, TickFn<S>)>,
     on_join: Option<HookFn<S>>,
     on_leave: Option<HookFn<S>>,
-    new_state: Arc<dyn Fn() -> S + Send + Sync>,
+    new_state: Arc<dyn Fn(&RoomInfo) -> S + Send + Sync>,
 }
 
 impl<S> Clone for Msg<S> {
@@ -338,15 +367,62 @@ impl<S> Clone for Msg<S> {
     }
 }
 
+impl<S> Msg<S> {
+    /// The message types routed, sorted.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// The tick interval, if there is a tick.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        self.tick.as_ref().map(|(every, _)| *every)
+    }
+}
+
 impl<S: 'static> Msg<S> {
     /// A router whose rooms start with the state `new_state` makes.
     pub fn new(new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
+        Msg::for_room(move |_| new_state())
+    }
+
+    /// A router whose rooms start with the state `new_state` makes for each, from what it
+    /// knows of the room: rooms named `caves…` can start as caves, say.
+    ///
+    /// ```
+    /// use game_server_less::{Msg, RoomInfo};
+    ///
+    /// let msg = Msg::for_room(|room: &RoomInfo| room.name.starts_with("caves"));
+    /// # let _ = msg;
+    /// ```
+    ///
+    /// It runs when a worker starts the room, before anyone joins; a room carried on from
+    /// its checkpoint then takes the saved state instead.
+    pub fn for_room(new_state: impl Fn(&RoomInfo) -> S + Send + Sync + 'static) -> Msg<S> {
         Msg {
             routes: BTreeMap::new(),
             tick: None,
             on_join: None,
             on_leave: None,
             new_state: Arc::new(new_state),
+        }
+    }
+
+    /// The same router, whose rooms start with the state `new_state` makes instead: a
+    /// test runs the game's own routes and hooks on a world of its own.
+    ///
+    /// ```
+    /// # use game_server_less::{Ctx, Msg};
+    /// # fn on_add(n: &mut i64, _: &mut Ctx, by: i64) { *n += by }
+    /// fn msg() -> Msg<i64> {
+    ///     Msg::new(|| 0).route("type=add", on_add)
+    /// }
+    /// let almost_full = msg().with_state(|| 99);
+    /// # let _ = almost_full;
+    /// ```
+    pub fn with_state(self, new_state: impl Fn() -> S + Send + Sync + 'static) -> Msg<S> {
+        Msg {
+            new_state: Arc::new(move |_: &RoomInfo| new_state()),
+            ..self
         }
     }
 
@@ -403,44 +479,55 @@ impl<S: 'static> Msg<S> {
         self
     }
 
-    /// Runs `handler` with the player's id when a player joins.
-    pub fn on_join(
+    /// Runs `handler` with the player's id when a player joins. Like an input handler, it
+    /// may return nothing or a `Result`: an error refuses the join. A refused join is
+    /// answered as a refused input is: the player gets the error, and what the hook asked
+    /// for (messages, items, the room's end) is dropped, though its changes to the state
+    /// are not undone. The player stays a member of the room, since the lobby admitted
+    /// it: its inputs still reach the handlers, and the leave hook runs when it leaves
+    /// (or is kicked) through the lobby.
+    ///
+    /// # Panics
+    ///
+    /// When a join hook is already set.
+    #[track_caller]
+    pub fn on_join<R: HandlerResult>(
         mut self,
-        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
     ) -> Msg<S> {
-        self.on_join = Some(Arc::new(handler));
+        assert!(self.on_join.is_none(), "the join hook is set twice");
+        self.on_join = Some(hook(handler));
         self
     }
 
-    /// Runs `handler` with the player's id when a player leaves.
-    pub fn on_leave(
+    /// Runs `handler` with the player's id when a player leaves. It may return a
+    /// `Result`, as the join hook does, but a leave cannot be refused: the player is gone
+    /// either way, and an error only drops what the hook asked for (and is sent to the
+    /// player, who may no longer be listening).
+    ///
+    /// # Panics
+    ///
+    /// When a leave hook is already set.
+    #[track_caller]
+    pub fn on_leave<R: HandlerResult>(
         mut self,
-        handler: impl Fn(&mut S, &mut RoomCtx, &str) + Send + Sync + 'static,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
     ) -> Msg<S> {
-        self.on_leave = Some(Arc::new(handler));
+        assert!(self.on_leave.is_none(), "the leave hook is set twice");
+        self.on_leave = Some(hook(handler));
         self
     }
 
-    /// A fresh room state.
-    pub fn new_state(&self) -> S {
-        (self.new_state)()
-    }
-
-    /// The message types routed, sorted.
-    pub fn types(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
-    }
-
-    /// The tick interval, if there is a tick.
-    pub fn tick_interval(&self) -> Option<Duration> {
-        self.tick.as_ref().map(|(every, _)| *every)
+    /// A fresh state for `room`.
+    pub(crate) fn new_state(&self, room: &RoomInfo) -> S {
+        (self.new_state)(room)
     }
 
     /// Applies one input's body (JSON with a `type`) to `state`. A panic in the handler
     /// is caught and becomes a [`Rejection::Panicked`]; the effects of a rejected input
     /// are dropped, but its changes to `state` are not undone: validate before you
     /// mutate.
-    pub fn dispatch(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
+    pub(crate) fn apply(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
         let kind = message_type(body)?;
         let route = self
             .routes
@@ -455,7 +542,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the tick handler, if any.
-    pub fn run_tick(&self, state: &mut S, ctx: &mut RoomCtx) -> Result<(), Rejection> {
+    pub(crate) fn run_tick(&self, state: &mut S, ctx: &mut RoomCtx) -> Result<(), Rejection> {
         match &self.tick {
             Some((_, hook)) => guarded(|| {
                 hook(state, ctx);
@@ -466,7 +553,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the join hook for `player`, if any.
-    pub fn run_join(
+    pub(crate) fn run_join(
         &self,
         state: &mut S,
         ctx: &mut RoomCtx,
@@ -476,7 +563,7 @@ impl<S: 'static> Msg<S> {
     }
 
     /// Runs the leave hook for `player`, if any.
-    pub fn run_leave(
+    pub(crate) fn run_leave(
         &self,
         state: &mut S,
         ctx: &mut RoomCtx,
@@ -493,10 +580,7 @@ fn run_hook<S>(
     player: &str,
 ) -> Result<(), Rejection> {
     match hook {
-        Some(hook) => guarded(|| {
-            hook(state, ctx, player);
-            Ok(())
-        }),
+        Some(hook) => guarded(|| hook(state, ctx, player).map_err(Rejection::Refused)),
         None => Ok(()),
     }
 }
@@ -533,9 +617,9 @@ mod tests {
     #[test]
     fn routes_by_type_and_records_effects() {
         let msg = counter();
-        let mut n = msg.new_state();
+        let mut n = msg.new_state(&RoomInfo::new("r1", ""));
         let mut ctx = Ctx::new("r1", "p1", 1);
-        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
+        msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":3}"#)
             .unwrap();
         assert_eq!(n, 3);
         assert_eq!(
@@ -552,7 +636,7 @@ mod tests {
         let mut n = 0;
         let mut ctx = Ctx::new("r1", "p1", 1);
         let err = |body: &[u8], n: &mut i64, ctx: &mut Ctx| {
-            msg.dispatch(n, ctx, body).unwrap_err().to_string()
+            msg.apply(n, ctx, body).unwrap_err().to_string()
         };
         assert!(err(b"{nope", &mut n, &mut ctx).starts_with("invalid JSON"));
         assert!(err(b"[1,2]", &mut n, &mut ctx).contains("string \"type\""));
@@ -570,9 +654,23 @@ mod tests {
         assert_eq!(n, 0);
         assert!(ctx.effects().is_empty());
         // Escapes in the type, whitespace before the object: still routed.
-        msg.dispatch(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
+        msg.apply(&mut n, &mut ctx, b" {\"by\":2,\"type\":\"a\\u0064d\"}")
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn with_state_swaps_the_state_and_keeps_the_routes() {
+        let msg = counter().with_state(|| 10);
+        let mut n = msg.new_state(&RoomInfo::new("r1", ""));
+        assert_eq!(n, 10);
+        msg.apply(
+            &mut n,
+            &mut Ctx::new("r1", "p1", 1),
+            br#"{"type":"add","by":1}"#,
+        )
+        .unwrap();
+        assert_eq!(n, 11);
     }
 
     #[test]
@@ -602,15 +700,50 @@ mod tests {
         let mut n = 0;
         let mut ctx = Ctx::new("r1", "p1", 1);
         let err = msg
-            .dispatch(&mut n, &mut ctx, br#"{"type":"boom"}"#)
+            .apply(&mut n, &mut ctx, br#"{"type":"boom"}"#)
             .unwrap_err();
         assert_eq!(err, Rejection::Panicked("kaboom".into()));
         assert!(
             ctx.effects().is_empty(),
             "a rejected input's effects are dropped"
         );
-        msg.dispatch(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
+        msg.apply(&mut n, &mut ctx, br#"{"type":"add","by":1}"#)
             .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "the join hook is set twice")]
+    fn setting_the_join_hook_twice_panics() {
+        let _ = Msg::new(|| 0)
+            .on_join(|_: &mut i64, _, _| {})
+            .on_join(|_, _, _| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "the leave hook is set twice")]
+    fn setting_the_leave_hook_twice_panics() {
+        let _ = Msg::new(|| 0)
+            .on_leave(|_: &mut i64, _, _| {})
+            .on_leave(|_, _, _| {});
+    }
+
+    #[test]
+    fn a_hook_may_refuse_and_a_plain_one_still_compiles() {
+        let msg = Msg::new(|| 0).on_join(|n: &mut i64, _: &mut RoomCtx, player: &str| {
+            *n += 1;
+            if player == "mallory" {
+                return Err(format!("{player} is banned"));
+            }
+            Ok(())
+        });
+        let mut n = 0;
+        let mut ctx = RoomCtx::new("r");
+        assert_eq!(msg.run_join(&mut n, &mut ctx, "ann"), Ok(()));
+        let refused = msg.run_join(&mut n, &mut ctx, "mallory");
+        assert_eq!(refused, Err(Rejection::Refused("mallory is banned".into())));
+        let plain = Msg::new(|| 0).on_leave(|n: &mut i64, _: &mut RoomCtx, _: &str| *n -= 1);
+        assert_eq!(plain.run_leave(&mut n, &mut ctx, "ann"), Ok(()));
         assert_eq!(n, 1);
     }
 
@@ -619,7 +752,7 @@ mod tests {
         let msg = Msg::new(|| 0).route("type=take", |_: &mut i64, _: &mut Ctx, _: Value| {
             Err::<(), _>("nothing to take here")
         });
-        let err = msg.dispatch(&mut 0, &mut Ctx::new("r", "p", 1), br#"{"type":"take"}"#);
+        let err = msg.apply(&mut 0, &mut Ctx::new("r", "p", 1), br#"{"type":"take"}"#);
         assert_eq!(err, Err(Rejection::Refused("nothing to take here".into())));
     }
 }

@@ -2,7 +2,7 @@
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
 
-use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx};
+use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx, RoomInfo};
 use crate::proto::Grant;
 use crate::proto::RoomEvent;
 use serde_json::Value;
@@ -26,7 +26,7 @@ pub struct Output {
     pub body: Value,
 }
 
-/// Worker lives whose last tick a room remembers (see [`Room::tick_once`]).
+/// Worker lives whose last tick a room remembers (see `Room::tick_once`).
 pub const TICK_LIVES: usize = 8;
 
 /// A room: its state, its players, and what it has applied.
@@ -49,19 +49,19 @@ pub struct Room<S> {
 
 /// What applying one input did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Messages to publish, in order.
-    pub outputs: Vec<Output>,
+    pub(crate) outputs: Vec<Output>,
     /// The input was a repeat of one already applied, and was skipped.
-    pub duplicate: bool,
+    pub(crate) duplicate: bool,
 }
 
 impl<S: 'static> Room<S> {
-    /// A new room with a fresh state.
-    pub fn new(id: impl Into<String>, msg: Msg<S>) -> Room<S> {
-        let state = msg.new_state();
+    /// A new room with the state `msg` makes for it.
+    pub(crate) fn new(room: RoomInfo, msg: Msg<S>) -> Room<S> {
+        let state = msg.new_state(&room);
         Room {
-            id: id.into(),
+            id: room.id,
             msg,
             state,
             seq: 0,
@@ -83,7 +83,7 @@ impl<S: 'static> Room<S> {
     }
 
     /// The game state, to change it outside a handler (tests, restores).
-    pub fn state_mut(&mut self) -> &mut S {
+    pub(crate) fn state_mut(&mut self) -> &mut S {
         &mut self.state
     }
 
@@ -113,13 +113,13 @@ impl<S: 'static> Room<S> {
     }
 
     /// Takes the inventory grants made since the last call.
-    pub fn take_grants(&mut self) -> Vec<Grant> {
+    pub(crate) fn take_grants(&mut self) -> Vec<Grant> {
         std::mem::take(&mut self.grants)
     }
 
     /// Puts back what a checkpoint saved: state, sequence number, players, and each
     /// player's last applied input. Hooks do not run.
-    pub fn restore(
+    pub(crate) fn restore(
         &mut self,
         state: S,
         seq: u64,
@@ -139,13 +139,13 @@ impl<S: 'static> Room<S> {
     }
 
     /// Adds a player and runs the join hook; joining twice does nothing.
-    pub fn join(&mut self, player: &str) -> Vec<Output> {
+    pub(crate) fn join(&mut self, player: &str) -> Vec<Output> {
         self.join_with(player, Arrival::default())
     }
 
     /// Adds a player who brings `arrival` (see [`RoomCtx::arrival`]) and runs the join
     /// hook; joining twice does nothing.
-    pub fn join_with(&mut self, player: &str, arrival: Arrival) -> Vec<Output> {
+    pub(crate) fn join_with(&mut self, player: &str, arrival: Arrival) -> Vec<Output> {
         if !self.players.insert(player.to_owned()) {
             return Vec::new();
         }
@@ -157,7 +157,7 @@ impl<S: 'static> Room<S> {
     }
 
     /// Removes a player and runs the leave hook; leaving twice does nothing.
-    pub fn leave(&mut self, player: &str) -> Vec<Output> {
+    pub(crate) fn leave(&mut self, player: &str) -> Vec<Output> {
         if !self.players.remove(player) {
             return Vec::new();
         }
@@ -169,7 +169,7 @@ impl<S: 'static> Room<S> {
     /// Applies `player`'s input `body`, numbered `seq` by the player. An input whose `seq`
     /// is not above the last one applied for that player is a duplicate and is skipped; an
     /// input without one is refused, since it could not be told from a repeat.
-    pub fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
+    pub(crate) fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
         let Some(seq) = seq else {
             let rejection = match serde_json::from_slice::<Value>(body) {
                 Err(e) => Rejection::BadJson(e.to_string()),
@@ -198,7 +198,7 @@ impl<S: 'static> Room<S> {
         }
         let mut ctx = Ctx::new(&self.id, player, seq);
         let result = if self.players.contains(player) {
-            self.msg.dispatch(&mut self.state, &mut ctx, body)
+            self.msg.apply(&mut self.state, &mut ctx, body)
         } else {
             Err(Rejection::Refused(format!(
                 "{player} is not in room {}; join it through the lobby first",
@@ -216,7 +216,7 @@ impl<S: 'static> Room<S> {
     /// forgotten come again, and must not run twice. What each life last ticked is kept
     /// with the players' last inputs (as `$tick:LIFE`, which no player name can be), for
     /// the latest [`TICK_LIVES`] lives; `life` must sort after every earlier one.
-    pub fn tick_once(&mut self, life: &str, n: u64) -> Vec<Output> {
+    pub(crate) fn tick_once(&mut self, life: &str, n: u64) -> Vec<Output> {
         let key = format!("$tick:{life}");
         if self.applied.get(&key).is_some_and(|&last| n <= last) {
             return Vec::new();
@@ -239,7 +239,7 @@ impl<S: 'static> Room<S> {
     }
 
     /// Runs the tick handler.
-    pub fn tick(&mut self) -> Vec<Output> {
+    pub(crate) fn tick(&mut self) -> Vec<Output> {
         if self.ended.is_some() {
             return Vec::new();
         }
@@ -249,7 +249,7 @@ impl<S: 'static> Room<S> {
     }
 
     /// Ends the room from outside (the lobby, or an idle timeout).
-    pub fn end(&mut self, reason: &str) -> Vec<Output> {
+    pub(crate) fn end(&mut self, reason: &str) -> Vec<Output> {
         let mut ctx = RoomCtx::new(&self.id);
         ctx.end_room(reason);
         self.finish(ctx.take_effects(), Cause::Room, Ok(()))
@@ -411,7 +411,7 @@ mod tests {
                 "type=quit",
                 |_: &mut Vec<String>, ctx: &mut Ctx, _: Value| ctx.end_room("bye"),
             );
-        Room::new("r1", msg)
+        Room::new(RoomInfo::new("r1", "echo"), msg)
     }
 
     #[test]
@@ -456,6 +456,43 @@ mod tests {
         assert_eq!(out[0].body["type"], "error");
         assert_eq!(out[0].body["input_seq"], 7);
         assert_eq!(room.seq(), 0, "errors do not advance the room sequence");
+    }
+
+    #[test]
+    fn a_refused_join_answers_the_player_only_who_stays_a_member() {
+        let msg = Msg::new(Vec::new)
+            .on_join(|seen: &mut Vec<String>, ctx: &mut RoomCtx, player: &str| {
+                seen.push(format!("+{player}"));
+                ctx.broadcast(&json!({ "type": "joined", "player": player }));
+                if player == "mallory" {
+                    return Err("no room for mallory");
+                }
+                Ok(())
+            })
+            .on_leave(|seen: &mut Vec<String>, _: &mut RoomCtx, player: &str| {
+                seen.push(format!("-{player}"));
+            })
+            .route("type=say", |_: &mut Vec<String>, _: &mut Ctx, _: Value| {});
+        let mut room = Room::new(RoomInfo::new("r1", "r1"), msg);
+        assert_eq!(room.join("ann")[0].to, Target::Room);
+        let out = room.join("mallory");
+        assert_eq!(out.len(), 1, "the hook's broadcast is dropped: {out:?}");
+        assert_eq!(out[0].to, Target::Player("mallory".into()));
+        assert_eq!(
+            out[0].body,
+            json!({ "type": "error", "error": "no room for mallory", "seq": 1 })
+        );
+        assert_eq!(room.seq(), 1, "only ann's join was broadcast");
+        assert!(
+            room.players().any(|p| p == "mallory"),
+            "the lobby admitted her"
+        );
+        assert!(room
+            .apply("mallory", Some(1), br#"{"type":"say"}"#)
+            .outputs
+            .is_empty());
+        room.leave("mallory");
+        assert_eq!(room.state(), &["+ann", "+mallory", "-mallory"]);
     }
 
     #[test]

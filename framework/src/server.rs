@@ -34,7 +34,6 @@ use clap::Parser;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -407,12 +406,20 @@ where
         );
         return Ok(());
     }
+    // The framework serves every game: it names the one it runs by its program's name.
+    let program = crate::config::program();
     if let Some(Command::Package { out, code }) = &args.command {
+        let code = crate::config::lambda_code(code.as_deref(), program.as_deref())?;
         let code = std::path::absolute(code)?;
         let path = crate::package::write(out, &code)?;
         if !code.join("bootstrap").exists() {
+            let build = "cargo lambda build --release --arm64 --features lambda";
+            let package = program
+                .as_ref()
+                .map(|p| format!(" -p {p}"))
+                .unwrap_or_default();
             println!(
-                "note: {} has no bootstrap yet: cargo lambda build --release --arm64 --features lambda -p game-server",
+                "note: {} has no bootstrap yet: {build}{package}",
                 code.display()
             );
         }
@@ -425,17 +432,10 @@ where
     }
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, msg).start().await?;
-    // The program's own name: this framework serves every game, not only game-server.
-    let program = std::env::args()
-        .next()
-        .and_then(|a| Some(Path::new(&a).file_stem()?.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "game-server".into());
+    let program = program.unwrap_or_else(|| "server".into());
+    // Which client plays is the game's to know: the hint names none.
     let play = |http: SocketAddr| {
-        if program == "game-server" {
-            format!("Play: cargo run -p game-client -- --server http://{http}")
-        } else {
-            format!("Play: {program} --bot 2 --server http://{http} (bots), or any STOMP client")
-        }
+        format!("Play: the game's client (or its bots, --bot 2) with --server http://{http}, or any STOMP client through the lobby")
     };
     match (server.bound(), server.bound().and_then(|b| b.stomp)) {
         (Some(bound), Some(stomp)) => {

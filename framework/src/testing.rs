@@ -19,8 +19,11 @@
 //! assert_eq!(room.received("bob")[0]["type"], "pong");
 //! assert_eq!(*room.state(), 1);
 //! ```
+//!
+//! [`assert_routes`] checks that a router has a route for every variant of the game's
+//! input enum, and for nothing else.
 
-use crate::msg::Msg;
+use crate::msg::{Msg, RoomInfo};
 use crate::proto::{Body, Envelope};
 use crate::room::{Output, Room, Target};
 use serde::de::DeserializeOwned;
@@ -38,8 +41,14 @@ pub struct TestRoom<S> {
 impl<S: 'static> TestRoom<S> {
     /// A room named `test-room` running `msg`.
     pub fn new(msg: Msg<S>) -> TestRoom<S> {
+        TestRoom::named(msg, "test-room")
+    }
+
+    /// A room named `name` running `msg`: the name its state factory sees (see
+    /// [`Msg::for_room`]). Its id is `test-room`.
+    pub fn named(msg: Msg<S>, name: &str) -> TestRoom<S> {
         TestRoom {
-            room: Room::new("test-room", msg),
+            room: Room::new(RoomInfo::new("test-room", name), msg),
             inboxes: HashMap::new(),
             next_seq: HashMap::new(),
         }
@@ -186,5 +195,174 @@ impl<S: 'static> TestRoom<S> {
                 }
             }
         }
+    }
+}
+
+/// The `type`s of `T`, an enum tagged by `type` (`#[serde(tag = "type")]`), as serde reads
+/// them: each variant's name after `rename` and `rename_all`, and its aliases.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// #[serde(tag = "type", rename_all = "snake_case")]
+/// enum In { Move { dx: i32 }, LookAround }
+///
+/// assert_eq!(game_server_less::testing::message_types::<In>(), ["move", "look_around"]);
+/// ```
+///
+/// # Panics
+///
+/// When `T` is not an enum tagged by `type`, or has a `#[serde(other)]` variant: that one
+/// takes every type, so serde lists none.
+#[track_caller]
+pub fn message_types<T: DeserializeOwned>() -> Vec<&'static str> {
+    // serde names every variant only in the error for a type it does not know, so this
+    // asks for one and keeps the list the error is made from.
+    let unknown = "\u{0}no such type";
+    let input =
+        serde::de::value::MapDeserializer::<_, Probe>::new(std::iter::once(("type", unknown)));
+    let name = std::any::type_name::<T>();
+    match T::deserialize(input) {
+        Err(Probe(Ok(types))) => types.to_vec(),
+        Err(Probe(Err(why))) => {
+            panic!("{name} is not an enum tagged by \"type\" (#[serde(tag = \"type\")]): {why}")
+        }
+        Ok(_) => panic!(
+            "{name} took a message of no type it has: with a #[serde(other)] variant, its types cannot be listed"
+        ),
+    }
+}
+
+/// Checks that `msg` routes exactly the `type`s of `T`, the game's input enum (see
+/// [`message_types`]): every variant has a handler, and every handler a variant. Routes
+/// and variants are two lists, and this is the test that keeps them in step.
+///
+/// ```
+/// use game_server_less::{Ctx, Msg};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// #[serde(tag = "type", rename_all = "snake_case")]
+/// enum In { Add { by: i64 } }
+///
+/// let msg = Msg::new(|| 0).route("type=add", |n: &mut i64, _: &mut Ctx, add: serde_json::Value| {
+///     *n += add["by"].as_i64().unwrap_or(0);
+/// });
+/// game_server_less::testing::assert_routes::<In>(&msg);
+/// ```
+///
+/// # Panics
+///
+/// When a variant has no route or a route no variant, naming them; and as
+/// [`message_types`] does.
+#[track_caller]
+pub fn assert_routes<T: DeserializeOwned>(msg: &Msg<impl Sized>) {
+    let types = message_types::<T>();
+    let routed: Vec<&str> = msg.types().collect();
+    let unrouted: Vec<&str> = types
+        .iter()
+        .copied()
+        .filter(|t| !routed.contains(t))
+        .collect();
+    let unknown: Vec<&str> = routed.into_iter().filter(|t| !types.contains(t)).collect();
+    let name = std::any::type_name::<T>();
+    assert!(
+        unrouted.is_empty() && unknown.is_empty(),
+        "the routes and the variants of {name} differ: no route for {unrouted:?}; routed, but not a variant: {unknown:?}"
+    );
+}
+
+/// The error [`message_types`] deserializes with: the variants serde lists when it meets
+/// a type it does not know, or why it failed otherwise.
+#[derive(Debug)]
+struct Probe(std::result::Result<&'static [&'static str], String>);
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(types) => write!(f, "one of {types:?}"),
+            Err(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Probe {}
+
+impl serde::de::Error for Probe {
+    fn custom<T: std::fmt::Display>(why: T) -> Probe {
+        Probe(Err(why.to_string()))
+    }
+
+    fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Probe {
+        Probe(Ok(expected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Ctx;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    #[allow(dead_code)]
+    enum In {
+        Move {
+            dx: i32,
+        },
+        LookAround,
+        #[serde(rename = "say", alias = "chat")]
+        Talk {
+            text: String,
+        },
+    }
+
+    fn routed(types: &[&str]) -> Msg<()> {
+        types.iter().fold(Msg::new(|| ()), |msg, t| {
+            msg.route(&format!("type={t}"), |_: &mut (), _: &mut Ctx, _: Value| {})
+        })
+    }
+
+    #[test]
+    fn message_types_are_the_variants_as_serde_names_them() {
+        assert_eq!(
+            message_types::<In>(),
+            ["move", "look_around", "chat", "say"]
+        );
+        assert_routes::<In>(&routed(&["move", "look_around", "say", "chat"]));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "no route for [\"look_around\"]; routed, but not a variant: [\"fly\"]"
+    )]
+    fn a_variant_without_a_route_fails_and_so_does_a_stray_route() {
+        assert_routes::<In>(&routed(&["move", "say", "chat", "fly"]));
+    }
+
+    #[test]
+    #[should_panic(expected = "is not an enum tagged by \"type\"")]
+    fn an_enum_tagged_otherwise_is_refused() {
+        #[derive(Deserialize)]
+        #[serde(tag = "kind")]
+        #[allow(dead_code)]
+        enum Kinded {
+            A,
+        }
+        message_types::<Kinded>();
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot be listed")]
+    fn an_enum_that_takes_every_type_is_refused() {
+        #[derive(Deserialize)]
+        #[serde(tag = "type")]
+        #[allow(dead_code)]
+        enum Open {
+            A,
+            #[serde(other)]
+            Other,
+        }
+        message_types::<Open>();
     }
 }

@@ -29,7 +29,7 @@ mod server_side {
     /// The game's realtime handlers, one per [`crate::protocol::In`] variant. A room's
     /// zone comes from its name (`caves…`, or the meadow).
     pub fn msg() -> Msg<World> {
-        Msg::new(World::default)
+        Msg::for_room(|room| World::in_zone(Zone::of_room(&room.name)))
             .route("type=move", on_move)
             .route("type=chat", on_chat)
             .route("type=look", on_look)
@@ -148,23 +148,9 @@ mod server_side {
 
     #[cfg(test)]
     mod tests {
-        use crate::protocol::{Chat, In, Look, Move};
-
         #[test]
-        fn every_input_type_has_a_handler() {
-            let inputs = [
-                In::Move(Move { dx: 1, dy: 0 }),
-                In::Chat(Chat { text: "hi".into() }),
-                In::Look(Look {}),
-            ];
-            let msg = super::msg();
-            let routed: Vec<&str> = msg.types().collect();
-            for input in inputs {
-                let json = serde_json::to_value(&input).unwrap();
-                let kind = json["type"].as_str().unwrap();
-                assert!(routed.contains(&kind), "no route for {kind}");
-            }
-            assert_eq!(routed.len(), 3, "a route for a type In does not have");
+        fn every_input_type_has_a_route() {
+            game_server_less::testing::assert_routes::<crate::protocol::In>(&super::msg());
         }
     }
 }

@@ -12,7 +12,6 @@ use crate::protocol::{
     level_of, max_hp, Chat, Fighter, Item, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
     XP_PER_NPC, XP_PER_PLAYER,
 };
-use game_server_less::proto::RoomEvent;
 use game_server_less::{Ctx, RoomCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -216,8 +215,6 @@ pub struct World {
     map: Map,
     /// The zone.
     pub zone: Zone,
-    /// Whether anyone has joined yet: the first join may still pick the zone.
-    pub started: bool,
     /// Players by name.
     pub players: BTreeMap<String, Hero>,
     /// Players on their way out through a portal.
@@ -237,7 +234,6 @@ pub struct World {
 #[derive(Deserialize)]
 struct Saved {
     zone: Zone,
-    started: bool,
     players: BTreeMap<String, Hero>,
     departures: BTreeMap<String, Departure>,
     npcs: Vec<Npc>,
@@ -253,7 +249,6 @@ impl From<Saved> for World {
         World {
             map: s.zone.map().clone(),
             zone: s.zone,
-            started: s.started,
             players: s.players,
             departures: s.departures,
             npcs: s.npcs,
@@ -295,7 +290,6 @@ impl World {
             next_id: npcs.len() as u32 + 1,
             map,
             zone,
-            started: false,
             players: BTreeMap::new(),
             departures: BTreeMap::new(),
             npcs,
@@ -545,24 +539,12 @@ impl World {
 
 /// A player arrives at a free spawn point, with the experience the store has for them
 /// and the hit points a portal carried (full health otherwise); everyone hears of it,
-/// and the newcomer gets the whole world. The first arrival in a new room picks its
-/// zone from the room's name.
-pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+/// and the newcomer gets the whole world. With no spawn point free, the join is refused: the player
+/// is told, and has no body (its moves are refused) until it leaves and joins again.
+pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) -> Result<(), String> {
     let arrival = ctx.arrival().cloned().unwrap_or_default();
-    if !world.started {
-        world.started = true;
-        let zone = Zone::of_room(&arrival.room_name);
-        if zone != world.zone && !arrival.room_name.is_empty() {
-            *world = World {
-                started: true,
-                ..World::in_zone(zone)
-            };
-        }
-    }
     let Some((x, y)) = world.spawn_point(None) else {
-        let error = "the world is full".to_owned();
-        ctx.send_to(name, &RoomEvent::Error { error });
-        return;
+        return Err("the world is full".into());
     };
     let xp = arrival.items.get(XP).copied().unwrap_or(0).max(0);
     let full = max_hp(level_of(xp));
@@ -575,6 +557,7 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) {
     let player = name.to_owned();
     ctx.broadcast(&Out::Joined { player, is });
     ctx.send_to(name, &world.snapshot());
+    Ok(())
 }
 
 /// A player leaves (or has been moved to another zone); everyone hears of it.

@@ -75,7 +75,8 @@ pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
-    let args = Args::try_parse_from(["game-server"])
+    // Only the environment: the program's name, and no arguments.
+    let args = Args::try_parse_from(std::env::args_os().take(1))
         .map_err(|e| Error::Invalid(format!("bad GSL_* environment: {e}")))?;
     init_logging(&args.log);
     let app = App::start(args.config(), lobby, msg).await?;
@@ -157,7 +158,11 @@ where
         let rabbit = RabbitConfig::parse(&url)?;
         let admin = Arc::new(RabbitAdmin::connect(rabbit.clone()).await?);
         let me = Target {
-            function: env_var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "game-server".into()),
+            // Lambda always names the function; `cargo lambda watch` may not, and names
+            // functions by their binary.
+            function: env_var("AWS_LAMBDA_FUNCTION_NAME")
+                .or_else(crate::config::program)
+                .ok_or_else(|| Error::Invalid("AWS_LAMBDA_FUNCTION_NAME is not set".into()))?,
             qualifier: env_var("AWS_LAMBDA_FUNCTION_VERSION").filter(|v| v != "$LATEST"),
         };
         let invoker = Invoker::from_env();
@@ -224,7 +229,7 @@ where
                 (
                     "UnknownEvent",
                     Error::Invalid(format!(
-                        "neither an API Gateway request nor a game-server event ({{\"gsl_room\": ID}} or {{\"gsl_sweep\": true}}): {e}"
+                        "neither an API Gateway request nor a room worker's event ({{\"gsl_room\": ID}} or {{\"gsl_sweep\": true}}): {e}"
                     )),
                 )
             })?;

@@ -2,7 +2,7 @@
 //! messages in order, produce outputs, take checkpoints. Every runtime (a task in the
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
-use crate::msg::{Arrival, Msg};
+use crate::msg::{Arrival, Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::proto::Grant;
 use crate::room::{Output, Room};
@@ -99,10 +99,10 @@ pub struct RoomWorker<S> {
 }
 
 impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
-    /// A worker for a fresh room `id` running `msg`.
-    pub fn new(id: &str, msg: Msg<S>) -> RoomWorker<S> {
+    /// A worker for a fresh `room` running `msg`.
+    pub fn new(room: RoomInfo, msg: Msg<S>) -> RoomWorker<S> {
         RoomWorker {
-            room: Room::new(id, msg),
+            room: Room::new(room, msg),
             version: 0,
         }
     }
@@ -231,6 +231,22 @@ mod tests {
             .tick(std::time::Duration::from_secs(1), |n: &mut i64, _| *n *= 10)
     }
 
+    fn room() -> RoomInfo {
+        RoomInfo::new("r", "caves 2")
+    }
+
+    #[test]
+    fn the_state_factory_sees_the_room_and_a_checkpoint_replaces_its_state() {
+        let msg = || Msg::for_room(|room: &RoomInfo| format!("{} {}", room.id, room.name));
+        let mut first = RoomWorker::new(room(), msg());
+        assert_eq!(first.room().state(), "r caves 2");
+        let (mut checkpoint, _) = first.checkpoint().unwrap();
+        checkpoint.state = r#""carried on""#.into();
+        let mut second = RoomWorker::new(room(), msg());
+        second.restore(checkpoint).unwrap();
+        assert_eq!(second.room().state(), "carried on");
+    }
+
     fn join(w: &mut RoomWorker<i64>, player: &str) -> Vec<Output> {
         let body = Control::Join {
             player: player.into(),
@@ -253,7 +269,7 @@ mod tests {
                 arrival.room_name, arrival.carried
             ));
         });
-        let mut w = RoomWorker::new("r", msg);
+        let mut w = RoomWorker::new(room(), msg);
         let arrival = Arrival {
             room_name: "caves".into(),
             items: [("xp".to_owned(), 60)].into(),
@@ -278,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_restored_worker_skips_what_its_checkpoint_holds_and_replays_the_rest() {
-        let mut first = RoomWorker::new("r", counter());
+        let mut first = RoomWorker::new(room(), counter());
         join(&mut first, "ann");
         let input = |seq: u64| format!(r#"{{"type":"add","by":1,"seq":{seq}}}"#);
         let ann = |body: &str| -> (String, Vec<u8>) { ("ann".into(), body.as_bytes().to_vec()) };
@@ -298,7 +314,7 @@ mod tests {
         }
 
         // The replacement gets every unacked message again, the checkpointed ones too.
-        let mut second = RoomWorker::new("r", counter());
+        let mut second = RoomWorker::new(room(), counter());
         second.restore(checkpoint).unwrap();
         let mut outputs_second = Vec::new();
         for (user, body) in &inbox {
@@ -313,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_tick_the_checkpoint_holds_does_not_run_again() {
-        let mut first = RoomWorker::new("r", counter());
+        let mut first = RoomWorker::new(room(), counter());
         join(&mut first, "ann");
         let input = |seq: u64| format!(r#"{{"type":"add","by":1,"seq":{seq}}}"#);
         let inbox: Vec<(String, String)> = vec![
@@ -332,7 +348,7 @@ mod tests {
 
         // A crash after the checkpoint was saved but before the inbox heard the ack: all
         // of it comes again, then the next life ticks.
-        let mut second = RoomWorker::new("r", counter());
+        let mut second = RoomWorker::new(room(), counter());
         second.restore(checkpoint).unwrap();
         for (user, body) in &inbox {
             second.handle(InboxMessage {
@@ -370,7 +386,7 @@ mod tests {
 
     #[test]
     fn lobby_controls_join_leave_and_end() {
-        let mut w = RoomWorker::new("r", counter());
+        let mut w = RoomWorker::new(room(), counter());
         join(&mut w, "ann");
         assert_eq!(w.room().players().collect::<Vec<_>>(), ["ann"]);
         let end = Control::End {

@@ -14,7 +14,7 @@
 
 use super::core::{InboxMessage, RoomWorker};
 use crate::admin::BrokerAdmin;
-use crate::msg::Msg;
+use crate::msg::{Msg, RoomInfo};
 use crate::names::WORKER_USER;
 use crate::room::{Output, Target};
 use crate::stomp::Subscription;
@@ -241,7 +241,11 @@ where
             }
         }
     };
-    let mut worker = RoomWorker::new(room_id, msg);
+    // The game's state factory sees the room's name, from its record (none when the room
+    // ended meanwhile: then the name is empty).
+    let record = env.store.room(room_id).await?;
+    let name = record.map(|r| r.name).unwrap_or_default();
+    let mut worker = RoomWorker::new(RoomInfo::new(room_id, name), msg);
     let checkpoint = env.store.checkpoint(room_id).await?;
     tracing::info!(
         room = %room_id,

@@ -9,29 +9,29 @@ use game_server_less::{Ctx, Lobby, Msg, RoomCtx};
 use protocol::{Add, In, Out, Say};
 use serde::{Deserialize, Serialize};
 
-/// Everything a room remembers; saved in its checkpoints.
+/// One room's game: everything it remembers; saved in its checkpoints.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Room {
+pub struct Game {
     /// The shared counter.
     pub count: i64,
 }
 
 /// Adds to the counter; everyone sees the new count.
-pub fn on_add(room: &mut Room, ctx: &mut Ctx, add: Add) -> Result<(), String> {
+pub fn on_add(game: &mut Game, ctx: &mut Ctx, add: Add) -> Result<(), String> {
     if add.by.abs() > 100 {
         return Err("add at most 100 at a time".into()); // only the sender hears this
     }
-    room.count += add.by;
+    game.count += add.by;
     let by = Some(ctx.sender().to_owned());
     ctx.broadcast(&Out::Count {
-        count: room.count,
+        count: game.count,
         by,
     });
     Ok(())
 }
 
 /// Says something to the room.
-pub fn on_say(_: &mut Room, ctx: &mut Ctx, say: Say) -> Result<(), String> {
+pub fn on_say(_: &mut Game, ctx: &mut Ctx, say: Say) -> Result<(), String> {
     let text = say.text.trim().to_owned();
     if text.is_empty() || text.chars().count() > 200 || text.chars().any(char::is_control) {
         return Err("say 1 to 200 characters, no control characters".into());
@@ -42,20 +42,20 @@ pub fn on_say(_: &mut Room, ctx: &mut Ctx, say: Say) -> Result<(), String> {
 }
 
 /// A newcomer is announced and told the count.
-pub fn on_join(room: &mut Room, ctx: &mut RoomCtx, player: &str) {
+pub fn on_join(game: &mut Game, ctx: &mut RoomCtx, player: &str) {
     ctx.broadcast(&Out::Joined {
         player: player.to_owned(),
     });
     let count = Out::Count {
-        count: room.count,
+        count: game.count,
         by: None,
     };
     ctx.send_to(player, &count);
 }
 
 /// The game's realtime handlers: one route per [`In`] variant.
-pub fn msg() -> Msg<Room> {
-    Msg::new(Room::default)
+pub fn msg() -> Msg<Game> {
+    Msg::new(Game::default)
         .route("type=add", on_add)
         .route("type=say", on_say)
         .on_join(on_join)

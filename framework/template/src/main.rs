@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() {
-    let result = if std::env::args().any(|a| a == "--bot") {
+    let result = if game_server_less::bots::wanted() {
         let bots = game_server_less::bots::main(__CRATE__::bot_input);
         bots.await.map(drop)
     } else {

@@ -1,12 +1,17 @@
 //! The game's rules, tested with simulated players: no sockets, no broker.
 
 use game_server_less::proto::{Body, RoomEvent};
-use game_server_less::testing::TestRoom;
+use game_server_less::testing::{assert_routes, TestRoom};
 
 use __CRATE__::protocol::{Add, In, Out, Say};
 
 fn add(by: i64) -> In {
     In::Add(Add { by })
+}
+
+#[test]
+fn every_input_type_has_a_route() {
+    assert_routes::<In>(&__CRATE__::msg());
 }
 
 #[test]

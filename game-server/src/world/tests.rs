@@ -2,27 +2,20 @@
 
 use super::*;
 use crate::protocol::In;
-use game_server_less::proto::Body;
+use game_server_less::proto::{Body, RoomEvent};
 use game_server_less::testing::TestRoom;
-use game_server_less::{Arrival, Msg};
+use game_server_less::Arrival;
 use serde_json::json;
-use std::time::Duration;
 
 const TINY: &str = "#####\n#S.S#\n#.#.#\n#####";
 
+/// The game's own handlers on a world of `map`, with nothing on the floor.
 fn game(map: &'static str) -> TestRoom<World> {
-    let msg = Msg::new(move || {
+    TestRoom::new(crate::msg().with_state(move || {
         let mut w = World::new(Zone::Meadow, Map::parse(map));
         w.items.clear();
         w
-    })
-    .route("type=move", on_move)
-    .route("type=chat", on_chat)
-    .route("type=look", on_look)
-    .tick(Duration::from_millis(100), on_tick)
-    .on_join(on_join)
-    .on_leave(on_leave);
-    TestRoom::new(msg)
+    }))
 }
 
 fn step(dx: i32, dy: i32) -> In {
@@ -199,13 +192,21 @@ fn chat_and_leaving_are_announced() {
 fn a_full_world_tells_the_newcomer() {
     let mut room = game("###\n#S#\n###");
     room.join("ann");
+    room.received("ann");
     room.join("bob");
     let bob = room.received_as::<Out>("bob");
     let full = RoomEvent::Error {
         error: "the world is full".into(),
     };
-    assert_eq!(bob.last().unwrap().body, Body::Room(full));
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    assert_eq!(bob[0].body, Body::Room(full));
+    assert!(
+        room.received("ann").is_empty(),
+        "a refused join is not announced"
+    );
     assert!(!room.state().players.contains_key("bob"));
+    let err = room.send("bob", step(1, 0)).unwrap_err();
+    assert!(err.contains("no body"), "{err}");
 }
 
 #[test]
@@ -361,15 +362,16 @@ fn stepping_into_a_portal_leaves_for_the_other_zone_with_the_hit_points() {
 }
 
 #[test]
-fn the_first_arrival_picks_the_zone_from_the_room_name_and_carries_hit_points() {
-    let mut room = TestRoom::new(crate::msg());
+fn a_rooms_zone_comes_from_its_name_and_arrivals_carry_hit_points() {
+    assert_eq!(TestRoom::new(crate::msg()).state().zone, Zone::Meadow);
+    let mut room = TestRoom::named(crate::msg(), "Caves 2");
+    assert_eq!(room.state().zone, Zone::Caves, "before anyone joins");
     let arrival = Arrival {
-        room_name: "caves".into(),
         items: [(XP.to_owned(), 60)].into(),
         carried: json!({ "hp": 4 }),
+        ..Arrival::default()
     };
     room.join_with("ann", arrival);
-    assert_eq!(room.state().zone, Zone::Caves);
     let hero = &room.state().players["ann"];
     assert_eq!((hero.hp, hero.view().level), (4, 2));
     let ann = room.received_game::<Out>("ann");
@@ -378,14 +380,12 @@ fn the_first_arrival_picks_the_zone_from_the_room_name_and_carries_hit_points() 
     };
     assert_eq!(w.zone, "caves");
     assert!(w.map.iter().any(|r| r.contains('O')) && w.map.iter().any(|r| r.contains(':')));
-    // A later arrival does not change the zone; hostile hit points are clamped.
+    // Hostile hit points are clamped.
     let liar = Arrival {
-        room_name: "meadow".into(),
         carried: json!({ "hp": 1000 }),
         ..Arrival::default()
     };
     room.join_with("bob", liar);
-    assert_eq!(room.state().zone, Zone::Caves);
     assert_eq!(room.state().players["bob"].hp, max_hp(1));
 }
 
@@ -400,8 +400,7 @@ fn players_heal_slowly() {
 
 #[test]
 fn npcs_wander_without_walking_through_walls_and_items_respawn() {
-    let mut room =
-        TestRoom::new(Msg::new(World::default).tick(Duration::from_millis(100), on_tick));
+    let mut room = TestRoom::new(crate::msg());
     let start = room.state().npcs.clone();
     room.tick(200);
     let world = room.state();
