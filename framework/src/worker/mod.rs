@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod discovery;
+mod saver;
 pub mod subscribed;
 
 use crate::msg::Msg;

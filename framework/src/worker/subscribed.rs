@@ -13,13 +13,14 @@
 //! publish or save, and no timer but the idle one runs.
 
 use super::core::{InboxMessage, RoomWorker};
+use super::saver::{saving, Saver};
 use crate::admin::BrokerAdmin;
 use crate::msg::{Msg, RoomInfo};
 use crate::names::WORKER_USER;
 use crate::room::{Output, Target};
 use crate::stomp::Subscription;
 use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
-use crate::store::{Checkpoint, Store};
+use crate::store::Store;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -163,7 +164,9 @@ where
     run_leased(env, room_id, msg, None).await.map(drop)
 }
 
-/// [`run`], for at most `lease`.
+/// [`run`], for at most `lease`. One life in four phases: stand by until the broker
+/// makes this worker the inbox's active consumer, activate (the checkpoint), serve the
+/// inputs, and finish (the room ended, or the process stops, or the lease is over).
 pub async fn run_leased<S>(
     env: &WorkerEnv,
     room_id: &str,
@@ -173,9 +176,28 @@ pub async fn run_leased<S>(
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
-    let names = env.admin.names();
     // A live room has an inbox, even if the broker lost it (declaring is idempotent).
     env.admin.create_inbox(room_id).await?;
+    let client = connect(env).await?;
+    // One future for the whole life: a fresh one per message would lock the watch's
+    // waiter list twice for every input.
+    let stop = stopped(env.shutdown.clone());
+    tokio::pin!(stop);
+    let (mut sub, first) = match stand_by(env, room_id, &client, lease, &mut stop).await? {
+        StandBy::Active(sub, first) => (sub, first),
+        StandBy::Over(outcome) => {
+            let _ = client.disconnect().await;
+            return Ok(outcome);
+        }
+    };
+    let worker = activate(env, room_id, msg).await?;
+    let mut room = Active::new(env, room_id, &client, worker);
+    let ending = room.serve(&mut sub, Some(first), lease, &mut stop).await?;
+    room.finish(ending, sub).await
+}
+
+/// The worker's connection to the broker: in memory when the broker is in this process.
+async fn connect(env: &WorkerEnv) -> Result<Client> {
     let endpoints = env.admin.endpoints();
     let options = ConnectOptions {
         host: endpoints.vhost.clone(),
@@ -186,7 +208,7 @@ where
         ),
         ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
     };
-    let client = match env.admin.connect_in_memory() {
+    Ok(match env.admin.connect_in_memory() {
         // The broker is in this process: no socket, and no heart-beats (a worker and its
         // broker live and die together; there is no standby to hand the room to).
         Some(transport) => {
@@ -197,50 +219,65 @@ where
             Client::handshake(transport, options).await?
         }
         None => Client::connect(&endpoints.worker_url, options).await?,
+    })
+}
+
+/// How standing by ended.
+enum StandBy {
+    /// This worker is the inbox's active consumer now, with its first message.
+    Active(Subscription, Message),
+    /// It will not run the room.
+    Over(Outcome),
+}
+
+/// Subscribes to the inbox and waits to be its active consumer. The inbox has one at a
+/// time: this subscription stands by until the broker makes it the active one (the
+/// worker before it is gone, and its unacked inputs are back in line); only then is the
+/// checkpoint read, so a worker that stood by for long starts from its predecessor's
+/// last one.
+async fn stand_by(
+    env: &WorkerEnv,
+    room_id: &str,
+    client: &Client,
+    lease: Option<Lease>,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<StandBy> {
+    let options = SubscribeOptions {
+        ack: AckMode::Client,
+        prefetch: Some(PREFETCH),
+        headers: Vec::new(),
     };
-    // The inbox has one active consumer at a time. This subscription stands by until the
-    // broker makes it the active one (the worker before it is gone, and its unacked
-    // inputs are back in line); only then is the checkpoint read, so a worker that stood
-    // by for long starts from its predecessor's last one.
     let mut sub = client
-        .subscribe(
-            &names.inbox_queue(room_id),
-            SubscribeOptions {
-                ack: AckMode::Client,
-                prefetch: Some(PREFETCH),
-                headers: Vec::new(),
-            },
-        )
+        .subscribe(&env.admin.names().inbox_queue(room_id), options)
         .await?;
-    // One future for the whole run: a fresh one per message would lock the watch's
-    // waiter list twice for every input.
-    let stop = stopped(env.shutdown.clone());
-    tokio::pin!(stop);
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
     let give_up = tokio::time::sleep(lease.map_or(Duration::MAX / 4, |l| l.standby_for));
     tokio::pin!(give_up);
-    let first = loop {
+    loop {
         tokio::select! {
             biased;
-            _ = &mut stop => {
-                let _ = client.disconnect().await;
-                return Ok(Outcome::Stopped);
+            _ = stop.as_mut() => return Ok(StandBy::Over(Outcome::Stopped)),
+            _ = &mut give_up, if lease.is_some() => return Ok(StandBy::Over(Outcome::NotNeeded)),
+            first = sub.recv() => {
+                let first = first.ok_or_else(|| closed(client))?;
+                return Ok(StandBy::Active(sub, first));
             }
-            _ = &mut give_up, if lease.is_some() => {
-                let _ = client.disconnect().await;
-                return Ok(Outcome::NotNeeded);
-            }
-            first = sub.recv() => break first.ok_or_else(|| closed(&client))?,
             _ = still_live.tick() => {
                 // A room can end while this worker stands by (its active worker ends it).
                 if env.store.room(room_id).await?.is_none() {
                     env.admin.delete_inbox(room_id).await?;
-                    let _ = client.disconnect().await;
-                    return Ok(Outcome::Ended);
+                    return Ok(StandBy::Over(Outcome::Ended));
                 }
             }
         }
-    };
+    }
+}
+
+/// Builds the room from its checkpoint and records this worker as the room's.
+async fn activate<S>(env: &WorkerEnv, room_id: &str, msg: Msg<S>) -> Result<RoomWorker<S>>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
     // The game's state factory sees the room's name, from its record (none when the room
     // ended meanwhile: then the name is empty).
     let record = env.store.room(room_id).await?;
@@ -256,137 +293,277 @@ where
         worker.restore(cp)?;
     }
     env.store.set_room_worker(room_id, &env.worker_id).await?;
-    let mut pending = Some(first);
+    Ok(worker)
+}
 
-    let tick_every = worker.tick_interval();
-    // Rooms started together would tick together, and a thousand ticks at one instant is
-    // a stall for everyone: each room starts at a random point of its period.
-    let every = tick_every.unwrap_or(Duration::from_secs(3600));
-    let phase = every.mul_f64(f64::from(rand_u16()) / 65536.0);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut checkpoint = tokio::time::interval(env.timings.checkpoint_every);
-    let mut saver = Saver {
-        store: &env.store,
-        client: &client,
-        unacked: None,
-        unsaved: 0,
-        unsaved_not_ticks: 0,
-        started: Instant::now(),
-        last: None,
-        in_flight: None,
-    };
-    let ticks_only_every = env.timings.checkpoint_every * TICKS_ONLY_SLOWER;
-    // Checks for idleness once per idle period, not on every input.
-    let idle = tokio::time::sleep(env.timings.idle_timeout);
-    tokio::pin!(idle);
-    let mut last_input = Instant::now();
-    let publisher = Publisher {
-        client: &client,
-        env,
-        room_id,
-    };
-    let inbox = names.inbox(room_id, WORKER_USER);
-    // This life's ticks are numbered, so that each runs once; lives sort by start time.
-    let life = format!(
-        "{:013}{:04x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-        rand_u16()
-    );
-    let mut ticks = 0u64;
-    // A leased worker looks at its lease a few times a second.
-    let mut lease_check = tokio::time::interval(Duration::from_millis(200));
-    let mut empty_since: Option<tokio::time::Instant> = None;
+/// A worker's clocks while it runs a room.
+struct Timers {
+    /// The game's tick, at a random phase of its period (never, if the game has none).
+    tick: tokio::time::Interval,
+    /// The checkpoint period, restarted by the first change after a checkpoint.
+    checkpoint: tokio::time::Interval,
+    /// A room whose only unsaved changes are its own ticks checkpoints this often.
+    ticks_only_every: Duration,
+    /// When to look at idleness next: once per idle period, not on every input.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The last input (ticks aside), from which idleness counts.
+    last_input: Instant,
+    /// How often a leased worker looks at its lease.
+    lease_check: tokio::time::Interval,
+    /// Since when nobody is in the room, as the lease checks saw it.
+    empty_since: Option<tokio::time::Instant>,
+}
 
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => {
-                saver.save(&mut worker).await?;
-                let _ = client.disconnect().await;
-                return Ok(Outcome::Stopped);
-            }
-            _ = lease_check.tick(), if lease.is_some() => {
-                let Some(lease) = lease else { continue };
-                let occupied = worker.room().players().next().is_some();
-                let now = tokio::time::Instant::now();
-                empty_since = if occupied { None } else { Some(empty_since.unwrap_or(now)) };
-                let empty_long = empty_since.is_some_and(|since| now - since >= lease.empty_for);
-                if now >= lease.until || empty_long {
-                    saver.save(&mut worker).await?;
-                    let _ = client.disconnect().await;
-                    return Ok(Outcome::LeaseOver { occupied });
-                }
-            }
-            // Before the next input, so a finished save is acked even when inputs pour in.
-            result = saving(&mut saver.in_flight) => {
-                saver.finished(&mut worker, result)?;
-            }
-            message = next(&mut pending, &mut sub) => {
-                let message = message.ok_or_else(|| closed(&client))?;
-                let input = InboxMessage {
-                    user: names
-                        .sender(room_id, message.header("user-id"), message.header("destination"))
-                        .unwrap_or_default(),
-                    body: message.body(),
-                };
-                let tick = !input.keeps_alive();
-                if !tick {
-                    last_input = Instant::now();
-                }
-                if !input.user.starts_with('$') {
-                    crate::metrics::INPUTS.inc();
-                }
-                let timer = crate::metrics::HANDLER_SECONDS.start_timer();
-                let outputs = worker.handle(input);
-                timer.observe_duration();
-                crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
-                publisher.publish(outputs)?;
-                saver.applied(message, tick);
-                if saver.unsaved == 1 {
-                    // The first change since the last checkpoint: the next is a period away.
-                    checkpoint.reset();
-                }
-                // A busy room checkpoints early rather than stall on its prefetch.
-                if saver.unsaved >= PREFETCH / 2 {
-                    saver.start(&mut worker).await?;
-                }
-            }
+impl Timers {
+    fn new(timings: &Timings, tick_every: Option<Duration>) -> Timers {
+        // Rooms started together would tick together, and a thousand ticks at one instant
+        // is a stall for everyone: each room starts at a random point of its period.
+        let every = tick_every.unwrap_or(Duration::from_secs(3600));
+        let phase = every.mul_f64(f64::from(rand_u16()) / 65536.0);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Timers {
+            tick,
+            checkpoint: tokio::time::interval(timings.checkpoint_every),
+            ticks_only_every: timings.checkpoint_every * TICKS_ONLY_SLOWER,
+            idle: Box::pin(tokio::time::sleep(timings.idle_timeout)),
+            last_input: Instant::now(),
+            // A few times a second.
+            lease_check: tokio::time::interval(Duration::from_millis(200)),
+            empty_since: None,
+        }
+    }
+}
+
+/// What a worker serving a room waits for.
+enum Event {
+    Stop,
+    LeaseCheck,
+    /// The save under way finished (or failed).
+    Saved(std::result::Result<Result<()>, tokio::task::JoinError>),
+    /// An inbox message, or `None` when the subscription ended.
+    Input(Option<Message>),
+    Tick,
+    Checkpoint,
+    Idle,
+}
+
+/// Why a worker stops serving a room.
+enum Served {
+    /// The process shuts down.
+    Stopped,
+    /// The lease is over; `occupied` says whether players were in the room.
+    LeaseOver { occupied: bool },
+    /// The room ended, for this reason.
+    Ended(String),
+}
+
+/// A room this worker runs: its core, and what carries its inputs, outputs and
+/// checkpoints.
+struct Active<'a, S> {
+    env: &'a WorkerEnv,
+    room_id: &'a str,
+    client: &'a Client,
+    worker: RoomWorker<S>,
+    saver: Saver<'a>,
+    publisher: Publisher<'a>,
+    timers: Timers,
+    /// Where the worker sends its own ticks: its room's inbox.
+    inbox: String,
+    /// This life's name: its ticks are numbered, so that each runs once; lives sort by
+    /// start time.
+    life: String,
+    /// Ticks sent in this life.
+    ticks: u64,
+}
+
+impl<'a, S> Active<'a, S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn new(
+        env: &'a WorkerEnv,
+        room_id: &'a str,
+        client: &'a Client,
+        worker: RoomWorker<S>,
+    ) -> Self {
+        let timers = Timers::new(&env.timings, worker.tick_interval());
+        let life = format!(
+            "{:013}{:04x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+            rand_u16()
+        );
+        Active {
+            env,
+            room_id,
+            client,
+            worker,
+            saver: Saver::new(&env.store, client),
+            publisher: Publisher {
+                client,
+                env,
+                room_id,
+            },
+            timers,
+            inbox: env.admin.names().inbox(room_id, WORKER_USER),
+            life,
+            ticks: 0,
+        }
+    }
+
+    /// Applies the inbox's messages in order, ticks, checkpoints and acks, until the
+    /// room ends, the process stops or the lease is over.
+    async fn serve(
+        &mut self,
+        sub: &mut Subscription,
+        mut pending: Option<Message>,
+        lease: Option<Lease>,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<Served> {
+        loop {
             // A room nobody is in hibernates: no ticks, so nothing to publish or save.
-            _ = tick.tick(), if tick_every.is_some() && worker.room().players().next().is_some() => {
-                ticks += 1;
-                client.send_nowait(&inbox, super::core::tick(&life, ticks))?;
-            }
-            _ = checkpoint.tick(), if saver.unsaved > 0 && saver.in_flight.is_none() => {
-                if saver.unsaved_not_ticks > 0 || saver.started.elapsed() >= ticks_only_every {
-                    saver.start(&mut worker).await?;
+            let ticking = self.timers_tick_wanted();
+            let checkpoint_due = self.saver.unsaved > 0 && self.saver.in_flight.is_none();
+            let t = &mut self.timers;
+            let event = tokio::select! {
+                biased;
+                _ = stop.as_mut() => Event::Stop,
+                _ = t.lease_check.tick(), if lease.is_some() => Event::LeaseCheck,
+                // Before the next input, so a finished save is acked even when inputs
+                // pour in.
+                result = saving(&mut self.saver.in_flight) => Event::Saved(result),
+                message = next(&mut pending, sub) => Event::Input(message),
+                _ = t.tick.tick(), if ticking => Event::Tick,
+                _ = t.checkpoint.tick(), if checkpoint_due => Event::Checkpoint,
+                _ = &mut t.idle => Event::Idle,
+            };
+            match event {
+                Event::Stop => return Ok(Served::Stopped),
+                Event::LeaseCheck => {
+                    if let Some(occupied) = self.lease_over(lease) {
+                        return Ok(Served::LeaseOver { occupied });
+                    }
                 }
-            }
-            _ = &mut idle => {
-                let deadline = last_input + env.timings.idle_timeout;
-                if Instant::now() >= deadline {
-                    publisher.publish(worker.end("idle"))?;
-                } else {
-                    idle.as_mut().reset(deadline.into());
+                Event::Saved(result) => self.saver.finished(&mut self.worker, result)?,
+                Event::Input(message) => {
+                    let message = message.ok_or_else(|| closed(self.client))?;
+                    self.on_input(message).await?;
                 }
+                Event::Tick => {
+                    self.ticks += 1;
+                    let tick = super::core::tick(&self.life, self.ticks);
+                    self.client.send_nowait(&self.inbox, tick)?;
+                }
+                Event::Checkpoint => {
+                    let saver = &self.saver;
+                    if saver.unsaved_not_ticks > 0
+                        || saver.started.elapsed() >= self.timers.ticks_only_every
+                    {
+                        self.saver.start(&mut self.worker).await?;
+                    }
+                }
+                Event::Idle => self.on_idle()?,
+            }
+            if let Some(reason) = self.worker.ended() {
+                return Ok(Served::Ended(reason.to_owned()));
             }
         }
-        if let Some(reason) = worker.ended() {
-            let reason = reason.to_owned();
-            // Grants made before the end are kept; then every input is acked.
-            saver.save(&mut worker).await?;
-            // Its receipt says the broker has processed every frame before it: the
-            // outputs are published before the room goes.
-            sub.unsubscribe().await?;
-            env.store.end_room(room_id, &reason).await?;
-            env.admin.delete_inbox(room_id).await?;
-            let _ = client.disconnect().await;
-            tracing::info!(room = %room_id, "room ended: {reason}");
-            return Ok(Outcome::Ended);
+    }
+
+    /// Whether the game ticks now: it has a tick, and someone is in the room.
+    fn timers_tick_wanted(&self) -> bool {
+        self.worker.tick_interval().is_some() && self.worker.room().players().next().is_some()
+    }
+
+    /// Whether the lease is over (and then whether players were in the room): its time
+    /// is up, or the room has been empty for long enough.
+    fn lease_over(&mut self, lease: Option<Lease>) -> Option<bool> {
+        let lease = lease?;
+        let occupied = self.worker.room().players().next().is_some();
+        let now = tokio::time::Instant::now();
+        let t = &mut self.timers;
+        t.empty_since = if occupied {
+            None
+        } else {
+            Some(t.empty_since.unwrap_or(now))
+        };
+        let empty_long = t
+            .empty_since
+            .is_some_and(|since| now - since >= lease.empty_for);
+        (now >= lease.until || empty_long).then_some(occupied)
+    }
+
+    /// Applies one inbox message, publishes what it made, and checkpoints when due.
+    async fn on_input(&mut self, message: Message) -> Result<()> {
+        let names = self.env.admin.names();
+        let input = InboxMessage {
+            user: names
+                .sender(
+                    self.room_id,
+                    message.header("user-id"),
+                    message.header("destination"),
+                )
+                .unwrap_or_default(),
+            body: message.body(),
+        };
+        let tick = !input.keeps_alive();
+        if !tick {
+            self.timers.last_input = Instant::now();
         }
+        if !input.user.starts_with('$') {
+            crate::metrics::INPUTS.inc();
+        }
+        let timer = crate::metrics::HANDLER_SECONDS.start_timer();
+        let outputs = self.worker.handle(input);
+        timer.observe_duration();
+        crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
+        self.publisher.publish(outputs)?;
+        self.saver.applied(message, tick);
+        if self.saver.unsaved == 1 {
+            // The first change since the last checkpoint: the next is a period away.
+            self.timers.checkpoint.reset();
+        }
+        // A busy room checkpoints early rather than stall on its prefetch.
+        if self.saver.unsaved >= PREFETCH / 2 {
+            self.saver.start(&mut self.worker).await?;
+        }
+        Ok(())
+    }
+
+    /// The idle timer fired: a room with no input for the idle timeout ends.
+    fn on_idle(&mut self) -> Result<()> {
+        let deadline = self.timers.last_input + self.env.timings.idle_timeout;
+        if Instant::now() >= deadline {
+            self.publisher.publish(self.worker.end("idle"))?;
+        } else {
+            self.timers.idle.as_mut().reset(deadline.into());
+        }
+        Ok(())
+    }
+
+    /// Checkpoints and acks everything applied, then leaves the room: when it ended,
+    /// the room is ended in the store and its inbox deleted.
+    async fn finish(mut self, served: Served, sub: Subscription) -> Result<Outcome> {
+        // Grants made before the end are kept; then every input is acked.
+        self.saver.save(&mut self.worker).await?;
+        let outcome = match served {
+            Served::Stopped => Outcome::Stopped,
+            Served::LeaseOver { occupied } => Outcome::LeaseOver { occupied },
+            Served::Ended(reason) => {
+                // Its receipt says the broker has processed every frame before it: the
+                // outputs are published before the room goes.
+                sub.unsubscribe().await?;
+                self.env.store.end_room(self.room_id, &reason).await?;
+                self.env.admin.delete_inbox(self.room_id).await?;
+                tracing::info!(room = %self.room_id, "room ended: {reason}");
+                Outcome::Ended
+            }
+        };
+        let _ = self.client.disconnect().await;
+        Ok(outcome)
     }
 }
 
@@ -417,158 +594,6 @@ fn closed(client: &Client) -> Error {
             .closed()
             .unwrap_or_else(|| "the inbox subscription ended".into()),
     ))
-}
-
-/// Checkpoints, then acks what each checkpoint holds. A checkpoint is saved in the
-/// background while the room goes on applying inputs, one save at a time: the room
-/// never waits for the store unless it must (a full prefetch, the end, shutdown).
-struct Saver<'a> {
-    store: &'a Store,
-    client: &'a Client,
-    /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
-    unacked: Option<Message>,
-    unsaved: u32,
-    /// Of `unsaved`, those that are not the worker's own ticks: player inputs, joins and
-    /// leaves, which checkpoint at the full pace.
-    unsaved_not_ticks: u32,
-    /// When the last checkpoint was started.
-    started: Instant,
-    /// The checkpoint last saved, to skip saving one that changes nothing.
-    last: Option<Checkpoint>,
-    /// The save under way.
-    in_flight: Option<InFlight>,
-}
-
-/// A checkpoint being saved, and the input to ack once it is.
-struct InFlight {
-    task: tokio::task::JoinHandle<Result<()>>,
-    /// What was saved (`None`: nothing changed, nothing written).
-    saved: Option<Checkpoint>,
-    ack: Option<Message>,
-}
-
-impl Saver<'_> {
-    fn applied(&mut self, message: Message, tick: bool) {
-        self.unacked = Some(message);
-        self.unsaved += 1;
-        if !tick {
-            self.unsaved_not_ticks += 1;
-        }
-    }
-
-    /// Starts saving a checkpoint of everything applied so far (after the save under
-    /// way, if any, is done). The outputs of the inputs it holds must reach the broker
-    /// first: a checkpoint that holds an input whose outputs were lost would make its
-    /// replay a skipped duplicate, and the outputs would never be sent.
-    async fn start<S: Serialize + DeserializeOwned + 'static>(
-        &mut self,
-        worker: &mut RoomWorker<S>,
-    ) -> Result<()> {
-        self.settle(worker).await?;
-        let (checkpoint, grants) = worker.checkpoint()?;
-        // Inputs that changed nothing (a tick that moved no one) need no write: the saved
-        // checkpoint already holds what applying them again would make.
-        let changed = !(grants.is_empty()
-            && self
-                .last
-                .as_ref()
-                .is_some_and(|last| same_but_ticks(last, &checkpoint)));
-        let (client, store, room) = (
-            self.client.clone(),
-            self.store.clone(),
-            worker.id().to_owned(),
-        );
-        let saved = changed.then(|| checkpoint.clone());
-        let task = tokio::spawn(async move {
-            client.flush().await?;
-            if changed {
-                store.save_checkpoint(&room, &checkpoint, &grants).await?;
-            }
-            Ok(())
-        });
-        self.in_flight = Some(InFlight {
-            task,
-            saved,
-            ack: self.unacked.take(),
-        });
-        self.unsaved = 0;
-        self.unsaved_not_ticks = 0;
-        self.started = Instant::now();
-        Ok(())
-    }
-
-    /// Waits for the save under way, if any, and acks what it holds.
-    async fn settle<S: Serialize + DeserializeOwned + 'static>(
-        &mut self,
-        worker: &mut RoomWorker<S>,
-    ) -> Result<()> {
-        if let Some(mut f) = self.in_flight.take() {
-            let result = (&mut f.task).await;
-            self.in_flight = Some(f);
-            self.finished(worker, result)?;
-        }
-        Ok(())
-    }
-
-    /// Takes in the result of the save under way (from [`saving`]).
-    fn finished<S: Serialize + DeserializeOwned + 'static>(
-        &mut self,
-        worker: &mut RoomWorker<S>,
-        result: std::result::Result<Result<()>, tokio::task::JoinError>,
-    ) -> Result<()> {
-        let Some(f) = self.in_flight.take() else {
-            return Ok(());
-        };
-        result.map_err(|e| Error::Store(format!("a checkpoint save failed: {e}")))??;
-        if let Some(checkpoint) = f.saved {
-            worker.saved();
-            self.last = Some(Checkpoint {
-                version: checkpoint.version + 1,
-                ..checkpoint
-            });
-        }
-        if let Some(m) = f.ack {
-            self.client.ack(&m)?;
-        }
-        Ok(())
-    }
-
-    /// Saves a checkpoint of everything applied and acks it, waiting for both.
-    async fn save<S: Serialize + DeserializeOwned + 'static>(
-        &mut self,
-        worker: &mut RoomWorker<S>,
-    ) -> Result<()> {
-        self.start(worker).await?;
-        self.settle(worker).await
-    }
-}
-
-/// Whether two checkpoints differ at most in their tick numbers. Ticks that changed
-/// nothing need no save: run again on the same state after a crash, they change
-/// nothing again.
-fn same_but_ticks(a: &Checkpoint, b: &Checkpoint) -> bool {
-    let inputs = |c: &Checkpoint| {
-        c.applied
-            .iter()
-            .filter(|(k, _)| !k.starts_with("$tick:"))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect::<Vec<_>>()
-    };
-    a.seq == b.seq
-        && a.version == b.version
-        && a.state == b.state
-        && a.players == b.players
-        && inputs(a) == inputs(b)
-}
-
-/// Resolves when the save under way (if any) is done; never, if none is.
-async fn saving(
-    in_flight: &mut Option<InFlight>,
-) -> std::result::Result<Result<()>, tokio::task::JoinError> {
-    match in_flight {
-        Some(f) => (&mut f.task).await,
-        None => std::future::pending().await,
-    }
 }
 
 struct Publisher<'a> {

@@ -1,0 +1,177 @@
+//! Checkpoints, and the acks that follow them. A checkpoint is saved in the background
+//! while the room goes on applying inputs, one save at a time; only once the store has
+//! it are the inputs it holds acked, so a worker that dies before replays them.
+
+use super::core::RoomWorker;
+use crate::stomp::{Client, Message};
+use crate::store::{Checkpoint, Store};
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Checkpoints, then acks what each checkpoint holds. A checkpoint is saved in the
+/// background while the room goes on applying inputs, one save at a time: the room
+/// never waits for the store unless it must (a full prefetch, the end, shutdown).
+pub(super) struct Saver<'a> {
+    store: &'a Store,
+    client: &'a Client,
+    /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
+    unacked: Option<Message>,
+    pub(super) unsaved: u32,
+    /// Of `unsaved`, those that are not the worker's own ticks: player inputs, joins and
+    /// leaves, which checkpoint at the full pace.
+    pub(super) unsaved_not_ticks: u32,
+    /// When the last checkpoint was started.
+    pub(super) started: Instant,
+    /// The checkpoint last saved, to skip saving one that changes nothing.
+    last: Option<Checkpoint>,
+    /// The save under way.
+    pub(super) in_flight: Option<InFlight>,
+}
+
+/// A checkpoint being saved, and the input to ack once it is.
+pub(super) struct InFlight {
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// What was saved (`None`: nothing changed, nothing written).
+    saved: Option<Checkpoint>,
+    ack: Option<Message>,
+}
+
+impl<'a> Saver<'a> {
+    /// A saver with nothing applied yet.
+    pub(super) fn new(store: &'a Store, client: &'a Client) -> Saver<'a> {
+        Saver {
+            store,
+            client,
+            unacked: None,
+            unsaved: 0,
+            unsaved_not_ticks: 0,
+            started: Instant::now(),
+            last: None,
+            in_flight: None,
+        }
+    }
+
+    pub(super) fn applied(&mut self, message: Message, tick: bool) {
+        self.unacked = Some(message);
+        self.unsaved += 1;
+        if !tick {
+            self.unsaved_not_ticks += 1;
+        }
+    }
+
+    /// Starts saving a checkpoint of everything applied so far (after the save under
+    /// way, if any, is done). The outputs of the inputs it holds must reach the broker
+    /// first: a checkpoint that holds an input whose outputs were lost would make its
+    /// replay a skipped duplicate, and the outputs would never be sent.
+    pub(super) async fn start<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        self.settle(worker).await?;
+        let (checkpoint, grants) = worker.checkpoint()?;
+        // Inputs that changed nothing (a tick that moved no one) need no write: the saved
+        // checkpoint already holds what applying them again would make.
+        let changed = !(grants.is_empty()
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|last| same_but_ticks(last, &checkpoint)));
+        let (client, store, room) = (
+            self.client.clone(),
+            self.store.clone(),
+            worker.id().to_owned(),
+        );
+        let saved = changed.then(|| checkpoint.clone());
+        let task = tokio::spawn(async move {
+            client.flush().await?;
+            if changed {
+                store.save_checkpoint(&room, &checkpoint, &grants).await?;
+            }
+            Ok(())
+        });
+        self.in_flight = Some(InFlight {
+            task,
+            saved,
+            ack: self.unacked.take(),
+        });
+        self.unsaved = 0;
+        self.unsaved_not_ticks = 0;
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the save under way, if any, and acks what it holds.
+    pub(super) async fn settle<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        if let Some(mut f) = self.in_flight.take() {
+            let result = (&mut f.task).await;
+            self.in_flight = Some(f);
+            self.finished(worker, result)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in the result of the save under way (from [`saving`]).
+    pub(super) fn finished<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+        result: std::result::Result<Result<()>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        result.map_err(|e| Error::Store(format!("a checkpoint save failed: {e}")))??;
+        if let Some(checkpoint) = f.saved {
+            worker.saved();
+            self.last = Some(Checkpoint {
+                version: checkpoint.version + 1,
+                ..checkpoint
+            });
+        }
+        if let Some(m) = f.ack {
+            self.client.ack(&m)?;
+        }
+        Ok(())
+    }
+
+    /// Saves a checkpoint of everything applied and acks it, waiting for both.
+    pub(super) async fn save<S: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        worker: &mut RoomWorker<S>,
+    ) -> Result<()> {
+        self.start(worker).await?;
+        self.settle(worker).await
+    }
+}
+
+/// Whether two checkpoints differ at most in their tick numbers. Ticks that changed
+/// nothing need no save: run again on the same state after a crash, they change
+/// nothing again.
+fn same_but_ticks(a: &Checkpoint, b: &Checkpoint) -> bool {
+    let inputs = |c: &Checkpoint| {
+        c.applied
+            .iter()
+            .filter(|(k, _)| !k.starts_with("$tick:"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    a.seq == b.seq
+        && a.version == b.version
+        && a.state == b.state
+        && a.players == b.players
+        && inputs(a) == inputs(b)
+}
+
+/// Resolves when the save under way (if any) is done; never, if none is.
+pub(super) async fn saving(
+    in_flight: &mut Option<InFlight>,
+) -> std::result::Result<Result<()>, tokio::task::JoinError> {
+    match in_flight {
+        Some(f) => (&mut f.task).await,
+        None => std::future::pending().await,
+    }
+}
