@@ -91,21 +91,8 @@ where
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| signer.derive("worker"));
-        let names = Names::embedded();
         let joins = Joins::default();
-        let authorizer = GameAuthorizer::new(
-            signer.clone(),
-            names.clone(),
-            joins.clone(),
-            worker_secret.clone(),
-            config.allow_guest,
-        )
-        .with_input_rate(config.input_rate);
-        let broker_config = BrokerConfig {
-            managed_prefixes: vec![names.inbox_prefix().to_owned()],
-            ..config.broker_config()
-        };
-        let broker = Broker::open(broker_config, Arc::new(authorizer))?;
+        let broker = embedded_broker(&config, &signer, &joins, &worker_secret)?;
         let http = bind(config.listen, "--listen").await?;
         let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
         let bound = Bound {
@@ -256,6 +243,31 @@ pub(crate) fn cluster_lobby(
 }
 
 /// A started server: its rooms, broker and addresses, and the HTTP app to serve. In
+/// The embedded broker, its journal opened: room inboxes are managed queues, and the
+/// game's authorizer checks every connection (players by their join, workers by
+/// `worker_secret`).
+fn embedded_broker(
+    config: &Config,
+    signer: &Signer,
+    joins: &Joins,
+    worker_secret: &str,
+) -> Result<Broker> {
+    let names = Names::embedded();
+    let authorizer = GameAuthorizer::new(
+        signer.clone(),
+        names.clone(),
+        joins.clone(),
+        worker_secret.to_owned(),
+        config.allow_guest,
+    )
+    .with_input_rate(config.input_rate);
+    let broker_config = BrokerConfig {
+        managed_prefixes: vec![names.inbox_prefix().to_owned()],
+        ..config.broker_config()
+    };
+    Broker::open(broker_config, Arc::new(authorizer))
+}
+
 /// cluster mode a worker-only process has no lobby and listens on nothing.
 pub struct Running {
     rooms: Option<Rooms>,

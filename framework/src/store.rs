@@ -589,57 +589,12 @@ impl Store {
     /// Saves `group` in one transaction; for each save, whether it was written (`false`:
     /// fenced, another worker saved the room since).
     async fn save_group(&self, group: &[PendingSave]) -> Result<Vec<bool>> {
-        // Rows in room order, so that two processes' transactions lock shared rows (a
-        // room changing workers) in the same order; a room saved twice in one group (an
-        // old and a new worker) goes into separate statements, in the order they came.
-        let mut order: Vec<usize> = (0..group.len()).collect();
-        order.sort_by(|&a, &b| group[a].room.cmp(&group[b].room));
-        let mut statements: Vec<Vec<usize>> = Vec::new();
-        for i in order {
-            match statements.last_mut() {
-                // Sorted, a room saved twice is next to itself: the last row tells.
-                Some(rows)
-                    if rows.len() < SAVES_PER_STATEMENT
-                        && rows.last().is_some_and(|&r| group[r].room != group[i].room) =>
-                {
-                    rows.push(i)
-                }
-                _ => statements.push(vec![i]),
-            }
-        }
+        let statements = statements_of(group);
         let mut written = vec![false; group.len()];
         let now = now();
         let mut tx = self.pool.begin().await.map_err(db)?;
         for rows in statements {
-            // A new room's row is inserted; an existing one is replaced only if it is
-            // still the version the worker started from. RETURNING names the rows
-            // written: a room missing from it was fenced.
-            let mut sql = String::from(
-                "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players, version) VALUES ",
-            );
-            for k in 0..rows.len() {
-                let p = k * 7;
-                if k > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7
-                ));
-            }
-            sql.push_str(
-                " ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
-                     applied = excluded.applied, updated_at = excluded.updated_at,
-                     players = excluded.players, version = excluded.version
-                 WHERE checkpoints.version = excluded.version - 1
-                 RETURNING room_id",
-            );
+            let sql = upsert_checkpoints(rows.len());
             let mut query = sqlx::query(&sql);
             for &i in &rows {
                 let save = &group[i];
@@ -850,4 +805,53 @@ fn room_record(row: &AnyRow) -> Result<RoomRecord> {
         name: row.try_get("name").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
     })
+}
+
+/// The statements a group of saves is written in, as indexes into `group`: rows in room
+/// order, so that two processes' transactions lock shared rows (a room changing
+/// workers) in the same order; a room saved twice in one group (an old and a new worker)
+/// goes into separate statements, in the order they came; at most
+/// `SAVES_PER_STATEMENT` rows a statement.
+fn statements_of(group: &[PendingSave]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by(|&a, &b| group[a].room.cmp(&group[b].room));
+    let mut statements: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match statements.last_mut() {
+            // Sorted, a room saved twice is next to itself: the last row tells.
+            Some(rows)
+                if rows.len() < SAVES_PER_STATEMENT
+                    && rows.last().is_some_and(|&r| group[r].room != group[i].room) =>
+            {
+                rows.push(i)
+            }
+            _ => statements.push(vec![i]),
+        }
+    }
+    statements
+}
+
+/// The statement that writes `rows` checkpoints. A new room's row is inserted; an
+/// existing one is replaced only if it is still the version the worker started from.
+/// RETURNING names the rows written: a room missing from it was fenced.
+fn upsert_checkpoints(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players, version) VALUES ",
+    );
+    for k in 0..rows {
+        let p = k * 7;
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        let params: Vec<String> = (1..=7).map(|n| format!("${}", p + n)).collect();
+        sql.push_str(&format!("({})", params.join(", ")));
+    }
+    sql.push_str(
+        " ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
+             applied = excluded.applied, updated_at = excluded.updated_at,
+             players = excluded.players, version = excluded.version
+         WHERE checkpoints.version = excluded.version - 1
+         RETURNING room_id",
+    );
+    sql
 }

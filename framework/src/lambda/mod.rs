@@ -251,71 +251,11 @@ where
         deadline: SystemTime,
     ) -> std::result::Result<Value, (&'static str, Error)> {
         let failed = |e: Error| ("RoomWorkerFailed", e);
-        let me = self.me.to_string();
-        // One chain of invocations per room: an invocation of a superseded chain (the
-        // lobby started another, thinking the room had no worker) does nothing. An
-        // event without a chain starts one.
-        let current = match chain {
-            Some(_) => self.store.chain(room).await.map_err(failed)?,
-            None => self.store.next_chain(room).await.map_err(failed)?,
+        let chain = match self.claim(room, chain).await.map_err(failed)? {
+            Claim::Run(chain) => chain,
+            Claim::Done(answer) => return Ok(answer),
         };
-        let Some(chain) = chain.or(current) else {
-            return Ok(json!({ "room": room, "outcome": "gone" }));
-        };
-        if current != Some(chain) {
-            return Ok(json!({ "room": room, "outcome": "superseded" }));
-        }
-        let Some(pinned) = self
-            .store
-            .pin_code_version(room, &me)
-            .await
-            .map_err(failed)?
-        else {
-            return Ok(json!({ "room": room, "outcome": "gone" }));
-        };
-        if pinned != me {
-            // The room started on other code: it keeps it.
-            let target = Target::parse(&pinned);
-            self.invoke(&target, room, chain).await.map_err(failed)?;
-            tracing::info!(room, %target, "room pinned to another version: handed to it");
-            return Ok(json!({ "room": room, "outcome": "redirected", "to": pinned }));
-        }
-        let lease = Lease {
-            until: tokio::time::Instant::now() + self.lease_length(deadline),
-            empty_for: self.empty_for,
-            standby_for: STANDBY_FOR,
-        };
-        // A superseded worker stops (checkpointing first) within a couple of seconds,
-        // so that the new chain's worker, standing by, takes the room.
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let watcher = {
-            let (store, room) = (self.store.clone(), room.to_owned());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(CHAIN_CHECK).await;
-                    if let Ok(Some(current)) = store.chain(&room).await {
-                        if current != chain {
-                            tracing::info!(room, chain, current, "superseded: stopping");
-                            let _ = stop.send(true);
-                            // Kept: a dropped sender would read as a stop signal too.
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-            })
-        };
-        let env = WorkerEnv {
-            store: self.store.clone(),
-            admin: self.admin.clone(),
-            worker_id: format!("lambda-{me}-{}", random_id(4)),
-            login: self.rabbit.user.clone(),
-            passcode: self.rabbit.password.clone(),
-            timings: self.config.timings,
-            shutdown,
-        };
-        let outcome = run_leased(&env, room, self.msg.clone(), Some(lease)).await;
-        watcher.abort();
-        let outcome = match outcome {
+        let outcome = match self.run_lease(room, chain, deadline).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 // The room is still there: give it a fresh invocation (from the same
@@ -326,6 +266,76 @@ where
                 return Err(failed(e));
             }
         };
+        let next = self.hand_over(room, chain, outcome).await.map_err(failed)?;
+        let outcome = match outcome {
+            Outcome::Ended => "ended",
+            Outcome::Stopped => "stopped",
+            Outcome::NotNeeded => "not-needed",
+            Outcome::LeaseOver { .. } if next => "handed-over",
+            Outcome::LeaseOver { .. } => "asleep",
+        };
+        tracing::info!(room, outcome, "worker invocation done");
+        Ok(json!({ "room": room, "outcome": outcome, "version": self.me.to_string() }))
+    }
+
+    /// Whether this invocation runs the room. One chain of invocations per room: an
+    /// invocation of a superseded chain (the lobby started another, thinking the room
+    /// had no worker) does nothing, and an event without a chain starts one. A room
+    /// pinned to other code is handed to that version.
+    async fn claim(&self, room: &str, chain: Option<i64>) -> Result<Claim> {
+        let me = self.me.to_string();
+        let current = match chain {
+            Some(_) => self.store.chain(room).await?,
+            None => self.store.next_chain(room).await?,
+        };
+        let Some(chain) = chain.or(current) else {
+            return Ok(Claim::Done(json!({ "room": room, "outcome": "gone" })));
+        };
+        if current != Some(chain) {
+            return Ok(Claim::Done(
+                json!({ "room": room, "outcome": "superseded" }),
+            ));
+        }
+        let Some(pinned) = self.store.pin_code_version(room, &me).await? else {
+            return Ok(Claim::Done(json!({ "room": room, "outcome": "gone" })));
+        };
+        if pinned != me {
+            // The room started on other code: it keeps it.
+            let target = Target::parse(&pinned);
+            self.invoke(&target, room, chain).await?;
+            tracing::info!(room, %target, "room pinned to another version: handed to it");
+            let answer = json!({ "room": room, "outcome": "redirected", "to": pinned });
+            return Ok(Claim::Done(answer));
+        }
+        Ok(Claim::Run(chain))
+    }
+
+    /// Runs the room's worker for one lease, stopping it early if its chain is
+    /// superseded.
+    async fn run_lease(&self, room: &str, chain: i64, deadline: SystemTime) -> Result<Outcome> {
+        let lease = Lease {
+            until: tokio::time::Instant::now() + self.lease_length(deadline),
+            empty_for: self.empty_for,
+            standby_for: STANDBY_FOR,
+        };
+        let (watcher, shutdown) = watch_chain(self.store.clone(), room, chain);
+        let env = WorkerEnv {
+            store: self.store.clone(),
+            admin: self.admin.clone(),
+            worker_id: format!("lambda-{}-{}", self.me, random_id(4)),
+            login: self.rabbit.user.clone(),
+            passcode: self.rabbit.password.clone(),
+            timings: self.config.timings,
+            shutdown,
+        };
+        let outcome = run_leased(&env, room, self.msg.clone(), Some(lease)).await;
+        watcher.abort();
+        outcome
+    }
+
+    /// Invokes the next worker of the chain when the room wants one; returns whether it
+    /// did.
+    async fn hand_over(&self, room: &str, chain: i64, outcome: Outcome) -> Result<bool> {
         let next = match outcome {
             Outcome::Ended | Outcome::Stopped | Outcome::NotNeeded => false,
             Outcome::LeaseOver { occupied: true } => true,
@@ -335,19 +345,11 @@ where
             }
         };
         // Unless another chain took over meanwhile: its worker stands by for the room.
-        let next = next && self.store.chain(room).await.map_err(failed)? == Some(chain);
+        let next = next && self.store.chain(room).await? == Some(chain);
         if next {
-            self.invoke(&self.me, room, chain).await.map_err(failed)?;
+            self.invoke(&self.me, room, chain).await?;
         }
-        let outcome = match outcome {
-            Outcome::Ended => "ended",
-            Outcome::Stopped => "stopped",
-            Outcome::NotNeeded => "not-needed",
-            Outcome::LeaseOver { .. } if next => "handed-over",
-            Outcome::LeaseOver { .. } => "asleep",
-        };
-        tracing::info!(room, outcome, "worker invocation done");
-        Ok(json!({ "room": room, "outcome": outcome, "version": me }))
+        Ok(next)
     }
 
     /// How long this invocation may run the room: until shortly before its deadline,
@@ -472,4 +474,41 @@ impl Launcher for LambdaLauncher {
     fn running(&self) -> Option<usize> {
         None
     }
+}
+
+/// Whether an invocation runs its room.
+enum Claim {
+    /// It does, as chain `0`.
+    Run(i64),
+    /// It does not; the invocation's answer.
+    Done(Value),
+}
+
+/// Watches that `chain` is still the room's: a superseded worker stops (checkpointing
+/// first) within a couple of seconds, so that the new chain's worker, standing by,
+/// takes the room. Returns the watcher and the worker's shutdown signal.
+fn watch_chain(
+    store: Store,
+    room: &str,
+    chain: i64,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let room = room.to_owned();
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CHAIN_CHECK).await;
+            if let Ok(Some(current)) = store.chain(&room).await {
+                if current != chain {
+                    tracing::info!(room, chain, current, "superseded: stopping");
+                    let _ = stop.send(true);
+                    // Kept: a dropped sender would read as a stop signal too.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    });
+    (watcher, shutdown)
 }
