@@ -380,7 +380,7 @@ fn panicky() -> Msg<i64> {
             panic!("the handler blew up")
         })
         .route("type=quit", |_: &mut i64, ctx: &mut Ctx, _: Value| {
-            ctx.end_room("game over")
+            ctx.end_room("game over");
         })
 }
 
@@ -948,7 +948,7 @@ async fn ticks_alone_checkpoint_at_a_slower_pace_than_inputs() {
     // Every tick changes the state (as wandering NPCs do); an input changes it too.
     let msg = Msg::new(|| 0)
         .tick(Duration::from_millis(20), |n: &mut i64, _: &mut RoomCtx| {
-            *n += 1
+            *n += 1;
         })
         .route("type=add", |n: &mut i64, ctx: &mut Ctx, _: Value| {
             *n += 1000;

@@ -40,7 +40,7 @@ struct Move {
 }
 
 /// Serves the floor on `listener` until the process ends.
-pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+pub(crate) async fn serve(listener: TcpListener) -> std::io::Result<()> {
     let rooms = Rooms::default();
     loop {
         let (stream, _) = listener.accept().await?;

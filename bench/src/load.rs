@@ -16,7 +16,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How many players, in rooms of what size, sending how often, for how long.
 #[derive(Debug, Clone, Copy)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// Players in all (CCU).
     pub players: usize,
     /// Players per room.
@@ -33,7 +33,7 @@ pub struct Workload {
 
 /// Where one player connects.
 #[derive(Debug, Clone)]
-pub enum Seat {
+pub(crate) enum Seat {
     /// STOMP over WebSocket with a ticket from the lobby.
     Stomp(Box<Ticket>),
     /// The floor's plain JSON over WebSocket.
@@ -79,7 +79,7 @@ async fn join(
 }
 
 /// Creates the rooms and joins every player through the lobby at `lobby`.
-pub async fn seats_via_lobby(lobby: &str, w: &Workload) -> Result<Vec<Seat>, String> {
+pub(crate) async fn seats_via_lobby(lobby: &str, w: &Workload) -> Result<Vec<Seat>, String> {
     let http = reqwest::Client::new();
     let rooms = w.players.div_ceil(w.room_size);
     let mut ids = Vec::with_capacity(rooms);
@@ -102,7 +102,7 @@ pub async fn seats_via_lobby(lobby: &str, w: &Workload) -> Result<Vec<Seat>, Str
 }
 
 /// Seats on the floor at `ws` (`ws://HOST:PORT/ws`).
-pub fn seats_on_floor(ws: &str, w: &Workload) -> Vec<Seat> {
+pub(crate) fn seats_on_floor(ws: &str, w: &Workload) -> Vec<Seat> {
     (0..w.players)
         .map(|i| Seat::Floor {
             name: format!("p{i}"),
@@ -113,7 +113,7 @@ pub fn seats_on_floor(ws: &str, w: &Workload) -> Vec<Seat> {
 
 /// What a run measured.
 #[derive(Debug, Default, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Latencies of the measured inputs' answers, in microseconds, sorted.
     pub latencies_us: Vec<u64>,
     /// Inputs sent in all, warm-up included.
@@ -141,7 +141,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// The `p`-th percentile latency (0 < p ≤ 1), in milliseconds.
-    pub fn percentile_ms(&self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&self, p: f64) -> f64 {
         let l = &self.latencies_us;
         if l.is_empty() {
             return f64::NAN;
@@ -151,7 +151,7 @@ impl Outcome {
     }
 
     /// Whether every input was answered exactly once, in order, and every player stayed.
-    pub fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.lost == 0 && self.doubled == 0 && self.out_of_order == 0 && self.failures.is_empty()
     }
 }
@@ -367,7 +367,7 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
 
 /// Connects every seat, runs the workload, and tallies it; `server` are the server's
 /// process ids, whose CPU is measured over the window.
-pub async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outcome {
+pub(crate) async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outcome {
     let mut outcome = Outcome::default();
     let connected: Vec<Result<Conn, String>> =
         futures_util::stream::iter(seats.into_iter().map(connect))
@@ -425,7 +425,10 @@ pub async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outcome {
 
 /// Creates `rooms` rooms with a player each (who joins through the lobby and never
 /// connects); returns each room's id and the player's token.
-pub async fn occupied_rooms(lobby: &str, rooms: usize) -> Result<Vec<(String, String)>, String> {
+pub(crate) async fn occupied_rooms(
+    lobby: &str,
+    rooms: usize,
+) -> Result<Vec<(String, String)>, String> {
     let http = reqwest::Client::new();
     let one = |i: usize| {
         let http = http.clone();
@@ -444,7 +447,7 @@ pub async fn occupied_rooms(lobby: &str, rooms: usize) -> Result<Vec<(String, St
 }
 
 /// Every player of [`occupied_rooms`] leaves: the rooms live on with nobody in them.
-pub async fn leave_rooms(lobby: &str, seats: &[(String, String)]) -> Result<(), String> {
+pub(crate) async fn leave_rooms(lobby: &str, seats: &[(String, String)]) -> Result<(), String> {
     let http = reqwest::Client::new();
     let leave = |(room, token): &(String, String)| {
         let http = http.clone();
@@ -469,7 +472,7 @@ pub async fn leave_rooms(lobby: &str, seats: &[(String, String)]) -> Result<(), 
 }
 
 /// A counter or gauge from the server's `/metrics` (0 if it has none).
-pub async fn metric(lobby: &str, name: &str) -> u64 {
+pub(crate) async fn metric(lobby: &str, name: &str) -> u64 {
     let Ok(text) = reqwest::get(format!("{lobby}/metrics")).await else {
         return 0;
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 const TICKS: u64 = 100;
 
 /// CPU time (user and system) that process `pid` (all its threads) has used.
-pub fn cpu(pid: u32) -> Duration {
+pub(crate) fn cpu(pid: u32) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
@@ -26,7 +26,7 @@ pub fn cpu(pid: u32) -> Duration {
 }
 
 /// The most resident memory process `pid` has had, in bytes (`VmHWM`).
-pub fn peak_rss(pid: u32) -> u64 {
+pub(crate) fn peak_rss(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:") * 1024
 }
 
@@ -44,7 +44,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 /// Bytes process `pid` has caused to be written to storage (`write_bytes` in its
 /// `/proc/PID/io`).
-pub fn disk_writes(pid: u32) -> u64 {
+pub(crate) fn disk_writes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
         .ok()
         .and_then(|s| {
@@ -57,6 +57,6 @@ pub fn disk_writes(pid: u32) -> u64 {
 }
 
 /// The CPU time of several processes together.
-pub fn cpu_of(pids: &[u32]) -> Duration {
+pub(crate) fn cpu_of(pids: &[u32]) -> Duration {
     pids.iter().map(|&p| cpu(p)).sum()
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// One run: a mode at a CCU.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// What ran.
     pub mode: Mode,
     /// Players connected.
@@ -20,24 +20,24 @@ pub struct Row {
 
 impl Row {
     /// Whether the run held the target: p99 at most `max_p99_ms`, nothing lost or doubled.
-    pub fn held(&self, max_p99_ms: f64) -> bool {
+    pub(crate) fn held(&self, max_p99_ms: f64) -> bool {
         self.outcome
             .as_ref()
             .is_ok_and(|o| o.clean() && o.percentile_ms(0.99) <= max_p99_ms)
     }
 
     /// Server CPU per measured input, microseconds.
-    pub fn cpu_per_input_us(&self) -> Option<f64> {
+    pub(crate) fn cpu_per_input_us(&self) -> Option<f64> {
         let o = self.outcome.as_ref().ok()?;
         (o.measured > 0).then(|| o.server_cpu.as_secs_f64() * 1e6 / o.measured as f64)
     }
 }
 
 /// The header of [`line`]'s table.
-pub const HEADER: &str = "| mode | CCU | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | inputs/s | deliveries/s | lost | doubled | out of order | server CPU µs/input | server peak RSS MB | generator CPU % | held |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+pub(crate) const HEADER: &str = "| mode | CCU | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | inputs/s | deliveries/s | lost | doubled | out of order | server CPU µs/input | server peak RSS MB | generator CPU % | held |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 /// One table line.
-pub fn line(row: &Row, max_p99_ms: f64) -> String {
+pub(crate) fn line(row: &Row, max_p99_ms: f64) -> String {
     let o = match &row.outcome {
         Ok(o) => o,
         Err(e) => {
@@ -77,7 +77,7 @@ pub fn line(row: &Row, max_p99_ms: f64) -> String {
 
 /// The sweep's summary: the largest CCU each mode held, with its ratio to the floor's,
 /// and CPU per input against the floor's at the same CCU.
-pub fn summary(rows: &[Row], modes: &[Mode], max_p99_ms: f64) -> String {
+pub(crate) fn summary(rows: &[Row], modes: &[Mode], max_p99_ms: f64) -> String {
     let held = |m: Mode| {
         rows.iter()
             .filter(|r| r.mode == m && r.held(max_p99_ms))
@@ -119,7 +119,7 @@ pub fn summary(rows: &[Row], modes: &[Mode], max_p99_ms: f64) -> String {
 }
 
 /// Writes an SVG plot of p99 latency against CCU, a line per mode.
-pub fn plot(rows: &[Row], modes: &[Mode], path: &Path) -> Result<(), String> {
+pub(crate) fn plot(rows: &[Row], modes: &[Mode], path: &Path) -> Result<(), String> {
     let points = |m: Mode| -> Vec<(f64, f64)> {
         let mut p: Vec<(f64, f64)> = rows
             .iter()

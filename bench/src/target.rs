@@ -12,7 +12,7 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 
 /// A server to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// A plain WebSocket server with the same room logic and no framework.
     Floor,
     /// The all-in-one game server: embedded broker, SQLite, a worker task per room.
@@ -26,7 +26,7 @@ pub enum Mode {
 
 impl Mode {
     /// The name in tables and plots.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Floor => "floor",
             Mode::Embedded => "embedded",
@@ -37,7 +37,7 @@ impl Mode {
 }
 
 /// A running server.
-pub struct Target {
+pub(crate) struct Target {
     /// What runs.
     pub mode: Mode,
     /// The lobby's base URL (`http://…`), for the game server.
@@ -126,7 +126,7 @@ fn rabbitmq_node() -> Result<(String, u32), String> {
 
 impl Target {
     /// Starts a fresh server of `mode`, ready for players.
-    pub async fn start(mode: Mode) -> Result<Target, String> {
+    pub(crate) async fn start(mode: Mode) -> Result<Target, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut target = Target {
             mode,
@@ -231,7 +231,7 @@ impl Target {
     }
 
     /// The servers' own logs, for when something goes wrong.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -298,7 +298,7 @@ impl Target {
 
     /// The peak resident memory of the server's own processes (not RabbitMQ's node,
     /// whose peak spans its whole life), in bytes.
-    pub fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         self.children
             .iter()
             .map(|c| crate::procfs::peak_rss(c.id()))
@@ -306,7 +306,7 @@ impl Target {
     }
 
     /// Bytes the server's own processes have written to storage.
-    pub fn disk_writes(&self) -> u64 {
+    pub(crate) fn disk_writes(&self) -> u64 {
         self.children
             .iter()
             .map(|c| crate::procfs::disk_writes(c.id()))
@@ -315,7 +315,7 @@ impl Target {
 
     /// Stops the server and removes what it left (in cluster mode, the rooms' inboxes
     /// on RabbitMQ too).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();

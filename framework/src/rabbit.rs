@@ -104,7 +104,7 @@ impl RabbitConfig {
                 "max_length" => {
                     config.max_length = value
                         .parse()
-                        .map_err(|_| bad("max_length must be a whole number"))?
+                        .map_err(|_| bad("max_length must be a whole number"))?;
                 }
                 other => {
                     return Err(bad(&format!(

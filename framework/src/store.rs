@@ -823,7 +823,7 @@ fn statements_of(group: &[PendingSave]) -> Vec<Vec<usize>> {
                 if rows.len() < SAVES_PER_STATEMENT
                     && rows.last().is_some_and(|&r| group[r].room != group[i].room) =>
             {
-                rows.push(i)
+                rows.push(i);
             }
             _ => statements.push(vec![i]),
         }

@@ -5,7 +5,7 @@ use game_protocol::{Chat, In, Move};
 use game_server_less_client::bots::{self, BotOptions};
 
 /// A bot's next input: mostly a random step, now and then a chat line.
-pub fn input(dice: u64) -> In {
+pub(crate) fn input(dice: u64) -> In {
     if dice % 25 == 0 {
         In::Chat(Chat {
             text: format!("beep {}", dice % 1000),
@@ -17,7 +17,7 @@ pub fn input(dice: u64) -> In {
 }
 
 /// Runs `n` bots in `room` (or the first room, or a new one) until Ctrl-C.
-pub async fn run(
+pub(crate) async fn run(
     server: &str,
     n: usize,
     room: Option<&str>,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// Player keys by lobby URL and name.
 #[derive(Debug, Default)]
-pub struct Keys {
+pub(crate) struct Keys {
     path: Option<PathBuf>,
     keys: BTreeMap<String, String>,
 }
@@ -30,7 +30,7 @@ fn entry(server: &str, name: &str) -> String {
 
 impl Keys {
     /// The keys kept in the config directory (none if it has none, or cannot be read).
-    pub fn load() -> Keys {
+    pub(crate) fn load() -> Keys {
         let path = config_dir().map(|d| d.join("keys.json"));
         let keys = path
             .as_ref()
@@ -41,13 +41,13 @@ impl Keys {
     }
 
     /// The key of `name` on the lobby at `server`.
-    pub fn get(&self, server: &str, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, server: &str, name: &str) -> Option<&str> {
         self.keys.get(&entry(server, name)).map(String::as_str)
     }
 
     /// Keeps the key of `name` on `server`, in memory and in the file; says why not if
     /// the file cannot be written.
-    pub fn set(&mut self, server: &str, name: &str, key: &str) -> Result<(), String> {
+    pub(crate) fn set(&mut self, server: &str, name: &str, key: &str) -> Result<(), String> {
         self.keys.insert(entry(server, name), key.to_owned());
         let Some(path) = &self.path else {
             return Err(

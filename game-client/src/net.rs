@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 /// Sends [`NetEvent`]s to the UI.
-pub type Events = mpsc::UnboundedSender<NetEvent>;
+pub(crate) type Events = mpsc::UnboundedSender<NetEvent>;
 
 struct Session {
     room: String,
@@ -63,7 +63,7 @@ impl Outbox {
 
 /// The lobby and play session of one client. Cheap to clone.
 #[derive(Clone)]
-pub struct Net {
+pub(crate) struct Net {
     lobby: LobbyClient,
     events: Events,
     session: Arc<Mutex<Option<Session>>>,
@@ -74,7 +74,7 @@ pub struct Net {
 
 impl Net {
     /// A client of the lobby at `server` that reports to `events`.
-    pub fn new(server: &str, events: Events) -> game_server_less_client::Result<Net> {
+    pub(crate) fn new(server: &str, events: Events) -> game_server_less_client::Result<Net> {
         let (tx, requests) = mpsc::unbounded_channel();
         let net = Net {
             lobby: LobbyClient::new(server)?,
@@ -109,7 +109,7 @@ impl Net {
     }
 
     /// Carries out what the player asked for, as `name`.
-    pub fn dispatch(&self, action: Action, name: &str) {
+    pub(crate) fn dispatch(&self, action: Action, name: &str) {
         match action {
             Action::Refresh
             | Action::CreateRoom
@@ -150,7 +150,7 @@ impl Net {
     }
 
     /// Reloads the room list, and the inventory once the player has a key (or a token).
-    pub async fn refresh(&self, name: &str) {
+    pub(crate) async fn refresh(&self, name: &str) {
         match self.lobby.rooms().await {
             Ok(rooms) => {
                 let _ = self.events.send(NetEvent::Rooms(rooms));
@@ -181,7 +181,7 @@ impl Net {
     }
 
     /// Joins a room and starts playing in it.
-    pub async fn join(&self, room: &str, name: &str) {
+    pub(crate) async fn join(&self, room: &str, name: &str) {
         let key = self.key(name);
         let ticket = match self.lobby.join(room, name, key.as_deref()).await {
             Ok(ticket) => ticket,

@@ -66,7 +66,7 @@ const COMPACT_FROM: u64 = 8 << 20;
 impl Journal {
     /// Opens (or creates) the journal at `path`, reads back what it keeps, and rewrites
     /// it with only that. Returns the journal and the kept messages in lsn order.
-    pub fn open(path: &Path, fsync: bool) -> std::io::Result<(Journal, Vec<Kept>)> {
+    pub(super) fn open(path: &Path, fsync: bool) -> std::io::Result<(Journal, Vec<Kept>)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -93,7 +93,7 @@ impl Journal {
     }
 
     /// Appends a message sent to `destination`; once this returns, it is kept.
-    pub fn publish(
+    pub(super) fn publish(
         &mut self,
         lsn: u64,
         destination: &str,
@@ -115,7 +115,7 @@ impl Journal {
     /// Appends that the messages `lsns` are settled (acked, or their queue deleted).
     /// Losing this record costs only a redelivery, which consumers skip by their own
     /// sequence numbers, so it is not flushed to the disk.
-    pub fn settle(&mut self, lsns: &[u64]) -> std::io::Result<()> {
+    pub(super) fn settle(&mut self, lsns: &[u64]) -> std::io::Result<()> {
         let mut settled = Vec::with_capacity(lsns.len());
         for &lsn in lsns {
             if let Some(len) = self.live.remove(&lsn) {
@@ -140,24 +140,24 @@ impl Journal {
     }
 
     /// Whether messages must wait for a flush to the disk before they count as kept.
-    pub fn group_commit(&self) -> bool {
+    pub(super) fn group_commit(&self) -> bool {
         self.fsync
     }
 
     /// What a flush to the disk now would make durable: a handle on the file, and the
     /// last lsn written to it. Flushing the handle does not need the broker's lock.
-    pub fn to_sync(&self) -> std::io::Result<(File, u64)> {
+    pub(super) fn to_sync(&self) -> std::io::Result<(File, u64)> {
         Ok((self.file.try_clone()?, self.last_lsn))
     }
 
     /// Whether the file has grown to several times what it holds, so that
     /// [`Journal::compact`] is worth its cost.
-    pub fn wants_compaction(&self) -> bool {
+    pub(super) fn wants_compaction(&self) -> bool {
         self.written >= COMPACT_FROM && self.written >= 4 * self.live_bytes.max(1)
     }
 
     /// Rewrites the file with only `kept`: every message not yet settled.
-    pub fn compact<'a>(
+    pub(super) fn compact<'a>(
         &mut self,
         kept: impl Iterator<Item = (u64, &'a String, &'a Vec<(String, String)>, &'a Bytes)>,
     ) -> std::io::Result<()> {

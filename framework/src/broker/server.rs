@@ -36,7 +36,7 @@ impl Broker {
                 Ok((stream, peer)) => {
                     let broker = self.clone();
                     self.tasks.spawn(async move {
-                        session::run(broker, Transport::tcp(stream, limits), Some(peer)).await
+                        session::run(broker, Transport::tcp(stream, limits), Some(peer)).await;
                     });
                 }
                 Err(e) => {

@@ -64,7 +64,7 @@ impl Kill {
         self.notify.notify_one();
     }
 
-    pub fn kick(&self) {
+    pub(super) fn kick(&self) {
         self.kicked.store(true, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
     }
@@ -195,22 +195,22 @@ pub(crate) enum RefusalKind {
 
 impl Refusal {
     /// A refusal of no particular kind.
-    pub fn new(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+    pub(super) fn new(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
         Refusal::of(RefusalKind::Other, message, detail)
     }
 
     /// A bound was reached.
-    pub fn limit(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+    pub(super) fn limit(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
         Refusal::of(RefusalKind::Limit, message, detail)
     }
 
     /// The authorizer said no.
-    pub fn access(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+    pub(super) fn access(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
         Refusal::of(RefusalKind::Access, message, detail)
     }
 
     /// The frame breaks the protocol.
-    pub fn malformed(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+    pub(super) fn malformed(message: impl Into<String>, detail: impl Into<String>) -> Refusal {
         Refusal::of(RefusalKind::Malformed, message, detail)
     }
 
@@ -223,7 +223,7 @@ impl Refusal {
         }
     }
 
-    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Refusal {
+    pub(super) fn with_header(mut self, name: &str, value: impl Into<String>) -> Refusal {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
@@ -232,7 +232,7 @@ impl Refusal {
 type Handled = Result<(), Refusal>;
 
 impl State {
-    pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> State {
+    pub(super) fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> State {
         State {
             journal: None,
             dropped: false,
@@ -250,21 +250,21 @@ impl State {
         }
     }
 
-    pub fn config(&self) -> &BrokerConfig {
+    pub(super) fn config(&self) -> &BrokerConfig {
         &self.config
     }
 
-    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+    pub(super) fn authorizer(&self) -> Arc<dyn Authorizer> {
         self.authorizer.clone()
     }
 
-    pub fn stop_accepting(&mut self) {
+    pub(super) fn stop_accepting(&mut self) {
         self.accepting = false;
     }
 
     /// Applies one frame from a connected session. `Ok` means processed; any RECEIPT is
     /// the caller's to send.
-    pub fn handle(&mut self, id: SessionId, frame: Frame) -> Handled {
+    pub(super) fn handle(&mut self, id: SessionId, frame: Frame) -> Handled {
         self.durability.clear_call();
         if let Some(tx) = frame.header("transaction") {
             if matches!(frame.command, Command::Send | Command::Ack | Command::Nack) {
@@ -300,12 +300,12 @@ impl State {
 
     /// Whether the last frame handled was a SEND dropped by its rate limit (and so gets
     /// no RECEIPT). Reading it clears it.
-    pub fn take_dropped(&mut self) -> bool {
+    pub(super) fn take_dropped(&mut self) -> bool {
         std::mem::take(&mut self.dropped)
     }
 
     /// Queues a frame for a session's writer; a session that cannot take it is closed.
-    pub fn send_to(&mut self, id: SessionId, out: Out) {
+    pub(super) fn send_to(&mut self, id: SessionId, out: Out) {
         if let Some(session) = self.sessions.get(&id) {
             if session.outbox.try_send(out).is_err() {
                 session.kill.slow();
@@ -314,12 +314,12 @@ impl State {
     }
 
     /// What the broker has counted since it started.
-    pub fn stats(&self) -> Stats {
+    pub(super) fn stats(&self) -> Stats {
         self.stats
     }
 
     /// Counts a refusal a session is about to send.
-    pub fn count_refusal(&mut self, refusal: &Refusal) {
+    pub(super) fn count_refusal(&mut self, refusal: &Refusal) {
         let s = &mut self.stats;
         *match refusal.kind {
             RefusalKind::Limit => &mut s.refused_limit,
@@ -330,24 +330,24 @@ impl State {
     }
 
     /// How many subscriptions consume from a queue.
-    pub fn consumer_count(&self, destination: &str) -> usize {
+    pub(super) fn consumer_count(&self, destination: &str) -> usize {
         self.queues
             .get(destination)
             .map_or(0, |q| q.consumers.len())
     }
 
     /// Whether a queue exists.
-    pub fn has_queue(&self, destination: &str) -> bool {
+    pub(super) fn has_queue(&self, destination: &str) -> bool {
         self.queues.contains_key(destination)
     }
 
     /// Number of messages ready in a queue (not counting those delivered and unacked).
-    pub fn queue_depth(&self, destination: &str) -> Option<usize> {
+    pub(super) fn queue_depth(&self, destination: &str) -> Option<usize> {
         self.queues.get(destination).map(|q| q.ready.len())
     }
 
     /// Messages ready in named queues.
-    pub fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.queues
             .iter()
             .filter(|(name, _)| destination::journaled(name))
@@ -356,17 +356,17 @@ impl State {
     }
 
     /// How many sessions are connected.
-    pub fn session_count(&self) -> usize {
+    pub(super) fn session_count(&self) -> usize {
         self.sessions.len()
     }
 
     /// Every live session's kill switch.
-    pub fn kill_switches(&self) -> Vec<Arc<Kill>> {
+    pub(super) fn kill_switches(&self) -> Vec<Arc<Kill>> {
         self.sessions.values().map(|s| s.kill.clone()).collect()
     }
 
     /// The kill switches of the sessions whose principal `which` picks.
-    pub fn sessions_of(&self, which: impl Fn(&Principal) -> bool) -> Vec<Arc<Kill>> {
+    pub(super) fn sessions_of(&self, which: impl Fn(&Principal) -> bool) -> Vec<Arc<Kill>> {
         self.sessions
             .values()
             .filter(|s| which(&s.principal))

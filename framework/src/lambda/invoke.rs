@@ -259,7 +259,7 @@ fn uri_encode(s: &str, slash: bool) -> String {
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
+                out.push(b as char);
             }
             b'/' if !slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),

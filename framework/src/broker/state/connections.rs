@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 impl State {
     /// Adds a connected session, if it fits the broker's connection limits.
-    pub fn add_session(
+    pub(crate) fn add_session(
         &mut self,
         principal: Principal,
         peer: Option<std::net::SocketAddr>,
@@ -87,7 +87,7 @@ impl State {
 
     /// Forgets a session: its unacked messages go back to their queues, in their original
     /// order and marked redelivered, and its topic subscriptions' queues are deleted.
-    pub fn remove_session(&mut self, id: SessionId) {
+    pub(crate) fn remove_session(&mut self, id: SessionId) {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };

@@ -62,13 +62,13 @@ pub(crate) struct SyncSignal {
 
 impl SyncSignal {
     /// There is something to flush.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_one();
     }
 
     /// Waits up to `timeout` for work; returns whether there is some.
-    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+    pub(crate) fn wait(&self, timeout: std::time::Duration) -> bool {
         let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         let (mut dirty, _) = self
             .cv
@@ -98,12 +98,12 @@ impl State {
 
     /// The last lsn the frame just handled wrote to a journal that is not yet on the
     /// disk: its RECEIPT must wait for it ([`State::hold_receipt`]).
-    pub fn take_unsynced(&mut self) -> Option<u64> {
+    pub(crate) fn take_unsynced(&mut self) -> Option<u64> {
         self.durability.unsynced_in_call.take()
     }
 
     /// Sends session `id` its RECEIPT once the journal is on the disk up to `lsn`.
-    pub fn hold_receipt(&mut self, lsn: u64, id: SessionId, receipt: String) {
+    pub(crate) fn hold_receipt(&mut self, lsn: u64, id: SessionId, receipt: String) {
         if self.durability.on_disk(lsn) {
             self.send_to(id, Out::Frame(receipt_frame(receipt)));
         } else {
@@ -112,13 +112,13 @@ impl State {
     }
 
     /// Whether session `id` has receipts waiting for the journal's flush.
-    pub fn holds_receipts_for(&self, id: SessionId) -> bool {
+    pub(crate) fn holds_receipts_for(&self, id: SessionId) -> bool {
         self.durability.receipts.iter().any(|(_, s, _)| *s == id)
     }
 
     /// What a flush to the disk would make durable now (`None` without a group-committed
     /// journal, or when everything written is on the disk already).
-    pub fn to_sync(&self) -> Option<(std::fs::File, u64)> {
+    pub(crate) fn to_sync(&self) -> Option<(std::fs::File, u64)> {
         let journal = self.journal.as_ref().filter(|j| j.group_commit())?;
         match journal.to_sync() {
             Ok((file, lsn)) if lsn > self.durability.synced => Some((file, lsn)),
@@ -131,12 +131,12 @@ impl State {
     }
 
     /// What wakes the group commit's flusher.
-    pub fn durability_signal(&self) -> Arc<SyncSignal> {
+    pub(crate) fn durability_signal(&self) -> Arc<SyncSignal> {
         self.durability.wake.clone()
     }
 
     /// The journal is on the disk up to `lsn`: what waited for it goes out.
-    pub fn synced(&mut self, lsn: u64) {
+    pub(crate) fn synced(&mut self, lsn: u64) {
         self.stats.journal_flushes += 1;
         let d = &mut self.durability;
         d.synced = d.synced.max(lsn);
@@ -199,7 +199,11 @@ impl State {
 
     /// Opens the journal: the messages it kept go back in their queues, marked
     /// redelivered, and later messages are numbered after them. Returns how many.
-    pub fn open_journal(&mut self, path: &std::path::Path, fsync: bool) -> std::io::Result<usize> {
+    pub(crate) fn open_journal(
+        &mut self,
+        path: &std::path::Path,
+        fsync: bool,
+    ) -> std::io::Result<usize> {
         let (journal, kept) = Journal::open(path, fsync)?;
         let n = kept.len();
         for k in kept {
@@ -230,7 +234,7 @@ impl State {
 
     /// Messages in named queues (`/queue/...`), ready or unacked, in queue order: what a
     /// graceful shutdown must keep.
-    pub fn undelivered(&self) -> Vec<Undelivered> {
+    pub(crate) fn undelivered(&self) -> Vec<Undelivered> {
         let mut items: Vec<(String, &Queued)> = Vec::new();
         for (name, queue) in &self.queues {
             if queue.topic.is_none() {

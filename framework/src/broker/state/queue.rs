@@ -68,7 +68,7 @@ impl State {
     /// Publishes a message as if a client had sent it (for in-process producers).
     /// A managed queue must exist unless `create` says the caller may bring it back (the
     /// shutdown spool's restore).
-    pub fn publish_local(
+    pub(crate) fn publish_local(
         &mut self,
         destination: &str,
         headers: Vec<(String, String)>,
@@ -309,7 +309,7 @@ impl State {
     }
 
     /// Creates an empty queue unless it exists.
-    pub fn create_queue(&mut self, destination: &str, single_active: bool) {
+    pub(crate) fn create_queue(&mut self, destination: &str, single_active: bool) {
         self.queues
             .entry(destination.to_owned())
             .or_default()
@@ -317,7 +317,7 @@ impl State {
     }
 
     /// Deletes a queue and every message in it; returns whether it existed.
-    pub fn delete_queue(&mut self, destination: &str) -> bool {
+    pub(crate) fn delete_queue(&mut self, destination: &str) -> bool {
         let Some(queue) = self.queues.remove(destination) else {
             return false;
         };

@@ -14,11 +14,11 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    pub fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         Harness::with_config(BrokerConfig::default())
     }
 
-    pub fn with_config(config: BrokerConfig) -> Harness {
+    pub(super) fn with_config(config: BrokerConfig) -> Harness {
         Harness {
             state: State::new(config, Arc::new(AllowAll)),
             outboxes: HashMap::new(),
@@ -26,18 +26,18 @@ impl Harness {
     }
 
     /// A session that may do anything, taking frames as values.
-    pub fn connect(&mut self, name: &str) -> SessionId {
+    pub(super) fn connect(&mut self, name: &str) -> SessionId {
         self.connect_as(Principal::anyone(name), false)
     }
 
     /// A session of `principal`; `wire` for one that takes MESSAGEs encoded (a socket).
-    pub fn connect_as(&mut self, principal: Principal, wire: bool) -> SessionId {
+    pub(super) fn connect_as(&mut self, principal: Principal, wire: bool) -> SessionId {
         self.try_connect(principal, wire, 64)
             .expect("the session fits")
     }
 
     /// A session with an outbox of `capacity` frames, or the refusal.
-    pub fn try_connect(
+    pub(super) fn try_connect(
         &mut self,
         principal: Principal,
         wire: bool,
@@ -51,7 +51,7 @@ impl Harness {
         Ok(id)
     }
 
-    pub fn send(&mut self, id: SessionId, destination: &str, body: &str) -> Handled {
+    pub(super) fn send(&mut self, id: SessionId, destination: &str, body: &str) -> Handled {
         let frame = Frame::new(Command::Send)
             .with_header("destination", destination)
             .with_body(body.as_bytes().to_vec());
@@ -59,7 +59,7 @@ impl Harness {
     }
 
     /// SENDs each body to `destination`, in order; each must be accepted.
-    pub fn send_all(&mut self, id: SessionId, destination: &str, bodies: &[&str]) {
+    pub(super) fn send_all(&mut self, id: SessionId, destination: &str, bodies: &[&str]) {
         for body in bodies {
             self.send(id, destination, body)
                 .expect("the SEND is accepted");
@@ -67,7 +67,7 @@ impl Harness {
     }
 
     /// SUBSCRIBE with id `sub`, `ack` mode and `prefetch` (0: none).
-    pub fn subscribe(
+    pub(super) fn subscribe(
         &mut self,
         id: SessionId,
         destination: &str,
@@ -83,11 +83,11 @@ impl Harness {
         self.state.handle(id, frame)
     }
 
-    pub fn ack(&mut self, id: SessionId, message: &Frame) -> Handled {
+    pub(super) fn ack(&mut self, id: SessionId, message: &Frame) -> Handled {
         self.ack_frame(id, Command::Ack, message)
     }
 
-    pub fn nack(&mut self, id: SessionId, message: &Frame) -> Handled {
+    pub(super) fn nack(&mut self, id: SessionId, message: &Frame) -> Handled {
         self.ack_frame(id, Command::Nack, message)
     }
 
@@ -98,7 +98,7 @@ impl Harness {
     }
 
     /// Everything in a session's outbox, frames parsed back from wire form.
-    pub fn frames(&mut self, id: SessionId) -> Vec<Frame> {
+    pub(super) fn frames(&mut self, id: SessionId) -> Vec<Frame> {
         let rx = self
             .outboxes
             .get_mut(&id)
@@ -118,7 +118,7 @@ impl Harness {
     }
 
     /// The MESSAGE frames in a session's outbox.
-    pub fn messages(&mut self, id: SessionId) -> Vec<Frame> {
+    pub(super) fn messages(&mut self, id: SessionId) -> Vec<Frame> {
         let frames = self.frames(id);
         assert!(
             frames.iter().all(|f| f.command == Command::Message),
@@ -128,7 +128,7 @@ impl Harness {
     }
 
     /// The bodies of the MESSAGE frames in a session's outbox.
-    pub fn bodies(&mut self, id: SessionId) -> Vec<String> {
+    pub(super) fn bodies(&mut self, id: SessionId) -> Vec<String> {
         self.messages(id)
             .iter()
             .map(|f| String::from_utf8_lossy(&f.body).into_owned())

@@ -347,7 +347,7 @@ impl Broker {
             match server::restore_spool(&broker, &path) {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!("restored {n} undelivered messages from {}", path.display())
+                    tracing::info!("restored {n} undelivered messages from {}", path.display());
                 }
                 Err(e) => tracing::error!("cannot restore the spool {}: {e}", path.display()),
             }
