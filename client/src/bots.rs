@@ -252,16 +252,18 @@ impl BotArgs {
 }
 
 /// Whether the command line asks for the `--bot N` mode (spelt `--bot N` or `--bot=N`,
-/// before any `--`), for a game's `main` to choose between its server and [`main`],
+/// before any `--`), for a game's `main` to choose between its server and [`run_from_args`],
 /// which then parses the whole command line as [`BotArgs`].
 ///
 /// ```no_run
-/// # async fn demo() -> game_server_less::Result<()> {
-/// # let (lobby, msg) = (game_server_less::Lobby::new(), game_server_less::Msg::new(|| 0));
-/// if game_server_less::bots::wanted() {
-///     game_server_less::bots::main(|dice: u64| serde_json::json!({ "type": "add", "by": dice % 3 })).await?;
+/// # async fn serve() -> game_server_less_client::Result<()> { Ok(()) }
+/// # async fn demo() -> game_server_less_client::Result<()> {
+/// use game_server_less_client::bots;
+///
+/// if bots::wanted() {
+///     bots::run_from_args(|dice: u64| serde_json::json!({ "type": "add", "by": dice % 3 })).await?;
 /// } else {
-///     game_server_less::run(lobby, msg).await?;
+///     serve().await?; // the game's server: game_server_less::run(lobby, msg)
 /// }
 /// # Ok(()) }
 /// ```
@@ -277,7 +279,7 @@ fn asks_for_bots(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
 
 /// A game's `--bot N` mode: parses [`BotArgs`] from the command line, runs the bots, and
 /// with `--for` checks that every bot is online, sent inputs and heard the room.
-pub async fn main<I, F>(input: F) -> Result<Summary>
+pub async fn run_from_args<I, F>(input: F) -> Result<Summary>
 where
     I: Serialize + 'static,
     F: Fn(u64) -> I + Send + Sync + 'static,

@@ -1,6 +1,7 @@
 //! The types both the server and its clients use: what the lobby answers (a room's view,
-//! a join ticket, an inventory), and the envelope of every message a room sends. No
-//! behaviour, no dependencies but serde.
+//! a join ticket, an inventory), and the envelope of every message a room sends. Data
+//! and the few rules both sides need (a valid name, a first input number); with the
+//! `openapi` feature, their schemas for the lobby's `/openapi.json`.
 //!
 //! A game defines its own messages as serde enums tagged by `type`; [`Envelope`] wraps
 //! them with the room's numbering and the framework's own messages:

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::stomp::Limits;
+use crate::stomp::{HeartBeat, Limits};
 
 /// Who a connection is, as its [`Authorizer`] decided at CONNECT. The broker stamps
 /// `name` on every message the connection sends, as the `user-id` header.
@@ -202,8 +202,8 @@ impl Authorizer for AllowAll {
 pub struct BrokerConfig {
     /// Limits on incoming frames.
     pub limits: Limits,
-    /// Heart-beats the broker offers `(send every ms, expect every ms)`.
-    pub heartbeat: (u64, u64),
+    /// The heart-beats the broker offers.
+    pub heartbeat: HeartBeat,
     /// How long a new connection has to send CONNECT.
     pub connect_timeout: Duration,
     /// Frames queued for one connection before it counts as too slow and is closed. A
@@ -262,7 +262,7 @@ impl Default for BrokerConfig {
     fn default() -> BrokerConfig {
         BrokerConfig {
             limits: Limits::default(),
-            heartbeat: (10_000, 10_000),
+            heartbeat: HeartBeat::every(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(10),
             outbox_capacity: 4096,
             max_queue_len: 100_000,

@@ -130,9 +130,8 @@ impl Config {
 
     /// The embedded broker's settings.
     pub fn broker_config(&self) -> BrokerConfig {
-        let ms = self.heartbeat.as_millis() as u64;
         BrokerConfig {
-            heartbeat: (ms, ms),
+            heartbeat: crate::stomp::HeartBeat::every(self.heartbeat),
             journal: Some(self.data_dir.join("broker.journal")),
             journal_fsync: self.fsync,
             ..BrokerConfig::default()
@@ -280,12 +279,12 @@ pub struct Args {
     pub log: String,
     /// Something to do instead of serving.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Subcommand>,
 }
 
 /// What the binary can do besides serving.
 #[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
+pub enum Subcommand {
     /// Writes an AWS SAM template (template.yaml) that deploys this server to AWS Lambda:
     /// the lobby behind an HTTP API and the room workers, with a published version and a
     /// `live` alias. Build first: cargo lambda build --release --arm64 --features lambda

@@ -3,7 +3,7 @@
 //!
 //! - **HTTP** (API Gateway, REST or HTTP API): the lobby, the same axum router as
 //!   cluster mode, through `lambda_http`.
-//! - **`{"gsl_room": ID}`**: a room worker, "the recurring lambda". It runs the room
+//! - **`{"gsl_room": ID}`**: a room worker, a chain of invocations. It runs the room
 //!   from its checkpoint, on RabbitMQ like a worker process, for one lease (until shortly
 //!   before its deadline, or `GSL_LAMBDA_LEASE_SECS`); then it checkpoints, acks, leaves
 //!   the inbox and invokes the next worker of the room asynchronously. Nothing is lost
@@ -44,7 +44,7 @@ use crate::worker::{Launcher, WorkerEnv};
 use crate::{Error, Result};
 use axum::Router;
 use clap::Parser;
-use invoke::{Invoker, Target};
+use invoke::{FunctionVersion, Invoker};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,11 +63,6 @@ const STANDBY_FOR: Duration = Duration::from_secs(20);
 /// How often a worker checks that its chain is still the room's current one.
 const CHAIN_CHECK: Duration = Duration::from_secs(2);
 
-/// Whether this process was started by the Lambda runtime.
-pub fn on_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
-}
-
 /// Serves Lambda events until the runtime stops the process. Configuration comes from
 /// the environment, as on the command line (`GSL_BROKER`, `GSL_STORE`, `GSL_SECRET`,
 /// ...), plus the `GSL_LAMBDA_*` and `GSL_WORKER_FUNCTION` variables above.
@@ -79,7 +74,7 @@ where
     let args = Args::try_parse_from(std::env::args_os().take(1))
         .map_err(|e| Error::Invalid(format!("bad GSL_* environment: {e}")))?;
     init_logging(&args.log);
-    let app = App::start(args.config(), lobby, msg).await?;
+    let app = Function::start(args.config(), lobby, msg).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
             let app = app.clone();
@@ -91,14 +86,14 @@ where
 }
 
 /// One function's state, kept between invocations of a warm instance.
-struct App<S> {
+struct Function<S> {
     config: Config,
     store: Store,
     admin: Arc<RabbitAdmin>,
     rabbit: RabbitConfig,
     invoker: Invoker,
     /// This function and version.
-    me: Target,
+    me: FunctionVersion,
     launcher: Arc<LambdaLauncher>,
     router: Router,
     msg: Msg<S>,
@@ -106,9 +101,9 @@ struct App<S> {
     empty_for: Duration,
 }
 
-impl<S> Clone for App<S> {
+impl<S> Clone for Function<S> {
     fn clone(&self) -> Self {
-        App {
+        Function {
             config: self.config.clone(),
             store: self.store.clone(),
             admin: self.admin.clone(),
@@ -138,11 +133,11 @@ fn env_secs(key: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
-impl<S> App<S>
+impl<S> Function<S>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
-    async fn start(config: Config, lobby: Lobby, msg: Msg<S>) -> Result<App<S>> {
+    async fn start(config: Config, lobby: Lobby, msg: Msg<S>) -> Result<Function<S>> {
         let url = config.broker.clone().ok_or_else(|| {
             Error::Invalid(
                 "on Lambda, GSL_BROKER must name the RabbitMQ (amqp://USER:PASSWORD@HOST, with its stomp and management plugins)".into(),
@@ -157,7 +152,7 @@ where
         let signer = Signer::new(config.token_secret()?);
         let rabbit = RabbitConfig::parse(&url)?;
         let admin = Arc::new(RabbitAdmin::connect(rabbit.clone()).await?);
-        let me = Target {
+        let me = FunctionVersion {
             // Lambda always names the function; `cargo lambda watch` may not, and names
             // functions by their binary.
             function: env_var("AWS_LAMBDA_FUNCTION_NAME")
@@ -167,7 +162,7 @@ where
         };
         let invoker = Invoker::from_env();
         let new_rooms = env_var("GSL_WORKER_FUNCTION")
-            .map(|t| Target::parse(&t))
+            .map(|t| FunctionVersion::parse(&t))
             .unwrap_or_else(|| me.clone());
         let launcher = Arc::new(LambdaLauncher {
             store: store.clone(),
@@ -185,7 +180,7 @@ where
             launcher.clone(),
         );
         tracing::info!(function = %me, "ready on Lambda");
-        Ok(App {
+        Ok(Function {
             config,
             store,
             admin,
@@ -301,7 +296,7 @@ where
         };
         if pinned != me {
             // The room started on other code: it keeps it.
-            let target = Target::parse(&pinned);
+            let target = FunctionVersion::parse(&pinned);
             self.invoke(&target, room, chain).await?;
             tracing::info!(room, %target, "room pinned to another version: handed to it");
             let answer = json!({ "room": room, "outcome": "redirected", "to": pinned });
@@ -369,7 +364,7 @@ where
         }
     }
 
-    async fn invoke(&self, target: &Target, room: &str, chain: i64) -> Result<()> {
+    async fn invoke(&self, target: &FunctionVersion, room: &str, chain: i64) -> Result<()> {
         self.invoker
             .invoke_event(target, &json!({ "gsl_room": room, "gsl_chain": chain }))
             .await
@@ -409,7 +404,7 @@ struct LambdaLauncher {
     store: Store,
     admin: Arc<RabbitAdmin>,
     invoker: Invoker,
-    new_rooms: Target,
+    new_rooms: FunctionVersion,
     pending: Mutex<Vec<JoinHandle<bool>>>,
 }
 
@@ -446,7 +441,7 @@ impl Launcher for LambdaLauncher {
             let (target, chain) = match found.await {
                 Ok((_, None)) => return false, // the room is gone
                 Ok((target, Some(chain))) => (
-                    target.map_or(new_rooms, |pinned| Target::parse(&pinned)),
+                    target.map_or(new_rooms, |pinned| FunctionVersion::parse(&pinned)),
                     chain,
                 ),
                 Err(e) => {

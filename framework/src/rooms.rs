@@ -416,7 +416,8 @@ impl Rooms {
         self.remove(&member.room, &member.player).await
     }
 
-    /// Removes `player` from `room` for whoever may manage it (see [`Rooms::may_manage`]).
+    /// Removes `player` from `room`. It checks no rights: the caller does, as the lobby
+    /// does with [`Rooms::may_manage`] (the room's owner token or the operator secret).
     pub async fn kick(&self, room: &str, player: &str) -> Result<()> {
         self.record(room).await?;
         self.remove(room, player).await

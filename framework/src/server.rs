@@ -17,7 +17,7 @@ use crate::admin::{EmbeddedAdmin, Endpoints};
 use crate::auth::Joins;
 use crate::auth::{GameAuthorizer, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
-use crate::config::{Args, Command, Config, Role};
+use crate::config::{Args, Config, Role, Subcommand};
 use crate::http::{harden, HttpLimits};
 use crate::lobby::{rabbitmq_auth_router, Lobby};
 use crate::msg::Msg;
@@ -401,7 +401,7 @@ where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     let args = Args::parse();
-    if let Some(Command::New { name, dir }) = &args.command {
+    if let Some(Subcommand::New { name, dir }) = &args.command {
         let started = std::time::Instant::now();
         let dir = dir
             .clone()
@@ -420,7 +420,7 @@ where
     }
     // The framework serves every game: it names the one it runs by its program's name.
     let program = crate::config::program();
-    if let Some(Command::Package { out, code }) = &args.command {
+    if let Some(Subcommand::Package { out, code }) = &args.command {
         let code = crate::config::lambda_code(code.as_deref(), program.as_deref())?;
         let code = std::path::absolute(code)?;
         let path = crate::package::write(out, &code)?;

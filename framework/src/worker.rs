@@ -1,9 +1,9 @@
-//! Room workers, "the lambda": the only consumer of a room's inbox, applying its inputs
-//! in order. [`core`] is the worker without I/O; [`subscribed`] runs it as a STOMP
+//! Room workers: the only consumer of a room's inbox, applying its inputs in order.
+//! [`room_worker`] is the worker without I/O; [`subscribed`] runs it as a STOMP
 //! consumer; a [`Launcher`] decides where the worker of a new room runs.
 
-pub mod core;
 pub mod discovery;
+pub mod room_worker;
 mod saver;
 pub mod subscribed;
 
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
-pub use self::core::{Control, InboxMessage, RoomWorker};
+pub use self::room_worker::{Control, InboxMessage, RoomWorker};
 pub use self::subscribed::{Timings, WorkerEnv};
 
 /// Starts the worker of a room that was created or must be resumed.

@@ -4,6 +4,7 @@ use futures_util::StreamExt;
 use game_server_less::broker::LocalBroker;
 use game_server_less::broker::{Broker, BrokerConfig};
 use game_server_less::stomp::Error;
+use game_server_less::stomp::HeartBeat;
 use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -414,7 +415,7 @@ async fn transactions_deliver_at_commit_and_discard_at_abort() {
 #[tokio::test]
 async fn broker_closes_a_connection_whose_heartbeats_stop() {
     let server = start(BrokerConfig {
-        heartbeat: (100, 100),
+        heartbeat: HeartBeat::every(Duration::from_millis(100)),
         ..BrokerConfig::default()
     })
     .await;
@@ -440,12 +441,12 @@ async fn broker_closes_a_connection_whose_heartbeats_stop() {
 #[tokio::test]
 async fn a_client_with_heartbeats_stays_connected_while_idle() {
     let server = start(BrokerConfig {
-        heartbeat: (100, 100),
+        heartbeat: HeartBeat::every(Duration::from_millis(100)),
         ..BrokerConfig::default()
     })
     .await;
     let options = ConnectOptions {
-        heartbeat: (100, 100),
+        heartbeat: HeartBeat::every(Duration::from_millis(100)),
         ..ConnectOptions::default()
     };
     for url in server.urls() {
@@ -471,7 +472,7 @@ async fn client_detects_a_server_that_stops_heartbeating() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let options = ConnectOptions {
-        heartbeat: (100, 100),
+        heartbeat: HeartBeat::every(Duration::from_millis(100)),
         ..ConnectOptions::default()
     };
     let c = Client::connect(&format!("tcp://{addr}"), options)
@@ -931,7 +932,7 @@ async fn queued_bytes_and_transaction_bytes_are_bounded() {
 async fn dropping_slow_readers_does_not_stall_a_bystander() {
     let server = start(BrokerConfig {
         outbox_capacity: 512,
-        heartbeat: (0, 0),
+        heartbeat: HeartBeat::NONE,
         ..BrokerConfig::default()
     })
     .await;

@@ -61,8 +61,8 @@ async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Re
     let mut app = App::new(&args.server, args.name.as_deref());
     if args.name.is_some() {
         match &args.room {
-            Some(room) => net.dispatch(Action::Join(room.clone()), &app.name),
-            None => net.dispatch(Action::Refresh, &app.name),
+            Some(room) => net.request(Action::Join(room.clone()), &app.name),
+            None => net.request(Action::Refresh, &app.name),
         }
     }
     let mut keys = EventStream::new();
@@ -76,7 +76,7 @@ async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Re
             key = keys.next() => match key {
                 Some(Ok(Event::Key(key))) => {
                     if let Some(action) = app.on_key(key) {
-                        net.dispatch(action, &app.name);
+                        net.request(action, &app.name);
                     }
                 }
                 Some(Ok(_)) => {} // resize and the like: the next draw fits the new size
@@ -85,21 +85,21 @@ async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Re
             },
             Some(event) = events.recv() => {
                 if let Some(action) = app.on_net(event) {
-                    net.dispatch(action, &app.name);
+                    net.request(action, &app.name);
                 }
                 // Apply whatever else has arrived before drawing again.
                 while let Ok(event) = events.try_recv() {
                     if let Some(action) = app.on_net(event) {
-                        net.dispatch(action, &app.name);
+                        net.request(action, &app.name);
                     }
                 }
             }
             _ = lobby_refresh.tick(), if app.screen == app::Screen::Lobby => {
-                net.dispatch(Action::Refresh, &app.name);
+                net.request(Action::Refresh, &app.name);
             }
             _ = frame.tick() => {}
         }
     }
-    net.dispatch(Action::Quit, &app.name);
+    net.request(Action::Quit, &app.name);
     Ok(())
 }

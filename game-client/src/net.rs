@@ -109,7 +109,7 @@ impl Net {
     }
 
     /// Carries out what the player asked for, as `name`.
-    pub(crate) fn dispatch(&self, action: Action, name: &str) {
+    pub(crate) fn request(&self, action: Action, name: &str) {
         match action {
             Action::Refresh
             | Action::CreateRoom
@@ -240,7 +240,7 @@ async fn connect(
     ticket: &Ticket,
 ) -> game_server_less_client::stomp::Result<(Client, Subscription, Subscription)> {
     let options = ConnectOptions {
-        heartbeat: (2000, 2000),
+        heartbeat: game_server_less_client::stomp::HeartBeat::every(Duration::from_secs(2)),
         timeout: Duration::from_secs(5),
         ..ConnectOptions::login(ticket.login.clone(), ticket.token.clone())
     };

@@ -73,8 +73,8 @@ pub struct ConnectOptions {
     pub passcode: Option<String>,
     /// The virtual host (the CONNECT `host` header); `/` is what RabbitMQ expects.
     pub host: String,
-    /// Heart-beats `(send every ms, expect every ms)`; `0` turns a direction off.
-    pub heartbeat: (u64, u64),
+    /// The heart-beats this client offers.
+    pub heartbeat: HeartBeat,
     /// Limits on frames received.
     pub limits: Limits,
     /// How long to wait for CONNECTED, receipts and the like.
@@ -87,7 +87,7 @@ impl Default for ConnectOptions {
             login: None,
             passcode: None,
             host: "/".into(),
-            heartbeat: (10_000, 10_000),
+            heartbeat: HeartBeat::every(Duration::from_secs(10)),
             // A broker adds headers (subscription, message-id, ack, …) to what it relays,
             // so a client accepts a little more than a broker takes from clients.
             limits: Limits {
@@ -213,10 +213,7 @@ impl Client {
         let mut connect = Frame::new(Command::Connect)
             .with_header("accept-version", "1.2")
             .with_header("host", options.host.clone())
-            .with_header(
-                "heart-beat",
-                format!("{},{}", options.heartbeat.0, options.heartbeat.1),
-            );
+            .with_header("heart-beat", options.heartbeat.header());
         if let Some(login) = &options.login {
             connect = connect.with_header("login", login.clone());
         }
@@ -244,10 +241,8 @@ impl Client {
             other => return Err(Error::Protocol(format!("expected CONNECTED, got {other}"))),
         }
 
-        let (sx, sy) = parse_heartbeat(connected.header("heart-beat").unwrap_or("0,0"));
-        let (cx, cy) = options.heartbeat;
-        let send_every = (cx != 0 && sy != 0).then(|| Duration::from_millis(cx.max(sy)));
-        let expect_every = (sx != 0 && cy != 0).then(|| Duration::from_millis(sx.max(cy)));
+        let server = HeartBeat::parse(connected.header("heart-beat").unwrap_or("0,0"));
+        let (send_every, expect_every) = options.heartbeat.negotiate(server);
 
         let (writer, writer_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let inner = Arc::new(Inner {
@@ -435,12 +430,56 @@ fn ack_frame(command: Command, message: &Message) -> Result<Frame> {
     Ok(frame)
 }
 
-/// Parses a `heart-beat` header, `"x,y"`; anything else counts as no heart-beats.
-pub fn parse_heartbeat(value: &str) -> (u64, u64) {
-    let mut parts = value.split(',').map(|p| p.trim().parse::<u64>());
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(Ok(x)), Some(Ok(y)), None) => (x, y),
-        _ => (0, 0),
+/// What one side of a connection says of heart-beats (its `heart-beat` header): how
+/// often it can send one, and how often it wants one. Zero is "never".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeartBeat {
+    /// The shortest interval at which this side can send heart-beats.
+    pub send: Duration,
+    /// The interval at which this side wants to receive them.
+    pub expect: Duration,
+}
+
+impl HeartBeat {
+    /// No heart-beats either way.
+    pub const NONE: HeartBeat = HeartBeat {
+        send: Duration::ZERO,
+        expect: Duration::ZERO,
+    };
+
+    /// Heart-beats every `interval`, both ways.
+    pub fn every(interval: Duration) -> HeartBeat {
+        HeartBeat {
+            send: interval,
+            expect: interval,
+        }
+    }
+
+    /// Parses a `heart-beat` header, `"x,y"` in milliseconds; anything else is none.
+    pub fn parse(value: &str) -> HeartBeat {
+        let mut parts = value.split(',').map(|p| p.trim().parse::<u64>());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(x)), Some(Ok(y)), None) => HeartBeat {
+                send: Duration::from_millis(x),
+                expect: Duration::from_millis(y),
+            },
+            _ => HeartBeat::NONE,
+        }
+    }
+
+    /// The `heart-beat` header that says it.
+    pub fn header(&self) -> String {
+        format!("{},{}", self.send.as_millis(), self.expect.as_millis())
+    }
+
+    /// What this side and its `peer` agree on (STOMP 1.2): how often this side sends
+    /// heart-beats, and how often it hears one at the least; `None` where either side
+    /// said zero. Each is the larger of what one side can send and the other wants.
+    pub fn negotiate(self, peer: HeartBeat) -> (Option<Duration>, Option<Duration>) {
+        let agree = |send: Duration, expect: Duration| {
+            (!send.is_zero() && !expect.is_zero()).then(|| send.max(expect))
+        };
+        (agree(self.send, peer.expect), agree(peer.send, self.expect))
     }
 }
 
@@ -611,9 +650,36 @@ mod tests {
 
     #[test]
     fn heartbeat_header_parsing() {
-        assert_eq!(parse_heartbeat("100,200"), (100, 200));
-        assert_eq!(parse_heartbeat(" 0 , 5 "), (0, 5));
-        assert_eq!(parse_heartbeat("x,1"), (0, 0));
-        assert_eq!(parse_heartbeat("1,2,3"), (0, 0));
+        let ms = Duration::from_millis;
+        let hb = |send, expect| HeartBeat {
+            send: ms(send),
+            expect: ms(expect),
+        };
+        assert_eq!(HeartBeat::parse("100,200"), hb(100, 200));
+        assert_eq!(HeartBeat::parse(" 0 , 5 "), hb(0, 5));
+        assert_eq!(HeartBeat::parse("x,1"), HeartBeat::NONE);
+        assert_eq!(HeartBeat::parse("1,2,3"), HeartBeat::NONE);
+        assert_eq!(hb(100, 200).header(), "100,200");
+    }
+
+    #[test]
+    fn heartbeats_agree_on_the_larger_interval_and_zero_turns_a_direction_off() {
+        let ms = Duration::from_millis;
+        let me = HeartBeat {
+            send: ms(100),
+            expect: ms(500),
+        };
+        let peer = HeartBeat {
+            send: ms(1000),
+            expect: ms(50),
+        };
+        assert_eq!(me.negotiate(peer), (Some(ms(100)), Some(ms(1000))));
+        assert_eq!(peer.negotiate(me), (Some(ms(1000)), Some(ms(100))));
+        let deaf = HeartBeat {
+            send: ms(100),
+            expect: Duration::ZERO,
+        };
+        assert_eq!(me.negotiate(deaf), (None, Some(ms(500))));
+        assert_eq!(me.negotiate(HeartBeat::NONE), (None, None));
     }
 }

@@ -7,7 +7,7 @@
 //! - [`Client`]: CONNECT, awaited receipts, a stream per subscription, heart-beats.
 //!
 //! A server needs a few more pieces, which a broker builds on: [`write_loop`] (a
-//! connection's writer task), [`Outbound`], [`parse_heartbeat`], the WebSocket adapters
+//! connection's writer task), [`Outbound`], [`HeartBeat`], the WebSocket adapters
 //! [`WsIn`] and [`WsOut`], and [`encode_message_head`]/[`encode_message_tail`] (a
 //! MESSAGE encoded once for many subscribers).
 //!
@@ -53,7 +53,7 @@ mod frame;
 mod transport;
 
 pub use client::{
-    parse_heartbeat, AckMode, Client, ConnectOptions, Message, SubscribeOptions, Subscription,
+    AckMode, Client, ConnectOptions, HeartBeat, Message, SubscribeOptions, Subscription,
 };
 pub use error::{Error, Result};
 pub use frame::{

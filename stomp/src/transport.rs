@@ -1,5 +1,7 @@
-//! The only STOMP code that touches sockets: frames over TCP (a tokio-util codec) and over
-//! WebSocket (frames carried in WS messages, text or binary), behind one [`Transport`].
+//! The client side's sockets, and the codec on any stream: frames over TCP (a tokio-util
+//! codec) and over WebSocket (frames carried in WS messages, text or binary), behind one
+//! [`Transport`]. A server accepts its own connections and wraps them
+//! ([`Transport::tcp`], [`Transport::websocket`]).
 
 use super::frame::{parse, Frame, Limits, Parsed};
 use crate::{Error, Result};

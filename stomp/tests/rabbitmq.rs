@@ -160,7 +160,7 @@ async fn errors_and_refusals_are_reported() {
 async fn heartbeats_keep_an_idle_connection_open() {
     for url in urls() {
         let options = ConnectOptions {
-            heartbeat: (1000, 1000),
+            heartbeat: stomp::HeartBeat::every(Duration::from_secs(1)),
             ..ConnectOptions::login("guest", "guest")
         };
         let client = Client::connect(&url, options).await.unwrap();

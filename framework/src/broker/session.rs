@@ -2,11 +2,9 @@
 //! frames (each handed to the broker's [`State`] under its lock), then closing, with an
 //! ERROR frame that says why when there is someone to say it to.
 
-use super::state::{Kill, Out, Refusal, SessionId, State};
+use super::state::{Kill, Outbound, Refusal, SessionId, State};
 use super::{Broker, BrokerConfig, Principal};
-use crate::stomp::{
-    parse_heartbeat, write_loop, Command, Frame, Item, ItemSink, ItemStream, Transport,
-};
+use crate::stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,8 +69,8 @@ impl Ending {
 struct Accepted {
     principal: Principal,
     version: &'static str,
-    /// The heart-beats the client offered: how often it sends, how often it wants some.
-    client_heartbeat: (u64, u64),
+    /// The heart-beats the client offered.
+    client_heartbeat: HeartBeat,
 }
 
 /// Serves one connection until it closes.
@@ -90,10 +88,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         }
         Err(_) => return,
     };
-    let (cx, cy) = accepted.client_heartbeat;
-    let (sx, sy) = config.heartbeat;
-    let send_every = (sx != 0 && cy != 0).then(|| Duration::from_millis(sx.max(cy)));
-    let expect_every = (cx != 0 && sy != 0).then(|| Duration::from_millis(cx.max(sy)));
+    let (send_every, expect_every) = config.heartbeat.negotiate(accepted.client_heartbeat);
 
     let (tx, rx) = mpsc::channel(config.outbox_capacity);
     let kill = Arc::new(Kill::default());
@@ -108,7 +103,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
         .with_header("version", accepted.version)
         .with_header("server", config.server_name.clone())
         .with_header("session", format!("session-{id}"))
-        .with_header("heart-beat", format!("{sx},{sy}"));
+        .with_header("heart-beat", config.heartbeat.header());
     if outgoing.send(Item::Frame(connected)).await.is_err() {
         broker.lock().remove_session(id);
         return;
@@ -190,7 +185,7 @@ fn negotiate(
     Ok(Accepted {
         principal,
         version,
-        client_heartbeat: parse_heartbeat(frame.header("heart-beat").unwrap_or("0,0")),
+        client_heartbeat: HeartBeat::parse(frame.header("heart-beat").unwrap_or("0,0")),
     })
 }
 
@@ -327,12 +322,12 @@ fn handle(state: &mut State, id: SessionId, frame: Frame) -> Option<Ending> {
         (Some(receipt), Some(lsn)) => state.hold_receipt(lsn, id, receipt),
         (Some(receipt), None) => {
             let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-            state.send_to(id, Out::Frame(frame));
+            state.send_to(id, Outbound::Frame(frame));
         }
         (None, _) => {}
     }
     if disconnect {
-        state.send_to(id, Out::Close);
+        state.send_to(id, Outbound::Close);
         return Some(Ending::Disconnected);
     }
     None
@@ -424,8 +419,8 @@ async fn close(
                 "closing a connection: {}",
                 refusal.message
             );
-            state.send_to(id, Out::Frame(refusal.into_frame(receipt.as_deref())));
-            state.send_to(id, Out::Close);
+            state.send_to(id, Outbound::Frame(refusal.into_frame(receipt.as_deref())));
+            state.send_to(id, Outbound::Close);
         }
         state.remove_session(id);
     }
@@ -439,7 +434,7 @@ async fn close(
 /// A connection's writer task. It hands its queue back when it ends, so that a slow
 /// reader's backlog is freed off the runtime's threads.
 struct Writer {
-    task: JoinHandle<mpsc::Receiver<Out>>,
+    task: JoinHandle<mpsc::Receiver<Outbound>>,
     stop: Arc<Notify>,
 }
 
@@ -447,7 +442,7 @@ impl Writer {
     /// Writes what the session's outbox receives, with heart-beats every `heartbeat`.
     fn spawn(
         outgoing: ItemSink,
-        mut rx: mpsc::Receiver<Out>,
+        mut rx: mpsc::Receiver<Outbound>,
         heartbeat: Option<Duration>,
     ) -> Writer {
         let stop = Arc::new(Notify::new());

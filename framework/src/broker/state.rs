@@ -11,7 +11,7 @@
 //! - [`destination`]: what a destination name is, and who may create it;
 //! - [`connections`]: sessions coming and going, and their limits;
 //! - [`rate`]: each session's token bucket for SENDs to queues;
-//! - [`queue`]: SEND and publish, delivery to consumers (`dispatch`), requeueing;
+//! - [`queue`]: SEND and publish, delivery to consumers (`deliver_ready`), requeueing;
 //! - [`subscription`]: SUBSCRIBE and UNSUBSCRIBE;
 //! - [`ack`]: ACK and NACK, cumulative and individual;
 //! - [`transaction`]: BEGIN, COMMIT, ABORT and the frames buffered in between;
@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, Notify};
 /// A session id, unique within a broker's life.
 pub(crate) type SessionId = u64;
 
-pub(crate) use crate::stomp::Outbound as Out;
+pub(crate) use crate::stomp::Outbound;
 
 /// The broker's maps, looked up several times for every delivery: foldhash, seeded at
 /// random per process, instead of SipHash, which took 2-3% of the server's CPU at 1,000
@@ -135,7 +135,7 @@ struct Unacked {
 struct Session {
     bucket: Option<Bucket>,
     peer: Option<std::net::IpAddr>,
-    outbox: mpsc::Sender<Out>,
+    outbox: mpsc::Sender<Outbound>,
     kill: Arc<Kill>,
     principal: Principal,
     subscriptions: HashMap<String, Subscription>,
@@ -305,7 +305,7 @@ impl State {
     }
 
     /// Queues a frame for a session's writer; a session that cannot take it is closed.
-    pub(super) fn send_to(&mut self, id: SessionId, out: Out) {
+    pub(super) fn send_to(&mut self, id: SessionId, out: Outbound) {
         if let Some(session) = self.sessions.get(&id) {
             if session.outbox.try_send(out).is_err() {
                 session.kill.slow();

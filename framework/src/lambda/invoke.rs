@@ -11,16 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A function and the version or alias to run (`name:qualifier`, as AWS writes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct FunctionVersion {
     /// The function's name (or ARN).
     pub function: String,
     /// A version number or an alias; `None` for `$LATEST`.
     pub qualifier: Option<String>,
 }
 
-impl Target {
+impl FunctionVersion {
     /// Parses `name`, `name:qualifier` or a function ARN with or without a qualifier.
-    pub fn parse(s: &str) -> Target {
+    pub fn parse(s: &str) -> FunctionVersion {
         // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
         let parts: Vec<&str> = s.split(':').collect();
         let (function, qualifier) = if s.starts_with("arn:") {
@@ -34,14 +34,14 @@ impl Target {
                 None => (s.to_owned(), None),
             }
         };
-        Target {
+        FunctionVersion {
             function,
             qualifier: qualifier.filter(|q| !q.is_empty() && q != "$LATEST"),
         }
     }
 }
 
-impl fmt::Display for Target {
+impl fmt::Display for FunctionVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.qualifier {
             Some(q) => write!(f, "{}:{q}", self.function),
@@ -113,7 +113,11 @@ impl Invoker {
     /// Queues an invocation of `target` with `payload`. Returns once Lambda has
     /// accepted it (or, from an emulator that runs invocations synchronously, once it
     /// has had a few seconds: it still runs it).
-    pub async fn invoke_event(&self, target: &Target, payload: &serde_json::Value) -> Result<()> {
+    pub async fn invoke_event(
+        &self,
+        target: &FunctionVersion,
+        payload: &serde_json::Value,
+    ) -> Result<()> {
         let body = serde_json::to_vec(payload).map_err(|e| Error::Protocol(e.to_string()))?;
         let path = format!(
             "/2015-03-31/functions/{}/invocations",
@@ -355,16 +359,16 @@ mod tests {
         assert_eq!(amz_date(t), "20000229T000000Z");
 
         assert_eq!(
-            Target::parse("worker:live"),
-            Target {
+            FunctionVersion::parse("worker:live"),
+            FunctionVersion {
                 function: "worker".into(),
                 qualifier: Some("live".into())
             }
         );
-        assert_eq!(Target::parse("worker").qualifier, None);
-        assert_eq!(Target::parse("worker:$LATEST").qualifier, None);
+        assert_eq!(FunctionVersion::parse("worker").qualifier, None);
+        assert_eq!(FunctionVersion::parse("worker:$LATEST").qualifier, None);
         let arn = "arn:aws:lambda:eu-west-1:123456789012:function:worker:7";
-        let t = Target::parse(arn);
+        let t = FunctionVersion::parse(arn);
         assert_eq!(
             t.function,
             "arn:aws:lambda:eu-west-1:123456789012:function:worker"

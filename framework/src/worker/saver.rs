@@ -2,7 +2,7 @@
 //! while the room goes on applying inputs, one save at a time; only once the store has
 //! it are the inputs it holds acked, so a worker that dies before replays them.
 
-use super::core::RoomWorker;
+use super::room_worker::RoomWorker;
 use crate::stomp::{Client, Message};
 use crate::store::{Checkpoint, Store};
 use crate::{Error, Result};

@@ -12,14 +12,16 @@
 //! A room nobody is in hibernates: it sends itself no ticks, so it has nothing to
 //! publish or save, and no timer but the idle one runs.
 
-use super::core::{InboxMessage, RoomWorker};
+use super::room_worker::{InboxMessage, RoomWorker};
 use super::saver::{saving, Saver};
 use crate::admin::BrokerAdmin;
 use crate::msg::{Msg, RoomInfo};
 use crate::names::WORKER_USER;
 use crate::room::{Output, Target};
 use crate::stomp::Subscription;
-use crate::stomp::{AckMode, Client, Command, ConnectOptions, Frame, Message, SubscribeOptions};
+use crate::stomp::{
+    AckMode, Client, Command, ConnectOptions, Frame, HeartBeat, Message, SubscribeOptions,
+};
 use crate::store::Store;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -202,10 +204,7 @@ async fn connect(env: &WorkerEnv) -> Result<Client> {
     let options = ConnectOptions {
         host: endpoints.vhost.clone(),
         // A hung worker is noticed by its missing heart-beats: keep them frequent.
-        heartbeat: (
-            env.timings.heartbeat.as_millis() as u64,
-            env.timings.heartbeat.as_millis() as u64,
-        ),
+        heartbeat: HeartBeat::every(env.timings.heartbeat),
         ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
     };
     Ok(match env.admin.connect_in_memory() {
@@ -213,7 +212,7 @@ async fn connect(env: &WorkerEnv) -> Result<Client> {
         // broker live and die together; there is no standby to hand the room to).
         Some(transport) => {
             let options = ConnectOptions {
-                heartbeat: (0, 0),
+                heartbeat: HeartBeat::NONE,
                 ..options
             };
             Client::handshake(transport, options).await?
@@ -454,7 +453,7 @@ where
                 }
                 Event::Tick => {
                     self.ticks += 1;
-                    let tick = super::core::tick(&self.life, self.ticks);
+                    let tick = super::room_worker::tick(&self.life, self.ticks);
                     self.client.send_nowait(&self.inbox, tick)?;
                 }
                 Event::Checkpoint => {

@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() {
     let result = if game_server_less::bots::wanted() {
-        let bots = game_server_less::bots::main(__CRATE__::bot_input);
+        let bots = game_server_less::bots::run_from_args(__CRATE__::bot_input);
         bots.await.map(drop)
     } else {
         game_server_less::run(__CRATE__::lobby(), __CRATE__::msg()).await

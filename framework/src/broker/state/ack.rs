@@ -45,7 +45,7 @@ impl State {
             self.forget(&done);
         }
         for queue in queues {
-            self.dispatch(&queue);
+            self.deliver_ready(&queue);
         }
         Ok(())
     }

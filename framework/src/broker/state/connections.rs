@@ -1,7 +1,7 @@
 //! Sessions coming and going: the connection limits a new session must fit, and what a
 //! session leaves behind when it goes (its unacked messages go back in line).
 
-use super::{Kill, Out, Refusal, Session, SessionId, State};
+use super::{Kill, Outbound, Refusal, Session, SessionId, State};
 use crate::broker::Principal;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ impl State {
         &mut self,
         principal: Principal,
         peer: Option<std::net::SocketAddr>,
-        outbox: mpsc::Sender<Out>,
+        outbox: mpsc::Sender<Outbound>,
         kill: Arc<Kill>,
         wire: bool,
     ) -> Result<SessionId, Refusal> {
@@ -101,7 +101,7 @@ impl State {
             touched.insert(sub.queue);
         }
         for queue in touched {
-            self.dispatch(&queue);
+            self.deliver_ready(&queue);
         }
     }
 }

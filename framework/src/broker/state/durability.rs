@@ -6,7 +6,7 @@
 //! [`State::synced`].
 
 use super::destination::journaled;
-use super::{Out, Queued, SessionId, State, Stored};
+use super::{Outbound, Queued, SessionId, State, Stored};
 use crate::broker::journal::Journal;
 use crate::stomp::{Command, Frame};
 use bytes::Bytes;
@@ -105,7 +105,7 @@ impl State {
     /// Sends session `id` its RECEIPT once the journal is on the disk up to `lsn`.
     pub(crate) fn hold_receipt(&mut self, lsn: u64, id: SessionId, receipt: String) {
         if self.durability.on_disk(lsn) {
-            self.send_to(id, Out::Frame(receipt_frame(receipt)));
+            self.send_to(id, Outbound::Frame(receipt_frame(receipt)));
         } else {
             self.durability.receipts.push_back((lsn, id, receipt));
         }
@@ -146,10 +146,10 @@ impl State {
         }
         let queues: Vec<String> = d.queues.drain().collect();
         for (_, id, receipt) in ready {
-            self.send_to(id, Out::Frame(receipt_frame(receipt)));
+            self.send_to(id, Outbound::Frame(receipt_frame(receipt)));
         }
         for queue in queues {
-            self.dispatch(&queue);
+            self.deliver_ready(&queue);
             let synced = self.durability.synced;
             if self
                 .queues

@@ -1,10 +1,10 @@
 //! Messages in: a SEND is checked, stamped with its sender and published, to a named
 //! queue (bounded, journaled) or to every subscriber of a topic. Messages out:
-//! `dispatch` hands what is ready to consumers with room for it, round robin (or to the
+//! `deliver_ready` hands what is ready to consumers with room for it, round robin (or to the
 //! single active one), and a message a consumer gave back is requeued at its old place.
 
 use super::destination::{classify, journaled, required, Dest};
-use super::{Handled, Out, Queued, Refusal, SessionId, State, Stored};
+use super::{Handled, Outbound, Queued, Refusal, SessionId, State, Stored};
 use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl State {
         queue.ready.push_back(item);
         self.queued_bytes += size;
         self.wait_for_disk(destination, seq);
-        self.dispatch(destination);
+        self.deliver_ready(destination);
         Ok(())
     }
 
@@ -190,7 +190,7 @@ impl State {
                     queue.ready.pop_front();
                 }
                 queue.ready.push_back(item.clone());
-                self.dispatch(queue_name);
+                self.deliver_ready(queue_name);
             }
         }
         if let Some(slot) = self.topics.get_mut(topic) {
@@ -209,9 +209,9 @@ impl State {
     }
 
     /// Hands ready messages to consumers with room for them, round robin.
-    pub(super) fn dispatch(&mut self, queue_name: &str) {
+    pub(super) fn deliver_ready(&mut self, queue_name: &str) {
         while let Some(i) = self.next_consumer(queue_name) {
-            self.deliver(queue_name, i);
+            self.deliver_to(queue_name, i);
         }
     }
 
@@ -246,7 +246,7 @@ impl State {
     }
 
     /// Delivers the queue's first message to its consumer `i`.
-    fn deliver(&mut self, queue_name: &str, i: usize) {
+    fn deliver_to(&mut self, queue_name: &str, i: usize) {
         let queue = self
             .queues
             .get_mut(queue_name)
@@ -346,7 +346,7 @@ impl State {
 /// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
 /// (the subscriber's own headers, then the part every subscriber shares, encoded once),
 /// as a value otherwise.
-fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> Out {
+fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> Outbound {
     if wire {
         let mut digits = itoa::Buffer::new();
         let mut head = [("subscription", sub_id), ("", ""), ("", "")];
@@ -359,7 +359,7 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
             head[len] = ("redelivered", "true");
             len += 1;
         }
-        return Out::Encoded(crate::stomp::encode_message_head(
+        return Outbound::Encoded(crate::stomp::encode_message_head(
             &head[..len],
             item.msg.tail(),
         ));
@@ -378,7 +378,7 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
     }
     frame.headers.extend(item.msg.headers.iter().cloned());
     frame.body = item.msg.body.clone();
-    Out::Frame(frame)
+    Outbound::Frame(frame)
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ impl State {
             .or_default()
             .consumers
             .push((id, sub_id));
-        self.dispatch(&queue_name);
+        self.deliver_ready(&queue_name);
         Ok(())
     }
 
@@ -99,7 +99,7 @@ impl State {
             self.requeue(&u.queue, u.item);
         }
         self.detach(id, &sub_id, &sub.queue);
-        self.dispatch(&sub.queue);
+        self.deliver_ready(&sub.queue);
         Ok(())
     }
 

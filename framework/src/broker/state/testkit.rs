@@ -1,7 +1,7 @@
 //! A broker state with sessions whose outboxes the tests read: frames in, frames out,
 //! no sockets.
 
-use super::{Handled, Out, SessionId, State};
+use super::{Handled, Outbound, SessionId, State};
 use crate::broker::{AllowAll, BrokerConfig, Principal};
 use crate::stomp::{parse, Command, Frame, Limits, Parsed};
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 pub(super) struct Harness {
     pub state: State,
-    outboxes: HashMap<SessionId, mpsc::Receiver<Out>>,
+    outboxes: HashMap<SessionId, mpsc::Receiver<Outbound>>,
 }
 
 impl Harness {
@@ -106,12 +106,12 @@ impl Harness {
         let mut frames = Vec::new();
         while let Ok(out) = rx.try_recv() {
             match out {
-                Out::Frame(f) => frames.push(f),
-                Out::Encoded(bytes) => match parse(&bytes, &Limits::default()) {
+                Outbound::Frame(f) => frames.push(f),
+                Outbound::Encoded(bytes) => match parse(&bytes, &Limits::default()) {
                     Ok(Parsed::Frame(f, len)) if len == bytes.len() => frames.push(f),
                     other => panic!("not one whole frame: {other:?}"),
                 },
-                Out::Close => frames.push(Frame::new(Command::Disconnect)),
+                Outbound::Close => frames.push(Frame::new(Command::Disconnect)),
             }
         }
         frames
