@@ -6,7 +6,7 @@
 use crate::broker::Broker;
 use crate::names::{Names, LOBBY_USER};
 use crate::stomp::Transport;
-use crate::Result;
+use crate::{Error, Result};
 use futures_util::future::BoxFuture;
 
 /// Where clients and workers reach the broker; join tickets carry the first two.
@@ -138,7 +138,12 @@ impl BrokerAdmin for EmbeddedAdmin {
                 ("user-id".to_owned(), LOBBY_USER.to_owned()),
                 ("content-type".to_owned(), "application/json".to_owned()),
             ];
-            self.broker.publish(&inbox, headers, body)
+            self.broker
+                .publish(&inbox, headers, body)
+                .map_err(|r| Error::Refused {
+                    message: r.message,
+                    detail: r.detail,
+                })
         })
     }
 

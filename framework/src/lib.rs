@@ -2,10 +2,11 @@
 //!
 //! Realtime multiplayer game servers made of nothing but message handlers.
 //!
-//! The crates below this one: [`stomp`] (STOMP 1.2: codec, transports, client) and
-//! `game-server-less-client` (re-exported: [`proto`], the shared wire types; [`Error`]
-//! and [`Result`]; [`LobbyClient`]; [`bots`]), which a game's client uses without this
-//! crate, and so without axum or sqlx.
+//! The crates below this one, re-exported: [`stomp`] (STOMP 1.2: codec, transports,
+//! client), [`broker`] (the `stomp-broker` crate: the embedded STOMP broker, which
+//! knows nothing of games) and `game-server-less-client` ([`proto`], the shared wire
+//! types; [`Error`] and [`Result`]; [`LobbyClient`]; [`bots`]), which a game's client
+//! uses without this crate, and so without axum or sqlx.
 //!
 //! The layers of this crate, from the bottom up. Each module uses only the modules
 //! listed before it (and the crates below); `tests/layers.rs` fails when an import
@@ -17,21 +18,20 @@
 //! 4. [`room`]: one room without sockets: duplicates, ordering, sequence numbers.
 //! 5. [`testing`]: [`testing::TestRoom`], a game's rules run with simulated players.
 //! 6. [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
-//! 7. [`broker`]: the embedded STOMP broker: a state without sockets ([`broker`]'s
-//!    `state`), sessions, the journal; it counts what happens in [`broker::Stats`].
-//! 8. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
-//! 9. [`store`]: rooms, players, items and checkpoints in SQLite or PostgreSQL.
-//! 10. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
-//! 11. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
-//! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
-//! 13. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
-//! 14. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
-//! 15. [`lobby`]: the REST lobby on axum, over the room service.
-//! 16. [`config`]: [`Config`] and the command line ([`Args`]).
-//! 17. [`package`]: `package`, the AWS SAM template of a deployment.
-//! 18. [`scaffold`]: `new NAME`, a new game's crate from the template.
-//! 19. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
-//! 20. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
+//! 7. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`; it reads the
+//!    broker's [`broker::Stats`] when scraped.
+//! 8. [`store`]: rooms, players, items and checkpoints in SQLite or PostgreSQL.
+//! 9. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
+//! 10. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
+//! 11. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
+//! 12. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
+//! 13. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
+//! 14. [`lobby`]: the REST lobby on axum, over the room service.
+//! 15. [`config`]: [`Config`] and the command line ([`Args`]).
+//! 16. [`package`]: `package`, the AWS SAM template of a deployment.
+//! 17. [`scaffold`]: `new NAME`, a new game's crate from the template.
+//! 18. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
+//! 19. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
 //!
 //! The `server` feature (on by default) holds everything but [`msg`], [`room`] and
 //! [`testing`]: a crate of game rules alone builds and tests them without it.
@@ -84,8 +84,6 @@ pub mod admin;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
-pub mod broker;
-#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod http;
@@ -132,6 +130,9 @@ pub use rooms::Rooms;
 pub use server::{Running, Server};
 /// STOMP 1.2: the codec, the transports and the client (the `stomp` crate).
 pub use stomp;
+/// The embedded STOMP broker (the `stomp-broker` crate).
+#[cfg(feature = "server")]
+pub use stomp_broker as broker;
 
 #[cfg(feature = "server")]
 /// Runs a game server from the command line (see `--help`, and [`server::run`]), or, when

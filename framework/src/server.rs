@@ -265,7 +265,7 @@ fn embedded_broker(
         managed_prefixes: vec![names.inbox_prefix().to_owned()],
         ..config.broker_config()
     };
-    Broker::open(broker_config, Arc::new(authorizer))
+    Ok(Broker::open(broker_config, Arc::new(authorizer))?)
 }
 
 /// cluster mode a worker-only process has no lobby and listens on nothing.

@@ -3,7 +3,7 @@
 //! transaction and byte bounds. Nothing may panic; refused frames close their session.
 #![no_main]
 
-use game_server_less::broker::fuzzing::handle_bytes;
+use stomp_broker::fuzzing::handle_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

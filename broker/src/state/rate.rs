@@ -5,8 +5,8 @@
 use super::destination::classify;
 use super::{Refusal, SessionId, State};
 #[cfg(test)]
-use crate::broker::Rate;
-use crate::broker::{Notice, SendRate};
+use crate::Rate;
+use crate::{Notice, SendRate};
 use std::time::{Duration, Instant};
 
 /// A session's token bucket.
@@ -114,7 +114,7 @@ impl State {
 mod tests {
     use super::super::testkit::Harness;
     use super::*;
-    use crate::broker::Principal;
+    use crate::Principal;
 
     fn rate(per_second: u32, burst: u32) -> SendRate {
         SendRate {

@@ -5,7 +5,7 @@
 
 use super::destination::journaled;
 use super::{Handled, Refusal, Session, SessionId, State, Unacked};
-use crate::stomp::{AckMode, Frame};
+use stomp::{AckMode, Frame};
 
 impl State {
     pub(super) fn ack(&mut self, id: SessionId, frame: &Frame, nack: bool) -> Handled {
@@ -115,8 +115,8 @@ fn covered(session: &Session, sub_id: &str, tag: u64) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::broker::BrokerConfig;
-    use crate::stomp::{Command, Frame};
+    use crate::BrokerConfig;
+    use stomp::{Command, Frame};
 
     fn bodies(frames: &[Frame]) -> Vec<String> {
         frames

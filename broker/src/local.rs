@@ -16,12 +16,12 @@ pub struct LocalBroker {
 
 impl LocalBroker {
     /// Starts a broker with `config` on two free loopback ports.
-    pub async fn start(config: super::BrokerConfig) -> crate::Result<LocalBroker> {
+    pub async fn start(config: super::BrokerConfig) -> std::io::Result<LocalBroker> {
         Self::start_with(super::Broker::new(config)).await
     }
 
     /// Serves `broker` on two free loopback ports.
-    pub async fn start_with(broker: super::Broker) -> crate::Result<LocalBroker> {
+    pub async fn start_with(broker: super::Broker) -> std::io::Result<LocalBroker> {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let tcp_addr = tcp.local_addr()?;
         tokio::spawn(broker.clone().serve_tcp(tcp));

@@ -2,10 +2,10 @@
 //! no sockets.
 
 use super::{Handled, Outbound, SessionId, State};
-use crate::broker::{AllowAll, BrokerConfig, Principal};
-use crate::stomp::{parse, Command, Frame, Limits, Parsed};
+use crate::{AllowAll, BrokerConfig, Principal};
 use std::collections::HashMap;
 use std::sync::Arc;
+use stomp::{parse, Command, Frame, Limits, Parsed};
 use tokio::sync::mpsc;
 
 pub(super) struct Harness {

@@ -5,7 +5,7 @@
 
 use super::destination::required;
 use super::{Handled, Refusal, SessionId, State};
-use crate::stomp::{Command, Frame};
+use stomp::{Command, Frame};
 
 impl State {
     /// Buffers a frame in transaction `tx`, within the transaction limits.
@@ -86,8 +86,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::broker::BrokerConfig;
-    use crate::stomp::{Command, Frame};
+    use crate::BrokerConfig;
+    use stomp::{Command, Frame};
 
     fn tx(command: Command, name: &str) -> Frame {
         Frame::new(command).with_header("transaction", name)

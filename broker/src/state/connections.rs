@@ -2,7 +2,7 @@
 //! session leaves behind when it goes (its unacked messages go back in line).
 
 use super::{Kill, Outbound, Refusal, Session, SessionId, State};
-use crate::broker::Principal;
+use crate::Principal;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -109,7 +109,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::broker::{BrokerConfig, Principal};
+    use crate::{BrokerConfig, Principal};
 
     #[test]
     fn the_broker_holds_at_most_its_connections() {

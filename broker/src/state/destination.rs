@@ -3,8 +3,8 @@
 //! server may create.
 
 use super::{Handled, Refusal, State};
-use crate::broker::BrokerConfig;
-use crate::stomp::Frame;
+use crate::BrokerConfig;
+use stomp::Frame;
 
 /// Which kind of destination a name is.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,7 +140,7 @@ mod tests {
     fn a_send_without_a_destination_names_the_missing_header() {
         let mut h = Harness::new();
         let ann = h.connect("ann");
-        let frame = Frame::new(crate::stomp::Command::Send).with_body(b"x".to_vec());
+        let frame = Frame::new(stomp::Command::Send).with_body(b"x".to_vec());
         let refusal = h.state.handle(ann, frame).unwrap_err();
         assert_eq!(refusal.message, "SEND frame without a destination header");
     }

@@ -1,8 +1,6 @@
 //! Serving the broker: TCP listener, the axum WebSocket route, and the shutdown spool.
 
 use super::{session, Broker};
-use crate::stomp::{parse, Command, Frame, FrameError, Parsed, Transport, WsIn, WsOut};
-use crate::{Error, Result};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::Extensions;
@@ -11,8 +9,10 @@ use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use std::io::{Error, ErrorKind, Result};
 use std::net::SocketAddr;
 use std::path::Path;
+use stomp::{parse, Command, Frame, FrameError, Parsed, Transport, WsIn, WsOut};
 use tokio::net::TcpListener;
 
 /// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
@@ -155,32 +155,31 @@ pub(super) fn restore_spool(broker: &Broker, path: &Path) -> Result<usize> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    let limits = crate::stomp::Limits {
+    let limits = stomp::Limits {
         max_frame_bytes: usize::MAX,
         ..broker.lock().config().limits
     };
     let mut rest = &bytes[..];
     let mut n = 0;
     while !rest.is_empty() {
-        match parse(rest, &limits).map_err(stomp::Error::from)? {
+        let bad =
+            |why: String| Error::new(ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        match parse(rest, &limits).map_err(|e| bad(e.to_string()))? {
             Parsed::Frame(mut frame, len) => {
                 rest = &rest[len..];
                 let destination = frame.header("destination").unwrap_or_default().to_owned();
                 frame
                     .headers
                     .retain(|(n, _)| n != "destination" && n != "content-length");
-                broker.restore(&destination, frame.headers, frame.body)?;
+                broker
+                    .restore(&destination, frame.headers, frame.body)
+                    .map_err(|r| bad(r.to_string()))?;
                 n += 1;
             }
             Parsed::Heartbeat(len) => rest = &rest[len..],
-            Parsed::Incomplete => {
-                return Err(Error::Protocol(format!(
-                    "{} ends in the middle of a frame",
-                    path.display()
-                )))
-            }
+            Parsed::Incomplete => return Err(bad("it ends in the middle of a frame".into())),
         }
     }
     std::fs::remove_file(path)?;

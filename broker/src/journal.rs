@@ -14,12 +14,12 @@
 //! destination, the message's lsn (`x-lsn`, its place in the queue) and its headers and
 //! body; `ACK` whose body lists settled lsns.
 
-use crate::stomp::{encode_parts, parse, Command, Frame, Limits, Parsed};
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use stomp::{encode_parts, parse, Command, Frame, Limits, Parsed};
 
 /// A message the journal holds that was never settled: what to put back on start.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::destination::{classify, required, Dest};
 use super::{Handled, Queue, Refusal, SessionId, State, Subscription, Unacked};
-use crate::stomp::{AckMode, Frame};
+use stomp::{AckMode, Frame};
 
 impl State {
     pub(super) fn subscribe(&mut self, id: SessionId, frame: &Frame) -> Handled {
@@ -150,8 +150,8 @@ fn options(frame: &Frame) -> Result<(AckMode, usize), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::broker::{BrokerConfig, Principal};
-    use crate::stomp::{Command, Frame};
+    use crate::{BrokerConfig, Principal};
+    use stomp::{Command, Frame};
 
     #[test]
     fn a_topic_gives_every_subscriber_every_message_in_order() {

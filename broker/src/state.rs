@@ -34,16 +34,16 @@ use self::durability::Durability;
 use self::rate::Bucket;
 use super::journal::Journal;
 use super::{Authorizer, BrokerConfig, Principal, Stats};
-use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use stomp::{AckMode, Command, Frame};
 use tokio::sync::{mpsc, Notify};
 
 /// A session id, unique within a broker's life.
 pub(crate) type SessionId = u64;
 
-pub(crate) use crate::stomp::Outbound;
+pub(crate) use stomp::Outbound;
 
 /// The broker's maps, looked up several times for every delivery: foldhash, seeded at
 /// random per process, instead of SipHash, which took 2-3% of the server's CPU at 1,000
@@ -92,7 +92,7 @@ impl Stored {
                 ("destination", self.destination.as_str()),
             ];
             let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-            crate::stomp::encode_message_tail(fixed.into_iter().chain(headers), &self.body)
+            stomp::encode_message_tail(fixed.into_iter().chain(headers), &self.body)
         })
     }
 }

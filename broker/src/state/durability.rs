@@ -7,11 +7,11 @@
 
 use super::destination::journaled;
 use super::{Outbound, Queued, SessionId, State, Stored};
-use crate::broker::journal::Journal;
-use crate::stomp::{Command, Frame};
+use crate::journal::Journal;
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use stomp::{Command, Frame};
 
 /// What a group-committed journal holds back until a flush puts it on the disk.
 pub(super) struct Durability {
@@ -264,7 +264,7 @@ fn receipt_frame(receipt: String) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::stomp::Command;
+    use stomp::Command;
 
     /// A journal file of its own under the temporary directory, removed when dropped.
     struct TempJournal(std::path::PathBuf);

@@ -5,9 +5,9 @@
 
 use super::destination::{classify, journaled, required, Dest};
 use super::{Handled, Outbound, Queued, Refusal, SessionId, State, Stored};
-use crate::stomp::{AckMode, Command, Frame};
 use bytes::Bytes;
 use std::sync::Arc;
+use stomp::{AckMode, Command, Frame};
 
 /// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
 const BROKER_HEADERS: [&str; 9] = [
@@ -359,10 +359,7 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
             head[len] = ("redelivered", "true");
             len += 1;
         }
-        return Outbound::Encoded(crate::stomp::encode_message_head(
-            &head[..len],
-            item.msg.tail(),
-        ));
+        return Outbound::Encoded(stomp::encode_message_head(&head[..len], item.msg.tail()));
     }
     let mut frame = Frame::new(Command::Message);
     frame.headers.reserve_exact(5 + item.msg.headers.len());
@@ -384,8 +381,8 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::broker::{BrokerConfig, Principal};
-    use crate::stomp::{Command, Frame};
+    use crate::{BrokerConfig, Principal};
+    use stomp::{Command, Frame};
 
     #[test]
     fn a_queue_keeps_messages_in_order_until_a_consumer_comes() {

@@ -4,11 +4,11 @@
 
 use super::state::{Kill, Outbound, Refusal, SessionId, State};
 use super::{Broker, BrokerConfig, Principal};
-use crate::stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -52,8 +52,8 @@ impl Ending {
     }
 
     /// The ending an error reading the connection means.
-    fn from_error(error: &crate::stomp::Error) -> Ending {
-        use crate::stomp::Error;
+    fn from_error(error: &stomp::Error) -> Ending {
+        use stomp::Error;
         match error {
             Error::Frame(e) => Ending::refused(Refusal::malformed(
                 format!("malformed frame: {e}"),
@@ -149,7 +149,7 @@ async fn first_frame(incoming: &mut ItemStream) -> Result<Frame, Ending> {
             Some(Ok(Item::Heartbeat)) => continue,
             Some(Ok(Item::Frame(f))) => return Ok(f),
             Some(Ok(Item::Encoded(_))) => {
-                return Err(Ending::from_error(&crate::stomp::unexpected_encoded()))
+                return Err(Ending::from_error(&stomp::unexpected_encoded()))
             }
             Some(Err(e)) => return Err(Ending::from_error(&e)),
             None => return Err(Ending::Gone),

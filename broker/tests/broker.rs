@@ -1,14 +1,14 @@
 //! The embedded broker over real sockets, driven by our client and by raw bytes.
 
 use futures_util::StreamExt;
-use game_server_less::broker::LocalBroker;
-use game_server_less::broker::{Broker, BrokerConfig};
-use game_server_less::stomp::Error;
-use game_server_less::stomp::HeartBeat;
-use game_server_less::stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+use stomp::Error;
+use stomp::HeartBeat;
+use stomp::{AckMode, Client, ConnectOptions, Message, SubscribeOptions};
+use stomp_broker::LocalBroker;
+use stomp_broker::{Broker, BrokerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,12 +28,12 @@ fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).unwrap()
 }
 
-async fn recv(sub: &mut game_server_less::stomp::Subscription) -> Message {
+async fn recv(sub: &mut stomp::Subscription) -> Message {
     sub.recv_timeout(WAIT).await.unwrap()
 }
 
 /// Asserts that nothing arrives for a short while.
-async fn nothing_more(sub: &mut game_server_less::stomp::Subscription) {
+async fn nothing_more(sub: &mut stomp::Subscription) {
     let got = sub.recv_timeout(Duration::from_millis(200)).await;
     assert!(
         got.is_err(),
@@ -72,7 +72,7 @@ async fn binary_bodies_with_nul_and_escaped_headers_survive() {
             .await
             .unwrap();
         let payload: Vec<u8> = (0..=255u8).chain([0, 0, b'\n']).collect();
-        let frame = game_server_less::stomp::Frame::new(game_server_less::stomp::Command::Send)
+        let frame = stomp::Frame::new(stomp::Command::Send)
             .with_header("destination", "/queue/bin")
             .with_header("x-odd", "a:b\\c\nd")
             .with_body(payload.clone());
@@ -557,22 +557,22 @@ async fn subscription_streams_work_with_stream_combinators() {
 /// `watcher` may do anything.
 struct Grants;
 
-impl game_server_less::broker::Authorizer for Grants {
+impl stomp_broker::Authorizer for Grants {
     fn connect(
         &self,
         login: Option<&str>,
         passcode: Option<&str>,
         _peer: Option<SocketAddr>,
-    ) -> Result<game_server_less::broker::Principal, String> {
+    ) -> Result<stomp_broker::Principal, String> {
         match (login, passcode) {
-            (Some("alice"), Some("secret")) => Ok(game_server_less::broker::Principal {
+            (Some("alice"), Some("secret")) => Ok(stomp_broker::Principal {
                 name: "alice".into(),
                 send: Some(vec!["/queue/in".into()]),
                 subscribe: Some(vec!["/topic/out".into()]),
                 tag: None,
                 rate: None,
             }),
-            (Some("watcher"), _) => Ok(game_server_less::broker::Principal::anyone("watcher")),
+            (Some("watcher"), _) => Ok(stomp_broker::Principal::anyone("watcher")),
             _ => Err("bad login or passcode".into()),
         }
     }
@@ -605,7 +605,7 @@ async fn the_authorizer_decides_who_connects_and_where_they_go() {
         .await
         .unwrap();
     // The sender cannot forge who it is: the broker stamps user-id itself.
-    let forged = game_server_less::stomp::Frame::new(game_server_less::stomp::Command::Send)
+    let forged = stomp::Frame::new(stomp::Command::Send)
         .with_header("destination", "/queue/in")
         .with_header("user-id", "watcher")
         .with_body("hello");
@@ -1024,11 +1024,7 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
         journal_fsync: true,
         ..BrokerConfig::default()
     };
-    let broker = Broker::open(
-        config,
-        std::sync::Arc::new(game_server_less::broker::AllowAll),
-    )
-    .unwrap();
+    let broker = Broker::open(config, std::sync::Arc::new(stomp_broker::AllowAll)).unwrap();
     let b = LocalBroker::start_with(broker).await.unwrap();
     let consumer = connect(&b.tcp_url).await;
     let mut sub = consumer

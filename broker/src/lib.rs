@@ -1,9 +1,15 @@
-//! The embedded STOMP 1.2 broker: `/queue/NAME` (FIFO, competing consumers, acks,
-//! redelivery, prefetch) and `/topic/NAME` (fan-out), served over TCP and over WebSocket.
+//! A STOMP 1.2 broker to embed in a tokio program: `/queue/NAME` (FIFO, competing
+//! consumers, acks, redelivery, prefetch, single active consumer) and `/topic/NAME`
+//! (fan-out), served over TCP and over WebSocket (an axum route). Messages to queues are
+//! journaled before they are delivered or receipted, so a RECEIPT outlives `kill -9`.
+//!
+//! Its rules live in a state without sockets (`state/`, one concept a file, each with
+//! unit tests); `session.rs` runs one connection (handshake, serve, close); who may do
+//! what is an [`Authorizer`]'s to say, and what happens is counted in [`Stats`].
 //!
 //! ```no_run
-//! # async fn demo() -> game_server_less::Result<()> {
-//! use game_server_less::broker::{Broker, BrokerConfig};
+//! # async fn demo() -> std::io::Result<()> {
+//! use stomp_broker::{Broker, BrokerConfig};
 //!
 //! let broker = Broker::new(BrokerConfig::default());
 //! let tcp = tokio::net::TcpListener::bind("127.0.0.1:7613").await?;
@@ -20,7 +26,6 @@ mod state;
 
 pub use self::local::LocalBroker;
 use self::state::State;
-use crate::Result;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::stomp::{HeartBeat, Limits};
+use stomp::{HeartBeat, Limits};
 
 /// Who a connection is, as its [`Authorizer`] decided at CONNECT. The broker stamps
 /// `name` on every message the connection sends, as the `user-id` header.
@@ -287,6 +292,28 @@ impl Default for BrokerConfig {
     }
 }
 
+/// A message the broker would not take: a full queue, a managed queue that does not
+/// exist, a broker shutting down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Why, in a few words (an ERROR frame's `message`).
+    pub message: String,
+    /// More of why.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// The embedded broker. Cheap to clone; every clone is the same broker.
 #[derive(Clone)]
 pub struct Broker {
@@ -318,7 +345,7 @@ impl Broker {
 
     /// A broker whose connections `authorizer` checks, with what its journal (or spool)
     /// kept put back in its queues.
-    pub fn open(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> Result<Broker> {
+    pub fn open(config: BrokerConfig, authorizer: Arc<dyn Authorizer>) -> std::io::Result<Broker> {
         let spool = config.spool.clone();
         let journal = config.journal.clone();
         let fsync = config.journal_fsync;
@@ -329,10 +356,10 @@ impl Broker {
         };
         if let Some(path) = journal {
             let n = broker.lock().open_journal(&path, fsync).map_err(|e| {
-                crate::Error::Io(std::io::Error::new(
+                std::io::Error::new(
                     e.kind(),
                     format!("cannot open the broker's journal {}: {e}", path.display()),
-                ))
+                )
             })?;
             if n > 0 {
                 tracing::info!(
@@ -358,7 +385,7 @@ impl Broker {
     /// Starts the journal's group commit: a thread that flushes it to the disk whenever
     /// something was written, off the broker's lock, then releases what waited for it.
     /// It ends when the broker is dropped.
-    fn start_flusher(&self) -> Result<()> {
+    fn start_flusher(&self) -> std::io::Result<()> {
         let state = Arc::downgrade(&self.state);
         let wake = self.lock().durability_signal();
         std::thread::Builder::new()
@@ -384,7 +411,6 @@ impl Broker {
                 }
             })
             .map(|_| ())
-            .map_err(crate::Error::Io)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -400,7 +426,7 @@ impl Broker {
         destination: &str,
         headers: Vec<(String, String)>,
         body: impl Into<Bytes>,
-    ) -> Result<()> {
+    ) -> Result<(), Refused> {
         self.publish_inner(destination, headers, body.into(), false)
     }
 
@@ -410,10 +436,10 @@ impl Broker {
         headers: Vec<(String, String)>,
         body: Bytes,
         create: bool,
-    ) -> Result<()> {
+    ) -> Result<(), Refused> {
         self.lock()
             .publish_local(destination, headers, body, create)
-            .map_err(|r| crate::Error::Refused {
+            .map_err(|r| Refused {
                 message: r.message,
                 detail: r.detail,
             })
@@ -425,7 +451,7 @@ impl Broker {
         destination: &str,
         headers: Vec<(String, String)>,
         body: Bytes,
-    ) -> Result<()> {
+    ) -> Result<(), Refused> {
         self.publish_inner(destination, headers, body, true)
     }
 
@@ -494,7 +520,7 @@ impl Broker {
     /// Shuts down gracefully: refuses new messages, tells every client, flushes what each
     /// connection still has to write, waits for connections to close (up to `grace`),
     /// then writes undelivered queue messages to the spool, if one is configured.
-    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+    pub async fn shutdown(&self, grace: Duration) -> std::io::Result<()> {
         self.lock().stop_accepting();
         let _ = self.shutdown.send(true);
         self.tasks.close();
@@ -526,8 +552,8 @@ impl Broker {
 pub mod fuzzing {
     use super::state::State;
     use super::{AllowAll, BrokerConfig, Notice, Principal, Rate, SendRate};
-    use crate::stomp::{parse, Limits, Parsed};
     use std::sync::Arc;
+    use stomp::{parse, Limits, Parsed};
 
     /// Feeds every frame in `data` to the broker, alternating between the sessions, then
     /// closes them; returns how many frames were refused.
