@@ -388,6 +388,16 @@ mod tests {
     fn lobby_controls_join_leave_and_end() {
         let mut w = RoomWorker::new(room(), counter());
         join(&mut w, "ann");
+        join(&mut w, "bob");
+        assert_eq!(w.room().players().collect::<Vec<_>>(), ["ann", "bob"]);
+        let leave = Control::Leave {
+            player: "bob".into(),
+        }
+        .to_json();
+        w.handle(InboxMessage {
+            user: LOBBY_USER,
+            body: leave.as_bytes(),
+        });
         assert_eq!(w.room().players().collect::<Vec<_>>(), ["ann"]);
         let end = Control::End {
             reason: "bye".into(),
