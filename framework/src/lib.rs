@@ -20,10 +20,12 @@
 //! 7. [`broker`]: the embedded STOMP broker: a state without sockets ([`broker`]'s
 //!    `state`), sessions, the journal; it counts what happens in [`broker::Stats`].
 //! 8. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`.
-//! 9. [`store`]: rooms, players, items and checkpoints in SQLite or PostgreSQL.
+//! 9. [`store`]: rooms, players, items, checkpoints (with the transfers outbox) and named
+//!    rooms in SQLite or PostgreSQL.
 //! 10. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
 //! 11. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
-//! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
+//! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers,
+//!     the [`worker::Transfers`] seam.
 //! 13. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
 //! 14. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
 //! 15. [`lobby`]: the REST lobby on axum, over the room service.
