@@ -7,6 +7,7 @@
 //! first test starts the node itself.
 
 use e2e_tests::{create_room_at, http, join_ticket, json_of, Log, Process, WAIT};
+use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less::store::Store;
 use game_server_less::token::Signer;
@@ -128,16 +129,29 @@ struct Cluster {
     lobbies: Vec<String>,
     processes: Vec<Process>,
     log: Log,
+    /// Environment variables every process gets.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     async fn start(tag: &str, lobbies: usize, workers: usize) -> Cluster {
+        Cluster::start_with_env(tag, lobbies, workers, Vec::new()).await
+    }
+
+    /// [`Cluster::start`], every process with `env` set too.
+    async fn start_with_env(
+        tag: &str,
+        lobbies: usize,
+        workers: usize,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
         let mut cluster = Cluster {
             broker: broker_url(),
             db: Database::new(tag),
             lobbies: Vec::new(),
             processes: Vec::new(),
             log: Log::default(),
+            env,
         };
         for i in 0..lobbies {
             let listen = if i == 0 {
@@ -186,8 +200,13 @@ impl Cluster {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let index = self.processes.len();
+        let mut command = Command::new(game_server_bin());
+        command
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.processes
-            .push(Process::spawn(&game_server_bin(), &args, index, &self.log));
+            .push(Process::spawn_command(command, false, index, &self.log));
         index
     }
 
@@ -735,6 +754,70 @@ async fn two_lobbies_and_two_workers_share_twenty_rooms() {
         per_worker.values().all(|&n| n * 10 <= ROOMS * 6),
         "no worker holds more than 60% of the rooms: {per_worker:?}"
     );
+    cluster.end_rooms().await;
+}
+
+#[tokio::test]
+async fn portals_in_rooms_of_two_workers_lead_to_one_caves_room() {
+    let _turn = SERIAL.lock().await;
+    // Small maps: a meadow player starts next to the portal.
+    let maps = e2e_tests::temp_dir("cluster-maps");
+    std::fs::write(maps.join("meadow.txt"), "#####\n#SO.#\n#####\n").unwrap();
+    std::fs::write(maps.join("caves.txt"), "#######\n#S.S.O#\n#######\n").unwrap();
+    let env = vec![("GSL_MAPS".into(), maps.display().to_string())];
+    let cluster = Cluster::start_with_env("transfer", 2, 2, env).await;
+    let (one, two) = (&cluster.lobbies[0], &cluster.lobbies[1]);
+    let (a, b) = (create_room_at(one).await, create_room_at(two).await);
+    let mut ann = e2e_tests::Player::join_at(one, &a, "ann", true).await;
+    let mut bob = e2e_tests::Player::join_at(two, &b, "bob", true).await;
+    let (wa, wb) = (
+        cluster.wait_active(&a, None).await,
+        cluster.wait_active(&b, None).await,
+    );
+
+    // Both step into their portals at once: each room's worker moves its player.
+    let step = json!({ "type": "move", "dx": 1, "dy": 0 });
+    futures_util::future::join(ann.send(step.clone()), bob.send(step)).await;
+    let (to_ann, to_bob) = futures_util::future::join(
+        ann.next_private("transferred"),
+        bob.next_private("transferred"),
+    )
+    .await;
+    let ticket = |m: &Value| -> Ticket { serde_json::from_value(m["ticket"].clone()).unwrap() };
+    let (ann_there, bob_there) = (ticket(&to_ann), ticket(&to_bob));
+    println!(
+        "transfer: rooms of workers {wa} and {wb}; both to room {}",
+        ann_there.room
+    );
+    assert_eq!(ann_there.room, bob_there.room, "one caves room");
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    let live = store.live_rooms().await.unwrap();
+    let caves: Vec<_> = live.iter().filter(|r| r.name == "caves").collect();
+    assert_eq!(caves.len(), 1, "{live:?}");
+
+    // The tickets the workers signed are good with RabbitMQ; both arrive, with their HP.
+    let mut there = e2e_tests::Player::join_with(ann_there).await;
+    let _bob = e2e_tests::Player::join_with(bob_there).await;
+    let started = Instant::now();
+    let world = loop {
+        there.send(json!({ "type": "look" })).await;
+        let world = there.next_private("welcome").await;
+        if world["players"].get("bob").is_some() || started.elapsed() > WAIT {
+            break world;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(world["zone"], "caves", "{world}");
+    assert_eq!(
+        (
+            &world["players"]["ann"]["hp"],
+            &world["players"]["bob"]["hp"]
+        ),
+        (&json!(10), &json!(10)),
+        "{world}"
+    );
+    assert!(store.players(&a).await.unwrap().is_empty(), "ann left");
+    assert!(store.players(&b).await.unwrap().is_empty(), "bob left");
     cluster.end_rooms().await;
 }
 

@@ -629,6 +629,95 @@ async fn inputs_are_applied_exactly_once_when_the_room_worker_dies_mid_stream() 
     server.stop().await;
 }
 
+/// A game whose `go` moves its sender to the room named `to`, carrying `carry`; each
+/// room lists who arrived with what, and `report` answers that list.
+fn mover() -> Msg<Vec<String>> {
+    Msg::new(Vec::new)
+        .route("type=go", |_: &mut Vec<String>, ctx: &mut Ctx, m: Value| {
+            let (me, to) = (ctx.sender().to_owned(), m["to"].as_str().unwrap_or("?"));
+            ctx.transfer(&me, to, &m["carry"]);
+            ctx.broadcast(&json!({ "type": "went", "player": me }));
+        })
+        .route(
+            "type=report",
+            |arrived: &mut Vec<String>, ctx: &mut Ctx, _: Value| {
+                ctx.reply(&json!({ "type": "report", "arrived": arrived }));
+            },
+        )
+        .on_join(
+            |arrived: &mut Vec<String>, ctx: &mut RoomCtx, player: &str| {
+                if let Some(carried) = ctx.arrival().map(|a| a.carried.clone()) {
+                    arrived.push(format!("{player}:{carried}"));
+                }
+            },
+        )
+}
+
+/// Kicks the room workers off the broker (with their inputs unacked), once they are
+/// connected.
+async fn kick_workers(server: &Server) {
+    let started = std::time::Instant::now();
+    while server.broker.kick("$worker") == 0 {
+        assert!(started.elapsed() < WAIT, "no worker came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_replayed_after_the_worker_dies_happens_once() {
+    let dir = temp_dir("transfer-replay");
+    let config = Config {
+        // Slow checkpoints: the worker is surely gone before it saves the `go`.
+        timings: game_server_less::worker::Timings {
+            checkpoint_every: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Server::config(&dir)
+    };
+    let server = Server::start_with(Lobby::new(), mover(), config).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    let mut bob = Player::join(&server, &room, "bob", true).await;
+    ann.send(json!({ "type": "go", "to": "elsewhere", "carry": 7 }))
+        .await;
+    bob.next_on_room("went").await;
+    // Applied, published, not saved: the replacement applies it again.
+    kick_workers(&server).await;
+    let moved = ann.next_private("transferred").await;
+    let ticket: game_server_less::proto::Ticket =
+        serde_json::from_value(moved["ticket"].clone()).unwrap();
+    assert_ne!(ticket.room, room);
+    // Told, perhaps not yet marked done in the outbox: the next worker may carry it out
+    // again, which must change nothing.
+    kick_workers(&server).await;
+    let mut there = Player::join_with(ticket.clone()).await;
+    there.send(json!({ "type": "report" })).await;
+    let report = there.next_private("report").await;
+    assert_eq!(report["arrived"], json!(["ann:7"]), "arrived once, with 7");
+    let store = server.rooms.store();
+    let live = store.live_rooms().await.unwrap();
+    let named: Vec<_> = live.iter().filter(|r| r.name == "elsewhere").collect();
+    assert_eq!(named.len(), 1, "{live:?}");
+    assert_eq!(store.players(&room).await.unwrap(), ["bob"], "ann left");
+    assert_eq!(store.players(&ticket.room).await.unwrap(), ["ann"]);
+    let started = std::time::Instant::now();
+    while !store.pending_transfers(&room).await.unwrap().is_empty() {
+        assert!(started.elapsed() < WAIT, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bob goes too, to the same room; his old ticket is revoked.
+    bob.send(json!({ "type": "go", "to": "elsewhere", "carry": "x" }))
+        .await;
+    let moved = bob.next_private("transferred").await;
+    assert_eq!(moved["ticket"]["room"], ticket.room.as_str());
+    let revoked = server.lobby().leave(&room, &bob.ticket.token).await;
+    assert!(revoked.is_err(), "{revoked:?}");
+    there.send(json!({ "type": "report" })).await;
+    let report = there.next_private("report").await;
+    assert_eq!(report["arrived"], json!(["ann:7", "bob:\"x\""]));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tickets_outlive_a_server_restart() {
     let dir = temp_dir("secret");

@@ -1,8 +1,8 @@
 //! The MMO's fights and zones against a real server, on small maps: two real clients in
 //! tmux (one fights an NPC, the other walks through a portal into the other zone, a room
-//! of its own), and `POST /travel` with what a hostile client would send.
+//! of its own, with his hit points), and what a hostile client would try to move.
 
-use e2e_tests::{http, temp_dir, Player, Server, Tmux};
+use e2e_tests::{connect_ticket, http, temp_dir, Player, Server, Tmux};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -55,11 +55,18 @@ async fn one_client_fights_an_npc_and_another_walks_through_a_portal_into_the_ca
     let seen = |s: &str| s.contains("ann slew N1 (+10 xp)");
     tokio::task::block_in_place(|| tmux.wait_for("bob", "bob to see the fight", seen));
 
-    // Bob steps into the portal and comes out in the caves, in a room of their own.
+    // Bob steps into the portal and comes out in the caves, in a room of their own,
+    // with the hit points he had.
+    let hp = |screen: &str| {
+        let at = screen.find(" L1 HP ").expect("the status line") + 7;
+        screen[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    let before = hp(&tmux.screen("bob"));
     tmux.keys("bob", "Right");
     let caves = |s: &str| s.contains(" caves ") && s.contains("you are in the caves");
     let bob = tokio::task::block_in_place(|| tmux.wait_for("bob", "bob in the caves", caves));
     assert!(bob.contains(" online | L1 HP "), "still playing:\n{bob}");
+    assert_eq!(hp(&bob), before, "{bob}");
     let gone = |s: &str| s.contains("bob left for the caves");
     tokio::task::block_in_place(|| tmux.wait_for("ann", "ann to see bob go", gone));
     let rooms = server.get_json("/rooms").await;
@@ -78,90 +85,67 @@ async fn one_client_fights_an_npc_and_another_walks_through_a_portal_into_the_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn travel_moves_only_a_player_in_a_portal_and_refuses_everything_else() {
-    let dir = temp_dir("travel");
+async fn only_the_room_moves_a_player_and_a_client_cannot_forge_it() {
+    let dir = temp_dir("no-forged-transfer");
     use_test_maps(&dir);
     let server = Server::game(&dir).await;
     let room = server.create_room().await;
-    let travel = |token: Option<&str>, body: &str| {
-        let mut request = http()
-            .post(format!("{}/travel", server.http))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap_or_default(),
-            )
-        }
-    };
     let mut ann = Player::join(&server, &room, "ann", true).await; // next to the NPC
     let mut bob = Player::join(&server, &room, "bob", true).await; // next to the portal
-    let token = bob.ticket.token.clone();
 
-    let (status, body) = travel(None, r#"{"input_seq":1}"#).await;
-    assert_eq!(status, 401, "no token: {body}");
-    let key = ann.ticket.player_key.clone().unwrap();
-    let (status, body) = travel(Some(&key), r#"{"input_seq":1}"#).await;
-    assert_eq!(status, 400, "a player key is not a ticket: {body}");
-    for bad in [
-        "",
-        "[",
-        "null",
-        r#"{"input_seq":"x"}"#,
-        r#"{"input_seq":-1}"#,
-        r#"{"zone":"caves"}"#,
-        "[5]",
+    // There is no lobby route to travel by any more.
+    let travel = http()
+        .post(format!("{}/travel", server.http))
+        .bearer_auth(&bob.ticket.token)
+        .header("content-type", "application/json")
+        .body(r#"{"input_seq":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(travel.status().as_u16(), 404);
+    // Inputs that look like the framework's own messages are a game's unknown types.
+    for forged in [
+        json!({ "type": "transferred", "ticket": bob.ticket }),
+        json!({ "type": "$join", "player": "bob", "arrival": { "carried": { "hp": 99 } } }),
+        json!({ "type": "transfer", "player": "bob", "room": "caves" }),
     ] {
-        let (status, body) = travel(Some(&token), bad).await;
-        assert_eq!(status, 400, "{bad:?}: {body}");
+        bob.send(forged).await;
+        let error = bob.next_private("error").await;
         assert!(
-            body["error"].as_str().unwrap().contains("input_seq"),
-            "{body}"
+            error["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("unknown message type"),
+            "{error}"
         );
     }
-    let huge = format!(r#"{{"input_seq":1,"pad":"{}"}}"#, "x".repeat(2_000_000));
-    let (status, _) = travel(Some(&token), &huge).await;
-    assert_eq!(status, 413, "a body over the lobby's limit");
+    // Nor can bob tell ann she was moved: a player sends to its room's inbox only.
+    let sneaky = connect_ticket(&bob.ticket).await.unwrap();
+    let forged = json!({ "type": "transferred", "ticket": bob.ticket }).to_string();
+    let refused = sneaky.send(&ann.ticket.private, forged).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let live = server.rooms.store().live_rooms().await.unwrap();
+    assert_eq!(live.len(), 1, "no caves yet: {live:?}");
 
-    // A chat is applied and saved, but it put nobody in a portal.
-    let said = bob.send(json!({ "type": "chat", "text": "hi" })).await;
-    bob.next_on_room("chat").await;
-    let (status, body) = travel(Some(&token), &json!({ "input_seq": said }).to_string()).await;
-    assert_eq!(status, 409, "{body}");
-
-    // Into the portal: the lobby moves bob to the caves with his hit points.
+    // The portal moves bob, with a ticket only he hears, and the meadow sees him go.
     let step = bob.send(json!({ "type": "move", "dx": 1, "dy": 0 })).await;
-    let left = bob.next_on_room("travelled").await;
+    let left = ann.next_on_room("travelled").await;
     assert_eq!(
-        (left["zone"].as_str(), left["input_seq"].as_u64()),
-        (Some("caves"), Some(step))
+        (left["player"].as_str(), left["input_seq"].as_u64()),
+        (Some("bob"), Some(step))
     );
-    let (status, ticket) = travel(Some(&token), &json!({ "input_seq": step }).to_string()).await;
-    assert_eq!(status, 200, "{ticket}");
-    assert_ne!(ticket["room"], room.as_str());
-    let (status, body) = travel(Some(&token), &json!({ "input_seq": step }).to_string()).await;
-    assert_eq!(status, 401, "the old ticket went with the old room: {body}");
-    let ticket = serde_json::from_value(ticket).unwrap();
-    let mut caves = Player::join_with(ticket).await;
+    let moved = bob.next_private("transferred").await;
+    let ticket: game_server_less::proto::Ticket =
+        serde_json::from_value(moved["ticket"].clone()).unwrap();
+    assert_ne!(ticket.room, room);
+    let mut caves = Player::join_with(ticket.clone()).await;
     caves.send(json!({ "type": "look" })).await;
     let world = caves.next_private("welcome").await;
     assert_eq!(world["zone"], "caves", "{world}");
     assert_eq!(world["players"]["bob"]["hp"], 10, "{world}");
     let view = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(view["players_online"], 1, "bob left the meadow: {view}");
-    let gone = ann.next_on_room("travelled").await;
-    assert_eq!(
-        (gone["player"].as_str(), gone["zone"].as_str()),
-        (Some("bob"), Some("caves"))
-    );
+    let revoked = server.lobby().leave(&room, &bob.ticket.token).await;
+    assert!(revoked.is_err(), "the old ticket went with the old room");
     server.stop().await;
 }

@@ -166,8 +166,9 @@ where
 }
 
 /// One bot: connects, sends an input every `every`, counts what the room says;
-/// reconnects when the connection drops.
-async fn bot<I, F>(ticket: Ticket, id: u64, every: Duration, stats: Arc<Stats>, input: Arc<F>)
+/// reconnects when the connection drops, and follows the room's moves to another room
+/// (a `transferred` event on its own destination) with the ticket they bring.
+async fn bot<I, F>(mut ticket: Ticket, id: u64, every: Duration, stats: Arc<Stats>, input: Arc<F>)
 where
     I: Serialize + 'static,
     F: Fn(u64) -> I + Send + Sync + 'static,
@@ -181,10 +182,12 @@ where
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let Ok(mut room) = client
-            .subscribe(&ticket.topic, SubscribeOptions::default())
-            .await
-        else {
+        let subscribed = async {
+            let room = client.subscribe(&ticket.topic, SubscribeOptions::default());
+            let private = client.subscribe(&ticket.private, SubscribeOptions::default());
+            Ok::<_, stomp::Error>((room.await?, private.await?))
+        };
+        let Ok((mut room, mut private)) = subscribed.await else {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -195,6 +198,15 @@ where
             tokio::select! {
                 m = room.recv() => match m {
                     Some(_) => { stats.received.fetch_add(1, Ordering::Relaxed); }
+                    None => break,
+                },
+                m = private.recv() => match m.map(|m| transferred(m.body())) {
+                    Some(Some(moved)) => {
+                        ticket = moved;
+                        let _ = client.disconnect().await;
+                        break;
+                    }
+                    Some(None) => {}
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -215,6 +227,14 @@ where
             }
         }
         stats.online.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ticket a `transferred` event brings, if `body` is one.
+fn transferred(body: &[u8]) -> Option<Ticket> {
+    match serde_json::from_slice(body) {
+        Ok(crate::proto::RoomEvent::Transferred { ticket }) => Some(*ticket),
+        _ => None,
     }
 }
 

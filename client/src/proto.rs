@@ -57,7 +57,7 @@ pub struct RoomView {
 
 /// What joining a room answers: everything a client needs to play, with no destination
 /// names to build itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Ticket {
     /// The room id.
@@ -148,6 +148,12 @@ pub enum RoomEvent {
     RoomEnded {
         /// Why.
         reason: String,
+    },
+    /// The room moved this player to another room (its handler called `transfer`); to
+    /// that player only. This room's ticket no longer works: play goes on with `ticket`.
+    Transferred {
+        /// The ticket of the room the player is in now.
+        ticket: Box<Ticket>,
     },
 }
 

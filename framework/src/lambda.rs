@@ -36,6 +36,7 @@ use crate::config::{Args, Config};
 use crate::lobby::Lobby;
 use crate::msg::Msg;
 use crate::rabbit::{RabbitAdmin, RabbitConfig};
+use crate::rooms::Rooms;
 use crate::server::{cluster_lobby, init_logging};
 use crate::store::Store;
 use crate::token::{random_id, Signer};
@@ -95,6 +96,8 @@ struct Function<S> {
     /// This function and version.
     me: FunctionVersion,
     launcher: Arc<LambdaLauncher>,
+    /// The room service: the lobby's, and what carries out the workers' transfers.
+    rooms: Rooms,
     router: Router,
     msg: Msg<S>,
     lease_secs: Option<u64>,
@@ -111,6 +114,7 @@ impl<S> Clone for Function<S> {
             invoker: self.invoker.clone(),
             me: self.me.clone(),
             launcher: self.launcher.clone(),
+            rooms: self.rooms.clone(),
             router: self.router.clone(),
             msg: self.msg.clone(),
             lease_secs: self.lease_secs,
@@ -171,7 +175,7 @@ where
             new_rooms,
             pending: Mutex::default(),
         });
-        let (_rooms, router) = cluster_lobby(
+        let (rooms, router) = cluster_lobby(
             &config,
             lobby,
             store.clone(),
@@ -188,6 +192,7 @@ where
             invoker,
             me,
             launcher,
+            rooms,
             router,
             msg,
             lease_secs: env_secs("GSL_LAMBDA_LEASE_SECS")?,
@@ -317,6 +322,7 @@ where
         let env = WorkerEnv {
             store: self.store.clone(),
             admin: self.admin.clone(),
+            transfers: Arc::new(self.rooms.clone()),
             worker_id: format!("lambda-{}-{}", self.me, random_id(4)),
             login: self.rabbit.user.clone(),
             passcode: self.rabbit.password.clone(),

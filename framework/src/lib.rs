@@ -20,10 +20,12 @@
 //! 6. [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
 //! 7. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`; it reads the
 //!    broker's [`broker::Stats`] when scraped.
-//! 8. [`store`]: rooms, players, items and checkpoints in SQLite or PostgreSQL.
+//! 8. [`store`]: rooms, players, items, checkpoints (with the transfers outbox) and named
+//!    rooms in SQLite or PostgreSQL.
 //! 9. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
 //! 10. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
-//! 11. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers.
+//! 11. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers,
+//!     the [`worker::Transfers`] seam.
 //! 12. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
 //! 13. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
 //! 14. [`lobby`]: the REST lobby on axum, over the room service.

@@ -48,13 +48,22 @@ pub(crate) enum Effect {
     EndRoom(String),
     /// Add to a player's persistent inventory (`/user/items`).
     GiveItem(Grant),
+    /// Move a player to the live room of this name, carrying this value.
+    Transfer {
+        /// The player.
+        player: PlayerId,
+        /// The name of the room to move to.
+        room: String,
+        /// What arrives as [`Arrival::carried`].
+        carried: Value,
+    },
 }
 
 /// What a player brings into a room, which the join hook reads from
 /// [`RoomCtx::arrival`]: the room's name (which the state factory of [`Msg::for_room`]
 /// sees too, before anyone joins), the player's persistent items (read by the
 /// lobby at the join, so a hook can derive levels and the like from them), and what a
-/// transfer from another room carried ([`crate::Rooms::transfer`]).
+/// transfer from another room carried ([`RoomCtx::transfer`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Arrival {
     /// The room's display name, as it was created.
@@ -63,7 +72,8 @@ pub struct Arrival {
     /// The player's persistent items when they joined.
     #[serde(default)]
     pub items: BTreeMap<String, i64>,
-    /// What the lobby route that moved the player here carried; null on a plain join.
+    /// What the room that moved the player here carried ([`RoomCtx::transfer`]); null on
+    /// a plain join.
     #[serde(default)]
     pub carried: Value,
 }
@@ -161,6 +171,24 @@ impl RoomCtx {
         }));
     }
 
+    /// Moves `player` to the live room named `room` (created if there is none), carrying
+    /// `carried` into its join hook as [`Arrival::carried`]. The player gets the new
+    /// room's ticket (a [`crate::proto::RoomEvent::Transferred`] on its own
+    /// destination) and leaves this room: its leave hook runs when the lobby's leave
+    /// arrives, as for any leave. It happens once the room's checkpoint holds the
+    /// input, and once only, even if the worker dies and applies the input again.
+    ///
+    /// # Panics
+    ///
+    /// As [`RoomCtx::broadcast`].
+    pub fn transfer(&mut self, player: &str, room: &str, carried: &impl Serialize) {
+        self.effects.push(Effect::Transfer {
+            player: player.to_owned(),
+            room: room.to_owned(),
+            carried: to_value(carried),
+        });
+    }
+
     /// The effects asked for so far.
     #[cfg(test)]
     pub(crate) fn effects(&self) -> &[Effect] {
@@ -235,6 +263,11 @@ impl Ctx {
     /// Adds to a player's inventory; see [`RoomCtx::give_item`].
     pub fn give_item(&mut self, player: &str, item: &str, count: i64) {
         self.room.give_item(player, item, count);
+    }
+
+    /// Moves a player to another room; see [`RoomCtx::transfer`].
+    pub fn transfer(&mut self, player: &str, room: &str, carried: &impl Serialize) {
+        self.room.transfer(player, room, carried);
     }
 }
 

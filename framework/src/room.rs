@@ -29,6 +29,27 @@ pub struct Output {
 /// Worker lives whose last tick a room remembers (see `Room::tick_once`).
 pub const TICK_LIVES: usize = 8;
 
+/// Where a room counts the transfers it asked for, beside the players' last inputs
+/// (which no player name can be): the count is saved and restored with them, so a
+/// replay numbers each transfer as the first run did.
+const TRANSFERS: &str = "$transfers";
+
+/// A player a room moves to another room ([`RoomCtx::transfer`]), numbered: `key`
+/// names it for good, so that carrying it out again (after a crash) does it once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// `ROOM/N`: the room that asked, and its count of transfers.
+    pub key: String,
+    /// The room the player leaves (its id).
+    pub from: String,
+    /// The player.
+    pub player: PlayerId,
+    /// The name of the room to move to.
+    pub room: String,
+    /// What arrives in that room's join hook as [`Arrival::carried`].
+    pub carried: Value,
+}
+
 /// A room: its state, its players, and what it has applied.
 ///
 /// Broadcasts carry `seq`, the room's sequence number, which grows by one with each, so a
@@ -45,6 +66,7 @@ pub struct Room<S> {
     players: BTreeSet<PlayerId>,
     ended: Option<String>,
     grants: Vec<Grant>,
+    transfers: Vec<Transfer>,
 }
 
 /// What applying one input did.
@@ -69,6 +91,7 @@ impl<S: 'static> Room<S> {
             players: BTreeSet::new(),
             ended: None,
             grants: Vec::new(),
+            transfers: Vec::new(),
         }
     }
 
@@ -117,6 +140,11 @@ impl<S: 'static> Room<S> {
         std::mem::take(&mut self.grants)
     }
 
+    /// Takes the transfers asked for since the last call.
+    pub(crate) fn take_transfers(&mut self) -> Vec<Transfer> {
+        std::mem::take(&mut self.transfers)
+    }
+
     /// Puts back what a checkpoint saved: state, sequence number, players, and each
     /// player's last applied input. Hooks do not run.
     pub(crate) fn restore(
@@ -131,6 +159,7 @@ impl<S: 'static> Room<S> {
         self.applied = applied.into_iter().collect();
         self.players = players.into_iter().collect();
         self.grants.clear();
+        self.transfers.clear();
     }
 
     /// Each player's last applied input sequence number.
@@ -292,6 +321,21 @@ impl<S: 'static> Room<S> {
                     body: stamp(body, self.seq, cause),
                 }),
                 Effect::GiveItem(grant) => self.grants.push(grant),
+                Effect::Transfer {
+                    player,
+                    room,
+                    carried,
+                } => {
+                    let n = self.applied.get(TRANSFERS).copied().unwrap_or(0) + 1;
+                    self.applied.insert(TRANSFERS.to_owned(), n);
+                    self.transfers.push(Transfer {
+                        key: format!("{}/{n}", self.id),
+                        from: self.id.clone(),
+                        player,
+                        room,
+                        carried,
+                    });
+                }
                 Effect::EndRoom(reason) => {
                     if self.ended.is_none() {
                         self.seq += 1;
@@ -493,6 +537,48 @@ mod tests {
             .is_empty());
         room.leave("mallory");
         assert_eq!(room.state(), &["+ann", "+mallory", "-mallory"]);
+    }
+
+    #[test]
+    fn transfers_are_numbered_for_good_and_a_rejected_input_asks_for_none() {
+        let msg = Msg::new(|| 0u32)
+            .route("type=go", |_: &mut u32, ctx: &mut Ctx, m: Value| {
+                let me = ctx.sender().to_owned();
+                ctx.transfer(&me, "caves", &m["hp"]);
+                if m["fail"] == true {
+                    return Err("no");
+                }
+                Ok(())
+            })
+            .tick(std::time::Duration::from_secs(1), |_, ctx| {
+                ctx.transfer("p2", "meadow", &());
+            });
+        let mut room = Room::new(RoomInfo::new("r1", "r1"), msg.clone());
+        room.join("p1");
+        let out = room
+            .apply("p1", Some(1), br#"{"type":"go","hp":4}"#)
+            .outputs;
+        assert!(out.is_empty(), "a transfer is no message: {out:?}");
+        room.apply("p1", Some(2), br#"{"type":"go","fail":true}"#);
+        room.tick();
+        let moved = room.take_transfers();
+        let keys: Vec<&str> = moved.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["r1/1", "r1/2"], "the refused input's is dropped");
+        assert_eq!(
+            (moved[0].from.as_str(), moved[0].player.as_str()),
+            ("r1", "p1")
+        );
+        assert_eq!(
+            (moved[0].room.as_str(), &moved[0].carried),
+            ("caves", &json!(4))
+        );
+        assert_eq!(moved[1].room, "meadow");
+        // The count goes with the players' last inputs into a checkpoint, and on from it.
+        let applied: Vec<(String, u64)> = room.applied().map(|(p, n)| (p.to_owned(), n)).collect();
+        let mut again = Room::new(RoomInfo::new("r1", "r1"), msg);
+        again.restore(0, room.seq(), applied, ["p1".to_owned()]);
+        again.tick();
+        assert_eq!(again.take_transfers()[0].key, "r1/3");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The room service: create, list, join, leave, kick and end rooms. It keeps the store,
-//! the broker's inboxes and the room workers in step, and knows nothing of HTTP: the
-//! lobby serves it over axum, and other front ends (tests, Lambda) can call it directly.
+//! The room service: create, list, join, transfer, leave, kick and end rooms. It keeps
+//! the store, the broker's inboxes and the room workers in step, and knows nothing of
+//! HTTP: the lobby serves it over axum, room workers carry out their rooms' transfers
+//! through it ([`crate::worker::Transfers`]), and other front ends (tests, Lambda) can
+//! call it directly.
 //!
 //! Who may do what:
 //! - A name belongs to whoever first joined with it: that join answers a player key
@@ -14,10 +16,12 @@ use crate::admin::BrokerAdmin;
 use crate::auth::Joins;
 use crate::msg::Arrival;
 use crate::proto::{valid_name, RoomView, Ticket};
-use crate::store::{RoomRecord, Store};
+use crate::room::Transfer;
+use crate::store::{RoomRecord, Store, TransferPlan};
 use crate::token::{key_hash, key_name, player_key, random_id, same_secret, Claims, Signer};
-use crate::worker::{Control, Launcher};
+use crate::worker::{Control, Launcher, Transfers};
 use crate::{Error, Result};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -215,13 +219,7 @@ impl Rooms {
     /// Creates a room for `client` (its address, where known): its inbox, its record,
     /// and its worker. The answer carries the room's owner token.
     pub async fn create(&self, name: &str, client: Option<IpAddr>) -> Result<RoomView> {
-        let blank = name.chars().all(|c| c == ' ');
-        if blank || name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(Error::Invalid(
-                "a room name has 1 to 64 characters, not control characters, not only spaces"
-                    .into(),
-            ));
-        }
+        check_room_name(name)?;
         let settings = &self.inner.settings;
         if let Some(ip) = client {
             let mut creations = self.inner.creations.lock().unwrap();
@@ -304,10 +302,10 @@ impl Rooms {
     }
 
     /// Moves `player`, who is in room `from` (as a current ticket proved), to room `to`,
-    /// carrying `carried` into `to`'s join hook ([`crate::msg::Arrival::carried`]): a
-    /// game's lobby route calls it to move a player between rooms (zones, say) with
-    /// their state. The new room's ticket is issued first, then the player leaves
-    /// `from`; their items arrive as at any join.
+    /// carrying `carried` into `to`'s join hook ([`crate::msg::Arrival::carried`]), for a
+    /// game's lobby route. The new room's ticket is issued first, then the player leaves
+    /// `from`; their items arrive as at any join. (A room's handlers move players with
+    /// [`crate::RoomCtx::transfer`], which [`Rooms::carry_out`] carries out.)
     pub async fn transfer(
         &self,
         from: &str,
@@ -325,6 +323,127 @@ impl Rooms {
             tracing::warn!(%from, %to, %player, "moved, but could not leave the room before: {e}");
         }
         Ok(ticket)
+    }
+
+    /// The live room named `name` that transfers lead to, created if there is none: one
+    /// a name, however many lobbies and workers ask at once (the store settles it, see
+    /// [`Store::named_room`]). Rooms created through [`Rooms::create`] do not hold their
+    /// name: many may share one.
+    pub async fn named_room(&self, name: &str) -> Result<String> {
+        check_room_name(name)?;
+        let (room, created) = self.store().named_room(name, &random_id(4)).await?;
+        // Whoever created it may not have made its inbox yet (or died first): declaring
+        // it again changes nothing, and a `$join` put in it is not lost.
+        self.inner.admin.create_inbox(&room).await?;
+        if created {
+            self.inner.launcher.launch(&room);
+            self.control(&room, Control::Wake).await?;
+        }
+        Ok(room)
+    }
+
+    /// Carries out `transfer`, which room `transfer.from` asked for
+    /// ([`crate::RoomCtx::transfer`]) and saved in the outbox with its checkpoint: moves
+    /// the player to the live room of that name, carrying its value into the join hook,
+    /// and answers the new room's ticket (the player's old ticket is revoked, its
+    /// connections closed a moment later, once the new ticket had time to reach them).
+    ///
+    /// Once, however often it is called with the same key: the first call plans the
+    /// transfer (the room, the new join) in the outbox, and every later one follows that
+    /// plan, doing only what is not done yet. `None`: nothing was left to do (the
+    /// transfer was done and the player has moved on, or it left the room before).
+    pub async fn carry_out(&self, transfer: &Transfer) -> Result<Option<Ticket>> {
+        let Transfer { from, player, .. } = transfer;
+        let store = self.store();
+        let plan = match store.transfer_plan(&transfer.key).await? {
+            Some(plan) => plan,
+            None => match self.plan(transfer).await? {
+                Some(plan) => plan,
+                None => return Ok(None),
+            },
+        };
+        let to = plan.to_room.as_str();
+        let in_from = store.player_join(from, player).await? == Some(plan.from_join.clone());
+        let in_to = store.player_join(to, player).await? == Some(plan.join.clone());
+        if in_to {
+            // A try before admitted the player; its `$join` may not have reached the
+            // room: again (a room ignores the join of a player it has).
+            self.inner.joins.set(to, player, &plan.join);
+            let arrival = self.arrival(to, player, transfer.carried.clone()).await?;
+            self.control(
+                to,
+                Control::Join {
+                    player: player.clone(),
+                    arrival: Some(arrival),
+                },
+            )
+            .await?;
+            self.inner.launcher.launch(to);
+        } else if in_from {
+            self.admit_as(to, player, &plan.join, transfer.carried.clone())
+                .await?;
+        } else {
+            return Ok(None);
+        }
+        if in_from {
+            self.leave_for(from, player).await?;
+        }
+        Ok(Some(self.ticket(to, player, &plan.join)))
+    }
+
+    /// The plan of a transfer's first try: where to, and the new join. `None` when the
+    /// player is no longer in the room it would leave.
+    async fn plan(&self, transfer: &Transfer) -> Result<Option<TransferPlan>> {
+        let Transfer {
+            key,
+            from,
+            player,
+            room,
+            ..
+        } = transfer;
+        let Some(from_join) = self.store().player_join(from, player).await? else {
+            return Ok(None);
+        };
+        let to_room = self.named_room(room).await?;
+        if &to_room == from {
+            return Err(Error::Invalid(format!(
+                "{player} is in room {room:?} already"
+            )));
+        }
+        self.check_room_has_space(&to_room, player).await?;
+        let plan = TransferPlan {
+            to_room,
+            join: random_id(4),
+            from_join,
+        };
+        let planned = self.store().plan_transfer(key, &plan).await?;
+        planned
+            .map(Some)
+            .ok_or_else(|| Error::NotFound(format!("no transfer {key} in the outbox")))
+    }
+
+    /// `player` leaves `room` for another: as [`Rooms::leave`], but its connections stay
+    /// open a moment, for the new ticket to reach them.
+    async fn leave_for(&self, room: &str, player: &str) -> Result<()> {
+        if !self.store().remove_player(room, player).await? {
+            return Ok(()); // gone already
+        }
+        self.inner.joins.remove(room, player);
+        self.control(
+            room,
+            Control::Leave {
+                player: player.to_owned(),
+            },
+        )
+        .await?;
+        let (admin, room, player) = (self.inner.admin.clone(), room.to_owned(), player.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(TRANSFER_HANDOVER).await;
+            if let Err(e) = admin.disconnect(&room, &player).await {
+                tracing::warn!(%room, %player, "cannot close the connections of a transferred player: {e}");
+            }
+        });
+        Ok(())
     }
 
     async fn check_room_has_space(&self, room: &str, player: &str) -> Result<()> {
@@ -345,19 +464,21 @@ impl Rooms {
     /// first visit puts a `$join` with what the player brings into the inbox.
     async fn admit(&self, room: &str, player: &str, carried: Value) -> Result<Ticket> {
         let join = random_id(4);
-        let first_visit = self.store().add_player(room, player, &join).await?;
+        self.admit_as(room, player, &join, carried).await?;
+        Ok(self.ticket(room, player, &join))
+    }
+
+    /// [`Rooms::admit`] with the join `join`.
+    async fn admit_as(&self, room: &str, player: &str, join: &str, carried: Value) -> Result<()> {
+        let first_visit = self.store().add_player(room, player, join).await?;
         if !first_visit {
-            self.store().rejoin_player(room, player, &join).await?;
+            self.store().rejoin_player(room, player, join).await?;
         }
         // The registry first, so that the earlier ticket cannot connect again once its
         // connections are closed.
-        self.inner.joins.set(room, player, &join);
+        self.inner.joins.set(room, player, join);
         if first_visit {
-            let arrival = Arrival {
-                room_name: self.record(room).await?.name,
-                items: self.store().items(player).await?,
-                carried,
-            };
+            let arrival = self.arrival(room, player, carried).await?;
             let control = Control::Join {
                 player: player.to_owned(),
                 arrival: Some(arrival),
@@ -369,12 +490,26 @@ impl Rooms {
         // A room can sleep (on Lambda, an empty room's worker chain ends): the join
         // wakes it. Launchers ignore rooms that have their worker.
         self.inner.launcher.launch(room);
+        Ok(())
+    }
+
+    /// What `player` brings into `room`: its name, the player's items, `carried`.
+    async fn arrival(&self, room: &str, player: &str, carried: Value) -> Result<Arrival> {
+        Ok(Arrival {
+            room_name: self.record(room).await?.name,
+            items: self.store().items(player).await?,
+            carried,
+        })
+    }
+
+    /// The ticket of `player`'s join `join` of `room`.
+    fn ticket(&self, room: &str, player: &str, join: &str) -> Ticket {
         let names = self.inner.admin.names();
         let endpoints = self.inner.admin.endpoints();
         let (token, expires) =
             self.signer()
-                .issue_expiring(room, player, &join, self.inner.settings.ticket_ttl);
-        Ok(Ticket {
+                .issue_expiring(room, player, join, self.inner.settings.ticket_ttl);
+        Ticket {
             room: room.to_owned(),
             player: player.to_owned(),
             ws_url: endpoints.ws_url.clone(),
@@ -386,7 +521,7 @@ impl Rooms {
             topic: names.topic(room),
             private: names.private(room, player),
             player_key: None,
-        })
+        }
     }
 
     /// Checks that whoever joins as `player` may use the name: claims it (and returns
@@ -459,6 +594,26 @@ impl Rooms {
             .publish_control(room, control.to_json())
             .await
     }
+}
+
+impl Transfers for Rooms {
+    fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>> {
+        Box::pin(self.carry_out(transfer))
+    }
+}
+
+/// How long a transferred player's connections to the room it left stay open: long
+/// enough for the new ticket, sent on them, to arrive.
+const TRANSFER_HANDOVER: Duration = Duration::from_secs(2);
+
+fn check_room_name(name: &str) -> Result<()> {
+    let blank = name.chars().all(|c| c == ' ');
+    if blank || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(
+            "a room name has 1 to 64 characters, not control characters, not only spaces".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A room as `viewer` may see it: player names only for its members and the operator.

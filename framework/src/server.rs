@@ -27,7 +27,7 @@ use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::token::{random_id, Signer};
 use crate::worker::discovery::Discovery;
-use crate::worker::{External, InProcess, WorkerEnv};
+use crate::worker::{External, InProcess, LateTransfers, WorkerEnv};
 use crate::{Error, Result};
 use axum::Router;
 use clap::Parser;
@@ -111,9 +111,13 @@ where
             },
         ));
         let (stop_workers, shutdown) = watch::channel(false);
+        // The room service carries out the workers' transfers, but needs their launcher
+        // first: it is handed to them once it exists.
+        let transfers = LateTransfers::default();
         let env = WorkerEnv {
             store: store.clone(),
             admin: admin.clone(),
+            transfers: Arc::new(transfers.clone()),
             worker_id: "local".into(),
             login: WORKER_USER.to_owned(),
             passcode: worker_secret,
@@ -129,6 +133,7 @@ where
             joins,
             config.rooms.clone(),
         );
+        transfers.set(Arc::new(rooms.clone()));
         let router = harden(
             lobby.into_router(rooms.clone()).merge(broker.ws_router()),
             config.http,
@@ -156,9 +161,9 @@ where
 
     async fn start_cluster(self, url: &str, store: Store, signer: Signer) -> Result<Running> {
         let Server { config, lobby, msg } = self;
-        if config.role.lobby() && config.secret.as_deref().is_none_or(str::is_empty) {
+        if config.secret.as_deref().is_none_or(str::is_empty) {
             return Err(Error::Invalid(
-                "cluster mode needs --secret (or GSL_SECRET), the same for every lobby: each lobby signs tickets that the others and RabbitMQ's auth backend check".into(),
+                "cluster mode needs --secret (or GSL_SECRET), the same for every lobby and worker: each signs tickets (a worker, those of the transfers its rooms ask for) that the others and RabbitMQ's auth backend check".into(),
             ));
         }
         let rabbit = RabbitConfig::parse(url)?;
@@ -168,9 +173,20 @@ where
         let mut workers = None;
         if config.role.worker() {
             let id = format!("{}-{}", std::process::id(), random_id(4));
+            // Transfers go through a room service of the worker's own: rooms are in the
+            // store, their workers find them there.
+            let transfers = Rooms::new(
+                store.clone(),
+                signer.clone(),
+                admin.clone(),
+                Arc::new(External),
+                Joins::default(),
+                config.rooms.clone(),
+            );
             let env = WorkerEnv {
                 store: store.clone(),
                 admin: admin.clone(),
+                transfers: Arc::new(transfers),
                 worker_id: id.clone(),
                 login: rabbit.user.clone(),
                 passcode: rabbit.password.clone(),

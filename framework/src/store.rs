@@ -2,6 +2,7 @@
 //! default) or PostgreSQL, through one SQL text (sqlx's `Any` driver).
 
 use crate::proto::Grant;
+use crate::room::Transfer;
 use crate::{Error, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -46,7 +47,31 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL)",
     "ALTER TABLE rooms ADD COLUMN code_version TEXT",
     "ALTER TABLE rooms ADD COLUMN chain BIGINT NOT NULL DEFAULT 0",
+    // The rooms transfers lead to, one live room per name (see `Store::named_room`).
+    "CREATE TABLE IF NOT EXISTS named_rooms (
+        name TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL)",
+    // The transfers rooms asked for, saved with the checkpoint that holds them and done
+    // after it (an outbox): `to_room`, `join_id` and `from_join` are the plan of the first
+    // try, which every later try of the same transfer follows.
+    "CREATE TABLE IF NOT EXISTS transfers (
+        id TEXT PRIMARY KEY,
+        from_room TEXT NOT NULL,
+        player TEXT NOT NULL,
+        to_name TEXT NOT NULL,
+        carried TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        to_room TEXT,
+        join_id TEXT,
+        from_join TEXT,
+        done_at BIGINT)",
+    "CREATE INDEX IF NOT EXISTS transfers_from ON transfers (from_room, done_at)",
 ];
+
+const ADD_TRANSFER: &str =
+    "INSERT INTO transfers (id, from_room, player, to_name, carried, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
 
 const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
      ON CONFLICT (player, item) DO UPDATE SET count = user_items.count + excluded.count";
@@ -79,6 +104,18 @@ pub struct Checkpoint {
     pub version: u64,
 }
 
+/// How a transfer is carried out, as its first try chose: every later try follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferPlan {
+    /// The room the player moves to.
+    pub to_room: String,
+    /// The player's join of that room (its ticket's).
+    pub join: String,
+    /// The player's join of the room it leaves, when the transfer was planned: a later
+    /// join of that room is another visit, which the transfer must leave alone.
+    pub from_join: String,
+}
+
 /// The store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -106,6 +143,7 @@ struct PendingSave {
     /// The version the saving worker started from; the row becomes `version + 1`.
     version: i64,
     grants: Vec<Grant>,
+    transfers: Vec<Transfer>,
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
@@ -230,7 +268,8 @@ impl Store {
         })
     }
 
-    /// Marks a room ended and forgets its players and checkpoint.
+    /// Marks a room ended and forgets its players, its checkpoint and its claim on a
+    /// name ([`Store::named_room`]).
     pub async fn end_room(&self, id: &str, reason: &str) -> Result<()> {
         sqlx::query("UPDATE rooms SET ended_at = $1, end_reason = $2 WHERE id = $3")
             .bind(now())
@@ -242,6 +281,8 @@ impl Store {
         for sql in [
             "DELETE FROM players WHERE room_id = $1",
             "DELETE FROM checkpoints WHERE room_id = $1",
+            // Its name is free for a new room.
+            "DELETE FROM named_rooms WHERE room_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id)
@@ -249,6 +290,144 @@ impl Store {
                 .await
                 .map_err(db)?;
         }
+        Ok(())
+    }
+
+    /// The live room named `name` that transfers lead to: the one that holds the name,
+    /// or else a new room `candidate`, recorded here, and `true` for it (its inbox must
+    /// exist before, as for any room a worker may see). One room a name, however many
+    /// processes ask at once: the name's row is claimed (`INSERT … ON CONFLICT DO
+    /// NOTHING`) in the transaction that records the room, then read back. A room that
+    /// ends gives its name up; a claim left by one that ended without is dropped here.
+    pub async fn named_room(&self, name: &str, candidate: &str) -> Result<(String, bool)> {
+        for _ in 0..3 {
+            let created_at = now();
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            let claimed = sqlx::query(
+                "INSERT INTO named_rooms (name, room_id, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(candidate)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected()
+                == 1;
+            if claimed {
+                sqlx::query("INSERT INTO rooms (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(candidate)
+                    .bind(name)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            let row = sqlx::query(
+                "SELECT n.room_id, r.ended_at FROM named_rooms n
+                 LEFT JOIN rooms r ON r.id = n.room_id WHERE n.name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            let room: String = row.try_get("room_id").map_err(db)?;
+            let ended: Option<i64> = row.try_get("ended_at").map_err(db)?;
+            if ended.is_none() {
+                tx.commit().await.map_err(db)?;
+                return Ok((room, claimed));
+            }
+            sqlx::query("DELETE FROM named_rooms WHERE name = $1 AND room_id = $2")
+                .bind(name)
+                .bind(&room)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+        }
+        Err(Error::Store(format!(
+            "no live room named {name:?} could be found or made"
+        )))
+    }
+
+    /// The transfers `room` asked for that are not done yet, in the order it asked.
+    pub async fn pending_transfers(&self, room: &str) -> Result<Vec<Transfer>> {
+        let rows = sqlx::query(
+            "SELECT id, from_room, player, to_name, carried FROM transfers
+             WHERE from_room = $1 AND done_at IS NULL ORDER BY LENGTH(id), id",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let carried: String = r.try_get("carried").map_err(db)?;
+                Ok(Transfer {
+                    key: r.try_get("id").map_err(db)?,
+                    from: r.try_get("from_room").map_err(db)?,
+                    player: r.try_get("player").map_err(db)?,
+                    room: r.try_get("to_name").map_err(db)?,
+                    carried: serde_json::from_str(&carried).map_err(|e| {
+                        Error::Store(format!("corrupt transfer of room {room}: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records `plan` as the plan of transfer `key`, unless it has one: the first try's
+    /// plan stands. Answers the transfer's plan (`None`: no such transfer).
+    pub async fn plan_transfer(
+        &self,
+        key: &str,
+        plan: &TransferPlan,
+    ) -> Result<Option<TransferPlan>> {
+        sqlx::query(
+            "UPDATE transfers SET to_room = $1, join_id = $2, from_join = $3
+             WHERE id = $4 AND to_room IS NULL",
+        )
+        .bind(&plan.to_room)
+        .bind(&plan.join)
+        .bind(&plan.from_join)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        self.transfer_plan(key).await
+    }
+
+    /// The plan of transfer `key`, if a try made one.
+    pub async fn transfer_plan(&self, key: &str) -> Result<Option<TransferPlan>> {
+        let row = sqlx::query("SELECT to_room, join_id, from_join FROM transfers WHERE id = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let to_room: Option<String> = row.try_get("to_room").map_err(db)?;
+        let join: Option<String> = row.try_get("join_id").map_err(db)?;
+        let from_join: Option<String> = row.try_get("from_join").map_err(db)?;
+        Ok(match (to_room, join, from_join) {
+            (Some(to_room), Some(join), Some(from_join)) => Some(TransferPlan {
+                to_room,
+                join,
+                from_join,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Records that transfer `key` is done (or could not be, for good): it leaves the
+    /// outbox.
+    pub async fn transfer_done(&self, key: &str) -> Result<()> {
+        sqlx::query("UPDATE transfers SET done_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -483,8 +662,9 @@ impl Store {
             .collect()
     }
 
-    /// Saves a room's checkpoint and the item grants of the inputs it holds since the
-    /// last, in one transaction: both or neither. It replaces the checkpoint whose
+    /// Saves a room's checkpoint with the item grants and the transfers of the inputs it
+    /// holds since the last, in one transaction: all or nothing. The transfers wait in
+    /// the outbox until they are done ([`Store::pending_transfers`]). It replaces the checkpoint whose
     /// version is `checkpoint.version` and becomes version `checkpoint.version + 1`; if
     /// another worker saved since, nothing is written and [`Error::Fenced`] says so.
     ///
@@ -498,6 +678,7 @@ impl Store {
         room: &str,
         checkpoint: &Checkpoint,
         grants: &[Grant],
+        transfers: &[Transfer],
     ) -> Result<()> {
         let (done, saved) = tokio::sync::oneshot::channel();
         let save = PendingSave {
@@ -509,6 +690,7 @@ impl Store {
             players: serde_json::to_string(&checkpoint.players).expect("names serialize"),
             version: checkpoint.version as i64,
             grants: grants.to_vec(),
+            transfers: transfers.to_vec(),
             done,
         };
         let lead = {
@@ -614,13 +796,26 @@ impl Store {
                 }
             }
         }
-        // Only a written checkpoint's grants: a fenced worker's inputs are another's now.
+        // Only a written checkpoint's grants and transfers: a fenced worker's inputs are
+        // another's now.
         for (save, _) in group.iter().zip(&written).filter(|(_, w)| **w) {
             for grant in &save.grants {
                 sqlx::query(ADD_ITEM)
                     .bind(&grant.player)
                     .bind(&grant.item)
                     .bind(grant.count)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            for transfer in &save.transfers {
+                sqlx::query(ADD_TRANSFER)
+                    .bind(&transfer.key)
+                    .bind(&transfer.from)
+                    .bind(&transfer.player)
+                    .bind(&transfer.room)
+                    .bind(transfer.carried.to_string())
+                    .bind(now)
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;

@@ -175,6 +175,28 @@ impl<S: 'static> TestRoom<S> {
         self.room.take_grants()
     }
 
+    /// Transfers handlers asked for since the last call ([`crate::RoomCtx::transfer`]):
+    /// who goes to which room's name, carrying what. A test room carries none out.
+    ///
+    /// ```
+    /// use game_server_less::{testing::TestRoom, Ctx, Msg};
+    /// use serde_json::{json, Value};
+    ///
+    /// let msg = Msg::new(|| ()).route("type=go", |_: &mut (), ctx: &mut Ctx, _: Value| {
+    ///     let me = ctx.sender().to_owned();
+    ///     ctx.transfer(&me, "caves", &json!({ "hp": 3 }));
+    /// });
+    /// let mut room = TestRoom::new(msg);
+    /// room.join("ann");
+    /// room.send("ann", json!({ "type": "go" })).unwrap();
+    /// let moved = room.transfers();
+    /// assert_eq!((moved[0].player.as_str(), moved[0].room.as_str()), ("ann", "caves"));
+    /// assert_eq!(moved[0].carried, json!({ "hp": 3 }));
+    /// ```
+    pub fn transfers(&mut self) -> Vec<crate::room::Transfer> {
+        self.room.take_transfers()
+    }
+
     /// The room underneath.
     pub fn room(&self) -> &Room<S> {
         &self.room

@@ -2,16 +2,21 @@
 //! [`room_worker`] is the worker without I/O; [`subscribed`] runs it as a STOMP
 //! consumer; a [`Launcher`] decides where the worker of a new room runs.
 
+mod courier;
 pub mod discovery;
 pub mod room_worker;
 mod saver;
 pub mod subscribed;
 
 use crate::msg::Msg;
+use crate::proto::Ticket;
+use crate::room::Transfer;
+use crate::{Error, Result};
+use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +30,52 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Rooms with a worker in this process, where the launcher can tell.
     fn running(&self) -> Option<usize>;
+}
+
+/// Carries out the transfers rooms ask for ([`crate::RoomCtx::transfer`]): the room
+/// service does (`Rooms`, a layer above the workers, implements it). A worker calls it
+/// only once the checkpoint that holds the transfer is saved, and again after a crash
+/// if it may not have finished: it must do a transfer once however often it is called
+/// with the same [`Transfer::key`].
+pub trait Transfers: Send + Sync + 'static {
+    /// Moves `transfer.player` from `transfer.from` to the live room named
+    /// `transfer.room` and answers the ticket for it; `None` when there is nothing (more)
+    /// to do: the transfer was done before, and the player has moved on since.
+    fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>>;
+}
+
+/// A [`Transfers`] given later: the room service needs the launcher, which needs the
+/// workers' environment, which needs this. Cheap to clone; until it is set, transfers
+/// fail (and are tried again).
+#[derive(Clone, Default)]
+pub struct LateTransfers(Arc<OnceLock<Arc<dyn Transfers>>>);
+
+impl std::fmt::Debug for LateTransfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateTransfers")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl LateTransfers {
+    /// Hands every transfer to `transfers` from now on; the first call counts.
+    pub fn set(&self, transfers: Arc<dyn Transfers>) {
+        let _ = self.0.set(transfers);
+    }
+}
+
+impl Transfers for LateTransfers {
+    fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>> {
+        match self.0.get() {
+            Some(transfers) => transfers.transfer(transfer),
+            None => Box::pin(async {
+                Err(Error::Protocol(
+                    "the room service is not running yet".into(),
+                ))
+            }),
+        }
+    }
 }
 
 /// Workers run elsewhere (worker processes find rooms themselves): launching does

@@ -1,7 +1,8 @@
 //! The store against SQLite (a file) and PostgreSQL, through the same SQL.
 
 use game_server_less::proto::Grant;
-use game_server_less::store::{Checkpoint, Store};
+use game_server_less::room::Transfer;
+use game_server_less::store::{Checkpoint, Store, TransferPlan};
 use std::collections::BTreeMap;
 
 fn postgres_url() -> String {
@@ -78,12 +79,14 @@ async fn exercise(store: &Store) {
         count: 1,
     }];
     store
-        .save_checkpoint(&room, &checkpoint, &grants)
+        .save_checkpoint(&room, &checkpoint, &grants, &[])
         .await
         .unwrap();
     // A second worker that also started from "no checkpoint" is fenced off: nothing it
     // asked for is written, grants included.
-    let stale = store.save_checkpoint(&room, &checkpoint, &grants).await;
+    let stale = store
+        .save_checkpoint(&room, &checkpoint, &grants, &[])
+        .await;
     assert!(
         matches!(stale, Err(game_server_less::Error::Fenced(_))),
         "{stale:?}"
@@ -91,7 +94,7 @@ async fn exercise(store: &Store) {
     let saved = store.checkpoint(&room).await.unwrap().unwrap();
     assert_eq!(saved.version, 1);
     let next = Checkpoint { seq: 43, ..saved };
-    store.save_checkpoint(&room, &next, &[]).await.unwrap(); // replaces
+    store.save_checkpoint(&room, &next, &[], &[]).await.unwrap(); // replaces
     assert_eq!(
         store.checkpoint(&room).await.unwrap(),
         Some(Checkpoint { version: 2, ..next })
@@ -156,15 +159,15 @@ async fn group_commit(store: &Store) {
     // Rooms 0 and 1 get a first checkpoint; room 1 then a second, so that room 1's
     // version 1 is stale below.
     store
-        .save_checkpoint(&rooms[0], &checkpoint(1, 0), &[])
+        .save_checkpoint(&rooms[0], &checkpoint(1, 0), &[], &[])
         .await
         .unwrap();
     store
-        .save_checkpoint(&rooms[1], &checkpoint(1, 0), &[])
+        .save_checkpoint(&rooms[1], &checkpoint(1, 0), &[], &[])
         .await
         .unwrap();
     store
-        .save_checkpoint(&rooms[1], &checkpoint(2, 1), &[])
+        .save_checkpoint(&rooms[1], &checkpoint(2, 1), &[], &[])
         .await
         .unwrap();
 
@@ -183,7 +186,7 @@ async fn group_commit(store: &Store) {
     let results = futures_util::future::join_all(
         saves
             .iter()
-            .map(|(room, c)| store.save_checkpoint(room, c, &grant)),
+            .map(|(room, c)| store.save_checkpoint(room, c, &grant, &[])),
     )
     .await;
     let fenced = |r: &Result<(), game_server_less::Error>| {
@@ -221,6 +224,92 @@ async fn group_commit(store: &Store) {
     );
 }
 
+/// Two processes (two stores on one database) asking at once for the room named N: one
+/// room, whoever asks; its end frees the name for a new one.
+async fn one_live_room_a_name(a: &Store, b: &Store) {
+    let name = unique("caves-");
+    let asks = (0..8).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        let name = name.clone();
+        async move { store.named_room(&name, &unique(&format!("c{i}-"))).await }
+    });
+    let answers: Vec<(String, bool)> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let room = answers[0].0.clone();
+    assert!(answers.iter().all(|(r, _)| *r == room), "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, created)| *created).count(),
+        1,
+        "one of them made it: {answers:?}"
+    );
+    let live = a.live_rooms().await.unwrap();
+    assert_eq!(live.iter().filter(|r| r.name == name).count(), 1);
+    assert_eq!(
+        b.named_room(&name, "unused").await.unwrap(),
+        (room.clone(), false)
+    );
+    a.end_room(&room, "over").await.unwrap();
+    let (next, created) = b.named_room(&name, &unique("next-")).await.unwrap();
+    assert!(
+        created && next != room,
+        "a new room for the name once it ended"
+    );
+}
+
+/// Transfers wait in the outbox from the checkpoint that holds them until they are done;
+/// the first plan of one stands; a fenced checkpoint's transfers are never written.
+async fn transfers_outbox(store: &Store) {
+    let room = unique("t");
+    store.create_room(&room, "meadow").await.unwrap();
+    let transfer = |n: u64| Transfer {
+        key: format!("{room}/{n}"),
+        from: room.clone(),
+        player: "ann".into(),
+        room: "caves".into(),
+        carried: serde_json::json!({ "hp": n }),
+    };
+    let checkpoint = Checkpoint {
+        seq: 1,
+        state: "{}".into(),
+        applied: BTreeMap::new(),
+        players: vec!["ann".into()],
+        version: 0,
+    };
+    let (first, second) = (transfer(2), transfer(10));
+    store
+        .save_checkpoint(&room, &checkpoint, &[], &[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    let fenced = store
+        .save_checkpoint(&room, &checkpoint, &[], &[transfer(11)])
+        .await;
+    assert!(fenced.is_err(), "{fenced:?}");
+    assert_eq!(
+        store.pending_transfers(&room).await.unwrap(),
+        [first.clone(), second.clone()],
+        "in the order asked, and none from the fenced save"
+    );
+    assert_eq!(store.transfer_plan(&first.key).await.unwrap(), None);
+    let plan = |to: &str| TransferPlan {
+        to_room: to.into(),
+        join: format!("j-{to}"),
+        from_join: "j0".into(),
+    };
+    let planned = store.plan_transfer(&first.key, &plan("r1")).await.unwrap();
+    assert_eq!(planned, Some(plan("r1")));
+    let again = store.plan_transfer(&first.key, &plan("r2")).await.unwrap();
+    assert_eq!(again, Some(plan("r1")), "the first plan stands");
+    assert_eq!(
+        store.plan_transfer("nope/1", &plan("r1")).await.unwrap(),
+        None
+    );
+    store.transfer_done(&first.key).await.unwrap();
+    assert_eq!(store.pending_transfers(&room).await.unwrap(), [second]);
+}
+
 #[tokio::test]
 async fn sqlite_file_store() {
     let dir = std::env::temp_dir().join(unique("gsl-store-"));
@@ -228,6 +317,8 @@ async fn sqlite_file_store() {
     let store = Store::open(&url).await.unwrap();
     exercise(&store).await;
     group_commit(&store).await;
+    transfers_outbox(&store).await;
+    one_live_room_a_name(&store, &Store::open(&url).await.unwrap()).await;
     // Migrations run once: opening again keeps the data.
     store.add_item("keeper", "herb", 1).await.unwrap();
     drop(store);
@@ -244,7 +335,9 @@ async fn postgres_store() {
         .unwrap_or_else(|e| panic!("PostgreSQL must be running for this test ({url}): {e}"));
     exercise(&store).await;
     group_commit(&store).await;
-    Store::open(&url).await.expect("migrations are idempotent");
+    transfers_outbox(&store).await;
+    let other = Store::open(&url).await.expect("migrations are idempotent");
+    one_live_room_a_name(&store, &other).await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use game_protocol::{max_hp, Fighter, Item, Npc, Out, Player};
-use game_server_less_client::proto::{Body, Envelope, RoomEvent, RoomView};
+use game_server_less_client::proto::{Body, Envelope, RoomEvent, RoomView, Ticket};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -28,8 +28,8 @@ pub enum Action {
     Chat(String),
     /// Ask for the whole world again.
     Look,
-    /// Move to the zone a portal leads to: the `input_seq` of the step into it.
-    Travel(u64),
+    /// Play on in the room the server moved the player to, with its ticket.
+    Travel(Box<Ticket>),
     /// Quit the program.
     Quit,
 }
@@ -396,6 +396,8 @@ impl App {
                 self.log_event(format!("error: {error}"));
                 return None;
             }
+            // To one player only: never on the room topic.
+            Body::Room(RoomEvent::Transferred { .. }) => return None,
         };
         let me = self.name.clone();
         let game = &mut self.game;
@@ -475,7 +477,12 @@ impl App {
             Out::Travelled { player, zone } => {
                 game.players.remove(&player);
                 if player == me {
-                    return self.travel(zone, m.input_seq);
+                    // The room moves us: the ticket follows on our own destination.
+                    if game.travelling.is_none() {
+                        self.log_event(format!("portal: to the {zone}…"));
+                        self.game.travelling = Some(zone);
+                    }
+                    return None;
                 }
                 self.log_event(format!("{player} left for the {zone}"));
             }
@@ -485,14 +492,14 @@ impl App {
         None
     }
 
-    /// Through a portal: asks the network to move the player, keeping the view.
-    fn travel(&mut self, zone: String, input_seq: Option<u64>) -> Option<Action> {
-        if self.game.travelling.is_some() {
-            return None; // on the way already
+    /// The room moved the player to another: play goes on there with `ticket`, and the
+    /// view stays until the new room's world arrives.
+    fn travel(&mut self, ticket: Box<Ticket>) -> Option<Action> {
+        if self.game.travelling.is_none() {
+            self.log_event(format!("moving to room {}…", ticket.room));
+            self.game.travelling = Some(ticket.room.clone());
         }
-        self.log_event(format!("portal: to the {zone}…"));
-        self.game.travelling = Some(zone);
-        Some(Action::Travel(input_seq.unwrap_or(0)))
+        Some(Action::Travel(ticket))
     }
 
     fn on_private(&mut self, m: Envelope<Out>) -> Option<Action> {
@@ -513,10 +520,7 @@ impl App {
                 game.seq = m.seq;
                 game.synced = true;
             }
-            // The reply to a look from a player on the way through a portal.
-            Body::Game(Out::Travelled { player, zone }) if player == self.name => {
-                return self.travel(zone, m.input_seq);
-            }
+            Body::Room(RoomEvent::Transferred { ticket }) => return self.travel(ticket),
             Body::Room(RoomEvent::Error { error }) => self.log_event(format!("error: {error}")),
             _ => {}
         }
@@ -708,7 +712,18 @@ pub(crate) mod tests {
             "type": "travelled", "player": "ann", "zone": "caves",
             "seq": 13, "input_seq": 77, "input_from": "ann"
         }))));
-        assert_eq!(next, Some(Action::Travel(77)));
+        assert_eq!(next, None, "the room moves ann");
+        assert_eq!(app.game.events.back().unwrap(), "portal: to the caves…");
+        let ticket = json!({
+            "room": "r2", "player": "ann", "ws_url": "ws://h/ws", "tcp_url": "tcp://h:1",
+            "login": "ann", "token": "t2", "expires": 1, "inbox": "/queue/room.r2",
+            "topic": "/topic/room.r2", "private": "/topic/room.r2.player.ann"
+        });
+        let next = app.on_net(NetEvent::Private(wire(
+            json!({ "type": "transferred", "ticket": ticket }),
+        )));
+        let ticket: Ticket = serde_json::from_value(ticket).unwrap();
+        assert_eq!(next, Some(Action::Travel(Box::new(ticket))));
         app.on_net(NetEvent::Joined("r2".into()));
         assert_eq!(app.game.map.len(), 3, "the old zone stays in view");
         assert_eq!(app.game.travelling.as_deref(), Some("caves"));

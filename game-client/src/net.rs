@@ -6,7 +6,7 @@
 
 use crate::app::{Action, ConnState, NetEvent};
 use crate::keys::Keys;
-use game_protocol::{Chat, In, Look, Move, Out, Travel};
+use game_protocol::{Chat, In, Look, Move, Out};
 use game_server_less_client::proto::{Envelope, Input, Ticket};
 use game_server_less_client::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less_client::LobbyClient;
@@ -98,7 +98,7 @@ impl Net {
                     Err(e) => self.lobby_error(e),
                 },
                 Action::Join(room) => self.join(&room, &name).await,
-                Action::Travel(input_seq) => self.travel(input_seq).await,
+                Action::Travel(ticket) => self.travel(*ticket),
                 Action::Leave => {
                     self.leave().await;
                     self.refresh(&name).await;
@@ -197,33 +197,29 @@ impl Net {
         self.start(ticket);
     }
 
-    /// Through a portal: the lobby moves the player to the other zone's room (it left
-    /// this one for them), and play goes on there.
-    async fn travel(&self, input_seq: u64) {
-        let token = match &*self.session.lock().unwrap() {
-            Some(s) => s.token.clone(),
-            None => return,
-        };
-        let travel = Travel { input_seq };
-        match self.lobby.post("/travel", Some(&token), &travel).await {
-            Ok(ticket) => {
-                if let Some(s) = self.session.lock().unwrap().take() {
-                    s.task.abort();
-                }
-                self.start(ticket);
-            }
-            Err(e) => {
-                let _ = self
-                    .events
-                    .send(NetEvent::Ended(format!("the portal failed: {e}")));
-            }
+    /// The room moved the player to another (through a portal, say; it left the old
+    /// one for them): play goes on there with `ticket`. Inputs the old room's broker
+    /// had not confirmed go to the new room, numbered as they were.
+    fn travel(&self, ticket: Ticket) {
+        let old = self.session.lock().unwrap().take();
+        let Some(old) = old else { return };
+        if old.room == ticket.room {
+            // The same move told twice (the room's worker restarted meanwhile).
+            *self.session.lock().unwrap() = Some(old);
+            return;
         }
+        old.task.abort();
+        self.start_with(ticket, old.outbox);
     }
 
     /// Starts playing with `ticket`.
     fn start(&self, ticket: Ticket) {
+        self.start_with(ticket, Arc::new(Outbox::new()));
+    }
+
+    /// Starts playing with `ticket`, sending what waits in `outbox`.
+    fn start_with(&self, ticket: Ticket, outbox: Arc<Outbox>) {
         *self.token.lock().unwrap() = Some(ticket.token.clone());
-        let outbox = Arc::new(Outbox::new());
         let room = ticket.room.clone();
         let task = tokio::spawn(play(ticket.clone(), outbox.clone(), self.events.clone()));
         *self.session.lock().unwrap() = Some(Session {

@@ -5,8 +5,10 @@
 //! Experience is a persistent item (`xp`), granted with the room's checkpoint, so a kill
 //! pays out exactly once; it arrives with the player at every join
 //! ([`Arrival::items`](game_server_less::Arrival::items)), and the level follows from it.
-//! Hit points travel between zones in the transfer
-//! ([`Arrival::carried`](game_server_less::Arrival::carried)).
+//! A portal moves the player to the other zone's room
+//! ([`RoomCtx::transfer`](game_server_less::RoomCtx::transfer)), carrying the hit points
+//! ([`Carried`], read back from
+//! [`Arrival::carried`](game_server_less::Arrival::carried)).
 
 use crate::protocol::{
     level_of, max_hp, Chat, Fighter, Item, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
@@ -197,11 +199,9 @@ impl Hero {
     }
 }
 
-/// A player who stepped into a portal, until the lobby has moved them.
+/// What a player takes through a portal into the other zone's room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Departure {
-    /// Where to.
-    pub zone: Zone,
+pub struct Carried {
     /// Hit points to arrive with.
     pub hp: i32,
 }
@@ -217,8 +217,6 @@ pub struct World {
     pub zone: Zone,
     /// Players by name.
     pub players: BTreeMap<String, Hero>,
-    /// Players on their way out through a portal.
-    pub departures: BTreeMap<String, Departure>,
     /// NPCs alive.
     pub npcs: Vec<Npc>,
     /// Slain NPCs: id and the tick they come back on.
@@ -235,7 +233,6 @@ pub struct World {
 struct Saved {
     zone: Zone,
     players: BTreeMap<String, Hero>,
-    departures: BTreeMap<String, Departure>,
     npcs: Vec<Npc>,
     slain: Vec<(u32, u64)>,
     items: Vec<Item>,
@@ -250,7 +247,6 @@ impl From<Saved> for World {
             map: s.zone.map().clone(),
             zone: s.zone,
             players: s.players,
-            departures: s.departures,
             npcs: s.npcs,
             slain: s.slain,
             items: s.items,
@@ -291,7 +287,6 @@ impl World {
             map,
             zone,
             players: BTreeMap::new(),
-            departures: BTreeMap::new(),
             npcs,
             slain: Vec::new(),
             items: Vec::new(),
@@ -548,11 +543,10 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) -> Result<(), S
     };
     let xp = arrival.items.get(XP).copied().unwrap_or(0).max(0);
     let full = max_hp(level_of(xp));
-    let hp = (arrival.carried.get("hp").and_then(|v| v.as_i64()))
-        .map_or(full, |hp| (hp as i32).clamp(1, full));
+    let carried = serde_json::from_value::<Carried>(arrival.carried).ok();
+    let hp = carried.map_or(full, |c| c.hp.clamp(1, full));
     let hero = Hero { x, y, hp, xp };
     let is = hero.view();
-    world.departures.remove(name);
     world.players.insert(name.to_owned(), hero);
     let player = name.to_owned();
     ctx.broadcast(&Out::Joined { player, is });
@@ -562,7 +556,6 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) -> Result<(), S
 
 /// A player leaves (or has been moved to another zone); everyone hears of it.
 pub fn on_leave(world: &mut World, ctx: &mut RoomCtx, name: &str) {
-    world.departures.remove(name);
     if world.players.remove(name).is_some() {
         let player = name.to_owned();
         ctx.broadcast(&Out::Left { player });
@@ -605,11 +598,9 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     }
     if world.map.portal(x, y) {
         world.players.remove(&name);
-        let zone = world.zone.beyond();
-        world
-            .departures
-            .insert(name.clone(), Departure { zone, hp: me.hp });
-        let zone = zone.name().to_owned();
+        let zone = world.zone.beyond().name();
+        ctx.transfer(&name, zone, &Carried { hp: me.hp });
+        let zone = zone.to_owned();
         ctx.broadcast(&Out::Travelled { player: name, zone });
         return Ok(());
     }
@@ -632,17 +623,9 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     Ok(())
 }
 
-/// Replies with the whole world, or, to a player on the way through a portal (whose
-/// client lost the news), where they are going.
+/// Replies with the whole world.
 pub fn on_look(world: &mut World, ctx: &mut Ctx, _: Look) {
-    let name = ctx.sender().to_owned();
-    match world.departures.get(&name) {
-        Some(d) => {
-            let zone = d.zone.name().to_owned();
-            ctx.reply(&Out::Travelled { player: name, zone });
-        }
-        None => ctx.reply(&world.snapshot()),
-    }
+    ctx.reply(&world.snapshot());
 }
 
 /// Says something to the room.

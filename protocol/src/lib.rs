@@ -249,8 +249,9 @@ pub enum Out {
         /// Hit points now.
         hp: i32,
     },
-    /// A player stepped into a portal and leaves for `zone`. The player's own client then
-    /// asks the lobby to move it (`POST /travel` with this message's `input_seq`).
+    /// A player stepped into a portal and leaves for `zone`. The room moves the player
+    /// there: its client hears the new room's ticket on its own destination (the
+    /// framework's `transferred`).
     Travelled {
         /// Who.
         player: String,
@@ -260,14 +261,6 @@ pub enum Out {
     /// A message type this build does not know (from a newer server): clients ignore it.
     #[serde(other)]
     Unknown,
-}
-
-/// `POST /travel`: after [`Out::Travelled`], move to the zone it names, with the
-/// `input_seq` of that message (the step into the portal). Answers the new room's ticket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Travel {
-    /// The `input_seq` of the [`Out::Travelled`] for this player.
-    pub input_seq: u64,
 }
 
 /// `GET /leaderboard`: the most experienced players.

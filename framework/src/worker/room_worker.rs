@@ -5,7 +5,7 @@
 use crate::msg::{Arrival, Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::proto::Grant;
-use crate::room::{Output, Room};
+use crate::room::{Output, Room, Transfer};
 use crate::store::Checkpoint;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -190,10 +190,10 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         self.room.tick_interval()
     }
 
-    /// A checkpoint of the room as it is, with the item grants made since the last one.
-    /// Its `version` is that of the checkpoint it replaces; call [`RoomWorker::saved`]
-    /// once the store has it.
-    pub fn checkpoint(&mut self) -> Result<(Checkpoint, Vec<Grant>)> {
+    /// A checkpoint of the room as it is, with the item grants made and the transfers
+    /// asked for since the last one, to be saved with it. Its `version` is that of the
+    /// checkpoint it replaces; call [`RoomWorker::saved`] once the store has it.
+    pub fn checkpoint(&mut self) -> Result<(Checkpoint, Vec<Grant>, Vec<Transfer>)> {
         let checkpoint = Checkpoint {
             seq: self.room.seq(),
             state: serde_json::to_string(self.room.state()).map_err(|e| {
@@ -207,7 +207,11 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             players: self.room.players().map(str::to_owned).collect(),
             version: self.version,
         };
-        Ok((checkpoint, self.room.take_grants()))
+        Ok((
+            checkpoint,
+            self.room.take_grants(),
+            self.room.take_transfers(),
+        ))
     }
 
     /// Notes that the store saved the last checkpoint taken: the next replaces it.
@@ -240,7 +244,7 @@ mod tests {
         let msg = || Msg::for_room(|room: &RoomInfo| format!("{} {}", room.id, room.name));
         let mut first = RoomWorker::new(room(), msg());
         assert_eq!(first.room().state(), "r caves 2");
-        let (mut checkpoint, _) = first.checkpoint().unwrap();
+        let (mut checkpoint, ..) = first.checkpoint().unwrap();
         checkpoint.state = r#""carried on""#.into();
         let mut second = RoomWorker::new(room(), msg());
         second.restore(checkpoint).unwrap();
@@ -307,7 +311,7 @@ mod tests {
         for (user, body) in &inbox[..2] {
             first.handle(InboxMessage { user, body });
         }
-        let (checkpoint, _) = first.checkpoint().unwrap();
+        let (checkpoint, ..) = first.checkpoint().unwrap();
         let mut outputs_first = Vec::new();
         for (user, body) in &inbox[2..] {
             outputs_first.extend(first.handle(InboxMessage { user, body }));
@@ -328,6 +332,47 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_asks_for_the_same_transfers_under_the_same_keys() {
+        let msg = || {
+            Msg::new(|| 0).route("type=go", |n: &mut i64, ctx: &mut Ctx, _: Value| {
+                *n += 1;
+                let me = ctx.sender().to_owned();
+                ctx.transfer(&me, "caves", &*n);
+            })
+        };
+        let mut first = RoomWorker::new(room(), msg());
+        join(&mut first, "ann");
+        let go = |seq: u64| format!(r#"{{"type":"go","seq":{seq}}}"#);
+        first.handle(InboxMessage {
+            user: "ann",
+            body: go(1).as_bytes(),
+        });
+        let (checkpoint, _, saved) = first.checkpoint().unwrap();
+        assert_eq!(
+            saved[0].key, "r/1",
+            "saved with the checkpoint that holds it"
+        );
+        first.handle(InboxMessage {
+            user: "ann",
+            body: go(2).as_bytes(),
+        });
+        let (_, _, lost) = first.checkpoint().unwrap(); // never saved: the worker died
+
+        // The replacement skips the saved input and applies the other again.
+        let mut second = RoomWorker::new(room(), msg());
+        second.restore(checkpoint).unwrap();
+        for seq in [1, 2] {
+            second.handle(InboxMessage {
+                user: "ann",
+                body: go(seq).as_bytes(),
+            });
+        }
+        let (_, _, replayed) = second.checkpoint().unwrap();
+        assert_eq!(replayed, lost, "the same transfer, under the same key");
+        assert_eq!(replayed[0].key, "r/2");
+    }
+
+    #[test]
     fn a_tick_the_checkpoint_holds_does_not_run_again() {
         let mut first = RoomWorker::new(room(), counter());
         join(&mut first, "ann");
@@ -344,7 +389,7 @@ mod tests {
             });
         }
         assert_eq!(*first.room().state(), 11);
-        let (checkpoint, _) = first.checkpoint().unwrap();
+        let (checkpoint, ..) = first.checkpoint().unwrap();
 
         // A crash after the checkpoint was saved but before the inbox heard the ack: all
         // of it comes again, then the next life ticks.
@@ -372,7 +417,7 @@ mod tests {
                 body: tick(&format!("{life:04}"), 1).as_bytes(),
             });
         }
-        let (checkpoint, _) = second.checkpoint().unwrap();
+        let (checkpoint, ..) = second.checkpoint().unwrap();
         let lives = checkpoint
             .applied
             .keys()

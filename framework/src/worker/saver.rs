@@ -1,14 +1,17 @@
-//! Checkpoints, and the acks that follow them. A checkpoint is saved in the background
-//! while the room goes on applying inputs, one save at a time; only once the store has
-//! it are the inputs it holds acked, so a worker that dies before replays them.
+//! Checkpoints, and the acks and transfers that follow them. A checkpoint is saved in the
+//! background while the room goes on applying inputs, one save at a time; only once the
+//! store has it are the inputs it holds acked and the transfers they asked for carried
+//! out, so a worker that dies before replays them.
 
 use super::room_worker::RoomWorker;
+use crate::room::Transfer;
 use crate::stomp::{Client, Message};
 use crate::store::{Checkpoint, Store};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Instant;
+use tokio::sync::mpsc;
 
 /// Checkpoints, then acks what each checkpoint holds. A checkpoint is saved in the
 /// background while the room goes on applying inputs, one save at a time: the room
@@ -28,6 +31,8 @@ pub(super) struct Saver<'a> {
     last: Option<Checkpoint>,
     /// The save under way.
     pub(super) in_flight: Option<InFlight>,
+    /// Where saved transfers go to be carried out (the room's courier).
+    courier: mpsc::UnboundedSender<Transfer>,
 }
 
 /// A checkpoint being saved, and the input to ack once it is.
@@ -36,11 +41,17 @@ pub(super) struct InFlight {
     /// What was saved (`None`: nothing changed, nothing written).
     saved: Option<Checkpoint>,
     ack: Option<Message>,
+    /// The transfers saved with it, to carry out once it is saved.
+    transfers: Vec<Transfer>,
 }
 
 impl<'a> Saver<'a> {
-    /// A saver with nothing applied yet.
-    pub(super) fn new(store: &'a Store, client: &'a Client) -> Saver<'a> {
+    /// A saver with nothing applied yet, handing saved transfers to `courier`.
+    pub(super) fn new(
+        store: &'a Store,
+        client: &'a Client,
+        courier: mpsc::UnboundedSender<Transfer>,
+    ) -> Saver<'a> {
         Saver {
             store,
             client,
@@ -50,6 +61,7 @@ impl<'a> Saver<'a> {
             started: Instant::now(),
             last: None,
             in_flight: None,
+            courier,
         }
     }
 
@@ -70,10 +82,11 @@ impl<'a> Saver<'a> {
         worker: &mut RoomWorker<S>,
     ) -> Result<()> {
         self.settle(worker).await?;
-        let (checkpoint, grants) = worker.checkpoint()?;
+        let (checkpoint, grants, transfers) = worker.checkpoint()?;
         // Inputs that changed nothing (a tick that moved no one) need no write: the saved
         // checkpoint already holds what applying them again would make.
         let changed = !(grants.is_empty()
+            && transfers.is_empty()
             && self
                 .last
                 .as_ref()
@@ -84,10 +97,13 @@ impl<'a> Saver<'a> {
             worker.id().to_owned(),
         );
         let saved = changed.then(|| checkpoint.clone());
+        let to_carry_out = transfers.clone();
         let task = tokio::spawn(async move {
             client.flush().await?;
             if changed {
-                store.save_checkpoint(&room, &checkpoint, &grants).await?;
+                store
+                    .save_checkpoint(&room, &checkpoint, &grants, &transfers)
+                    .await?;
             }
             Ok(())
         });
@@ -95,6 +111,7 @@ impl<'a> Saver<'a> {
             task,
             saved,
             ack: self.unacked.take(),
+            transfers: to_carry_out,
         });
         self.unsaved = 0;
         self.unsaved_not_ticks = 0;
@@ -115,7 +132,8 @@ impl<'a> Saver<'a> {
         Ok(())
     }
 
-    /// Takes in the result of the save under way (from [`saving`]).
+    /// Takes in the result of the save under way (from [`saving`]): acks what it holds
+    /// and hands its transfers to the courier.
     pub(super) fn finished<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
         worker: &mut RoomWorker<S>,
@@ -134,6 +152,11 @@ impl<'a> Saver<'a> {
         }
         if let Some(m) = f.ack {
             self.client.ack(&m)?;
+        }
+        for transfer in f.transfers {
+            // The courier lives as long as the room's worker: gone, the transfer waits in
+            // the outbox for the next one.
+            let _ = self.courier.send(transfer);
         }
         Ok(())
     }

@@ -7,13 +7,17 @@
 //! replacement, which starts from that checkpoint; inputs the checkpoint already holds
 //! are skipped by their player's sequence number (and ticks by their number in the life
 //! of the worker that sent them), the rest are applied again. Outputs that are published
-//! twice carry the same room `seq`, so clients can drop repeats.
+//! twice carry the same room `seq`, so clients can drop repeats. Transfers are saved in
+//! the checkpoint's transaction (an outbox) and carried out after it, by a key the replay
+//! repeats; a worker carries on those its predecessor left in the outbox.
 //!
 //! A room nobody is in hibernates: it sends itself no ticks, so it has nothing to
 //! publish or save, and no timer but the idle one runs.
 
+use super::courier::Courier;
 use super::room_worker::{InboxMessage, RoomWorker};
 use super::saver::{saving, Saver};
+use super::Transfers;
 use crate::admin::BrokerAdmin;
 use crate::msg::{Msg, RoomInfo};
 use crate::names::WORKER_USER;
@@ -38,6 +42,9 @@ const PREFETCH: u32 = 1024;
 const TICKS_ONLY_SLOWER: u32 = 8;
 /// How often a standby worker checks that its room still lives.
 const STANDBY_CHECK: Duration = Duration::from_secs(2);
+/// How long a worker that stops waits for the transfers under way; the rest wait in the
+/// outbox for the room's next worker.
+const TRANSFERS_GRACE: Duration = Duration::from_secs(5);
 
 /// How often a worker does its periodic work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +69,16 @@ impl Default for Timings {
 }
 
 /// Everything a room worker needs from the world: the store, the broker (its admin, the
-/// endpoint and the worker's credentials), timings, and the signal to stop. Cheap to
-/// clone.
+/// endpoint and the worker's credentials), the room service's transfers, timings, and
+/// the signal to stop. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkerEnv {
     /// Checkpoints, item grants, room records.
     pub store: Store,
     /// The broker's control plane: names, endpoints, deleting the inbox at the end.
     pub admin: Arc<dyn BrokerAdmin>,
+    /// Carries out the transfers rooms ask for (the room service).
+    pub transfers: Arc<dyn Transfers>,
     /// This worker process's id, recorded in the store beside the rooms it runs.
     pub worker_id: String,
     /// The worker's STOMP login.
@@ -194,6 +203,9 @@ where
     };
     let worker = activate(env, room_id, msg).await?;
     let mut room = Active::new(env, room_id, &client, worker);
+    // Transfers a worker before saved but may not have finished: done twice is done once.
+    room.courier
+        .resume(env.store.pending_transfers(room_id).await?);
     let ending = room.serve(&mut sub, Some(first), lease, &mut stop).await?;
     room.finish(ending, sub).await
 }
@@ -365,6 +377,8 @@ struct Active<'a, S> {
     client: &'a Client,
     worker: RoomWorker<S>,
     saver: Saver<'a>,
+    /// Carries out the transfers the saver hands it.
+    courier: Courier,
     publisher: Publisher<'a>,
     timers: Timers,
     /// Where the worker sends its own ticks: its room's inbox.
@@ -395,12 +409,14 @@ where
                 .as_millis(),
             rand_u16()
         );
+        let courier = Courier::start(env, client, room_id);
         Active {
             env,
             room_id,
             client,
             worker,
-            saver: Saver::new(&env.store, client),
+            saver: Saver::new(&env.store, client, courier.queue()),
+            courier,
             publisher: Publisher {
                 client,
                 env,
@@ -543,11 +559,14 @@ where
         Ok(())
     }
 
-    /// Checkpoints and acks everything applied, then leaves the room: when it ended,
-    /// the room is ended in the store and its inbox deleted.
+    /// Checkpoints and acks everything applied, carries out its transfers, then leaves
+    /// the room: when it ended, the room is ended in the store and its inbox deleted.
     async fn finish(mut self, served: Served, sub: Subscription) -> Result<Outcome> {
-        // Grants made before the end are kept; then every input is acked.
+        // Grants and transfers asked for before the end are kept; then every input is
+        // acked, and the transfers carried out while the player can still hear of them.
         self.saver.save(&mut self.worker).await?;
+        drop(self.saver); // its end of the courier's queue: the courier ends once idle
+        self.courier.finish(TRANSFERS_GRACE).await;
         let outcome = match served {
             Served::Stopped => Outcome::Stopped,
             Served::LeaseOver { occupied } => Outcome::LeaseOver { occupied },
