@@ -3,7 +3,7 @@
 //! the player asks for goes out as [`Action`]s.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use game_protocol::{max_hp, Fighter, Item, Npc, Out, Player};
+use game_protocol::{max_hp, Fighter, FloorItem, Npc, Out, Player};
 use game_server_less_client::proto::{Body, Envelope, RoomEvent, RoomView, Ticket};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -106,7 +106,7 @@ pub struct Game {
     /// NPCs.
     pub npcs: Vec<Npc>,
     /// Items on the floor.
-    pub items: Vec<Item>,
+    pub items: Vec<FloorItem>,
     /// Chat lines.
     pub chat: VecDeque<String>,
     /// Joins, leaves, pickups, errors.

@@ -11,7 +11,7 @@
 //! [`Arrival::carried`](game_server_less::Arrival::carried)).
 
 use crate::protocol::{
-    level_of, max_hp, Chat, Fighter, Item, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
+    level_of, max_hp, Chat, Fighter, FloorItem, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
     XP_PER_NPC, XP_PER_PLAYER,
 };
 use game_server_less::{Ctx, RoomCtx};
@@ -222,7 +222,7 @@ pub struct World {
     /// Slain NPCs: id and the tick they come back on.
     pub slain: Vec<(u32, u64)>,
     /// Items on the floor.
-    pub items: Vec<Item>,
+    pub items: Vec<FloorItem>,
     ticks: u64,
     next_id: u32,
     rng: u64,
@@ -235,7 +235,7 @@ struct Saved {
     players: BTreeMap<String, Hero>,
     npcs: Vec<Npc>,
     slain: Vec<(u32, u64)>,
-    items: Vec<Item>,
+    items: Vec<FloorItem>,
     ticks: u64,
     next_id: u32,
     rng: u64,
@@ -327,7 +327,7 @@ impl World {
         self.map.walkable(x, y) && self.player_at(x, y).is_none() && self.npc_at(x, y).is_none()
     }
 
-    fn spawn_item(&mut self) -> Option<Item> {
+    fn spawn_item(&mut self) -> Option<FloorItem> {
         let (w, h) = self.map.size();
         for _ in 0..100 {
             let x = self.random(w as u64) as i32;
@@ -335,7 +335,7 @@ impl World {
             let clear = !self.map.portal(x, y) && !self.map.arena(x, y);
             if clear && self.free(x, y) && !self.items.iter().any(|i| i.x == x && i.y == y) {
                 let kind = ITEM_KINDS[self.random(ITEM_KINDS.len() as u64) as usize].to_owned();
-                let item = Item {
+                let item = FloorItem {
                     id: self.next_id,
                     kind,
                     x,

@@ -113,7 +113,7 @@ pub fn max_hp(level: u32) -> i32 {
 
 /// An item on the floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
+pub struct FloorItem {
     /// Its id.
     pub id: u32,
     /// What it is.
@@ -137,7 +137,7 @@ pub struct Welcome {
     /// NPCs.
     pub npcs: Vec<Npc>,
     /// Items on the floor.
-    pub items: Vec<Item>,
+    pub items: Vec<FloorItem>,
 }
 
 /// What a room sends.
@@ -197,7 +197,7 @@ pub enum Out {
     /// An item appeared.
     Item {
         /// The item.
-        item: Item,
+        item: FloorItem,
     },
     /// A blow landed.
     Hit {

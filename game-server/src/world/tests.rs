@@ -143,7 +143,7 @@ fn bad_moves_and_chat_are_errors_for_the_sender() {
 fn picking_up_an_item_grants_it_and_tells_everyone() {
     let mut room = game(TINY);
     room.join("ann");
-    room.state_mut().items.push(Item {
+    room.state_mut().items.push(FloorItem {
         id: 99,
         kind: "gem".into(),
         x: 1,
