@@ -176,6 +176,19 @@ impl Cluster {
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // A cluster lobby has no room workers and no broker of its own to count:
+            // it leaves those counts out rather than answer null.
+            let health: serde_json::Value = http()
+                .get(format!("{lobby}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let fields = health.as_object().expect("health is an object");
+            assert!(fields.values().all(|v| !v.is_null()), "{health}");
+            assert_eq!(health["status"], "ok");
         }
         cluster
     }

@@ -423,6 +423,10 @@ async fn a_panicking_handler_leaves_the_room_running() {
     assert_eq!(ann.next_on_room("total").await["n"], 5);
     let health: Value = server.get_json("/health").await;
     assert_eq!(health["status"], "ok");
+    // The all-in-one server counts its rooms and the connections to its broker (the
+    // player's and the room worker's).
+    assert_eq!(health["rooms"], 1);
+    assert!(health["connections"].as_u64().unwrap() >= 2, "{health}");
     server.stop().await;
 }
 
@@ -450,6 +454,14 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
             "POST",
             "/rooms".to_owned(),
             "[null]",
+            400,
+            "expected an object",
+        ),
+        // One rule: no body, or an object; `null` is neither.
+        (
+            "POST",
+            "/rooms".to_owned(),
+            "null",
             400,
             "expected an object",
         ),
@@ -521,6 +533,25 @@ async fn the_lobby_answers_bad_requests_with_json_errors() {
     }
     // Joining and leaving show in the room list; a name in use needs its key.
     let first = server.join(&room, "ann").await;
+    // With a ticket, a leave whose path is odd or does not decode is answered in JSON.
+    for (path, status, message) in [
+        ("%E1%BE%926%5C", 403, "your token is for room"),
+        ("%FF", 400, "invalid path"),
+        ("%E1%BE", 400, "invalid path"),
+    ] {
+        let response = http()
+            .post(format!("{}/rooms/{path}/leave", server.http))
+            .bearer_auth(&first.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(message),
+            "{path}: {error}"
+        );
+    }
     let key = first
         .player_key
         .clone()

@@ -194,7 +194,9 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// Parses an optional JSON body; empty (or `null`) means the defaults.
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+    // One rule for every lobby body: none at all, or a JSON object. `null` is not an
+    // object, and is refused as `[null]` is.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     json_body(bytes)
@@ -269,11 +271,38 @@ impl Page {
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn health(State(rooms): State<Rooms>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "rooms": rooms.running(),
-        "connections": rooms.admin().connections(),
-    }))
+    // Counts this process can give: rooms with a worker here, connections to a broker
+    // in this process. A cluster lobby has neither, and leaves them out.
+    let mut health = json!({ "status": "ok" });
+    if let Some(n) = rooms.running() {
+        health["rooms"] = n.into();
+    }
+    if let Some(n) = rooms.admin().connections() {
+        health["connections"] = n.into();
+    }
+    Json(health)
+}
+
+/// A route's path parameters, answering a JSON error, as every lobby error is, when they
+/// do not read (a malformed percent-encoding, say).
+struct PathOf<T>(T);
+
+impl<S, T> FromRequestParts<S> for PathOf<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => Ok(PathOf(params)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid path: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus's text format.
@@ -391,7 +420,7 @@ async fn list_rooms(
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn get_room(
     State(rooms): State<Rooms>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Json<RoomView>> {
     let viewer = viewer(&rooms, &headers).await;
@@ -409,7 +438,7 @@ async fn get_room(
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn join_room(
     State(rooms): State<Rooms>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: axum::http::HeaderMap,
     raw: Bytes,
 ) -> ApiResult<Json<Ticket>> {
@@ -436,7 +465,7 @@ async fn join_room(
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn leave_room(
     State(rooms): State<Rooms>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
     let token = bearer(&headers).ok_or_else(|| {
@@ -468,7 +497,7 @@ async fn leave_room(
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn kick_player(
     State(rooms): State<Rooms>,
-    Path((id, name)): Path<(String, String)>,
+    PathOf((id, name)): PathOf<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
     rooms.may_manage(&id, bearer(&headers))?;
@@ -487,7 +516,7 @@ async fn kick_player(
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
 async fn delete_room(
     State(rooms): State<Rooms>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
     rooms.record(&id).await?;
