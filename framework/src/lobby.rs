@@ -194,9 +194,10 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// Parses an optional JSON body; empty (or `null`) means the defaults.
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &Bytes) -> ApiResult<T> {
-    // One rule for every lobby body: none at all, or a JSON object. `null` is not an
-    // object, and is refused as `[null]` is.
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // One rule for every optional lobby body, as its OpenAPI description says (an
+    // optional, nullable object): nothing or `null` is no body; anything else must be a
+    // JSON object, so `[null]` and `7` are refused.
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     json_body(bytes)
