@@ -1,6 +1,9 @@
 //! One room's logic without sockets: applies inputs in order through a [`Msg`] router,
 //! skips inputs it has already applied, and stamps every output with the room's sequence
 //! number. The room worker feeds it from the broker; [`crate::testing`] feeds it directly.
+// Without the `server` feature no room worker runs rooms (only `TestRoom` does), and
+// the methods only a worker calls are unused.
+#![cfg_attr(not(feature = "server"), allow(dead_code))]
 
 use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx, RoomInfo};
 use crate::proto::Grant;
