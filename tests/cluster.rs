@@ -6,7 +6,7 @@
 //! `tests/run` starts the node and passes its URL in `GSL_TEST_BROKER`; without it, the
 //! first test starts the node itself.
 
-use e2e_tests::{create_room_at, http, join_ticket, json_of, Log, Process, WAIT};
+use e2e_tests::{create_room_at, get_json, http, join_ticket, json_of, Log, Process, WAIT};
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less::store::Store;
@@ -178,14 +178,7 @@ impl Cluster {
             }
             // A cluster lobby has no room workers and no broker of its own to count:
             // it leaves those counts out rather than answer null.
-            let health: serde_json::Value = http()
-                .get(format!("{lobby}/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let health = get_json(&format!("{lobby}/health")).await;
             let fields = health.as_object().expect("health is an object");
             assert!(fields.values().all(|v| !v.is_null()), "{health}");
             assert_eq!(health["status"], "ok");
@@ -269,14 +262,7 @@ impl Cluster {
 
     /// Ends every live room through the lobby (which deletes the inboxes).
     async fn end_rooms(&self) {
-        let rooms: Value = http()
-            .get(format!("{}/rooms", self.lobbies[0]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rooms = get_json(&format!("{}/rooms", self.lobbies[0])).await;
         for room in rooms.as_array().unwrap() {
             let id = room["id"].as_str().unwrap();
             let _ = http()

@@ -110,12 +110,7 @@ impl Server {
 
     /// `GET path` (`/rooms`, say): the JSON answer.
     pub async fn get_json(&self, path: &str) -> Value {
-        let response = http()
-            .get(format!("{}{path}", self.http))
-            .send()
-            .await
-            .unwrap();
-        response.json().await.unwrap()
+        get_json(&format!("{}{path}", self.http)).await
     }
 
     /// `GET path`: the status code only.
@@ -166,6 +161,12 @@ pub async fn create_room_at(url: &str) -> String {
 pub async fn join_ticket(url: &str, room: &str, name: &str) -> Ticket {
     let ticket = lobby(url).join(room, name, None).await;
     ticket.unwrap_or_else(|e| panic!("{name} joins {room} at {url}: {e}"))
+}
+
+/// `GET url`: the JSON answer.
+pub async fn get_json(url: &str) -> Value {
+    let response = http().get(url).send().await.unwrap();
+    response.json().await.unwrap()
 }
 
 /// An HTTP client.

@@ -3,7 +3,6 @@
 
 use super::{db, Store};
 use crate::Result;
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 pub(super) const ADD_ITEM: &str = "INSERT INTO user_items (player, item, count) VALUES ($1, $2, $3)
@@ -25,34 +24,24 @@ impl Store {
     /// The `limit` players with the most of `item` (most first, then by name): a
     /// leaderboard.
     pub async fn top_items(&self, item: &str, limit: usize) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT player, count FROM user_items WHERE item = $1 AND count > 0 ORDER BY count DESC, player LIMIT $2",
         )
         .bind(item)
         .bind(limit.min(1000) as i64)
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
-            .collect()
+        .map_err(db)
     }
 
     /// `player`'s inventory: item to count.
     pub async fn items(&self, player: &str) -> Result<BTreeMap<String, i64>> {
-        let rows =
-            sqlx::query("SELECT item, count FROM user_items WHERE player = $1 ORDER BY item")
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT item, count FROM user_items WHERE player = $1 ORDER BY item")
                 .bind(player)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("item").map_err(db)?,
-                    r.try_get("count").map_err(db)?,
-                ))
-            })
-            .collect()
+        Ok(rows.into_iter().collect())
     }
 }

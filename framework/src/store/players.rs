@@ -60,22 +60,13 @@ impl Store {
 
     /// Every player of every live room with its current join: (room, player, join).
     pub async fn joins(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT p.room_id, p.player, p.join_id FROM players p
              JOIN rooms r ON r.id = p.room_id WHERE r.ended_at IS NULL",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("room_id").map_err(db)?,
-                    r.try_get("player").map_err(db)?,
-                    r.try_get("join_id").map_err(db)?,
-                ))
-            })
-            .collect()
+        .map_err(db)
     }
 
     /// Claims `name` for whoever holds the key hashing to `key_hash`; `false` if the

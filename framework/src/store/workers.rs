@@ -7,18 +7,10 @@ use sqlx::Row;
 impl Store {
     /// Each live room and the worker process that last said it runs it, by room id.
     pub async fn room_workers(&self) -> Result<Vec<(String, Option<String>)>> {
-        let rows = sqlx::query("SELECT id, worker FROM rooms WHERE ended_at IS NULL ORDER BY id")
+        sqlx::query_as("SELECT id, worker FROM rooms WHERE ended_at IS NULL ORDER BY id")
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("id").map_err(db)?,
-                    r.try_get("worker").map_err(db)?,
-                ))
-            })
-            .collect()
+            .map_err(db)
     }
 
     /// Records that worker process `id` is alive now.
