@@ -1166,3 +1166,108 @@ async fn on_lambda_rooms_hand_over_between_invocations_and_keep_their_version() 
     assert_eq!(answer["errorType"], "UnknownEvent", "{answer}");
     cluster.end_rooms().await;
 }
+
+/// 200 players quick play at once through two lobbies into rooms of 4 (the MMO's kind,
+/// its seats set by `GSL_POLICY`): every one placed, no room over 4, no player twice;
+/// the store's transactions decide, not a lobby's memory.
+#[tokio::test]
+async fn two_lobbies_quick_play_two_hundred_players_and_never_overfill() {
+    let _turn = SERIAL.lock().await;
+    let env = vec![("GSL_POLICY".to_owned(), "default.max_players=4".to_owned())];
+    let cluster = Cluster::start_with_env("quickplay", 2, 1, env).await;
+    let started = Instant::now();
+    let plays = (0..200).map(|i| {
+        let lobby = e2e_tests::lobby(&cluster.lobbies[i % 2]);
+        async move {
+            let play = game_server_less::proto::Matchmake::named(format!("q{i}"));
+            lobby.quick_play(&play).await
+        }
+    });
+    let tickets: Vec<Ticket> = futures_util::future::join_all(plays)
+        .await
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|e| panic!("a quick play failed: {e}\n{}", cluster.dump())))
+        .collect();
+    let took = started.elapsed();
+    let mut per_room: HashMap<&str, usize> = HashMap::new();
+    let mut players = HashSet::new();
+    for t in &tickets {
+        *per_room.entry(t.room.as_str()).or_default() += 1;
+        assert!(
+            players.insert(t.player.clone()),
+            "{} seated twice",
+            t.player
+        );
+    }
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    let mut full = 0;
+    for (room, n) in &per_room {
+        let record = store.room(room).await.unwrap().expect("a live room");
+        assert!(
+            *n <= 4 && record.seats == *n,
+            "room {room}: {n} tickets, {} seats",
+            record.seats
+        );
+        full += usize::from(*n == 4);
+    }
+    println!(
+        "cluster: 200 quick plays through 2 lobbies in {took:?}: {} players in {} rooms ({full} full), max fill {}, 0 double seats",
+        players.len(),
+        per_room.len(),
+        per_room.values().max().unwrap()
+    );
+    assert_eq!(players.len(), 200);
+    cluster.end_rooms().await;
+}
+
+/// Waits for a message on the room topic whose `type` is `kind` about `who`
+/// (messages about others are skipped); panics if none comes in time.
+async fn next_about(room: &mut Subscription, kind: &str, who: &str) {
+    let deadline = Instant::now() + WAIT;
+    while e2e_tests::next_of(room, kind).await["player"] != who {
+        assert!(Instant::now() < deadline, "no {kind} about {who}");
+    }
+}
+
+/// In cluster mode the worker learns of connections from RabbitMQ's event exchange,
+/// through the lobbies: a drop and a reconnect inside the grace, then a drop past it
+/// and the leave.
+#[tokio::test]
+async fn in_a_cluster_rooms_hear_drops_from_rabbitmq_and_take_out_who_stays_away() {
+    let _turn = SERIAL.lock().await;
+    let env = vec![("GSL_POLICY".to_owned(), "default.grace_secs=2".to_owned())];
+    let cluster = Cluster::start_with_env("presence", 1, 1, env).await;
+    let lobby = &cluster.lobbies[0];
+    let room = create_room_at(lobby).await;
+    let mut bob = player(lobby, &room, "bob", true).await;
+    let ticket = join_ticket(lobby, &room, "ann").await;
+    let connect = |t: &Ticket| {
+        let t = t.clone();
+        async move {
+            Client::connect(&t.tcp_url, ConnectOptions::login(t.login, t.token))
+                .await
+                .unwrap()
+        }
+    };
+    let ann = connect(&ticket).await;
+    next_about(&mut bob.room, "joined", "ann").await;
+    let closed = Instant::now();
+    drop(ann);
+    next_about(&mut bob.room, "dropped", "ann").await;
+    println!(
+        "cluster: the drop reached the room {:?} after the connection closed",
+        closed.elapsed()
+    );
+    let ann = connect(&ticket).await;
+    next_about(&mut bob.room, "back", "ann").await;
+    let closed = Instant::now();
+    drop(ann);
+    next_about(&mut bob.room, "dropped", "ann").await;
+    next_about(&mut bob.room, "left", "ann").await;
+    let waited = closed.elapsed();
+    println!("cluster: the leave came {waited:?} after the connection closed (grace 2 s)");
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    let view = get_json(&format!("{lobby}/rooms/{room}")).await;
+    assert_eq!(view["players_online"], 1, "{view}");
+    cluster.end_rooms().await;
+}

@@ -4,6 +4,7 @@
 
 use e2e_tests::{connect_ticket, http, join_ticket, temp_dir, Player, Server, WAIT};
 use game_server_less::http::HttpLimits;
+use game_server_less::rooms::RoomSpec;
 use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -385,8 +386,16 @@ async fn every_bound_answers_a_clear_error_when_hit() {
         .unwrap()
         .contains("rooms in the last minute"));
     // Rooms in all: the store counts them, whoever made them.
-    server.rooms.create("by the operator", None).await.unwrap();
-    let full = server.rooms.create("one too many", None).await.unwrap_err();
+    server
+        .rooms
+        .create(&RoomSpec::named("by the operator"), None)
+        .await
+        .unwrap();
+    let full = server
+        .rooms
+        .create(&RoomSpec::named("one too many"), None)
+        .await
+        .unwrap_err();
     println!("a 5th room: {full}");
     assert!(full.to_string().contains("4 rooms, its most"));
 

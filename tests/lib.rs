@@ -2,12 +2,9 @@
 //! loopback ports, and players that join through the lobby and play over STOMP.
 
 use game_server_less::broker::Broker;
-use game_server_less::msg::Msg;
 use game_server_less::proto::Ticket;
 use game_server_less::stomp::{Client, ConnectOptions, Message, SubscribeOptions, Subscription};
-use game_server_less::{Config, LobbyClient, Rooms};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use game_server_less::{Config, Kinds, LobbyClient, Rooms};
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -59,25 +56,23 @@ impl Server {
     }
 
     /// Starts any game with the test configuration.
-    pub async fn start<S>(lobby: game_server_less::Lobby, msg: Msg<S>, dir: &Path) -> Server
-    where
-        S: Serialize + DeserializeOwned + Send + 'static,
-    {
-        Server::start_with(lobby, msg, Server::config(dir)).await
+    pub async fn start(
+        lobby: game_server_less::Lobby,
+        kinds: impl Into<Kinds>,
+        dir: &Path,
+    ) -> Server {
+        Server::start_with(lobby, kinds, Server::config(dir)).await
     }
 
     /// Starts any game with `config`.
-    pub async fn start_with<S>(
+    pub async fn start_with(
         lobby: game_server_less::Lobby,
-        msg: Msg<S>,
+        kinds: impl Into<Kinds>,
         config: Config,
-    ) -> Server
-    where
-        S: Serialize + DeserializeOwned + Send + 'static,
-    {
+    ) -> Server {
         let running = tokio::time::timeout(
             WAIT,
-            game_server_less::Server::new(config, lobby, msg).start(),
+            game_server_less::Server::new(config, lobby, kinds).start(),
         )
         .await
         .expect("the server starts")

@@ -65,6 +65,19 @@ pub struct SendRate {
     pub notice: Option<Notice>,
 }
 
+/// How a queue is declared ([`Broker::declare_queue`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// One consumer at a time (RabbitMQ's `x-single-active-consumer`).
+    pub single_active: bool,
+    /// Messages it holds at most; `None` is [`BrokerConfig::max_queue_len`].
+    pub max_len: Option<usize>,
+    /// Whether its messages wait for the disk before delivery and RECEIPT; `None`
+    /// follows [`BrokerConfig::journal_fsync`]. Waiting takes a journal opened with
+    /// `journal_fsync`: without one, `Some(true)` changes nothing.
+    pub fsync: Option<bool>,
+}
+
 /// A rate of messages: so many a second on average, so many at once after a quiet
 /// spell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +149,16 @@ pub trait Authorizer: Send + Sync + 'static {
         passcode: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Result<Principal, String>;
+
+    /// Connection `session` of `principal` was accepted (after [`Authorizer::connect`],
+    /// once the broker's own limits let it in); `session` numbers it for as long as the
+    /// broker runs. Called with the broker's lock held: hand the news on (a channel),
+    /// do not wait.
+    fn connected(&self, _session: u64, _principal: &Principal) {}
+
+    /// Connection `session` of `principal` is gone, whichever way it ended. Called with
+    /// the broker's lock held, as [`Authorizer::connected`].
+    fn disconnected(&self, _session: u64, _principal: &Principal) {}
 
     /// Checks a SEND; by default against [`Principal::send`].
     fn can_send(&self, principal: &Principal, destination: &str) -> Result<(), String> {
@@ -254,7 +277,8 @@ pub struct BrokerConfig {
     pub journal: Option<PathBuf>,
     /// With a journal, also flush each message to the disk before its RECEIPT (survives
     /// a machine crash). Flushes are group commits: one covers every message written
-    /// while the one before was under way, and those messages wait for it.
+    /// while the one before was under way, and those messages wait for it. A queue
+    /// declared with [`QueueOptions::fsync`] `Some(false)` does not wait.
     pub journal_fsync: bool,
     /// The CONNECTED `server` header.
     pub server_name: String,
@@ -465,6 +489,12 @@ impl Broker {
     /// (RabbitMQ's `x-single-active-consumer`).
     pub fn create_single_consumer_queue(&self, destination: &str) {
         self.lock().create_queue(destination, true);
+    }
+
+    /// Creates a queue unless it exists, and gives it `options` (a queue that exists
+    /// takes the new ones).
+    pub fn declare_queue(&self, destination: &str, options: QueueOptions) {
+        self.lock().declare_queue(destination, options);
     }
 
     /// Deletes a queue and the messages in it; returns whether it existed.

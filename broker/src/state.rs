@@ -33,7 +33,7 @@ mod testkit;
 use self::durability::Durability;
 use self::rate::Bucket;
 use super::journal::Journal;
-use super::{Authorizer, BrokerConfig, Principal, Stats};
+use super::{Authorizer, BrokerConfig, Principal, QueueOptions, Stats};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -117,6 +117,8 @@ struct Queue {
     single_active: bool,
     /// Body bytes of its messages, ready and unacked (named queues only).
     bytes: usize,
+    /// What it was declared with.
+    options: QueueOptions,
 }
 
 struct Subscription {

@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::proto::{Input, Ticket};
+use crate::proto::{Input, Matchmake, Ticket};
 use crate::{LobbyClient, Result};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,7 @@ pub struct BotOptions {
     pub server: String,
     /// How many bots.
     pub bots: usize,
-    /// The room to join; the first live room, or a new one, when `None`.
+    /// The room to join; when `None`, each bot quick plays (`POST /matchmake`).
     pub room: Option<String>,
     /// Names are `PREFIX-PID-I`.
     pub prefix: String,
@@ -117,24 +117,21 @@ where
     F: Fn(u64) -> I + Send + Sync + 'static,
 {
     let lobby = LobbyClient::new(&options.server)?;
-    let room = match &options.room {
-        Some(r) => r.clone(),
-        None => match lobby.rooms().await?.first() {
-            Some(r) => r.id.clone(),
-            None => lobby.create_room(Some("bots")).await?.id,
-        },
-    };
     let n = options.bots;
-    println!(
-        "{n} bots joining room {room} on {}; Ctrl-C stops them",
-        lobby.url()
-    );
+    let target = match &options.room {
+        Some(room) => format!("joining room {room}"),
+        None => "quick-playing".to_owned(),
+    };
+    println!("{n} bots {target} on {}; Ctrl-C stops them", lobby.url());
     let stats = Arc::new(Stats::default());
     let input = Arc::new(input);
     for i in 0..n {
         // The process id keeps two bot runs in one room from taking each other's names.
         let name = format!("{}-{}-{i}", options.prefix, std::process::id());
-        let ticket = lobby.join(&room, &name, None).await?;
+        let ticket = match &options.room {
+            Some(room) => lobby.join(room, &name, None).await?,
+            None => lobby.quick_play(&Matchmake::named(&name)).await?,
+        };
         let bot = bot(
             ticket,
             i as u64,
@@ -248,7 +245,8 @@ pub struct BotArgs {
     /// The game server's lobby URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "GSL_SERVER")]
     pub server: String,
-    /// The room to join (the first live room, or a new one, if not given).
+    /// The room to join [default: each bot quick plays: a seat in an open room, or a
+    /// new one].
     #[arg(long)]
     pub room: Option<String>,
     /// The bots' name prefix.

@@ -20,7 +20,7 @@
 //! [`Error::Forbidden`], 429 and 503 [`Error::Limited`]) with the lobby's own message, or
 //! as [`Error::Unreachable`] when no lobby answers.
 
-use crate::proto::{Inventory, RoomView, Ticket};
+use crate::proto::{Inventory, Matchmake, RoomView, Ticket};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -81,6 +81,13 @@ impl LobbyClient {
         let path = format!("/rooms/{}/join", segment(room)?);
         self.post(&path, None, &json!({ "name": name, "key": key }))
             .await
+    }
+
+    /// `POST /matchmake`: quick play. A seat in an open room of `play.kind` whose
+    /// metadata matches `play.filter` (or a new one), or in the private room of
+    /// `play.code`; reserved until the ticket's first connection.
+    pub async fn quick_play(&self, play: &Matchmake) -> Result<Ticket> {
+        self.post("/matchmake", None, play).await
     }
 
     /// `POST /rooms/{id}/leave` with the ticket's token.

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// A room as the lobby shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct RoomView {
     /// The room id.
@@ -53,6 +53,67 @@ pub struct RoomView {
     /// kicks players (`Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_token: Option<String>,
+    /// Its kind (each kind has its handlers and queue policy).
+    #[serde(default)]
+    pub kind: String,
+    /// What the game says of it (a JSON object), which quick play filters on.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub meta: serde_json::Value,
+    /// Locked rooms take no one new.
+    #[serde(default)]
+    pub locked: bool,
+    /// Private rooms are joined by their code, never by quick play.
+    #[serde(default)]
+    pub private: bool,
+    /// A private room's code, in the answer to its creation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Seats taken: players, and seats quick play reserved for players on their way.
+    #[serde(default)]
+    pub seats: usize,
+    /// Players it holds at most (its kind's policy).
+    #[serde(default)]
+    pub max_players: usize,
+    /// Players connected now (as of the room's latest checkpoint, a moment ago).
+    #[serde(default)]
+    pub players_connected: usize,
+    /// Players whose connections dropped and who keep their seat for their grace.
+    #[serde(default)]
+    pub players_in_grace: usize,
+    /// Who those are, for those who may see names (see `players_hidden`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_grace: Vec<String>,
+}
+
+/// What quick play (`POST /matchmake`) asks for: who plays, and in what kind of room
+/// with what metadata, or in which private room.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Matchmake {
+    /// Who plays.
+    pub name: String,
+    /// The name's player key, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The kind of room (the server's first if `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Metadata the room must have, each key equal (a JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<serde_json::Value>,
+    /// A private room's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl Matchmake {
+    /// Quick play as `name` into the server's default kind, any room.
+    pub fn named(name: impl Into<String>) -> Matchmake {
+        Matchmake {
+            name: name.into(),
+            ..Matchmake::default()
+        }
+    }
 }
 
 /// What joining a room answers: everything a client needs to play, with no destination

@@ -3,8 +3,9 @@
 //! clients and workers where to connect. The embedded broker implements it here; the data
 //! plane (inputs, outputs, acks) is STOMP for every broker.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, QueueOptions};
 use crate::names::{Names, LOBBY_USER};
+use crate::policy::RoomPolicy;
 use crate::stomp::Transport;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -41,7 +42,13 @@ pub trait BrokerAdmin: Send + Sync + 'static {
 
     /// Creates a room's inbox: a durable queue with one active consumer at a time, which
     /// players can write to but not create.
-    fn create_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// The inbox holds `policy.inbox_bound` inputs at most (the broker's own bound if
+    /// unset); on the embedded broker its receipts wait for the disk if `policy.fsync`.
+    fn create_inbox<'a>(
+        &'a self,
+        room: &'a str,
+        policy: &'a RoomPolicy,
+    ) -> BoxFuture<'a, Result<()>>;
 
     /// Deletes a room's inbox and whatever is still in it; deleting twice is no error.
     fn delete_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>>;
@@ -115,10 +122,19 @@ impl BrokerAdmin for EmbeddedAdmin {
         &self.endpoints
     }
 
-    fn create_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn create_inbox<'a>(
+        &'a self,
+        room: &'a str,
+        policy: &'a RoomPolicy,
+    ) -> BoxFuture<'a, Result<()>> {
         let queue = self.names.inbox_queue(room);
+        let options = QueueOptions {
+            single_active: true,
+            max_len: policy.inbox_bound,
+            fsync: Some(policy.fsync),
+        };
         Box::pin(async move {
-            self.broker.create_single_consumer_queue(&queue);
+            self.broker.declare_queue(&queue, options);
             Ok(())
         })
     }

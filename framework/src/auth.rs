@@ -6,18 +6,28 @@
 use crate::broker::{
     default_can_send, default_can_subscribe, Authorizer, Notice, Principal, Rate, SendRate,
 };
-use crate::names::{Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
+use crate::names::{player_login, Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
+use crate::policy::Policies;
 use crate::store::Store;
-use crate::token::Signer;
-use std::collections::HashMap;
+use crate::token::{Claims, Signer};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
 
-/// The current join of every player, as this process knows it: what the embedded
-/// broker checks a token against at CONNECT, where it cannot wait for the store. Cheap
-/// to clone.
+/// The current join of every player, and each room's kind, as this process knows them:
+/// what the embedded broker checks a token against at CONNECT (and the kind's input
+/// rate it grants), where it cannot wait for the store. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Joins(Arc<RwLock<HashMap<(String, String), String>>>);
+pub struct Joins(Arc<RwLock<JoinMaps>>);
+
+#[derive(Debug, Default)]
+struct JoinMaps {
+    joins: HashMap<(String, String), String>,
+    kinds: HashMap<String, String>,
+    /// Joins whose seat is reserved until their first connection.
+    reserved: HashSet<String>,
+}
 
 impl Joins {
     /// Whether `join` is `player`'s current join of `room`.
@@ -25,6 +35,7 @@ impl Joins {
         self.0
             .read()
             .unwrap()
+            .joins
             .get(&(room.to_owned(), player.to_owned()))
             .is_some_and(|j| j == join)
     }
@@ -33,6 +44,7 @@ impl Joins {
         self.0
             .write()
             .unwrap()
+            .joins
             .insert((room.to_owned(), player.to_owned()), join.to_owned());
     }
 
@@ -40,7 +52,42 @@ impl Joins {
         self.0
             .write()
             .unwrap()
+            .joins
             .remove(&(room.to_owned(), player.to_owned()));
+    }
+
+    /// Join `join`'s seat is reserved until its ticket's first connection.
+    pub(crate) fn reserve(&self, join: &str) {
+        self.0.write().unwrap().reserved.insert(join.to_owned());
+    }
+
+    /// Whether join `join` had a reserved seat (once: it is not reserved after).
+    fn take_reserved(&self, join: &str) -> bool {
+        let maps = self.0.read().unwrap();
+        if !maps.reserved.contains(join) {
+            return false;
+        }
+        drop(maps);
+        self.0.write().unwrap().reserved.remove(join)
+    }
+
+    /// Room `room` is of kind `kind`.
+    pub(crate) fn set_kind(&self, room: &str, kind: &str) {
+        let mut maps = self.0.write().unwrap();
+        if maps.kinds.get(room).is_none_or(|k| k != kind) {
+            maps.kinds.insert(room.to_owned(), kind.to_owned());
+        }
+    }
+
+    /// The kind of `room`, where known (`""` if not).
+    fn kind(&self, room: &str) -> String {
+        self.0
+            .read()
+            .unwrap()
+            .kinds
+            .get(room)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -51,8 +98,30 @@ pub struct GameAuthorizer {
     joins: Joins,
     worker_secret: String,
     allow_guest: bool,
-    /// Inputs a second and at once a player may send; `None` for no limit.
-    input_rate: Option<Rate>,
+    /// Each kind's policy: the input rate of its players; `None` for no limit.
+    policies: Option<Policies>,
+    /// Where players' connections coming and going are told.
+    events: Option<mpsc::UnboundedSender<PlayerEvent>>,
+}
+
+/// What the embedded broker saw of a player's connections, for the room service (which
+/// the broker, holding its lock, cannot wait for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlayerEvent {
+    /// The first connection of a ticket whose seat quick play reserved: the seat is the
+    /// player's now.
+    Confirmed(Claims),
+    /// One of `player`'s connections to `room` opened (`connected`) or closed.
+    Presence {
+        /// The room.
+        room: String,
+        /// The player.
+        player: String,
+        /// The connection, as the broker names it.
+        connection: String,
+        /// Opened, or closed.
+        connected: bool,
+    },
 }
 
 impl std::fmt::Debug for GameAuthorizer {
@@ -79,13 +148,34 @@ impl GameAuthorizer {
             joins,
             worker_secret,
             allow_guest,
-            input_rate: None,
+            policies: None,
+            events: None,
         }
     }
 
-    /// Limits each player to `per_second` inputs a second, `burst` at once.
-    pub fn with_input_rate(mut self, rate: Rate) -> Self {
-        self.input_rate = Some(rate);
+    /// Tells `events` of players' connections coming and going, and of seats their
+    /// first connection takes.
+    pub fn with_events(mut self, events: mpsc::UnboundedSender<PlayerEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Tells of a player's connection coming or going (nobody else's).
+    fn presence(&self, session: u64, principal: &Principal, connected: bool) {
+        let (Some(events), Some(room)) = (&self.events, &principal.tag) else {
+            return;
+        };
+        let _ = events.send(PlayerEvent::Presence {
+            room: room.clone(),
+            player: principal.name.clone(),
+            connection: session.to_string(),
+            connected,
+        });
+    }
+
+    /// Limits each player to the input rate of its room's kind.
+    pub fn with_policies(mut self, policies: Policies) -> Self {
+        self.policies = Some(policies);
         self
     }
 
@@ -99,9 +189,16 @@ impl GameAuthorizer {
                 self.names.private(room, player),
             ]),
             tag: Some(room.to_owned()),
-            rate: self.input_rate.map(|rate| SendRate {
-                rate,
-                notice: Some(rate_notice(self.names.private(room, player), rate)),
+            rate: self.policies.as_ref().map(|policies| {
+                let policy = policies.of(&self.joins.kind(room));
+                let rate = Rate {
+                    per_second: policy.inputs_per_second,
+                    burst: policy.input_burst,
+                };
+                SendRate {
+                    rate,
+                    notice: Some(rate_notice(self.names.private(room, player), rate)),
+                }
             }),
         }
     }
@@ -178,7 +275,21 @@ impl Authorizer for GameAuthorizer {
                 ));
             }
         }
-        Ok(self.player_grants(&claims.room, &claims.player))
+        let grants = self.player_grants(&claims.room, &claims.player);
+        if let Some(events) = &self.events {
+            if self.joins.take_reserved(&claims.join) {
+                let _ = events.send(PlayerEvent::Confirmed(claims));
+            }
+        }
+        Ok(grants)
+    }
+
+    fn connected(&self, session: u64, principal: &Principal) {
+        self.presence(session, principal, true);
+    }
+
+    fn disconnected(&self, session: u64, principal: &Principal) {
+        self.presence(session, principal, false);
     }
 
     fn can_send(&self, principal: &Principal, destination: &str) -> Result<(), String> {
@@ -215,13 +326,6 @@ impl std::fmt::Debug for RabbitAuth {
     }
 }
 
-/// A `PLAYER@ROOM` login, split.
-fn player_login(username: &str) -> Option<(&str, &str)> {
-    let (player, room) = username.rsplit_once('@')?;
-    (crate::proto::valid_name(player) && !room.is_empty() && !room.contains('.'))
-        .then_some((player, room))
-}
-
 impl RabbitAuth {
     /// Checks tokens with `signer` and whether their join is current in `store`;
     /// destinations are spelled by `names`.
@@ -245,7 +349,14 @@ impl RabbitAuth {
             ));
         }
         match self.store.player_join(room, player).await {
-            Ok(Some(join)) if join == claims.join => Ok(()),
+            Ok(Some(join)) if join == claims.join => {
+                // The ticket's first connection: a seat quick play reserved is the
+                // player's now.
+                if let Err(e) = self.store.confirm_seat(room, player, &join).await {
+                    tracing::warn!(%room, %player, "cannot confirm the seat: {e}");
+                }
+                Ok(())
+            }
             Ok(_) => Err("the ticket was revoked (left, kicked, or joined again)".into()),
             Err(e) => Err(format!("the store cannot say: {e}")),
         }
@@ -299,14 +410,15 @@ impl RabbitAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewRoom;
     use std::time::Duration;
 
     #[tokio::test]
     async fn rabbitmq_lets_a_player_reach_its_own_room_only() {
         let signer = Signer::new(b"s".to_vec());
         let store = Store::open("sqlite::memory:").await.unwrap();
-        store.create_room("r1", "r").await.unwrap();
-        store.add_player("r1", "ann", "j1").await.unwrap();
+        store.create_room(&NewRoom::plain("r1", "r")).await.unwrap();
+        store.add_player("r1", "ann", "j1", 10, None).await.unwrap();
         let auth = RabbitAuth::new(signer.clone(), Names::rabbitmq(), store.clone());
         let token = signer.issue("r1", "ann", "j1", Duration::from_secs(60));
         assert_eq!(auth.user("ann@r1", &token).await, Ok(()));

@@ -2,6 +2,7 @@
 //! command line that fills it.
 
 use crate::broker::{BrokerConfig, Rate};
+use crate::policy::{parse_override, RoomPolicy};
 use crate::token::random_id;
 use crate::worker::Timings;
 use crate::Result;
@@ -75,6 +76,13 @@ pub struct Config {
     /// (survives a machine crash); without it an input survives the process being
     /// killed.
     pub fsync: bool,
+    /// How long a player whose connections all dropped keeps its seat.
+    pub grace: Duration,
+    /// Spectators one room admits at most.
+    pub spectators: usize,
+    /// Overrides of the kinds' declared policies: `(kind or "*", key, value)`, as
+    /// `--policy KIND.KEY=VALUE` gives them.
+    pub policy: Vec<(String, String, String)>,
 }
 
 impl Default for Config {
@@ -98,6 +106,9 @@ impl Default for Config {
                 per_second: 30,
                 burst: 60,
             },
+            grace: Duration::from_secs(30),
+            spectators: 100,
+            policy: Vec::new(),
         }
     }
 }
@@ -125,6 +136,21 @@ impl Config {
         match self.secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => Ok(secret.as_bytes().to_vec()),
             None => stored_secret(&self.data_dir),
+        }
+    }
+
+    /// What a kind's policy leaves unset comes from here: the server's flags.
+    pub fn policy_defaults(&self) -> RoomPolicy {
+        RoomPolicy {
+            min_players: 1,
+            max_players: self.rooms.max_players_per_room,
+            inputs_per_second: self.input_rate.per_second,
+            input_burst: self.input_rate.burst,
+            inbox_bound: None,
+            idle_timeout: self.timings.idle_timeout,
+            grace: self.grace,
+            fsync: self.fsync,
+            spectators: self.spectators,
         }
     }
 
@@ -262,6 +288,30 @@ pub struct Args {
     /// Players one room may have.
     #[arg(long, default_value_t = defaults().rooms.max_players_per_room)]
     pub max_players_per_room: usize,
+    /// Seconds a player whose connections all dropped keeps its seat (the game hears
+    /// on_drop, then on_reconnect or, after this, the leave).
+    #[arg(long, default_value_t = defaults().grace.as_secs())]
+    pub grace_secs: u64,
+    /// Spectators one room admits at most.
+    #[arg(long, default_value_t = defaults().spectators)]
+    pub max_spectators: usize,
+    /// Seconds a seat quick play reserved (POST /matchmake) waits for the player's first
+    /// connection before it is given up.
+    #[arg(long, default_value_t = defaults().rooms.seat_ttl.as_secs())]
+    pub seat_ttl_secs: u64,
+    /// Overrides a kind's policy, whatever its code declares: KIND.KEY=VALUE (`*.KEY`
+    /// for every kind), again for each. Keys: min_players, max_players,
+    /// inputs_per_second, input_burst, inbox_bound, idle_secs, grace_secs, fsync,
+    /// spectators. The flags above are the defaults for what a kind leaves unset.
+    /// In the environment, GSL_POLICY holds them separated by commas.
+    #[arg(
+        long,
+        value_parser = parse_override,
+        value_name = "KIND.KEY=VALUE",
+        env = "GSL_POLICY",
+        value_delimiter = ','
+    )]
+    pub policy: Vec<(String, String, String)>,
     /// HTTP connections (lobby requests and WebSocket upgrades) open at once; past it a
     /// connection is answered 503, except GET /health.
     #[arg(long, default_value_t = defaults().http.max_connections)]
@@ -338,8 +388,12 @@ impl Args {
                 max_rooms: self.max_rooms,
                 creations_per_minute: self.room_creations_per_minute,
                 max_players_per_room: self.max_players_per_room,
+                seat_ttl: Duration::from_secs(self.seat_ttl_secs),
                 ..defaults.rooms
             },
+            grace: Duration::from_secs(self.grace_secs),
+            spectators: self.max_spectators,
+            policy: self.policy.clone(),
             http: crate::http::HttpLimits {
                 max_connections: self.max_http_connections,
                 max_per_address: self.max_http_connections_per_address,
@@ -362,6 +416,27 @@ mod tests {
             format!("{:?}", args.config()),
             format!("{:?}", Config::default())
         );
+    }
+
+    #[test]
+    fn policy_overrides_are_parsed_and_bad_ones_refused() {
+        let args = Args::try_parse_from([
+            "server",
+            "--policy",
+            "duel.max_players=3",
+            "--policy",
+            "*.grace_secs=5",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.config().policy,
+            [
+                ("duel".into(), "max_players".into(), "3".into()),
+                ("*".into(), "grace_secs".into(), "5".into())
+            ]
+        );
+        let bad = Args::try_parse_from(["server", "--policy", "duel.colour=red"]).unwrap_err();
+        assert!(bad.to_string().contains("no policy setting"), "{bad}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   checkpoint says what was applied. A room nobody is in lets its chain end (no
 //!   invocation, no cost) once it has been empty for `GSL_LAMBDA_EMPTY_SECS`.
 //! - **`{"gsl_sweep": true}`** (a schedule): restarts the worker of every live room with
-//!   players whose inbox has no consumer, such as one whose invocation died.
+//!   players whose inbox has no consumer, such as one whose invocation died, and gives
+//!   up the seats quick play reserved that nobody took in time.
 //!
 //! **Version pinning.** The first invocation of a room records the function version it
 //! runs (`AWS_LAMBDA_FUNCTION_NAME:AWS_LAMBDA_FUNCTION_VERSION`); every later one for
@@ -34,21 +35,19 @@ pub mod invoke;
 use crate::admin::BrokerAdmin;
 use crate::config::{Args, Config};
 use crate::lobby::Lobby;
-use crate::msg::Msg;
+use crate::policy::Policies;
 use crate::rabbit::{RabbitAdmin, RabbitConfig};
 use crate::rooms::Rooms;
 use crate::server::{cluster_lobby, init_logging};
 use crate::store::Store;
 use crate::token::{random_id, Signer};
-use crate::worker::subscribed::{run_leased, Lease, Outcome};
-use crate::worker::{Launcher, WorkerEnv};
+use crate::worker::subscribed::{Lease, Outcome};
+use crate::worker::{Kinds, Launcher, WorkerEnv};
 use crate::{Error, Result};
 use axum::Router;
 use clap::Parser;
 use invoke::{FunctionVersion, Invoker};
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -67,15 +66,12 @@ const CHAIN_CHECK: Duration = Duration::from_secs(2);
 /// Serves Lambda events until the runtime stops the process. Configuration comes from
 /// the environment, as on the command line (`GSL_BROKER`, `GSL_STORE`, `GSL_SECRET`,
 /// ...), plus the `GSL_LAMBDA_*` and `GSL_WORKER_FUNCTION` variables above.
-pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
+pub async fn run(lobby: Lobby, kinds: Kinds) -> Result<()> {
     // Only the environment: the program's name, and no arguments.
     let args = Args::try_parse_from(std::env::args_os().take(1))
         .map_err(|e| Error::Invalid(format!("bad GSL_* environment: {e}")))?;
     init_logging(&args.log);
-    let app = Function::start(args.config(), lobby, msg).await?;
+    let app = Function::start(args.config(), lobby, kinds).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
             let app = app.clone();
@@ -87,7 +83,8 @@ where
 }
 
 /// One function's state, kept between invocations of a warm instance.
-struct Function<S> {
+#[derive(Clone)]
+struct Function {
     config: Config,
     store: Store,
     admin: Arc<RabbitAdmin>,
@@ -99,28 +96,10 @@ struct Function<S> {
     /// The room service: the lobby's, and what carries out the workers' transfers.
     rooms: Rooms,
     router: Router,
-    msg: Msg<S>,
+    kinds: Kinds,
+    policies: Policies,
     lease_secs: Option<u64>,
     empty_for: Duration,
-}
-
-impl<S> Clone for Function<S> {
-    fn clone(&self) -> Self {
-        Function {
-            config: self.config.clone(),
-            store: self.store.clone(),
-            admin: self.admin.clone(),
-            rabbit: self.rabbit.clone(),
-            invoker: self.invoker.clone(),
-            me: self.me.clone(),
-            launcher: self.launcher.clone(),
-            rooms: self.rooms.clone(),
-            router: self.router.clone(),
-            msg: self.msg.clone(),
-            lease_secs: self.lease_secs,
-            empty_for: self.empty_for,
-        }
-    }
 }
 
 fn env_var(key: &str) -> Option<String> {
@@ -137,11 +116,9 @@ fn env_secs(key: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
-impl<S> Function<S>
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
-    async fn start(config: Config, lobby: Lobby, msg: Msg<S>) -> Result<Function<S>> {
+impl Function {
+    async fn start(config: Config, lobby: Lobby, kinds: Kinds) -> Result<Function> {
+        let policies = kinds.policies(&config.policy_defaults(), &config.policy)?;
         let url = config.broker.clone().ok_or_else(|| {
             Error::Invalid(
                 "on Lambda, GSL_BROKER must name the RabbitMQ (amqp://USER:PASSWORD@HOST, with its stomp and management plugins)".into(),
@@ -182,6 +159,7 @@ where
             signer,
             admin.clone(),
             launcher.clone(),
+            policies.clone(),
         );
         tracing::info!(function = %me, "ready on Lambda");
         Ok(Function {
@@ -194,7 +172,8 @@ where
             launcher,
             rooms,
             router,
-            msg,
+            kinds,
+            policies,
             lease_secs: env_secs("GSL_LAMBDA_LEASE_SECS")?,
             empty_for: Duration::from_secs(env_secs("GSL_LAMBDA_EMPTY_SECS")?.unwrap_or(30)),
         })
@@ -327,9 +306,10 @@ where
             login: self.rabbit.user.clone(),
             passcode: self.rabbit.password.clone(),
             timings: self.config.timings,
+            policies: self.policies.clone(),
             shutdown,
         };
-        let outcome = run_leased(&env, room, self.msg.clone(), Some(lease)).await;
+        let outcome = self.kinds.run_leased(&env, room, Some(lease)).await;
         watcher.abort();
         outcome
     }
@@ -384,7 +364,7 @@ where
         loop {
             let page = self
                 .store
-                .live_rooms_with_players(offset, 500)
+                .live_rooms_with_players(offset, 500, true)
                 .await
                 .map_err(failed)?;
             if page.is_empty() {
@@ -398,8 +378,11 @@ where
                 }
             }
         }
+        // Seats quick play reserved that nobody took (a Lambda lobby has no clock of
+        // its own: the sweep's schedule is it).
+        let expired = self.rooms.expire_reservations().await.map_err(failed)?;
         let launched = self.launcher.settle().await;
-        Ok(json!({ "checked": rooms, "launched": launched }))
+        Ok(json!({ "checked": rooms, "launched": launched, "seats_given_up": expired }))
     }
 }
 

@@ -14,26 +14,30 @@
 //!
 //! 1. [`names`]: destination names per broker, and the users the framework reserves.
 //! 2. [`token`]: every token: signed join tokens, player keys, owner tokens.
-//! 3. [`msg`]: realtime handlers routed by message type ([`Msg`], [`Ctx`], [`RoomCtx`]).
-//! 4. [`room`]: one room without sockets: duplicates, ordering, sequence numbers.
-//! 5. [`testing`]: [`testing::TestRoom`], a game's rules run with simulated players.
-//! 6. [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
-//! 7. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`; it reads the
+//! 3. [`policy`]: a room kind's queue policy ([`Policy`]), decided per kind.
+//! 4. [`msg`]: realtime handlers routed by message type ([`Msg`], [`Ctx`], [`RoomCtx`]).
+//! 5. [`room`]: one room without sockets: duplicates, ordering, sequence numbers.
+//! 6. [`testing`]: [`testing::TestRoom`], a game's rules run with simulated players.
+//! 7. [`http`]: the lobby's HTTP port hardened: timeouts, caps, JSON errors.
+//! 8. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`; it reads the
 //!    broker's [`broker::Stats`] when scraped.
-//! 8. [`store`]: rooms, players, items, checkpoints (with the transfers outbox) and named
-//!    rooms in SQLite or PostgreSQL.
-//! 9. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
-//! 10. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
-//! 11. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers,
-//!     the [`worker::Transfers`] seam.
-//! 12. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
-//! 13. [`rooms`]: the room service (create, join, transfer, leave, end), without HTTP.
-//! 14. [`lobby`]: the REST lobby on axum, over the room service.
-//! 15. [`config`]: [`Config`] and the command line ([`Args`]).
-//! 16. [`package`]: `package`, the AWS SAM template of a deployment.
-//! 17. [`scaffold`]: `new NAME`, a new game's crate from the template.
-//! 18. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
-//! 19. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
+//! 9. [`store`]: rooms, players and seats, items, checkpoints (with the transfers
+//!    outbox) and named rooms in SQLite or PostgreSQL.
+//! 10. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
+//! 11. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
+//! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers,
+//!     the kinds of room ([`Kinds`]), the [`worker::Transfers`] seam.
+//! 13. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
+//! 14. [`rooms`]: the room service (create, join, quick play, transfer, leave, end),
+//!     without HTTP.
+//! 15. [`presence`]: who is connected, told to the rooms: the embedded broker's
+//!     connection events and RabbitMQ's event exchange; expired seat reservations.
+//! 16. [`lobby`]: the REST lobby on axum, over the room service.
+//! 17. [`config`]: [`Config`] and the command line ([`Args`]).
+//! 18. [`package`]: `package`, the AWS SAM template of a deployment.
+//! 19. [`scaffold`]: `new NAME`, a new game's crate from the template.
+//! 20. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
+//! 21. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
 //!
 //! The `server` feature (on by default) holds everything but [`msg`], [`room`] and
 //! [`testing`]: a crate of game rules alone builds and tests them without it.
@@ -100,6 +104,9 @@ pub mod msg;
 pub mod names;
 #[cfg(feature = "server")]
 pub mod package;
+pub mod policy;
+#[cfg(feature = "server")]
+pub mod presence;
 #[cfg(feature = "server")]
 pub mod rabbit;
 pub mod room;
@@ -126,6 +133,7 @@ pub use game_server_less_client::{bots, lobby_client, proto, Error, LobbyClient,
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
 pub use msg::{Arrival, Ctx, Msg, RoomCtx, RoomInfo};
+pub use policy::Policy;
 #[cfg(feature = "server")]
 pub use rooms::Rooms;
 #[cfg(feature = "server")]
@@ -135,22 +143,22 @@ pub use stomp;
 /// The embedded STOMP broker (the `stomp-broker` crate).
 #[cfg(feature = "server")]
 pub use stomp_broker as broker;
+#[cfg(feature = "server")]
+pub use worker::Kinds;
 
 #[cfg(feature = "server")]
 /// Runs a game server from the command line (see `--help`, and [`server::run`]), or, when
 /// AWS Lambda started the process (`AWS_LAMBDA_RUNTIME_API` is set), as a Lambda
 /// function (see `lambda`, behind the `lambda` feature).
-pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
-where
-    S: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
+pub async fn run(lobby: Lobby, kinds: impl Into<worker::Kinds>) -> Result<()> {
+    let kinds = kinds.into();
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         #[cfg(feature = "lambda")]
-        return lambda::run(lobby, msg).await;
+        return lambda::run(lobby, kinds).await;
         #[cfg(not(feature = "lambda"))]
         return Err(Error::Invalid(
             "started by AWS Lambda (AWS_LAMBDA_RUNTIME_API is set), but built without the `lambda` feature: build with `cargo lambda build --release --arm64 --features lambda` (the game's feature that turns on game-server-less/lambda)".into(),
         ));
     }
-    server::run(lobby, msg).await
+    server::run(lobby, kinds).await
 }

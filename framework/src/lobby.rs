@@ -15,7 +15,7 @@
 
 use crate::auth::RabbitAuth;
 pub use crate::proto::{valid_name, RoomView, Ticket};
-use crate::rooms::{Rooms, Viewer};
+use crate::rooms::{QuickPlay, RoomSpec, Rooms, Viewer};
 use crate::token::key_name;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -71,6 +71,7 @@ impl Lobby {
             .route("/rooms/{id}", get(get_room).delete(delete_room))
             .route("/rooms/{id}/join", post(join_room))
             .route("/rooms/{id}/leave", post(leave_room))
+            .route("/matchmake", post(matchmake))
             .route(
                 "/rooms/{id}/players/{name}",
                 axum::routing::delete(kick_player),
@@ -227,6 +228,14 @@ struct CreateRoom {
         max_length = 64
     )]
     name: Option<String>,
+    /// The room's kind [default: the server's first].
+    kind: Option<String>,
+    /// What the game says of the room, which quick play filters on: a JSON object.
+    #[schema(value_type = Option<Object>)]
+    meta: Option<serde_json::Value>,
+    /// A private room: joined by the code the answer carries, never by quick play.
+    #[serde(default)]
+    private: bool,
 }
 
 /// `POST /rooms/{id}/join`: who joins, and the name's key if it has one.
@@ -238,6 +247,26 @@ struct JoinRoom {
     name: Option<String>,
     /// The name's player key, from its first join.
     key: Option<String>,
+}
+
+/// `POST /matchmake`: quick play into a room of a kind whose metadata matches the
+/// filter (made if none fits), or into the private room of a code.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Matchmake {
+    /// Who plays: 1 to 32 letters, digits, `-` or `_`.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
+    name: Option<String>,
+    /// The name's player key, from its first join.
+    key: Option<String>,
+    /// The kind of room [default: the server's first].
+    kind: Option<String>,
+    /// Metadata the room must have, each key equal (a JSON object); a room made for
+    /// the player gets it.
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
+    /// A private room's code: that room and no other.
+    code: Option<String>,
 }
 
 /// Every error: what went wrong, and often what to do.
@@ -336,8 +365,8 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
-    paths(health, metrics, create_room, list_rooms, get_room, join_room, leave_room, kick_player, delete_room),
-    components(schemas(RoomView, Ticket, CreateRoom, JoinRoom, ErrorBody)),
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, matchmake, leave_room, kick_player, delete_room),
+    components(schemas(RoomView, Ticket, CreateRoom, JoinRoom, Matchmake, ErrorBody)),
     modifiers(&BearerTokens),
 )]
 pub struct LobbyApi;
@@ -375,6 +404,7 @@ async fn not_found() -> ApiError {
 
 #[utoipa::path(post, path = "/rooms", tag = "rooms", request_body(content = Option<CreateRoom>),
     responses((status = 201, description = "The room, with its owner token", body = RoomView),
+        (status = 404, description = "No room kind has the name", body = ErrorBody),
         (status = 429, description = "Too many rooms", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 408, description = "The request took too long", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
@@ -388,9 +418,13 @@ async fn create_room(
     let client = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let room = rooms
-        .create(req.name.as_deref().unwrap_or("room"), client)
-        .await?;
+    let spec = RoomSpec {
+        name: req.name.unwrap_or_else(|| "room".into()),
+        kind: req.kind,
+        meta: req.meta.unwrap_or_default(),
+        private: req.private,
+    };
+    let room = rooms.create(&spec, client).await?;
     Ok((StatusCode::CREATED, Json(room)))
 }
 
@@ -453,6 +487,39 @@ async fn join_room(
         .as_deref()
         .or(bearer(&headers).filter(|b| key_name(b).is_some()));
     Ok(Json(rooms.join(&id, &name, key).await?))
+}
+
+#[utoipa::path(post, path = "/matchmake", tag = "rooms", request_body = Matchmake,
+    responses((status = 200, description = "A ticket to a seat reserved until its first connection", body = Ticket),
+        (status = 403, description = "The name is someone else's", body = ErrorBody),
+        (status = 404, description = "No live room has the code, or no room kind has the name", body = ErrorBody),
+        (status = 409, description = "The room of the code is locked", body = ErrorBody),
+        (status = 429, description = "The room of the code is full, or the server has its most rooms", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn matchmake(
+    State(rooms): State<Rooms>,
+    headers: axum::http::HeaderMap,
+    raw: Bytes,
+) -> ApiResult<Json<Ticket>> {
+    let req: Matchmake = body(&raw)?;
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::bad_request("say who plays: {\"name\": \"alice\"}"))?;
+    let key = req.key.or_else(|| {
+        bearer(&headers)
+            .filter(|b| key_name(b).is_some())
+            .map(str::to_owned)
+    });
+    let play = QuickPlay {
+        name,
+        key,
+        kind: req.kind,
+        filter: req.filter.unwrap_or_default(),
+        code: req.code,
+    };
+    Ok(Json(rooms.quick_play(&play).await?))
 }
 
 #[utoipa::path(post, path = "/rooms/{id}/leave", tag = "rooms", params(("id" = String, Path, description = "The room id")),

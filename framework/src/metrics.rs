@@ -45,6 +45,17 @@ pub static JOURNAL_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Players quick play seated (`POST /matchmake`).
+pub static QUICK_PLAYS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "gsl_quick_plays_total",
+            "Players quick play seated (POST /matchmake)",
+        )
+        .unwrap(),
+    )
+});
+
 /// How long applying one inbox message took.
 pub static HANDLER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     let buckets = vec![

@@ -25,6 +25,7 @@
 //! handler wants done outside the room (messages, ending the room) it asks of [`Ctx`], and
 //! the room worker carries it out after the handler returns.
 
+use crate::policy::Policy;
 use crate::proto::Grant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ pub(crate) enum Effect {
     EndRoom(String),
     /// Add to a player's persistent inventory (`/user/items`).
     GiveItem(Grant),
+    /// Lock (`true`) or unlock the room: quick play and joins pass a locked room by.
+    Lock(bool),
+    /// Replace the room's metadata (what quick play filters on).
+    Meta(Value),
     /// Move a player to the live room of this name, carrying this value.
     Transfer {
         /// The player.
@@ -187,6 +192,28 @@ impl RoomCtx {
             room: room.to_owned(),
             carried: to_value(carried),
         });
+    }
+
+    /// Locks the room once this handler returns: quick play and joins by id pass it by
+    /// (a match under way, say) until [`RoomCtx::unlock`]. Its players stay, and
+    /// dropped ones may come back.
+    pub fn lock(&mut self) {
+        self.effects.push(Effect::Lock(true));
+    }
+
+    /// Unlocks the room ([`RoomCtx::lock`]).
+    pub fn unlock(&mut self) {
+        self.effects.push(Effect::Lock(false));
+    }
+
+    /// Replaces the room's metadata, which quick play's filters match (`{"mode":
+    /// "ranked"}`, say): a JSON object.
+    ///
+    /// # Panics
+    ///
+    /// As [`RoomCtx::broadcast`].
+    pub fn set_meta(&mut self, meta: &impl Serialize) {
+        self.effects.push(Effect::Meta(to_value(meta)));
     }
 
     /// The effects asked for so far.
@@ -385,7 +412,10 @@ pub struct Msg<S> {
     tick: Option<(Duration, TickFn<S>)>,
     on_join: Option<HookFn<S>>,
     on_leave: Option<HookFn<S>>,
+    on_drop: Option<HookFn<S>>,
+    on_reconnect: Option<HookFn<S>>,
     new_state: Arc<dyn Fn(&RoomInfo) -> S + Send + Sync>,
+    policy: Policy,
 }
 
 impl<S> Clone for Msg<S> {
@@ -395,7 +425,10 @@ impl<S> Clone for Msg<S> {
             tick: self.tick.clone(),
             on_join: self.on_join.clone(),
             on_leave: self.on_leave.clone(),
+            on_drop: self.on_drop.clone(),
+            on_reconnect: self.on_reconnect.clone(),
             new_state: self.new_state.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -409,6 +442,25 @@ impl<S> Msg<S> {
     /// The tick interval, if there is a tick.
     pub fn tick_interval(&self) -> Option<Duration> {
         self.tick.as_ref().map(|(every, _)| *every)
+    }
+
+    /// The queue policy its rooms declare ([`Msg::policy`]).
+    pub fn declared_policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The same router, whose rooms follow `policy`: players, input rate, inbox bound,
+    /// idle timeout, reconnection grace, fsync, spectators. What it leaves unset the
+    /// server's flags decide.
+    ///
+    /// ```
+    /// use game_server_less::{Msg, Policy};
+    ///
+    /// let duel = Msg::new(|| 0u32).policy(Policy::new().players(2, 2));
+    /// # let _ = duel;
+    /// ```
+    pub fn policy(self, policy: Policy) -> Msg<S> {
+        Msg { policy, ..self }
     }
 }
 
@@ -436,7 +488,10 @@ impl<S: 'static> Msg<S> {
             tick: None,
             on_join: None,
             on_leave: None,
+            on_drop: None,
+            on_reconnect: None,
             new_state: Arc::new(new_state),
+            policy: Policy::default(),
         }
     }
 
@@ -551,6 +606,45 @@ impl<S: 'static> Msg<S> {
         self
     }
 
+    /// Runs `handler` with the player's id when the last of a player's connections
+    /// drops. The player keeps its seat and state for its kind's grace
+    /// ([`crate::Policy::grace`]): back in time, it gets [`Msg::on_reconnect`];
+    /// otherwise the framework runs the leave ([`Msg::on_leave`]) and frees the seat.
+    /// So a hook sees `join`, then any number of `drop`/`reconnect` pairs, then perhaps
+    /// a `drop`, then `leave`.
+    ///
+    /// # Panics
+    ///
+    /// When a drop hook is already set.
+    #[track_caller]
+    pub fn on_drop<R: HandlerResult>(
+        mut self,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
+    ) -> Msg<S> {
+        assert!(self.on_drop.is_none(), "the drop hook is set twice");
+        self.on_drop = Some(hook(handler));
+        self
+    }
+
+    /// Runs `handler` with the player's id when a dropped player connects again within
+    /// its grace ([`Msg::on_drop`]).
+    ///
+    /// # Panics
+    ///
+    /// When a reconnect hook is already set.
+    #[track_caller]
+    pub fn on_reconnect<R: HandlerResult>(
+        mut self,
+        handler: impl Fn(&mut S, &mut RoomCtx, &str) -> R + Send + Sync + 'static,
+    ) -> Msg<S> {
+        assert!(
+            self.on_reconnect.is_none(),
+            "the reconnect hook is set twice"
+        );
+        self.on_reconnect = Some(hook(handler));
+        self
+    }
+
     /// A fresh state for `room`.
     pub(crate) fn new_state(&self, room: &RoomInfo) -> S {
         (self.new_state)(room)
@@ -603,6 +697,26 @@ impl<S: 'static> Msg<S> {
         player: &str,
     ) -> Result<(), Rejection> {
         run_hook(self.on_leave.as_ref(), state, ctx, player)
+    }
+
+    /// Runs the drop hook for `player`, if any.
+    pub(crate) fn run_drop(
+        &self,
+        state: &mut S,
+        ctx: &mut RoomCtx,
+        player: &str,
+    ) -> Result<(), Rejection> {
+        run_hook(self.on_drop.as_ref(), state, ctx, player)
+    }
+
+    /// Runs the reconnect hook for `player`, if any.
+    pub(crate) fn run_reconnect(
+        &self,
+        state: &mut S,
+        ctx: &mut RoomCtx,
+        player: &str,
+    ) -> Result<(), Rejection> {
+        run_hook(self.on_reconnect.as_ref(), state, ctx, player)
     }
 }
 

@@ -124,6 +124,13 @@ impl Names {
     }
 }
 
+/// A RabbitMQ player login `PLAYER@ROOM` ([`Names::login`]), split into player and room.
+pub fn player_login(username: &str) -> Option<(&str, &str)> {
+    let (player, room) = username.rsplit_once('@')?;
+    (crate::proto::valid_name(player) && !room.is_empty() && !room.contains('.'))
+        .then_some((player, room))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@
 //! to a queue directly would be a write to the default exchange, which players may not use.
 
 use crate::admin::{BrokerAdmin, Endpoints, InboxState};
-use crate::names::{Names, INPUT_EXCHANGE, LOBBY_USER};
+use crate::names::{player_login, Names, INPUT_EXCHANGE, LOBBY_USER};
+use crate::policy::RoomPolicy;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
@@ -130,6 +131,51 @@ impl RabbitConfig {
     }
 }
 
+/// The queue RabbitMQ's connection events reach the lobbies through: durable, one
+/// active consumer at a time, bound to the event exchange (`rabbitmq_event_exchange`)
+/// for `connection.created` and `connection.closed`.
+pub const PRESENCE_QUEUE: &str = "gsl.presence";
+
+/// A player's connection to RabbitMQ opening or closing, as its event exchange tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// Connection `pid` of `player` of `room` opened.
+    Opened {
+        /// The connection's Erlang pid: what its close names.
+        pid: String,
+        /// The room.
+        room: String,
+        /// The player.
+        player: String,
+    },
+    /// Connection `pid` closed (the event names no user).
+    Closed {
+        /// The connection's pid.
+        pid: String,
+    },
+}
+
+impl ConnectionEvent {
+    /// The event a message of [`PRESENCE_QUEUE`] carries, given its headers; `None` for
+    /// connections that are not players' (the lobby's, workers', guests').
+    pub fn parse<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<ConnectionEvent> {
+        let pid = header("pid")?.to_owned();
+        match header("user") {
+            Some(user) => {
+                let (player, room) = player_login(user)?;
+                Some(ConnectionEvent::Opened {
+                    pid,
+                    room: room.to_owned(),
+                    player: player.to_owned(),
+                })
+            }
+            None => header("destination")
+                .is_some_and(|d| d.ends_with("connection.closed"))
+                .then_some(ConnectionEvent::Closed { pid }),
+        }
+    }
+}
+
 /// The URL with its password hidden, for messages and logs.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -181,6 +227,40 @@ impl RabbitAdmin {
             )
             .await?;
         Ok(admin)
+    }
+
+    /// Declares [`PRESENCE_QUEUE`] and binds it to RabbitMQ's event exchange; `false`
+    /// (and nothing declared) when the exchange is missing: the `rabbitmq_event_exchange`
+    /// plugin is off, and rooms cannot learn who is connected.
+    pub async fn declare_presence_queue(&self) -> Result<bool> {
+        let vhost = self.vhost();
+        let exchange = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/exchanges/{vhost}/amq.rabbitmq.event"),
+                None,
+            )
+            .await;
+        match exchange {
+            Err(Error::Refused { message, .. }) if message.contains("404") => return Ok(false),
+            other => other.map(drop)?,
+        }
+        let arguments = json!({ "x-single-active-consumer": true, "x-max-length": 1_000_000 });
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/queues/{vhost}/{PRESENCE_QUEUE}"),
+            Some(json!({ "durable": true, "auto_delete": false, "arguments": arguments })),
+        )
+        .await?;
+        for key in ["connection.created", "connection.closed"] {
+            self.call(
+                reqwest::Method::POST,
+                &format!("/bindings/{vhost}/e/amq.rabbitmq.event/q/{PRESENCE_QUEUE}"),
+                Some(json!({ "routing_key": key })),
+            )
+            .await?;
+        }
+        Ok(true)
     }
 
     /// The settings.
@@ -236,12 +316,16 @@ impl BrokerAdmin for RabbitAdmin {
         &self.endpoints
     }
 
-    fn create_inbox<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn create_inbox<'a>(
+        &'a self,
+        room: &'a str,
+        policy: &'a RoomPolicy,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let queue = RabbitAdmin::queue(room);
             let mut arguments = json!({
                 "x-single-active-consumer": true,
-                "x-max-length": self.config.max_length,
+                "x-max-length": policy.inbox_bound.unwrap_or(self.config.max_length as usize),
                 "x-overflow": "reject-publish",
             });
             if self.config.quorum {

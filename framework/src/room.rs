@@ -37,6 +37,51 @@ pub const TICK_LIVES: usize = 8;
 /// replay numbers each transfer as the first run did.
 const TRANSFERS: &str = "$transfers";
 
+/// Where a room keeps each of a player's open connections (`$on:PLAYER/CONNECTION`, so
+/// that an event told twice counts once) and, while the player is dropped, the end of
+/// its grace (`$away:PLAYER`, milliseconds since the epoch): beside the players' last
+/// inputs, so a checkpoint saves them.
+const ON: &str = "$on:";
+const AWAY: &str = "$away:";
+
+/// Whether a player of the room is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// With this many connections.
+    Connected(u64),
+    /// Dropped, keeping its seat until this time (milliseconds since the epoch).
+    Away(u64),
+    /// In the room, not connected yet.
+    Joined,
+}
+
+/// Who is connected and who is dropped (in grace), as the keys of a room's
+/// applied-input map (a checkpoint's) say: the lobby reports them from the latest checkpoint.
+pub fn presence_in<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> (BTreeSet<PlayerId>, BTreeSet<PlayerId>) {
+    let mut connected = BTreeSet::new();
+    let mut away = BTreeSet::new();
+    for key in keys {
+        if let Some((player, _)) = key.strip_prefix(ON).and_then(|k| k.split_once('/')) {
+            connected.insert(player.to_owned());
+        } else if let Some(player) = key.strip_prefix(AWAY) {
+            away.insert(player.to_owned());
+        }
+    }
+    (connected, away)
+}
+
+/// A change to how the lobby lists a room, which its handlers asked for
+/// ([`RoomCtx::lock`], [`RoomCtx::set_meta`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listing {
+    /// Locked (`true`) or unlocked.
+    Locked(bool),
+    /// New metadata.
+    Meta(Value),
+}
+
 /// A player a room moves to another room ([`RoomCtx::transfer`]), numbered: `key`
 /// names it for good, so that carrying it out again (after a crash) does it once.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +115,7 @@ pub struct Room<S> {
     ended: Option<String>,
     grants: Vec<Grant>,
     transfers: Vec<Transfer>,
+    listing: Vec<Listing>,
 }
 
 /// What applying one input did.
@@ -95,6 +141,7 @@ impl<S: 'static> Room<S> {
             ended: None,
             grants: Vec::new(),
             transfers: Vec::new(),
+            listing: Vec::new(),
         }
     }
 
@@ -143,6 +190,11 @@ impl<S: 'static> Room<S> {
         std::mem::take(&mut self.grants)
     }
 
+    /// Takes the changes to the room's listing asked for since the last call.
+    pub(crate) fn take_listing(&mut self) -> Vec<Listing> {
+        std::mem::take(&mut self.listing)
+    }
+
     /// Takes the transfers asked for since the last call.
     pub(crate) fn take_transfers(&mut self) -> Vec<Transfer> {
         std::mem::take(&mut self.transfers)
@@ -183,9 +235,115 @@ impl<S: 'static> Room<S> {
         }
         // A new visit: the player's client numbers its inputs afresh.
         self.applied.remove(player);
+        self.forget_presence(player);
         let mut ctx = RoomCtx::arriving(&self.id, arrival);
         let result = self.msg.run_join(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
+    }
+
+    /// Whether `player` is connected, dropped or not yet connected; `None` if it is not
+    /// in the room.
+    pub fn presence(&self, player: &str) -> Option<Presence> {
+        if !self.players.contains(player) {
+            return None;
+        }
+        let connections = self.connections(player).count() as u64;
+        Some(match self.applied.get(&format!("{AWAY}{player}")) {
+            _ if connections > 0 => Presence::Connected(connections),
+            Some(until) => Presence::Away(*until),
+            None => Presence::Joined,
+        })
+    }
+
+    /// The keys of `player`'s open connections (`$on:PLAYER/CONNECTION`).
+    fn connections<'a>(&'a self, player: &str) -> impl Iterator<Item = &'a String> + 'a {
+        let prefix = format!("{ON}{player}/");
+        self.applied.keys().filter(move |k| k.starts_with(&prefix))
+    }
+
+    /// `player`'s connection `connection` opened: back from a drop, the reconnect hook
+    /// runs. The same connection told twice is one.
+    pub(crate) fn connected(&mut self, player: &str, connection: &str) -> Vec<Output> {
+        if !self.players.contains(player) {
+            return Vec::new();
+        }
+        self.applied.insert(format!("{ON}{player}/{connection}"), 1);
+        if self.applied.remove(&format!("{AWAY}{player}")).is_none() {
+            return Vec::new();
+        }
+        let mut ctx = RoomCtx::new(&self.id);
+        let result = self.msg.run_reconnect(&mut self.state, &mut ctx, player);
+        self.finish(ctx.take_effects(), Cause::Hook(player), result)
+    }
+
+    /// `player`'s connection `connection` closed: its last gone, the drop hook runs and
+    /// the player keeps its seat until `until` (milliseconds since the epoch). A
+    /// connection the room did not know of changes nothing.
+    pub(crate) fn disconnected(
+        &mut self,
+        player: &str,
+        connection: &str,
+        until: u64,
+    ) -> Vec<Output> {
+        if self
+            .applied
+            .remove(&format!("{ON}{player}/{connection}"))
+            .is_none()
+            || self.connections(player).next().is_some()
+        {
+            return Vec::new();
+        }
+        self.dropped(player, until)
+    }
+
+    /// Every connection to the room is gone (the broker restarted): each connected
+    /// player is dropped, as if its connections had closed.
+    pub(crate) fn all_dropped(&mut self, until: u64) -> Vec<Output> {
+        let (mut connected, _) = presence_in(self.applied.keys());
+        connected.retain(|p| self.players.contains(p));
+        self.applied.retain(|k, _| !k.starts_with(ON));
+        let mut outputs = Vec::new();
+        for player in connected {
+            outputs.extend(self.dropped(&player, until));
+        }
+        outputs
+    }
+
+    fn dropped(&mut self, player: &str, until: u64) -> Vec<Output> {
+        self.applied.insert(format!("{AWAY}{player}"), until);
+        let mut ctx = RoomCtx::new(&self.id);
+        let result = self.msg.run_drop(&mut self.state, &mut ctx, player);
+        self.finish(ctx.take_effects(), Cause::Hook(player), result)
+    }
+
+    /// Forgets `player`'s connections and grace.
+    fn forget_presence(&mut self, player: &str) {
+        let on = format!("{ON}{player}/");
+        let away = format!("{AWAY}{player}");
+        self.applied
+            .retain(|k, _| !k.starts_with(&on) && *k != away);
+    }
+
+    /// The dropped players whose grace is over at `now` (milliseconds since the epoch):
+    /// the worker has them leave.
+    pub fn grace_over(&self, now: u64) -> Vec<PlayerId> {
+        self.applied
+            .iter()
+            .filter(|(k, until)| k.starts_with(AWAY) && **until <= now)
+            .map(|(k, _)| k[AWAY.len()..].to_owned())
+            .filter(|p| self.players.contains(p))
+            .collect()
+    }
+
+    /// How many players are connected, and how many are dropped and in their grace.
+    pub fn presence_counts(&self) -> (usize, usize) {
+        self.players
+            .iter()
+            .fold((0, 0), |(on, away), p| match self.presence(p) {
+                Some(Presence::Connected(_)) => (on + 1, away),
+                Some(Presence::Away(_)) => (on, away + 1),
+                _ => (on, away),
+            })
     }
 
     /// Removes a player and runs the leave hook; leaving twice does nothing.
@@ -193,6 +351,7 @@ impl<S: 'static> Room<S> {
         if !self.players.remove(player) {
             return Vec::new();
         }
+        self.forget_presence(player);
         let mut ctx = RoomCtx::new(&self.id);
         let result = self.msg.run_leave(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
@@ -324,6 +483,8 @@ impl<S: 'static> Room<S> {
                     body: stamp(body, self.seq, cause),
                 }),
                 Effect::GiveItem(grant) => self.grants.push(grant),
+                Effect::Lock(locked) => self.listing.push(Listing::Locked(locked)),
+                Effect::Meta(meta) => self.listing.push(Listing::Meta(meta)),
                 Effect::Transfer {
                     player,
                     room,
@@ -441,6 +602,87 @@ mod tests {
             .unwrap()
             .contains("not in room r1"));
         assert!(room.state().is_empty());
+    }
+
+    /// A room whose hooks write down what they saw, in order.
+    fn hooked_room() -> Room<Vec<String>> {
+        let note = |what: &'static str| {
+            move |log: &mut Vec<String>, _: &mut RoomCtx, p: &str| log.push(format!("{what} {p}"))
+        };
+        let msg = Msg::new(Vec::new)
+            .on_join(note("join"))
+            .on_drop(note("drop"))
+            .on_reconnect(note("reconnect"))
+            .on_leave(note("leave"));
+        Room::new(RoomInfo::new("r1", "hooks"), msg)
+    }
+
+    #[test]
+    fn presence_runs_drop_and_reconnect_hooks_once_each_in_order() {
+        let mut room = hooked_room();
+        room.join("ann");
+        assert_eq!(room.presence("ann"), Some(Presence::Joined));
+        room.connected("ann", "c1");
+        room.connected("ann", "c1"); // told twice: one connection
+        room.connected("ann", "c2");
+        assert_eq!(room.presence("ann"), Some(Presence::Connected(2)));
+        room.disconnected("ann", "c1", 5_000);
+        room.disconnected("ann", "c1", 5_000); // told twice: nothing more
+        assert_eq!(room.presence("ann"), Some(Presence::Connected(1)));
+        room.disconnected("ann", "c2", 5_000);
+        assert_eq!(room.presence("ann"), Some(Presence::Away(5_000)));
+        assert_eq!(room.presence_counts(), (0, 1));
+        assert!(room.grace_over(4_999).is_empty());
+        assert_eq!(room.grace_over(5_000), ["ann"]);
+        room.connected("ann", "c3");
+        assert!(room.grace_over(u64::MAX).is_empty(), "back in time");
+        room.disconnected("ann", "c3", 9_000);
+        room.leave("ann");
+        room.connected("ann", "c4"); // a connection after the leave changes nothing
+        assert_eq!(
+            room.state(),
+            &[
+                "join ann",
+                "drop ann",
+                "reconnect ann",
+                "drop ann",
+                "leave ann"
+            ]
+        );
+        assert_eq!(room.presence("ann"), None);
+        assert!(
+            room.applied().all(|(k, _)| !k.contains("ann")),
+            "nothing of ann is kept"
+        );
+    }
+
+    #[test]
+    fn a_broker_restart_drops_every_connected_player_and_the_checkpoint_shows_who() {
+        let mut room = hooked_room();
+        for p in ["ann", "bob", "cy"] {
+            room.join(p);
+        }
+        room.connected("ann", "1");
+        room.connected("bob", "2");
+        room.all_dropped(7_000);
+        assert_eq!(room.presence_counts(), (0, 2));
+        assert_eq!(room.presence("cy"), Some(Presence::Joined));
+        room.connected("bob", "9");
+        let keys: Vec<String> = room.applied().map(|(k, _)| k.to_owned()).collect();
+        let (connected, away) = presence_in(&keys);
+        assert_eq!(connected.into_iter().collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(away.into_iter().collect::<Vec<_>>(), ["ann"]);
+        assert_eq!(
+            room.state(),
+            &[
+                "join ann",
+                "join bob",
+                "join cy",
+                "drop ann",
+                "drop bob",
+                "reconnect bob"
+            ]
+        );
     }
 
     fn bare_echo_room() -> Room<Vec<String>> {

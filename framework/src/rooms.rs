@@ -13,12 +13,15 @@
 //!   whoever created the room) or the operator secret.
 
 use crate::admin::BrokerAdmin;
-use crate::auth::Joins;
+use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
+use crate::policy::Policies;
 use crate::proto::{valid_name, RoomView, Ticket};
 use crate::room::Transfer;
-use crate::store::{RoomRecord, Store, TransferPlan};
-use crate::token::{key_hash, key_name, player_key, random_id, same_secret, Claims, Signer};
+use crate::store::{NewRoom, RoomRecord, Seated, Store, TransferPlan};
+use crate::token::{
+    key_hash, key_name, player_key, random_bytes, random_id, same_secret, Claims, Signer,
+};
 use crate::worker::{Control, Launcher, Transfers};
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -41,6 +44,8 @@ pub struct RoomSettings {
     pub creations_per_minute: usize,
     /// Players one room may have.
     pub max_players_per_room: usize,
+    /// How long a seat quick play reserved waits for the player's first connection.
+    pub seat_ttl: Duration,
 }
 
 impl Default for RoomSettings {
@@ -51,8 +56,51 @@ impl Default for RoomSettings {
             max_rooms: 10_000,
             creations_per_minute: 30,
             max_players_per_room: 100,
+            seat_ttl: Duration::from_secs(15),
         }
     }
+}
+
+/// A room to create: its name, kind, metadata, and whether it is private.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoomSpec {
+    /// Its display name (1 to 64 characters, not only spaces).
+    pub name: String,
+    /// Its kind; `None` is the server's default kind.
+    pub kind: Option<String>,
+    /// What the game says of it, which quick play filters on: a JSON object (`null` is
+    /// none).
+    pub meta: Value,
+    /// Private: quick play never picks it, `GET /rooms` lists it only to the operator,
+    /// and it is joined by the code its creation answers.
+    pub private: bool,
+}
+
+impl RoomSpec {
+    /// A public room of the default kind named `name`.
+    pub fn named(name: impl Into<String>) -> RoomSpec {
+        RoomSpec {
+            name: name.into(),
+            ..RoomSpec::default()
+        }
+    }
+}
+
+/// A quick play: into a room of `kind` whose metadata matches `filter`, or into the
+/// private room of `code`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuickPlay {
+    /// Who plays.
+    pub name: String,
+    /// The name's player key, once it has one.
+    pub key: Option<String>,
+    /// The kind of room; `None` is the server's default kind.
+    pub kind: Option<String>,
+    /// Metadata a room must have (each key equal), a JSON object; a room made for the
+    /// player gets it as its metadata.
+    pub filter: Value,
+    /// A private room's code: that room, and no other.
+    pub code: Option<String>,
 }
 
 /// Who is asking, as far as the room service can tell.
@@ -77,8 +125,12 @@ struct Inner {
     launcher: Arc<dyn Launcher>,
     joins: Joins,
     settings: RoomSettings,
+    policies: Policies,
     /// When each client created its recent rooms.
     creations: std::sync::Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    /// Quick plays that found no room make one at a time (in this process), so that
+    /// players arriving together fill one new room rather than each their own.
+    making: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -99,6 +151,7 @@ impl Rooms {
         launcher: Arc<dyn Launcher>,
         joins: Joins,
         settings: RoomSettings,
+        policies: Policies,
     ) -> Rooms {
         Rooms {
             inner: Arc::new(Inner {
@@ -108,7 +161,9 @@ impl Rooms {
                 launcher,
                 joins,
                 settings,
+                policies,
                 creations: Default::default(),
+                making: Default::default(),
             }),
         }
     }
@@ -128,6 +183,11 @@ impl Rooms {
         &*self.inner.admin
     }
 
+    /// Each kind's policy.
+    pub fn policies(&self) -> &Policies {
+        &self.inner.policies
+    }
+
     /// Rooms with a worker in this process, where that is known.
     pub fn running(&self) -> Option<usize> {
         self.inner.launcher.running()
@@ -144,7 +204,30 @@ impl Rooms {
     pub async fn get(&self, id: &str, viewer: &Viewer) -> Result<RoomView> {
         let record = self.record(id).await?;
         let players = self.store().players(&record.id).await?;
-        Ok(view(record, players, viewer))
+        let mut room = self.view(record, players, viewer);
+        self.add_presence(std::slice::from_mut(&mut room), viewer)
+            .await?;
+        Ok(room)
+    }
+
+    /// Who of each room's players is connected and who is in grace, from the rooms'
+    /// latest checkpoints.
+    async fn add_presence(&self, rooms: &mut [RoomView], viewer: &Viewer) -> Result<()> {
+        let ids: Vec<String> = rooms.iter().map(|r| r.id.clone()).collect();
+        let applied = self.store().applied_of(&ids).await?;
+        for room in rooms {
+            let Some(applied) = applied.get(&room.id) else {
+                continue;
+            };
+            let (connected, away) = crate::room::presence_in(applied.keys());
+            room.players_connected = connected.len();
+            room.players_in_grace = away.len();
+            let member = viewer.member.as_ref().is_some_and(|c| c.room == room.id);
+            if member || viewer.operator {
+                room.in_grace = away.into_iter().collect();
+            }
+        }
+        Ok(())
     }
 
     /// Every live room, oldest first, as `viewer` may see it; from `offset`, at most
@@ -155,11 +238,16 @@ impl Rooms {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<RoomView>> {
-        let rooms = self.store().live_rooms_with_players(offset, limit).await?;
-        Ok(rooms
+        let rooms = self
+            .store()
+            .live_rooms_with_players(offset, limit, viewer.operator)
+            .await?;
+        let mut rooms: Vec<RoomView> = rooms
             .into_iter()
-            .map(|(record, players)| view(record, players, viewer))
-            .collect())
+            .map(|(record, players)| self.view(record, players, viewer))
+            .collect();
+        self.add_presence(&mut rooms, viewer).await?;
+        Ok(rooms)
     }
 
     /// The token that lets whoever created `room` end it and kick its players.
@@ -217,9 +305,60 @@ impl Rooms {
     }
 
     /// Creates a room for `client` (its address, where known): its inbox, its record,
-    /// and its worker. The answer carries the room's owner token.
-    pub async fn create(&self, name: &str, client: Option<IpAddr>) -> Result<RoomView> {
-        check_room_name(name)?;
+    /// and its worker. The answer carries the room's owner token (and a private room's
+    /// code).
+    pub async fn create(&self, spec: &RoomSpec, client: Option<IpAddr>) -> Result<RoomView> {
+        check_room_name(&spec.name)?;
+        self.policies()
+            .kind(spec.kind.as_deref())
+            .map_err(Error::NotFound)?;
+        check_meta(&spec.meta)?;
+        self.check_creation_rate(client)?;
+        self.create_room(spec).await
+    }
+
+    /// [`Rooms::create`] without the creation rate (quick play makes rooms for players
+    /// it seats, which the seats bound).
+    async fn create_room(&self, spec: &RoomSpec) -> Result<RoomView> {
+        check_room_name(&spec.name)?;
+        let kind = self
+            .policies()
+            .kind(spec.kind.as_deref())
+            .map_err(Error::NotFound)?;
+        let meta = check_meta(&spec.meta)?;
+        let settings = &self.inner.settings;
+        if self.store().live_room_count().await? >= settings.max_rooms {
+            crate::metrics::LIMITED.with_label_values(&["rooms"]).inc();
+            return Err(Error::Limited(format!(
+                "the server has {} rooms, its most; join one of them",
+                settings.max_rooms
+            )));
+        }
+        let id = random_id(4);
+        let code = spec.private.then(room_code);
+        // The inbox first: a worker that sees the record must find its inbox.
+        self.open_inbox(&id, kind).await?;
+        let new = NewRoom {
+            id: &id,
+            name: &spec.name,
+            kind,
+            meta: &meta,
+            code: code.as_deref(),
+        };
+        let record = self.store().create_room(&new).await?;
+        self.inner.launcher.launch(&id);
+        // The first message makes some worker the room's active one: the room ticks
+        // (and can end idle) before anyone joins.
+        self.control(&id, Control::Wake).await?;
+        let mut room = self.view(record, Vec::new(), &Viewer::default());
+        room.owner_token = Some(self.owner_token(&id));
+        room.code = code;
+        room.players_hidden = None;
+        Ok(room)
+    }
+
+    /// Counts a creation by `client`, or refuses it when it created too many lately.
+    fn check_creation_rate(&self, client: Option<IpAddr>) -> Result<()> {
         let settings = &self.inner.settings;
         if let Some(ip) = client {
             let mut creations = self.inner.creations.lock().unwrap();
@@ -248,25 +387,17 @@ impl Rooms {
                 });
             }
         }
-        if self.store().live_room_count().await? >= settings.max_rooms {
-            crate::metrics::LIMITED.with_label_values(&["rooms"]).inc();
-            return Err(Error::Limited(format!(
-                "the server has {} rooms, its most; join one of them",
-                settings.max_rooms
-            )));
-        }
-        let id = random_id(4);
-        // The inbox first: a worker that sees the record must find its inbox.
-        self.inner.admin.create_inbox(&id).await?;
-        let record = self.store().create_room(&id, name).await?;
-        self.inner.launcher.launch(&id);
-        // The first message makes some worker the room's active one: the room ticks
-        // (and can end idle) before anyone joins.
-        self.control(&id, Control::Wake).await?;
-        let mut room = view(record, Vec::new(), &Viewer::default());
-        room.owner_token = Some(self.owner_token(&id));
-        room.players_hidden = None;
-        Ok(room)
+        Ok(())
+    }
+
+    /// Declares room `room`'s inbox with its kind's policy, and tells the broker's
+    /// gatekeeper the kind (its players' input rate).
+    async fn open_inbox(&self, room: &str, kind: &str) -> Result<()> {
+        self.inner.joins.set_kind(room, kind);
+        self.inner
+            .admin
+            .create_inbox(room, self.policies().of(kind))
+            .await
     }
 
     /// Starts the workers of rooms that were live when the server last stopped; they
@@ -277,7 +408,9 @@ impl Rooms {
         }
         let live = self.store().live_rooms().await?;
         for record in &live {
-            self.inner.admin.create_inbox(&record.id).await?;
+            self.open_inbox(&record.id, &record.kind).await?;
+            // The broker restarted with this process: every player's connection is gone.
+            self.control(&record.id, Control::AllDropped).await?;
             self.inner.launcher.launch(&record.id);
             self.control(&record.id, Control::Wake).await?;
         }
@@ -294,11 +427,162 @@ impl Rooms {
             ));
         }
         self.record(room).await?;
-        self.check_room_has_space(room, player).await?;
         let new_key = self.own_name(player, key).await?;
-        let mut ticket = self.admit(room, player, Value::Null).await?;
+        let mut ticket = self.admit(room, player, Value::Null, None).await?;
         ticket.player_key = new_key;
         Ok(ticket)
+    }
+
+    /// Quick play: seats `play.name` in the fullest open, unlocked, public room of the
+    /// kind whose metadata matches the filter (oldest first among equals), making one
+    /// when none fits; or in the private room of `play.code`. The seat is reserved for
+    /// the ticket's first connection ([`RoomSettings::seat_ttl`]), then the player's.
+    pub async fn quick_play(&self, play: &QuickPlay) -> Result<Ticket> {
+        let player = play.name.as_str();
+        if !valid_name(player) {
+            return Err(Error::Invalid(
+                "a player name has 1 to 32 letters, digits, '-' or '_'".into(),
+            ));
+        }
+        let kind = self
+            .policies()
+            .kind(play.kind.as_deref())
+            .map_err(Error::NotFound)?;
+        let filter = check_meta(&play.filter)?;
+        let new_key = self.own_name(player, play.key.as_deref()).await?;
+        let reserve = crate::store::now_ms() + self.inner.settings.seat_ttl.as_millis() as i64;
+        let mut ticket = match &play.code {
+            Some(code) => {
+                let room = self.store().room_by_code(code).await?.ok_or_else(|| {
+                    Error::NotFound(format!("no live room has the code {code:?}"))
+                })?;
+                self.admit(&room.id, player, Value::Null, Some(reserve))
+                    .await?
+            }
+            None => self.seat_anywhere(kind, &filter, player, reserve).await?,
+        };
+        ticket.player_key = new_key;
+        crate::metrics::QUICK_PLAYS.inc();
+        Ok(ticket)
+    }
+
+    /// Seats `player` in an open room of `kind` matching `filter`, or a new one.
+    async fn seat_anywhere(
+        &self,
+        kind: &str,
+        filter: &Value,
+        player: &str,
+        reserve: i64,
+    ) -> Result<Ticket> {
+        if let Some(ticket) = self
+            .seat_in_open_room(kind, filter, player, reserve)
+            .await?
+        {
+            return Ok(ticket);
+        }
+        let _one_at_a_time = self.inner.making.lock().await;
+        // A room made while this one waited may have a seat.
+        if let Some(ticket) = self
+            .seat_in_open_room(kind, filter, player, reserve)
+            .await?
+        {
+            return Ok(ticket);
+        }
+        let spec = RoomSpec {
+            name: kind.to_owned(),
+            kind: Some(kind.to_owned()),
+            meta: filter.clone(),
+            private: false,
+        };
+        let room = self.create_room(&spec).await?;
+        self.admit(&room.id, player, Value::Null, Some(reserve))
+            .await
+    }
+
+    /// A seat in the first open room of `kind` that matches `filter` and still has one.
+    async fn seat_in_open_room(
+        &self,
+        kind: &str,
+        filter: &Value,
+        player: &str,
+        reserve: i64,
+    ) -> Result<Option<Ticket>> {
+        const PAGE: usize = 32;
+        let max = self.policies().of(kind).max_players;
+        let mut offset = 0;
+        loop {
+            let candidates = self.store().open_rooms(kind, max, offset, PAGE).await?;
+            for room in candidates
+                .iter()
+                .filter(|r| matches_filter(&r.meta, filter))
+            {
+                match self
+                    .admit(&room.id, player, Value::Null, Some(reserve))
+                    .await
+                {
+                    Ok(ticket) => return Ok(Some(ticket)),
+                    // Taken meanwhile: the next.
+                    Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if candidates.len() < PAGE {
+                return Ok(None);
+            }
+            offset += PAGE;
+        }
+    }
+
+    /// Gives up the seats quick play reserved whose first connection did not come in
+    /// time: the player leaves the room (its leave hook runs). Returns how many.
+    pub async fn expire_reservations(&self) -> Result<usize> {
+        let mut given_up = 0;
+        for (room, player, join) in self.store().expired_reservations(500).await? {
+            if !self
+                .store()
+                .expire_reservation(&room, &player, &join)
+                .await?
+            {
+                continue; // confirmed, or given up by another lobby, meanwhile
+            }
+            given_up += 1;
+            self.inner.joins.remove(&room, &player);
+            self.inner.admin.disconnect(&room, &player).await?;
+            self.control(
+                &room,
+                Control::Leave {
+                    player: player.clone(),
+                },
+            )
+            .await?;
+        }
+        Ok(given_up)
+    }
+
+    /// What a broker saw of a player: a reserved seat confirmed by the ticket's first
+    /// connection, or a connection that came or went (told to the room, in line with the
+    /// inputs: the room knows who is connected, and when to run `on_drop`).
+    pub async fn player_seen(&self, event: PlayerEvent) -> Result<()> {
+        match event {
+            PlayerEvent::Confirmed(claims) => self
+                .store()
+                .confirm_seat(&claims.room, &claims.player, &claims.join)
+                .await
+                .map(drop),
+            PlayerEvent::Presence {
+                room,
+                player,
+                connection,
+                connected,
+            } => {
+                let control = Control::Presence {
+                    player,
+                    connection,
+                    connected,
+                };
+                self.control(&room, control).await
+            }
+        }
     }
 
     /// Moves `player`, who is in room `from` (as a current ticket proved), to room `to`,
@@ -317,8 +601,7 @@ impl Rooms {
             return Err(Error::Invalid(format!("{player} is in room {to} already")));
         }
         self.record(to).await?;
-        self.check_room_has_space(to, player).await?;
-        let ticket = self.admit(to, player, carried).await?;
+        let ticket = self.admit(to, player, carried, None).await?;
         if let Err(e) = self.remove(from, player).await {
             tracing::warn!(%from, %to, %player, "moved, but could not leave the room before: {e}");
         }
@@ -329,12 +612,14 @@ impl Rooms {
     /// a name, however many lobbies and workers ask at once (the store settles it, see
     /// [`Store::named_room`]). Rooms created through [`Rooms::create`] do not hold their
     /// name: many may share one.
-    pub async fn named_room(&self, name: &str) -> Result<String> {
+    /// A room made here is of `kind`.
+    pub async fn named_room(&self, name: &str, kind: &str) -> Result<String> {
         check_room_name(name)?;
-        let (room, created) = self.store().named_room(name, &random_id(4)).await?;
+        let (room, created) = self.store().named_room(name, &random_id(4), kind).await?;
         // Whoever created it may not have made its inbox yet (or died first): declaring
         // it again changes nothing, and a `$join` put in it is not lost.
-        self.inner.admin.create_inbox(&room).await?;
+        let kind = self.record(&room).await?.kind;
+        self.open_inbox(&room, &kind).await?;
         if created {
             self.inner.launcher.launch(&room);
             self.control(&room, Control::Wake).await?;
@@ -380,7 +665,7 @@ impl Rooms {
             .await?;
             self.inner.launcher.launch(to);
         } else if in_from {
-            self.admit_as(to, player, &plan.join, transfer.carried.clone())
+            self.admit_as(to, player, &plan.join, transfer.carried.clone(), None)
                 .await?;
         } else {
             return Ok(None);
@@ -404,13 +689,14 @@ impl Rooms {
         let Some(from_join) = self.store().player_join(from, player).await? else {
             return Ok(None);
         };
-        let to_room = self.named_room(room).await?;
+        // A room a transfer makes is of the kind of the room the player leaves.
+        let kind = self.record(from).await?.kind;
+        let to_room = self.named_room(room, &kind).await?;
         if &to_room == from {
             return Err(Error::Invalid(format!(
                 "{player} is in room {room:?} already"
             )));
         }
-        self.check_room_has_space(&to_room, player).await?;
         let plan = TransferPlan {
             to_room,
             join: random_id(4),
@@ -446,37 +732,51 @@ impl Rooms {
         Ok(())
     }
 
-    async fn check_room_has_space(&self, room: &str, player: &str) -> Result<()> {
-        let max = self.inner.settings.max_players_per_room;
-        let players = self.store().players(room).await?;
-        if players.len() >= max && !players.iter().any(|p| p == player) {
-            crate::metrics::LIMITED
-                .with_label_values(&["players_per_room"])
-                .inc();
-            return Err(Error::Limited(format!(
-                "room {room} is full: it has {max} players, its most"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Adds a player whose right to the name is settled, and issues its ticket; a
-    /// first visit puts a `$join` with what the player brings into the inbox.
-    async fn admit(&self, room: &str, player: &str, carried: Value) -> Result<Ticket> {
+    /// Seats a player whose right to the name is settled, and issues its ticket; a
+    /// first visit puts a `$join` with what the player brings into the inbox. With
+    /// `reserve_until` the seat is a reservation until the ticket's first connection.
+    async fn admit(
+        &self,
+        room: &str,
+        player: &str,
+        carried: Value,
+        reserve_until: Option<i64>,
+    ) -> Result<Ticket> {
         let join = random_id(4);
-        self.admit_as(room, player, &join, carried).await?;
+        self.admit_as(room, player, &join, carried, reserve_until)
+            .await?;
         Ok(self.ticket(room, player, &join))
     }
 
     /// [`Rooms::admit`] with the join `join`.
-    async fn admit_as(&self, room: &str, player: &str, join: &str, carried: Value) -> Result<()> {
-        let first_visit = self.store().add_player(room, player, join).await?;
+    async fn admit_as(
+        &self,
+        room: &str,
+        player: &str,
+        join: &str,
+        carried: Value,
+        reserve_until: Option<i64>,
+    ) -> Result<()> {
+        let record = self.record(room).await?;
+        let max = self.policies().of(&record.kind).max_players;
+        let seated = self
+            .store()
+            .add_player(room, player, join, max, reserve_until)
+            .await?;
+        let first_visit = match seated {
+            Seated::Added => true,
+            Seated::There => false,
+            Seated::Full => return Err(self.no_seat(room, max).await),
+        };
         if !first_visit {
             self.store().rejoin_player(room, player, join).await?;
         }
         // The registry first, so that the earlier ticket cannot connect again once its
         // connections are closed.
         self.inner.joins.set(room, player, join);
+        if reserve_until.is_some() {
+            self.inner.joins.reserve(join);
+        }
         if first_visit {
             let arrival = self.arrival(room, player, carried).await?;
             let control = Control::Join {
@@ -491,6 +791,24 @@ impl Rooms {
         // wakes it. Launchers ignore rooms that have their worker.
         self.inner.launcher.launch(room);
         Ok(())
+    }
+
+    /// Why room `room` gave no seat: it is locked, it has ended, or it is full.
+    async fn no_seat(&self, room: &str, max: usize) -> Error {
+        match self.record(room).await {
+            Ok(record) if record.locked => {
+                Error::Conflict(format!("room {room} is locked: it takes no one now"))
+            }
+            Ok(_) => {
+                crate::metrics::LIMITED
+                    .with_label_values(&["players_per_room"])
+                    .inc();
+                Error::Limited(format!(
+                    "room {room} is full: it has {max} players, its most"
+                ))
+            }
+            Err(e) => e,
+        }
     }
 
     /// What `player` brings into `room`: its name, the player's items, `carried`.
@@ -600,6 +918,15 @@ impl Transfers for Rooms {
     fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>> {
         Box::pin(self.carry_out(transfer))
     }
+
+    fn leave<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self.remove(room, player).await {
+                Err(Error::NotFound(_)) => Ok(()), // gone already, or the room ended
+                done => done,
+            }
+        })
+    }
 }
 
 /// How long a transferred player's connections to the room it left stay open: long
@@ -616,19 +943,66 @@ fn check_room_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A room as `viewer` may see it: player names only for its members and the operator.
-fn view(record: RoomRecord, players: Vec<String>, viewer: &Viewer) -> RoomView {
-    let member = viewer.member.as_ref().is_some_and(|c| c.room == record.id);
-    let visible = member || viewer.operator;
-    RoomView {
-        players_online: players.len(),
-        players: if visible { players } else { Vec::new() },
-        players_hidden: (!visible).then(|| {
-            "player names are shown to the room's players (Authorization: Bearer TOKEN) and the operator".to_owned()
-        }),
-        owner_token: None,
-        id: record.id,
-        name: record.name,
-        created_at: record.created_at,
+impl Rooms {
+    /// A room as `viewer` may see it: player names only for its members and the
+    /// operator.
+    fn view(&self, record: RoomRecord, players: Vec<String>, viewer: &Viewer) -> RoomView {
+        let member = viewer.member.as_ref().is_some_and(|c| c.room == record.id);
+        let visible = member || viewer.operator;
+        let kind = match record.kind.as_str() {
+            "" => self.policies().default_kind().to_owned(),
+            kind => kind.to_owned(),
+        };
+        RoomView {
+            players_online: players.len(),
+            players: if visible { players } else { Vec::new() },
+            players_hidden: (!visible).then(|| {
+                "player names are shown to the room's players (Authorization: Bearer TOKEN) and the operator".to_owned()
+            }),
+            owner_token: None,
+            max_players: self.policies().of(&kind).max_players,
+            seats: record.seats,
+            kind,
+            meta: record.meta,
+            locked: record.locked,
+            private: record.code.is_some(),
+            code: None,
+            players_connected: 0,
+            players_in_grace: 0,
+            in_grace: Vec::new(),
+            id: record.id,
+            name: record.name,
+            created_at: record.created_at,
+        }
     }
+}
+
+/// Metadata as stored: an object (`null` is none); anything else is refused.
+fn check_meta(meta: &Value) -> Result<Value> {
+    match meta {
+        Value::Null => Ok(Value::Object(Default::default())),
+        Value::Object(map) if meta.to_string().len() <= 4096 && map.len() <= 32 => Ok(meta.clone()),
+        Value::Object(_) => Err(Error::Invalid(
+            "room metadata holds at most 32 keys and 4 KiB of JSON".into(),
+        )),
+        _ => Err(Error::Invalid(
+            "room metadata is a JSON object, such as {\"mode\": \"ranked\"}".into(),
+        )),
+    }
+}
+
+/// Whether `meta` has every key of `filter` (an object) with the same value.
+fn matches_filter(meta: &Value, filter: &Value) -> bool {
+    filter
+        .as_object()
+        .is_none_or(|wanted| wanted.iter().all(|(k, v)| meta.get(k) == Some(v)))
+}
+
+/// A private room's code: six letters and digits, none that read alike.
+fn room_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    random_bytes(6)
+        .into_iter()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
 }

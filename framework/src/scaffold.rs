@@ -152,7 +152,7 @@ mod tests {
         assert!(toml.contains("name = \"space-ants\""), "{toml}");
         assert!(toml.contains(&framework_dir().display().to_string()));
         let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
-        assert!(main.contains("space_ants::msg()"), "{main}");
+        assert!(main.contains("space_ants::kinds()"), "{main}");
         for (path, _) in FILES {
             let text = std::fs::read_to_string(dir.join(path)).unwrap();
             assert!(!text.contains("__"), "{path} has a placeholder left");

@@ -20,19 +20,18 @@ use crate::broker::{Broker, BrokerConfig};
 use crate::config::{Args, Config, Role, Subcommand};
 use crate::http::{harden, HttpLimits};
 use crate::lobby::{rabbitmq_auth_router, Lobby};
-use crate::msg::Msg;
 use crate::names::{Names, WORKER_USER};
+use crate::policy::Policies;
+use crate::presence;
 use crate::rabbit::{redact, RabbitAdmin, RabbitConfig};
 use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::token::{random_id, Signer};
 use crate::worker::discovery::Discovery;
-use crate::worker::{External, InProcess, LateTransfers, WorkerEnv};
+use crate::worker::{External, InProcess, Kinds, LateTransfers, WorkerEnv};
 use crate::{Error, Result};
 use axum::Router;
 use clap::Parser;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,20 +49,23 @@ pub struct Bound {
     pub stomp: Option<SocketAddr>,
 }
 
-/// A game server to start: its configuration, lobby routes and realtime handlers.
-pub struct Server<S> {
+/// A game server to start: its configuration, lobby routes and kinds of room (each its
+/// realtime handlers and queue policy).
+pub struct Server {
     config: Config,
     lobby: Lobby,
-    msg: Msg<S>,
+    kinds: Kinds,
 }
 
-impl<S> Server<S>
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
-    /// A server for `lobby` and `msg`, set up by `config`.
-    pub fn new(config: Config, lobby: Lobby, msg: Msg<S>) -> Server<S> {
-        Server { config, lobby, msg }
+impl Server {
+    /// A server for `lobby` and `kinds` (a [`crate::Msg`] alone is one kind), set up by
+    /// `config`.
+    pub fn new(config: Config, lobby: Lobby, kinds: impl Into<Kinds>) -> Server {
+        Server {
+            config,
+            lobby,
+            kinds: kinds.into(),
+        }
     }
 
     /// Opens the store, binds the ports and starts the broker side: the embedded
@@ -71,16 +73,28 @@ where
     /// or, with a `broker` URL, RabbitMQ's input exchange and this process's role. HTTP
     /// is served by [`Running::serve`]; until then [`Running::router`] answers in process.
     pub async fn start(self) -> Result<Running> {
+        let policies = self
+            .kinds
+            .policies(&self.config.policy_defaults(), &self.config.policy)?;
         let store = Store::open(&self.config.store_url()).await?;
         let signer = Signer::new(self.config.token_secret()?);
         match self.config.broker.clone() {
-            None => self.start_embedded(store, signer).await,
-            Some(url) => self.start_cluster(&url, store, signer).await,
+            None => self.start_embedded(store, signer, policies).await,
+            Some(url) => self.start_cluster(&url, store, signer, policies).await,
         }
     }
 
-    async fn start_embedded(self, store: Store, signer: Signer) -> Result<Running> {
-        let Server { config, lobby, msg } = self;
+    async fn start_embedded(
+        self,
+        store: Store,
+        signer: Signer,
+        policies: Policies,
+    ) -> Result<Running> {
+        let Server {
+            config,
+            lobby,
+            kinds,
+        } = self;
         if config.role != Role::Both {
             return Err(Error::Invalid(
                 "--role lobby and --role worker need --broker: the embedded broker lives in one process".into(),
@@ -92,7 +106,10 @@ where
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| signer.derive("worker"));
         let joins = Joins::default();
-        let broker = embedded_broker(&config, &signer, &joins, &worker_secret)?;
+        let (events, players_seen) = tokio::sync::mpsc::unbounded_channel();
+        let authorizer = game_authorizer(&config, &signer, &joins, &worker_secret, &policies)
+            .with_events(events);
+        let broker = open_broker(&config, authorizer, &policies)?;
         let http = bind(config.listen, "--listen").await?;
         let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
         let bound = Bound {
@@ -122,9 +139,10 @@ where
             login: WORKER_USER.to_owned(),
             passcode: worker_secret,
             timings: config.timings,
+            policies: policies.clone(),
             shutdown,
         };
-        let workers = InProcess::new(env, msg);
+        let workers = InProcess::new(env, kinds);
         let rooms = Rooms::new(
             store,
             signer,
@@ -132,6 +150,7 @@ where
             Arc::new(workers.clone()),
             joins,
             config.rooms.clone(),
+            policies,
         );
         transfers.set(Arc::new(rooms.clone()));
         let router = harden(
@@ -142,6 +161,7 @@ where
         if resumed > 0 {
             tracing::info!("resumed {resumed} live rooms");
         }
+        let seats = tokio::spawn(presence::watch(rooms.clone(), Some(players_seen)));
         Ok(Running {
             rooms: Some(rooms),
             broker: Some(broker),
@@ -151,16 +171,29 @@ where
             workers: Some(workers),
             stop_workers,
             http_limits: config.http,
-            tasks: vec![tokio::spawn(async move {
-                if let Err(e) = tcp_task.await {
-                    tracing::error!("the STOMP TCP port failed: {e}");
-                }
-            })],
+            tasks: vec![
+                tokio::spawn(async move {
+                    if let Err(e) = tcp_task.await {
+                        tracing::error!("the STOMP TCP port failed: {e}");
+                    }
+                }),
+                seats,
+            ],
         })
     }
 
-    async fn start_cluster(self, url: &str, store: Store, signer: Signer) -> Result<Running> {
-        let Server { config, lobby, msg } = self;
+    async fn start_cluster(
+        self,
+        url: &str,
+        store: Store,
+        signer: Signer,
+        policies: Policies,
+    ) -> Result<Running> {
+        let Server {
+            config,
+            lobby,
+            kinds,
+        } = self;
         if config.secret.as_deref().is_none_or(str::is_empty) {
             return Err(Error::Invalid(
                 "cluster mode needs --secret (or GSL_SECRET), the same for every lobby and worker: each signs tickets (a worker, those of the transfers its rooms ask for) that the others and RabbitMQ's auth backend check".into(),
@@ -182,6 +215,7 @@ where
                 Arc::new(External),
                 Joins::default(),
                 config.rooms.clone(),
+                policies.clone(),
             );
             let env = WorkerEnv {
                 store: store.clone(),
@@ -191,12 +225,13 @@ where
                 login: rabbit.user.clone(),
                 passcode: rabbit.password.clone(),
                 timings: config.timings,
+                policies: policies.clone(),
                 shutdown: shutdown.clone(),
             };
-            let pool = InProcess::new(env, msg);
+            let pool = InProcess::new(env, kinds);
             tracing::info!("worker {id} looks for rooms in the store");
             let discovery = Discovery::new(id, store.clone(), pool.clone());
-            tasks.push(tokio::spawn(discovery.run(shutdown)));
+            tasks.push(tokio::spawn(discovery.run(shutdown.clone())));
             workers = Some(pool);
         }
         let (mut rooms, mut http, mut bound, mut router) = (None, None, None, Router::new());
@@ -206,9 +241,22 @@ where
                 http: listener.local_addr()?,
                 stomp: None,
             });
-            let (service, app) =
-                cluster_lobby(&config, lobby, store, signer, admin, Arc::new(External));
+            let (service, app) = cluster_lobby(
+                &config,
+                lobby,
+                store,
+                signer,
+                admin.clone(),
+                Arc::new(External),
+                policies,
+            );
             router = app;
+            tasks.push(tokio::spawn(presence::watch(service.clone(), None)));
+            tasks.push(tokio::spawn(presence::watch_rabbitmq(
+                service.clone(),
+                admin.clone(),
+                shutdown.clone(),
+            )));
             rooms = Some(service);
             http = Some(listener);
         }
@@ -236,6 +284,7 @@ pub(crate) fn cluster_lobby(
     signer: Signer,
     admin: Arc<RabbitAdmin>,
     launcher: Arc<dyn crate::worker::Launcher>,
+    policies: Policies,
 ) -> (Rooms, Router) {
     let rooms = Rooms::new(
         store.clone(),
@@ -244,6 +293,7 @@ pub(crate) fn cluster_lobby(
         launcher,
         Joins::default(),
         config.rooms.clone(),
+        policies,
     );
     let router = harden(
         lobby
@@ -259,26 +309,32 @@ pub(crate) fn cluster_lobby(
 }
 
 /// A started server: its rooms, broker and addresses, and the HTTP app to serve. In
-/// The embedded broker, its journal opened: room inboxes are managed queues, and the
-/// game's authorizer checks every connection (players by their join, workers by
-/// `worker_secret`).
-fn embedded_broker(
+/// The game's authorizer for the embedded broker: players by their join, workers by
+/// `worker_secret`, each player at its room kind's input rate.
+fn game_authorizer(
     config: &Config,
     signer: &Signer,
     joins: &Joins,
     worker_secret: &str,
-) -> Result<Broker> {
-    let names = Names::embedded();
-    let authorizer = GameAuthorizer::new(
+    policies: &Policies,
+) -> GameAuthorizer {
+    GameAuthorizer::new(
         signer.clone(),
-        names.clone(),
+        Names::embedded(),
         joins.clone(),
         worker_secret.to_owned(),
         config.allow_guest,
     )
-    .with_input_rate(config.input_rate);
+    .with_policies(policies.clone())
+}
+
+/// The embedded broker, its journal opened: room inboxes are managed queues, and
+/// `authorizer` checks every connection.
+fn open_broker(config: &Config, authorizer: GameAuthorizer, policies: &Policies) -> Result<Broker> {
     let broker_config = BrokerConfig {
-        managed_prefixes: vec![names.inbox_prefix().to_owned()],
+        managed_prefixes: vec![Names::embedded().inbox_prefix().to_owned()],
+        // Each inbox waits for the disk as its kind says: the journal flushes if any does.
+        journal_fsync: config.fsync || policies.any_fsync(),
         ..config.broker_config()
     };
     Ok(Broker::open(broker_config, Arc::new(authorizer))?)
@@ -410,12 +466,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs a game server from the command line (see `--help`): the lobby with the game's
-/// routes, the embedded broker, and a worker per room running `msg`'s handlers. Returns
-/// when the server has shut down after Ctrl-C or SIGTERM.
-pub async fn run<S>(lobby: Lobby, msg: Msg<S>) -> Result<()>
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
+/// routes, the embedded broker, and a worker per room running the handlers of its kind
+/// (a [`crate::Msg`] alone is one kind). Returns when the server has shut down after
+/// Ctrl-C or SIGTERM.
+pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
     let args = Args::parse();
     if let Some(Subcommand::New { name, dir }) = &args.command {
         let started = std::time::Instant::now();
@@ -459,7 +513,7 @@ where
         return Ok(());
     }
     init_logging(&args.log);
-    let server = Server::new(args.config(), lobby, msg).start().await?;
+    let server = Server::new(args.config(), lobby, kinds).start().await?;
     let program = program.unwrap_or_else(|| "server".into());
     // Which client plays is the game's to know: the hint names none.
     let play = |http: SocketAddr| {

@@ -1,7 +1,8 @@
 //! Persistence: rooms, players, user items and room checkpoints, in SQLite (a file, the
 //! default) or PostgreSQL, through one SQL text (sqlx's `Any` driver). One concept a
 //! file, each an `impl Store`: `rooms.rs`, `players.rs`, `items.rs`, `checkpoints.rs`
-//! (the group commit), `transfers.rs` (the outbox), `workers.rs` (cluster workers);
+//! (the group commit), `transfers.rs` (the outbox), `workers.rs` (cluster workers),
+//! `seats.rs` (seats taken and reserved, quick play's candidates);
 //! `schema.rs` holds the migrations.
 
 mod checkpoints;
@@ -9,11 +10,13 @@ mod items;
 mod players;
 mod rooms;
 mod schema;
+mod seats;
 mod transfers;
 mod workers;
 
 use self::checkpoints::SaveQueue;
 use self::schema::MIGRATIONS;
+pub use self::seats::Seated;
 use crate::{Error, Result};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -30,6 +33,45 @@ pub struct RoomRecord {
     pub name: String,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
+    /// Its kind (`""`: the server's first kind).
+    pub kind: String,
+    /// What the game says of it, which quick play filters on (a JSON object).
+    pub meta: serde_json::Value,
+    /// Locked: quick play and joins by id pass it by.
+    pub locked: bool,
+    /// The code a private room is joined by; quick play never picks a private room.
+    pub code: Option<String>,
+    /// Seats taken: players, and seats quick play reserved.
+    pub seats: usize,
+}
+
+/// A room to record ([`Store::create_room`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewRoom<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Its display name.
+    pub name: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// Its metadata (a JSON object).
+    pub meta: &'a serde_json::Value,
+    /// The code of a private room.
+    pub code: Option<&'a str>,
+}
+
+impl<'a> NewRoom<'a> {
+    /// A public room `id` named `name`, of the default kind, without metadata.
+    pub fn plain(id: &'a str, name: &'a str) -> NewRoom<'a> {
+        static NONE: serde_json::Value = serde_json::Value::Null;
+        NewRoom {
+            id,
+            name,
+            kind: "",
+            meta: &NONE,
+            code: None,
+        }
+    }
 }
 
 /// A room's saved progress: enough for a new worker to carry on where the last stopped.
@@ -73,7 +115,7 @@ fn now() -> i64 {
     now_ms() / 1000
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

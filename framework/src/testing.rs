@@ -76,6 +76,27 @@ impl<S: 'static> TestRoom<S> {
         self.deliver(outputs);
     }
 
+    /// A player connects (one connection, `connection`): the first time, nothing
+    /// happens; after a drop ([`TestRoom::disconnect`]), the reconnect hook runs.
+    pub fn connect(&mut self, player: &str, connection: &str) {
+        let outputs = self.room.connected(player, connection);
+        self.deliver(outputs);
+    }
+
+    /// A player's connection `connection` closes; its last gone, the drop hook runs
+    /// (the player stays in the room: a server runs the leave once the grace is over,
+    /// here call [`TestRoom::leave`]).
+    pub fn disconnect(&mut self, player: &str, connection: &str) {
+        let outputs = self.room.disconnected(player, connection, u64::MAX);
+        self.deliver(outputs);
+    }
+
+    /// The changes to the room's listing (lock, metadata) its handlers asked for since
+    /// the last call.
+    pub fn listing(&mut self) -> Vec<crate::room::Listing> {
+        self.room.take_listing()
+    }
+
     /// A player sends `message` (the game's input type, or any JSON), numbered with the
     /// player's next sequence number. Returns the error the room answered with, if it
     /// rejected the input.

@@ -4,22 +4,21 @@
 
 mod courier;
 pub mod discovery;
+pub mod kinds;
 pub mod room_worker;
 mod saver;
 pub mod subscribed;
 
-use crate::msg::Msg;
 use crate::proto::Ticket;
 use crate::room::Transfer;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
+pub use self::kinds::Kinds;
 pub use self::room_worker::{Control, InboxMessage, RoomWorker};
 pub use self::subscribed::{Timings, WorkerEnv};
 
@@ -32,7 +31,8 @@ pub trait Launcher: Send + Sync + 'static {
     fn running(&self) -> Option<usize>;
 }
 
-/// Carries out the transfers rooms ask for ([`crate::RoomCtx::transfer`]): the room
+/// Carries out the transfers rooms ask for ([`crate::RoomCtx::transfer`]), and the
+/// leaves of dropped players whose grace is over: the room
 /// service does (`Rooms`, a layer above the workers, implements it). A worker calls it
 /// only once the checkpoint that holds the transfer is saved, and again after a crash
 /// if it may not have finished: it must do a transfer once however often it is called
@@ -42,6 +42,11 @@ pub trait Transfers: Send + Sync + 'static {
     /// `transfer.room` and answers the ticket for it; `None` when there is nothing (more)
     /// to do: the transfer was done before, and the player has moved on since.
     fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>>;
+
+    /// Takes `player` out of `room` as a leave through the lobby does (its seat freed,
+    /// its ticket revoked, a `$leave` in the inbox): a dropped player whose grace is
+    /// over. Nothing to do when it is gone already.
+    fn leave<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A [`Transfers`] given later: the room service needs the launcher, which needs the
@@ -69,6 +74,16 @@ impl Transfers for LateTransfers {
     fn transfer<'a>(&'a self, transfer: &'a Transfer) -> BoxFuture<'a, Result<Option<Ticket>>> {
         match self.0.get() {
             Some(transfers) => transfers.transfer(transfer),
+            None => Box::pin(async {
+                Err(Error::Protocol(
+                    "the room service is not running yet".into(),
+                ))
+            }),
+        }
+    }
+    fn leave<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<()>> {
+        match self.0.get() {
+            Some(transfers) => transfers.leave(room, player),
             None => Box::pin(async {
                 Err(Error::Protocol(
                     "the room service is not running yet".into(),
@@ -111,14 +126,12 @@ impl std::fmt::Debug for InProcess {
 }
 
 impl InProcess {
-    /// Runs `msg`'s handlers for each launched room, with `env`.
-    pub fn new<S>(env: WorkerEnv, msg: Msg<S>) -> InProcess
-    where
-        S: Serialize + DeserializeOwned + Send + 'static,
-    {
+    /// Runs each launched room with the handlers of its kind, with `env`.
+    pub fn new(env: WorkerEnv, kinds: Kinds) -> InProcess {
         InProcess {
             spawn: Arc::new(move |room| {
-                Box::pin(subscribed::supervise(env.clone(), room, msg.clone()))
+                let (env, kinds) = (env.clone(), kinds.clone());
+                Box::pin(async move { kinds.supervise(env, room).await })
             }),
             rooms: Arc::default(),
             tasks: TaskTracker::new(),

@@ -2,7 +2,7 @@
 
 use game_server_less::proto::Grant;
 use game_server_less::room::Transfer;
-use game_server_less::store::{Checkpoint, Store, TransferPlan};
+use game_server_less::store::{Checkpoint, NewRoom, Seated, Store, TransferPlan};
 use std::collections::BTreeMap;
 
 fn postgres_url() -> String {
@@ -21,7 +21,10 @@ fn unique(tag: &str) -> String {
 async fn exercise(store: &Store) {
     let room = unique("r");
     let player = unique("p");
-    store.create_room(&room, "test room").await.unwrap();
+    store
+        .create_room(&NewRoom::plain(&room, "test room"))
+        .await
+        .unwrap();
     assert!(store
         .live_rooms()
         .await
@@ -30,9 +33,19 @@ async fn exercise(store: &Store) {
         .any(|r| r.id == room));
     assert_eq!(store.room(&room).await.unwrap().unwrap().name, "test room");
 
-    assert!(store.add_player(&room, &player, "j1").await.unwrap());
+    assert_eq!(
+        store
+            .add_player(&room, &player, "j1", 10, None)
+            .await
+            .unwrap(),
+        Seated::Added
+    );
     assert!(
-        !store.add_player(&room, &player, "j2").await.unwrap(),
+        store
+            .add_player(&room, &player, "j2", 10, None)
+            .await
+            .unwrap()
+            == Seated::There,
         "joining twice is one player, and the first join stays"
     );
     assert_eq!(
@@ -231,7 +244,11 @@ async fn one_live_room_a_name(a: &Store, b: &Store) {
     let asks = (0..8).map(|i| {
         let store = if i % 2 == 0 { a } else { b };
         let name = name.clone();
-        async move { store.named_room(&name, &unique(&format!("c{i}-"))).await }
+        async move {
+            store
+                .named_room(&name, &unique(&format!("c{i}-")), "")
+                .await
+        }
     });
     let answers: Vec<(String, bool)> = futures_util::future::join_all(asks)
         .await
@@ -248,11 +265,11 @@ async fn one_live_room_a_name(a: &Store, b: &Store) {
     let live = a.live_rooms().await.unwrap();
     assert_eq!(live.iter().filter(|r| r.name == name).count(), 1);
     assert_eq!(
-        b.named_room(&name, "unused").await.unwrap(),
+        b.named_room(&name, "unused", "").await.unwrap(),
         (room.clone(), false)
     );
     a.end_room(&room, "over").await.unwrap();
-    let (next, created) = b.named_room(&name, &unique("next-")).await.unwrap();
+    let (next, created) = b.named_room(&name, &unique("next-"), "").await.unwrap();
     assert!(
         created && next != room,
         "a new room for the name once it ended"
@@ -263,7 +280,10 @@ async fn one_live_room_a_name(a: &Store, b: &Store) {
 /// the first plan of one stands; a fenced checkpoint's transfers are never written.
 async fn transfers_outbox(store: &Store) {
     let room = unique("t");
-    store.create_room(&room, "meadow").await.unwrap();
+    store
+        .create_room(&NewRoom::plain(&room, "meadow"))
+        .await
+        .unwrap();
     let transfer = |n: u64| Transfer {
         key: format!("{room}/{n}"),
         from: room.clone(),
@@ -310,6 +330,103 @@ async fn transfers_outbox(store: &Store) {
     assert_eq!(store.pending_transfers(&room).await.unwrap(), [second]);
 }
 
+/// Two processes seating 40 players at once in rooms of 4 and taking them out again:
+/// never more seats than the most, a seat freed by each leave, and reservations given
+/// up only once expired and unconfirmed.
+async fn seats_never_overfill(a: &Store, b: &Store) {
+    let rooms: Vec<String> = (0..3).map(|i| unique(&format!("seats{i}-"))).collect();
+    for room in &rooms {
+        a.create_room(&NewRoom::plain(room, "seats")).await.unwrap();
+    }
+    let tries = (0..40).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        let rooms = rooms.clone();
+        async move {
+            for room in &rooms {
+                let player = format!("p{i}");
+                match store.add_player(room, &player, "j", 4, None).await.unwrap() {
+                    Seated::Added => return Some(room.clone()),
+                    Seated::Full => continue,
+                    Seated::There => panic!("{player} was seated twice"),
+                }
+            }
+            None
+        }
+    });
+    let placed = futures_util::future::join_all(tries).await;
+    assert_eq!(
+        placed.iter().flatten().count(),
+        12,
+        "3 rooms of 4: {placed:?}"
+    );
+    for room in &rooms {
+        let record = a.room(room).await.unwrap().unwrap();
+        assert_eq!(record.seats, 4);
+        assert_eq!(a.players(room).await.unwrap().len(), 4);
+    }
+    let (room, gone) = (&rooms[0], a.players(&rooms[0]).await.unwrap()[0].clone());
+    assert!(b.remove_player(room, &gone).await.unwrap());
+    assert!(!a.remove_player(room, &gone).await.unwrap(), "gone once");
+    assert_eq!(a.room(room).await.unwrap().unwrap().seats, 3);
+
+    // A reservation: held while unexpired, kept once confirmed, given up after.
+    let past = 1;
+    assert_eq!(
+        a.add_player(room, "late", "jl", 4, Some(past))
+            .await
+            .unwrap(),
+        Seated::Added
+    );
+    assert_eq!(
+        a.add_player(room, "more", "jm", 4, None).await.unwrap(),
+        Seated::Full
+    );
+    assert!(!a
+        .expire_reservation(room, "late", "other-join")
+        .await
+        .unwrap());
+    let expired = a.expired_reservations(1000).await.unwrap();
+    assert!(
+        expired.contains(&(room.clone(), "late".into(), "jl".into())),
+        "{expired:?}"
+    );
+    assert!(b.expire_reservation(room, "late", "jl").await.unwrap());
+    assert!(
+        !a.expire_reservation(room, "late", "jl").await.unwrap(),
+        "once"
+    );
+    assert_eq!(a.room(room).await.unwrap().unwrap().seats, 3);
+    let future = i64::MAX / 2;
+    a.add_player(room, "kept", "jk", 4, Some(future))
+        .await
+        .unwrap();
+    assert!(a.confirm_seat(room, "kept", "jk").await.unwrap());
+    assert!(
+        !a.confirm_seat(room, "kept", "jk").await.unwrap(),
+        "confirmed once"
+    );
+
+    // A locked room seats no one; quick play's candidates skip full and locked ones.
+    let open = unique("open-");
+    a.create_room(&NewRoom::plain(&open, "open")).await.unwrap();
+    a.add_player(&open, "x", "jx", 4, None).await.unwrap();
+    let candidates = a.open_rooms("", 4, 0, 10_000).await.unwrap();
+    assert!(candidates.iter().any(|r| r.id == open));
+    assert!(!candidates
+        .iter()
+        .any(|r| rooms.contains(&r.id) && r.seats >= 4));
+    assert!(a.set_locked(&open, true).await.unwrap());
+    assert_eq!(
+        a.add_player(&open, "y", "jy", 4, None).await.unwrap(),
+        Seated::Full
+    );
+    let candidates = a.open_rooms("", 4, 0, 10_000).await.unwrap();
+    assert!(
+        !candidates.iter().any(|r| r.id == open),
+        "locked rooms are passed by"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_file_store() {
     let dir = std::env::temp_dir().join(unique("gsl-store-"));
@@ -319,6 +436,7 @@ async fn sqlite_file_store() {
     group_commit(&store).await;
     transfers_outbox(&store).await;
     one_live_room_a_name(&store, &Store::open(&url).await.unwrap()).await;
+    seats_never_overfill(&store, &Store::open(&url).await.unwrap()).await;
     // Migrations run once: opening again keeps the data.
     store.add_item("keeper", "herb", 1).await.unwrap();
     drop(store);
@@ -338,6 +456,7 @@ async fn postgres_store() {
     transfers_outbox(&store).await;
     let other = Store::open(&url).await.expect("migrations are idempotent");
     one_live_room_a_name(&store, &other).await;
+    seats_never_overfill(&store, &other).await;
 }
 
 #[tokio::test]

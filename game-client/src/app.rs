@@ -18,6 +18,8 @@ pub enum Action {
     Refresh,
     /// Create a room (and join it).
     CreateRoom,
+    /// Quick play: a seat in any open room, or a new one.
+    PlayNow,
     /// Join a room.
     Join(String),
     /// Leave the room, back to the lobby.
@@ -254,6 +256,7 @@ impl App {
                     .map(|r| Action::Join(r.id.clone()))
             }
             KeyCode::Char('c') | KeyCode::Char('n') => return Some(Action::CreateRoom),
+            KeyCode::Char('p') => return Some(Action::PlayNow),
             KeyCode::Char('r') => return Some(Action::Refresh),
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('q') | KeyCode::Esc => return self.quit(),
@@ -414,6 +417,18 @@ impl App {
             Out::Left { player } => {
                 game.players.remove(&player);
                 self.log_event(format!("{player} left"));
+            }
+            Out::Dropped { player } => {
+                if let Some(p) = game.players.get_mut(&player) {
+                    p.away = true;
+                }
+                self.log_event(format!("{player} lost the connection"));
+            }
+            Out::Back { player } => {
+                if let Some(p) = game.players.get_mut(&player) {
+                    p.away = false;
+                }
+                self.log_event(format!("{player} is back"));
             }
             Out::Chat { player, text } => push(&mut game.chat, format!("{player}: {text}")),
             Out::Picked { player, item, id } => {
@@ -596,6 +611,7 @@ pub(crate) mod tests {
             players: (0..players).map(|i| format!("p{i}")).collect(),
             players_online: players,
             created_at: 0,
+            ..RoomView::default()
         }
     }
 
@@ -625,7 +641,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn lobby_keys_select_join_and_create() {
+    fn lobby_keys_select_join_create_and_play_now() {
         let mut app = App::new("http://x", Some("ann"));
         app.on_net(NetEvent::Rooms(vec![room("a", 1), room("b", 0)]));
         app.on_key(key(KeyCode::Down));
@@ -639,6 +655,7 @@ pub(crate) mod tests {
             app.on_key(key(KeyCode::Char('c'))),
             Some(Action::CreateRoom)
         );
+        assert_eq!(app.on_key(key(KeyCode::Char('p'))), Some(Action::PlayNow));
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Action::Quit));
         assert!(app.quit);
     }

@@ -16,7 +16,7 @@ pub(crate) fn input(dice: u64) -> In {
     }
 }
 
-/// Runs `n` bots in `room` (or the first room, or a new one) until Ctrl-C.
+/// Runs `n` bots in `room` (or wherever quick play seats each) until Ctrl-C.
 pub(crate) async fn run(
     server: &str,
     n: usize,

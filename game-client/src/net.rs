@@ -7,7 +7,7 @@
 use crate::app::{Action, ConnState, NetEvent};
 use crate::keys::Keys;
 use game_protocol::{Chat, In, Look, Move, Out};
-use game_server_less_client::proto::{Envelope, Input, Ticket};
+use game_server_less_client::proto::{Envelope, Input, Matchmake, Ticket};
 use game_server_less_client::stomp::{Client, ConnectOptions, SubscribeOptions, Subscription};
 use game_server_less_client::LobbyClient;
 use std::collections::VecDeque;
@@ -98,6 +98,7 @@ impl Net {
                     Err(e) => self.lobby_error(e),
                 },
                 Action::Join(room) => self.join(&room, &name).await,
+                Action::PlayNow => self.play_now(&name).await,
                 Action::Travel(ticket) => self.travel(*ticket),
                 Action::Leave => {
                     self.leave().await;
@@ -113,6 +114,7 @@ impl Net {
         match action {
             Action::Refresh
             | Action::CreateRoom
+            | Action::PlayNow
             | Action::Join(_)
             | Action::Leave
             | Action::Travel(_) => {
@@ -183,10 +185,26 @@ impl Net {
     /// Joins a room and starts playing in it.
     pub(crate) async fn join(&self, room: &str, name: &str) {
         let key = self.key(name);
-        let ticket = match self.lobby.join(room, name, key.as_deref()).await {
-            Ok(ticket) => ticket,
-            Err(e) => return self.lobby_error(e.to_string()),
+        match self.lobby.join(room, name, key.as_deref()).await {
+            Ok(ticket) => self.play(ticket, name).await,
+            Err(e) => self.lobby_error(e.to_string()),
+        }
+    }
+
+    /// Quick play: a seat in any open room, or a new one, and plays in it.
+    async fn play_now(&self, name: &str) {
+        let play = Matchmake {
+            key: self.key(name),
+            ..Matchmake::named(name)
         };
+        match self.lobby.quick_play(&play).await {
+            Ok(ticket) => self.play(ticket, name).await,
+            Err(e) => self.lobby_error(e.to_string()),
+        }
+    }
+
+    /// Plays with `ticket`, keeping the name's key if it came with it.
+    async fn play(&self, ticket: Ticket, name: &str) {
         if let Some(key) = &ticket.player_key {
             let kept = self.keys.lock().unwrap().set(self.lobby.url(), name, key);
             if let Err(why) = kept {

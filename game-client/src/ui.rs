@@ -85,7 +85,7 @@ fn render_lobby(app: &App, area: Rect, buf: &mut Buffer) {
     StatefulWidget::render(list, rooms_area, buf, &mut state);
     if empty {
         let inner = rooms_area.inner(ratatui::layout::Margin::new(2, 1));
-        Paragraph::new("No rooms yet: press c to create one.").render(inner, buf);
+        Paragraph::new("No rooms yet: press p to play now, or c to create one.").render(inner, buf);
     }
 
     let xp = app.inventory.get("xp").copied().unwrap_or(0);
@@ -108,8 +108,10 @@ fn render_lobby(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(e) = &app.error {
         Paragraph::new(Span::styled(e.as_str(), Style::new().fg(Color::Red))).render(error, buf);
     }
-    Paragraph::new("↑↓ select · Enter join · c create · r refresh · ? help · q quit".dim())
-        .render(keys, buf);
+    Paragraph::new(
+        "p play now · ↑↓ select · Enter join · c create · r refresh · ? help · q quit".dim(),
+    )
+    .render(keys, buf);
 }
 
 fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
@@ -134,6 +136,8 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
         .map(|(name, p)| {
             let style = if *name == app.name {
                 Style::new().fg(Color::Green).bold()
+            } else if p.away {
+                Style::new().fg(Color::DarkGray)
             } else {
                 Style::new().fg(Color::Cyan)
             };
@@ -259,6 +263,9 @@ fn render_map(app: &App, area: Rect, buf: &mut Buffer) {
     for (name, at) in &game.players {
         let style = if *name == app.name {
             Style::new().fg(Color::Green).bold()
+        } else if at.away {
+            // Dropped: greyed out until it is back or gone.
+            Style::new().fg(Color::DarkGray)
         } else {
             Style::new().fg(Color::Cyan).bold()
         };
@@ -324,7 +331,8 @@ fn hp_span(hp: i32, max: i32) -> Span<'static> {
 
 fn render_help(_: &App, area: Rect, buf: &mut Buffer) {
     let lines = vec![
-        Line::from("Lobby: ↑↓ select, Enter join, c create,"),
+        Line::from("Lobby: p play now (any open room),"),
+        Line::from("       ↑↓ select, Enter join, c create,"),
         Line::from("       r refresh, q quit"),
         Line::from("Game:  arrows or WASD move"),
         Line::from("       Enter or Tab: chat (Enter sends,"),
@@ -412,6 +420,7 @@ mod tests {
             players: vec!["bob".into()],
             players_online: 1,
             created_at: 0,
+            ..RoomView::default()
         }]));
         let items = [("gem".to_owned(), 3), ("xp".to_owned(), 60)];
         app.on_net(NetEvent::Inventory(items.into()));
@@ -485,7 +494,8 @@ mod tests {
         let help = screen(&app, 80, 24).join("\n");
         // Every line whole in an 80×24 terminal: none clipped at the box's edge.
         for line in [
-            "Lobby: ↑↓ select, Enter join, c create,",
+            "Lobby: p play now (any open room),",
+            "↑↓ select, Enter join, c create,",
             "r refresh, q quit",
             "arrows or WASD move",
             "Enter or Tab: chat (Enter sends,",

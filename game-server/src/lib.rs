@@ -14,14 +14,15 @@ pub use server_side::{lobby, msg};
 #[cfg(feature = "server")]
 mod server_side {
     use crate::protocol::{level_of, Leader, Leaderboard};
-    use crate::world::{on_chat, on_join, on_leave, on_look, on_move, on_tick};
+    use crate::world::on_tick;
+    use crate::world::{on_chat, on_drop, on_join, on_leave, on_look, on_move, on_reconnect};
     use crate::world::{World, Zone, XP};
     use axum::extract::State;
     use axum::routing::get;
     use axum::Json;
     use game_server_less::lobby::ApiResult;
     use game_server_less::proto::Inventory;
-    use game_server_less::{Caller, Lobby, Msg, Rooms};
+    use game_server_less::{Caller, Lobby, Msg, Policy, Rooms};
     use std::time::Duration;
 
     /// The game's realtime handlers, one per [`crate::protocol::In`] variant. A room's
@@ -34,6 +35,10 @@ mod server_side {
             .tick(Duration::from_millis(100), on_tick)
             .on_join(on_join)
             .on_leave(on_leave)
+            .on_drop(on_drop)
+            .on_reconnect(on_reconnect)
+            // A player whose terminal closed stays 20 s, greyed out, then leaves.
+            .policy(Policy::new().grace(Duration::from_secs(20)))
     }
 
     /// The game's REST routes, beside the lobby's room routes.

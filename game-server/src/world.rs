@@ -185,6 +185,9 @@ pub struct Hero {
     pub hp: i32,
     /// Experience, as the store has it plus what this room granted since.
     pub xp: i64,
+    /// Dropped, waiting out the grace.
+    #[serde(default)]
+    pub away: bool,
 }
 
 impl Hero {
@@ -195,6 +198,7 @@ impl Hero {
             y: self.y,
             hp: self.hp,
             level: level_of(self.xp),
+            away: self.away,
         }
     }
 }
@@ -545,13 +549,40 @@ pub fn on_join(world: &mut World, ctx: &mut RoomCtx, name: &str) -> Result<(), S
     let full = max_hp(level_of(xp));
     let carried = serde_json::from_value::<Carried>(arrival.carried).ok();
     let hp = carried.map_or(full, |c| c.hp.clamp(1, full));
-    let hero = Hero { x, y, hp, xp };
+    let hero = Hero {
+        x,
+        y,
+        hp,
+        xp,
+        away: false,
+    };
     let is = hero.view();
     world.players.insert(name.to_owned(), hero);
     let player = name.to_owned();
     ctx.broadcast(&Out::Joined { player, is });
     ctx.send_to(name, &world.snapshot());
     Ok(())
+}
+
+/// A player's connection dropped: it stays on the map, greyed out, until it is back
+/// or its grace is over (then it leaves); everyone hears of it.
+pub fn on_drop(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+    if let Some(hero) = world.players.get_mut(name) {
+        hero.away = true;
+        let player = name.to_owned();
+        ctx.broadcast(&Out::Dropped { player });
+    }
+}
+
+/// A dropped player is back within its grace; everyone hears of it, and it gets the
+/// whole world again (it may have missed some of it).
+pub fn on_reconnect(world: &mut World, ctx: &mut RoomCtx, name: &str) {
+    if let Some(hero) = world.players.get_mut(name) {
+        hero.away = false;
+        let player = name.to_owned();
+        ctx.broadcast(&Out::Back { player });
+        ctx.send_to(name, &world.snapshot());
+    }
 }
 
 /// A player leaves (or has been moved to another zone); everyone hears of it.

@@ -74,6 +74,10 @@ pub struct Player {
     pub hp: i32,
     /// Level, from experience ([`level_of`]).
     pub level: u32,
+    /// Dropped: the player's connection is gone, and it keeps its place for a while
+    /// (shown greyed out) unless it comes back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub away: bool,
 }
 
 /// Who fights: a player or an NPC.
@@ -156,6 +160,16 @@ pub enum Out {
     },
     /// A player left.
     Left {
+        /// Who.
+        player: String,
+    },
+    /// A player's connection dropped: it stays, greyed out, for its grace.
+    Dropped {
+        /// Who.
+        player: String,
+    },
+    /// A dropped player is back.
+    Back {
         /// Who.
         player: String,
     },

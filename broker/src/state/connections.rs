@@ -21,6 +21,7 @@ impl State {
         self.admit(&principal, ip)?;
         let id = self.next_session;
         self.next_session += 1;
+        self.authorizer.connected(id, &principal);
         self.sessions.insert(
             id,
             Session {
@@ -91,6 +92,7 @@ impl State {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
+        self.authorizer.disconnected(id, &session.principal);
         let mut touched = HashSet::new();
         for (_, unacked) in session.unacked {
             touched.insert(unacked.queue.clone());
@@ -110,6 +112,61 @@ impl State {
 mod tests {
     use super::super::testkit::Harness;
     use crate::{BrokerConfig, Principal};
+    use std::sync::{Arc, Mutex};
+
+    /// Lets everyone in and writes down who came and went.
+    #[derive(Default)]
+    struct Register(Mutex<Vec<String>>);
+
+    impl crate::Authorizer for Register {
+        fn connect(
+            &self,
+            login: Option<&str>,
+            _: Option<&str>,
+            _: Option<std::net::SocketAddr>,
+        ) -> Result<Principal, String> {
+            Ok(Principal::anyone(login.unwrap_or_default()))
+        }
+
+        fn connected(&self, session: u64, principal: &Principal) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("+{}{session}", principal.name));
+        }
+
+        fn disconnected(&self, session: u64, principal: &Principal) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("-{}{session}", principal.name));
+        }
+    }
+
+    #[test]
+    fn the_authorizer_hears_of_each_connection_that_came_and_went() {
+        let register = Arc::new(Register::default());
+        let config = BrokerConfig {
+            max_connections: 2,
+            ..BrokerConfig::default()
+        };
+        let mut h = Harness::with_authorizer(config, register.clone());
+        let ann = h.connect("ann");
+        let bob = h.connect("bob");
+        assert!(h.try_connect(Principal::anyone("cy"), false, 8).is_err());
+        h.state.remove_session(ann);
+        h.state.remove_session(ann);
+        let told = register.0.lock().unwrap().clone();
+        assert_eq!(
+            told,
+            [
+                format!("+ann{ann}"),
+                format!("+bob{bob}"),
+                format!("-ann{ann}")
+            ],
+            "a refused one is not told, a gone one once"
+        );
+    }
 
     #[test]
     fn the_broker_holds_at_most_its_connections() {

@@ -85,7 +85,8 @@ impl State {
     /// Message `lsn` was just put in `queue`: with a group-committed journal, it (and
     /// the frame's RECEIPT) waits for the flush, which is asked for.
     pub(super) fn wait_for_disk(&mut self, queue: &str, lsn: u64) {
-        if !self.journal.as_ref().is_some_and(Journal::group_commit) {
+        if !self.journal.as_ref().is_some_and(Journal::group_commit) || !self.waits_for_disk(queue)
+        {
             return;
         }
         let d = &mut self.durability;
@@ -264,6 +265,7 @@ fn receipt_frame(receipt: String) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
+    use crate::QueueOptions;
     use stomp::Command;
 
     /// A journal file of its own under the temporary directory, removed when dropped.
@@ -313,6 +315,30 @@ mod tests {
         assert_eq!(receipts[0].header("receipt-id"), Some("r1"));
         assert!(!h.state.holds_receipts_for(bob));
         assert!(h.state.to_sync().is_none(), "nothing left to flush");
+    }
+
+    #[test]
+    fn a_queue_declared_without_fsync_does_not_wait_for_a_group_commit() {
+        let file = TempJournal::new("per-queue");
+        let mut h = Harness::new();
+        h.state.open_journal(&file.0, true).unwrap();
+        let no_wait = QueueOptions {
+            fsync: Some(false),
+            ..QueueOptions::default()
+        };
+        h.state.declare_queue("/queue/fast", no_wait);
+        let (ann, bob) = (h.connect("ann"), h.connect("bob"));
+        h.subscribe(ann, "/queue/fast", "f", "client", 0).unwrap();
+        h.subscribe(ann, "/queue/safe", "s", "client", 0).unwrap();
+        h.send(bob, "/queue/fast", "now").unwrap();
+        assert_eq!(h.state.take_unsynced(), None, "its receipt need not wait");
+        assert_eq!(h.bodies(ann), ["now"], "delivered before any flush");
+        h.send(bob, "/queue/safe", "later").unwrap();
+        assert!(h.state.take_unsynced().is_some(), "the other queue waits");
+        assert!(h.bodies(ann).is_empty());
+        let (_file, upto) = h.state.to_sync().expect("something to flush");
+        h.state.synced(upto);
+        assert_eq!(h.bodies(ann), ["later"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use super::destination::{classify, journaled, required, Dest};
 use super::{Handled, Outbound, Queued, Refusal, SessionId, State, Stored};
+use crate::QueueOptions;
 use bytes::Bytes;
 use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
@@ -145,12 +146,12 @@ impl State {
     /// Whether a queue (and the broker) has room for `size` more bytes.
     fn check_room(&self, destination: &str, size: usize) -> Handled {
         let c = &self.config;
-        let (max, max_bytes, max_total) =
+        let (mut max, max_bytes, max_total) =
             (c.max_queue_len, c.max_queue_bytes, c.max_total_queue_bytes);
-        let (len, bytes) = self
-            .queues
-            .get(destination)
-            .map_or((0, 0), |q| (q.ready.len(), q.bytes));
+        let (len, bytes) = self.queues.get(destination).map_or((0, 0), |q| {
+            max = q.options.max_len.unwrap_or(max);
+            (q.ready.len(), q.bytes)
+        });
         if len >= max {
             return Err(Refusal::limit(
                 format!("queue {destination} is full"),
@@ -222,7 +223,10 @@ impl State {
         let first = queue.ready.front()?;
         // A journaled message a group commit has not yet put on the disk waits, and
         // so does everything behind it. (Topic subscriptions are not journaled.)
-        if journaled(queue_name) && !self.durability.on_disk(first.seq) {
+        if journaled(queue_name)
+            && !self.durability.on_disk(first.seq)
+            && queue.options.fsync != Some(false)
+        {
             return None;
         }
         // A single-active-consumer queue feeds its oldest consumer only; the next one
@@ -316,6 +320,22 @@ impl State {
             .single_active |= single_active;
     }
 
+    /// Creates a queue unless it exists, and gives it `options` either way.
+    pub(crate) fn declare_queue(&mut self, destination: &str, options: QueueOptions) {
+        let queue = self.queues.entry(destination.to_owned()).or_default();
+        queue.single_active |= options.single_active;
+        queue.options = options;
+    }
+
+    /// Whether `queue`'s messages wait for the disk: as it was declared, else as the
+    /// journal does.
+    pub(super) fn waits_for_disk(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.options.fsync)
+            .unwrap_or(true)
+    }
+
     /// Deletes a queue and every message in it; returns whether it existed.
     pub(crate) fn delete_queue(&mut self, destination: &str) -> bool {
         let Some(queue) = self.queues.remove(destination) else {
@@ -381,7 +401,7 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
-    use crate::{BrokerConfig, Principal};
+    use crate::{BrokerConfig, Principal, QueueOptions};
     use stomp::{Command, Frame};
 
     #[test]
@@ -417,6 +437,22 @@ mod tests {
         assert_eq!(total.message, "the broker is full");
         // A refused SEND creates no queue.
         assert!(!h.state.has_queue("/queue/c"));
+    }
+
+    #[test]
+    fn a_queue_declared_with_a_bound_holds_that_many() {
+        let mut h = Harness::new();
+        let bounded = QueueOptions {
+            single_active: true,
+            max_len: Some(2),
+            fsync: None,
+        };
+        h.state.declare_queue("/queue/inbox", bounded);
+        let bob = h.connect("bob");
+        h.send_all(bob, "/queue/inbox", &["1", "2"]);
+        let full = h.send(bob, "/queue/inbox", "3").unwrap_err();
+        assert!(full.detail.contains("2 undelivered messages"), "{full:?}");
+        h.send(bob, "/queue/other", "3").unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! no sockets.
 
 use super::{Handled, Outbound, SessionId, State};
-use crate::{AllowAll, BrokerConfig, Principal};
+use crate::{AllowAll, Authorizer, BrokerConfig, Principal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use stomp::{parse, Command, Frame, Limits, Parsed};
@@ -19,8 +19,15 @@ impl Harness {
     }
 
     pub(super) fn with_config(config: BrokerConfig) -> Harness {
+        Harness::with_authorizer(config, Arc::new(AllowAll))
+    }
+
+    pub(super) fn with_authorizer(
+        config: BrokerConfig,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Harness {
         Harness {
-            state: State::new(config, Arc::new(AllowAll)),
+            state: State::new(config, authorizer),
             outboxes: HashMap::new(),
         }
     }

@@ -9,6 +9,7 @@ use crate::proto::Grant;
 use crate::room::Transfer;
 use crate::{Error, Result};
 use sqlx::Row;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Checkpoints from every room of the process, saved together: one transaction and one
@@ -227,6 +228,35 @@ impl Store {
             players: serde_json::from_str(&players).map_err(corrupt)?,
             version: row.try_get::<i64, _>("version").map_err(db)? as u64,
         }))
+    }
+
+    /// The players' last inputs (and the rooms' bookkeeping beside them) of the latest
+    /// checkpoints of `rooms`; rooms without one are left out.
+    pub async fn applied_of(
+        &self,
+        rooms: &[String],
+    ) -> Result<std::collections::HashMap<String, BTreeMap<String, u64>>> {
+        let mut found = std::collections::HashMap::new();
+        // A statement a few dozen rooms at a time: the drivers bind no arrays.
+        for chunk in rooms.chunks(50) {
+            let binds: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT room_id, applied FROM checkpoints WHERE room_id IN ({})",
+                binds.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(db)? {
+                let room: String = row.try_get("room_id").map_err(db)?;
+                let applied: String = row.try_get("applied").map_err(db)?;
+                let applied = serde_json::from_str(&applied)
+                    .map_err(|e| Error::Store(format!("corrupt checkpoint of room {room}: {e}")))?;
+                found.insert(room, applied);
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -16,23 +16,6 @@ impl Store {
         Ok(row.try_get::<i64, _>("n").map_err(db)? as usize)
     }
 
-    /// Adds `player` to `room` with join `join`, unless it is there already: then
-    /// nothing changes and `false` says so. One of two concurrent joins wins.
-    pub async fn add_player(&self, room: &str, player: &str, join: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO players (room_id, player, joined_at, join_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (room_id, player) DO NOTHING",
-        )
-        .bind(room)
-        .bind(player)
-        .bind(now())
-        .bind(join)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Makes `join` the current join of `player`, who is in `room` already (it joined
     /// again); returns whether it was there.
     pub async fn rejoin_player(&self, room: &str, player: &str, join: &str) -> Result<bool> {
@@ -95,17 +78,6 @@ impl Store {
         row.map(|r| r.try_get("key_hash").map_err(db)).transpose()
     }
 
-    /// Records that `player` left `room`; returns whether it was there.
-    pub async fn remove_player(&self, room: &str, player: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM players WHERE room_id = $1 AND player = $2")
-            .bind(room)
-            .bind(player)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected() > 0)
-    }
-
     /// The players in `room`, by name.
     pub async fn players(&self, room: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT player FROM players WHERE room_id = $1 ORDER BY player")
@@ -116,5 +88,40 @@ impl Store {
         rows.iter()
             .map(|r| r.try_get("player").map_err(db))
             .collect()
+    }
+
+    /// RabbitMQ's connection `pid` is `player`'s, of `room`.
+    pub async fn remember_connection(&self, pid: &str, room: &str, player: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO connections (pid, room_id, player, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pid) DO NOTHING",
+        )
+        .bind(pid)
+        .bind(room)
+        .bind(player)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Whose RabbitMQ connection `pid` was, as `(room, player)`, if it is remembered.
+    pub async fn connection(&self, pid: &str) -> Result<Option<(String, String)>> {
+        sqlx::query_as("SELECT room_id, player FROM connections WHERE pid = $1")
+            .bind(pid)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    /// Forgets RabbitMQ's connection `pid` (it closed).
+    pub async fn forget_connection(&self, pid: &str) -> Result<()> {
+        sqlx::query("DELETE FROM connections WHERE pid = $1")
+            .bind(pid)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 }

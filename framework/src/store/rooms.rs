@@ -1,27 +1,76 @@
 //! Rooms: created, ended, found by name (one live room a name), listed, and what a
 //! room's record says of its worker, its code version and its Lambda chain.
 
-use super::{db, now, RoomRecord, Store};
+use super::{db, now, NewRoom, RoomRecord, Store};
 use crate::{Error, Result};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 impl Store {
-    /// Records a new room.
-    pub async fn create_room(&self, id: &str, name: &str) -> Result<RoomRecord> {
+    /// Records a new room as `new` describes it.
+    pub async fn create_room(&self, new: &NewRoom<'_>) -> Result<RoomRecord> {
         let created_at = now();
-        sqlx::query("INSERT INTO rooms (id, name, created_at) VALUES ($1, $2, $3)")
+        let meta = match new.meta {
+            serde_json::Value::Null => serde_json::json!({}),
+            meta => meta.clone(),
+        };
+        sqlx::query(
+            "INSERT INTO rooms (id, name, created_at, kind, meta, code) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(new.id)
+        .bind(new.name)
+        .bind(created_at)
+        .bind(new.kind)
+        .bind(meta.to_string())
+        .bind(new.code)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(RoomRecord {
+            id: new.id.to_owned(),
+            name: new.name.to_owned(),
+            created_at,
+            kind: new.kind.to_owned(),
+            meta,
+            locked: false,
+            code: new.code.map(str::to_owned),
+            seats: 0,
+        })
+    }
+
+    /// Locks or unlocks a live room (quick play and joins pass a locked room by);
+    /// returns whether it is live.
+    pub async fn set_locked(&self, id: &str, locked: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE rooms SET locked = $1 WHERE id = $2 AND ended_at IS NULL")
+            .bind(i64::from(locked))
             .bind(id)
-            .bind(name)
-            .bind(created_at)
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        Ok(RoomRecord {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            created_at,
-        })
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces a live room's metadata; returns whether it is live.
+    pub async fn set_meta(&self, id: &str, meta: &serde_json::Value) -> Result<bool> {
+        let done = sqlx::query("UPDATE rooms SET meta = $1 WHERE id = $2 AND ended_at IS NULL")
+            .bind(meta.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The live private room whose code is `code`.
+    pub async fn room_by_code(&self, code: &str) -> Result<Option<RoomRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rooms WHERE code = $1 AND ended_at IS NULL"
+        ))
+        .bind(code)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(room_record).transpose()
     }
 
     /// Marks a room ended and forgets its players, its checkpoint and its claim on a
@@ -55,7 +104,12 @@ impl Store {
     /// processes ask at once: the name's row is claimed (`INSERT … ON CONFLICT DO
     /// NOTHING`) in the transaction that records the room, then read back. A room that
     /// ends gives its name up; a claim left by one that ended without is dropped here.
-    pub async fn named_room(&self, name: &str, candidate: &str) -> Result<(String, bool)> {
+    pub async fn named_room(
+        &self,
+        name: &str,
+        candidate: &str,
+        kind: &str,
+    ) -> Result<(String, bool)> {
         for _ in 0..3 {
             let created_at = now();
             let mut tx = self.pool.begin().await.map_err(db)?;
@@ -72,13 +126,16 @@ impl Store {
             .rows_affected()
                 == 1;
             if claimed {
-                sqlx::query("INSERT INTO rooms (id, name, created_at) VALUES ($1, $2, $3)")
-                    .bind(candidate)
-                    .bind(name)
-                    .bind(created_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO rooms (id, name, created_at, kind) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(candidate)
+                .bind(name)
+                .bind(created_at)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             }
             let row = sqlx::query(
                 "SELECT n.room_id, r.ended_at FROM named_rooms n
@@ -109,9 +166,9 @@ impl Store {
 
     /// Rooms that have not ended, oldest first.
     pub async fn live_rooms(&self) -> Result<Vec<RoomRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, name, created_at FROM rooms WHERE ended_at IS NULL ORDER BY created_at, id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rooms WHERE ended_at IS NULL ORDER BY created_at, id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -119,21 +176,23 @@ impl Store {
     }
 
     /// Live rooms with their players (sorted), oldest first, in one query; from
-    /// `offset`, at most `limit` rooms.
+    /// `offset`, at most `limit` rooms; private ones only `with_private`.
     pub async fn live_rooms_with_players(
         &self,
         offset: usize,
         limit: usize,
+        with_private: bool,
     ) -> Result<Vec<(RoomRecord, Vec<String>)>> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.name, r.created_at, p.player
-             FROM (SELECT id, name, created_at FROM rooms WHERE ended_at IS NULL
+        let rows = sqlx::query(&format!(
+            "SELECT r.*, p.player
+             FROM (SELECT {COLUMNS} FROM rooms WHERE ended_at IS NULL AND (code IS NULL OR $3 = 1)
                    ORDER BY created_at, id LIMIT $1 OFFSET $2) r
              LEFT JOIN players p ON p.room_id = r.id
-             ORDER BY r.created_at, r.id, p.player",
-        )
+             ORDER BY r.created_at, r.id, p.player"
+        ))
         .bind(limit as i64)
         .bind(offset as i64)
+        .bind(i64::from(with_private))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -160,9 +219,9 @@ impl Store {
 
     /// A live (not ended) room.
     pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, created_at FROM rooms WHERE id = $1 AND ended_at IS NULL",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rooms WHERE id = $1 AND ended_at IS NULL"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
@@ -239,10 +298,20 @@ impl Store {
     }
 }
 
-fn room_record(row: &AnyRow) -> Result<RoomRecord> {
+/// The columns [`room_record`] reads.
+pub(super) const COLUMNS: &str = "id, name, created_at, kind, meta, locked, code, seats";
+
+/// A room's row (selected with [`COLUMNS`]).
+pub(super) fn room_record(row: &AnyRow) -> Result<RoomRecord> {
+    let meta: String = row.try_get("meta").map_err(db)?;
     Ok(RoomRecord {
         id: row.try_get("id").map_err(db)?,
         name: row.try_get("name").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
+        kind: row.try_get("kind").map_err(db)?,
+        meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
+        locked: row.try_get::<i64, _>("locked").map_err(db)? != 0,
+        code: row.try_get("code").map_err(db)?,
+        seats: row.try_get::<i64, _>("seats").map_err(db)?.max(0) as usize,
     })
 }

@@ -58,4 +58,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
         from_join TEXT,
         done_at BIGINT)",
     "CREATE INDEX IF NOT EXISTS transfers_from ON transfers (from_room, done_at)",
+    // Room kinds ('' is the server's first kind), the metadata quick play filters on,
+    // locked and private rooms (a private room has a code), and the seats taken: players
+    // plus reservations, counted in the transaction that adds or removes one, so that
+    // concurrent joins through any lobby never overfill a room.
+    "ALTER TABLE rooms ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE rooms ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
+    "ALTER TABLE rooms ADD COLUMN locked BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE rooms ADD COLUMN code TEXT",
+    "ALTER TABLE rooms ADD COLUMN seats BIGINT NOT NULL DEFAULT 0",
+    "UPDATE rooms SET seats = (SELECT COUNT(*) FROM players WHERE players.room_id = rooms.id)",
+    "CREATE INDEX IF NOT EXISTS rooms_open ON rooms (kind, ended_at, locked, seats)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS rooms_code ON rooms (code)",
+    // A seat quick play reserved: the player's row until then, when it is given up
+    // unless a connection with its ticket came (milliseconds since the epoch).
+    "ALTER TABLE players ADD COLUMN reserved_until BIGINT",
+    "CREATE INDEX IF NOT EXISTS players_reserved ON players (reserved_until)",
+    // RabbitMQ's open player connections, by the connection's pid: its close event
+    // names only the pid (cluster mode's presence, see `rabbit.rs`).
+    "CREATE TABLE IF NOT EXISTS connections (
+        pid TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        player TEXT NOT NULL,
+        created_at BIGINT NOT NULL)",
 ];

@@ -72,6 +72,19 @@ pub enum Control {
         /// The player.
         player: String,
     },
+    /// One of a player's connections opened (`connected`) or closed: the broker saw it.
+    #[serde(rename = "$presence")]
+    Presence {
+        /// The player.
+        player: String,
+        /// The connection, as the broker names it (the same when told again).
+        connection: String,
+        /// Opened, or closed.
+        connected: bool,
+    },
+    /// Every connection to the room is gone: the broker restarted.
+    #[serde(rename = "$all_dropped")]
+    AllDropped,
     /// Nothing for the room: it makes a worker that stands by for an inbox find out that
     /// it is the active one (sent when a room is created, and when it is resumed).
     #[serde(rename = "$wake")]
@@ -96,6 +109,8 @@ pub struct RoomWorker<S> {
     room: Room<S>,
     /// The version of the checkpoint this worker carries on from.
     version: u64,
+    /// How long a dropped player keeps its seat.
+    grace: std::time::Duration,
 }
 
 impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
@@ -104,7 +119,25 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         RoomWorker {
             room: Room::new(room, msg),
             version: 0,
+            grace: std::time::Duration::from_secs(30),
         }
+    }
+
+    /// The same worker, whose dropped players keep their seat for `grace`.
+    pub fn with_grace(mut self, grace: std::time::Duration) -> RoomWorker<S> {
+        self.grace = grace;
+        self
+    }
+
+    /// Takes the changes to the room's listing (lock, metadata) its handlers asked for
+    /// since the last call.
+    pub fn take_listing(&mut self) -> Vec<crate::room::Listing> {
+        self.room.take_listing()
+    }
+
+    /// The dropped players whose grace is over now: the worker has them leave.
+    pub fn grace_over(&self) -> Vec<String> {
+        self.room.grace_over(now_ms())
     }
 
     /// The room's id.
@@ -158,6 +191,21 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 }
                 Ok(Control::Leave { player }) => self.room.leave(&player),
                 Ok(Control::End { reason }) => self.room.end(&reason),
+                Ok(Control::Presence {
+                    player,
+                    connection,
+                    connected: true,
+                }) => self.room.connected(&player, &connection),
+                Ok(Control::Presence {
+                    player, connection, ..
+                }) => {
+                    let until = now_ms() + self.grace.as_millis() as u64;
+                    self.room.disconnected(&player, &connection, until)
+                }
+                Ok(Control::AllDropped) => {
+                    let until = now_ms() + self.grace.as_millis() as u64;
+                    self.room.all_dropped(until)
+                }
                 Ok(Control::Wake) => Vec::new(),
                 Err(e) => {
                     tracing::error!(room = %self.room.id(), "bad lobby control message: {e}");
@@ -218,6 +266,13 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     pub fn saved(&mut self) {
         self.version += 1;
     }
+}
+
+/// Now, in milliseconds since the epoch: what grace deadlines are counted in.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use super::saver::{saving, Saver};
 use super::Transfers;
 use crate::admin::BrokerAdmin;
 use crate::msg::{Msg, RoomInfo};
-use crate::names::WORKER_USER;
-use crate::room::{Output, Target};
+use crate::names::{LOBBY_USER, WORKER_USER};
+use crate::policy::{Policies, RoomPolicy};
+use crate::room::{Listing, Output, Target};
 use crate::stomp::Subscription;
 use crate::stomp::{
     AckMode, Client, Command, ConnectOptions, Frame, HeartBeat, Message, SubscribeOptions,
@@ -30,6 +31,7 @@ use crate::store::Store;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -87,6 +89,8 @@ pub struct WorkerEnv {
     pub passcode: String,
     /// Checkpoint and idle periods.
     pub timings: Timings,
+    /// Each kind's policy (its idle timeout replaces `timings`').
+    pub policies: Policies,
     /// Becomes `true` when the process shuts down: workers checkpoint, ack and stop.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -101,38 +105,8 @@ impl std::fmt::Debug for WorkerEnv {
 }
 
 impl WorkerEnv {
-    fn shutting_down(&self) -> bool {
+    pub(super) fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
-    }
-}
-
-/// Runs a room's worker until the room ends or the process shuts down, starting it again
-/// from the last checkpoint whenever it fails.
-pub async fn supervise<S>(env: WorkerEnv, room_id: String, msg: Msg<S>)
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
-    let mut failures = 0u32;
-    loop {
-        match run(&env, &room_id, msg.clone()).await {
-            Ok(()) => return,
-            Err(e) if env.shutting_down() => {
-                tracing::debug!(room = %room_id, "worker stopped during shutdown: {e}");
-                return;
-            }
-            Err(e) if !matches!(env.store.room(&room_id).await, Ok(Some(_))) => {
-                // Another worker ended the room (its inbox went away under us), or the
-                // store cannot say: either way there is nothing left to carry on.
-                tracing::debug!(room = %room_id, "worker stopped: the room has ended ({e})");
-                return;
-            }
-            Err(e) => {
-                failures += 1;
-                let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
-                tracing::warn!(room = %room_id, "room worker failed ({e}); restarting from the last checkpoint in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-        }
     }
 }
 
@@ -166,29 +140,22 @@ pub struct Lease {
     pub standby_for: Duration,
 }
 
-/// One life of a room worker: from its checkpoint until the room ends, the process shuts
-/// down, or something fails.
-pub async fn run<S>(env: &WorkerEnv, room_id: &str, msg: Msg<S>) -> Result<()>
-where
-    S: Serialize + DeserializeOwned + Send + 'static,
-{
-    run_leased(env, room_id, msg, None).await.map(drop)
-}
-
-/// [`run`], for at most `lease`. One life in four phases: stand by until the broker
+/// One life of a room worker running `msg` under `policy`, from its checkpoint until the
+/// room ends, the process shuts down, something fails, or `lease` is over. Four phases: stand by until the broker
 /// makes this worker the inbox's active consumer, activate (the checkpoint), serve the
 /// inputs, and finish (the room ended, or the process stops, or the lease is over).
 pub async fn run_leased<S>(
     env: &WorkerEnv,
     room_id: &str,
     msg: Msg<S>,
+    policy: &RoomPolicy,
     lease: Option<Lease>,
 ) -> Result<Outcome>
 where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     // A live room has an inbox, even if the broker lost it (declaring is idempotent).
-    env.admin.create_inbox(room_id).await?;
+    env.admin.create_inbox(room_id, policy).await?;
     let client = connect(env).await?;
     // One future for the whole life: a fresh one per message would lock the watch's
     // waiter list twice for every input.
@@ -201,7 +168,7 @@ where
             return Ok(outcome);
         }
     };
-    let worker = activate(env, room_id, msg).await?;
+    let worker = activate(env, room_id, msg).await?.with_grace(policy.grace);
     let mut room = Active::new(env, room_id, &client, worker);
     // Transfers a worker before saved but may not have finished: done twice is done once.
     room.courier
@@ -357,6 +324,8 @@ enum Event {
     Tick,
     Checkpoint,
     Idle,
+    /// Time to look for dropped players whose grace is over.
+    Grace,
 }
 
 /// Why a worker stops serving a room.
@@ -388,7 +357,25 @@ struct Active<'a, S> {
     life: String,
     /// Ticks sent in this life.
     ticks: u64,
+    /// Dropped players waiting out their grace.
+    away: Away,
 }
+
+/// A worker's watch over dropped players: while any is away, it looks every
+/// [`GRACE_CHECK`] for those whose grace is over, and has the room service take each
+/// out (its leave then comes back through the inbox, in line with the inputs).
+struct Away {
+    /// Someone is dropped (as the room was after the last lobby message).
+    anyone: bool,
+    check: tokio::time::Interval,
+    /// Players asked to leave, and when: asked again only if still here much later.
+    asked: HashMap<String, Instant>,
+}
+
+/// How often a worker looks at the grace of dropped players.
+const GRACE_CHECK: Duration = Duration::from_millis(250);
+/// A player whose leave was asked for and who is still in the room is asked again.
+const LEAVE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 impl<'a, S> Active<'a, S>
 where
@@ -401,6 +388,7 @@ where
         worker: RoomWorker<S>,
     ) -> Self {
         let timers = Timers::new(&env.timings, worker.tick_interval());
+        let anyone_away = worker.room().presence_counts().1 > 0;
         let life = format!(
             "{:013}{:04x}",
             std::time::SystemTime::now()
@@ -426,6 +414,11 @@ where
             inbox: env.admin.names().inbox(room_id, WORKER_USER),
             life,
             ticks: 0,
+            away: Away {
+                anyone: anyone_away,
+                check: tokio::time::interval(GRACE_CHECK),
+                asked: HashMap::new(),
+            },
         }
     }
 
@@ -454,6 +447,7 @@ where
                 _ = t.tick.tick(), if ticking => Event::Tick,
                 _ = t.checkpoint.tick(), if checkpoint_due => Event::Checkpoint,
                 _ = &mut t.idle => Event::Idle,
+                _ = self.away.check.tick(), if self.away.anyone => Event::Grace,
             };
             match event {
                 Event::Stop => return Ok(Served::Stopped),
@@ -481,6 +475,7 @@ where
                     }
                 }
                 Event::Idle => self.on_idle()?,
+                Event::Grace => self.on_grace(),
             }
             if let Some(reason) = self.worker.ended() {
                 return Ok(Served::Ended(reason.to_owned()));
@@ -532,8 +527,25 @@ where
             crate::metrics::INPUTS.inc();
         }
         let timer = crate::metrics::HANDLER_SECONDS.start_timer();
+        let control = input.user == LOBBY_USER;
         let outputs = self.worker.handle(input);
         timer.observe_duration();
+        if control {
+            self.away.anyone = self.worker.room().presence_counts().1 > 0;
+        }
+        for change in self.worker.take_listing() {
+            // Not held to the checkpoint: setting it again (after a crash) is the same.
+            match change {
+                Listing::Locked(locked) => self.env.store.set_locked(self.room_id, locked).await?,
+                Listing::Meta(meta) if meta.is_object() => {
+                    self.env.store.set_meta(self.room_id, &meta).await?
+                }
+                Listing::Meta(meta) => {
+                    tracing::warn!(room = %self.room_id, "room metadata is a JSON object, not {meta}");
+                    true
+                }
+            };
+        }
         crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
         self.publisher.publish(outputs)?;
         self.saver.applied(message, tick);
@@ -546,6 +558,31 @@ where
             self.saver.start(&mut self.worker).await?;
         }
         Ok(())
+    }
+
+    /// Asks the room service to take out each dropped player whose grace is over.
+    fn on_grace(&mut self) {
+        let now = Instant::now();
+        for player in self.worker.grace_over() {
+            if self
+                .away
+                .asked
+                .get(&player)
+                .is_some_and(|at| now.duration_since(*at) < LEAVE_AGAIN_AFTER)
+            {
+                continue;
+            }
+            self.away.asked.insert(player.clone(), now);
+            let (transfers, room) = (self.env.transfers.clone(), self.room_id.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = transfers.leave(&room, &player).await {
+                    tracing::warn!(%room, %player, "cannot take out a player whose grace is over: {e}");
+                }
+            });
+        }
+        self.away
+            .asked
+            .retain(|_, at| now.duration_since(*at) < LEAVE_AGAIN_AFTER * 4);
     }
 
     /// The idle timer fired: a room with no input for the idle timeout ends.

@@ -5,7 +5,8 @@
 pub mod protocol;
 
 use game_server_less::axum::{routing::get, Json};
-use game_server_less::{Ctx, Lobby, Msg, RoomCtx};
+use game_server_less::{Ctx, Kinds, Lobby, Msg, Policy, RoomCtx};
+use std::time::Duration;
 use protocol::{Add, In, Out, Say};
 use serde::{Deserialize, Serialize};
 
@@ -53,12 +54,27 @@ pub fn on_join(game: &mut Game, ctx: &mut RoomCtx, player: &str) {
     ctx.send_to(player, &count);
 }
 
-/// The game's realtime handlers: one route per [`In`] variant.
+/// The game's realtime handlers: one route per [`In`] variant, and the queue policy of
+/// its rooms: 1 to 8 players, each at most 10 inputs a second (20 at once); a player
+/// whose connection drops keeps its seat for 15 s.
 pub fn msg() -> Msg<Game> {
     Msg::new(Game::default)
         .route("type=add", on_add)
         .route("type=say", on_say)
         .on_join(on_join)
+        .policy(
+            Policy::new()
+                .players(1, 8)
+                .inputs(10, 20)
+                .grace(Duration::from_secs(15)),
+        )
+}
+
+/// The kinds of room the server runs: one, `counter`. Add another with its own
+/// handlers and policy: `.kind("duel", duel_msg())`; `POST /matchmake {"kind":"duel"}`
+/// then seats players in it.
+pub fn kinds() -> Kinds {
+    Kinds::new().kind("counter", msg())
 }
 
 /// The game's own REST routes (axum handlers), beside the lobby's room routes.

@@ -7,7 +7,7 @@ async fn main() {
         let bots = game_server_less::bots::run_from_args(__CRATE__::bot_input);
         bots.await.map(drop)
     } else {
-        game_server_less::run(__CRATE__::lobby(), __CRATE__::msg()).await
+        game_server_less::run(__CRATE__::lobby(), __CRATE__::kinds()).await
     };
     if let Err(e) = result {
         eprintln!("__NAME__: {e}");

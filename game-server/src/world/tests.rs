@@ -84,6 +84,7 @@ fn players_spawn_at_free_spawn_points_and_see_the_world() {
         y: 1,
         hp: full,
         level: 1,
+        away: false,
     };
     assert_eq!(world.players["ann"], ann);
 }
@@ -414,6 +415,7 @@ fn the_world_survives_a_checkpoint_with_its_zone_map() {
             y: 1,
             hp: 3,
             xp: 7,
+            away: true,
         };
         world.players.insert("ann".into(), hero);
         let saved = serde_json::to_string(&world).unwrap();
@@ -438,4 +440,44 @@ fn both_zones_have_spawns_portals_an_arena_and_npcs() {
     }
     assert_eq!(Zone::of_room("Caves 2"), Zone::Caves);
     assert_eq!(Zone::of_room("ann's room"), Zone::Meadow);
+}
+
+#[test]
+fn a_dropped_player_is_greyed_out_until_back_and_a_second_connection_does_not_drop() {
+    let mut room = game(TINY);
+    room.join("ann");
+    room.join("bob");
+    room.connect("ann", "c1");
+    room.connect("ann", "c2");
+    room.received_game::<Out>("bob");
+    room.disconnect("ann", "c1");
+    assert!(
+        room.received_game::<Out>("bob").is_empty(),
+        "one connection is left"
+    );
+    room.disconnect("ann", "c2");
+    assert_eq!(types(&room.received_game::<Out>("bob")), ["dropped"]);
+    assert!(room.state().players["ann"].away);
+    let greyed = room.state().snapshot();
+    assert!(
+        serde_json::to_value(&greyed)
+            .unwrap()
+            .to_string()
+            .contains("\"away\":true"),
+        "a newcomer sees who is away"
+    );
+    room.connect("ann", "c3");
+    assert_eq!(types(&room.received_game::<Out>("bob")), ["back"]);
+    assert_eq!(
+        types(&room.received_game::<Out>("ann")).last().unwrap(),
+        "welcome"
+    );
+    assert!(!room.state().players["ann"].away);
+    // Dropped again, and the grace runs out: the leave.
+    room.disconnect("ann", "c3");
+    room.leave("ann");
+    assert_eq!(
+        types(&room.received_game::<Out>("bob")),
+        ["dropped", "left"]
+    );
 }
