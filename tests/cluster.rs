@@ -1271,3 +1271,64 @@ async fn in_a_cluster_rooms_hear_drops_from_rabbitmq_and_take_out_who_stays_away
     assert_eq!(view["players_online"], 1, "{view}");
     cluster.end_rooms().await;
 }
+
+/// Eight players queue at once through two lobbies for rooms of 3 to 4: groups form in
+/// the store's transactions, whichever lobby polls, so no ticket gets two rooms and no
+/// room more than 4.
+#[tokio::test]
+async fn two_lobbies_form_queue_groups_once() {
+    let _turn = SERIAL.lock().await;
+    let env = vec![(
+        "GSL_POLICY".to_owned(),
+        "default.min_players=3,default.max_players=4".to_owned(),
+    )];
+    let cluster = Cluster::start_with_env("queue", 2, 1, env).await;
+    let queued = (0..8).map(|i| {
+        let mine = e2e_tests::lobby(&cluster.lobbies[i % 2]);
+        let other = e2e_tests::lobby(&cluster.lobbies[(i + 1) % 2]);
+        async move {
+            let play = game_server_less::proto::Matchmake::named(format!("w{i}"));
+            let mut view = mine.enqueue(&play).await.unwrap();
+            // Polled through both lobbies in turn: either may form the group.
+            for round in 0..4 {
+                if view.status == "matched" {
+                    break;
+                }
+                let at = if round % 2 == 0 { &other } else { &mine };
+                view = at.poll_queue(&view.id, 1).await.unwrap();
+            }
+            view
+        }
+    });
+    let views: Vec<_> = futures_util::future::join_all(queued).await;
+    let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
+    for v in views.iter().filter(|v| v.status == "matched") {
+        let t = v.ticket.as_ref().unwrap();
+        rooms
+            .entry(t.room.clone())
+            .or_default()
+            .push(t.player.clone());
+    }
+    let matched: usize = rooms.values().map(Vec::len).sum();
+    println!(
+        "cluster: 8 queued through 2 lobbies: groups {:?}",
+        rooms.values().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        rooms.values().all(|g| (3..=4).contains(&g.len())),
+        "{rooms:?}"
+    );
+    assert!(
+        matched >= 6 && 8 - matched < 3,
+        "every group that could form did: {rooms:?}"
+    );
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    for (room, players) in &rooms {
+        assert_eq!(
+            store.players(room).await.unwrap().len(),
+            players.len(),
+            "seated once"
+        );
+    }
+    cluster.end_rooms().await;
+}

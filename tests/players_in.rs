@@ -2,7 +2,7 @@
 //! seat reservations, metadata filters, private rooms.
 
 use e2e_tests::{http, temp_dir, Player, Server, WAIT};
-use game_server_less::proto::{Matchmake, Ticket};
+use game_server_less::proto::{Matchmake, QueueView, Ticket};
 use game_server_less::{Config, Ctx, Kinds, Lobby, LobbyClient, Msg, Policy};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +28,13 @@ fn kinds() -> Kinds {
             ctx.set_meta(&meta["meta"]);
         })
         .policy(Policy::new().players(2, 4));
-    Kinds::new().kind("duel", duel).kind("match", arena)
+    let squad = Msg::new(|| 0i64)
+        .route("type=add", on_add)
+        .policy(Policy::new().players(3, 4));
+    Kinds::new()
+        .kind("duel", duel)
+        .kind("match", arena)
+        .kind("squad", squad)
 }
 
 async fn start(config: Config) -> Server {
@@ -44,6 +50,15 @@ async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Quick play as `name` into a `match` whose metadata has `filter`.
+fn in_match(name: &str, filter: Value) -> Matchmake {
+    Matchmake {
+        kind: Some("match".into()),
+        filter: Some(filter),
+        ..Matchmake::named(name)
+    }
 }
 
 #[tokio::test]
@@ -73,7 +88,7 @@ async fn each_kind_has_its_handlers_and_policy_and_overrides_win() {
         unknown["error"]
             .as_str()
             .unwrap()
-            .contains("the kinds are duel, match"),
+            .contains("the kinds are duel, match, squad"),
         "{unknown}"
     );
     for (body, says) in [
@@ -239,13 +254,8 @@ async fn quick_play_filters_on_metadata_and_passes_private_and_locked_rooms_by()
     let dir = temp_dir("filter");
     let server = start(Server::config(&dir)).await;
     let lobby = server.lobby();
-    let play = |name: &str, filter: Value| Matchmake {
-        kind: Some("match".into()),
-        filter: Some(filter),
-        ..Matchmake::named(name)
-    };
     let ranked = lobby
-        .quick_play(&play("a1", json!({ "mode": "ranked" })))
+        .quick_play(&in_match("a1", json!({ "mode": "ranked" })))
         .await
         .unwrap();
     let view = server.get_json(&format!("/rooms/{}", ranked.room)).await;
@@ -255,16 +265,16 @@ async fn quick_play_filters_on_metadata_and_passes_private_and_locked_rooms_by()
         "a room made for a filter has it"
     );
     let casual = lobby
-        .quick_play(&play("a2", json!({ "mode": "casual" })))
+        .quick_play(&in_match("a2", json!({ "mode": "casual" })))
         .await
         .unwrap();
     assert_ne!(casual.room, ranked.room);
     let again = lobby
-        .quick_play(&play("a3", json!({ "mode": "ranked" })))
+        .quick_play(&in_match("a3", json!({ "mode": "ranked" })))
         .await
         .unwrap();
     assert_eq!(again.room, ranked.room);
-    let any = lobby.quick_play(&play("a4", json!({}))).await.unwrap();
+    let any = lobby.quick_play(&in_match("a4", json!({}))).await.unwrap();
     assert_eq!(any.room, ranked.room, "no filter: the fullest open room");
 
     // A private room: never quick play's pick, listed to no one but the operator, and
@@ -285,7 +295,7 @@ async fn quick_play_filters_on_metadata_and_passes_private_and_locked_rooms_by()
     );
     for i in 0..4 {
         let t = lobby
-            .quick_play(&play(&format!("r{i}"), json!({ "mode": "ranked" })))
+            .quick_play(&in_match(&format!("r{i}"), json!({ "mode": "ranked" })))
             .await
             .unwrap();
         assert_ne!(t.room, private["id"].as_str().unwrap());
@@ -305,7 +315,7 @@ async fn quick_play_filters_on_metadata_and_passes_private_and_locked_rooms_by()
 
     // A locked room takes no one, by id or by quick play.
     let open = lobby
-        .quick_play(&play("b1", json!({ "mode": "solo" })))
+        .quick_play(&in_match("b1", json!({ "mode": "solo" })))
         .await
         .unwrap();
     assert!(server
@@ -317,7 +327,7 @@ async fn quick_play_filters_on_metadata_and_passes_private_and_locked_rooms_by()
     let e = lobby.join(&open.room, "b2", None).await.unwrap_err();
     assert!(e.to_string().contains("locked"), "{e}");
     let other = lobby
-        .quick_play(&play("b3", json!({ "mode": "solo" })))
+        .quick_play(&in_match("b3", json!({ "mode": "solo" })))
         .await
         .unwrap();
     assert_ne!(other.room, open.room, "quick play passes a locked room by");
@@ -329,13 +339,13 @@ async fn a_room_locks_and_sets_its_metadata_from_its_handlers() {
     let dir = temp_dir("lock");
     let server = start(Server::config(&dir)).await;
     let lobby = server.lobby();
-    let play = |name: &str, filter: Value| Matchmake {
-        kind: Some("match".into()),
-        filter: Some(filter),
-        ..Matchmake::named(name)
-    };
-    let mut host =
-        Player::join_with(lobby.quick_play(&play("host", json!({}))).await.unwrap()).await;
+    let mut host = Player::join_with(
+        lobby
+            .quick_play(&in_match("host", json!({})))
+            .await
+            .unwrap(),
+    )
+    .await;
     let room = host.ticket.room.clone();
     host.send(json!({ "type": "lock" })).await;
     let listed = |v: &Value| (v["locked"].clone(), v["meta"].clone());
@@ -344,7 +354,7 @@ async fn a_room_locks_and_sets_its_metadata_from_its_handlers() {
         assert!(Instant::now() < deadline, "the room never locked");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let other = lobby.quick_play(&play("g1", json!({}))).await.unwrap();
+    let other = lobby.quick_play(&in_match("g1", json!({}))).await.unwrap();
     assert_ne!(other.room, room, "a locked room is passed by");
     host.send(json!({ "type": "reopen", "meta": { "mode": "ranked" } }))
         .await;
@@ -355,7 +365,7 @@ async fn a_room_locks_and_sets_its_metadata_from_its_handlers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ranked = lobby
-        .quick_play(&play("g2", json!({ "mode": "ranked" })))
+        .quick_play(&in_match("g2", json!({ "mode": "ranked" })))
         .await
         .unwrap();
     assert_eq!(ranked.room, room, "its new metadata matches");
@@ -569,5 +579,132 @@ async fn after_a_restart_every_player_is_dropped_and_those_who_come_back_reconne
             "leave ann"
         ]
     );
+    server.stop().await;
+}
+
+/// Queues `name` for a squad (3 to 4) with `filter`.
+async fn queue_for_squad(lobby: &LobbyClient, name: &str, filter: Value) -> QueueView {
+    let play = Matchmake {
+        kind: Some("squad".into()),
+        filter: Some(filter),
+        ..Matchmake::named(name)
+    };
+    lobby.enqueue(&play).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_queue_forms_a_group_of_one_filter_and_widens_it_after_a_wait() {
+    let dir = temp_dir("queue");
+    let mut config = Server::config(&dir);
+    config.rooms.queue_widen = Duration::from_secs(1);
+    let server = start(config).await;
+    let lobby = server.lobby();
+    let a1 = queue_for_squad(&lobby, "a1", json!({ "mode": "a" })).await;
+    let a2 = queue_for_squad(&lobby, "a2", json!({ "mode": "a" })).await;
+    let b1 = queue_for_squad(&lobby, "b1", json!({ "mode": "b" })).await;
+    assert_eq!(
+        (a1.status.as_str(), a2.status.as_str()),
+        ("waiting", "waiting")
+    );
+    assert_eq!(b1.waiting, 3);
+    assert!(a1.player_key.is_some(), "queuing claims the name");
+    // The third of mode a completes a group (a squad needs 3): all three get one room.
+    let a3 = queue_for_squad(&lobby, "a3", json!({ "mode": "a" })).await;
+    assert_eq!(a3.status, "matched");
+    let room = a3.ticket.as_ref().unwrap().room.clone();
+    for t in [&a1, &a2] {
+        let polled = lobby.poll_queue(&t.id, 0).await.unwrap();
+        assert_eq!(polled.status, "matched");
+        assert_eq!(polled.ticket.unwrap().room, room);
+    }
+    let view = server.get_json(&format!("/rooms/{room}")).await;
+    assert_eq!(
+        (view["kind"].clone(), view["meta"].clone()),
+        (json!("squad"), json!({ "mode": "a" }))
+    );
+    assert_eq!(view["seats"], 3);
+    let b1_now = lobby.poll_queue(&b1.id, 0).await.unwrap();
+    assert_eq!((b1_now.status.as_str(), b1_now.waiting), ("waiting", 1));
+
+    // Three filters, no group, until a wait widens them: then one room for the three.
+    let c = queue_for_squad(&lobby, "c1", json!({ "mode": "c" })).await;
+    let d = queue_for_squad(&lobby, "d1", json!({ "mode": "d" })).await;
+    assert_eq!(c.status, "waiting");
+    let started = Instant::now();
+    let widened = lobby.poll_queue(&d.id, 5).await.unwrap();
+    assert_eq!(widened.status, "matched", "{widened:?}");
+    println!(
+        "the queue widened after {:?} (widen after 1 s)",
+        started.elapsed()
+    );
+    let wide_room = widened.ticket.unwrap().room;
+    assert_ne!(wide_room, room);
+    for t in [&b1, &c] {
+        assert_eq!(
+            lobby
+                .poll_queue(&t.id, 0)
+                .await
+                .unwrap()
+                .ticket
+                .unwrap()
+                .room,
+            wide_room
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_or_dropped_ticket_leaves_the_queue() {
+    let dir = temp_dir("queue-cancel");
+    let mut config = Server::config(&dir);
+    config.rooms.queue_drop = Duration::from_secs(1);
+    let server = start(config).await;
+    let lobby = server.lobby();
+    let gone = queue_for_squad(&lobby, "e1", json!({})).await;
+    lobby.cancel_queue(&gone.id).await.unwrap();
+    let e = lobby.poll_queue(&gone.id, 0).await.unwrap_err();
+    assert!(e.to_string().contains("no ticket"), "{e}");
+    assert!(
+        lobby.cancel_queue(&gone.id).await.is_err(),
+        "cancelled once"
+    );
+    // Not polled for longer than the drop time: out, and no group counts it.
+    let dropped = queue_for_squad(&lobby, "e2", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let e3 = queue_for_squad(&lobby, "e3", json!({})).await;
+    assert_eq!((e3.status.as_str(), e3.waiting), ("waiting", 1), "{e3:?}");
+    assert!(lobby.poll_queue(&dropped.id, 0).await.is_err());
+    // A matched ticket cannot be cancelled: its room is waiting for its player.
+    let e4 = queue_for_squad(&lobby, "e4", json!({})).await;
+    let e5 = queue_for_squad(&lobby, "e5", json!({})).await;
+    assert_eq!(e5.status, "matched", "{e4:?} {e5:?}");
+    let e = lobby.cancel_queue(&e3.id).await.unwrap_err();
+    assert!(e.to_string().contains("matched already"), "{e}");
+    // Bad requests say what is wrong.
+    for (body, says) in [
+        (
+            json!({ "name": "f1", "code": "ABCDEF" }),
+            "unknown field `code`",
+        ),
+        (json!({ "name": "f1", "filter": 3 }), "JSON object"),
+    ] {
+        let (status, e) = post(&server, "/matchmake/queue", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let (status, e) = post(
+        &server,
+        "/matchmake/queue",
+        json!({ "name": "f1", "kind": "chess" }),
+    )
+    .await;
+    assert_eq!(status, 404, "{e}");
+    let too_long = http()
+        .get(format!("{}/matchmake/queue/{}?wait=99", server.http, e3.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status().as_u16(), 400);
     server.stop().await;
 }

@@ -7,10 +7,12 @@
 //! ```sh
 //! cargo run --release -p bench -- run --ccu 300,500,1000 --sweep
 //! cargo run --release -p bench -- idle --rooms 1000
+//! cargo run --release -p bench -- matchmake --rates 250,500,1000 --open-rooms 100,1000,10000
 //! ```
 
 mod floor;
 mod load;
+mod matchmake;
 mod procfs;
 mod report;
 mod target;
@@ -38,6 +40,10 @@ enum Cmd {
     /// Measures what empty rooms cost: server CPU and store writes of rooms nobody is in,
     /// beside the same server with no rooms.
     Idle(IdleArgs),
+    /// Quick plays a second: players ask `POST /matchmake` at steady rates while rooms
+    /// stand open; prints time to the ticket, to the first room message, and the
+    /// server's CPU per seat, side by side for each number of open rooms.
+    Matchmake(MatchArgs),
     /// Serves the floor (used by `run`).
     #[command(hide = true)]
     Floor {
@@ -101,6 +107,22 @@ struct IdleArgs {
     secs: f64,
 }
 
+#[derive(clap::Args, Debug)]
+struct MatchArgs {
+    /// Modes to measure (embedded, rabbitmq).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["embedded", "rabbitmq"])]
+    modes: Vec<Mode>,
+    /// Quick plays a second to ask for, each in turn.
+    #[arg(long, value_delimiter = ',', default_values = ["250", "500", "1000"])]
+    rates: Vec<f64>,
+    /// Rooms open (empty, of four seats) before the quick plays, each in turn.
+    #[arg(long, value_delimiter = ',', default_values = ["100", "1000", "10000"])]
+    open_rooms: Vec<usize>,
+    /// Seconds of quick plays at each rate.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -108,6 +130,7 @@ fn main() {
         match cli.command {
             Cmd::Run(args) => run(args).await,
             Cmd::Idle(args) => idle(args).await,
+            Cmd::Matchmake(args) => matchmake(args).await,
             Cmd::Floor { listen } => match tokio::net::TcpListener::bind(&listen).await {
                 Ok(l) => floor::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
                     eprintln!("floor: {e}");
@@ -240,6 +263,70 @@ async fn measure(mode: Mode, w: &Workload) -> Row {
     }
     target.stop().await;
     row
+}
+
+async fn matchmake(args: MatchArgs) -> i32 {
+    use matchmake::Measured;
+    println!(
+        "Quick plays (POST /matchmake) into rooms of 4, open loop, {} s at each rate; each player connects, asks for the world (look) and goes (grace 0: its seat frees). A fresh server per number of open rooms.\n",
+        args.secs
+    );
+    println!("| mode | open rooms | asked /s | seated /s | ticket p50 ms | ticket p99 ms | first message p99 ms | server CPU µs/seat | failed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let extra = [
+        "--policy",
+        "default.max_players=4,default.grace_secs=0",
+        "--seat-ttl-secs",
+        "3600",
+    ];
+    let mut code = 0;
+    for &mode in &args.modes {
+        for &open in &args.open_rooms {
+            let target = match Target::start_with(mode, &extra).await {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("| {} | {open} | not run: {e} ||||||||", mode.name());
+                    code = 1;
+                    continue;
+                }
+            };
+            let lobby = target.lobby.clone().unwrap_or_default();
+            if let Err(e) = matchmake::open_rooms(&lobby, open).await {
+                println!("| {} | {open} | not run: {e} ||||||||", mode.name());
+                code = 1;
+                target.stop().await;
+                continue;
+            }
+            for &rate in &args.rates {
+                let plan = matchmake::Plan {
+                    rate,
+                    secs: Duration::from_secs_f64(args.secs),
+                    open_rooms: open,
+                };
+                let m = matchmake::run(&lobby, &plan, &target.pids).await;
+                let secs = m.elapsed.as_secs_f64().max(1e-9);
+                let per_seat = m.cpu.as_secs_f64() * 1e6 / (m.seated.max(1) as f64);
+                println!(
+                    "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {}{} |",
+                    mode.name(),
+                    plan.open_rooms,
+                    m.asked as f64 / args.secs,
+                    m.seated as f64 / secs,
+                    Measured::ms(&m.ticket_us, 0.5),
+                    Measured::ms(&m.ticket_us, 0.99),
+                    Measured::ms(&m.first_us, 0.99),
+                    per_seat,
+                    m.failed,
+                    m.first_error.map(|e| format!(" ({e})")).unwrap_or_default(),
+                );
+                if m.failed > 0 {
+                    code = 1;
+                }
+            }
+            target.stop().await;
+        }
+    }
+    code
 }
 
 async fn idle(args: IdleArgs) -> i32 {

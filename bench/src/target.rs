@@ -127,6 +127,11 @@ fn rabbitmq_node() -> Result<(String, u32), String> {
 impl Target {
     /// Starts a fresh server of `mode`, ready for players.
     pub(crate) async fn start(mode: Mode) -> Result<Target, String> {
+        Target::start_with(mode, &[]).await
+    }
+
+    /// [`Target::start`], every game-server process given `extra` arguments too.
+    pub(crate) async fn start_with(mode: Mode, extra: &[&str]) -> Result<Target, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut target = Target {
             mode,
@@ -169,6 +174,7 @@ impl Target {
                     &data,
                 ];
                 args.extend(lenient);
+                args.extend(extra);
                 if mode == Mode::EmbeddedFsync {
                     args.push("--fsync");
                 }
@@ -190,10 +196,12 @@ impl Target {
                 let mut lobby = vec!["game-server", "--role", "lobby", "--listen", AUTH_LOBBY];
                 lobby.extend(common);
                 lobby.extend(lenient);
+                lobby.extend(extra);
                 target.spawn(&exe, "lobby", &lobby)?;
                 let mut worker = vec!["game-server", "--role", "worker"];
                 worker.extend(common);
                 worker.extend(["--log", "warn,sqlx=warn"]);
+                worker.extend(extra);
                 target.spawn(&exe, "worker", &worker)?;
                 target.pids.push(node);
                 target.broker = Some(broker.clone());

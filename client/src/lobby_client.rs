@@ -20,7 +20,7 @@
 //! [`Error::Forbidden`], 429 and 503 [`Error::Limited`]) with the lobby's own message, or
 //! as [`Error::Unreachable`] when no lobby answers.
 
-use crate::proto::{Inventory, Matchmake, RoomView, Ticket};
+use crate::proto::{Inventory, Matchmake, QueueView, RoomView, Ticket};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -88,6 +88,32 @@ impl LobbyClient {
     /// `play.code`; reserved until the ticket's first connection.
     pub async fn quick_play(&self, play: &Matchmake) -> Result<Ticket> {
         self.post("/matchmake", None, play).await
+    }
+
+    /// `POST /matchmake/queue`: waits in the matchmaking queue for a group of
+    /// `play.kind` (its `min_players`) with `play.filter`, which a wait widens. Poll
+    /// the answer's id with [`LobbyClient::poll_queue`].
+    pub async fn enqueue(&self, play: &Matchmake) -> Result<QueueView> {
+        self.post("/matchmake/queue", None, play).await
+    }
+
+    /// `GET /matchmake/queue/{id}?wait=SECS`: the ticket, once matched or after `wait`
+    /// seconds (at most 8) of waiting. A ticket not polled for 30 s leaves the queue.
+    pub async fn poll_queue(&self, id: &str, wait: u64) -> Result<QueueView> {
+        let path = format!("/matchmake/queue/{}?wait={wait}", segment(id)?);
+        let request = self
+            .http
+            .get(self.at(&path))
+            .timeout(Duration::from_secs(wait + 10));
+        self.call(request).await
+    }
+
+    /// `DELETE /matchmake/queue/{id}`: leaves the queue.
+    pub async fn cancel_queue(&self, id: &str) -> Result<()> {
+        let path = format!("/matchmake/queue/{}", segment(id)?);
+        let request = self.http.delete(self.at(&path));
+        let _: serde_json::Value = self.call(request).await?;
+        Ok(())
     }
 
     /// `POST /rooms/{id}/leave` with the ticket's token.

@@ -106,6 +106,29 @@ pub struct Matchmake {
     pub code: Option<String>,
 }
 
+/// A ticket in the matchmaking queue (`POST /matchmake/queue`), as its holder polls it
+/// (`GET /matchmake/queue/{id}?wait=SECS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueView {
+    /// The ticket's id: a secret, which polls and cancels it.
+    pub id: String,
+    /// `waiting`, or `matched` (then `ticket` is the room's).
+    pub status: String,
+    /// The kind of room it waits for.
+    pub kind: String,
+    /// How long it has waited, in milliseconds.
+    pub waited_ms: u64,
+    /// Tickets of the kind waiting now (this one included while it waits).
+    pub waiting: usize,
+    /// The group's room's ticket, once matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<Ticket>,
+    /// The name's player key, when queuing claimed the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_key: Option<String>,
+}
+
 impl Matchmake {
     /// Quick play as `name` into the server's default kind, any room.
     pub fn named(name: impl Into<String>) -> Matchmake {

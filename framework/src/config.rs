@@ -299,6 +299,10 @@ pub struct Args {
     /// connection before it is given up.
     #[arg(long, default_value_t = defaults().rooms.seat_ttl.as_secs())]
     pub seat_ttl_secs: u64,
+    /// Seconds after which a ticket in the matchmaking queue (POST /matchmake/queue)
+    /// takes a group of any filter.
+    #[arg(long, default_value_t = defaults().rooms.queue_widen.as_secs())]
+    pub queue_widen_secs: u64,
     /// Overrides a kind's policy, whatever its code declares: KIND.KEY=VALUE (`*.KEY`
     /// for every kind), again for each. Keys: min_players, max_players,
     /// inputs_per_second, input_burst, inbox_bound, idle_secs, grace_secs, fsync,
@@ -389,6 +393,7 @@ impl Args {
                 creations_per_minute: self.room_creations_per_minute,
                 max_players_per_room: self.max_players_per_room,
                 seat_ttl: Duration::from_secs(self.seat_ttl_secs),
+                queue_widen: Duration::from_secs(self.queue_widen_secs),
                 ..defaults.rooms
             },
             grace: Duration::from_secs(self.grace_secs),

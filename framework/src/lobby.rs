@@ -14,7 +14,7 @@
 //! | `GET /openapi.json` | this API, described |
 
 use crate::auth::RabbitAuth;
-pub use crate::proto::{valid_name, RoomView, Ticket};
+pub use crate::proto::{valid_name, QueueView, RoomView, Ticket};
 use crate::rooms::{QuickPlay, RoomSpec, Rooms, Viewer};
 use crate::token::key_name;
 use axum::extract::{FromRequestParts, Path, State};
@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
 
 /// The lobby's routes: the game adds its own with [`Lobby::route`], the framework adds
 /// the room routes when it serves them.
@@ -72,6 +73,11 @@ impl Lobby {
             .route("/rooms/{id}/join", post(join_room))
             .route("/rooms/{id}/leave", post(leave_room))
             .route("/matchmake", post(matchmake))
+            .route("/matchmake/queue", post(enqueue))
+            .route(
+                "/matchmake/queue/{id}",
+                get(poll_queue).delete(cancel_queued),
+            )
             .route(
                 "/rooms/{id}/players/{name}",
                 axum::routing::delete(kick_player),
@@ -269,6 +275,23 @@ struct Matchmake {
     code: Option<String>,
 }
 
+/// `POST /matchmake/queue`: wait for a group of a kind whose filters match.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct JoinQueue {
+    /// Who plays: 1 to 32 letters, digits, `-` or `_`.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
+    name: Option<String>,
+    /// The name's player key, from its first join.
+    key: Option<String>,
+    /// The kind of room [default: the server's first].
+    kind: Option<String>,
+    /// Metadata the group's room will have, each key equal (a JSON object); a wait
+    /// widens it.
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
+}
+
 /// Every error: what went wrong, and often what to do.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct ErrorBody {
@@ -365,8 +388,8 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
-    paths(health, metrics, create_room, list_rooms, get_room, join_room, matchmake, leave_room, kick_player, delete_room),
-    components(schemas(RoomView, Ticket, CreateRoom, JoinRoom, Matchmake, ErrorBody)),
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room),
+    components(schemas(RoomView, Ticket, QueueView, CreateRoom, JoinRoom, Matchmake, JoinQueue, ErrorBody)),
     modifiers(&BearerTokens),
 )]
 pub struct LobbyApi;
@@ -481,12 +504,13 @@ async fn join_room(
     let name = req
         .name
         .ok_or_else(|| ApiError::bad_request("say who joins: {\"name\": \"alice\"}"))?;
-    // The name's key, in the body or as the bearer.
-    let key = req
-        .key
-        .as_deref()
-        .or(bearer(&headers).filter(|b| key_name(b).is_some()));
+    let key = name_key(req.key.as_deref(), &headers);
     Ok(Json(rooms.join(&id, &name, key).await?))
+}
+
+/// The name's player key: in the body (`in_body`), or as the bearer.
+fn name_key<'a>(in_body: Option<&'a str>, headers: &'a axum::http::HeaderMap) -> Option<&'a str> {
+    in_body.or(bearer(headers).filter(|b| key_name(b).is_some()))
 }
 
 #[utoipa::path(post, path = "/matchmake", tag = "rooms", request_body = Matchmake,
@@ -503,23 +527,107 @@ async fn matchmake(
     headers: axum::http::HeaderMap,
     raw: Bytes,
 ) -> ApiResult<Json<Ticket>> {
-    let req: Matchmake = body(&raw)?;
+    let play = quick_play_of(&raw, &headers)?;
+    Ok(Json(rooms.quick_play(&play).await?))
+}
+
+/// The quick play (or queue ticket) a `Matchmake` body asks for.
+fn quick_play_of(raw: &Bytes, headers: &axum::http::HeaderMap) -> ApiResult<QuickPlay> {
+    let req: Matchmake = body(raw)?;
     let name = req
         .name
         .ok_or_else(|| ApiError::bad_request("say who plays: {\"name\": \"alice\"}"))?;
-    let key = req.key.or_else(|| {
-        bearer(&headers)
-            .filter(|b| key_name(b).is_some())
-            .map(str::to_owned)
-    });
-    let play = QuickPlay {
+    let key = name_key(req.key.as_deref(), headers).map(str::to_owned);
+    Ok(QuickPlay {
         name,
         key,
         kind: req.kind,
         filter: req.filter.unwrap_or_default(),
         code: req.code,
+    })
+}
+
+#[utoipa::path(post, path = "/matchmake/queue", tag = "rooms", request_body = JoinQueue,
+    responses((status = 201, description = "Waiting in the queue (or matched at once): poll its id", body = QueueView),
+        (status = 403, description = "The name is someone else's", body = ErrorBody),
+        (status = 404, description = "No room kind has the name", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn enqueue(
+    State(rooms): State<Rooms>,
+    headers: axum::http::HeaderMap,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<QueueView>)> {
+    let req: JoinQueue = body(&raw)?;
+    let play = QuickPlay {
+        name: req
+            .name
+            .ok_or_else(|| ApiError::bad_request("say who plays: {\"name\": \"alice\"}"))?,
+        key: name_key(req.key.as_deref(), &headers).map(str::to_owned),
+        kind: req.kind,
+        filter: req.filter.unwrap_or_default(),
+        code: None,
     };
-    Ok(Json(rooms.quick_play(&play).await?))
+    Ok((StatusCode::CREATED, Json(rooms.enqueue(&play).await?)))
+}
+
+#[utoipa::path(get, path = "/matchmake/queue/{id}", tag = "rooms", params(("id" = String, Path, description = "The queue ticket's id"), Wait),
+    responses((status = 200, description = "Matched (with the room's ticket), or still waiting after `wait` seconds", body = QueueView),
+        (status = 404, description = "No such ticket: cancelled, dropped, or never there", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn poll_queue(
+    State(rooms): State<Rooms>,
+    PathOf(id): PathOf<String>,
+    axum::extract::Query(wait): axum::extract::Query<Wait>,
+) -> ApiResult<Json<QueueView>> {
+    if wait.wait > MAX_WAIT {
+        return Err(ApiError::bad_request(format!(
+            "wait is 0 to {MAX_WAIT} seconds"
+        )));
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(wait.wait);
+    loop {
+        let view = rooms.poll_queue(&id).await?;
+        if view.status != "waiting" || tokio::time::Instant::now() >= until {
+            return Ok(Json(view));
+        }
+        tokio::time::sleep(QUEUE_POLL).await;
+    }
+}
+
+#[utoipa::path(delete, path = "/matchmake/queue/{id}", tag = "rooms", params(("id" = String, Path, description = "The queue ticket's id")),
+    responses((status = 204, description = "Out of the queue"),
+        (status = 404, description = "No such ticket", body = ErrorBody),
+        (status = 409, description = "Matched already: poll it for the room's ticket", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn cancel_queued(
+    State(rooms): State<Rooms>,
+    PathOf(id): PathOf<String>,
+) -> ApiResult<StatusCode> {
+    rooms.cancel_queued(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The longest a queue poll waits, in seconds: under the lobby's request timeout (10 s,
+/// `HttpLimits::request_timeout`).
+const MAX_WAIT: u64 = 8;
+/// How often a waiting poll looks again.
+const QUEUE_POLL: Duration = Duration::from_millis(200);
+
+/// `?wait=SECS` of a queue poll.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct Wait {
+    /// Seconds to wait for a match before answering `waiting` (0 to 8).
+    #[serde(default)]
+    #[param(minimum = 0, maximum = 8)]
+    wait: u64,
 }
 
 #[utoipa::path(post, path = "/rooms/{id}/leave", tag = "rooms", params(("id" = String, Path, description = "The room id")),

@@ -16,9 +16,11 @@ use crate::admin::BrokerAdmin;
 use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
 use crate::policy::Policies;
-use crate::proto::{valid_name, RoomView, Ticket};
+use crate::proto::{valid_name, QueueView, RoomView, Ticket};
 use crate::room::Transfer;
-use crate::store::{NewRoom, RoomRecord, Seated, Store, TransferPlan};
+use crate::store::{
+    GroupRule, Matched, NewRoom, QueueTicket, RoomRecord, Seated, Store, TransferPlan,
+};
 use crate::token::{
     key_hash, key_name, player_key, random_bytes, random_id, same_secret, Claims, Signer,
 };
@@ -46,6 +48,10 @@ pub struct RoomSettings {
     pub max_players_per_room: usize,
     /// How long a seat quick play reserved waits for the player's first connection.
     pub seat_ttl: Duration,
+    /// After this long in the matchmaking queue, a ticket's filter no longer counts.
+    pub queue_widen: Duration,
+    /// A queue ticket not polled for this long leaves the queue.
+    pub queue_drop: Duration,
 }
 
 impl Default for RoomSettings {
@@ -57,6 +63,8 @@ impl Default for RoomSettings {
             creations_per_minute: 30,
             max_players_per_room: 100,
             seat_ttl: Duration::from_secs(15),
+            queue_widen: Duration::from_secs(10),
+            queue_drop: Duration::from_secs(30),
         }
     }
 }
@@ -421,11 +429,7 @@ impl Rooms {
     /// it and answers its player key; a later one must present `key`. Joining a room
     /// one is in already revokes the earlier ticket and closes its connections.
     pub async fn join(&self, room: &str, player: &str, key: Option<&str>) -> Result<Ticket> {
-        if !valid_name(player) {
-            return Err(Error::Invalid(
-                "a player name has 1 to 32 letters, digits, '-' or '_'".into(),
-            ));
-        }
+        check_player_name(player)?;
         self.record(room).await?;
         let new_key = self.own_name(player, key).await?;
         let mut ticket = self.admit(room, player, Value::Null, None).await?;
@@ -438,19 +442,9 @@ impl Rooms {
     /// when none fits; or in the private room of `play.code`. The seat is reserved for
     /// the ticket's first connection ([`RoomSettings::seat_ttl`]), then the player's.
     pub async fn quick_play(&self, play: &QuickPlay) -> Result<Ticket> {
-        let player = play.name.as_str();
-        if !valid_name(player) {
-            return Err(Error::Invalid(
-                "a player name has 1 to 32 letters, digits, '-' or '_'".into(),
-            ));
-        }
-        let kind = self
-            .policies()
-            .kind(play.kind.as_deref())
-            .map_err(Error::NotFound)?;
-        let filter = check_meta(&play.filter)?;
+        let (player, kind, filter) = self.checked(play)?;
         let new_key = self.own_name(player, play.key.as_deref()).await?;
-        let reserve = crate::store::now_ms() + self.inner.settings.seat_ttl.as_millis() as i64;
+        let reserve = self.reserve_until();
         let mut ticket = match &play.code {
             Some(code) => {
                 let room = self.store().room_by_code(code).await?.ok_or_else(|| {
@@ -466,6 +460,16 @@ impl Rooms {
         Ok(ticket)
     }
 
+    /// A quick play's (or queue ticket's) player, kind and filter, checked.
+    fn checked<'a>(&'a self, play: &'a QuickPlay) -> Result<(&'a str, &'a str, Value)> {
+        check_player_name(&play.name)?;
+        let kind = self
+            .policies()
+            .kind(play.kind.as_deref())
+            .map_err(Error::NotFound)?;
+        Ok((&play.name, kind, check_meta(&play.filter)?))
+    }
+
     /// Seats `player` in an open room of `kind` matching `filter`, or a new one.
     async fn seat_anywhere(
         &self,
@@ -474,29 +478,41 @@ impl Rooms {
         player: &str,
         reserve: i64,
     ) -> Result<Ticket> {
-        if let Some(ticket) = self
-            .seat_in_open_room(kind, filter, player, reserve)
-            .await?
-        {
-            return Ok(ticket);
+        // Others may take every seat of a room made here before its maker sits down:
+        // then again, from the open rooms.
+        for _ in 0..8 {
+            if let Some(ticket) = self
+                .seat_in_open_room(kind, filter, player, reserve)
+                .await?
+            {
+                return Ok(ticket);
+            }
+            let _one_at_a_time = self.inner.making.lock().await;
+            // A room made while this one waited may have a seat.
+            if let Some(ticket) = self
+                .seat_in_open_room(kind, filter, player, reserve)
+                .await?
+            {
+                return Ok(ticket);
+            }
+            let spec = RoomSpec {
+                name: kind.to_owned(),
+                kind: Some(kind.to_owned()),
+                meta: filter.clone(),
+                private: false,
+            };
+            let room = self.create_room(&spec).await?;
+            match self
+                .admit(&room.id, player, Value::Null, Some(reserve))
+                .await
+            {
+                Err(Error::Limited(_) | Error::Conflict(_)) => continue,
+                seated => return seated,
+            }
         }
-        let _one_at_a_time = self.inner.making.lock().await;
-        // A room made while this one waited may have a seat.
-        if let Some(ticket) = self
-            .seat_in_open_room(kind, filter, player, reserve)
-            .await?
-        {
-            return Ok(ticket);
-        }
-        let spec = RoomSpec {
-            name: kind.to_owned(),
-            kind: Some(kind.to_owned()),
-            meta: filter.clone(),
-            private: false,
-        };
-        let room = self.create_room(&spec).await?;
-        self.admit(&room.id, player, Value::Null, Some(reserve))
-            .await
+        Err(Error::Limited(format!(
+            "every room of kind {kind} filled before {player} could sit down; try again"
+        )))
     }
 
     /// A seat in the first open room of `kind` that matches `filter` and still has one.
@@ -533,9 +549,148 @@ impl Rooms {
         }
     }
 
+    /// Puts `play.name` in the matchmaking queue for a group of `play.kind` with
+    /// `play.filter`: the group forms once the kind's `min_players` compatible tickets
+    /// wait (a ticket waiting [`RoomSettings::queue_widen`] takes any filter), and all
+    /// of them get tickets to one new room. Poll it with [`Rooms::poll_queue`].
+    pub async fn enqueue(&self, play: &QuickPlay) -> Result<QueueView> {
+        if play.code.is_some() {
+            return Err(Error::Invalid(
+                "the queue makes a new room for its group; a private room's code is for POST /matchmake".into(),
+            ));
+        }
+        let (player, kind, filter) = self.checked(play)?;
+        let new_key = self.own_name(player, play.key.as_deref()).await?;
+        let id = random_id(16);
+        self.store().enqueue(&id, kind, &filter, player).await?;
+        let mut view = self.poll_queue(&id).await?;
+        view.player_key = new_key;
+        Ok(view)
+    }
+
+    /// Queue ticket `id`: matched (with the room's ticket), or still waiting. Polling
+    /// keeps it in the queue, and forms the groups of its kind that can be formed.
+    pub async fn poll_queue(&self, id: &str) -> Result<QueueView> {
+        let gone = || {
+            Error::NotFound(format!(
+                "no ticket {id} in the queue: it was cancelled, dropped (not polled for {} s), or never there",
+                self.inner.settings.queue_drop.as_secs()
+            ))
+        };
+        let mut ticket = self.store().poll_ticket(id).await?.ok_or_else(gone)?;
+        if ticket.matched.is_none() {
+            self.form_groups(&ticket.kind).await?;
+            ticket = self.store().poll_ticket(id).await?.ok_or_else(gone)?;
+        }
+        let waited_ms = (crate::store::now_ms() - ticket.created_at).max(0) as u64;
+        let mut view = QueueView {
+            id: ticket.id.clone(),
+            kind: ticket.kind.clone(),
+            waited_ms,
+            ..QueueView::default()
+        };
+        match &ticket.matched {
+            Some(matched) => {
+                view.status = "matched".into();
+                view.ticket = Some(self.seat_matched(&ticket, matched).await?);
+            }
+            None => {
+                view.status = "waiting".into();
+                view.waiting = self.store().waiting(&ticket.kind).await?;
+            }
+        }
+        Ok(view)
+    }
+
+    /// Takes queue ticket `id` out of the queue.
+    pub async fn cancel_queued(&self, id: &str) -> Result<()> {
+        if self.store().cancel_ticket(id).await? {
+            return Ok(());
+        }
+        match self.store().poll_ticket(id).await? {
+            Some(_) => Err(Error::Conflict(format!(
+                "ticket {id} is matched already: poll it for its room's ticket"
+            ))),
+            None => Err(Error::NotFound(format!("no ticket {id} in the queue"))),
+        }
+    }
+
+    /// Forms every group of `kind` the queue holds, each in a new room whose players are
+    /// seated at once (each ticket's poll seats its player again if this fails midway).
+    async fn form_groups(&self, kind: &str) -> Result<()> {
+        let policy = self.policies().of(kind);
+        let settings = &self.inner.settings;
+        let rule = GroupRule {
+            min: policy.min_players,
+            max: policy.max_players,
+            widen_after_ms: settings.queue_widen.as_millis() as i64,
+            drop_after_ms: settings.queue_drop.as_millis() as i64,
+        };
+        loop {
+            let room = random_id(4);
+            let formed = self
+                .store()
+                .form_group(kind, rule, &room, || random_id(4))
+                .await?;
+            let Some((meta, group)) = formed else {
+                return Ok(());
+            };
+            self.open_group_room(&room, kind, &meta).await?;
+            crate::metrics::QUICK_PLAYS.inc_by(group.len() as u64);
+            let reserve = self.reserve_until();
+            for (player, join) in group {
+                if let Err(e) = self
+                    .admit_as(&room, &player, &join, Value::Null, Some(reserve))
+                    .await
+                {
+                    tracing::warn!(%room, %player, "cannot seat a matched player yet (its poll tries again): {e}");
+                }
+            }
+        }
+    }
+
+    /// Makes a matched group's room `room`, unless it exists.
+    async fn open_group_room(&self, room: &str, kind: &str, meta: &Value) -> Result<()> {
+        // The inbox first: a worker that sees the record must find its inbox.
+        self.open_inbox(room, kind).await?;
+        let new = NewRoom {
+            id: room,
+            name: kind,
+            kind,
+            meta,
+            code: None,
+        };
+        self.store().create_room_once(&new).await?;
+        self.inner.launcher.launch(room);
+        self.control(room, Control::Wake).await
+    }
+
+    /// The room's ticket of a matched queue ticket's player, seating the player first
+    /// if whoever formed the group did not (it died, say).
+    async fn seat_matched(&self, ticket: &QueueTicket, matched: &Matched) -> Result<Ticket> {
+        let (room, player) = (matched.room.as_str(), ticket.player.as_str());
+        if self.store().player_join(room, player).await?.as_deref() != Some(&matched.join) {
+            if self.store().room(room).await?.is_none() {
+                self.open_group_room(room, &ticket.kind, &matched.meta)
+                    .await?;
+            }
+            let reserve = self.reserve_until();
+            self.admit_as(room, player, &matched.join, Value::Null, Some(reserve))
+                .await?;
+        }
+        Ok(self.ticket(room, player, &matched.join))
+    }
+
+    /// When a seat reserved now is given up unless its ticket connects.
+    fn reserve_until(&self) -> i64 {
+        crate::store::now_ms() + self.inner.settings.seat_ttl.as_millis() as i64
+    }
+
     /// Gives up the seats quick play reserved whose first connection did not come in
     /// time: the player leaves the room (its leave hook runs). Returns how many.
     pub async fn expire_reservations(&self) -> Result<usize> {
+        // Queue tickets whose group was formed long ago are done with.
+        self.store().forget_matched_tickets(10 * 60 * 1000).await?;
         let mut given_up = 0;
         for (room, player, join) in self.store().expired_reservations(500).await? {
             if !self
@@ -975,6 +1130,15 @@ impl Rooms {
             created_at: record.created_at,
         }
     }
+}
+
+fn check_player_name(player: &str) -> Result<()> {
+    if !valid_name(player) {
+        return Err(Error::Invalid(
+            "a player name has 1 to 32 letters, digits, '-' or '_'".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Metadata as stored: an object (`null` is none); anything else is refused.

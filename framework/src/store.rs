@@ -2,12 +2,14 @@
 //! default) or PostgreSQL, through one SQL text (sqlx's `Any` driver). One concept a
 //! file, each an `impl Store`: `rooms.rs`, `players.rs`, `items.rs`, `checkpoints.rs`
 //! (the group commit), `transfers.rs` (the outbox), `workers.rs` (cluster workers),
-//! `seats.rs` (seats taken and reserved, quick play's candidates);
+//! `seats.rs` (seats taken and reserved, quick play's candidates), `queue.rs` (the
+//! matchmaking queue);
 //! `schema.rs` holds the migrations.
 
 mod checkpoints;
 mod items;
 mod players;
+mod queue;
 mod rooms;
 mod schema;
 mod seats;
@@ -15,6 +17,7 @@ mod transfers;
 mod workers;
 
 use self::checkpoints::SaveQueue;
+pub use self::queue::{GroupRule, Matched, QueueTicket};
 use self::schema::MIGRATIONS;
 pub use self::seats::Seated;
 use crate::{Error, Result};

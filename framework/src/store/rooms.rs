@@ -9,14 +9,26 @@ use sqlx::Row;
 impl Store {
     /// Records a new room as `new` describes it.
     pub async fn create_room(&self, new: &NewRoom<'_>) -> Result<RoomRecord> {
+        self.insert_room(new, "").await
+    }
+
+    /// Records room `new.id` unless it is recorded (a matched group's room, which the
+    /// group's first poll makes if whoever formed the group did not live to).
+    pub async fn create_room_once(&self, new: &NewRoom<'_>) -> Result<()> {
+        self.insert_room(new, "ON CONFLICT (id) DO NOTHING")
+            .await
+            .map(drop)
+    }
+
+    async fn insert_room(&self, new: &NewRoom<'_>, on_conflict: &str) -> Result<RoomRecord> {
         let created_at = now();
         let meta = match new.meta {
             serde_json::Value::Null => serde_json::json!({}),
             meta => meta.clone(),
         };
-        sqlx::query(
-            "INSERT INTO rooms (id, name, created_at, kind, meta, code) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO rooms (id, name, created_at, kind, meta, code) VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
+        ))
         .bind(new.id)
         .bind(new.name)
         .bind(created_at)
