@@ -1332,3 +1332,51 @@ async fn two_lobbies_form_queue_groups_once() {
     }
     cluster.end_rooms().await;
 }
+
+/// A spectator on RabbitMQ: the world as a snapshot on its own destination once it has
+/// subscribed, the room's topic after it with no gap, and RabbitMQ refuses its SENDs.
+#[tokio::test]
+async fn on_rabbitmq_a_spectator_catches_up_and_cannot_send() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("spectate", 1, 1).await;
+    let lobby = &cluster.lobbies[0];
+    let room = create_room_at(lobby).await;
+    let mut ann = player(lobby, &room, "ann", true).await;
+    next_about(&mut ann.room, "joined", "ann").await;
+    let ticket: Ticket = e2e_tests::lobby(lobby)
+        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
+        .await
+        .unwrap();
+    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
+    let watcher = Client::connect(&ticket.tcp_url, options).await.unwrap();
+    let mut topic = watcher
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut private = watcher
+        .subscribe(&ticket.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let welcome = e2e_tests::next_of(&mut private, "welcome").await;
+    let seq = welcome["seq"].as_u64().unwrap();
+    assert!(welcome["players"]["ann"].is_object(), "{welcome}");
+    // Ann moves: the spectator's next room message is the one after the snapshot.
+    for (i, (dx, dy)) in [(1, 0), (-1, 0), (0, 1), (0, -1)].into_iter().enumerate() {
+        let body = json!({ "type": "move", "dx": dx, "dy": dy, "seq": i + 1 }).to_string();
+        ann.client.send(&ann.inbox, body).await.unwrap();
+    }
+    let next = loop {
+        let m = json_of(&topic.recv_timeout(WAIT).await.unwrap());
+        if m["seq"].as_u64().unwrap() > seq {
+            break m;
+        }
+    };
+    assert_eq!(next["seq"].as_u64().unwrap(), seq + 1, "no gap: {next}");
+    let inbox = format!("/exchange/gsl.inputs/room.{room}.{}", ticket.player);
+    let refused = watcher.send(&inbox, r#"{"type":"look","seq":1}"#).await;
+    assert!(
+        refused.is_err(),
+        "RabbitMQ let a spectator send: {refused:?}"
+    );
+    cluster.end_rooms().await;
+}

@@ -3,6 +3,7 @@
 
 use e2e_tests::{http, temp_dir, Player, Server, WAIT};
 use game_server_less::proto::{Matchmake, QueueView, Ticket};
+use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
 use game_server_less::{Config, Ctx, Kinds, Lobby, LobbyClient, Msg, Policy};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -706,5 +707,89 @@ async fn a_cancelled_or_dropped_ticket_leaves_the_queue() {
         .await
         .unwrap();
     assert_eq!(too_long.status().as_u16(), 400);
+    server.stop().await;
+}
+
+/// A counter whose snapshot is its count, watched by at most one spectator.
+fn watched() -> Msg<i64> {
+    Msg::new(|| 0i64)
+        .route("type=add", on_add)
+        .snapshot(|n: &i64| json!({ "type": "snapshot", "n": n }))
+        .policy(Policy::new().spectators(1))
+}
+
+#[tokio::test]
+async fn a_spectator_reads_without_a_gap_sends_nothing_and_counts_against_the_policy() {
+    let dir = temp_dir("spectate");
+    let server = Server::start(Lobby::new(), watched(), &dir).await;
+    let room = server.create_room().await;
+    let mut ann = Player::join(&server, &room, "ann", true).await;
+    for _ in 0..10 {
+        ann.send(json!({ "type": "add", "by": 1 })).await;
+    }
+    // Ann plays on while the spectator arrives.
+    let playing = tokio::spawn(async move {
+        for _ in 0..30 {
+            ann.send(json!({ "type": "add", "by": 1 })).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ann
+    });
+    let lobby = server.lobby();
+    let ticket: Ticket = lobby
+        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
+        .await
+        .unwrap();
+    assert!(ticket.spectator && ticket.inbox.is_empty(), "{ticket:?}");
+    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
+    let watcher = Client::connect(&ticket.tcp_url, options.clone())
+        .await
+        .unwrap();
+    let mut topic = watcher
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut private = watcher
+        .subscribe(&ticket.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let snapshot = e2e_tests::next_of(&mut private, "snapshot").await;
+    let (mut seq, mut n) = (
+        snapshot["seq"].as_u64().unwrap(),
+        snapshot["n"].as_i64().unwrap(),
+    );
+    println!("the spectator's snapshot: n = {n} at seq {seq}");
+    // Then the topic from just after the snapshot: every seq once, in order, to the end.
+    while n < 40 {
+        let m = e2e_tests::next_of(&mut topic, "total").await;
+        let at = m["seq"].as_u64().unwrap();
+        if at <= seq {
+            continue; // the snapshot has it already
+        }
+        assert_eq!(at, seq + 1, "no gap after the snapshot");
+        assert_eq!(m["n"].as_i64().unwrap(), n + 1);
+        (seq, n) = (at, n + 1);
+    }
+    let _ann = playing.await.unwrap();
+    // One spectator at a time, as the policy says.
+    let second: Ticket = lobby
+        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
+        .await
+        .unwrap();
+    let options = ConnectOptions::login(second.login.clone(), second.token.clone());
+    let Err(full) = Client::connect(&second.tcp_url, options).await else {
+        panic!("a second spectator was let in");
+    };
+    assert!(full.to_string().contains("spectators, its most"), "{full}");
+    // A spectator sends nothing: the broker refuses, even to the room's inbox.
+    let refused = watcher
+        .send(&format!("/queue/room.{room}"), r#"{"type":"add","seq":1}"#)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let e = lobby
+        .post::<_, Ticket>("/rooms/nope/spectate", None, &json!({}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no room"), "{e}");
     server.stop().await;
 }

@@ -168,6 +168,12 @@ pub struct Ticket {
     /// every later join with the name must present it (`"key"` in the join request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player_key: Option<String>,
+    /// A spectator's ticket (`POST /rooms/{id}/spectate`): it reads `topic` and
+    /// `private` and sends nothing (`inbox` is empty). Subscribe to `topic`, then to
+    /// `private`: the room then sends a snapshot there, stamped with its `seq`; drop the
+    /// topic's messages up to that `seq`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spectator: bool,
 }
 
 /// A player's persistent inventory (`GET /user/items`): item to count.

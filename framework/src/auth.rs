@@ -6,7 +6,10 @@
 use crate::broker::{
     default_can_send, default_can_subscribe, Authorizer, Notice, Principal, Rate, SendRate,
 };
-use crate::names::{player_login, Names, BROKER_USER, GUEST, INPUT_EXCHANGE, WORKER_USER};
+use crate::names::{
+    is_spectator, player_login, Names, BROKER_USER, GUEST, INPUT_EXCHANGE, SPECTATOR_JOIN,
+    WORKER_USER,
+};
 use crate::policy::Policies;
 use crate::store::Store;
 use crate::token::{Claims, Signer};
@@ -25,6 +28,8 @@ pub struct Joins(Arc<RwLock<JoinMaps>>);
 struct JoinMaps {
     joins: HashMap<(String, String), String>,
     kinds: HashMap<String, String>,
+    /// Spectators connected, by room.
+    spectators: HashMap<String, usize>,
     /// Joins whose seat is reserved until their first connection.
     reserved: HashSet<String>,
 }
@@ -71,6 +76,31 @@ impl Joins {
         self.0.write().unwrap().reserved.remove(join)
     }
 
+    /// A spectator of `room` connected (`true`) or went.
+    fn count_spectator(&self, room: &str, connected: bool) {
+        let mut maps = self.0.write().unwrap();
+        let n = maps.spectators.entry(room.to_owned()).or_default();
+        *n = if connected {
+            *n + 1
+        } else {
+            n.saturating_sub(1)
+        };
+        if *n == 0 {
+            maps.spectators.remove(room);
+        }
+    }
+
+    /// Spectators of `room` connected now.
+    fn spectators(&self, room: &str) -> usize {
+        self.0
+            .read()
+            .unwrap()
+            .spectators
+            .get(room)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Room `room` is of kind `kind`.
     pub(crate) fn set_kind(&self, room: &str, kind: &str) {
         let mut maps = self.0.write().unwrap();
@@ -111,6 +141,14 @@ pub enum PlayerEvent {
     /// The first connection of a ticket whose seat quick play reserved: the seat is the
     /// player's now.
     Confirmed(Claims),
+    /// Spectator `watcher` subscribed to its own destination (after the topic): the
+    /// room sends it its snapshot.
+    Watching {
+        /// The room.
+        room: String,
+        /// The spectator.
+        watcher: String,
+    },
     /// One of `player`'s connections to `room` opened (`connected`) or closed.
     Presence {
         /// The room.
@@ -160,17 +198,45 @@ impl GameAuthorizer {
         self
     }
 
-    /// Tells of a player's connection coming or going (nobody else's).
+    /// Tells of a player's connection coming or going (nobody else's); counts
+    /// spectators' connections.
     fn presence(&self, session: u64, principal: &Principal, connected: bool) {
         let (Some(events), Some(room)) = (&self.events, &principal.tag) else {
             return;
         };
+        if is_spectator(&principal.name) {
+            self.joins.count_spectator(room, connected);
+            return;
+        }
         let _ = events.send(PlayerEvent::Presence {
             room: room.clone(),
             player: principal.name.clone(),
             connection: session.to_string(),
             connected,
         });
+    }
+
+    /// What a spectator of `room` may do: read the topic and its own destination,
+    /// while the room has fewer spectators than its kind allows.
+    fn spectator_grants(&self, room: &str, watcher: &str) -> Result<Principal, String> {
+        if let Some(policies) = &self.policies {
+            let most = policies.of(&self.joins.kind(room)).spectators;
+            if self.joins.spectators(room) >= most {
+                return Err(format!(
+                    "room {room} has {most} spectators, its most; try again later"
+                ));
+            }
+        }
+        Ok(Principal {
+            name: watcher.to_owned(),
+            send: Some(Vec::new()),
+            subscribe: Some(vec![
+                self.names.topic(room),
+                self.names.private(room, watcher),
+            ]),
+            tag: Some(room.to_owned()),
+            rate: None,
+        })
     }
 
     /// Limits each player to the input rate of its room's kind.
@@ -261,6 +327,9 @@ impl Authorizer for GameAuthorizer {
             .filter(|p| !p.is_empty())
             .ok_or("send the token of your join ticket (POST /rooms/{id}/join) as the passcode")?;
         let claims = self.signer.verify(token)?;
+        if claims.join.starts_with(SPECTATOR_JOIN) {
+            return self.spectator_grants(&claims.room, &claims.player);
+        }
         if !self
             .joins
             .is_current(&claims.room, &claims.player, &claims.join)
@@ -299,7 +368,19 @@ impl Authorizer for GameAuthorizer {
 
     fn can_subscribe(&self, principal: &Principal, destination: &str) -> Result<(), String> {
         self.guest_outside_rooms(principal, destination)?;
-        default_can_subscribe(principal, destination)
+        default_can_subscribe(principal, destination)?;
+        // A spectator's own destination, subscribed after the topic: time for the
+        // room's snapshot (the topic's later messages reach it: no gap).
+        if let (Some(room), Some(events)) = (&principal.tag, &self.events) {
+            let name = &principal.name;
+            if is_spectator(name) && destination == self.names.private(room, name) {
+                let _ = events.send(PlayerEvent::Watching {
+                    room: room.clone(),
+                    watcher: name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +399,8 @@ pub struct RabbitAuth {
     signer: Signer,
     names: Names,
     store: Store,
+    /// Where spectators' subscriptions to their own destination are told.
+    events: Option<mpsc::UnboundedSender<PlayerEvent>>,
 }
 
 impl std::fmt::Debug for RabbitAuth {
@@ -334,6 +417,25 @@ impl RabbitAuth {
             signer,
             names,
             store,
+            events: None,
+        }
+    }
+
+    /// Tells `events` when a spectator subscribes to its own destination (the room
+    /// then sends it its snapshot).
+    pub fn with_events(mut self, events: mpsc::UnboundedSender<PlayerEvent>) -> RabbitAuth {
+        self.events = Some(events);
+        self
+    }
+
+    /// Spectator `watcher` binds its own destination (after the topic): time for the
+    /// room's snapshot.
+    fn watching(&self, room: &str, watcher: &str) {
+        if let Some(events) = &self.events {
+            let _ = events.send(PlayerEvent::Watching {
+                room: room.to_owned(),
+                watcher: watcher.to_owned(),
+            });
         }
     }
 
@@ -347,6 +449,10 @@ impl RabbitAuth {
                 "the token is for {}@{}, not {username}",
                 claims.player, claims.room
             ));
+        }
+        if claims.join.starts_with(SPECTATOR_JOIN) {
+            // A spectator: it may read, nothing more (see `resource` and `topic`).
+            return Ok(());
         }
         match self.store.player_join(room, player).await {
             Ok(Some(join)) if join == claims.join => {
@@ -370,14 +476,15 @@ impl RabbitAuth {
     /// May `username` have `permission` (`configure`, `write`, `read`) on the `resource`
     /// (`queue`, `exchange`) called `name`?
     pub fn resource(&self, username: &str, resource: &str, name: &str, permission: &str) -> bool {
-        if player_login(username).is_none() {
+        let Some((player, _)) = player_login(username) else {
             return false;
-        }
+        };
         match (resource, permission) {
             // The private queue behind a topic subscription: RabbitMQ names it at random.
             ("queue", _) => name.starts_with("stomp-subscription-"),
             ("exchange", "read") => name == "amq.topic",
-            ("exchange", "write") => name == INPUT_EXCHANGE,
+            // A spectator sends nothing.
+            ("exchange", "write") => name == INPUT_EXCHANGE && !is_spectator(player),
             _ => false,
         }
     }
@@ -395,9 +502,13 @@ impl RabbitAuth {
         };
         match (name, permission) {
             ("amq.topic", "read") => {
-                routing_key == key_of(self.names.topic(room), "/topic/")
-                    || routing_key == key_of(self.names.private(room, player), "/topic/")
+                let private = routing_key == key_of(self.names.private(room, player), "/topic/");
+                if private && is_spectator(player) {
+                    self.watching(room, player);
+                }
+                routing_key == key_of(self.names.topic(room), "/topic/") || private
             }
+            (INPUT_EXCHANGE, "write") if is_spectator(player) => false,
             (INPUT_EXCHANGE, "write") => {
                 let prefix = format!("/exchange/{INPUT_EXCHANGE}/");
                 routing_key == key_of(self.names.inbox(room, player), &prefix)

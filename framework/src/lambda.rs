@@ -152,7 +152,9 @@ impl Function {
             new_rooms,
             pending: Mutex::default(),
         });
-        let (rooms, router) = cluster_lobby(
+        // (A Lambda lobby keeps no task to tell rooms of spectators: a `--role lobby`
+        // process on the same RabbitMQ does.)
+        let (rooms, router, _spectators) = cluster_lobby(
             &config,
             lobby,
             store.clone(),

@@ -72,6 +72,7 @@ impl Lobby {
             .route("/rooms/{id}", get(get_room).delete(delete_room))
             .route("/rooms/{id}/join", post(join_room))
             .route("/rooms/{id}/leave", post(leave_room))
+            .route("/rooms/{id}/spectate", post(spectate))
             .route("/matchmake", post(matchmake))
             .route("/matchmake/queue", post(enqueue))
             .route(
@@ -388,7 +389,7 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
-    paths(health, metrics, create_room, list_rooms, get_room, join_room, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room),
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, spectate, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room),
     components(schemas(RoomView, Ticket, QueueView, CreateRoom, JoinRoom, Matchmake, JoinQueue, ErrorBody)),
     modifiers(&BearerTokens),
 )]
@@ -511,6 +512,19 @@ async fn join_room(
 /// The name's player key: in the body (`in_body`), or as the bearer.
 fn name_key<'a>(in_body: Option<&'a str>, headers: &'a axum::http::HeaderMap) -> Option<&'a str> {
     in_body.or(bearer(headers).filter(|b| key_name(b).is_some()))
+}
+
+#[utoipa::path(post, path = "/rooms/{id}/spectate", tag = "rooms", params(("id" = String, Path, description = "The room id")),
+    responses((status = 200, description = "A spectator's ticket: it reads the topic and its own destination, and sends nothing", body = Ticket),
+        (status = 404, description = "No such live room", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn spectate(
+    State(rooms): State<Rooms>,
+    PathOf(id): PathOf<String>,
+) -> ApiResult<Json<Ticket>> {
+    Ok(Json(rooms.spectate(&id).await?))
 }
 
 #[utoipa::path(post, path = "/matchmake", tag = "rooms", request_body = Matchmake,

@@ -396,6 +396,7 @@ impl Display for Rejection {
 /// A route: deserializes the message's JSON body as its handler's type and runs it.
 type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, &[u8]) -> Result<(), Rejection> + Send + Sync>;
 type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
+type SnapshotFn<S> = Arc<dyn Fn(&S) -> Value + Send + Sync>;
 type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) -> Result<(), String> + Send + Sync>;
 
 /// A join or leave hook, its result made a `Result`.
@@ -414,6 +415,7 @@ pub struct Msg<S> {
     on_leave: Option<HookFn<S>>,
     on_drop: Option<HookFn<S>>,
     on_reconnect: Option<HookFn<S>>,
+    snapshot: Option<SnapshotFn<S>>,
     new_state: Arc<dyn Fn(&RoomInfo) -> S + Send + Sync>,
     policy: Policy,
 }
@@ -427,6 +429,7 @@ impl<S> Clone for Msg<S> {
             on_leave: self.on_leave.clone(),
             on_drop: self.on_drop.clone(),
             on_reconnect: self.on_reconnect.clone(),
+            snapshot: self.snapshot.clone(),
             new_state: self.new_state.clone(),
             policy: self.policy.clone(),
         }
@@ -490,6 +493,7 @@ impl<S: 'static> Msg<S> {
             on_leave: None,
             on_drop: None,
             on_reconnect: None,
+            snapshot: None,
             new_state: Arc::new(new_state),
             policy: Policy::default(),
         }
@@ -643,6 +647,28 @@ impl<S: 'static> Msg<S> {
         );
         self.on_reconnect = Some(hook(handler));
         self
+    }
+
+    /// What a newcomer needs to see the room as it is (the world, the score): a
+    /// spectator gets it on its own destination once it has subscribed, stamped with
+    /// the room's `seq`, then follows the topic from there.
+    ///
+    /// # Panics
+    ///
+    /// When a snapshot is already set.
+    #[track_caller]
+    pub fn snapshot<M: Serialize>(
+        mut self,
+        snapshot: impl Fn(&S) -> M + Send + Sync + 'static,
+    ) -> Msg<S> {
+        assert!(self.snapshot.is_none(), "the snapshot is set twice");
+        self.snapshot = Some(Arc::new(move |state| to_value(&snapshot(state))));
+        self
+    }
+
+    /// The room's snapshot ([`Msg::snapshot`]), if the game gives one.
+    pub(crate) fn snapshot_of(&self, state: &S) -> Option<Value> {
+        self.snapshot.as_ref().map(|snapshot| snapshot(state))
     }
 
     /// A fresh state for `room`.

@@ -124,11 +124,20 @@ impl Names {
     }
 }
 
-/// A RabbitMQ player login `PLAYER@ROOM` ([`Names::login`]), split into player and room.
+/// A RabbitMQ player login `PLAYER@ROOM` ([`Names::login`]), split into player and room
+/// (a spectator's too: its name is [`is_spectator`]'s).
 pub fn player_login(username: &str) -> Option<(&str, &str)> {
     let (player, room) = username.rsplit_once('@')?;
-    (crate::proto::valid_name(player) && !room.is_empty() && !room.contains('.'))
-        .then_some((player, room))
+    let name = crate::proto::valid_name(player) || is_spectator(player);
+    (name && !room.is_empty() && !room.contains('.')).then_some((player, room))
+}
+
+/// How a spectator's ticket's join starts (a player's join is hex).
+pub const SPECTATOR_JOIN: &str = "watch-";
+
+/// Whether `name` is a spectator's: `~` and a valid name, which no player can have.
+pub fn is_spectator(name: &str) -> bool {
+    name.strip_prefix('~').is_some_and(crate::proto::valid_name)
 }
 
 #[cfg(test)]

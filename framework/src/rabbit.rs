@@ -10,7 +10,7 @@
 //! to a queue directly would be a write to the default exchange, which players may not use.
 
 use crate::admin::{BrokerAdmin, Endpoints, InboxState};
-use crate::names::{player_login, Names, INPUT_EXCHANGE, LOBBY_USER};
+use crate::names::{is_spectator, player_login, Names, INPUT_EXCHANGE, LOBBY_USER};
 use crate::policy::RoomPolicy;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -163,6 +163,9 @@ impl ConnectionEvent {
         match header("user") {
             Some(user) => {
                 let (player, room) = player_login(user)?;
+                if is_spectator(player) {
+                    return None; // a spectator has no seat to keep
+                }
                 Some(ConnectionEvent::Opened {
                     pid,
                     room: room.to_owned(),

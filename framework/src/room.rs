@@ -316,6 +316,18 @@ impl<S: 'static> Room<S> {
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
 
+    /// The room's snapshot for spectator `watcher`, on its own destination, stamped
+    /// with the room's `seq`: nothing if the game gives none.
+    pub(crate) fn snapshot_for(&mut self, watcher: &str) -> Vec<Output> {
+        let Some(body) = self.msg.snapshot_of(&self.state) else {
+            return Vec::new();
+        };
+        vec![Output {
+            to: Target::Player(watcher.to_owned()),
+            body: stamp(body, self.seq, Cause::Room),
+        }]
+    }
+
     /// Forgets `player`'s connections and grace.
     fn forget_presence(&mut self, player: &str) {
         let on = format!("{ON}{player}/");

@@ -15,6 +15,7 @@
 use crate::admin::BrokerAdmin;
 use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
+use crate::names::SPECTATOR_JOIN;
 use crate::policy::Policies;
 use crate::proto::{valid_name, QueueView, RoomView, Ticket};
 use crate::room::Transfer;
@@ -724,6 +725,9 @@ impl Rooms {
                 .confirm_seat(&claims.room, &claims.player, &claims.join)
                 .await
                 .map(drop),
+            PlayerEvent::Watching { room, watcher } => {
+                self.control(&room, Control::Watch { watcher }).await
+            }
             PlayerEvent::Presence {
                 room,
                 player,
@@ -994,7 +998,20 @@ impl Rooms {
             topic: names.topic(room),
             private: names.private(room, player),
             player_key: None,
+            spectator: false,
         }
+    }
+
+    /// A spectator's ticket for `room`: it may read the room's topic and its own
+    /// destination, and send nothing. The kind's `spectators` bound is held at its
+    /// connection (on the embedded broker).
+    pub async fn spectate(&self, room: &str) -> Result<Ticket> {
+        self.record(room).await?;
+        let watcher = format!("~{}", random_id(4));
+        let mut ticket = self.ticket(room, &watcher, &format!("{SPECTATOR_JOIN}{}", random_id(4)));
+        ticket.inbox = String::new();
+        ticket.spectator = true;
+        Ok(ticket)
     }
 
     /// Checks that whoever joins as `player` may use the name: claims it (and returns

@@ -15,7 +15,7 @@
 
 use crate::admin::{EmbeddedAdmin, Endpoints};
 use crate::auth::Joins;
-use crate::auth::{GameAuthorizer, RabbitAuth};
+use crate::auth::{GameAuthorizer, PlayerEvent, RabbitAuth};
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::{Args, Config, Role, Subcommand};
 use crate::http::{harden, HttpLimits};
@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -241,7 +242,7 @@ impl Server {
                 http: listener.local_addr()?,
                 stomp: None,
             });
-            let (service, app) = cluster_lobby(
+            let (service, app, seen) = cluster_lobby(
                 &config,
                 lobby,
                 store,
@@ -251,7 +252,7 @@ impl Server {
                 policies,
             );
             router = app;
-            tasks.push(tokio::spawn(presence::watch(service.clone(), None)));
+            tasks.push(tokio::spawn(presence::watch(service.clone(), Some(seen))));
             tasks.push(tokio::spawn(presence::watch_rabbitmq(
                 service.clone(),
                 admin.clone(),
@@ -285,7 +286,11 @@ pub(crate) fn cluster_lobby(
     admin: Arc<RabbitAdmin>,
     launcher: Arc<dyn crate::worker::Launcher>,
     policies: Policies,
-) -> (Rooms, Router) {
+) -> (Rooms, Router, UnboundedReceiver<PlayerEvent>) {
+    // What RabbitMQ's auth backend sees of spectators, for the room service.
+    let (events, seen) = tokio::sync::mpsc::unbounded_channel();
+    let auth =
+        RabbitAuth::new(signer.clone(), Names::rabbitmq(), store.clone()).with_events(events);
     let rooms = Rooms::new(
         store.clone(),
         signer.clone(),
@@ -298,14 +303,10 @@ pub(crate) fn cluster_lobby(
     let router = harden(
         lobby
             .into_router(rooms.clone())
-            .merge(rabbitmq_auth_router(RabbitAuth::new(
-                signer,
-                Names::rabbitmq(),
-                store,
-            ))),
+            .merge(rabbitmq_auth_router(auth)),
         config.http,
     );
-    (rooms, router)
+    (rooms, router, seen)
 }
 
 /// A started server: its rooms, broker and addresses, and the HTTP app to serve. In

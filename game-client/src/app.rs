@@ -22,6 +22,8 @@ pub enum Action {
     PlayNow,
     /// Join a room.
     Join(String),
+    /// Watch a room as a spectator.
+    Watch(String),
     /// Leave the room, back to the lobby.
     Leave,
     /// Move one step.
@@ -154,6 +156,8 @@ pub struct App {
     pub pending: usize,
     /// Set when the program should end.
     pub quit: bool,
+    /// Watching a room as a spectator (`--watch ROOM`): nothing to send, `q` quits.
+    pub watching: bool,
 }
 
 impl App {
@@ -180,6 +184,16 @@ impl App {
             rtt: None,
             pending: 0,
             quit: false,
+            watching: false,
+        }
+    }
+
+    /// A client that watches a room as a spectator (`--watch ROOM`).
+    pub fn watching(server: &str) -> App {
+        App {
+            screen: Screen::Game,
+            watching: true,
+            ..App::new(server, Some("spectator"))
         }
     }
 
@@ -266,6 +280,15 @@ impl App {
     }
 
     fn map_key(&mut self, code: KeyCode) -> Option<Action> {
+        if self.watching {
+            // A spectator moves nothing and says nothing.
+            match code {
+                KeyCode::Char('q') | KeyCode::Esc => return self.quit(),
+                KeyCode::Char('?') => self.help = true,
+                _ => {}
+            }
+            return None;
+        }
         let step = match code {
             KeyCode::Up | KeyCode::Char('w') => (0, -1),
             KeyCode::Down | KeyCode::Char('s') => (0, 1),
@@ -638,6 +661,23 @@ pub(crate) mod tests {
         assert_eq!(app.name_input, "ann", "only name characters are taken");
         assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Action::Refresh));
         assert_eq!((app.screen, app.name.as_str()), (Screen::Lobby, "ann"));
+    }
+
+    #[test]
+    fn a_spectator_moves_nothing_and_q_quits() {
+        let mut app = App::watching("http://x");
+        assert_eq!(app.screen, Screen::Game);
+        for code in [
+            KeyCode::Up,
+            KeyCode::Char('d'),
+            KeyCode::Enter,
+            KeyCode::Char('x'),
+        ] {
+            assert_eq!(app.on_key(key(code)), None, "{code:?}");
+        }
+        assert_eq!(app.focus, Focus::Map, "no chat for a spectator");
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+        assert!(app.quit);
     }
 
     #[test]

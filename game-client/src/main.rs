@@ -30,6 +30,9 @@ struct Args {
     /// Join this room id straight away.
     #[arg(long)]
     room: Option<String>,
+    /// Watch this room id as a spectator: the map and its events, nothing to send.
+    #[arg(long, value_name = "ROOM", conflicts_with_all = ["room", "bot"])]
+    watch: Option<String>,
     /// Play N headless bots (random walk and chat) instead of the terminal UI.
     #[arg(long, value_name = "N")]
     bot: Option<usize>,
@@ -59,7 +62,10 @@ async fn run(mut terminal: ratatui::DefaultTerminal, args: &Args) -> std::io::Re
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let net = net::Net::new(&args.server, events_tx).map_err(std::io::Error::other)?;
     let mut app = App::new(&args.server, args.name.as_deref());
-    if args.name.is_some() {
+    if let Some(room) = &args.watch {
+        app = App::watching(&args.server);
+        net.request(Action::Watch(room.clone()), &app.name);
+    } else if args.name.is_some() {
         match &args.room {
             Some(room) => net.request(Action::Join(room.clone()), &app.name),
             None => net.request(Action::Refresh, &app.name),

@@ -99,6 +99,7 @@ impl Net {
                 },
                 Action::Join(room) => self.join(&room, &name).await,
                 Action::PlayNow => self.play_now(&name).await,
+                Action::Watch(room) => self.watch(&room).await,
                 Action::Travel(ticket) => self.travel(*ticket),
                 Action::Leave => {
                     self.leave().await;
@@ -115,6 +116,7 @@ impl Net {
             Action::Refresh
             | Action::CreateRoom
             | Action::PlayNow
+            | Action::Watch(_)
             | Action::Join(_)
             | Action::Leave
             | Action::Travel(_) => {
@@ -187,6 +189,16 @@ impl Net {
         let key = self.key(name);
         match self.lobby.join(room, name, key.as_deref()).await {
             Ok(ticket) => self.play(ticket, name).await,
+            Err(e) => self.lobby_error(e.to_string()),
+        }
+    }
+
+    /// Watches `room` as a spectator: its world, then its messages; nothing to send.
+    async fn watch(&self, room: &str) {
+        let path = format!("/rooms/{room}/spectate");
+        let ticket: Result<Ticket, _> = self.lobby.post(&path, None, &serde_json::json!({})).await;
+        match ticket {
+            Ok(ticket) => self.start(ticket),
             Err(e) => self.lobby_error(e.to_string()),
         }
     }

@@ -292,6 +292,9 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     });
     let mut spans = vec![dot, format!(" {state}").into()];
+    if app.watching {
+        spans.push(" | watching (q quits)".into());
+    }
     if let Some((hp, max, level)) = app.my_health() {
         spans.push(format!(" | L{level} ").into());
         spans.push(hp_span(hp, max));

@@ -37,6 +37,8 @@ mod server_side {
             .on_leave(on_leave)
             .on_drop(on_drop)
             .on_reconnect(on_reconnect)
+            // What a spectator sees first: the whole world.
+            .snapshot(World::snapshot)
             // A player whose terminal closed stays 20 s, greyed out, then leaves.
             .policy(Policy::new().grace(Duration::from_secs(20)))
     }

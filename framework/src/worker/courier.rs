@@ -179,6 +179,7 @@ mod tests {
             topic: "/topic/room.r2".into(),
             private: "/topic/room.r2.player.ann".into(),
             player_key: None,
+            spectator: false,
         };
         let body = transferred(ticket.clone());
         assert_eq!(body["type"], "transferred");

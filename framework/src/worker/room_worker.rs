@@ -82,6 +82,13 @@ pub enum Control {
         /// Opened, or closed.
         connected: bool,
     },
+    /// A spectator subscribed to its own destination (after the room's topic): it gets
+    /// the room's snapshot there, stamped with the room's `seq`.
+    #[serde(rename = "$watch")]
+    Watch {
+        /// The spectator.
+        watcher: String,
+    },
     /// Every connection to the room is gone: the broker restarted.
     #[serde(rename = "$all_dropped")]
     AllDropped,
@@ -202,6 +209,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                     let until = now_ms() + self.grace.as_millis() as u64;
                     self.room.disconnected(&player, &connection, until)
                 }
+                Ok(Control::Watch { watcher }) => self.room.snapshot_for(&watcher),
                 Ok(Control::AllDropped) => {
                     let until = now_ms() + self.grace.as_millis() as u64;
                     self.room.all_dropped(until)
