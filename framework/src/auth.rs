@@ -327,6 +327,14 @@ impl Authorizer for GameAuthorizer {
             .filter(|p| !p.is_empty())
             .ok_or("send the token of your join ticket (POST /rooms/{id}/join) as the passcode")?;
         let claims = self.signer.verify(token)?;
+        if let Some(login) = login.filter(|l| !l.is_empty()) {
+            if login != claims.player {
+                return Err(format!(
+                    "login {login:?} does not match the ticket's player {:?}",
+                    claims.player
+                ));
+            }
+        }
         if claims.join.starts_with(SPECTATOR_JOIN) {
             return self.spectator_grants(&claims.room, &claims.player);
         }
@@ -335,14 +343,6 @@ impl Authorizer for GameAuthorizer {
             .is_current(&claims.room, &claims.player, &claims.join)
         {
             return Err("this ticket was revoked: its player left the room, was kicked, or joined again; join again for a new one".into());
-        }
-        if let Some(login) = login.filter(|l| !l.is_empty()) {
-            if login != claims.player {
-                return Err(format!(
-                    "login {login:?} does not match the ticket's player {:?}",
-                    claims.player
-                ));
-            }
         }
         let grants = self.player_grants(&claims.room, &claims.player);
         if let Some(events) = &self.events {
