@@ -121,6 +121,11 @@ struct MatchArgs {
     /// Seconds of quick plays at each rate.
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
+    /// More arguments for the game server, e.g. `--server-arg=--store
+    /// --server-arg=postgres://postgres@127.0.0.1/DB` (embedded mode; the database
+    /// must be empty).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 fn main() {
@@ -273,12 +278,13 @@ async fn matchmake(args: MatchArgs) -> i32 {
     );
     println!("| mode | open rooms | asked /s | seated /s | ticket p50 ms | ticket p99 ms | first message p99 ms | server CPU µs/seat | failed |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let extra = [
+    let mut extra = vec![
         "--policy",
         "default.max_players=4,default.grace_secs=0",
         "--seat-ttl-secs",
         "3600",
     ];
+    extra.extend(args.server_args.iter().map(String::as_str));
     let mut code = 0;
     for &mode in &args.modes {
         for &open in &args.open_rooms {

@@ -140,6 +140,8 @@ struct Inner {
     /// Quick plays that found no room make one at a time (in this process), so that
     /// players arriving together fill one new room rather than each their own.
     making: tokio::sync::Mutex<()>,
+    /// Quick plays pick and take their seat one at a time (in this process).
+    picking: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -173,6 +175,7 @@ impl Rooms {
                 policies,
                 creations: Default::default(),
                 making: Default::default(),
+                picking: Default::default(),
             }),
         }
     }
@@ -526,28 +529,43 @@ impl Rooms {
     ) -> Result<Option<Ticket>> {
         const PAGE: usize = 32;
         let max = self.policies().of(kind).max_players;
+        let join = random_id(4);
         let mut offset = 0;
-        loop {
+        // One quick play of this lobby at a time picks and takes a seat: all of them
+        // want the fullest room, and racing for its last seat, each losing and moving
+        // on to the next, is a herd that collapsed the lobby past 300 a second. The
+        // rest of each seating goes on in parallel.
+        let picking = self.inner.picking.lock().await;
+        let (record, first_visit) = 'found: loop {
             let candidates = self.store().open_rooms(kind, max, offset, PAGE).await?;
-            for room in candidates
-                .iter()
+            let last_page = candidates.len() < PAGE;
+            for record in candidates
+                .into_iter()
                 .filter(|r| matches_filter(&r.meta, filter))
             {
-                match self
-                    .admit(&room.id, player, Value::Null, Some(reserve))
-                    .await
-                {
-                    Ok(ticket) => return Ok(Some(ticket)),
-                    // Taken meanwhile: the next.
+                match self.take_seat(&record, player, &join, Some(reserve)).await {
+                    Ok(first_visit) => break 'found (record, first_visit),
+                    // Taken meanwhile (through another lobby): the next.
                     Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
-            if candidates.len() < PAGE {
+            if last_page {
                 return Ok(None);
             }
             offset += PAGE;
-        }
+        };
+        drop(picking);
+        self.seated(
+            &record,
+            player,
+            &join,
+            Value::Null,
+            Some(reserve),
+            first_visit,
+        )
+        .await?;
+        Ok(Some(self.ticket(&record.id, player, &join)))
     }
 
     /// Puts `play.name` in the matchmaking queue for a group of `play.kind` with
@@ -917,6 +935,21 @@ impl Rooms {
         reserve_until: Option<i64>,
     ) -> Result<()> {
         let record = self.record(room).await?;
+        let first_visit = self.take_seat(&record, player, join, reserve_until).await?;
+        self.seated(&record, player, join, carried, reserve_until, first_visit)
+            .await
+    }
+
+    /// Seats `player` in `record`'s room with join `join` in the store; whether it is
+    /// a first visit (or an error: the room is full, locked, or gone).
+    async fn take_seat(
+        &self,
+        record: &RoomRecord,
+        player: &str,
+        join: &str,
+        reserve_until: Option<i64>,
+    ) -> Result<bool> {
+        let room = record.id.as_str();
         let max = self.policies().of(&record.kind).max_players;
         let seated = self
             .store()
@@ -930,6 +963,21 @@ impl Rooms {
         if !first_visit {
             self.store().rejoin_player(room, player, join).await?;
         }
+        Ok(first_visit)
+    }
+
+    /// The rest of a seating: the broker's registry, and the `$join` with what the
+    /// player brings (a first visit) or the earlier ticket's connections closed.
+    async fn seated(
+        &self,
+        record: &RoomRecord,
+        player: &str,
+        join: &str,
+        carried: Value,
+        reserve_until: Option<i64>,
+        first_visit: bool,
+    ) -> Result<()> {
+        let room = record.id.as_str();
         // The registry first, so that the earlier ticket cannot connect again once its
         // connections are closed.
         self.inner.joins.set(room, player, join);
@@ -937,7 +985,11 @@ impl Rooms {
             self.inner.joins.reserve(join);
         }
         if first_visit {
-            let arrival = self.arrival(room, player, carried).await?;
+            let arrival = Arrival {
+                room_name: record.name.clone(),
+                items: self.store().items(player).await?,
+                carried,
+            };
             let control = Control::Join {
                 player: player.to_owned(),
                 arrival: Some(arrival),
