@@ -1343,20 +1343,7 @@ async fn on_rabbitmq_a_spectator_catches_up_and_cannot_send() {
     let room = create_room_at(lobby).await;
     let mut ann = player(lobby, &room, "ann", true).await;
     next_about(&mut ann.room, "joined", "ann").await;
-    let ticket: Ticket = e2e_tests::lobby(lobby)
-        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
-        .await
-        .unwrap();
-    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
-    let watcher = Client::connect(&ticket.tcp_url, options).await.unwrap();
-    let mut topic = watcher
-        .subscribe(&ticket.topic, SubscribeOptions::default())
-        .await
-        .unwrap();
-    let mut private = watcher
-        .subscribe(&ticket.private, SubscribeOptions::default())
-        .await
-        .unwrap();
+    let (ticket, watcher, mut topic, mut private) = e2e_tests::spectator(lobby, &room).await;
     let welcome = e2e_tests::next_of(&mut private, "welcome").await;
     let seq = welcome["seq"].as_u64().unwrap();
     assert!(welcome["players"]["ann"].is_object(), "{welcome}");

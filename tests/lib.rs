@@ -466,6 +466,26 @@ pub async fn connect_ticket(ticket: &Ticket) -> game_server_less::stomp::Result<
     Client::connect(&ticket.tcp_url, options).await
 }
 
+/// A spectator of `room` through the lobby at `lobby`, watching over TCP: its ticket,
+/// its connection, and its subscriptions to the room's topic and then (in that order,
+/// which is what makes the room send its snapshot) to its own destination.
+pub async fn spectator(lobby: &str, room: &str) -> (Ticket, Client, Subscription, Subscription) {
+    let ticket: Ticket = self::lobby(lobby)
+        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
+        .await
+        .unwrap();
+    let client = connect_ticket(&ticket).await.unwrap();
+    let topic = client
+        .subscribe(&ticket.topic, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let private = client
+        .subscribe(&ticket.private, SubscribeOptions::default())
+        .await
+        .unwrap();
+    (ticket, client, topic, private)
+}
+
 /// Asks a room of the ledger game (`tests/bin/ledger.rs`) for every input it applied,
 /// with `ticket`, as input number `seq`.
 pub async fn ledger_report(ticket: &Ticket, seq: u64) -> Vec<(String, u64)> {

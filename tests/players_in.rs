@@ -3,7 +3,7 @@
 
 use e2e_tests::{http, temp_dir, Player, Server, WAIT};
 use game_server_less::proto::{Matchmake, QueueView, Ticket};
-use game_server_less::stomp::{Client, ConnectOptions, SubscribeOptions};
+use game_server_less::stomp::{Client, ConnectOptions};
 use game_server_less::{Config, Ctx, Kinds, Lobby, LobbyClient, Msg, Policy};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -736,23 +736,8 @@ async fn a_spectator_reads_without_a_gap_sends_nothing_and_counts_against_the_po
         ann
     });
     let lobby = server.lobby();
-    let ticket: Ticket = lobby
-        .post(&format!("/rooms/{room}/spectate"), None, &json!({}))
-        .await
-        .unwrap();
+    let (ticket, watcher, mut topic, mut private) = e2e_tests::spectator(&server.http, &room).await;
     assert!(ticket.spectator && ticket.inbox.is_empty(), "{ticket:?}");
-    let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
-    let watcher = Client::connect(&ticket.tcp_url, options.clone())
-        .await
-        .unwrap();
-    let mut topic = watcher
-        .subscribe(&ticket.topic, SubscribeOptions::default())
-        .await
-        .unwrap();
-    let mut private = watcher
-        .subscribe(&ticket.private, SubscribeOptions::default())
-        .await
-        .unwrap();
     let snapshot = e2e_tests::next_of(&mut private, "snapshot").await;
     let (mut seq, mut n) = (
         snapshot["seq"].as_u64().unwrap(),

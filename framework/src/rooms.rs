@@ -137,10 +137,8 @@ struct Inner {
     policies: Policies,
     /// When each client created its recent rooms.
     creations: std::sync::Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-    /// Quick plays that found no room make one at a time (in this process), so that
-    /// players arriving together fill one new room rather than each their own.
-    making: tokio::sync::Mutex<()>,
-    /// Quick plays pick and take their seat one at a time (in this process).
+    /// Quick plays pick and take their seat (or make the room they take it in) one at
+    /// a time in this process: see `seat_anywhere`.
     picking: tokio::sync::Mutex<()>,
 }
 
@@ -174,7 +172,6 @@ impl Rooms {
                 settings,
                 policies,
                 creations: Default::default(),
-                making: Default::default(),
                 picking: Default::default(),
             }),
         }
@@ -326,12 +323,19 @@ impl Rooms {
             .map_err(Error::NotFound)?;
         check_meta(&spec.meta)?;
         self.check_creation_rate(client)?;
-        self.create_room(spec).await
+        let record = self.make_room(spec).await?;
+        let id = record.id.clone();
+        let code = record.code.clone();
+        let mut room = self.view(record, Vec::new(), &Viewer::default());
+        room.owner_token = Some(self.owner_token(&id));
+        room.code = code;
+        room.players_hidden = None;
+        Ok(room)
     }
 
-    /// [`Rooms::create`] without the creation rate (quick play makes rooms for players
-    /// it seats, which the seats bound).
-    async fn create_room(&self, spec: &RoomSpec) -> Result<RoomView> {
+    /// Makes a room and answers its record: [`Rooms::create`] without the creation rate
+    /// (quick play makes rooms for players it seats, which the seats bound).
+    async fn make_room(&self, spec: &RoomSpec) -> Result<RoomRecord> {
         check_room_name(&spec.name)?;
         let kind = self
             .policies()
@@ -362,11 +366,7 @@ impl Rooms {
         // The first message makes some worker the room's active one: the room ticks
         // (and can end idle) before anyone joins.
         self.control(&id, Control::Wake).await?;
-        let mut room = self.view(record, Vec::new(), &Viewer::default());
-        room.owner_token = Some(self.owner_token(&id));
-        room.code = code;
-        room.players_hidden = None;
-        Ok(room)
+        Ok(record)
     }
 
     /// Counts a creation by `client`, or refuses it when it created too many lately.
@@ -475,6 +475,12 @@ impl Rooms {
     }
 
     /// Seats `player` in an open room of `kind` matching `filter`, or a new one.
+    ///
+    /// One quick play of this lobby at a time picks and takes its seat, or makes the room
+    /// it sits in: they all want the fullest room, and racing for its last seat (each
+    /// loser moving on to the next) was a herd that collapsed the lobby past 300 a
+    /// second. The rest of each seating (the registry, the arrival, the `$join`) goes
+    /// on in parallel.
     async fn seat_anywhere(
         &self,
         kind: &str,
@@ -482,22 +488,14 @@ impl Rooms {
         player: &str,
         reserve: i64,
     ) -> Result<Ticket> {
-        // Others may take every seat of a room made here before its maker sits down:
-        // then again, from the open rooms.
-        for _ in 0..8 {
-            if let Some(ticket) = self
-                .seat_in_open_room(kind, filter, player, reserve)
+        let join = random_id(4);
+        let picking = self.inner.picking.lock().await;
+        let (record, first_visit) = loop {
+            if let Some(found) = self
+                .take_open_seat(kind, filter, player, &join, reserve)
                 .await?
             {
-                return Ok(ticket);
-            }
-            let _one_at_a_time = self.inner.making.lock().await;
-            // A room made while this one waited may have a seat.
-            if let Some(ticket) = self
-                .seat_in_open_room(kind, filter, player, reserve)
-                .await?
-            {
-                return Ok(ticket);
+                break found;
             }
             let spec = RoomSpec {
                 name: kind.to_owned(),
@@ -505,55 +503,13 @@ impl Rooms {
                 meta: filter.clone(),
                 private: false,
             };
-            let room = self.create_room(&spec).await?;
-            match self
-                .admit(&room.id, player, Value::Null, Some(reserve))
-                .await
-            {
-                Err(Error::Limited(_) | Error::Conflict(_)) => continue,
-                seated => return seated,
+            let record = self.make_room(&spec).await?;
+            match self.take_seat(&record, player, &join, Some(reserve)).await {
+                Ok(first_visit) => break (record, first_visit),
+                // Another lobby's quick plays filled it first: look again.
+                Err(Error::Limited(_) | Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
             }
-        }
-        Err(Error::Limited(format!(
-            "every room of kind {kind} filled before {player} could sit down; try again"
-        )))
-    }
-
-    /// A seat in the first open room of `kind` that matches `filter` and still has one.
-    async fn seat_in_open_room(
-        &self,
-        kind: &str,
-        filter: &Value,
-        player: &str,
-        reserve: i64,
-    ) -> Result<Option<Ticket>> {
-        const PAGE: usize = 32;
-        let max = self.policies().of(kind).max_players;
-        let join = random_id(4);
-        let mut offset = 0;
-        // One quick play of this lobby at a time picks and takes a seat: all of them
-        // want the fullest room, and racing for its last seat, each losing and moving
-        // on to the next, is a herd that collapsed the lobby past 300 a second. The
-        // rest of each seating goes on in parallel.
-        let picking = self.inner.picking.lock().await;
-        let (record, first_visit) = 'found: loop {
-            let candidates = self.store().open_rooms(kind, max, offset, PAGE).await?;
-            let last_page = candidates.len() < PAGE;
-            for record in candidates
-                .into_iter()
-                .filter(|r| matches_filter(&r.meta, filter))
-            {
-                match self.take_seat(&record, player, &join, Some(reserve)).await {
-                    Ok(first_visit) => break 'found (record, first_visit),
-                    // Taken meanwhile (through another lobby): the next.
-                    Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if last_page {
-                return Ok(None);
-            }
-            offset += PAGE;
         };
         drop(picking);
         self.seated(
@@ -565,7 +521,41 @@ impl Rooms {
             first_visit,
         )
         .await?;
-        Ok(Some(self.ticket(&record.id, player, &join)))
+        Ok(self.ticket(&record.id, player, &join))
+    }
+
+    /// Takes a seat with join `join` in the first open room of `kind` that matches
+    /// `filter` and still has one: the room, and whether it is a first visit.
+    async fn take_open_seat(
+        &self,
+        kind: &str,
+        filter: &Value,
+        player: &str,
+        join: &str,
+        reserve: i64,
+    ) -> Result<Option<(RoomRecord, bool)>> {
+        const PAGE: usize = 32;
+        let max = self.policies().of(kind).max_players;
+        let mut offset = 0;
+        loop {
+            let candidates = self.store().open_rooms(kind, max, offset, PAGE).await?;
+            let last_page = candidates.len() < PAGE;
+            for record in candidates
+                .into_iter()
+                .filter(|r| matches_filter(&r.meta, filter))
+            {
+                match self.take_seat(&record, player, join, Some(reserve)).await {
+                    Ok(first_visit) => return Ok(Some((record, first_visit))),
+                    // Taken meanwhile (through another lobby): the next.
+                    Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if last_page {
+                return Ok(None);
+            }
+            offset += PAGE;
+        }
     }
 
     /// Puts `play.name` in the matchmaking queue for a group of `play.kind` with
@@ -831,7 +821,10 @@ impl Rooms {
             // A try before admitted the player; its `$join` may not have reached the
             // room: again (a room ignores the join of a player it has).
             self.inner.joins.set(to, player, &plan.join);
-            let arrival = self.arrival(to, player, transfer.carried.clone()).await?;
+            let room_name = self.record(to).await?.name;
+            let arrival = self
+                .arrival(room_name, player, transfer.carried.clone())
+                .await?;
             self.control(
                 to,
                 Control::Join {
@@ -985,11 +978,7 @@ impl Rooms {
             self.inner.joins.reserve(join);
         }
         if first_visit {
-            let arrival = Arrival {
-                room_name: record.name.clone(),
-                items: self.store().items(player).await?,
-                carried,
-            };
+            let arrival = self.arrival(record.name.clone(), player, carried).await?;
             let control = Control::Join {
                 player: player.to_owned(),
                 arrival: Some(arrival),
@@ -1022,10 +1011,11 @@ impl Rooms {
         }
     }
 
-    /// What `player` brings into `room`: its name, the player's items, `carried`.
-    async fn arrival(&self, room: &str, player: &str, carried: Value) -> Result<Arrival> {
+    /// What `player` brings into the room named `room_name`: the name, the player's items,
+    /// `carried`.
+    async fn arrival(&self, room_name: String, player: &str, carried: Value) -> Result<Arrival> {
         Ok(Arrival {
-            room_name: self.record(room).await?.name,
+            room_name,
             items: self.store().items(player).await?,
             carried,
         })
