@@ -347,6 +347,12 @@ impl<S: 'static> Room<S> {
             .collect()
     }
 
+    /// Whether a player is dropped and in its grace (one look at the keys, not per
+    /// player: a worker asks after each lobby message).
+    pub fn anyone_away(&self) -> bool {
+        self.applied.keys().any(|k| k.starts_with(AWAY))
+    }
+
     /// How many players are connected, and how many are dropped and in their grace.
     pub fn presence_counts(&self) -> (usize, usize) {
         self.players
@@ -644,10 +650,12 @@ mod tests {
         room.disconnected("ann", "c2", 5_000);
         assert_eq!(room.presence("ann"), Some(Presence::Away(5_000)));
         assert_eq!(room.presence_counts(), (0, 1));
+        assert!(room.anyone_away());
         assert!(room.grace_over(4_999).is_empty());
         assert_eq!(room.grace_over(5_000), ["ann"]);
         room.connected("ann", "c3");
         assert!(room.grace_over(u64::MAX).is_empty(), "back in time");
+        assert!(!room.anyone_away());
         room.disconnected("ann", "c3", 9_000);
         room.leave("ann");
         room.connected("ann", "c4"); // a connection after the leave changes nothing

@@ -141,9 +141,10 @@ pub struct Lease {
 }
 
 /// One life of a room worker running `msg` under `policy`, from its checkpoint until the
-/// room ends, the process shuts down, something fails, or `lease` is over. Four phases: stand by until the broker
-/// makes this worker the inbox's active consumer, activate (the checkpoint), serve the
-/// inputs, and finish (the room ended, or the process stops, or the lease is over).
+/// room ends, the process shuts down, something fails, or `lease` is over. Four phases:
+/// stand by until the broker makes this worker the inbox's active consumer, activate
+/// (the checkpoint), serve the inputs, and finish (the room ended, or the process stops,
+/// or the lease is over).
 pub async fn run_leased<S>(
     env: &WorkerEnv,
     room_id: &str,
@@ -388,7 +389,7 @@ where
         worker: RoomWorker<S>,
     ) -> Self {
         let timers = Timers::new(&env.timings, worker.tick_interval());
-        let anyone_away = worker.room().presence_counts().1 > 0;
+        let anyone_away = worker.room().anyone_away();
         let life = format!(
             "{:013}{:04x}",
             std::time::SystemTime::now()
@@ -531,7 +532,7 @@ where
         let outputs = self.worker.handle(input);
         timer.observe_duration();
         if control {
-            self.away.anyone = self.worker.room().presence_counts().1 > 0;
+            self.away.anyone = self.worker.room().anyone_away();
         }
         for change in self.worker.take_listing() {
             // Not held to the checkpoint: setting it again (after a crash) is the same.
