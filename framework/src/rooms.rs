@@ -12,6 +12,8 @@
 //! - Ending a room, or kicking a player, takes the room's owner token (answered to
 //!   whoever created the room) or the operator secret.
 
+mod open_seats;
+
 use crate::admin::BrokerAdmin;
 use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
@@ -28,6 +30,7 @@ use crate::token::{
 use crate::worker::{Control, Launcher, Transfers};
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
+use open_seats::OpenSeats;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -137,9 +140,11 @@ struct Inner {
     policies: Policies,
     /// When each client created its recent rooms.
     creations: std::sync::Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-    /// Quick plays pick and take their seat (or make the room they take it in) one at
-    /// a time in this process: see `seat_anywhere`.
-    picking: tokio::sync::Mutex<()>,
+    /// Quick play's shelves of open seats, handed out from memory: see `seat_anywhere`.
+    open_seats: OpenSeats,
+    /// Quick plays stock a shelf (or make the room that goes on it) one at a time in
+    /// this process.
+    stocking: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -172,7 +177,8 @@ impl Rooms {
                 settings,
                 policies,
                 creations: Default::default(),
-                picking: Default::default(),
+                open_seats: Default::default(),
+                stocking: Default::default(),
             }),
         }
     }
@@ -476,11 +482,12 @@ impl Rooms {
 
     /// Seats `player` in an open room of `kind` matching `filter`, or a new one.
     ///
-    /// One quick play of this lobby at a time picks and takes its seat, or makes the room
-    /// it sits in: they all want the fullest room, and racing for its last seat (each
-    /// loser moving on to the next) was a herd that collapsed the lobby past 300 a
-    /// second. The rest of each seating (the registry, the arrival, the `$join`) goes
-    /// on in parallel.
+    /// Every quick play for the same kind and filter wants the same room, the fullest
+    /// with a seat: asking the store for it each time, one at a time, made the store's
+    /// round trips the lobby's ceiling. The lobby hands the seats out from a shelf of the
+    /// store's candidates instead ([`OpenSeats`]), and the store confirms each one. One
+    /// quick play at a time stocks an empty or stale shelf, or makes the room that goes
+    /// on it when none fits; the others wait for it rather than each asking the store.
     async fn seat_anywhere(
         &self,
         kind: &str,
@@ -489,29 +496,39 @@ impl Rooms {
         reserve: i64,
     ) -> Result<Ticket> {
         let join = random_id(4);
-        let picking = self.inner.picking.lock().await;
+        let shelves = &self.inner.open_seats;
+        let key = OpenSeats::key(kind, filter);
         let (record, first_visit) = loop {
-            if let Some(found) = self
-                .take_open_seat(kind, filter, player, &join, reserve)
-                .await?
-            {
-                break found;
+            if let Some(record) = shelves.hand_out(&key, SHELF_FRESH) {
+                match self.take_seat(&record, player, &join, Some(reserve)).await {
+                    Ok(first_visit) => break (record, first_visit),
+                    // Taken through another lobby, locked or ended since: the next.
+                    Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {
+                        shelves.refused(&key, &record.id);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let spec = RoomSpec {
-                name: kind.to_owned(),
-                kind: Some(kind.to_owned()),
-                meta: filter.clone(),
-                private: false,
-            };
-            let record = self.make_room(&spec).await?;
-            match self.take_seat(&record, player, &join, Some(reserve)).await {
-                Ok(first_visit) => break (record, first_visit),
-                // Another lobby's quick plays filled it first: look again.
-                Err(Error::Limited(_) | Error::Conflict(_)) => {}
-                Err(e) => return Err(e),
+            let missed = Instant::now();
+            let _stocking = self.inner.stocking.lock().await;
+            if shelves.stocked_after(&key, missed) {
+                continue;
             }
+            let mut rooms = self.candidates(kind, filter).await?;
+            if rooms.is_empty() {
+                let spec = RoomSpec {
+                    name: kind.to_owned(),
+                    kind: Some(kind.to_owned()),
+                    meta: filter.clone(),
+                    private: false,
+                };
+                let record = self.make_room(&spec).await?;
+                let free = self.policies().of(kind).max_players;
+                rooms.push((record, free));
+            }
+            shelves.stock(&key, rooms, SHELF_FRESH);
         };
-        drop(picking);
         self.seated(
             &record,
             player,
@@ -524,35 +541,26 @@ impl Rooms {
         Ok(self.ticket(&record.id, player, &join))
     }
 
-    /// Takes a seat with join `join` in the first open room of `kind` that matches
-    /// `filter` and still has one: the room, and whether it is a first visit.
-    async fn take_open_seat(
-        &self,
-        kind: &str,
-        filter: &Value,
-        player: &str,
-        join: &str,
-        reserve: i64,
-    ) -> Result<Option<(RoomRecord, bool)>> {
+    /// The store's open rooms of `kind` that match `filter`, fullest first, then oldest,
+    /// at most a shelf's worth, each with its free seats.
+    async fn candidates(&self, kind: &str, filter: &Value) -> Result<Vec<(RoomRecord, usize)>> {
         const PAGE: usize = 32;
         let max = self.policies().of(kind).max_players;
+        let mut found = Vec::new();
         let mut offset = 0;
         loop {
-            let candidates = self.store().open_rooms(kind, max, offset, PAGE).await?;
-            let last_page = candidates.len() < PAGE;
-            for record in candidates
-                .into_iter()
-                .filter(|r| matches_filter(&r.meta, filter))
-            {
-                match self.take_seat(&record, player, join, Some(reserve)).await {
-                    Ok(first_visit) => return Ok(Some((record, first_visit))),
-                    // Taken meanwhile (through another lobby): the next.
-                    Err(Error::Limited(_) | Error::Conflict(_) | Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if last_page {
-                return Ok(None);
+            let page = self.store().open_rooms(kind, max, offset, PAGE).await?;
+            let last_page = page.len() < PAGE;
+            found.extend(
+                page.into_iter()
+                    .filter(|r| matches_filter(&r.meta, filter))
+                    .map(|r| {
+                        let free = max.saturating_sub(r.seats);
+                        (r, free)
+                    }),
+            );
+            if last_page || found.len() >= PAGE {
+                return Ok(found);
             }
             offset += PAGE;
         }
@@ -1064,15 +1072,21 @@ impl Rooms {
                 "the name {player} belongs to someone else: join with its player key (\"key\", answered as player_key by its first join), or pick another name"
             ))
         };
-        match self.store().name_key(player).await? {
-            Some(hash) if key.is_some_and(|k| key_hash(k) == hash) => Ok(None),
+        // Without a key only an unclaimed name will do: claim it at once (one store
+        // round trip, where looking first took two).
+        let known = match key {
+            Some(key) => self.store().name_key(player).await?.map(|hash| (key, hash)),
+            None => None,
+        };
+        match known {
+            Some((key, hash)) if key_hash(key) == hash => Ok(None),
             Some(_) => Err(taken()),
             None => {
                 let key = player_key(player);
                 if self.store().claim_name(player, &key_hash(&key)).await? {
                     Ok(Some(key))
                 } else {
-                    Err(taken()) // claimed a moment ago by a concurrent join
+                    Err(taken()) // someone's already, or claimed a moment ago
                 }
             }
         }
@@ -1086,7 +1100,6 @@ impl Rooms {
     /// Removes `player` from `room`. It checks no rights: the caller does, as the lobby
     /// does with [`Rooms::may_manage`] (the room's owner token or the operator secret).
     pub async fn kick(&self, room: &str, player: &str) -> Result<()> {
-        self.record(room).await?;
         self.remove(room, player).await
     }
 
@@ -1145,6 +1158,11 @@ impl Transfers for Rooms {
 
 /// How long a transferred player's connections to the room it left stay open: long
 /// enough for the new ticket, sent on them, to arrive.
+/// How long quick play hands out seats from a shelf before it asks the store again:
+/// how soon seats freed by leavers, rooms made through another lobby and a room's new
+/// metadata show up in this lobby's quick plays.
+const SHELF_FRESH: Duration = Duration::from_secs(1);
+
 const TRANSFER_HANDOVER: Duration = Duration::from_secs(2);
 
 fn check_room_name(name: &str) -> Result<()> {

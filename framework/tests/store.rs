@@ -445,6 +445,39 @@ async fn sqlite_file_store() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Commits reach the SQLite file itself within a few seconds: the write-ahead log is
+/// written back by the store's own connection for it, no commit waiting on it. Read with
+/// `immutable=1`, SQLite looks at the file alone, not the log.
+#[tokio::test]
+async fn a_sqlite_store_writes_its_log_back_to_the_file() {
+    use sqlx::{Connection, Row};
+    let dir = std::env::temp_dir().join(unique("gsl-wal-"));
+    let path = dir.join("game.db");
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.add_item("writer", "gem", 7).await.unwrap();
+    let in_file = || async {
+        let file = format!("sqlite://{}?immutable=1&mode=ro", path.display());
+        let mut conn = sqlx::AnyConnection::connect(&file).await.unwrap();
+        // Before the first write-back the file has not even the tables.
+        sqlx::query("SELECT COUNT(*) AS n FROM user_items WHERE player = 'writer'")
+            .fetch_one(&mut conn)
+            .await
+            .map_or(0, |row| row.get::<i64, _>("n"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while in_file().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not written back to the file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn postgres_store() {
     let url = postgres_url();
