@@ -1367,3 +1367,124 @@ async fn on_rabbitmq_a_spectator_catches_up_and_cannot_send() {
     );
     cluster.end_rooms().await;
 }
+
+/// The inspector in cluster mode: the lobby reads the worker, seq, latest inputs and
+/// presence from PostgreSQL (what the worker process saved) and the inbox from
+/// RabbitMQ's management API; it cannot count spectators. Its playground sends through
+/// RabbitMQ as the test player, and its lock and end reach the worker process.
+#[tokio::test]
+async fn in_a_cluster_the_inspector_reads_the_store_and_rabbitmq() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("inspect", 1, 1).await;
+    let lobby = &cluster.lobbies[0];
+    let room = create_room_at(lobby).await;
+    let mut ann = player(lobby, &room, "ann", true).await;
+    next_about(&mut ann.room, "joined", "ann").await;
+    ann.client
+        .send(&ann.inbox, r#"{"type":"look","seq":1}"#)
+        .await
+        .unwrap();
+    ann.client
+        .send(&ann.inbox, r#"{"type":"fly","seq":2}"#)
+        .await
+        .unwrap();
+    let admin = |method: reqwest::Method, path: String, body: Option<Value>| async move {
+        let mut request = http()
+            .request(method, format!("{lobby}{path}"))
+            .bearer_auth(OPERATOR);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let page_path = format!("/admin/rooms/{room}");
+    let deadline = Instant::now() + WAIT;
+    let page = loop {
+        let (status, page) = admin(reqwest::Method::GET, page_path.clone(), None).await;
+        assert_eq!(status, 200, "{page}");
+        let inputs = page["recent_inputs"].as_array().map_or(0, Vec::len);
+        // RabbitMQ's management API counts anew every few seconds (its statistics
+        // interval): the inbox's consumer shows up then.
+        let counted = page["inbox"]["consumers"] == 1;
+        if inputs == 2 && counted && page["presence"].to_string().contains("\"connected\"") {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed both inputs: {page:#}\n{}",
+            cluster.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("cluster: the inspector's room page: {page:#}");
+    let worker = page["worker"]
+        .as_str()
+        .expect("the worker that runs the room");
+    assert!(
+        worker != "local" && worker.contains('-'),
+        "a worker process's id: {worker}"
+    );
+    assert_eq!(
+        page["inbox"]["consumers"], 1,
+        "from RabbitMQ: {}",
+        page["inbox"]
+    );
+    assert!(page["inbox"]["unacked"].is_u64(), "{}", page["inbox"]);
+    assert_eq!(
+        page["spectators"],
+        Value::Null,
+        "RabbitMQ does not tell spectators"
+    );
+    assert_eq!(page["recent_inputs"][0]["error"], Value::Null);
+    assert!(page["recent_inputs"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown message type"));
+    assert!(
+        page["state"]["items"].is_array(),
+        "the world, from PostgreSQL"
+    );
+
+    let (status, sent) = admin(
+        reqwest::Method::POST,
+        format!("/admin/rooms/{room}/send"),
+        Some(json!({ "player": "tester", "input": { "type": "chat", "text": "from the inspector" } })),
+    )
+    .await;
+    assert_eq!(status, 202, "{sent}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = json_of(&ann.room.recv_timeout(WAIT).await.unwrap());
+        if m["type"] == "chat" && m["text"] == "from the inspector" {
+            assert_eq!(m["input_from"], "tester");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test player's chat never came"
+        );
+    }
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        format!("/admin/rooms/{room}/lock"),
+        Some(json!({ "locked": true })),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let view = get_json(&format!("{lobby}/rooms/{room}")).await;
+    assert_eq!(view["locked"], true);
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        format!("/admin/rooms/{room}/end"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 204, "the worker process ended it within the wait");
+    let (status, _) = admin(reqwest::Method::GET, page_path, None).await;
+    assert_eq!(status, 404);
+}

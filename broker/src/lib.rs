@@ -100,6 +100,17 @@ pub struct Notice {
     pub body: Bytes,
 }
 
+/// One queue as it is now: [`Broker::queue_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages waiting for a consumer.
+    pub ready: usize,
+    /// Messages delivered to a consumer and not yet acknowledged.
+    pub unacked: usize,
+    /// Subscriptions consuming from it.
+    pub consumers: usize,
+}
+
 /// What the broker has counted since it started, for whoever reports on it (the game
 /// server's `GET /metrics`): [`Broker::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -530,6 +541,12 @@ impl Broker {
     /// Messages waiting in a queue for a consumer.
     pub fn queue_depth(&self, destination: &str) -> Option<usize> {
         self.lock().queue_depth(destination)
+    }
+
+    /// A queue's messages ready and unacked, and its consumers; `None` if there is no
+    /// such queue.
+    pub fn queue_stats(&self, destination: &str) -> Option<QueueStats> {
+        self.lock().queue_stats(destination)
     }
 
     /// Messages waiting in named queues for a consumer.

@@ -348,6 +348,22 @@ impl State {
         self.queues.get(destination).map(|q| q.ready.len())
     }
 
+    /// A queue's messages ready and delivered but unacked, and its consumers.
+    pub(super) fn queue_stats(&self, destination: &str) -> Option<crate::QueueStats> {
+        let queue = self.queues.get(destination)?;
+        let unacked = queue
+            .consumers
+            .iter()
+            .filter_map(|(session, sub)| self.sessions.get(session)?.subscriptions.get(sub))
+            .map(|sub| sub.in_flight)
+            .sum();
+        Some(crate::QueueStats {
+            ready: queue.ready.len(),
+            unacked,
+            consumers: queue.consumers.len(),
+        })
+    }
+
     /// Messages ready in named queues.
     pub(super) fn queued(&self) -> usize {
         self.queues

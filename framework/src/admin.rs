@@ -30,6 +30,9 @@ pub struct InboxState {
     pub consumers: u64,
     /// Messages in it, delivered or not, that no one has acked.
     pub messages: u64,
+    /// Of those, the ones delivered to the worker and not yet acked (applied, not yet
+    /// in a saved checkpoint).
+    pub unacked: u64,
 }
 
 /// A broker's control plane, as the room service and the room workers use it.
@@ -55,7 +58,18 @@ pub trait BrokerAdmin: Send + Sync + 'static {
 
     /// Puts a control message (JSON) from the lobby in a room's inbox, in line with the
     /// players' inputs, with `user-id` [`LOBBY_USER`], which no player can forge.
-    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>>;
+    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>> {
+        self.publish_as(room, LOBBY_USER, body)
+    }
+
+    /// Puts a message (JSON) in a room's inbox as `sender` sends it: the lobby's
+    /// controls ([`LOBBY_USER`]), or the inspector's inputs as a test player.
+    fn publish_as<'a>(
+        &'a self,
+        room: &'a str,
+        sender: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<()>>;
 
     /// Closes the connections `player` of `room` has open (its ticket was revoked);
     /// returns how many.
@@ -147,11 +161,16 @@ impl BrokerAdmin for EmbeddedAdmin {
         })
     }
 
-    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>> {
-        let inbox = self.names.inbox(room, LOBBY_USER);
+    fn publish_as<'a>(
+        &'a self,
+        room: &'a str,
+        sender: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<()>> {
+        let inbox = self.names.inbox(room, sender);
         Box::pin(async move {
             let headers = vec![
-                ("user-id".to_owned(), LOBBY_USER.to_owned()),
+                ("user-id".to_owned(), sender.to_owned()),
                 ("content-type".to_owned(), "application/json".to_owned()),
             ];
             self.broker
@@ -173,6 +192,17 @@ impl BrokerAdmin for EmbeddedAdmin {
 
     fn connections(&self) -> Option<usize> {
         Some(self.broker.session_count())
+    }
+
+    fn inbox_state<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Option<InboxState>>> {
+        let stats = self.broker.queue_stats(&self.names.inbox_queue(room));
+        Box::pin(async move {
+            Ok(stats.map(|q| InboxState {
+                consumers: q.consumers as u64,
+                messages: (q.ready + q.unacked) as u64,
+                unacked: q.unacked as u64,
+            }))
+        })
     }
 
     fn queued(&self) -> Option<usize> {

@@ -91,7 +91,7 @@ impl Joins {
     }
 
     /// Spectators of `room` connected now.
-    fn spectators(&self, room: &str) -> usize {
+    pub(crate) fn spectators(&self, room: &str) -> usize {
         self.0
             .read()
             .unwrap()

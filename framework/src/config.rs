@@ -257,8 +257,9 @@ pub struct Args {
     /// token secret]. In cluster mode workers log in with the --broker URL's user.
     #[arg(long, env = "GSL_WORKER_SECRET", hide_env_values = true)]
     pub worker_secret: Option<String>,
-    /// A secret that may end any room and kick any player, as `Authorization: Bearer`
-    /// [default: none; only a room's creator may, with the owner token POST /rooms answers].
+    /// A secret that may end any room and kick any player, as `Authorization: Bearer`,
+    /// and opens the inspector (`/inspect`, `/admin/…`) [default: none; only a room's
+    /// creator may end it or kick, with the owner token POST /rooms answers].
     #[arg(long, env = "GSL_OPERATOR_SECRET", hide_env_values = true)]
     pub operator_secret: Option<String>,
     /// A room with no input for this many seconds ends.

@@ -242,3 +242,110 @@ pub async fn serve(
     tasks.close();
     let _ = tokio::time::timeout(grace, tasks.wait()).await;
 }
+
+/// Every error: what went wrong, and often what to do (for the OpenAPI description).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: String,
+}
+
+/// An error answered as JSON: `{"error": "…"}` with a fitting status.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is wrong.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404: nothing there.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> ApiError {
+        use crate::Error;
+        let status = match &e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => {
+                tracing::error!("lobby request failed: {e}");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The result of a lobby handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
+}
+
+/// A page of a list of rooms (`?offset=0&limit=100`).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Page {
+    /// Rooms to skip, oldest first.
+    #[param(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default)]
+    pub(crate) offset: usize,
+    /// Rooms to answer at most, 1 to 1000 (100 if left out).
+    #[serde(default = "Page::default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub(crate) limit: usize,
+}
+
+impl Page {
+    fn default_limit() -> usize {
+        100
+    }
+
+    /// 400 unless the limit is 1 to 1000 and the offset at most a billion.
+    pub(crate) fn check(&self) -> ApiResult<()> {
+        if !(1..=1000).contains(&self.limit) || self.offset > 1_000_000_000 {
+            return Err(ApiError::bad_request(
+                "limit is 1 to 1000 rooms, offset 0 to 1000000000",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -32,12 +32,13 @@
 //!     without HTTP.
 //! 15. [`presence`]: who is connected, told to the rooms: the embedded broker's
 //!     connection events and RabbitMQ's event exchange; expired seat reservations.
-//! 16. [`lobby`]: the REST lobby on axum, over the room service.
-//! 17. [`config`]: [`Config`] and the command line ([`Args`]).
-//! 18. [`package`]: `package`, the AWS SAM template of a deployment.
-//! 19. [`scaffold`]: `new NAME`, a new game's crate from the template.
-//! 20. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
-//! 21. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
+//! 16. [`inspect`]: the operator's inspector: the page at `/inspect` and the admin API.
+//! 17. [`lobby`]: the REST lobby on axum, over the room service.
+//! 18. [`config`]: [`Config`] and the command line ([`Args`]).
+//! 19. [`package`]: `package`, the AWS SAM template of a deployment.
+//! 20. [`scaffold`]: `new NAME`, a new game's crate from the template.
+//! 21. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
+//! 22. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
 //!
 //! The `server` feature (on by default) holds everything but [`msg`], [`room`] and
 //! [`testing`]: a crate of game rules alone builds and tests them without it.
@@ -93,6 +94,8 @@ pub mod auth;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+pub mod inspect;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 #[cfg(feature = "server")]

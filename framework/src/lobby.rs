@@ -12,8 +12,12 @@
 //! | `GET /health` | liveness and counts |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /openapi.json` | this API, described |
+//! | `GET /inspect`, `/admin/…` | the operator's inspector ([`crate::inspect`]) |
 
 use crate::auth::RabbitAuth;
+use crate::http::{bearer, ErrorBody, Page};
+pub use crate::http::{ApiError, ApiResult};
+use crate::inspect;
 pub use crate::proto::{valid_name, QueueView, RoomView, Ticket};
 use crate::rooms::{QuickPlay, RoomSpec, Rooms, Viewer};
 use crate::token::key_name;
@@ -83,68 +87,12 @@ impl Lobby {
                 "/rooms/{id}/players/{name}",
                 axum::routing::delete(kick_player),
             )
+            .merge(crate::inspect::routes())
             .merge(self.router)
             .fallback(not_found)
             .with_state(rooms)
     }
 }
-
-/// An error answered as JSON: `{"error": "…"}` with a fitting status.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// What went wrong, for a person.
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with a status and a message.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    /// 400: the request is wrong.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    /// 404: nothing there.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-impl From<crate::Error> for ApiError {
-    fn from(e: crate::Error) -> ApiError {
-        use crate::Error;
-        let status = match &e {
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
-            _ => {
-                tracing::error!("lobby request failed: {e}");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-/// The result of a lobby handler.
-pub type ApiResult<T> = Result<T, ApiError>;
 
 /// The player calling, from the `Authorization: Bearer …` header: the token of a current
 /// join [`Ticket`], or the player's key.
@@ -189,15 +137,6 @@ async fn viewer(rooms: &Rooms, headers: &axum::http::HeaderMap) -> Viewer {
             _ => None,
         },
     }
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
 }
 
 /// Parses an optional JSON body; empty (or `null`) means the defaults.
@@ -293,32 +232,6 @@ struct JoinQueue {
     filter: Option<serde_json::Value>,
 }
 
-/// Every error: what went wrong, and often what to do.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct ErrorBody {
-    error: String,
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct Page {
-    /// Rooms to skip, oldest first.
-    #[param(minimum = 0, maximum = 1_000_000_000)]
-    #[serde(default)]
-    offset: usize,
-    /// Rooms to answer at most, 1 to 1000 (100 if left out).
-    #[serde(default = "Page::default_limit")]
-    #[param(minimum = 1, maximum = 1000)]
-    limit: usize,
-}
-
-impl Page {
-    fn default_limit() -> usize {
-        100
-    }
-}
-
 #[utoipa::path(get, path = "/health", tag = "lobby",
     responses((status = 200, description = "Liveness and counts"), (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 408, description = "The request took too long", body = ErrorBody),
@@ -389,7 +302,8 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
-    paths(health, metrics, create_room, list_rooms, get_room, join_room, spectate, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room),
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, spectate, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room,
+        inspect::admin_rooms, inspect::admin_room, inspect::admin_watch, inspect::admin_lock, inspect::admin_kick, inspect::admin_end, inspect::admin_send),
     components(schemas(RoomView, Ticket, QueueView, CreateRoom, JoinRoom, Matchmake, JoinQueue, ErrorBody)),
     modifiers(&BearerTokens),
 )]
@@ -413,6 +327,10 @@ impl utoipa::Modify for BearerTokens {
         components.add_security_scheme(
             "owner",
             bearer("A room's owner token, or the operator secret"),
+        );
+        components.add_security_scheme(
+            "operator",
+            bearer("The operator secret (--operator-secret)"),
         );
     }
 }
@@ -462,11 +380,7 @@ async fn list_rooms(
     headers: axum::http::HeaderMap,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> ApiResult<Json<Vec<RoomView>>> {
-    if !(1..=1000).contains(&page.limit) || page.offset > 1_000_000_000 {
-        return Err(ApiError::bad_request(
-            "limit is 1 to 1000 rooms, offset 0 to 1000000000",
-        ));
-    }
+    page.check()?;
     let viewer = viewer(&rooms, &headers).await;
     Ok(Json(rooms.list(&viewer, page.offset, page.limit).await?))
 }
@@ -491,6 +405,7 @@ async fn get_room(
     responses((status = 200, description = "A ticket", body = Ticket),
         (status = 403, description = "The name is someone else's", body = ErrorBody),
         (status = 404, description = "No such live room", body = ErrorBody),
+        (status = 409, description = "The room is locked: it takes no one now", body = ErrorBody),
         (status = 429, description = "The room is full", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 408, description = "The request took too long", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
@@ -697,7 +612,8 @@ async fn kick_player(
 
 #[utoipa::path(delete, path = "/rooms/{id}", tag = "rooms", params(("id" = String, Path, description = "The room id")),
     security(("owner" = [])),
-    responses((status = 204, description = "The room ends"),
+    responses((status = 204, description = "The room has ended: its players were told, its state saved, its inbox deleted"),
+        (status = 202, description = "The room is ending: its worker had not ended it within 5 s (a Lambda room waking up), and will"),
         (status = 401, description = "No owner token", body = ErrorBody),
         (status = 403, description = "Not this room's owner token", body = ErrorBody),
         (status = 404, description = "No such live room", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
@@ -708,11 +624,10 @@ async fn delete_room(
     State(rooms): State<Rooms>,
     PathOf(id): PathOf<String>,
     headers: axum::http::HeaderMap,
-) -> ApiResult<StatusCode> {
-    rooms.record(&id).await?;
+) -> ApiResult<crate::rooms::Ending> {
+    // The right first: without it, whether a room exists is none of the caller's business.
     rooms.may_manage(&id, bearer(&headers))?;
-    rooms.end(&id, "ended by the lobby").await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(rooms.end_within(&id, "ended by the lobby").await?)
 }
 
 /// RabbitMQ's HTTP auth backend, answered by the lobby (`auth_http.*_path` point here):

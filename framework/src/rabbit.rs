@@ -10,7 +10,7 @@
 //! to a queue directly would be a write to the default exchange, which players may not use.
 
 use crate::admin::{BrokerAdmin, Endpoints, InboxState};
-use crate::names::{is_spectator, player_login, Names, INPUT_EXCHANGE, LOBBY_USER};
+use crate::names::{is_spectator, player_login, Names, INPUT_EXCHANGE};
 use crate::policy::RoomPolicy;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -361,7 +361,12 @@ impl BrokerAdmin for RabbitAdmin {
         })
     }
 
-    fn publish_control<'a>(&'a self, room: &'a str, body: String) -> BoxFuture<'a, Result<()>> {
+    fn publish_as<'a>(
+        &'a self,
+        room: &'a str,
+        sender: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let path = format!("/exchanges/{}/{INPUT_EXCHANGE}/publish", self.vhost());
             let answer = self
@@ -369,7 +374,7 @@ impl BrokerAdmin for RabbitAdmin {
                     reqwest::Method::POST,
                     &path,
                     Some(json!({
-                        "routing_key": format!("room.{room}.{LOBBY_USER}"),
+                        "routing_key": format!("room.{room}.{sender}"),
                         "payload": body,
                         "payload_encoding": "string",
                         "properties": { "delivery_mode": 2, "content_type": "application/json" },
@@ -378,7 +383,7 @@ impl BrokerAdmin for RabbitAdmin {
                 .await?;
             if answer["routed"] != true {
                 return Err(Error::Protocol(format!(
-                    "RabbitMQ routed the control message for room {room} nowhere: its inbox is gone"
+                    "RabbitMQ routed the message from {sender} for room {room} nowhere: its inbox is gone"
                 )));
             }
             Ok(())
@@ -423,7 +428,7 @@ impl BrokerAdmin for RabbitAdmin {
     fn inbox_state<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Option<InboxState>>> {
         Box::pin(async move {
             let path = format!(
-                "/queues/{}/{}?columns=consumers,messages",
+                "/queues/{}/{}?columns=consumers,messages,messages_unacknowledged",
                 self.vhost(),
                 RabbitAdmin::queue(room)
             );
@@ -434,6 +439,7 @@ impl BrokerAdmin for RabbitAdmin {
             Ok(Some(InboxState {
                 consumers: queue["consumers"].as_u64().unwrap_or(0),
                 messages: queue["messages"].as_u64().unwrap_or(0),
+                unacked: queue["messages_unacknowledged"].as_u64().unwrap_or(0),
             }))
         })
     }

@@ -125,6 +125,8 @@ pub(crate) struct Applied {
     pub(crate) outputs: Vec<Output>,
     /// The input was a repeat of one already applied, and was skipped.
     pub(crate) duplicate: bool,
+    /// Why the input was rejected, if it was (the sender got it as an `error`).
+    pub(crate) rejected: Option<String>,
 }
 
 impl<S: 'static> Room<S> {
@@ -387,15 +389,18 @@ impl<S: 'static> Room<S> {
                         .into(),
                 ),
             };
+            let rejected = Some(rejection.to_string());
             return Applied {
                 outputs: self.finish(Vec::new(), Cause::Hook(player), Err(rejection)),
                 duplicate: false,
+                rejected,
             };
         };
         if self.applied.get(player).is_some_and(|&last| seq <= last) {
             return Applied {
                 outputs: Vec::new(),
                 duplicate: true,
+                rejected: None,
             };
         }
         self.applied.insert(player.to_owned(), seq);
@@ -403,6 +408,7 @@ impl<S: 'static> Room<S> {
             return Applied {
                 outputs: Vec::new(),
                 duplicate: false,
+                rejected: None,
             };
         }
         let mut ctx = Ctx::new(&self.id, player, seq);
@@ -414,9 +420,11 @@ impl<S: 'static> Room<S> {
                 self.id
             )))
         };
+        let rejected = result.as_ref().err().map(ToString::to_string);
         Applied {
             outputs: self.finish(ctx.take_effects(), Cause::Input(player, seq), result),
             duplicate: false,
+            rejected,
         }
     }
 

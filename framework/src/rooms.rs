@@ -12,6 +12,7 @@
 //! - Ending a room, or kicking a player, takes the room's owner token (answered to
 //!   whoever created the room) or the operator secret.
 
+mod inspect;
 mod open_seats;
 
 use crate::admin::BrokerAdmin;
@@ -30,6 +31,7 @@ use crate::token::{
 use crate::worker::{Control, Launcher, Transfers};
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
+pub use inspect::{InboxFigures, PlayerPresence, RoomDetail, RoomInspection};
 use open_seats::OpenSeats;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -113,6 +115,15 @@ pub struct QuickPlay {
     pub filter: Value,
     /// A private room's code: that room, and no other.
     pub code: Option<String>,
+}
+
+/// Where ending a room stands when the lobby answers ([`Rooms::end_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The room has ended: its players were told, its state saved, its inbox deleted.
+    Ended,
+    /// Its worker had not ended it within [`END_WAIT`] (a Lambda room waking up); it will.
+    Ending,
 }
 
 /// Who is asking, as far as the room service can tell.
@@ -1129,7 +1140,26 @@ impl Rooms {
                 reason: reason.to_owned(),
             },
         )
-        .await
+        .await?;
+        // A room that sleeps (on Lambda, an empty room's worker chain ends) wakes to end.
+        self.inner.launcher.launch(room);
+        Ok(())
+    }
+
+    /// [`Rooms::end`], then waits up to [`END_WAIT`] for the room's worker to have
+    /// ended it: `Ended` if it has, `Ending` if not yet (it still will).
+    pub async fn end_within(&self, room: &str, reason: &str) -> Result<Ending> {
+        self.end(room, reason).await?;
+        let deadline = Instant::now() + END_WAIT;
+        loop {
+            if self.store().room(room).await?.is_none() {
+                return Ok(Ending::Ended);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Ending::Ending);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Puts a lobby control message in a room's inbox, in line with the players' inputs.
@@ -1158,6 +1188,9 @@ impl Transfers for Rooms {
 
 /// How long a transferred player's connections to the room it left stay open: long
 /// enough for the new ticket, sent on them, to arrive.
+/// How long ending a room through the lobby waits for its worker to have ended it.
+pub const END_WAIT: Duration = Duration::from_secs(5);
+
 /// How long quick play hands out seats from a shelf before it asks the store again:
 /// how soon seats freed by leavers, rooms made through another lobby and a room's new
 /// metadata show up in this lobby's quick plays.

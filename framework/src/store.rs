@@ -92,6 +92,26 @@ pub struct Checkpoint {
     /// is still the latest, so a worker that was replaced cannot overwrite its
     /// replacement's progress (0: none yet).
     pub version: u64,
+    /// What the room did lately (its latest inputs and their outcomes, its input rate),
+    /// as JSON, for the operator's inspector. Saved empty, it leaves the saved one as it
+    /// is (the worker takes it a few times a second at most); read empty, none was saved.
+    pub activity: String,
+}
+
+/// What the operator's inspector shows of a room beyond its record
+/// ([`Store::inspections`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The worker that last became the room's active one.
+    pub worker: Option<String>,
+    /// The code version the room is pinned to (Lambda mode).
+    pub code_version: Option<String>,
+    /// The room seq of its latest checkpoint (`None`: it has none yet).
+    pub seq: Option<u64>,
+    /// When its latest checkpoint was saved, seconds since the Unix epoch.
+    pub checkpoint_at: Option<i64>,
+    /// Its latest inputs and input rate as that checkpoint holds them (JSON).
+    pub activity: Option<String>,
 }
 
 /// How a transfer is carried out, as its first try chose: every later try follows it.

@@ -2,6 +2,7 @@
 //! [`room_worker`] is the worker without I/O; [`subscribed`] runs it as a STOMP
 //! consumer; a [`Launcher`] decides where the worker of a new room runs.
 
+pub mod activity;
 mod courier;
 pub mod discovery;
 pub mod kinds;

@@ -85,6 +85,7 @@ async fn exercise(store: &Store) {
         applied: BTreeMap::from([(player.clone(), 9)]),
         players: vec![player.clone()],
         version: 0,
+        activity: r#"{"inputs_per_second":0.1,"recent":[]}"#.into(),
     };
     let grants = [Grant {
         player: player.clone(),
@@ -110,8 +111,24 @@ async fn exercise(store: &Store) {
     store.save_checkpoint(&room, &next, &[], &[]).await.unwrap(); // replaces
     assert_eq!(
         store.checkpoint(&room).await.unwrap(),
-        Some(Checkpoint { version: 2, ..next })
+        Some(Checkpoint {
+            version: 2,
+            ..next.clone()
+        })
     );
+    // A checkpoint saved without activity keeps the one saved before.
+    let quiet = Checkpoint {
+        seq: 44,
+        version: 2,
+        activity: String::new(),
+        ..next.clone()
+    };
+    store
+        .save_checkpoint(&room, &quiet, &[], &[])
+        .await
+        .unwrap();
+    let kept = store.checkpoint(&room).await.unwrap().unwrap();
+    assert_eq!((kept.seq, kept.activity), (44, next.activity));
     assert_eq!(
         store.items(&player).await.unwrap()["coin"],
         1,
@@ -163,6 +180,7 @@ async fn group_commit(store: &Store) {
         applied: BTreeMap::from([(player.clone(), seq)]),
         players: vec![player.clone()],
         version,
+        activity: String::new(),
     };
     let grant = [Grant {
         player: player.clone(),
@@ -297,6 +315,7 @@ async fn transfers_outbox(store: &Store) {
         applied: BTreeMap::new(),
         players: vec!["ann".into()],
         version: 0,
+        activity: String::new(),
     };
     let (first, second) = (transfer(2), transfer(10));
     store

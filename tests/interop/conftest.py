@@ -59,6 +59,8 @@ class ServerProcess:
     tcp_port: int = 0
     proc: subprocess.Popen | None = None
     stdout_lines: list = field(default_factory=list)
+    #: More command-line arguments, e.g. ["--operator-secret", "…"].
+    extra_args: list = field(default_factory=list)
     log_path: Path | None = None
 
     @property
@@ -92,6 +94,7 @@ class ServerProcess:
                 "--heartbeat-ms", str(self.heartbeat_ms),
                 "--guest",  # stomp.py logs in as guest/guest, outside the rooms
                 "--log", "info",
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=log,

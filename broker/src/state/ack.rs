@@ -167,8 +167,18 @@ mod tests {
         let got = h.messages(ann);
         assert_eq!(bodies(&got), ["1", "2"]);
         assert_eq!(h.state.queue_depth("/queue/q"), Some(3));
+        let stats = |ready, unacked| {
+            Some(crate::QueueStats {
+                ready,
+                unacked,
+                consumers: 1,
+            })
+        };
+        assert_eq!(h.state.queue_stats("/queue/q"), stats(3, 2));
         h.ack(ann, &got[1]).unwrap();
         assert_eq!(h.bodies(ann), ["3", "4"]);
+        assert_eq!(h.state.queue_stats("/queue/q"), stats(1, 2));
+        assert_eq!(h.state.queue_stats("/queue/none"), None);
     }
 
     #[test]

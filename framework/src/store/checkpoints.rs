@@ -28,6 +28,7 @@ pub(super) struct PendingSave {
     state: String,
     applied: String,
     players: String,
+    activity: String,
     /// The version the saving worker started from; the row becomes `version + 1`.
     version: i64,
     grants: Vec<Grant>,
@@ -39,7 +40,7 @@ pub(super) struct PendingSave {
 /// the acks of the inputs a checkpoint holds wait for it, not the players.
 pub(super) const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Rows per statement of a group commit (7 parameters each: far below the limits of
+/// Rows per statement of a group commit (8 parameters each: far below the limits of
 /// SQLite and PostgreSQL).
 pub(super) const SAVES_PER_STATEMENT: usize = 100;
 
@@ -70,6 +71,7 @@ impl Store {
             applied: serde_json::to_string(&checkpoint.applied)
                 .expect("a map of numbers serializes"),
             players: serde_json::to_string(&checkpoint.players).expect("names serialize"),
+            activity: checkpoint.activity.clone(),
             version: checkpoint.version as i64,
             grants: grants.to_vec(),
             transfers: transfers.to_vec(),
@@ -169,7 +171,8 @@ impl Store {
                     .bind(&save.applied)
                     .bind(now)
                     .bind(&save.players)
-                    .bind(save.version + 1);
+                    .bind(save.version + 1)
+                    .bind((!save.activity.is_empty()).then_some(&save.activity));
             }
             for row in query.fetch_all(&mut *tx).await.map_err(db)? {
                 let room: String = row.try_get(0).map_err(db)?;
@@ -210,7 +213,7 @@ impl Store {
     /// A room's last checkpoint, if it has one.
     pub async fn checkpoint(&self, room: &str) -> Result<Option<Checkpoint>> {
         let row = sqlx::query(
-            "SELECT seq, state, applied, players, version FROM checkpoints WHERE room_id = $1",
+            "SELECT seq, state, applied, players, version, activity FROM checkpoints WHERE room_id = $1",
         )
         .bind(room)
         .fetch_optional(&self.pool)
@@ -227,6 +230,10 @@ impl Store {
             applied: serde_json::from_str(&applied).map_err(corrupt)?,
             players: serde_json::from_str(&players).map_err(corrupt)?,
             version: row.try_get::<i64, _>("version").map_err(db)? as u64,
+            activity: row
+                .try_get::<Option<String>, _>("activity")
+                .map_err(db)?
+                .unwrap_or_default(),
         }))
     }
 
@@ -289,20 +296,21 @@ fn statements_of(group: &[PendingSave]) -> Vec<Vec<usize>> {
 /// RETURNING names the rows written: a room missing from it was fenced.
 fn upsert_checkpoints(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players, version) VALUES ",
+        "INSERT INTO checkpoints (room_id, seq, state, applied, updated_at, players, version, activity) VALUES ",
     );
     for k in 0..rows {
-        let p = k * 7;
+        let p = k * 8;
         if k > 0 {
             sql.push_str(", ");
         }
-        let params: Vec<String> = (1..=7).map(|n| format!("${}", p + n)).collect();
+        let params: Vec<String> = (1..=8).map(|n| format!("${}", p + n)).collect();
         sql.push_str(&format!("({})", params.join(", ")));
     }
     sql.push_str(
         " ON CONFLICT (room_id) DO UPDATE SET seq = excluded.seq, state = excluded.state,
              applied = excluded.applied, updated_at = excluded.updated_at,
-             players = excluded.players, version = excluded.version
+             players = excluded.players, version = excluded.version,
+             activity = COALESCE(excluded.activity, checkpoints.activity)
          WHERE checkpoints.version = excluded.version - 1
          RETURNING room_id",
     );

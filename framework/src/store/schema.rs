@@ -101,4 +101,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // One row a kind, updated first by whoever forms groups of it: the lock that makes
     // lobbies form them one at a time.
     "CREATE TABLE IF NOT EXISTS queue_locks (kind TEXT PRIMARY KEY, n BIGINT NOT NULL)",
+    // What the room did lately, saved with each checkpoint for the inspector (JSON).
+    "ALTER TABLE checkpoints ADD COLUMN activity TEXT",
 ];

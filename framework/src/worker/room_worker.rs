@@ -2,6 +2,7 @@
 //! messages in order, produce outputs, take checkpoints. Every runtime (a task in the
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
+use super::activity::{Activity, InputRecord};
 use crate::msg::{Arrival, Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::proto::Grant;
@@ -51,6 +52,10 @@ impl InboxMessage<'_> {
 #[derive(Deserialize)]
 struct InputHeader {
     seq: Option<u64>,
+    /// Any JSON: an input whose `type` is not a string is still numbered (and refused
+    /// by the room for its type).
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
 }
 
 /// What the lobby puts in a room's inbox.
@@ -118,7 +123,18 @@ pub struct RoomWorker<S> {
     version: u64,
     /// How long a dropped player keeps its seat.
     grace: std::time::Duration,
+    /// The latest inputs and the input rate, saved with checkpoints.
+    activity: Activity,
+    /// Whether `activity` has inputs no checkpoint taken holds yet.
+    activity_pending: bool,
+    /// When a checkpoint last took `activity`.
+    activity_taken: Option<std::time::Instant>,
 }
+
+/// How often at most a checkpoint takes the room's activity: a busy room checkpoints
+/// every few dozen inputs, and the inspector's record must not slow its saves (and so
+/// its acks).
+const ACTIVITY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// A worker for a fresh `room` running `msg`.
@@ -127,6 +143,9 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             room: Room::new(room, msg),
             version: 0,
             grace: std::time::Duration::from_secs(30),
+            activity: Activity::default(),
+            activity_pending: false,
+            activity_taken: None,
         }
     }
 
@@ -172,6 +191,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             checkpoint.players,
         );
         self.version = checkpoint.version;
+        self.activity = Activity::from_json(&checkpoint.activity);
         Ok(())
     }
 
@@ -225,10 +245,47 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             tracing::warn!(room = %self.room.id(), "dropped an input with no player (user-id {user:?})");
             return Vec::new();
         }
-        let seq = serde_json::from_slice::<InputHeader>(body)
-            .ok()
-            .and_then(|h| h.seq);
-        self.room.apply(user, seq, body).outputs
+        let (seq, kind) =
+            serde_json::from_slice::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind));
+        let kind = kind.as_ref().and_then(|k| k.as_str()).map(str::to_owned);
+        let applied = self.room.apply(user, seq, body);
+        if !applied.duplicate {
+            self.activity.record(InputRecord {
+                at_ms: now_ms(),
+                from: user.to_owned(),
+                seq,
+                kind,
+                room_seq: self.room.seq(),
+                error: applied.rejected,
+            });
+            self.activity_pending = true;
+        }
+        applied.outputs
+    }
+
+    /// The room's latest inputs and its input rate.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Whether the room's activity has inputs no checkpoint taken holds yet: the worker
+    /// takes one for it, even with nothing else to save.
+    pub fn activity_pending(&self) -> bool {
+        self.activity_pending
+    }
+
+    /// The activity for the next checkpoint, as JSON, if it has news and the last was
+    /// taken [`ACTIVITY_EVERY`] ago; otherwise empty: the store keeps what it has.
+    fn activity_to_save(&mut self) -> String {
+        let due = self
+            .activity_taken
+            .is_none_or(|at| at.elapsed() >= ACTIVITY_EVERY);
+        if !(self.activity_pending && due) {
+            return String::new();
+        }
+        self.activity_pending = false;
+        self.activity_taken = Some(std::time::Instant::now());
+        self.activity.to_json()
     }
 
     /// Ends the room from outside (idleness, shutdown of the room).
@@ -262,6 +319,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 .collect(),
             players: self.room.players().map(str::to_owned).collect(),
             version: self.version,
+            activity: self.activity_to_save(),
         };
         Ok((
             checkpoint,

@@ -171,9 +171,9 @@ impl<'a> Saver<'a> {
     }
 }
 
-/// Whether two checkpoints differ at most in their tick numbers. Ticks that changed
-/// nothing need no save: run again on the same state after a crash, they change
-/// nothing again.
+/// Whether two checkpoints differ at most in their tick numbers (and `b` brings no
+/// activity to save). Ticks that changed nothing need no save: run again on the same
+/// state after a crash, they change nothing again.
 fn same_but_ticks(a: &Checkpoint, b: &Checkpoint) -> bool {
     let inputs = |c: &Checkpoint| {
         c.applied
@@ -182,7 +182,8 @@ fn same_but_ticks(a: &Checkpoint, b: &Checkpoint) -> bool {
             .map(|(k, v)| (k.clone(), *v))
             .collect::<Vec<_>>()
     };
-    a.seq == b.seq
+    b.activity.is_empty()
+        && a.seq == b.seq
         && a.version == b.version
         && a.state == b.state
         && a.players == b.players

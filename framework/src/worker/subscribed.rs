@@ -435,7 +435,8 @@ where
         loop {
             // A room nobody is in hibernates: no ticks, so nothing to publish or save.
             let ticking = self.timers_tick_wanted();
-            let checkpoint_due = self.saver.unsaved > 0 && self.saver.in_flight.is_none();
+            let checkpoint_due = (self.saver.unsaved > 0 || self.worker.activity_pending())
+                && self.saver.in_flight.is_none();
             let t = &mut self.timers;
             let event = tokio::select! {
                 biased;
@@ -470,6 +471,7 @@ where
                 Event::Checkpoint => {
                     let saver = &self.saver;
                     if saver.unsaved_not_ticks > 0
+                        || self.worker.activity_pending()
                         || saver.started.elapsed() >= self.timers.ticks_only_every
                     {
                         self.saver.start(&mut self.worker).await?;

@@ -1,0 +1,100 @@
+"""The operator's inspector in a real browser: Debian's Chromium, driven by Playwright.
+
+A player plays over STOMP with stomp.py; the inspector, opened with the operator secret,
+lists the room, shows its state, its latest inputs with their outcomes and the live
+stream, and its Kick takes the player out: the player's connection is closed and the
+page shows the player gone. Screenshots go to target/browser-screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+import stomp
+
+from conftest import REPO, ServerProcess
+from interop_support import Collector, unique, wait_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = REPO / "target" / "browser-screenshots"
+SECRET = "browser-test-operator-secret"
+
+
+def post(srv, path, body, bearer=None):
+    request = urllib.request.Request(
+        f"http://{srv.host}:{srv.http_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read()
+        return json.loads(text) if text else None
+
+
+@pytest.fixture
+def operated_server(tmp_path):
+    srv = ServerProcess(tmp_path / "data", extra_args=["--operator-secret", SECRET]).start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_the_inspector_shows_a_room_and_its_kick_takes_the_player_out(operated_server, browser):
+    srv = operated_server
+    room = post(srv, "/rooms", {"name": "inspected"})["id"]
+    ann = unique("ann").replace("-", "_")
+    ticket = post(srv, f"/rooms/{room}/join", {"name": ann})
+    conn = stomp.Connection12([(srv.host, srv.tcp_port)], heartbeats=(0, 0))
+    heard = Collector()
+    conn.set_listener("heard", heard)
+    conn.connect(username=ticket["login"], passcode=ticket["token"], wait=True)
+    conn.subscribe(ticket["topic"], id="room", ack="auto")
+    conn.subscribe(ticket["private"], id="me", ack="auto")
+    conn.send(ticket["inbox"], json.dumps({"type": "look", "seq": 1}), content_type="application/json")
+    conn.send(ticket["inbox"], json.dumps({"type": "fly", "seq": 2}), content_type="application/json")
+    wait_for(lambda: any("unknown message type" in m.body for m in heard.messages), what="the refusal of fly")
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://{srv.host}:{srv.http_port}/inspect")
+    page.fill("#secret", SECRET)
+    page.click("#login button")
+    row = page.wait_for_selector(f'tr[data-room="{room}"]')
+    assert "inspected" in row.inner_text()
+    page.screenshot(path=str(SHOTS / "inspector-rooms.png"))
+
+    page.click(f'a[href="#room={room}"]')
+    page.wait_for_selector(f'#players tr[data-player="{ann}"]')
+    # The state comes from the latest checkpoint: the MMO's world, with its items.
+    page.wait_for_function("document.getElementById('state').textContent.includes('items')")
+    # The latest inputs, each with its outcome: look applied, fly rejected.
+    page.wait_for_function("document.getElementById('inputs').textContent.includes('unknown message type')")
+    inputs = page.inner_text("#inputs")
+    assert "look" in inputs and "applied" in inputs and "rejected" in inputs, inputs
+    # The live stream: the room's outputs as they happen.
+    conn.send(ticket["inbox"], json.dumps({"type": "chat", "text": "hello inspector", "seq": 3}), content_type="application/json")
+    page.wait_for_function("document.getElementById('stream').textContent.includes('hello inspector')")
+    page.screenshot(path=str(SHOTS / "inspector-room.png"), full_page=True)
+
+    page.click(f'#players tr[data-player="{ann}"] button.kick')
+    page.wait_for_selector(f'#players tr[data-player="{ann}"]', state="detached")
+    wait_for(lambda: not conn.is_connected(), what="the kicked player's connection to close")
+    assert errors == [], errors
