@@ -33,6 +33,7 @@ use utoipa::ToSchema;
 
 /// A room as the lobby shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct RoomView {
     /// The room id.
@@ -44,6 +45,7 @@ pub struct RoomView {
     /// How many players are in it.
     pub players_online: usize,
     /// Creation time, seconds since the Unix epoch.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub created_at: i64,
     /// Why `players` is empty although `players_online` is not: names are shown to the
     /// room's own players and the operator.
@@ -89,6 +91,7 @@ pub struct RoomView {
 /// What quick play (`POST /matchmake`) asks for: who plays, and in what kind of room
 /// with what metadata, or in which private room.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Matchmake {
     /// Who plays.
     pub name: String,
@@ -109,6 +112,7 @@ pub struct Matchmake {
 /// A ticket in the matchmaking queue (`POST /matchmake/queue`), as its holder polls it
 /// (`GET /matchmake/queue/{id}?wait=SECS`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct QueueView {
     /// The ticket's id: a secret, which polls and cancels it.
@@ -118,6 +122,7 @@ pub struct QueueView {
     /// The kind of room it waits for.
     pub kind: String,
     /// How long it has waited, in milliseconds.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub waited_ms: u64,
     /// Tickets of the kind waiting now (this one included while it waits).
     pub waiting: usize,
@@ -142,6 +147,7 @@ impl Matchmake {
 /// What joining a room answers: everything a client needs to play, with no destination
 /// names to build itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Ticket {
     /// The room id.
@@ -157,6 +163,7 @@ pub struct Ticket {
     /// The STOMP `passcode`: a signed token that expires; also the lobby's Bearer token.
     pub token: String,
     /// When the token expires, seconds since the Unix epoch.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub expires: u64,
     /// Where to SEND inputs (JSON with `type` and the player's own `seq`).
     pub inbox: String,
@@ -178,10 +185,12 @@ pub struct Ticket {
 
 /// A player's persistent inventory (`GET /user/items`): item to count.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Inventory {
     /// Whose it is.
     pub player: String,
     /// How many of each item.
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, number>"))]
     pub items: BTreeMap<String, i64>,
 }
 
@@ -199,6 +208,7 @@ pub struct Grant {
 /// A message a room sent, as a client receives it: the game's own message `T` or one of
 /// the framework's ([`RoomEvent`]), and the numbers the room stamped on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Envelope<T> {
     /// What the message says.
     #[serde(flatten)]
@@ -206,9 +216,11 @@ pub struct Envelope<T> {
     /// The room's sequence number: broadcasts count up by one each, so a gap means a
     /// missed message; a message to one player carries the latest broadcast's.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub seq: u64,
     /// The sender's number of the input that caused this message, if an input did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub input_seq: Option<u64>,
     /// Who sent that input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +229,7 @@ pub struct Envelope<T> {
 
 /// The body of an [`Envelope`]: the framework's messages first, then the game's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[serde(untagged)]
 pub enum Body<T> {
     /// A message the framework itself sends.
@@ -227,6 +240,7 @@ pub enum Body<T> {
 
 /// The messages the framework sends, whatever the game.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RoomEvent {
     /// The room refused one of this player's inputs (or a hook failed); to that player only.
@@ -250,8 +264,10 @@ pub enum RoomEvent {
 /// An input as a client sends it: the game's message and the player's own number for it,
 /// growing with each input, by which the room applies each input once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Input<T> {
     /// The player's number for this input.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub seq: u64,
     /// The game's message.
     #[serde(flatten)]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 /// A tile position: column and row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Pos {
     /// Column.
     pub x: i32,
@@ -19,6 +20,7 @@ pub struct Pos {
 
 /// A move by one tile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Move {
     /// -1, 0 or 1.
     pub dx: i32,
@@ -28,6 +30,7 @@ pub struct Move {
 
 /// A chat line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Chat {
     /// What to say: 1 to 200 characters, no control characters.
     pub text: String,
@@ -36,10 +39,12 @@ pub struct Chat {
 /// Asks for the whole world again: clients send it once subscribed (the welcome sent at
 /// join may have come before they listened) and after a reconnect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Look {}
 
 /// What a player sends. Each variant's payload is what its handler takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum In {
     /// Step one tile (`on_move`).
@@ -52,6 +57,7 @@ pub enum In {
 
 /// A wandering NPC, which fights back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Npc {
     /// Its id.
     pub id: u32,
@@ -65,6 +71,7 @@ pub struct Npc {
 
 /// A player as others see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Player {
     /// Column.
     pub x: i32,
@@ -82,6 +89,7 @@ pub struct Player {
 
 /// Who fights: a player or an NPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fighter {
     /// A player, by name.
@@ -117,6 +125,7 @@ pub fn max_hp(level: u32) -> i32 {
 
 /// An item on the floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct FloorItem {
     /// Its id.
     pub id: u32,
@@ -130,6 +139,7 @@ pub struct FloorItem {
 
 /// The whole world, as a newcomer gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Welcome {
     /// The zone: `meadow` or `caves`.
     pub zone: String,
@@ -146,6 +156,7 @@ pub struct Welcome {
 
 /// What a room sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Out {
     /// The whole world; to one player, on joining and on `look`.
@@ -231,6 +242,7 @@ pub enum Out {
         /// Who slew it.
         by: String,
         /// The experience they earned.
+        #[cfg_attr(feature = "ts", ts(type = "number"))]
         xp: i64,
     },
     /// A player fell; they wake at a spawn point with full hit points ([`Out::Respawned`]).
@@ -279,6 +291,7 @@ pub enum Out {
 
 /// `GET /leaderboard`: the most experienced players.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Leaderboard {
     /// Most experience first.
     pub leaders: Vec<Leader>,
@@ -286,10 +299,12 @@ pub struct Leaderboard {
 
 /// One line of the [`Leaderboard`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
 pub struct Leader {
     /// The player.
     pub player: String,
     /// Their experience.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub xp: i64,
     /// Their level.
     pub level: u32,
