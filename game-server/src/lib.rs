@@ -18,6 +18,8 @@ mod server_side {
     use crate::world::{on_chat, on_drop, on_join, on_leave, on_look, on_move, on_reconnect};
     use crate::world::{World, Zone, XP};
     use axum::extract::State;
+    use axum::http::header;
+    use axum::response::IntoResponse;
     use axum::routing::get;
     use axum::Json;
     use game_server_less::lobby::ApiResult;
@@ -43,11 +45,31 @@ mod server_side {
             .policy(Policy::new().grace(Duration::from_secs(20)))
     }
 
-    /// The game's REST routes, beside the lobby's room routes.
+    /// The game's REST routes, beside the lobby's room routes, and the game in the
+    /// browser: the page at `/` and its script, built from `web/` (`npm run build`) and
+    /// shipped in the binary.
     pub fn lobby() -> Lobby {
         Lobby::new()
             .route("/user/items", get(user_items))
             .route("/leaderboard", get(leaderboard))
+            .route("/", get(page))
+            .route("/mmo.js", get(script))
+    }
+
+    /// `GET /`: the MMO in the browser.
+    async fn page() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            include_str!("../assets/index.html"),
+        )
+    }
+
+    /// `GET /mmo.js`: the page's script (web/src/mmo.ts, bundled).
+    async fn script() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            include_str!("../assets/mmo.js"),
+        )
     }
 
     /// `GET /leaderboard`: the ten most experienced players.

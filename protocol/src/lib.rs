@@ -40,6 +40,8 @@ pub struct Chat {
 /// join may have come before they listened) and after a reconnect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(export))]
+// No fields: `{}` to TypeScript, so that `{ "type": "look" }` is one.
+#[cfg_attr(feature = "ts", ts(type = "{}"))]
 pub struct Look {}
 
 /// What a player sends. Each variant's payload is what its handler takes.

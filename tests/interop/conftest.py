@@ -10,6 +10,7 @@ The binary is ``$GAME_SERVER_BIN`` or ``<repo>/target/debug/game-server``; build
 from __future__ import annotations
 
 import os
+import shutil
 import re
 import signal
 import socket
@@ -243,3 +244,21 @@ def queue(request):
 def topic(request):
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")
     return f"/topic/{name}-{unique('t')}"
+
+
+#: Debian's Chromium, which Playwright drives (no browser is downloaded).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Where the browser tests keep their screenshots (CI artifacts).
+SHOTS = REPO / "target" / "browser-screenshots"
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -8,10 +8,12 @@ oversized frames and silence after promising heart-beats.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
@@ -456,3 +458,20 @@ class RawConnection:
                 self.sock.close()
         except Exception:
             pass
+
+
+# --------------------------------------------------------------------------------------
+# The lobby's REST API
+# --------------------------------------------------------------------------------------
+
+
+def post(srv, path, body, bearer=None):
+    request = urllib.request.Request(
+        f"http://{srv.host}:{srv.http_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read()
+        return json.loads(text) if text else None

@@ -9,31 +9,14 @@ page shows the player gone. Screenshots go to target/browser-screenshots/.
 from __future__ import annotations
 
 import json
-import shutil
-import urllib.request
-from pathlib import Path
 
 import pytest
 import stomp
 
-from conftest import REPO, ServerProcess
-from interop_support import Collector, unique, wait_for
+from conftest import SHOTS, ServerProcess
+from interop_support import Collector, post, unique, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = REPO / "target" / "browser-screenshots"
 SECRET = "browser-test-operator-secret"
-
-
-def post(srv, path, body, bearer=None):
-    request = urllib.request.Request(
-        f"http://{srv.host}:{srv.http_port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        text = answer.read()
-        return json.loads(text) if text else None
 
 
 @pytest.fixture
@@ -41,18 +24,6 @@ def operated_server(tmp_path):
     srv = ServerProcess(tmp_path / "data", extra_args=["--operator-secret", SECRET]).start()
     yield srv
     srv.kill()
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 def test_the_inspector_shows_a_room_and_its_kick_takes_the_player_out(operated_server, browser):
@@ -84,14 +55,16 @@ def test_the_inspector_shows_a_room_and_its_kick_takes_the_player_out(operated_s
     page.click(f'a[href="#room={room}"]')
     page.wait_for_selector(f'#players tr[data-player="{ann}"]')
     # The state comes from the latest checkpoint: the MMO's world, with its items.
-    page.wait_for_function("document.getElementById('state').textContent.includes('items')")
+    page.locator("#state", has_text="items").wait_for()
     # The latest inputs, each with its outcome: look applied, fly rejected.
-    page.wait_for_function("document.getElementById('inputs').textContent.includes('unknown message type')")
+    page.locator("#inputs", has_text="unknown message type").wait_for()
     inputs = page.inner_text("#inputs")
     assert "look" in inputs and "applied" in inputs and "rejected" in inputs, inputs
-    # The live stream: the room's outputs as they happen.
+    # The live stream: the room's outputs as they happen, once the broker holds the
+    # page's subscription.
+    page.locator("#stream", has_text="watching").wait_for()
     conn.send(ticket["inbox"], json.dumps({"type": "chat", "text": "hello inspector", "seq": 3}), content_type="application/json")
-    page.wait_for_function("document.getElementById('stream').textContent.includes('hello inspector')")
+    page.locator("#stream", has_text="hello inspector").wait_for()
     page.screenshot(path=str(SHOTS / "inspector-room.png"), full_page=True)
 
     page.click(f'#players tr[data-player="{ann}"] button.kick')

@@ -4,4 +4,4 @@
  * Asks for the whole world again: clients send it once subscribed (the welcome sent at
  * join may have come before they listened) and after a reconnect.
  */
-export type Look = Record<string, never>;
+export type Look = {};
