@@ -475,3 +475,16 @@ def post(srv, path, body, bearer=None):
     with urllib.request.urlopen(request, timeout=10) as answer:
         text = answer.read()
         return json.loads(text) if text else None
+
+
+def join_over_stomp(srv, room, name):
+    """Joins ``room`` as ``name`` through the lobby and plays over stomp.py (TCP),
+    listening to the room and to itself: the ticket, the connection and what it heard."""
+    ticket = post(srv, f"/rooms/{room}/join", {"name": name})
+    conn = stomp.Connection12([(srv.host, srv.tcp_port)], heartbeats=(0, 0))
+    heard = Collector()
+    conn.set_listener("heard", heard)
+    conn.connect(username=ticket["login"], passcode=ticket["token"], wait=True)
+    conn.subscribe(ticket["topic"], id="room", ack="auto")
+    conn.subscribe(ticket["private"], id="me", ack="auto")
+    return ticket, conn, heard

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import stomp
 
 from conftest import SHOTS, ServerProcess
-from interop_support import Collector, post, unique, wait_for
+from interop_support import join_over_stomp, post, unique, wait_for
 
 SECRET = "browser-test-operator-secret"
 
@@ -30,13 +29,7 @@ def test_the_inspector_shows_a_room_and_its_kick_takes_the_player_out(operated_s
     srv = operated_server
     room = post(srv, "/rooms", {"name": "inspected"})["id"]
     ann = unique("ann").replace("-", "_")
-    ticket = post(srv, f"/rooms/{room}/join", {"name": ann})
-    conn = stomp.Connection12([(srv.host, srv.tcp_port)], heartbeats=(0, 0))
-    heard = Collector()
-    conn.set_listener("heard", heard)
-    conn.connect(username=ticket["login"], passcode=ticket["token"], wait=True)
-    conn.subscribe(ticket["topic"], id="room", ack="auto")
-    conn.subscribe(ticket["private"], id="me", ack="auto")
+    ticket, conn, heard = join_over_stomp(srv, room, ann)
     conn.send(ticket["inbox"], json.dumps({"type": "look", "seq": 1}), content_type="application/json")
     conn.send(ticket["inbox"], json.dumps({"type": "fly", "seq": 2}), content_type="application/json")
     wait_for(lambda: any("unknown message type" in m.body for m in heard.messages), what="the refusal of fly")

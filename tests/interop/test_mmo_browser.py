@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-import stomp
 
 from conftest import SHOTS
-from interop_support import Collector, post, unique, wait_for
+from interop_support import join_over_stomp, post, unique, wait_for
 
 
 def test_a_browser_player_and_a_stomp_player_see_each_other(server, browser):
@@ -20,13 +19,7 @@ def test_a_browser_player_and_a_stomp_player_see_each_other(server, browser):
     base = f"http://{srv.host}:{srv.http_port}"
     room = post(srv, "/rooms", {"name": unique("meadow")})["id"]
     ann = unique("ann").replace("-", "_")[:20]
-    ticket = post(srv, f"/rooms/{room}/join", {"name": ann})
-    conn = stomp.Connection12([(srv.host, srv.tcp_port)], heartbeats=(0, 0))
-    heard = Collector()
-    conn.set_listener("heard", heard)
-    conn.connect(username=ticket["login"], passcode=ticket["token"], wait=True)
-    conn.subscribe(ticket["topic"], id="room", ack="auto")
-    conn.subscribe(ticket["private"], id="me", ack="auto")
+    ticket, conn, heard = join_over_stomp(srv, room, ann)
 
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     errors = []
