@@ -80,8 +80,15 @@ class ServerProcess:
                 last_error = e
         raise RuntimeError(f"game-server did not start: {last_error}")
 
-    def _start_once(self):
-        self.http_port, self.tcp_port = free_port(), free_port()
+    def restart(self):
+        """Stops the server (SIGTERM) and starts it again on the same ports and data."""
+        self.terminate()
+        self._start_once(keep_ports=True)
+        return self
+
+    def _start_once(self, keep_ports=False):
+        if not keep_ports:
+            self.http_port, self.tcp_port = free_port(), free_port()
         self.stdout_lines = []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server-{self.tcp_port}.log"

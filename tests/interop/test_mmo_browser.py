@@ -55,3 +55,30 @@ def test_a_browser_player_and_a_stomp_player_see_each_other(server, browser):
     page.screenshot(path=str(SHOTS / "mmo.png"), full_page=True)
     print(f"from the page's load to the first move heard: {first_move:.2f} s")
     assert errors == [], errors
+
+
+def test_the_page_carries_on_after_a_server_restart(server_factory, browser):
+    """The server restarts under the page: it reconnects with its ticket by itself, asks
+    for the world again, and its chat goes round the restarted room."""
+    srv = server_factory()
+    room = post(srv, "/rooms", {"name": unique("meadow")})["id"]
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://{srv.host}:{srv.http_port}/")
+    cyd = unique("cyd").replace("-", "_")[:20]
+    page.fill("#name", cyd)
+    page.click(f'button[data-room="{room}"]')
+    page.wait_for_selector(f'#players [data-player="{cyd}"]')
+    page.locator("#status", has_text="connected").wait_for()
+
+    srv.restart()
+    page.locator("#status", has_text="reconnecting").wait_for()
+    page.locator("#status", has_text="connected").wait_for(timeout=30_000)
+    page.keyboard.press("Enter")
+    page.keyboard.type("after the restart")
+    page.keyboard.press("Enter")
+    page.locator("#log", has_text=f"{cyd}: after the restart").wait_for(timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_selector(f'#players [data-player="{cyd}"]')
+    assert errors == [], errors
