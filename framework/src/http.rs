@@ -3,6 +3,10 @@
 //! in time and finish in time, bodies are bounded, connections are capped in all and per
 //! address (past a cap, a connection is answered `503` as JSON, except `/health`), and
 //! every error is answered as `{"error": "…"}`, axum's own rejections included.
+//!
+//! Also what every route of the lobby and the inspector shares: [`ApiError`] (an error
+//! as JSON with its status), the `Authorization: Bearer` token ([`bearer`]), and a page
+//! of a list of rooms.
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
