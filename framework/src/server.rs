@@ -1,5 +1,5 @@
 //! The game server process: [`Server`] builds it from a [`Config`], a [`Lobby`] and a
-//! [`Msg`] router; [`Running`] gives the axum [`Router`] (for in-process tests with
+//! [`Msg`](crate::Msg) router; [`Running`] gives the axum [`Router`] (for in-process tests with
 //! `oneshot`) and serves it; [`run`] does it all from the command line.
 //!
 //! ```no_run
