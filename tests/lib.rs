@@ -208,14 +208,7 @@ impl Player {
         )
         .await
         .unwrap();
-        let room = client
-            .subscribe(&ticket.topic, SubscribeOptions::default())
-            .await
-            .unwrap();
-        let private = client
-            .subscribe(&ticket.private, SubscribeOptions::default())
-            .await
-            .unwrap();
+        let (room, private) = subscribe_both(&client, &ticket).await;
         Player {
             ticket,
             client,
@@ -475,6 +468,13 @@ pub async fn spectator(lobby: &str, room: &str) -> (Ticket, Client, Subscription
         .await
         .unwrap();
     let client = connect_ticket(&ticket).await.unwrap();
+    let (topic, private) = subscribe_both(&client, &ticket).await;
+    (ticket, client, topic, private)
+}
+
+/// Subscribes `client` to `ticket`'s room topic, then to its own destination (in that
+/// order: a spectator's snapshot comes once the second is there).
+async fn subscribe_both(client: &Client, ticket: &Ticket) -> (Subscription, Subscription) {
     let topic = client
         .subscribe(&ticket.topic, SubscribeOptions::default())
         .await
@@ -483,7 +483,7 @@ pub async fn spectator(lobby: &str, room: &str) -> (Ticket, Client, Subscription
         .subscribe(&ticket.private, SubscribeOptions::default())
         .await
         .unwrap();
-    (ticket, client, topic, private)
+    (topic, private)
 }
 
 /// Asks a room of the ledger game (`tests/bin/ledger.rs`) for every input it applied,

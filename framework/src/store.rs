@@ -100,7 +100,7 @@ pub struct Checkpoint {
 
 /// What the operator's inspector shows of a room beyond its record
 /// ([`Store::inspections`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inspection {
     /// The worker that last became the room's active one.
     pub worker: Option<String>,

@@ -13,6 +13,7 @@ use crate::proto::RoomView;
 use crate::store::Inspection;
 use crate::worker::activity::{Activity, InputRecord};
 use crate::{Error, Result};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -136,22 +137,23 @@ impl Rooms {
         let now_ms = crate::store::now_ms();
         // The embedded broker counts spectators; RabbitMQ cannot tell them.
         let in_process = self.inner.admin.stats().is_some();
+        // The broker's counts a few rooms at a time: on RabbitMQ each is a request to its
+        // management API.
+        let admin = &self.inner.admin;
+        let asks: Vec<_> = views.iter().map(|v| admin.inbox_state(&v.id)).collect();
+        let inboxes: Vec<_> = futures_util::stream::iter(asks)
+            .buffered(16)
+            .try_collect()
+            .await?;
         let mut rooms = Vec::with_capacity(views.len());
-        for room in views {
-            let inbox = self.inner.admin.inbox_state(&room.id).await?;
+        for (room, inbox) in views.into_iter().zip(inboxes) {
             let Inspection {
                 worker,
                 code_version,
                 seq,
                 checkpoint_at,
                 activity,
-            } = found.remove(&room.id).unwrap_or(Inspection {
-                worker: None,
-                code_version: None,
-                seq: None,
-                checkpoint_at: None,
-                activity: None,
-            });
+            } = found.remove(&room.id).unwrap_or_default();
             let activity = Activity::from_json(activity.as_deref().unwrap_or_default());
             rooms.push(RoomInspection {
                 spectators: in_process.then(|| self.inner.joins.spectators(&room.id)),
