@@ -1,7 +1,10 @@
 //! `new NAME`: writes a new game's crate, as `cargo new` writes a program: typed messages
 //! (`src/protocol.rs`), handlers (`src/lib.rs`), a server binary with a `--bot N` mode
-//! (`src/main.rs`), `TestRoom` tests (`tests/rules.rs`) and a README. The files are in
-//! `framework/template/`; this module fills in the name and the framework's path.
+//! (`src/main.rs`), `TestRoom` tests (`tests/rules.rs`), a README, and the game in a
+//! browser: a page on TypeScript bindings generated from its messages (`web/`, checked by
+//! `tests/bindings.rs`) whose build (`assets/game.js`) the server ships. The files are in
+//! `framework/template/` (`scripts/template-web` makes the generated ones again); this
+//! module fills in the name and the framework's path.
 //!
 //! The crate is a workspace of its own that depends on this framework by path, and it
 //! starts from the framework's own `Cargo.lock` when there is one, so that it builds
@@ -11,17 +14,54 @@
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The template's files: path in the new crate, then text.
-const FILES: [(&str, &str); 6] = [
+/// `(path, text)` of a file of `framework/template/`.
+macro_rules! template {
+    ($path:literal) => {
+        ($path, include_str!(concat!("../template/", $path)))
+    };
+}
+
+/// `(path, text)` of one of the framework's TypeScript bindings (`web/src/bindings`).
+macro_rules! shared_binding {
+    ($file:literal) => {
+        (
+            concat!("web/src/bindings/", $file),
+            include_str!(concat!("../../web/src/bindings/", $file)),
+        )
+    };
+}
+
+/// The template's files: path in the new crate, then text. Most are in
+/// `framework/template/`; the web page's typed client and the framework's part of its
+/// bindings are the ones the MMO's page uses (`web/src`), so there is one copy of each.
+const FILES: [(&str, &str); 24] = [
     ("Cargo.toml", include_str!("../template/Cargo.toml.tmpl")),
-    ("README.md", include_str!("../template/README.md")),
+    template!("README.md"),
+    template!("src/protocol.rs"),
+    template!("src/lib.rs"),
+    template!("src/main.rs"),
+    template!("tests/rules.rs"),
+    template!("tests/bindings.rs"),
+    template!("assets/index.html"),
+    template!("assets/game.js"),
+    template!("web/package.json"),
     (
-        "src/protocol.rs",
-        include_str!("../template/src/protocol.rs"),
+        "web/package-lock.json",
+        include_str!("../../web/package-lock.json"),
     ),
-    ("src/lib.rs", include_str!("../template/src/lib.rs")),
-    ("src/main.rs", include_str!("../template/src/main.rs")),
-    ("tests/rules.rs", include_str!("../template/tests/rules.rs")),
+    ("web/tsconfig.json", include_str!("../../web/tsconfig.json")),
+    template!("web/src/game.ts"),
+    ("web/src/client.ts", include_str!("../../web/src/client.ts")),
+    template!("web/src/bindings/In.ts"),
+    template!("web/src/bindings/Out.ts"),
+    template!("web/src/bindings/Add.ts"),
+    template!("web/src/bindings/Say.ts"),
+    shared_binding!("Envelope.ts"),
+    shared_binding!("RoomEvent.ts"),
+    shared_binding!("Ticket.ts"),
+    shared_binding!("Matchmake.ts"),
+    shared_binding!("RoomView.ts"),
+    shared_binding!("serde_json/JsonValue.ts"),
 ];
 
 /// Names cargo refuses for a package, or that would shadow a crate every game uses.
@@ -83,12 +123,17 @@ pub fn write(dir: &Path, name: &str, framework: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (path, text) in FILES {
         let text = text
+            // The web page's npm package (its lock is the MMO page's).
+            .replace("\"game-server-less-web\"", "\"__NAME__-web\"")
             .replace("__NAME__", name)
             .replace("__CRATE__", &krate)
             .replace("__FRAMEWORK__", &framework);
         written.push(put(&dir.join(path), &text)?);
     }
-    written.push(put(&dir.join(".gitignore"), "/target\n")?);
+    written.push(put(
+        &dir.join(".gitignore"),
+        "/target\n/web/node_modules\n",
+    )?);
     let lock = Path::new(&framework).join("../Cargo.lock");
     if let Ok(lock) = std::fs::read_to_string(lock) {
         written.push(put(&dir.join("Cargo.lock"), &lock)?);
@@ -153,6 +198,9 @@ mod tests {
         assert!(toml.contains(&framework_dir().display().to_string()));
         let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
         assert!(main.contains("space_ants::kinds()"), "{main}");
+        let lock = std::fs::read_to_string(dir.join("web/package-lock.json")).unwrap();
+        assert!(lock.contains("\"name\": \"space-ants-web\""), "{lock}");
+        assert!(!lock.contains("game-server-less-web"), "{lock}");
         for (path, _) in FILES {
             let text = std::fs::read_to_string(dir.join(path)).unwrap();
             assert!(!text.contains("__"), "{path} has a placeholder left");

@@ -63,14 +63,18 @@ class ServerProcess:
     #: More command-line arguments, e.g. ["--operator-secret", "…"].
     extra_args: list = field(default_factory=list)
     log_path: Path | None = None
+    #: The server's binary: game-server, or a game made by `game-server new`.
+    binary: Path = SERVER_BIN
+    #: More environment variables, e.g. {"GSL_MAPS": "…"}.
+    env: dict = field(default_factory=dict)
 
     @property
     def ws_url(self):
         return f"ws://{self.host}:{self.http_port}/ws"
 
     def start(self, attempts=3):
-        if not SERVER_BIN.exists():
-            pytest.exit(f"server binary {SERVER_BIN} not found; build it or set GAME_SERVER_BIN", 2)
+        if not self.binary.exists():
+            pytest.exit(f"server binary {self.binary} not found; build it or set GAME_SERVER_BIN", 2)
         last_error = None
         for _ in range(attempts):  # a just-freed port can be taken by someone else; retry
             try:
@@ -95,7 +99,7 @@ class ServerProcess:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [
-                str(SERVER_BIN),
+                str(self.binary),
                 "--listen", f"{self.host}:{self.http_port}",
                 "--stomp-listen", f"{self.host}:{self.tcp_port}",
                 "--data-dir", str(self.data_dir),
@@ -107,6 +111,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
         )
         log.close()
         ready = threading.Event()
@@ -125,7 +130,7 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 break
         banner = "\n".join(self.stdout_lines)
-        if self.proc.poll() is not None or "game-server listening:" not in banner:
+        if self.proc.poll() is not None or f"{self.binary.name} listening:" not in banner:
             self.kill()
             raise RuntimeError(f"exit={self.proc.returncode} stdout={banner!r} log={self.log_tail()!r}")
         # The banner is printed once both listeners are bound; check the TCP one answers.
@@ -269,3 +274,57 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+#: The terminal client (`cargo build -p game-client`).
+CLIENT_BIN = Path(os.environ.get("GAME_CLIENT_BIN", REPO / "target" / "debug" / "game-client"))
+
+
+class Tmux:
+    """A tmux server of its own (never a user's sessions): each terminal client runs in
+    an 80×24 session named after its player."""
+
+    def __init__(self, config_dir: Path):
+        self.socket = unique("gsl-browser-test")
+        self.config_dir = config_dir
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return out.stdout
+
+    def client(self, srv: ServerProcess, name: str, room: str):
+        """Starts the terminal client as `name` in `room`; its key goes to the test's directory."""
+        command = (
+            f"GSL_CONFIG_DIR={self.config_dir / name} {CLIENT_BIN} --server http://{srv.host}:{srv.http_port} "
+            f"--name {name} --room {room}; echo client-exited-$?; sleep 60"
+        )
+        self.run("new-session", "-d", "-s", name, "-x", "80", "-y", "24", command)
+
+    def keys(self, session: str, *keys: str):
+        """Sends tmux key names (`Left`, `Enter`) or text."""
+        self.run("send-keys", "-t", session, *keys)
+
+    def screen(self, session: str) -> str:
+        return self.run("capture-pane", "-p", "-t", session)
+
+    def wait_for(self, session: str, what: str, ok) -> str:
+        """Waits up to 15 s until `ok(screen)`; answers the screen."""
+        deadline = time.monotonic() + 15
+        while True:
+            screen = self.screen(session)
+            if ok(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited 15 s for {what}; {session}'s screen:\n{screen}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: apt-get install tmux (.ci/run does)")
+    if not CLIENT_BIN.exists():
+        pytest.fail(f"{CLIENT_BIN} is missing: cargo build -p game-client")
+    t = Tmux(tmp_path / "client-config")
+    yield t
+    t.run("kill-server")

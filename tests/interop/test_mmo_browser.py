@@ -1,7 +1,8 @@
 """The MMO in a real browser (Debian's Chromium, driven by Playwright): the page the
 lobby serves at /, on the typed client (web/src/client.ts) and @stomp/stompjs. A player
 in the browser and one over stomp.py share a room: each sees the other move and chat.
-Screenshots go to target/browser-screenshots/.
+Two browser players and one in the terminal client (in tmux) share another, with the
+operator's inspector open on it. Screenshots go to target/browser-screenshots/.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import time
 
 
-from conftest import SHOTS
+from conftest import SHOTS, ServerProcess
 from interop_support import join_over_stomp, post, unique, wait_for
+
+SECRET = "mmo-browser-test-operator-secret"
 
 
 def test_a_browser_player_and_a_stomp_player_see_each_other(server, browser):
@@ -80,3 +83,99 @@ def test_the_page_carries_on_after_a_server_restart(server_factory, browser):
     page.keyboard.press("Enter")
     page.locator("#log", has_text=f"{cyd}: after the restart").wait_for(timeout=30_000)
     assert errors == [], errors
+
+
+def map_column(screen: str, glyph: str) -> int | None:
+    """The column of `glyph` on the test meadow's one row of floor (`#O…#`), in the
+    browser's map or the terminal's; None if it is not there."""
+    line = next(line for line in screen.splitlines() if "#O" in line)
+    row = line[line.index("#O"):][: len(MEADOW[1])]
+    return row.index(glyph) if glyph in row else None
+
+
+#: One row of floor: a portal to the caves at column 1, then spawn points at 2, 5, 8 for
+#: the first, second and third player.
+MEADOW = ["############", "#OS..S..S..#", "############"]
+
+
+def test_two_browser_players_and_a_terminal_player_share_a_room(tmp_path, browser, tmux):
+    """Moves and chat cross between the browsers and the terminal client both ways; the
+    inspector lists the room and shows its state, and its kick takes a browser player
+    off every screen; the other browser player walks through the portal to the caves."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "meadow.txt").write_text("\n".join(MEADOW) + "\n")
+    (maps / "caves.txt").write_text("#######\n#S..O.#\n#######\n")
+    srv = ServerProcess(
+        tmp_path / "data", extra_args=["--operator-secret", SECRET], env={"GSL_MAPS": str(maps)}
+    ).start()
+    try:
+        base = f"http://{srv.host}:{srv.http_port}"
+        room = post(srv, "/rooms", {"name": "meadow"})["id"]
+        errors = []
+        pages = {}
+        for name in ("ann", "bob"):  # spawned at columns 2 and 5
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            page.fill("#name", name)
+            page.click(f'button[data-room="{room}"]')
+            page.wait_for_selector(f'#players [data-player="{name}"]')
+            pages[name] = page
+        ann, bob = pages["ann"], pages["bob"]
+        tmux.client(srv, "cyd", room)  # spawned at column 8
+        tmux.wait_for("cyd", "cyd in the room with bob", lambda s: " online | L1 HP " in s and "b bob " in s)
+        for page in (ann, bob):
+            page.wait_for_selector('#players [data-player="cyd"]')
+
+        # Moves: bob's arrow key on cyd's terminal; cyd's in both browsers.
+        assert map_column(tmux.screen("cyd"), "b") == 5
+        bob.keyboard.press("ArrowRight")
+        tmux.wait_for("cyd", "bob's move", lambda s: map_column(s, "b") == 6)
+        tmux.keys("cyd", "Left")
+        for page in (ann, bob):
+            wait_for(lambda: map_column(page.inner_text("#map"), "c") == 7, what="cyd's move in a browser")
+        # Chat: bob's on cyd's terminal, cyd's in ann's browser.
+        bob.keyboard.press("Enter")
+        bob.keyboard.type("hello terminal")
+        bob.keyboard.press("Enter")
+        tmux.wait_for("cyd", "bob's chat", lambda s: "bob: hello terminal" in s)
+        tmux.keys("cyd", "Enter")
+        tmux.keys("cyd", "-l", "hello browsers")
+        tmux.keys("cyd", "Enter")
+        ann.locator("#log", has_text="cyd: hello browsers").wait_for()
+
+        # The inspector lists the room and shows its state; its kick takes bob out: off
+        # cyd's terminal and ann's page, and bob's page is back in the lobby, saying why.
+        inspector = browser.new_page(viewport={"width": 1400, "height": 1000})
+        inspector.on("pageerror", lambda e: errors.append(str(e)))
+        inspector.goto(base + "/inspect")
+        inspector.fill("#secret", SECRET)
+        inspector.click("#login button")
+        assert "meadow" in inspector.wait_for_selector(f'tr[data-room="{room}"]').inner_text()
+        inspector.click(f'a[href="#room={room}"]')
+        for name in ("ann", "bob", "cyd"):
+            inspector.wait_for_selector(f'#players tr[data-player="{name}"]')
+        inspector.locator("#state", has_text='"cyd"').wait_for()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        inspector.screenshot(path=str(SHOTS / "inspector-three-players.png"), full_page=True)
+        inspector.click('#players tr[data-player="bob"] button.kick')
+        tmux.wait_for("cyd", "bob gone from cyd's terminal", lambda s: "b bob " not in s and map_column(s, "b") is None)
+        ann.wait_for_selector('#players [data-player="bob"]', state="detached")
+        bob.locator("#error", has_text="refused this room's ticket").wait_for()
+        assert bob.is_visible("#lobby") and not bob.is_visible("#game")
+        bob.screenshot(path=str(SHOTS / "mmo-kicked.png"), full_page=True)
+
+        # A zone change from the browser: ann steps left into the portal.
+        ann.keyboard.press("ArrowLeft")
+        ann.locator("#zone", has_text="caves").wait_for()
+        ann.locator("#log", has_text="you are in the caves").wait_for()
+        screen = tmux.wait_for("cyd", "ann gone to the caves", lambda s: "ann left for the caves" in s)
+        assert map_column(screen, "a") is None, screen
+        ann.keyboard.press("ArrowRight")
+        wait_for(lambda: "@" in ann.inner_text("#map"), what="ann on the caves' map")
+        ann.screenshot(path=str(SHOTS / "mmo-caves.png"), full_page=True)
+        (SHOTS / "tui-cyd.txt").write_text(tmux.screen("cyd"))
+        assert errors == [], errors
+    finally:
+        srv.terminate()

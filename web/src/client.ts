@@ -54,7 +54,10 @@ export class Lobby {
   }
 }
 
-/** Where a connection stands. */
+/**
+ * Where a connection stands. `closed` follows `close()`, or the server refusing the
+ * ticket (the player left or was kicked, or the room is gone): then with why.
+ */
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";
 
 /** What a room connection tells its owner. */
@@ -118,7 +121,11 @@ export class RoomConnection<In extends { type: string }, Out> {
       heartbeatIncoming: 0,
       heartbeatOutgoing: 0,
     });
+    // Whether this socket got CONNECTED: an ERROR before it is the ticket refused
+    // (revoked by a leave or a kick, expired, the room gone), and retrying cannot help.
+    let online = false;
     client.onConnect = () => {
+      online = true;
       this.handlers.onStatus?.("connected");
       const deliver = (m: IMessage) => this.deliver(m);
       client.subscribe(ticket.topic, deliver);
@@ -128,10 +135,18 @@ export class RoomConnection<In extends { type: string }, Out> {
       for (const [seq, input] of this.unconfirmed) this.publish(seq, input);
     };
     client.onWebSocketClose = () => {
+      online = false;
       if (!this.closed) this.handlers.onStatus?.("reconnecting");
     };
     client.onStompError = (frame) => {
-      this.handlers.onStatus?.("reconnecting", frame.headers["message"] ?? "the broker refused");
+      const why = frame.headers["message"] ?? "the broker refused";
+      if (online) {
+        this.handlers.onStatus?.("reconnecting", why);
+      } else if (client === this.client && !this.closed) {
+        this.closed = true;
+        this.handlers.onStatus?.("closed", `the server refused this room's ticket: ${why}`);
+        void client.deactivate();
+      }
     };
     client.activate();
     return client;

@@ -107,6 +107,13 @@ function onStatus(status: Status, detail?: string) {
   $("status").className = status;
   // After a reconnect the world is asked for again: what happened meanwhile is in it.
   if (status === "connected" && world.map.length > 0) room?.send({ type: "look" });
+  // The ticket is refused (a kick, say): back to the lobby, saying why, as the TUI does.
+  if (status === "closed" && detail) {
+    room = null;
+    sessionStorage.removeItem("gsl-ticket");
+    void showLobby();
+    $("error").textContent = detail;
+  }
 }
 
 const fighter = (f: Fighter) => (f.kind === "player" ? f.name : `NPC ${f.id}`);
@@ -114,6 +121,7 @@ const fighter = (f: Fighter) => (f.kind === "player" ? f.name : `NPC ${f.id}`);
 function onMessage(m: Envelope<Out>) {
   switch (m.type) {
     case "welcome":
+      if (m.zone !== world.zone) log(`you are in the ${m.zone}`, "dim");
       world.zone = m.zone;
       world.map = m.map;
       world.players = new Map(Object.entries(m.players) as [string, Player][]);

@@ -4,6 +4,8 @@
 
 pub mod protocol;
 
+use game_server_less::axum::http::header;
+use game_server_less::axum::response::{Html, IntoResponse};
 use game_server_less::axum::{routing::get, Json};
 use game_server_less::{Ctx, Kinds, Lobby, Msg, Policy, RoomCtx};
 use std::time::Duration;
@@ -77,9 +79,25 @@ pub fn kinds() -> Kinds {
     Kinds::new().kind("counter", msg())
 }
 
-/// The game's own REST routes (axum handlers), beside the lobby's room routes.
+/// The game's own REST routes (axum handlers), beside the lobby's room routes: the
+/// game in a browser at `/` (built from `web/` by `npm run build`, shipped in the
+/// binary) and `/about`.
 pub fn lobby() -> Lobby {
-    Lobby::new().route("/about", get(about))
+    Lobby::new()
+        .route("/", get(page))
+        .route("/game.js", get(script))
+        .route("/about", get(about))
+}
+
+/// `GET /`: the game's page.
+async fn page() -> Html<&'static str> {
+    Html(include_str!("../assets/index.html"))
+}
+
+/// `GET /game.js`: the page's script (`web/src/game.ts`, bundled).
+async fn script() -> impl IntoResponse {
+    let javascript = [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")];
+    (javascript, include_str!("../assets/game.js"))
 }
 
 /// `GET /about`.

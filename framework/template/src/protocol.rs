@@ -2,18 +2,25 @@
 //! sends. On the wire each is a JSON object whose `type` names the variant, as in
 //! `{"type":"add","by":2}`. Add a message here first, then its handler and route in
 //! `lib.rs`: `cargo test` names any variant without a route.
+//!
+//! The web page's TypeScript types (`web/src/bindings`) are generated from these by
+//! ts-rs: `cargo test --features ts` fails when they are stale, and
+//! `BLESS=1 cargo test --features ts` writes them again.
 
 use serde::{Deserialize, Serialize};
 
 /// Adds to the room's counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Add {
     /// -100 to 100.
+    #[cfg_attr(feature = "ts", ts(type = "number"))] // a JS number: exact to 2^53
     pub by: i64,
 }
 
 /// Says something to the room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Say {
     /// 1 to 200 characters.
     pub text: String,
@@ -21,6 +28,7 @@ pub struct Say {
 
 /// What a player sends; each variant's payload is what its handler takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum In {
     /// `on_add`.
@@ -31,11 +39,13 @@ pub enum In {
 
 /// What the room sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Out {
     /// The counter changed (or, to a newcomer, what it is).
     Count {
         /// Its value.
+        #[cfg_attr(feature = "ts", ts(type = "number"))] // a JS number: exact to 2^53
         count: i64,
         /// Who changed it, if anyone did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
