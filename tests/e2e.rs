@@ -1106,3 +1106,112 @@ async fn ticks_alone_checkpoint_at_a_slower_pace_than_inputs() {
     );
     server.stop().await;
 }
+
+/// A counter whose every add is broadcast twice (the total, then who added) and
+/// answered to the sender, with rooms of kind `batched` under a 300 ms batch window
+/// and rooms of kind `plain` without one.
+fn counters() -> game_server_less::Kinds {
+    let counter = || {
+        Msg::new(|| 0).route("type=add", |n: &mut i64, ctx: &mut Ctx, _: Value| {
+            *n += 1;
+            ctx.broadcast(&json!({ "type": "total", "n": *n }));
+            let by = ctx.sender().to_owned();
+            ctx.broadcast(&json!({ "type": "added", "by": by }));
+            ctx.reply(&json!({ "type": "thanks", "n": *n }));
+        })
+    };
+    let window = game_server_less::Policy::new().batch(Duration::from_millis(300));
+    game_server_less::Kinds::new()
+        .kind("batched", counter().policy(window))
+        .kind("plain", counter())
+}
+
+/// The room messages of the next `count` outputs on `sub`, and how many STOMP messages
+/// carried them.
+async fn outputs(
+    sub: &mut game_server_less::stomp::Subscription,
+    count: usize,
+) -> (Vec<Value>, usize) {
+    let (mut outputs, mut frames) = (Vec::new(), 0);
+    while outputs.len() < count {
+        let m = sub.recv_timeout(WAIT).await.expect("outputs keep coming");
+        frames += 1;
+        outputs.extend(game_server_less::proto::envelopes::<Value>(m.body()).unwrap());
+    }
+    (outputs, frames)
+}
+
+#[tokio::test]
+async fn a_batching_room_sends_the_outputs_of_its_window_together_in_order() {
+    let dir = temp_dir("batched");
+    let server = Server::start(Lobby::new(), counters(), &dir).await;
+    let lobby = server.lobby();
+    let create = |kind: &'static str| {
+        let lobby = &lobby;
+        async move {
+            let body = json!({ "kind": kind });
+            let room: game_server_less::proto::RoomView =
+                lobby.post("/rooms", None, &body).await.unwrap();
+            room.id
+        }
+    };
+    let (batched, plain) = (create("batched").await, create("plain").await);
+    for (room, batching, name) in [(batched, true, "ann"), (plain, false, "cyd")] {
+        let mut ann = Player::join(&server, &room, name, true).await;
+        let mut bob = Player::join(&server, &room, &format!("{name}-friend"), false).await;
+        // Bob is in once he hears a message the room made after his join.
+        ann.send(json!({ "type": "add" })).await;
+        let ann_added = |m: &Value| m["type"] == "added" && m["by"] == name;
+        while !outputs(&mut bob.room, 1).await.0.iter().any(ann_added) {}
+        let first = outputs(&mut ann.private, 1).await.0[0]["n"]
+            .as_i64()
+            .unwrap();
+        for _ in 0..5 {
+            ann.send(json!({ "type": "add" })).await;
+        }
+        // Ten broadcasts, in the order the room made them, numbered one after another.
+        let (seen, frames) = outputs(&mut bob.room, 10).await;
+        let want: Vec<Value> = (1..=5)
+            .flat_map(|i| {
+                [
+                    json!({ "type": "total", "n": first + i }),
+                    json!({ "type": "added", "by": name }),
+                ]
+            })
+            .collect();
+        let got: Vec<Value> = seen
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                let o = m.as_object_mut().unwrap();
+                for stamp in ["seq", "input_seq", "input_from"] {
+                    o.remove(stamp);
+                }
+                m
+            })
+            .collect();
+        assert_eq!(got, want, "batching {batching}");
+        let seqs: Vec<u64> = seen.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        let inputs: Vec<u64> = seen
+            .iter()
+            .map(|m| m["input_seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(inputs, [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]);
+        // Ann's replies: to her alone, in order, whatever carried them.
+        let (thanks, private_frames) = outputs(&mut ann.private, 5).await;
+        let ns: Vec<i64> = thanks.iter().map(|m| m["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, (first + 1..=first + 5).collect::<Vec<_>>());
+        if batching {
+            // Five inputs sent within the window: fewer messages than outputs.
+            assert!(
+                frames < 10 && private_frames < 5,
+                "{frames} room and {private_frames} private messages"
+            );
+        } else {
+            // Without a window each output is a message of its own, as ever.
+            assert_eq!((frames, private_frames), (10, 5));
+        }
+    }
+    server.stop().await;
+}

@@ -310,27 +310,34 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                 if now >= plan.measure_from && now < plan.stop_at {
                     t.deliveries += 1;
                 }
-                let Ok(out) = serde_json::from_str::<Output>(body) else { continue };
-                let (Some(input), Some(from)) = (out.input_seq, out.input_from) else { continue };
-                if from != conn.name || input == 0 || input as usize > answers.len() {
-                    continue;
-                }
-                let (room_seq, kind) = (out.seq.unwrap_or(0), out.kind.unwrap_or_default());
-                match &answers[input as usize - 1] {
-                    None => {
-                        let sent = sent_at[input as usize - 1];
-                        if sent >= plan.measure_from && sent < plan.stop_at {
-                            t.latencies_us.push((now - sent).as_micros() as u64);
-                        }
-                        if input < last_answered[channel] {
-                            t.out_of_order += 1;
-                        }
-                        last_answered[channel] = last_answered[channel].max(input);
-                        answers[input as usize - 1] = Some((room_seq, kind.into_owned()));
-                        unanswered -= 1;
+                // One output, or a batching room's several in order (a JSON array).
+                let outs: Vec<Output> = if body.trim_start().starts_with('[') {
+                    serde_json::from_str(body).unwrap_or_default()
+                } else {
+                    serde_json::from_str(body).map(|out| vec![out]).unwrap_or_default()
+                };
+                for out in outs {
+                    let (Some(input), Some(from)) = (out.input_seq, out.input_from) else { continue };
+                    if from != conn.name || input == 0 || input as usize > answers.len() {
+                        continue;
                     }
-                    Some((seq, first)) if *first == kind && *seq != room_seq => t.doubled += 1,
-                    Some(_) => {} // a repeat of the same output, or another output of it
+                    let (room_seq, kind) = (out.seq.unwrap_or(0), out.kind.unwrap_or_default());
+                    match &answers[input as usize - 1] {
+                        None => {
+                            let sent = sent_at[input as usize - 1];
+                            if sent >= plan.measure_from && sent < plan.stop_at {
+                                t.latencies_us.push((now - sent).as_micros() as u64);
+                            }
+                            if input < last_answered[channel] {
+                                t.out_of_order += 1;
+                            }
+                            last_answered[channel] = last_answered[channel].max(input);
+                            answers[input as usize - 1] = Some((room_seq, kind.into_owned()));
+                            unanswered -= 1;
+                        }
+                        Some((seq, first)) if *first == kind && *seq != room_seq => t.doubled += 1,
+                        Some(_) => {} // a repeat of the same output, or another output of it
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wake) => {

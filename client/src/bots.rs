@@ -227,12 +227,15 @@ where
     }
 }
 
-/// The ticket a `transferred` event brings, if `body` is one.
+/// The ticket a `transferred` event brings, if `body` holds one.
 fn transferred(body: &[u8]) -> Option<Ticket> {
-    match serde_json::from_slice(body) {
-        Ok(crate::proto::RoomEvent::Transferred { ticket }) => Some(*ticket),
-        _ => None,
-    }
+    let messages = crate::proto::envelopes::<serde_json::Value>(body).ok()?;
+    messages
+        .into_iter()
+        .find_map(|m| match serde_json::from_value(m) {
+            Ok(crate::proto::RoomEvent::Transferred { ticket }) => Some(*ticket),
+            _ => None,
+        })
 }
 
 /// The command line of a game's `--bot` mode.
@@ -320,6 +323,25 @@ where
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_transfer_is_found_alone_or_in_a_batch() {
+        let ticket = serde_json::json!({
+            "room": "r2", "player": "ann", "ws_url": "ws://h/ws", "tcp_url": "tcp://h:1",
+            "login": "ann", "token": "t", "expires": 1, "inbox": "/i", "topic": "/t",
+            "private": "/p"
+        });
+        let event = serde_json::json!({ "type": "transferred", "ticket": ticket, "seq": 3 });
+        let alone = transferred(event.to_string().as_bytes()).unwrap();
+        assert_eq!(alone.room, "r2");
+        let batch = serde_json::json!([{ "type": "moved", "seq": 2 }, event]);
+        assert_eq!(
+            transferred(batch.to_string().as_bytes()).unwrap().room,
+            "r2"
+        );
+        assert!(transferred(br#"[{"type":"moved","seq":2}]"#).is_none());
+        assert!(transferred(b"not json").is_none());
+    }
 
     fn asks(args: &[&str]) -> bool {
         asks_for_bots(args.iter().map(std::ffi::OsString::from))

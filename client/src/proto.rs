@@ -25,7 +25,11 @@
 //! let m: Envelope<Out> = serde_json::from_str(r#"{"type":"fireworks","seq":8}"#).unwrap();
 //! assert_eq!(m.body, Body::Game(Out::Unknown));
 //! ```
+//!
+//! A room whose policy batches its outputs sends several envelopes in one message, as a
+//! JSON array in order; [`envelopes`] reads a message body either way.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 #[cfg(feature = "openapi")]
@@ -288,4 +292,24 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The room messages in one STOMP message body, in order: one envelope (a JSON object),
+/// or, from a room whose policy batches its outputs, a JSON array of them. `T` is
+/// usually `Envelope<Out>`.
+///
+/// ```
+/// use game_server_less_client::proto::envelopes;
+/// use serde_json::Value;
+///
+/// assert_eq!(envelopes::<Value>(br#"{"type":"a","seq":1}"#).unwrap().len(), 1);
+/// let two = envelopes::<Value>(br#" [{"type":"a","seq":1},{"type":"b","seq":2}]"#).unwrap();
+/// assert_eq!((two[0]["type"].as_str(), two[1]["seq"].as_u64()), (Some("a"), Some(2)));
+/// assert!(envelopes::<Value>(b"[1,").is_err());
+/// ```
+pub fn envelopes<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<Vec<T>> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body),
+        _ => serde_json::from_slice(body).map(|one| vec![one]),
+    }
 }

@@ -151,6 +151,7 @@ impl Config {
             grace: self.grace,
             fsync: self.fsync,
             spectators: self.spectators,
+            batch: Duration::ZERO,
         }
     }
 

@@ -1,6 +1,7 @@
 //! A room kind's queue policy: how many players, how fast they may send, how much its
 //! inbox holds, when it ends idle, how long a dropped player keeps its seat, whether
-//! receipts wait for the disk, how many may watch. A game declares it next to the
+//! receipts wait for the disk, how many may watch, how long its outputs wait to go out
+//! together. A game declares it next to the
 //! handlers ([`crate::Msg::policy`]); what it leaves unset the server's flags decide, and
 //! the server's `--policy KIND.KEY=VALUE` overrides both (`docs/limits.md`).
 //!
@@ -38,6 +39,8 @@ pub struct Policy {
     pub fsync: Option<bool>,
     /// Spectators a room admits at most.
     pub spectators: Option<usize>,
+    /// How long the outputs a room makes wait to go out together ([`Policy::batch`]).
+    pub batch: Option<Duration>,
 }
 
 impl Policy {
@@ -99,6 +102,17 @@ impl Policy {
         self
     }
 
+    /// The outputs a room makes within `window` of the first go out together: one
+    /// message per destination, a JSON array of the envelopes in order when there are
+    /// several ([`crate::proto::envelopes`] reads either). A broker's cost is per
+    /// message delivered (RabbitMQ's most of all), so a busy room costs it less, and each
+    /// output waits up to `window` longer. Zero, the default, sends each input's
+    /// outputs at once, one message each.
+    pub fn batch(mut self, window: Duration) -> Policy {
+        self.batch = Some(window);
+        self
+    }
+
     /// This policy, with what `over` sets put over it.
     pub fn overridden_by(&self, over: &Policy) -> Policy {
         Policy {
@@ -111,6 +125,7 @@ impl Policy {
             grace: over.grace.or(self.grace),
             fsync: over.fsync.or(self.fsync),
             spectators: over.spectators.or(self.spectators),
+            batch: over.batch.or(self.batch),
         }
     }
 
@@ -130,6 +145,7 @@ impl Policy {
             grace: self.grace.unwrap_or(defaults.grace),
             fsync: self.fsync.unwrap_or(defaults.fsync),
             spectators: self.spectators.unwrap_or(defaults.spectators),
+            batch: self.batch.unwrap_or(defaults.batch),
         }
     }
 
@@ -149,6 +165,7 @@ impl Policy {
             "idle_secs" => self.idle_timeout = Some(Duration::from_secs(num(key, value)?)),
             "grace_secs" => self.grace = Some(Duration::from_secs(num(key, value)?)),
             "spectators" => self.spectators = Some(num(key, value)?),
+            "batch_ms" => self.batch = Some(Duration::from_millis(num(key, value)?)),
             "fsync" => {
                 self.fsync = Some(match value {
                     "true" | "on" | "1" => true,
@@ -178,6 +195,7 @@ pub const KEYS: &[&str] = &[
     "grace_secs",
     "fsync",
     "spectators",
+    "batch_ms",
 ];
 
 /// A kind's policy with every setting decided: what rooms, brokers and workers follow.
@@ -201,6 +219,8 @@ pub struct RoomPolicy {
     pub fsync: bool,
     /// Spectators a room admits at most.
     pub spectators: usize,
+    /// How long outputs wait to go out together; zero sends each input's at once.
+    pub batch: Duration,
 }
 
 impl Default for RoomPolicy {
@@ -215,6 +235,7 @@ impl Default for RoomPolicy {
             grace: Duration::from_secs(30),
             fsync: false,
             spectators: 100,
+            batch: Duration::ZERO,
         }
     }
 }
@@ -325,11 +346,21 @@ mod tests {
         let mut over = Policy::new();
         over.set("max_players", "3").unwrap();
         over.set("fsync", "on").unwrap();
-        let code = Policy::new().players(2, 2).fsync(false);
+        over.set("batch_ms", "20").unwrap();
+        let code = Policy::new()
+            .players(2, 2)
+            .fsync(false)
+            .batch(Duration::from_millis(5));
         let resolved = code.overridden_by(&over).resolve(&RoomPolicy::default());
         assert_eq!(resolved.max_players, 3);
         assert_eq!(resolved.min_players, 2);
         assert!(resolved.fsync);
+        assert_eq!(resolved.batch, Duration::from_millis(20));
+        assert_eq!(
+            RoomPolicy::default().batch,
+            Duration::ZERO,
+            "off unless asked"
+        );
     }
 
     #[test]
@@ -357,6 +388,7 @@ mod tests {
             ("duel.max_players=many", "whole number"),
             ("duel.fsync=maybe", "true or false"),
             ("duel.max_players=-1", "whole number"),
+            ("duel.batch_ms=soon", "whole number"),
         ] {
             let e = parse_override(spec).unwrap_err();
             assert!(e.contains(says), "{spec}: {e}");

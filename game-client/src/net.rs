@@ -348,11 +348,11 @@ async fn session(
         loop {
             tokio::select! {
                 m = room.recv() => match m {
-                    Some(m) => if let Some(m) = parse(m.body()) { let _ = events.send(NetEvent::Room(m)); },
+                    Some(m) => for m in parse(m.body()) { let _ = events.send(NetEvent::Room(m)); },
                     None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
                 m = private.recv() => match m {
-                    Some(m) => if let Some(m) = parse(m.body()) { let _ = events.send(NetEvent::Private(m)); },
+                    Some(m) => for m in parse(m.body()) { let _ = events.send(NetEvent::Private(m)); },
                     None => return Ok(client.closed().unwrap_or_else(|| "connection closed".into())),
                 },
             }
@@ -364,9 +364,10 @@ async fn session(
     }
 }
 
-/// A room's message; `None` for one that is not even an object with a `type` (a newer
-/// server's unknown types parse, as [`Out::Unknown`]). A broadcast dropped here shows as
-/// a gap in `seq`, and the app asks for the whole world again.
-fn parse(body: &[u8]) -> Option<Envelope<Out>> {
-    serde_json::from_slice(body).ok()
+/// A message body's room messages, in order (several when the room batches its
+/// outputs); none for a body that is not envelopes with a `type` (a newer server's
+/// unknown types parse, as [`Out::Unknown`]). A broadcast dropped here shows as a gap
+/// in `seq`, and the app asks for the whole world again.
+fn parse(body: &[u8]) -> Vec<Envelope<Out>> {
+    game_server_less_client::proto::envelopes(body).unwrap_or_default()
 }

@@ -1,6 +1,8 @@
 """A new game (`game-server new`) in a real browser: the page its own server ships at /,
 on the bindings generated from its own Rust types and the framework's typed client. Two
 players in two pages quick play into one room and each sees the other's moves and chat.
+The server runs with a batch window (`--policy '*.batch_ms=100'`), so the two quick
+clicks' outputs reach each page as one message, a JSON array, which the client reads.
 
 ``$NEW_GAME_BIN`` is the binary of a game written by `game-server new` (tests/run
 builds one and sets it). The screenshot goes to target/browser-screenshots/.
@@ -24,7 +26,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_two_browser_players_play_a_new_game(tmp_path, browser):
-    srv = ServerProcess(tmp_path / "data", binary=Path(NEW_GAME_BIN)).start()
+    srv = ServerProcess(
+        tmp_path / "data", binary=Path(NEW_GAME_BIN), extra_args=["--policy", "*.batch_ms=100"]
+    ).start()
     try:
         errors = []
         pages = {}
@@ -41,6 +45,11 @@ def test_two_browser_players_play_a_new_game(tmp_path, browser):
         room = ann_page.inner_text("#room")
         assert bob_page.inner_text("#room") == room, "quick play seats both in the open room"
         ann_page.locator("#log", has_text=f"{bob} joined").wait_for()
+        # Each page hears the room once its subscription is in: its own chat comes back.
+        for name, page in pages.items():
+            page.fill("#text", f"{name} is here")
+            page.press("#text", "Enter")
+            page.locator("#log", has_text=f"{name}: {name} is here").wait_for()
 
         # Ann adds twice; both counters show it, and bob's log says who did it.
         ann_page.click("#plus")

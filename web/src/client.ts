@@ -163,12 +163,18 @@ export class RoomConnection<In extends { type: string }, Out> {
   }
 
   private deliver(frame: IMessage): void {
-    let message: Envelope<Out>;
+    // One envelope, or a batching room's several in order (a JSON array).
+    let messages: Envelope<Out>[];
     try {
-      message = JSON.parse(frame.body) as Envelope<Out>;
+      const body = JSON.parse(frame.body) as Envelope<Out> | Envelope<Out>[];
+      messages = Array.isArray(body) ? body : [body];
     } catch {
       return;
     }
+    for (const message of messages) this.receive(message);
+  }
+
+  private receive(message: Envelope<Out>): void {
     const event = message as { type?: string; ticket?: Ticket };
     if (event.type === "transferred" && event.ticket) {
       // The room moved this player: the old ticket is revoked; play on with the new.

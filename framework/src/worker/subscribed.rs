@@ -170,7 +170,7 @@ where
         }
     };
     let worker = activate(env, room_id, msg).await?.with_grace(policy.grace);
-    let mut room = Active::new(env, room_id, &client, worker);
+    let mut room = Active::new(env, room_id, &client, worker, policy.batch);
     // Transfers a worker before saved but may not have finished: done twice is done once.
     room.courier
         .resume(env.store.pending_transfers(room_id).await?);
@@ -327,6 +327,8 @@ enum Event {
     Idle,
     /// Time to look for dropped players whose grace is over.
     Grace,
+    /// The held outputs' batch window is over.
+    Flush,
 }
 
 /// Why a worker stops serving a room.
@@ -387,6 +389,7 @@ where
         room_id: &'a str,
         client: &'a Client,
         worker: RoomWorker<S>,
+        batch: Duration,
     ) -> Self {
         let timers = Timers::new(&env.timings, worker.tick_interval());
         let anyone_away = worker.room().anyone_away();
@@ -410,6 +413,9 @@ where
                 client,
                 env,
                 room_id,
+                window: batch,
+                held: Vec::new(),
+                due: None,
             },
             timers,
             inbox: env.admin.names().inbox(room_id, WORKER_USER),
@@ -445,6 +451,8 @@ where
                 // Before the next input, so a finished save is acked even when inputs
                 // pour in.
                 result = saving(&mut self.saver.in_flight) => Event::Saved(result),
+                // Also before it: held outputs go when due, however fast inputs come.
+                _ = due(self.publisher.due) => Event::Flush,
                 message = next(&mut pending, sub) => Event::Input(message),
                 _ = t.tick.tick(), if ticking => Event::Tick,
                 _ = t.checkpoint.tick(), if checkpoint_due => Event::Checkpoint,
@@ -474,11 +482,13 @@ where
                         || self.worker.activity_pending()
                         || saver.started.elapsed() >= self.timers.ticks_only_every
                     {
+                        self.publisher.flush()?;
                         self.saver.start(&mut self.worker).await?;
                     }
                 }
                 Event::Idle => self.on_idle()?,
                 Event::Grace => self.on_grace(),
+                Event::Flush => self.publisher.flush()?,
             }
             if let Some(reason) = self.worker.ended() {
                 return Ok(Served::Ended(reason.to_owned()));
@@ -558,6 +568,7 @@ where
         }
         // A busy room checkpoints early rather than stall on its prefetch.
         if self.saver.unsaved >= PREFETCH / 2 {
+            self.publisher.flush()?;
             self.saver.start(&mut self.worker).await?;
         }
         Ok(())
@@ -604,6 +615,7 @@ where
     async fn finish(mut self, served: Served, sub: Subscription) -> Result<Outcome> {
         // Grants and transfers asked for before the end are kept; then every input is
         // acked, and the transfers carried out while the player can still hear of them.
+        self.publisher.flush()?;
         self.saver.save(&mut self.worker).await?;
         drop(self.saver); // its end of the courier's queue: the courier ends once idle
         self.courier.finish(TRANSFERS_GRACE).await;
@@ -654,26 +666,91 @@ fn closed(client: &Client) -> Error {
     ))
 }
 
+/// Sends a room's outputs: at once, or, under the policy's batch window, held from the
+/// first until the window is over and then sent as one message per destination.
 struct Publisher<'a> {
     client: &'a Client,
     env: &'a WorkerEnv,
     room_id: &'a str,
+    /// The policy's batch window; zero sends at once.
+    window: Duration,
+    /// Outputs held, in the order they were made.
+    held: Vec<Output>,
+    /// When the held outputs go.
+    due: Option<tokio::time::Instant>,
 }
 
 impl Publisher<'_> {
-    fn publish(&self, outputs: Vec<Output>) -> Result<()> {
-        let names = self.env.admin.names();
-        for output in outputs {
-            let destination = match &output.to {
-                Target::Room => names.topic(self.room_id),
-                Target::Player(p) => names.private(self.room_id, p),
+    /// Sends `outputs`, or holds them until the batch window is over.
+    fn publish(&mut self, outputs: Vec<Output>) -> Result<()> {
+        if self.window.is_zero() {
+            for output in outputs {
+                let body = serde_json::to_vec(&output.body).expect("JSON values serialize");
+                self.send(self.destination(&output.to), body)?;
+            }
+            return Ok(());
+        }
+        if self.due.is_none() && !outputs.is_empty() {
+            self.due = Some(tokio::time::Instant::now() + self.window);
+        }
+        self.held.extend(outputs);
+        Ok(())
+    }
+
+    /// Sends what is held: one SEND per destination, in the order of each's first
+    /// output; several outputs to one destination go as a JSON array of them, in order.
+    /// Before a checkpoint: the inputs it acks must have their outputs out.
+    fn flush(&mut self) -> Result<()> {
+        self.due = None;
+        let mut by_destination: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for output in std::mem::take(&mut self.held) {
+            let destination = self.destination(&output.to);
+            let body = serde_json::to_vec(&output.body).expect("JSON values serialize");
+            match by_destination.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, bodies)) => bodies.push(body),
+                None => by_destination.push((destination, vec![body])),
+            }
+        }
+        for (destination, bodies) in by_destination {
+            let body = if bodies.len() == 1 {
+                bodies.into_iter().next().unwrap_or_default()
+            } else {
+                let mut array = b"[".to_vec();
+                for (i, body) in bodies.iter().enumerate() {
+                    if i > 0 {
+                        array.push(b',');
+                    }
+                    array.extend_from_slice(body);
+                }
+                array.push(b']');
+                array
             };
-            let frame = Frame::new(Command::Send)
-                .with_header("destination", destination)
-                .with_header("content-type", "application/json")
-                .with_body(serde_json::to_vec(&output.body).expect("JSON values serialize"));
-            self.client.post(frame)?;
+            self.send(destination, body)?;
         }
         Ok(())
+    }
+
+    fn destination(&self, to: &Target) -> String {
+        let names = self.env.admin.names();
+        match to {
+            Target::Room => names.topic(self.room_id),
+            Target::Player(p) => names.private(self.room_id, p),
+        }
+    }
+
+    fn send(&self, destination: String, body: Vec<u8>) -> Result<()> {
+        let frame = Frame::new(Command::Send)
+            .with_header("destination", destination)
+            .with_header("content-type", "application/json")
+            .with_body(body);
+        Ok(self.client.post(frame)?)
+    }
+}
+
+/// When the held outputs are due; never when none are held.
+async fn due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
