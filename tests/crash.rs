@@ -18,6 +18,8 @@ struct Seen {
     by_seq: BTreeMap<u64, Value>,
     reused: Vec<(u64, Value, Value)>,
     outputs: usize,
+    /// Inputs receipted, all players together.
+    receipted: u64,
 }
 
 impl Seen {
@@ -81,6 +83,7 @@ async fn play(ticket: Ticket, count: u64, window: usize, seen: Arc<Mutex<Seen>>)
                     break 'connection;
                 }
                 next = seq + 1;
+                seen.lock().unwrap().receipted += 1;
             }
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
@@ -109,9 +112,10 @@ async fn crash_and_count(tag: &str, count: u64, window: usize, fsync: bool) {
         tickets.push(ticket.clone());
         players.push(tokio::spawn(play(ticket, count, window, seen.clone())));
     }
-    // Three players: a third of all inputs is `count` outputs (one per input).
+    // Three players: a third of all inputs is `count`. Receipts run ahead of the room's
+    // outputs, so the kill waits on them: the players are still sending when it comes.
     let waiting = Instant::now();
-    while seen.lock().unwrap().by_seq.len() < count as usize {
+    while seen.lock().unwrap().receipted < count {
         assert!(
             waiting.elapsed() < Duration::from_secs(60),
             "the players did not get a third of the way"
