@@ -102,9 +102,10 @@ impl Policy {
         self
     }
 
-    /// The outputs a room makes within `window` of the first go out together: one
-    /// message per destination, a JSON array of the envelopes in order when there are
-    /// several ([`crate::proto::envelopes`] reads either). A broker's cost is per
+    /// The outputs a room makes within `window` of the first go out together, in the
+    /// order they were made: each run of outputs to one destination as one message, a
+    /// JSON array of the envelopes when there are several ([`crate::proto::envelopes`]
+    /// reads either); a batch goes early once it holds 256 KiB. A broker's cost is per
     /// message delivered (RabbitMQ's most of all), so a busy room costs it less, and each
     /// output waits up to `window` longer. Zero, the default, sends each input's
     /// outputs at once, one message each.

@@ -56,7 +56,7 @@ impl RabbitConfig {
             url: redact(broker),
             why: why.into(),
         };
-        if broker.contains(",amqp://") {
+        if nodes(broker).len() > 1 {
             return Err(bad(
                 "it names several nodes (comma-separated); this build connects to one: pass one node's URL (with quorum=true, its inboxes are replicated across the cluster)",
             ));
@@ -192,7 +192,7 @@ impl ConnectionEvent {
 
 /// The URL with its password hidden, for messages and logs.
 pub fn redact(url: &str) -> String {
-    // Each node's, where several are named (comma-separated).
+    // Each node's, where several are named.
     let one = |url: &str| match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
@@ -200,14 +200,26 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     };
-    url.split(",amqp://")
-        .enumerate()
-        .map(|(i, part)| match i {
-            0 => one(part),
-            _ => one(&format!("amqp://{part}")),
-        })
+    nodes(url)
+        .into_iter()
+        .map(one)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The node URLs a `--broker` value names: split at each comma that a URL follows
+/// (spaces around it allowed); a comma inside a URL (in a password, say) stays in it.
+fn nodes(broker: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, _) in broker.match_indices(',') {
+        if broker[at + 1..].trim_start().starts_with("amqp://") {
+            parts.push(broker[start..at].trim());
+            start = at + 1;
+        }
+    }
+    parts.push(broker[start..].trim());
+    parts
 }
 
 /// RabbitMQ's control plane, through its management HTTP API. Cheap to clone.
@@ -521,6 +533,17 @@ mod tests {
         .to_string();
         assert!(err.contains("several nodes"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+        let spaced = "amqp://u:secret@h:5691/?quorum=true , amqp://u:secret@h:5692/";
+        let err = RabbitConfig::parse(spaced).unwrap_err().to_string();
+        assert!(
+            err.contains("several nodes") && !err.contains("secret"),
+            "{err}"
+        );
+        let comma = RabbitConfig::parse("amqp://u:a,b@h/").unwrap();
+        assert_eq!(
+            comma.password, "a,b",
+            "a comma in a password is not a second node"
+        );
         let err = RabbitConfig::parse("amqp://h/?quorum=yes")
             .unwrap_err()
             .to_string();

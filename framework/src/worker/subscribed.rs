@@ -415,6 +415,7 @@ where
                 room_id,
                 window: batch,
                 held: Vec::new(),
+                held_bytes: 0,
                 due: None,
             },
             timers,
@@ -667,63 +668,72 @@ fn closed(client: &Client) -> Error {
 }
 
 /// Sends a room's outputs: at once, or, under the policy's batch window, held from the
-/// first until the window is over and then sent as one message per destination.
+/// first until the window is over and then sent together (see [`Publisher::flush`]).
 struct Publisher<'a> {
     client: &'a Client,
     env: &'a WorkerEnv,
     room_id: &'a str,
     /// The policy's batch window; zero sends at once.
     window: Duration,
-    /// Outputs held, in the order they were made.
-    held: Vec<Output>,
+    /// Outputs held, in the order they were made: destination and JSON body.
+    held: Vec<(String, Vec<u8>)>,
+    /// Bytes held: past [`BATCH_BYTES`] they go at once.
+    held_bytes: usize,
     /// When the held outputs go.
     due: Option<tokio::time::Instant>,
 }
 
+/// The most a batch holds before it goes, well under a STOMP frame's 1 MiB.
+const BATCH_BYTES: usize = 256 * 1024;
+
 impl Publisher<'_> {
     /// Sends `outputs`, or holds them until the batch window is over.
     fn publish(&mut self, outputs: Vec<Output>) -> Result<()> {
-        if self.window.is_zero() {
-            for output in outputs {
-                let body = serde_json::to_vec(&output.body).expect("JSON values serialize");
-                self.send(self.destination(&output.to), body)?;
+        for output in outputs {
+            let destination = self.destination(&output.to);
+            let body = serde_json::to_vec(&output.body).expect("JSON values serialize");
+            if self.window.is_zero() {
+                self.send(destination, body)?;
+                continue;
             }
-            return Ok(());
+            self.held_bytes += body.len();
+            self.held.push((destination, body));
+            self.due
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.window);
         }
-        if self.due.is_none() && !outputs.is_empty() {
-            self.due = Some(tokio::time::Instant::now() + self.window);
+        if self.held_bytes > BATCH_BYTES {
+            self.flush()?;
         }
-        self.held.extend(outputs);
         Ok(())
     }
 
-    /// Sends what is held: one SEND per destination, in the order of each's first
-    /// output; several outputs to one destination go as a JSON array of them, in order.
-    /// Before a checkpoint: the inputs it acks must have their outputs out.
+    /// Sends what is held, in the order it was made: each run of outputs to the same
+    /// destination as one message, a JSON array of them when there are several. (Runs,
+    /// not one message per destination: a player who gets a private `welcome` between
+    /// two broadcasts must get it between them.) Before a checkpoint: the inputs it
+    /// acks must have their outputs out.
     fn flush(&mut self) -> Result<()> {
         self.due = None;
-        let mut by_destination: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-        for output in std::mem::take(&mut self.held) {
-            let destination = self.destination(&output.to);
-            let body = serde_json::to_vec(&output.body).expect("JSON values serialize");
-            match by_destination.iter_mut().find(|(d, _)| *d == destination) {
-                Some((_, bodies)) => bodies.push(body),
-                None => by_destination.push((destination, vec![body])),
+        self.held_bytes = 0;
+        let mut held = std::mem::take(&mut self.held).into_iter().peekable();
+        while let Some((destination, first)) = held.next() {
+            let mut bodies = vec![first];
+            while let Some((_, body)) = held.next_if(|(next, _)| *next == destination) {
+                bodies.push(body);
             }
-        }
-        for (destination, bodies) in by_destination {
-            let body = if bodies.len() == 1 {
-                bodies.into_iter().next().unwrap_or_default()
-            } else {
-                let mut array = b"[".to_vec();
-                for (i, body) in bodies.iter().enumerate() {
-                    if i > 0 {
-                        array.push(b',');
+            let body = match bodies.len() {
+                1 => bodies.pop().unwrap_or_default(),
+                _ => {
+                    let mut array = b"[".to_vec();
+                    for (i, body) in bodies.iter().enumerate() {
+                        if i > 0 {
+                            array.push(b',');
+                        }
+                        array.extend_from_slice(body);
                     }
-                    array.extend_from_slice(body);
+                    array.push(b']');
+                    array
                 }
-                array.push(b']');
-                array
             };
             self.send(destination, body)?;
         }
