@@ -247,7 +247,10 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         }
         let (seq, kind) =
             serde_json::from_slice::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind));
-        let kind = kind.as_ref().and_then(|k| k.as_str()).map(str::to_owned);
+        let kind = match kind {
+            Some(serde_json::Value::String(kind)) => Some(kind),
+            _ => None,
+        };
         let applied = self.room.apply(user, seq, body);
         if !applied.duplicate {
             self.activity.record(InputRecord {

@@ -416,7 +416,8 @@ where
                 window: batch,
                 held: Vec::new(),
                 held_bytes: 0,
-                due: None,
+                due: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                holding: false,
             },
             timers,
             inbox: env.admin.names().inbox(room_id, WORKER_USER),
@@ -453,7 +454,7 @@ where
                 // pour in.
                 result = saving(&mut self.saver.in_flight) => Event::Saved(result),
                 // Also before it: held outputs go when due, however fast inputs come.
-                _ = due(self.publisher.due) => Event::Flush,
+                _ = &mut self.publisher.due, if self.publisher.holding => Event::Flush,
                 message = next(&mut pending, sub) => Event::Input(message),
                 _ = t.tick.tick(), if ticking => Event::Tick,
                 _ = t.checkpoint.tick(), if checkpoint_due => Event::Checkpoint,
@@ -679,8 +680,11 @@ struct Publisher<'a> {
     held: Vec<(String, Vec<u8>)>,
     /// Bytes held: past [`BATCH_BYTES`] they go at once.
     held_bytes: usize,
-    /// When the held outputs go.
-    due: Option<tokio::time::Instant>,
+    /// When the held outputs go: one timer for the room's life, set again for each
+    /// batch (not made anew on every turn of the worker's loop).
+    due: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether outputs are held, and `due` is their time.
+    holding: bool,
 }
 
 /// The most a batch holds before it goes, well under a STOMP frame's 1 MiB.
@@ -698,8 +702,11 @@ impl Publisher<'_> {
             }
             self.held_bytes += body.len();
             self.held.push((destination, body));
-            self.due
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.window);
+            if !self.holding {
+                self.holding = true;
+                let at = tokio::time::Instant::now() + self.window;
+                self.due.as_mut().reset(at);
+            }
         }
         if self.held_bytes > BATCH_BYTES {
             self.flush()?;
@@ -713,7 +720,7 @@ impl Publisher<'_> {
     /// two broadcasts must get it between them.) Before a checkpoint: the inputs it
     /// acks must have their outputs out.
     fn flush(&mut self) -> Result<()> {
-        self.due = None;
+        self.holding = false;
         self.held_bytes = 0;
         let mut held = std::mem::take(&mut self.held).into_iter().peekable();
         while let Some((destination, first)) = held.next() {
@@ -754,13 +761,5 @@ impl Publisher<'_> {
             .with_header("content-type", "application/json")
             .with_body(body);
         Ok(self.client.post(frame)?)
-    }
-}
-
-/// When the held outputs are due; never when none are held.
-async fn due(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
