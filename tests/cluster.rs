@@ -145,8 +145,19 @@ impl Cluster {
         workers: usize,
         env: Vec<(String, String)>,
     ) -> Cluster {
+        Cluster::start_on(broker_url(), tag, lobbies, workers, env).await
+    }
+
+    /// [`Cluster::start_with_env`] on the RabbitMQ of `broker`.
+    async fn start_on(
+        broker: String,
+        tag: &str,
+        lobbies: usize,
+        workers: usize,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
         let mut cluster = Cluster {
-            broker: broker_url(),
+            broker,
             db: Database::new(tag),
             lobbies: Vec::new(),
             processes: Vec::new(),
@@ -249,6 +260,16 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// How often a worker's room failed and was restarted from its checkpoint so far.
+    fn worker_failures(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, line)| line.contains("room worker failed"))
+            .count()
     }
 
     fn dump(&self) -> String {
@@ -390,9 +411,17 @@ fn pause_after(
     from: Instant,
     window: Duration,
 ) -> Duration {
-    let mut arrivals: Vec<Instant> = outputs
-        .values()
-        .map(|(at, _)| *at)
+    longest_gap(outputs.values().map(|(at, _)| *at), from, window)
+}
+
+/// The longest wait between two of `arrivals` within `window` after `from` (from `from`
+/// to the first counts).
+fn longest_gap(
+    arrivals: impl Iterator<Item = Instant>,
+    from: Instant,
+    window: Duration,
+) -> Duration {
+    let mut arrivals: Vec<Instant> = arrivals
         .filter(|at| *at >= from && *at <= from + window)
         .collect();
     arrivals.sort();
@@ -1487,4 +1516,550 @@ async fn in_a_cluster_the_inspector_reads_the_store_and_rabbitmq() {
     assert_eq!(status, 204, "the worker process ended it within the wait");
     let (status, _) = admin(reqwest::Method::GET, page_path, None).await;
     assert_eq!(status, 404);
+}
+
+// A RabbitMQ cluster of three nodes: any node killed mid-game, nothing lost.
+
+/// The `--broker` value of the three-node cluster `tests/run` starts
+/// (`scripts/rabbitmq-node cluster start`), if it did.
+fn cluster_broker() -> Option<String> {
+    std::env::var("GSL_TEST_CLUSTER")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// `scripts/rabbitmq-node cluster ARGS`, off the async threads (a restart takes seconds).
+async fn rabbit_cluster(args: &[&str]) {
+    let args: Vec<String> = ["cluster"]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect();
+    let script = repo().join("scripts/rabbitmq-node");
+    let out = tokio::task::spawn_blocking(move || Command::new(script).args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/rabbitmq-node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `GET path` of the management API at the first node that answers.
+async fn management(broker: &str, path: &str) -> Value {
+    let config = game_server_less::rabbit::RabbitConfig::parse(broker).unwrap();
+    for node in &config.nodes {
+        let url = format!("http://{}:{}/api{path}", node.host, node.management_port);
+        let answer = http()
+            .get(&url)
+            .basic_auth(&config.user, Some(&config.password))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            if answer.status().is_success() {
+                return answer.json().await.unwrap();
+            }
+        }
+    }
+    panic!("no node's management API answers {path}");
+}
+
+/// The cluster's node index (`gsl-I@localhost`) of an Erlang node name.
+fn node_index(node: &Value) -> String {
+    let name = node.as_str().expect("a node name");
+    name.trim_start_matches("gsl-")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A node to kill, by the part it plays for the room.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The node the room's active worker is connected to.
+    Worker,
+    /// The node that leads the room's quorum inbox.
+    Leader,
+    /// The node most of the room's players are connected to.
+    Players,
+}
+
+/// The index of the node that plays `role` for `room`.
+async fn node_of(broker: &str, room: &str, role: Role) -> String {
+    match role {
+        Role::Worker | Role::Leader => {
+            let queue = management(broker, &format!("/queues/%2F/gsl.room.{room}")).await;
+            if let Role::Leader = role {
+                return node_index(&queue["leader"]);
+            }
+            let active = queue["consumer_details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["activity_status"] == "single_active")
+                .unwrap_or_else(|| panic!("no active consumer of room {room}: {queue}"));
+            node_index(&active["channel_details"]["node"])
+        }
+        Role::Players => {
+            let connections = management(broker, "/connections?columns=user,node").await;
+            let mut count: BTreeMap<String, usize> = BTreeMap::new();
+            for c in connections.as_array().unwrap() {
+                if c["user"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!("@{room}")))
+                {
+                    *count.entry(node_index(&c["node"])).or_default() += 1;
+                }
+            }
+            count
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .expect("players connected")
+                .0
+        }
+    }
+}
+
+/// Waits until every member of `room`'s quorum inbox is online again.
+async fn wait_rejoined(broker: &str, room: &str) {
+    let started = Instant::now();
+    loop {
+        let queue = management(broker, &format!("/queues/%2F/gsl.room.{room}")).await;
+        let members = queue["members"].as_array().map_or(0, Vec::len);
+        let online = queue["online"].as_array().map_or(0, Vec::len);
+        if members == 3 && online == 3 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the restarted node did not rejoin room {room}'s inbox: {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A player that fails over: it connects to the first node of its ticket's list that
+/// answers, and when its connection drops it connects again (to the next one that
+/// answers) and sends again, with the same number, the input the broker had not
+/// receipted. What it hears, on every connection, goes into `seen`.
+#[derive(Default)]
+struct Roamer {
+    seen: std::sync::Mutex<Seen>,
+    /// The inputs the broker receipted.
+    accepted: std::sync::Mutex<Vec<u64>>,
+    /// How often it connected again.
+    reconnects: std::sync::atomic::AtomicUsize,
+    /// It sends no more.
+    finished: std::sync::atomic::AtomicBool,
+}
+
+/// Starts a [`Roamer`]: it sends one chat every `pace` until `stop`, then listens until
+/// `done`.
+fn roam(
+    ticket: Ticket,
+    tcp: bool,
+    pace: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> (Arc<Roamer>, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let roamer = Arc::new(Roamer::default());
+    let me = roamer.clone();
+    let task = tokio::spawn(async move {
+        let urls = if tcp {
+            ticket.tcp_endpoints()
+        } else {
+            ticket.ws_endpoints()
+        };
+        let (mut seq, mut unreceipted, mut client) = (0u64, false, None::<Client>);
+        while unreceipted || !stop.load(Relaxed) {
+            let Some(connected) = client.clone() else {
+                let options = ConnectOptions {
+                    timeout: Duration::from_secs(3),
+                    ..ConnectOptions::login(ticket.login.clone(), ticket.token.clone())
+                };
+                let Ok(c) = Client::connect_first(&urls, options).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let Ok(mut room) = c
+                    .subscribe(&ticket.topic, SubscribeOptions::default())
+                    .await
+                else {
+                    continue;
+                };
+                let (ear, done) = (me.clone(), done.clone());
+                tokio::spawn(async move {
+                    loop {
+                        match tokio::time::timeout(Duration::from_millis(100), room.recv()).await {
+                            Ok(Some(m)) => {
+                                ear.seen.lock().unwrap().push((Instant::now(), json_of(&m)));
+                            }
+                            Ok(None) => return,
+                            Err(_) if done.load(Relaxed) => return,
+                            Err(_) => {}
+                        }
+                    }
+                });
+                if seq > 0 {
+                    me.reconnects.fetch_add(1, Relaxed);
+                }
+                client = Some(c);
+                continue;
+            };
+            if !unreceipted {
+                seq += 1;
+            }
+            let body =
+                json!({ "type": "chat", "text": format!("{}-{seq}", ticket.player), "seq": seq });
+            match connected.send(&ticket.inbox, body.to_string()).await {
+                Ok(()) => {
+                    me.accepted.lock().unwrap().push(seq);
+                    unreceipted = false;
+                    tokio::time::sleep(pace).await;
+                }
+                Err(_) => {
+                    // Maybe applied, maybe not: the same number again, on a new connection.
+                    unreceipted = true;
+                    let _ = connected.disconnect().await;
+                    client = None;
+                }
+            }
+        }
+        me.finished.store(true, Relaxed);
+        while !done.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(c) = client {
+            let _ = c.disconnect().await;
+        }
+    });
+    (roamer, task)
+}
+
+/// Every player's outputs merged by room seq: one message per seq, whoever heard it
+/// (asserted), with when it first arrived anywhere.
+fn merged(views: &[Seen]) -> BTreeMap<u64, (Instant, Value)> {
+    let mut all: BTreeMap<u64, (Instant, Value)> = BTreeMap::new();
+    for seen in views {
+        for (at, m) in seen {
+            let Some(seq) = m["seq"].as_u64() else {
+                continue;
+            };
+            match all.get_mut(&seq) {
+                Some((first, known)) => {
+                    assert_eq!(known, m, "room seq {seq} named two different messages");
+                    *first = (*first).min(*at);
+                }
+                None => {
+                    all.insert(seq, (*at, m.clone()));
+                }
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn on_a_rabbitmq_cluster_any_node_killed_mid_game_loses_and_doubles_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(broker) = cluster_broker() else {
+        eprintln!("skipped: no RabbitMQ cluster (tests/run starts one and sets GSL_TEST_CLUSTER)");
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start_on(broker.clone(), "chaos", 1, 2, Vec::new()).await;
+    let lobby = cluster.lobbies[0].clone();
+    let room = create_room_at(&lobby).await;
+    cluster.wait_active(&room, None).await;
+    let names = ["ann", "bob", "cyd", "dan", "eve", "fay"];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut roamers, mut tasks, mut first_nodes) = (Vec::new(), Vec::new(), HashSet::new());
+    for (i, name) in names.iter().enumerate() {
+        let ticket = join_ticket(&lobby, &room, name).await;
+        assert_eq!(ticket.ws_urls.len(), 3, "a ticket names every node");
+        assert_eq!(ticket.ws_url, ticket.ws_urls[0]);
+        first_nodes.insert(ticket.tcp_urls[0].clone());
+        let pace = Duration::from_millis(25);
+        let (roamer, task) = roam(ticket, i % 2 == 0, pace, stop.clone(), done.clone());
+        roamers.push(roamer);
+        tasks.push(task);
+    }
+    assert!(first_nodes.len() > 1, "the players start on several nodes");
+    let heard = |roamers: &[Arc<Roamer>]| -> Vec<Seen> {
+        roamers
+            .iter()
+            .map(|r| r.seen.lock().unwrap().clone())
+            .collect()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Each role in turn; the node killed is restarted, and has rejoined the inbox,
+    // before the next one is killed.
+    let mut events = Vec::new();
+    for (what, role) in [
+        ("the active worker's node", Role::Worker),
+        ("the inbox's leader", Role::Leader),
+        ("the node of most players", Role::Players),
+    ] {
+        let node = node_of(&broker, &room, role).await;
+        let before = merged(&heard(&roamers)).keys().last().copied().unwrap_or(0);
+        let (again_before, failed_before) = (
+            roamers
+                .iter()
+                .map(|r| r.reconnects.load(Relaxed))
+                .sum::<usize>(),
+            cluster.worker_failures(),
+        );
+        let at = Instant::now();
+        rabbit_cluster(&["kill", &node]).await;
+        // The room moves on: an output it had not made before the kill.
+        while merged(&heard(&roamers))
+            .range(before + 1..)
+            .all(|(_, (t, _))| *t <= at)
+        {
+            assert!(
+                at.elapsed() < Duration::from_secs(30),
+                "the room did not move again after {what} (node {node}) was killed:\n{}",
+                cluster.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rabbit_cluster(&["restart", &node]).await;
+        wait_rejoined(&broker, &room).await;
+        // The room's longest stall after the kill: no new output anywhere meanwhile.
+        let stalled = pause_after(&merged(&heard(&roamers)), at, Duration::from_secs(2));
+        let again = roamers
+            .iter()
+            .map(|r| r.reconnects.load(Relaxed))
+            .sum::<usize>()
+            - again_before;
+        let restarted = cluster.worker_failures() - failed_before;
+        events.push((what, node, at, stalled, again, restarted));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Relaxed);
+    let started = Instant::now();
+    while !roamers.iter().all(|r| r.finished.load(Relaxed)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "players still sending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every receipted input applied once, and every player hears the room's last word.
+    let accepted: Vec<(String, u64)> = names
+        .iter()
+        .zip(&roamers)
+        .flat_map(|(name, r)| {
+            let seqs = r.accepted.lock().unwrap().clone();
+            seqs.into_iter().map(move |s| (name.to_string(), s))
+        })
+        .collect();
+    let applied = |outputs: &BTreeMap<u64, (Instant, Value)>| {
+        let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+        for (seq, (_, m)) in outputs {
+            if m["type"] == "chat" {
+                let key = (
+                    m["input_from"].as_str().unwrap().to_owned(),
+                    m["input_seq"].as_u64().unwrap(),
+                );
+                applied.entry(key).or_default().insert(*seq);
+            }
+        }
+        applied
+    };
+    let started = Instant::now();
+    loop {
+        let views = heard(&roamers);
+        let outputs = merged(&views);
+        let last = outputs.keys().last().copied();
+        let everyone = views
+            .iter()
+            .all(|v| v.iter().any(|(_, m)| m["seq"].as_u64() == last));
+        if (applied(&outputs).len() >= accepted.len() && everyone)
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled arrives too
+    done.store(true, Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let views = heard(&roamers);
+    let outputs = merged(&views);
+    let seqs: Vec<u64> = outputs.keys().copied().collect();
+    let gaps: Vec<&[u64]> = seqs.windows(2).filter(|w| w[1] != w[0] + 1).collect();
+    let applied = applied(&outputs);
+    let lost: Vec<&(String, u64)> = accepted
+        .iter()
+        .filter(|k| !applied.contains_key(*k))
+        .collect();
+    let doubled = applied.values().filter(|seqs| seqs.len() > 1).count();
+    let reconnects: usize = roamers.iter().map(|r| r.reconnects.load(Relaxed)).sum();
+    println!(
+        "three RabbitMQ nodes, {} players (one chat each every 25 ms), {reconnects} reconnections: accepted {}, applied {}, lost {}, doubled {doubled}; room seqs {}..={} with {} gaps",
+        names.len(),
+        accepted.len(),
+        applied.len(),
+        lost.len(),
+        seqs.first().unwrap_or(&0),
+        seqs.last().unwrap_or(&0),
+        gaps.len(),
+    );
+    for (what, node, at, stalled, again, restarted) in &events {
+        let longest = views
+            .iter()
+            .map(|seen| longest_gap(seen.iter().map(|(t, _)| *t), *at, Duration::from_secs(2)))
+            .max()
+            .unwrap();
+        println!(
+            "  kill -9 of {what} (node {node}): the room stood still for {stalled:?} at most; the longest pause a player saw {longest:?}; {again} player reconnections, {restarted} worker restarts"
+        );
+    }
+    assert!(gaps.is_empty(), "room seqs no player heard: {gaps:?}");
+    assert!(
+        lost.is_empty(),
+        "{} receipted inputs never applied, the first {:?}\n{}",
+        lost.len(),
+        lost.first(),
+        cluster.dump()
+    );
+    assert_eq!(doubled, 0, "inputs applied twice");
+    assert_eq!(
+        applied.len(),
+        accepted.len(),
+        "every applied input was receipted"
+    );
+    assert!(reconnects > 0, "some players' node was killed under them");
+    let last = seqs.last().copied();
+    for (name, seen) in names.iter().zip(&views) {
+        assert!(
+            seen.iter().any(|(_, m)| m["seq"].as_u64() == last),
+            "{name} never heard the room's last output"
+        );
+    }
+    cluster.end_rooms().await;
+}
+
+#[tokio::test]
+async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_without_a_seat() {
+    let _turn = SERIAL.lock().await;
+    let env = vec![("GSL_POLICY".to_owned(), "default.max_players=4".to_owned())];
+    let cluster = Cluster::start_with_env("lobbykill", 2, 1, env).await;
+    // The players' client knows both lobbies, the one killed first; the other is the
+    // one RabbitMQ's auth backend asks.
+    let both = format!("{},{}", cluster.lobbies[1], cluster.lobbies[0]);
+    let players: Vec<String> = (0..120).map(|i| format!("p{i}")).collect();
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut plays = Vec::new();
+    let started = Instant::now();
+    for (i, name) in players.iter().enumerate() {
+        let lobby = game_server_less::LobbyClient::new(&both).unwrap();
+        let (name, failures) = (name.clone(), failures.clone());
+        plays.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
+            let mut play = game_server_less::proto::Matchmake::named(name.clone());
+            let (mut tries, mut stranded) = (0, false);
+            let ticket = loop {
+                tries += 1;
+                match lobby.quick_play(&play).await {
+                    Ok(ticket) => break ticket,
+                    // The lobby died after the name's first join claimed it, before its
+                    // answer brought the key: the name is the key's, which nobody has.
+                    // The player picks another name, as the error says.
+                    Err(game_server_less::Error::Forbidden(_)) if !stranded => {
+                        stranded = true;
+                        play = game_server_less::proto::Matchmake::named(format!("{name}b"));
+                    }
+                    // Cut off mid-call: the seat may or may not be taken. A player asks again.
+                    Err(e) if tries < 10 => {
+                        failures.lock().unwrap().push(format!("{name}: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("{name} never got a ticket: {e}"),
+                }
+            };
+            // The first connection makes the reserved seat the player's.
+            let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
+            let client = Client::connect_first(&ticket.tcp_endpoints(), options)
+                .await
+                .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+            let body = json!({ "type": "chat", "text": "hi", "seq": 1 });
+            client.send(&ticket.inbox, body.to_string()).await.unwrap();
+            (ticket, client, tries, stranded)
+        }));
+    }
+    // Kill -9 the first lobby a third of the way through the joins.
+    tokio::time::sleep(Duration::from_millis(5 * 40)).await;
+    cluster.processes[1].signal("-KILL");
+    let killed_at = started.elapsed();
+    let mut tickets = Vec::new();
+    let (mut retried, mut stranded) = (0, 0);
+    for play in plays {
+        let (ticket, client, tries, lost_name) = play.await.unwrap();
+        retried += usize::from(tries > 1);
+        stranded += usize::from(lost_name);
+        tickets.push((ticket, client));
+    }
+    let took = started.elapsed();
+
+    // A seat whose ticket never reached its player (the lobby died before answering)
+    // is a reservation: it is given up once its time is over (15 s). Then each room
+    // has a seat for each ticket of it, and no other.
+    let mut per_room: HashMap<String, HashSet<String>> = HashMap::new();
+    for (t, _) in &tickets {
+        per_room
+            .entry(t.room.clone())
+            .or_default()
+            .insert(t.player.clone());
+    }
+    let distinct: usize = per_room.values().map(HashSet::len).sum();
+    assert_eq!(distinct, players.len(), "a player seated twice");
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    let wait = Instant::now();
+    let mismatched = loop {
+        let mut mismatched = Vec::new();
+        for (room, seated) in &per_room {
+            let record = store.room(room).await.unwrap().expect("a live room");
+            if record.seats != seated.len() {
+                mismatched.push(format!(
+                    "{room}: {} seats, {} tickets",
+                    record.seats,
+                    seated.len()
+                ));
+            }
+        }
+        if mismatched.is_empty() || wait.elapsed() > Duration::from_secs(40) {
+            break mismatched;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "a lobby killed -9 at {killed_at:?} of {} quick plays through two lobbies ({took:?}): {retried} players asked again after {} failed calls ({stranded} names claimed by a join whose answer was lost); every player has a ticket and a seat, in {} rooms (seats matched tickets {:?} after the joins)",
+        players.len(),
+        failures.lock().unwrap().len(),
+        per_room.len(),
+        wait.elapsed(),
+    );
+    assert!(
+        mismatched.is_empty(),
+        "seats and tickets disagree: {mismatched:?}\n{}",
+        cluster.dump()
+    );
+    assert!(
+        !failures.lock().unwrap().is_empty(),
+        "the kill cut no call short: the test saw no failover"
+    );
+    drop(tickets);
+    cluster.end_rooms().await;
 }

@@ -786,7 +786,7 @@ async fn tickets_outlive_a_server_restart() {
         json!(["ann"]),
         "the old token still proves who ann is"
     );
-    let tcp_url = server.rooms.admin().endpoints().tcp_url.clone();
+    let tcp_url = server.rooms.admin().endpoints().tcp_urls[0].clone();
     let options = ConnectOptions::login(ann.login.clone(), ann.token.clone());
     let client = Client::connect(&tcp_url, options).await;
     assert!(

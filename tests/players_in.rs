@@ -560,7 +560,8 @@ async fn after_a_restart_every_player_is_dropped_and_those_who_come_back_reconne
     let server = Server::start(Lobby::new(), hooked(grace), &dir).await;
     // Bob comes back in time (the server listens on new ports); ann does not.
     let mut bob_ticket = bob_ticket;
-    bob_ticket.tcp_url = server.rooms.admin().endpoints().tcp_url.clone();
+    bob_ticket.tcp_urls = server.rooms.admin().endpoints().tcp_urls.clone();
+    bob_ticket.tcp_url = bob_ticket.tcp_urls[0].clone();
     let mut bob = Player::join_with(bob_ticket).await;
     // Bob may subscribe after the drops went out: the room's record of its hooks says.
     let deadline = Instant::now() + WAIT;

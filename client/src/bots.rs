@@ -25,7 +25,7 @@ use stomp::{Client, ConnectOptions, SubscribeOptions};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BotOptions {
-    /// The lobby's URL.
+    /// The lobby's URL, or several lobbies' separated by commas.
     pub server: String,
     /// How many bots.
     pub bots: usize,
@@ -174,7 +174,7 @@ where
     let mut seq = crate::proto::first_seq();
     loop {
         let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
-        let Ok(client) = Client::connect(&ticket.ws_url, options).await else {
+        let Ok(client) = Client::connect_first(&ticket.ws_endpoints(), options).await else {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -245,7 +245,7 @@ pub struct BotArgs {
     /// How many bots.
     #[arg(long = "bot", value_name = "N")]
     pub bots: usize,
-    /// The game server's lobby URL.
+    /// The game server's lobby URL; several lobbies separated by commas.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "GSL_SERVER")]
     pub server: String,
     /// The room to join [default: each bot quick plays: a seat in an open room, or a

@@ -25,43 +25,63 @@ use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A client of one lobby. Cheap to clone.
+/// A client of a lobby, or of several lobbies of one deployment. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LobbyClient {
     http: reqwest::Client,
-    base: String,
+    /// Every lobby's URL, without a trailing `/`.
+    bases: Arc<[String]>,
+    /// The lobby that answered last: where the next call goes first.
+    current: Arc<AtomicUsize>,
 }
 
 impl LobbyClient {
     /// A client of the lobby at `base` (`http://HOST:PORT`), with a 5 s timeout per call.
+    /// `base` may name several lobbies, separated by commas: a call goes to the one that
+    /// answered last, and to the next while a lobby cannot be reached.
     pub fn new(base: &str) -> Result<LobbyClient> {
         LobbyClient::with_timeout(base, Duration::from_secs(5))
     }
 
     /// A client whose calls give up after `timeout`.
     pub fn with_timeout(base: &str, timeout: Duration) -> Result<LobbyClient> {
-        let base = base.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Url {
-                url: base.to_owned(),
-                why: "the lobby's URL starts with http:// or https://".into(),
-            });
+        let mut bases = Vec::new();
+        for base in base.split(',').map(|b| b.trim().trim_end_matches('/')) {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(Error::Url {
+                    url: base.to_owned(),
+                    why: "the lobby's URL starts with http:// or https:// (several lobbies: separated by commas)".into(),
+                });
+            }
+            bases.push(base.to_owned());
         }
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            // A lobby that is down on a real network drops the SYN: the next one is
+            // asked after this, not after the whole timeout.
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?;
         Ok(LobbyClient {
             http,
-            base: base.to_owned(),
+            bases: bases.into(),
+            current: Arc::default(),
         })
     }
 
-    /// The lobby's URL, without a trailing `/`.
+    /// The URL of the lobby that answered last (the first one before any call), without
+    /// a trailing `/`.
     pub fn url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed)]
+    }
+
+    /// Every lobby's URL, in the order given.
+    pub fn urls(&self) -> &[String] {
+        &self.bases
     }
 
     /// `GET /rooms`: the live rooms, oldest first.
@@ -101,18 +121,14 @@ impl LobbyClient {
     /// seconds (at most 8) of waiting. A ticket not polled for 30 s leaves the queue.
     pub async fn poll_queue(&self, id: &str, wait: u64) -> Result<QueueView> {
         let path = format!("/matchmake/queue/{}?wait={wait}", segment(id)?);
-        let request = self
-            .http
-            .get(self.at(&path))
-            .timeout(Duration::from_secs(wait + 10));
-        self.call(request).await
+        let call = Call::new(reqwest::Method::GET, &path).timeout(Duration::from_secs(wait + 10));
+        self.call(call).await
     }
 
     /// `DELETE /matchmake/queue/{id}`: leaves the queue.
     pub async fn cancel_queue(&self, id: &str) -> Result<()> {
         let path = format!("/matchmake/queue/{}", segment(id)?);
-        let request = self.http.delete(self.at(&path));
-        let _: serde_json::Value = self.call(request).await?;
+        let _: serde_json::Value = self.call(Call::new(reqwest::Method::DELETE, &path)).await?;
         Ok(())
     }
 
@@ -126,8 +142,8 @@ impl LobbyClient {
     /// `DELETE /rooms/{id}` with the room's owner token (or the operator secret).
     pub async fn end_room(&self, room: &str, owner_token: &str) -> Result<()> {
         let path = format!("/rooms/{}", segment(room)?);
-        let request = self.http.delete(self.at(&path)).bearer_auth(owner_token);
-        let _: serde_json::Value = self.call(request).await?;
+        let call = Call::new(reqwest::Method::DELETE, &path).bearer(Some(owner_token));
+        let _: serde_json::Value = self.call(call).await?;
         Ok(())
     }
 
@@ -139,11 +155,8 @@ impl LobbyClient {
 
     /// `GET path`, with a Bearer token if given: any route, the game's own included.
     pub async fn get<T: DeserializeOwned>(&self, path: &str, bearer: Option<&str>) -> Result<T> {
-        let mut request = self.http.get(self.at(path));
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token);
-        }
-        self.call(request).await
+        self.call(Call::new(reqwest::Method::GET, path).bearer(bearer))
+            .await
     }
 
     /// `POST path` with a JSON body, with a Bearer token if given.
@@ -153,21 +166,61 @@ impl LobbyClient {
         bearer: Option<&str>,
         body: &B,
     ) -> Result<T> {
-        let mut request = self.http.post(self.at(path)).json(body);
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token);
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::Invalid(format!("a body that is not JSON: {e}")))?;
+        let mut call = Call::new(reqwest::Method::POST, path).bearer(bearer);
+        call.body = Some(body);
+        self.call(call).await
+    }
+
+    fn at(base: &str, path: &str) -> String {
+        format!("{base}/{}", path.trim_start_matches('/'))
+    }
+
+    /// Makes `call` at the lobby that answered last, and at the next ones while a lobby
+    /// cannot be reached. Only then: a lobby that could not be reached has had nothing
+    /// of the call, while one that failed mid-call may have carried it out (a join),
+    /// and the caller must decide.
+    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut unreachable = None;
+        for i in 0..self.bases.len() {
+            let lobby = (start + i) % self.bases.len();
+            let base = &self.bases[lobby];
+            let mut request = self
+                .http
+                .request(call.method.clone(), LobbyClient::at(base, call.path));
+            if let Some(token) = call.bearer {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &call.body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            if let Some(timeout) = call.timeout {
+                request = request.timeout(timeout);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) if e.is_connect() => {
+                    unreachable.get_or_insert_with(|| LobbyClient::unreachable(base, e));
+                    continue;
+                }
+                Err(e) => return Err(LobbyClient::unreachable(base, e)),
+            };
+            self.current.store(lobby, Ordering::Relaxed);
+            return LobbyClient::answer(base, response).await;
         }
-        self.call(request).await
+        Err(unreachable.expect("one lobby at least"))
     }
 
-    fn at(&self, path: &str) -> String {
-        format!("{}/{}", self.base, path.trim_start_matches('/'))
-    }
-
-    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+    async fn answer<T: DeserializeOwned>(base: &str, response: reqwest::Response) -> Result<T> {
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| LobbyClient::unreachable(base, e))?;
         if !(200..300).contains(&status) {
             return Err(status_error(status, &bytes));
         }
@@ -179,15 +232,14 @@ impl LobbyClient {
         };
         serde_json::from_slice(bytes).map_err(|e| {
             Error::Protocol(format!(
-                "the lobby at {} answered {status} with JSON this client does not understand: {e}",
-                self.base
+                "the lobby at {base} answered {status} with JSON this client does not understand: {e}"
             ))
         })
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> Error {
+    fn unreachable(base: &str, e: reqwest::Error) -> Error {
         Error::Unreachable {
-            url: self.base.clone(),
+            url: base.to_owned(),
             why: if e.is_timeout() {
                 "no answer in time".into()
             } else if e.is_connect() {
@@ -195,6 +247,38 @@ impl LobbyClient {
             } else {
                 e.to_string()
             },
+        }
+    }
+}
+
+/// One call, as [`LobbyClient::call`] makes it at one lobby or another.
+struct Call<'a> {
+    method: reqwest::Method,
+    path: &'a str,
+    bearer: Option<&'a str>,
+    body: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: reqwest::Method, path: &'a str) -> Call<'a> {
+        Call {
+            method,
+            path,
+            bearer: None,
+            body: None,
+            timeout: None,
+        }
+    }
+
+    fn bearer(self, bearer: Option<&'a str>) -> Call<'a> {
+        Call { bearer, ..self }
+    }
+
+    fn timeout(self, timeout: Duration) -> Call<'a> {
+        Call {
+            timeout: Some(timeout),
+            ..self
         }
     }
 }
@@ -259,6 +343,9 @@ mod tests {
         assert_eq!(segment("r-12").unwrap(), "r-12");
         assert!(LobbyClient::new("ftp://x").is_err());
         let c = LobbyClient::new("http://h:1/").unwrap();
-        assert_eq!(c.at("/rooms"), "http://h:1/rooms");
+        assert_eq!(LobbyClient::at(c.url(), "/rooms"), "http://h:1/rooms");
+        let two = LobbyClient::new("http://h:1/, https://h:2").unwrap();
+        assert_eq!(two.urls(), ["http://h:1", "https://h:2"]);
+        assert!(LobbyClient::new("http://h:1,h:2").is_err());
     }
 }

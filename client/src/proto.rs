@@ -158,10 +158,18 @@ pub struct Ticket {
     pub room: String,
     /// The player id (the name joined with).
     pub player: String,
-    /// STOMP over WebSocket.
+    /// STOMP over WebSocket: the first of `ws_urls`.
     pub ws_url: String,
-    /// STOMP over TCP.
+    /// STOMP over TCP: the first of `tcp_urls`.
     pub tcp_url: String,
+    /// STOMP over WebSocket at every node of the broker, in the order this player tries
+    /// them: connect to the first that answers ([`Ticket::ws_endpoints`]), and after a
+    /// drop, go down the list again. Empty from servers that name one URL.
+    #[serde(default)]
+    pub ws_urls: Vec<String>,
+    /// STOMP over TCP at every node, in the same order.
+    #[serde(default)]
+    pub tcp_urls: Vec<String>,
     /// The STOMP `login`.
     pub login: String,
     /// The STOMP `passcode`: a signed token that expires; also the lobby's Bearer token.
@@ -185,6 +193,27 @@ pub struct Ticket {
     /// topic's messages up to that `seq`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spectator: bool,
+}
+
+impl Ticket {
+    /// Where to connect over WebSocket, in order: `ws_urls`, or `ws_url` alone where
+    /// the server named one.
+    pub fn ws_endpoints(&self) -> Vec<String> {
+        endpoints(&self.ws_urls, &self.ws_url)
+    }
+
+    /// Where to connect over TCP, in order: `tcp_urls`, or `tcp_url` alone.
+    pub fn tcp_endpoints(&self) -> Vec<String> {
+        endpoints(&self.tcp_urls, &self.tcp_url)
+    }
+}
+
+fn endpoints(all: &[String], first: &str) -> Vec<String> {
+    if all.is_empty() {
+        vec![first.to_owned()]
+    } else {
+        all.to_vec()
+    }
 }
 
 /// A player's persistent inventory (`GET /user/items`): item to count.

@@ -4,23 +4,52 @@
 //! plane (inputs, outputs, acks) is STOMP for every broker.
 
 use crate::broker::{Broker, QueueOptions};
-use crate::names::{Names, LOBBY_USER};
+use crate::names::{fnv1a, Names, LOBBY_USER};
 use crate::policy::RoomPolicy;
 use crate::stomp::Transport;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
 
-/// Where clients and workers reach the broker; join tickets carry the first two.
+/// Where clients and workers reach the broker: one URL of each kind per broker node (one
+/// node for the embedded broker). Join tickets carry the players' two lists, in an order
+/// of their own ([`Endpoints::spread`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
-    /// STOMP over WebSocket, for players: `ws://HOST:PORT/ws`.
-    pub ws_url: String,
-    /// STOMP over TCP, for players: `tcp://HOST:PORT`.
-    pub tcp_url: String,
-    /// STOMP over TCP, for room workers.
-    pub worker_url: String,
+    /// STOMP over WebSocket, for players: `ws://HOST:PORT/ws`, one per node.
+    pub ws_urls: Vec<String>,
+    /// STOMP over TCP, for players: `tcp://HOST:PORT`, one per node.
+    pub tcp_urls: Vec<String>,
+    /// STOMP for room workers and the lobby's own consumers, one per node.
+    pub worker_urls: Vec<String>,
     /// The virtual host (the STOMP CONNECT `host` header).
     pub vhost: String,
+}
+
+impl Endpoints {
+    /// A broker of one node.
+    pub fn one(ws_url: String, tcp_url: String, worker_url: String, vhost: String) -> Endpoints {
+        Endpoints {
+            ws_urls: vec![ws_url],
+            tcp_urls: vec![tcp_url],
+            worker_urls: vec![worker_url],
+            vhost,
+        }
+    }
+
+    /// `urls` in the order that `key` (a player, a room) tries them: every node, starting
+    /// at one chosen by a hash of the key, so that keys spread evenly over the nodes and
+    /// each key starts at the same node every time while it is up.
+    pub fn spread(urls: &[String], key: &str) -> Vec<String> {
+        if urls.is_empty() {
+            return Vec::new();
+        }
+        let start = (fnv1a(key.as_bytes()) % urls.len() as u64) as usize;
+        urls[start..]
+            .iter()
+            .chain(&urls[..start])
+            .cloned()
+            .collect()
+    }
 }
 
 /// A room inbox as the broker sees it.
@@ -97,7 +126,7 @@ pub trait BrokerAdmin: Send + Sync + 'static {
     }
 
     /// A connection to the broker in memory, when it runs in this process: workers
-    /// then use it instead of a socket to [`Endpoints::worker_url`].
+    /// then use it instead of a socket to [`Endpoints::worker_urls`].
     fn connect_in_memory(&self) -> Option<Transport> {
         None
     }

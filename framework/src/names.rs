@@ -15,6 +15,14 @@ pub const GUEST: &str = "guest";
 /// The RabbitMQ topic exchange that routes players' inputs to room inboxes.
 pub const INPUT_EXCHANGE: &str = "gsl.inputs";
 
+/// FNV-1a of a name: the same in every process and build, unlike the standard library's
+/// hasher; what spreads rooms over workers and players over broker nodes.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// How a worker learns who sent an inbox message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sender {

@@ -53,7 +53,8 @@ Parameters:
     Description: >-
       Self-managed RabbitMQ with its stomp, web_stomp and management plugins (Amazon MQ
       has no STOMP), e.g.
-      amqp://USER:PASSWORD@HOST/?stomp_port=61613&web_stomp_port=15674&management_port=15672
+      amqp://USER:PASSWORD@HOST/?stomp_port=61613&web_stomp_port=15674&management_port=15672;
+      for a cluster, every node's URL with quorum=true, separated by commas.
   StoreUrl:
     Type: String
     NoEcho: true

@@ -19,7 +19,7 @@ use crate::admin::BrokerAdmin;
 use crate::auth::PlayerEvent;
 use crate::rabbit::{ConnectionEvent, RabbitAdmin, PRESENCE_QUEUE};
 use crate::rooms::Rooms;
-use crate::stomp::{AckMode, Client, ConnectOptions, SubscribeOptions};
+use crate::stomp::{AckMode, Client, ConnectOptions, HeartBeat, SubscribeOptions};
 use crate::worker::Control;
 use crate::Result;
 use std::sync::Arc;
@@ -99,9 +99,11 @@ async fn consume(rooms: &Rooms, admin: &RabbitAdmin) -> Result<()> {
     let endpoints = admin.endpoints();
     let options = ConnectOptions {
         host: endpoints.vhost.clone(),
+        // A node that dies without closing the socket is noticed, and another one used.
+        heartbeat: HeartBeat::every(Duration::from_secs(5)),
         ..ConnectOptions::login(config.user.clone(), config.password.clone())
     };
-    let client = Client::connect(&endpoints.worker_url, options).await?;
+    let client = Client::connect_first(&endpoints.worker_urls, options).await?;
     let subscribe = SubscribeOptions {
         prefetch: Some(256),
         ..SubscribeOptions::ack(AckMode::ClientIndividual)

@@ -10,30 +10,45 @@
 //! to a queue directly would be a write to the default exchange, which players may not use.
 
 use crate::admin::{BrokerAdmin, Endpoints, InboxState};
-use crate::names::{is_spectator, player_login, Names, INPUT_EXCHANGE};
+use crate::names::{fnv1a, is_spectator, player_login, Names, INPUT_EXCHANGE};
 use crate::policy::RoomPolicy;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What the `--broker amqp://USER:PASS@HOST:PORT/VHOST?…` URL says. The query may set
-/// `stomp_port` (61613), `stomp_tls_port` (none: workers use STOMP over TLS there when
-/// set), `web_stomp_port` (15674), `management_port` (15672),
-/// `public_host` (the host players connect to; HOST), `quorum` (`true` for quorum
-/// inboxes) and `max_length` (inputs an inbox holds, 10000).
+/// What the `--broker` value says: one node's URL, `amqp://USER:PASS@HOST:PORT/VHOST?…`,
+/// or the URLs of every node of a RabbitMQ cluster separated by commas. Each URL's
+/// query may set that node's `stomp_port` (61613), `stomp_tls_port` (none: workers use
+/// STOMP over TLS there when set), `web_stomp_port` (15674), `management_port` (15672)
+/// and `public_host` (the host players connect to; HOST); and the cluster's `quorum`
+/// (`true` for quorum inboxes) and `max_length` (inputs an inbox holds, 10000), which
+/// with the user, password and vhost must be the same in every URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RabbitConfig {
     /// The user the lobby and workers log in as (STOMP and management API).
     pub user: String,
     /// Its password.
     pub password: String,
-    /// Where RabbitMQ listens, for the lobby and the workers.
+    /// The virtual host.
+    pub vhost: String,
+    /// Whether room inboxes are quorum queues (replicated over a RabbitMQ cluster).
+    pub quorum: bool,
+    /// Inputs one inbox holds at most; RabbitMQ refuses more.
+    pub max_length: u32,
+    /// The nodes, in the order given: lobbies and workers use the first that answers.
+    pub nodes: Vec<RabbitNode>,
+}
+
+/// Where one RabbitMQ node listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitNode {
+    /// Where it listens, for the lobby and the workers.
     pub host: String,
     /// The host players are told to connect to.
     pub public_host: String,
-    /// The virtual host.
-    pub vhost: String,
     /// STOMP over TCP.
     pub stomp_port: u16,
     /// STOMP over TLS, which workers then use (`ssl://`, with the `tls` feature):
@@ -43,28 +58,43 @@ pub struct RabbitConfig {
     pub web_stomp_port: u16,
     /// The management HTTP API.
     pub management_port: u16,
-    /// Whether room inboxes are quorum queues (replicated over a RabbitMQ cluster).
-    pub quorum: bool,
-    /// Inputs one inbox holds at most; RabbitMQ refuses more.
-    pub max_length: u32,
 }
 
 impl RabbitConfig {
-    /// Reads a `--broker` URL.
+    /// Reads a `--broker` value.
     pub fn parse(broker: &str) -> Result<RabbitConfig> {
+        let mut config: Option<RabbitConfig> = None;
+        for url in nodes(broker) {
+            let one = RabbitConfig::parse_node(url)?;
+            match &mut config {
+                None => config = Some(one),
+                Some(config) => {
+                    fn shared(c: &RabbitConfig) -> (&str, &str, &str, bool, u32) {
+                        (&c.user, &c.password, &c.vhost, c.quorum, c.max_length)
+                    }
+                    if shared(config) != shared(&one) {
+                        return Err(Error::Url {
+                            url: redact(broker),
+                            why: "the nodes of one cluster need the same user, password, vhost, quorum and max_length in every URL".into(),
+                        });
+                    }
+                    config.nodes.extend(one.nodes);
+                }
+            }
+        }
+        Ok(config.expect("nodes() names one at least"))
+    }
+
+    /// Reads one node's URL.
+    fn parse_node(broker: &str) -> Result<RabbitConfig> {
         let bad = |why: &str| Error::Url {
             url: redact(broker),
             why: why.into(),
         };
-        if nodes(broker).len() > 1 {
-            return Err(bad(
-                "it names several nodes (comma-separated); this build connects to one: pass one node's URL (with quorum=true, its inboxes are replicated across the cluster)",
-            ));
-        }
         let url = url::Url::parse(broker).map_err(|e| bad(&e.to_string()))?;
         if url.scheme() != "amqp" {
             return Err(bad(
-                "cluster mode takes a RabbitMQ URL: amqp://USER:PASS@HOST:PORT/VHOST",
+                "cluster mode takes RabbitMQ URLs: amqp://USER:PASS@HOST:PORT/VHOST, several separated by commas for a cluster's nodes",
             ));
         }
         let decode = |s: &str| {
@@ -78,22 +108,15 @@ impl RabbitConfig {
             "" => "/".to_owned(),
             v => decode(v),
         };
-        let mut config = RabbitConfig {
-            user: match url.username() {
-                "" => "guest".to_owned(),
-                u => decode(u),
-            },
-            password: url.password().map(decode).unwrap_or_else(|| "guest".into()),
+        let mut node = RabbitNode {
             public_host: host.clone(),
             host,
-            vhost,
             stomp_port: 61613,
             stomp_tls_port: None,
             web_stomp_port: 15674,
             management_port: 15672,
-            quorum: false,
-            max_length: 10_000,
         };
+        let (mut quorum, mut max_length) = (false, 10_000);
         for (key, value) in url.query_pairs() {
             let port = || {
                 value
@@ -101,20 +124,20 @@ impl RabbitConfig {
                     .map_err(|_| bad(&format!("{key} must be a port number")))
             };
             match &*key {
-                "stomp_port" => config.stomp_port = port()?,
-                "stomp_tls_port" => config.stomp_tls_port = Some(port()?),
-                "web_stomp_port" => config.web_stomp_port = port()?,
-                "management_port" => config.management_port = port()?,
-                "public_host" => config.public_host = value.into_owned(),
+                "stomp_port" => node.stomp_port = port()?,
+                "stomp_tls_port" => node.stomp_tls_port = Some(port()?),
+                "web_stomp_port" => node.web_stomp_port = port()?,
+                "management_port" => node.management_port = port()?,
+                "public_host" => node.public_host = value.into_owned(),
                 "quorum" => {
-                    config.quorum = match &*value {
+                    quorum = match &*value {
                         "true" | "1" => true,
                         "false" | "0" => false,
                         _ => return Err(bad("quorum must be true or false")),
                     }
                 }
                 "max_length" => {
-                    config.max_length = value
+                    max_length = value
                         .parse()
                         .map_err(|_| bad("max_length must be a whole number"))?;
                 }
@@ -125,18 +148,29 @@ impl RabbitConfig {
                 }
             }
         }
-        Ok(config)
+        Ok(RabbitConfig {
+            user: match url.username() {
+                "" => "guest".to_owned(),
+                u => decode(u),
+            },
+            password: url.password().map(decode).unwrap_or_else(|| "guest".into()),
+            vhost,
+            quorum,
+            max_length,
+            nodes: vec![node],
+        })
     }
 
-    /// Where players and workers connect.
+    /// Where players and workers connect: each node's URLs, in the nodes' order.
     pub fn endpoints(&self) -> Endpoints {
+        let each = |url: fn(&RabbitNode) -> String| self.nodes.iter().map(url).collect();
         Endpoints {
-            ws_url: format!("ws://{}:{}/ws", self.public_host, self.web_stomp_port),
-            tcp_url: format!("tcp://{}:{}", self.public_host, self.stomp_port),
-            worker_url: match self.stomp_tls_port {
-                Some(port) => format!("ssl://{}:{port}", self.host),
-                None => format!("tcp://{}:{}", self.host, self.stomp_port),
-            },
+            ws_urls: each(|n| format!("ws://{}:{}/ws", n.public_host, n.web_stomp_port)),
+            tcp_urls: each(|n| format!("tcp://{}:{}", n.public_host, n.stomp_port)),
+            worker_urls: each(|n| match n.stomp_tls_port {
+                Some(port) => format!("ssl://{}:{port}", n.host),
+                None => format!("tcp://{}:{}", n.host, n.stomp_port),
+            }),
             vhost: self.vhost.clone(),
         }
     }
@@ -208,12 +242,21 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The node URLs a `--broker` value names: split at each comma that a URL follows
-/// (spaces around it allowed); a comma inside a URL (in a password, say) stays in it.
+/// (`SCHEME://`, spaces around it allowed); a comma inside a URL (in a password, say)
+/// stays in it.
 fn nodes(broker: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        rest.split_once("://").is_some_and(|(scheme, _)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        })
+    };
     let mut parts = Vec::new();
     let mut start = 0;
     for (at, _) in broker.match_indices(',') {
-        if broker[at + 1..].trim_start().starts_with("amqp://") {
+        if starts_url(broker[at + 1..].trim_start()) {
             parts.push(broker[start..at].trim());
             start = at + 1;
         }
@@ -229,7 +272,10 @@ pub struct RabbitAdmin {
     names: Names,
     endpoints: Endpoints,
     http: reqwest::Client,
-    api: String,
+    /// Each node's management API, in the nodes' order.
+    apis: Vec<String>,
+    /// The node whose API answered last: where the next call goes first.
+    current: Arc<AtomicUsize>,
 }
 
 impl RabbitAdmin {
@@ -238,10 +284,18 @@ impl RabbitAdmin {
     pub async fn connect(config: RabbitConfig) -> Result<RabbitAdmin> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // A node that is down on a real network drops the SYN: the next one is asked
+            // after this, not after the whole timeout.
+            .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| Error::Protocol(format!("cannot make an HTTP client: {e}")))?;
         let admin = RabbitAdmin {
-            api: format!("http://{}:{}/api", config.host, config.management_port),
+            apis: config
+                .nodes
+                .iter()
+                .map(|n| format!("http://{}:{}/api", n.host, n.management_port))
+                .collect(),
+            current: Arc::default(),
             names: Names::rabbitmq(),
             endpoints: config.endpoints(),
             config,
@@ -250,7 +304,7 @@ impl RabbitAdmin {
         admin.call(reqwest::Method::GET, "/overview", None).await.map_err(|e| {
             Error::Protocol(format!(
                 "RabbitMQ's management API does not answer at {} ({e}); is the rabbitmq_management plugin enabled (rabbitmq-plugins enable rabbitmq_management), and are the user and password right?",
-                admin.api
+                admin.apis.join(", ")
             ))
         })?;
         let exchange = format!("/exchanges/{}/{INPUT_EXCHANGE}", admin.vhost());
@@ -280,7 +334,11 @@ impl RabbitAdmin {
             Err(Error::Refused { message, .. }) if message.contains("404") => return Ok(false),
             other => other.map(drop)?,
         }
-        let arguments = json!({ "x-single-active-consumer": true, "x-max-length": 1_000_000 });
+        let mut arguments = json!({ "x-single-active-consumer": true, "x-max-length": 1_000_000 });
+        if self.config.quorum {
+            // On a cluster the events outlive the node that holds them.
+            arguments["x-queue-type"] = "quorum".into();
+        }
         self.call(
             reqwest::Method::PUT,
             &format!("/queues/{vhost}/{PRESENCE_QUEUE}"),
@@ -313,32 +371,75 @@ impl RabbitAdmin {
         format!("gsl.room.{room}")
     }
 
-    /// One management API call; the answer's JSON (`null` when it has none).
+    /// One management API call; the answer's JSON (`null` when it has none). It goes to
+    /// the node that answered last, and on to the next ones while a node cannot be
+    /// reached ([`RabbitAdmin::call_from`]).
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.api))
-            .basic_auth(&self.config.user, Some(&self.config.password));
-        if let Some(body) = body {
-            request = request.json(&body);
+        let start = self.current.load(Ordering::Relaxed);
+        self.call_from(start, method, path, body).await
+    }
+
+    /// [`RabbitAdmin::call`], first to node `start`. A node that cannot be reached (dead,
+    /// or not listening) has had nothing of the call, so the next one is asked; any
+    /// other failure of an idempotent call (a timeout, a dropped answer) is tried at
+    /// the next node too. A POST that may have reached its node is not sent again: a
+    /// publish would be doubled.
+    async fn call_from(
+        &self,
+        start: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut failed = Vec::new();
+        for i in 0..self.apis.len() {
+            let node = (start + i) % self.apis.len();
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.apis[node]))
+                .basic_auth(&self.config.user, Some(&self.config.password));
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) if e.is_connect() || method != reqwest::Method::POST => {
+                    failed.push(format!("{}: {e}", self.apis[node]));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Protocol(format!(
+                        "RabbitMQ management API {method} {path} at {}: {e}",
+                        self.apis[node]
+                    )))
+                }
+            };
+            self.current.store(node, Ordering::Relaxed);
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                return Err(Error::Refused {
+                    message: format!("RabbitMQ management API {method} {path} answered {status}"),
+                    detail: text,
+                });
+            }
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
-        let response = request.send().await.map_err(|e| {
-            Error::Protocol(format!("RabbitMQ management API {method} {path}: {e}"))
-        })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(Error::Refused {
-                message: format!("RabbitMQ management API {method} {path} answered {status}"),
-                detail: text,
-            });
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        Err(Error::Protocol(format!(
+            "RabbitMQ management API {method} {path}: no node answers ({})",
+            failed.join("; ")
+        )))
+    }
+
+    /// The node a room's inbox is declared through, and so (RabbitMQ places a queue's
+    /// leader on the node that declares it) where it lives: spread by the room's id.
+    fn node_of(&self, room: &str) -> usize {
+        (fnv1a(room.as_bytes()) % self.apis.len() as u64) as usize
     }
 }
 
@@ -367,7 +468,8 @@ impl BrokerAdmin for RabbitAdmin {
                 arguments["x-queue-type"] = "quorum".into();
             }
             let vhost = self.vhost();
-            self.call(
+            self.call_from(
+                self.node_of(room),
                 reqwest::Method::PUT,
                 &format!("/queues/{vhost}/{queue}"),
                 Some(json!({ "durable": true, "auto_delete": false, "arguments": arguments })),
@@ -489,30 +591,82 @@ mod tests {
         .unwrap();
         assert_eq!((c.user.as_str(), c.password.as_str()), ("gsl", "p@ss"));
         assert_eq!(c.vhost, "/");
+        let node = &c.nodes[0];
         assert_eq!(
-            (c.stomp_port, c.web_stomp_port, c.management_port),
+            (node.stomp_port, node.web_stomp_port, node.management_port),
             (61623, 15684, 15682)
         );
         assert!(c.quorum);
-        assert_eq!(c.endpoints().ws_url, "ws://127.0.0.1:15684/ws");
-        assert_eq!(c.endpoints().worker_url, "tcp://127.0.0.1:61623");
+        assert_eq!(c.endpoints().ws_urls, ["ws://127.0.0.1:15684/ws"]);
+        assert_eq!(c.endpoints().worker_urls, ["tcp://127.0.0.1:61623"]);
         let tls = RabbitConfig::parse("amqp://h/?stomp_tls_port=61614").unwrap();
         assert_eq!(
-            tls.endpoints().worker_url,
-            "ssl://h:61614",
+            tls.endpoints().worker_urls,
+            ["ssl://h:61614"],
             "workers use TLS"
         );
         assert_eq!(
-            tls.endpoints().tcp_url,
-            "tcp://h:61613",
+            tls.endpoints().tcp_urls,
+            ["tcp://h:61613"],
             "players as before"
         );
         let defaults = RabbitConfig::parse("amqp://h/%2fgames").unwrap();
         assert_eq!(defaults.vhost, "/games");
         assert_eq!(
-            (defaults.user.as_str(), defaults.stomp_port),
+            (defaults.user.as_str(), defaults.nodes[0].stomp_port),
             ("guest", 61613)
         );
+    }
+
+    #[test]
+    fn a_broker_value_may_name_every_node_of_a_cluster() {
+        // scripts/rabbitmq-node cluster's last line, as it prints it.
+        let c = RabbitConfig::parse(
+            "amqp://gsl:pw@localhost:5691/?stomp_port=61642&web_stomp_port=15691&management_port=15701&quorum=true,\
+             amqp://gsl:pw@localhost:5692/?stomp_port=61644&web_stomp_port=15692&management_port=15702&quorum=true , \
+             amqp://gsl:pw@localhost:5693/?stomp_port=61646&web_stomp_port=15693&management_port=15703&public_host=game.example&quorum=true",
+        )
+        .unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert!(c.quorum);
+        let endpoints = c.endpoints();
+        assert_eq!(
+            endpoints.ws_urls,
+            [
+                "ws://localhost:15691/ws",
+                "ws://localhost:15692/ws",
+                "ws://game.example:15693/ws"
+            ]
+        );
+        assert_eq!(endpoints.worker_urls[2], "tcp://localhost:61646");
+        // Each player's order starts somewhere of its own and holds every node once.
+        let mut firsts = std::collections::HashSet::new();
+        for player in 0..30 {
+            let order = Endpoints::spread(&endpoints.tcp_urls, &format!("r1/p{player}"));
+            let mut sorted = order.clone();
+            sorted.sort();
+            let mut all = endpoints.tcp_urls.clone();
+            all.sort();
+            assert_eq!(sorted, all);
+            assert_eq!(
+                order,
+                Endpoints::spread(&endpoints.tcp_urls, &format!("r1/p{player}"))
+            );
+            firsts.insert(order[0].clone());
+        }
+        assert_eq!(firsts.len(), 3, "30 players start on every node");
+        let err = RabbitConfig::parse("amqp://u:secret@h:1/?quorum=true,amqp://u:secret@h:2/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the same user, password, vhost, quorum"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+        let err = RabbitConfig::parse("amqp://u:secret@h:1/,redis://h:2")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp://USER:PASS"), "{err}");
     }
 
     #[test]
@@ -524,19 +678,12 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         let err = RabbitConfig::parse("redis://h").unwrap_err().to_string();
         assert!(err.contains("amqp://USER:PASS@HOST:PORT/VHOST"), "{err}");
-        // scripts/rabbitmq-node cluster's value, which this build does not take: said,
-        // not read as one URL with the others folded into its options.
-        let err = RabbitConfig::parse(
-            "amqp://u:secret@h:5691/?stomp_port=1&quorum=true,amqp://u:secret@h:5692/?stomp_port=2&quorum=true",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("several nodes"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
-        let spaced = "amqp://u:secret@h:5691/?quorum=true , amqp://u:secret@h:5692/";
-        let err = RabbitConfig::parse(spaced).unwrap_err().to_string();
+        let err =
+            RabbitConfig::parse("amqp://u:secret@h:5691/?stomp_port=x , amqp://u:secret@h:5692/")
+                .unwrap_err()
+                .to_string();
         assert!(
-            err.contains("several nodes") && !err.contains("secret"),
+            err.contains("stomp_port must be a port number") && !err.contains("secret"),
             "{err}"
         );
         let comma = RabbitConfig::parse("amqp://u:a,b@h/").unwrap();

@@ -15,7 +15,7 @@
 mod inspect;
 mod open_seats;
 
-use crate::admin::BrokerAdmin;
+use crate::admin::{BrokerAdmin, Endpoints};
 use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
 use crate::names::SPECTATOR_JOIN;
@@ -1047,11 +1047,17 @@ impl Rooms {
         let (token, expires) =
             self.signer()
                 .issue_expiring(room, player, join, self.inner.settings.ticket_ttl);
+        // Each player starts at a node of its own, and fails over along its own order.
+        let key = format!("{room}/{player}");
+        let ws_urls = Endpoints::spread(&endpoints.ws_urls, &key);
+        let tcp_urls = Endpoints::spread(&endpoints.tcp_urls, &key);
         Ticket {
             room: room.to_owned(),
             player: player.to_owned(),
-            ws_url: endpoints.ws_url.clone(),
-            tcp_url: endpoints.tcp_url.clone(),
+            ws_url: ws_urls.first().cloned().unwrap_or_default(),
+            tcp_url: tcp_urls.first().cloned().unwrap_or_default(),
+            ws_urls,
+            tcp_urls,
             login: names.login(room, player),
             token,
             expires,

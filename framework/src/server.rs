@@ -121,12 +121,12 @@ impl Server {
         let tcp_task = tokio::spawn(broker.clone().serve_tcp(stomp));
         let admin = Arc::new(EmbeddedAdmin::new(
             broker.clone(),
-            Endpoints {
-                ws_url: format!("ws://{}/ws", bound.http),
-                tcp_url: format!("tcp://{stomp_addr}"),
-                worker_url: format!("tcp://{stomp_addr}"),
-                vhost: "/".into(),
-            },
+            Endpoints::one(
+                format!("ws://{}/ws", bound.http),
+                format!("tcp://{stomp_addr}"),
+                format!("tcp://{stomp_addr}"),
+                "/".into(),
+            ),
         ));
         let (stop_workers, shutdown) = watch::channel(false);
         // The room service carries out the workers' transfers, but needs their launcher

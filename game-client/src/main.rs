@@ -21,7 +21,8 @@ use std::time::Duration;
     about = "The game-server-less terminal MMO: join a room, walk about, pick things up, chat."
 )]
 struct Args {
-    /// The game server's lobby URL.
+    /// The game server's lobby URL; several lobbies of one deployment separated by commas
+    /// (each call goes to the next while one cannot be reached).
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "GSL_SERVER")]
     server: String,
     /// Your player name (asked on start when not given).

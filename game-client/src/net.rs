@@ -172,10 +172,10 @@ impl Net {
     }
 
     /// The key from the name's first join on this server, which lets this player use the
-    /// name again.
+    /// name again. Kept under the first lobby's URL: every lobby of a deployment takes it.
     fn key(&self, name: &str) -> Option<String> {
         let keys = self.keys.lock().unwrap();
-        keys.get(self.lobby.url(), name).map(str::to_owned)
+        keys.get(&self.lobby.urls()[0], name).map(str::to_owned)
     }
 
     async fn create_room(&self, name: &str) -> Result<String, String> {
@@ -218,7 +218,11 @@ impl Net {
     /// Plays with `ticket`, keeping the name's key if it came with it.
     async fn play(&self, ticket: Ticket, name: &str) {
         if let Some(key) = &ticket.player_key {
-            let kept = self.keys.lock().unwrap().set(self.lobby.url(), name, key);
+            let kept = self
+                .keys
+                .lock()
+                .unwrap()
+                .set(&self.lobby.urls()[0], name, key);
             if let Err(why) = kept {
                 self.lobby_error(why);
             }
@@ -270,7 +274,8 @@ async fn connect(
         timeout: Duration::from_secs(5),
         ..ConnectOptions::login(ticket.login.clone(), ticket.token.clone())
     };
-    let client = Client::connect(&ticket.ws_url, options).await?;
+    // Every node of the broker in this player's order: a dead one is passed over.
+    let client = Client::connect_first(&ticket.ws_endpoints(), options).await?;
     let room = client
         .subscribe(&ticket.topic, SubscribeOptions::default())
         .await?;

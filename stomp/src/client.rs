@@ -208,6 +208,30 @@ impl Client {
         Client::handshake(transport, options).await
     }
 
+    /// Connects to the first of `urls` that takes the connection: the nodes of a broker
+    /// cluster, in the order this client prefers. Each is tried in turn, whatever made
+    /// the one before fail (no answer, or a refused login, which may be that node's own
+    /// trouble). When none takes it, the error says the most: a node's refusal if one
+    /// refused, else the first node's error.
+    pub async fn connect_first<S: AsRef<str>>(
+        urls: &[S],
+        options: ConnectOptions,
+    ) -> Result<Client> {
+        let mut best: Option<Error> = None;
+        for url in urls {
+            match Client::connect(url.as_ref(), options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    let refusal = matches!(e, Error::Server { .. });
+                    if best.is_none() || (refusal && !matches!(best, Some(Error::Server { .. }))) {
+                        best = Some(e);
+                    }
+                }
+            }
+        }
+        Err(best.unwrap_or_else(|| Error::Config("no broker URL to connect to".into())))
+    }
+
     /// Completes the STOMP handshake over an open transport.
     pub async fn handshake(mut transport: Transport, options: ConnectOptions) -> Result<Client> {
         let mut connect = Frame::new(Command::Connect)

@@ -172,6 +172,8 @@ mod tests {
             player: "ann".into(),
             ws_url: "ws://h/ws".into(),
             tcp_url: "tcp://h:1".into(),
+            ws_urls: vec!["ws://h/ws".into(), "ws://h2/ws".into()],
+            tcp_urls: vec!["tcp://h:1".into(), "tcp://h2:1".into()],
             login: "ann".into(),
             token: "t".into(),
             expires: 1,

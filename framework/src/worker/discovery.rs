@@ -10,6 +10,7 @@
 //! replaced worker from writing.
 
 use super::{InProcess, Launcher};
+use crate::names::fnv1a;
 use crate::store::Store;
 use crate::Result;
 use std::collections::HashMap;
@@ -66,13 +67,6 @@ pub fn assign<'a>(
         assigned.push((room, chosen.as_str()));
     }
     assigned
-}
-
-/// FNV-1a: the same in every process, unlike the standard library's hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// This process's part in sharing rooms.

@@ -18,7 +18,7 @@ use super::courier::Courier;
 use super::room_worker::{InboxMessage, RoomWorker};
 use super::saver::{saving, Saver};
 use super::Transfers;
-use crate::admin::BrokerAdmin;
+use crate::admin::{BrokerAdmin, Endpoints};
 use crate::msg::{Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::policy::{Policies, RoomPolicy};
@@ -157,7 +157,7 @@ where
 {
     // A live room has an inbox, even if the broker lost it (declaring is idempotent).
     env.admin.create_inbox(room_id, policy).await?;
-    let client = connect(env).await?;
+    let client = connect(env, room_id).await?;
     // One future for the whole life: a fresh one per message would lock the watch's
     // waiter list twice for every input.
     let stop = stopped(env.shutdown.clone());
@@ -178,8 +178,11 @@ where
     room.finish(ending, sub).await
 }
 
-/// The worker's connection to the broker: in memory when the broker is in this process.
-async fn connect(env: &WorkerEnv) -> Result<Client> {
+/// The worker's connection to the broker: in memory when the broker is in this process;
+/// on a cluster, to the first node that answers, starting at one chosen by the room
+/// (workers' connections spread over the nodes, and a room's worker goes to the next
+/// node when its own is down).
+async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Client> {
     let endpoints = env.admin.endpoints();
     let options = ConnectOptions {
         host: endpoints.vhost.clone(),
@@ -197,7 +200,10 @@ async fn connect(env: &WorkerEnv) -> Result<Client> {
             };
             Client::handshake(transport, options).await?
         }
-        None => Client::connect(&endpoints.worker_url, options).await?,
+        None => {
+            let urls = Endpoints::spread(&endpoints.worker_urls, room_id);
+            Client::connect_first(&urls, options).await?
+        }
     })
 }
 

@@ -14,13 +14,23 @@ room: string,
  */
 player: string, 
 /**
- * STOMP over WebSocket.
+ * STOMP over WebSocket: the first of `ws_urls`.
  */
 ws_url: string, 
 /**
- * STOMP over TCP.
+ * STOMP over TCP: the first of `tcp_urls`.
  */
 tcp_url: string, 
+/**
+ * STOMP over WebSocket at every node of the broker, in the order this player tries
+ * them: connect to the first that answers ([`Ticket::ws_endpoints`]), and after a
+ * drop, go down the list again. Empty from servers that name one URL.
+ */
+ws_urls: Array<string>, 
+/**
+ * STOMP over TCP at every node, in the same order.
+ */
+tcp_urls: Array<string>, 
 /**
  * The STOMP `login`.
  */
