@@ -448,6 +448,29 @@ struct Tally {
     waited: Duration,
 }
 
+impl Tally {
+    /// Every receipted input applied once, and nothing applied that was not receipted.
+    fn assert_exactly_once(&self, cluster: &Cluster) {
+        if !self.lost.is_empty() {
+            let mut lost = self.lost.clone();
+            lost.sort();
+            panic!(
+                "{} receipted inputs never applied: {:?} … {:?}\nthe cluster's last words:\n{}",
+                lost.len(),
+                &lost[..lost.len().min(5)],
+                lost.last(),
+                cluster.dump()
+            );
+        }
+        assert_eq!(self.doubled, 0, "inputs applied twice");
+        assert_eq!(
+            self.applied.len(),
+            self.total,
+            "every applied input was receipted"
+        );
+    }
+}
+
 /// Players chatting in a room: their senders and what each saw.
 struct Chatters {
     senders: Vec<tokio::task::JoinHandle<Vec<u64>>>,
@@ -560,19 +583,15 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
         events.push((what, at, at.elapsed()));
         active = next;
     }
-    let Tally {
-        total,
-        views,
-        applied,
-        lost,
-        doubled,
-        waited,
-    } = tally(&names, chatters).await;
-    let outputs = &views[0];
+    let tally = tally(&names, chatters).await;
+    let outputs = &tally.views[0];
     println!(
-        "failover: accepted {total}, applied {}, lost {}, doubled {doubled} (3 players, 500 inputs each, one every 12 ms; waited {waited:?} for the tail)",
-        applied.len(),
-        lost.len(),
+        "failover: accepted {}, applied {}, lost {}, doubled {} (3 players, 500 inputs each, one every 12 ms; waited {:?} for the tail)",
+        tally.total,
+        tally.applied.len(),
+        tally.lost.len(),
+        tally.doubled,
+        tally.waited,
     );
     for (i, (what, at, took)) in events.iter().enumerate() {
         // Up to the next event, so that one event's pause is not counted for another.
@@ -584,19 +603,7 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
             pause_after(outputs, *at, until)
         );
     }
-    if !lost.is_empty() {
-        let mut lost = lost.clone();
-        lost.sort();
-        panic!(
-            "{} receipted inputs never applied: {:?} … {:?}\nthe cluster's last words:\n{}",
-            lost.len(),
-            &lost[..lost.len().min(5)],
-            lost.last(),
-            cluster.dump()
-        );
-    }
-    assert_eq!(doubled, 0, "inputs applied twice");
-    assert_eq!(applied.len(), total, "every applied input was receipted");
+    tally.assert_exactly_once(&cluster);
     cluster.end_rooms().await;
 }
 
@@ -1590,18 +1597,30 @@ enum Role {
 /// The index of the node that plays `role` for `room`.
 async fn node_of(broker: &str, room: &str, role: Role) -> String {
     match role {
-        Role::Worker | Role::Leader => {
+        Role::Leader => {
             let queue = management(broker, &format!("/queues/%2F/gsl.room.{room}")).await;
-            if let Role::Leader = role {
-                return node_index(&queue["leader"]);
+            node_index(&queue["leader"])
+        }
+        Role::Worker => {
+            // The consumers show in the management API's statistics, which come every
+            // few seconds.
+            let started = Instant::now();
+            loop {
+                let queue = management(broker, &format!("/queues/%2F/gsl.room.{room}")).await;
+                let active = queue["consumer_details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["activity_status"] == "single_active");
+                if let Some(active) = active {
+                    return node_index(&active["channel_details"]["node"]);
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "no active consumer of room {room}: {queue}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let active = queue["consumer_details"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["activity_status"] == "single_active")
-                .unwrap_or_else(|| panic!("no active consumer of room {room}: {queue}"));
-            node_index(&active["channel_details"]["node"])
         }
         Role::Players => {
             let connections = management(broker, "/connections?columns=user,node").await;
@@ -1968,19 +1987,17 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
         let (name, failures) = (name.clone(), failures.clone());
         plays.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
-            let mut play = game_server_less::proto::Matchmake::named(name.clone());
-            let (mut tries, mut stranded) = (0, false);
+            // The player makes its name's key before the first join asks, as the TUI
+            // does: should the answer be lost, asking again with the key is let in.
+            let play = game_server_less::proto::Matchmake {
+                key: Some(game_server_less::proto::new_player_key(&name)),
+                ..game_server_less::proto::Matchmake::named(name.clone())
+            };
+            let mut tries = 0;
             let ticket = loop {
                 tries += 1;
                 match lobby.quick_play(&play).await {
                     Ok(ticket) => break ticket,
-                    // The lobby died after the name's first join claimed it, before its
-                    // answer brought the key: the name is the key's, which nobody has.
-                    // The player picks another name, as the error says.
-                    Err(game_server_less::Error::Forbidden(_)) if !stranded => {
-                        stranded = true;
-                        play = game_server_less::proto::Matchmake::named(format!("{name}b"));
-                    }
                     // Cut off mid-call: the seat may or may not be taken. A player asks again.
                     Err(e) if tries < 10 => {
                         failures.lock().unwrap().push(format!("{name}: {e}"));
@@ -1989,6 +2006,7 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
                     Err(e) => panic!("{name} never got a ticket: {e}"),
                 }
             };
+            assert_eq!(ticket.player, name, "the player keeps its name");
             // The first connection makes the reserved seat the player's.
             let options = ConnectOptions::login(ticket.login.clone(), ticket.token.clone());
             let client = Client::connect_first(&ticket.tcp_endpoints(), options)
@@ -1996,7 +2014,7 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
                 .unwrap_or_else(|e| panic!("{name} connects: {e}"));
             let body = json!({ "type": "chat", "text": "hi", "seq": 1 });
             client.send(&ticket.inbox, body.to_string()).await.unwrap();
-            (ticket, client, tries, stranded)
+            (ticket, client, tries)
         }));
     }
     // Kill -9 the first lobby a third of the way through the joins.
@@ -2004,11 +2022,10 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
     cluster.processes[1].signal("-KILL");
     let killed_at = started.elapsed();
     let mut tickets = Vec::new();
-    let (mut retried, mut stranded) = (0, 0);
+    let mut retried = 0;
     for play in plays {
-        let (ticket, client, tries, lost_name) = play.await.unwrap();
+        let (ticket, client, tries) = play.await.unwrap();
         retried += usize::from(tries > 1);
-        stranded += usize::from(lost_name);
         tickets.push((ticket, client));
     }
     let took = started.elapsed();
@@ -2045,7 +2062,7 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     println!(
-        "a lobby killed -9 at {killed_at:?} of {} quick plays through two lobbies ({took:?}): {retried} players asked again after {} failed calls ({stranded} names claimed by a join whose answer was lost); every player has a ticket and a seat, in {} rooms (seats matched tickets {:?} after the joins)",
+        "a lobby killed -9 at {killed_at:?} of {} quick plays through two lobbies ({took:?}): {retried} players asked again after {} failed calls, each with its name; every player has a ticket and a seat, in {} rooms (seats matched tickets {:?} after the joins)",
         players.len(),
         failures.lock().unwrap().len(),
         per_room.len(),
@@ -2061,5 +2078,106 @@ async fn a_lobby_killed_mid_joins_leaves_no_seat_without_a_ticket_nor_a_ticket_w
         "the kill cut no call short: the test saw no failover"
     );
     drop(tickets);
+    cluster.end_rooms().await;
+}
+
+/// `pg_ctlcluster … ACTION` of the machine's PostgreSQL, off the async threads.
+async fn postgresql(action: &'static str) {
+    let out = tokio::task::spawn_blocking(move || {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .expect("PostgreSQL is installed (/etc/postgresql)")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .min()
+            .expect("a PostgreSQL version");
+        Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", action])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctlcluster {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_game_loses_nothing_and_the_lobby_answers_meanwhile() {
+    let _turn = SERIAL.lock().await;
+    let cluster = Cluster::start("pgrestart", 1, 2).await;
+    let lobby = cluster.lobbies[0].clone();
+    let room = create_room_at(&lobby).await;
+    cluster.wait_active(&room, None).await;
+    let names = ["ann", "bob", "cyd"];
+    let chatters = chatters(&lobby, &room, &names, 500, Duration::from_millis(12)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The lobby is asked all along, for what only the store knows (a player's items):
+    // each answer JSON, none held longer than a few seconds.
+    let token = join_ticket(&lobby, &room, "dan").await.token;
+    let asking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let (asking, lobby) = (asking.clone(), lobby.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while asking.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                let answer = http()
+                    .get(format!("{lobby}/user/items"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                let took = at.elapsed();
+                let (status, body) = match answer {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                answers.push((status, took, body));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        })
+    };
+    // Stopped for 3 s, then started again.
+    let at = Instant::now();
+    postgresql("stop").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgresql("start").await;
+    let restart = at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    asking.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answers = prober.await.unwrap();
+
+    let tally = tally(&names, chatters).await;
+    let refused = answers.iter().filter(|(s, _, _)| *s == 503).count();
+    let longest = answers.iter().map(|(_, t, _)| *t).max().unwrap();
+    println!(
+        "PostgreSQL stopped mid-game and started again ({restart:?} away): accepted {}, applied {}, lost {}, doubled {}; the room's longest pause {:?}; the lobby answered {} times, {refused} of them 503, the slowest in {longest:?}",
+        tally.total,
+        tally.applied.len(),
+        tally.lost.len(),
+        tally.doubled,
+        pause_after(&tally.views[0], at, Duration::from_secs(10)),
+        answers.len(),
+    );
+    assert!(
+        refused > 0,
+        "the lobby was never asked while the store was away"
+    );
+    for (status, took, body) in &answers {
+        assert!(
+            *status == 200 || *status == 503,
+            "the lobby answered {status} in {took:?}: {body}"
+        );
+        let json: Value = serde_json::from_str(body)
+            .unwrap_or_else(|_| panic!("the lobby's answer is not JSON: {body}"));
+        if *status == 503 {
+            assert!(json["error"].is_string(), "{body}");
+        }
+        assert!(*took < Duration::from_secs(4), "the lobby took {took:?}");
+    }
+    tally.assert_exactly_once(&cluster);
     cluster.end_rooms().await;
 }

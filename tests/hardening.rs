@@ -76,6 +76,58 @@ async fn leaving_or_being_kicked_revokes_the_ticket_and_closes_its_connections()
 }
 
 #[tokio::test]
+async fn a_first_join_may_bring_its_own_key_so_that_asking_again_is_not_refused() {
+    let dir = temp_dir("ownkey");
+    let server = Server::game(&dir).await;
+    let room = server.create_room().await;
+    let join = |name: &str, key: Option<&str>| {
+        http()
+            .post(format!("{}/rooms/{room}/join", server.http))
+            .json(&json!({ "name": name, "key": key }))
+            .send()
+    };
+    // A first join whose answer is lost, then the same join again: both let in, and
+    // the name is the client's key's.
+    let key = game_server_less::proto::new_player_key("bea");
+    let first = join("bea", Some(&key)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let ticket: game_server_less::proto::Ticket = first.json().await.unwrap();
+    assert_eq!(
+        ticket.player_key.as_deref(),
+        Some(key.as_str()),
+        "claimed with the client's key"
+    );
+    let again = join("bea", Some(&key)).await.unwrap();
+    assert_eq!(again.status(), 200, "the same first join, asked again");
+    let other = game_server_less::proto::new_player_key("bea");
+    assert_eq!(
+        join("bea", Some(&other)).await.unwrap().status(),
+        403,
+        "another key"
+    );
+    assert_eq!(join("bea", None).await.unwrap().status(), 403, "no key");
+    // A key of another name, or not of the form the lobby makes, claims nothing: the
+    // lobby makes the key, as when none is given.
+    for (name, bad) in [
+        ("cal", game_server_less::proto::new_player_key("cat")),
+        ("dee", "k1.dee.short".to_owned()),
+        ("eli", "k1.eli.".to_owned() + &"G".repeat(32)),
+    ] {
+        let answer: game_server_less::proto::Ticket =
+            join(name, Some(&bad)).await.unwrap().json().await.unwrap();
+        let made = answer.player_key.expect("a first join claims the name");
+        assert_ne!(made, bad);
+        assert!(
+            game_server_less::proto::is_new_player_key(&made, name),
+            "{made}"
+        );
+        assert_eq!(join(name, Some(&bad)).await.unwrap().status(), 403, "{bad}");
+        assert_eq!(join(name, Some(&made)).await.unwrap().status(), 200);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_name_belongs_to_its_first_holder_and_an_earlier_ticket_cannot_act_as_a_later_one() {
     let _turn = TIMING.lock().await;
     let dir = temp_dir("names");

@@ -63,7 +63,8 @@ enum Cmd {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Modes to measure; rabbitmq needs `scripts/rabbitmq-node start --lobby
-    /// http://127.0.0.1:18080` and PostgreSQL.
+    /// http://127.0.0.1:18080` and PostgreSQL, rabbitmq-cluster `scripts/rabbitmq-node
+    /// cluster start 3 --lobby http://127.0.0.1:18080` (it is not in the default list).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["floor", "embedded", "rabbitmq"])]
     modes: Vec<Mode>,
     /// CCU (players connected at once) to measure, in increasing order.
@@ -212,6 +213,9 @@ async fn run(args: RunArgs) -> i32 {
             }
         }
     }
+    for placement in rows.iter().filter_map(|r| r.placement.as_deref()) {
+        println!("\n{placement}");
+    }
     println!("\n{}", report::summary(&rows, &modes, args.max_p99_ms));
     if let Some(dir) = args.plot.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
@@ -238,6 +242,7 @@ async fn measure(mode: Mode, w: &Workload) -> Row {
         ccu: w.players,
         outcome: Err(String::new()),
         peak_rss: 0,
+        placement: None,
     };
     let target = match Target::start(mode).await {
         Ok(t) => t,
@@ -251,10 +256,24 @@ async fn measure(mode: Mode, w: &Workload) -> Row {
         (None, Some(ws)) => Ok(load::seats_on_floor(ws, w)),
         _ => Err("the target has neither a lobby nor a floor".into()),
     };
+    let links_before = target.placement().await.map(|p| p.link_bytes);
     row.outcome = match seats {
         Ok(seats) => Ok(load::run(seats, w, &target.pids).await),
         Err(e) => Err(format!("joining failed: {e}")),
     };
+    if let (Some(before), Some(after), Ok(o)) =
+        (links_before, target.placement().await, &row.outcome)
+    {
+        let per_input = (after.link_bytes.saturating_sub(before)) as f64 / o.sent.max(1) as f64;
+        row.placement = Some(format!(
+            "{} at {} CCU: inbox leaders per node {:?}; players' connections per node {:?}; {:.0} bytes between nodes per input (the whole run, warm-up and drain included)",
+            mode.name(),
+            w.players,
+            after.leaders,
+            after.players,
+            per_input
+        ));
+    }
     row.peak_rss = target.peak_rss();
     if let Ok(o) = &row.outcome {
         if !o.clean() {

@@ -16,6 +16,9 @@ pub(crate) struct Row {
     pub outcome: Result<Outcome, String>,
     /// The server's peak resident memory, bytes.
     pub peak_rss: u64,
+    /// On a RabbitMQ cluster: where the inboxes' leaders and the players' connections
+    /// were, and the traffic between the nodes.
+    pub placement: Option<String>,
 }
 
 impl Row {

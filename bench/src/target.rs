@@ -22,6 +22,9 @@ pub(crate) enum Mode {
     EmbeddedFsync,
     /// Cluster mode: a lobby and a worker process on RabbitMQ and PostgreSQL.
     Rabbitmq,
+    /// Cluster mode on the three-node RabbitMQ cluster of `scripts/rabbitmq-node cluster
+    /// start`: a lobby and two worker processes.
+    RabbitmqCluster,
 }
 
 impl Mode {
@@ -32,6 +35,7 @@ impl Mode {
             Mode::Embedded => "embedded",
             Mode::EmbeddedFsync => "embedded --fsync",
             Mode::Rabbitmq => "rabbitmq",
+            Mode::RabbitmqCluster => "rabbitmq cluster",
         }
     }
 }
@@ -124,6 +128,34 @@ fn rabbitmq_node() -> Result<(String, u32), String> {
     }
 }
 
+/// The `--broker` value of the RabbitMQ cluster `scripts/rabbitmq-node cluster start`
+/// runs, and its nodes' process ids.
+fn rabbitmq_cluster() -> Result<(String, Vec<u32>), String> {
+    let out = Command::new(repo().join("scripts/rabbitmq-node"))
+        .args(["cluster", "url"])
+        .output()
+        .map_err(|e| format!("scripts/rabbitmq-node: {e}"))?;
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let nodes = game_server_less::rabbit::RabbitConfig::parse(&url)
+        .map(|c| c.nodes.len())
+        .unwrap_or(0);
+    let dir = std::env::var("GSL_RABBITMQ_DIR").unwrap_or_else(|_| "/tmp/gsl-rabbitmq".into());
+    let pids: Vec<u32> = (1..=nodes)
+        .filter_map(|i| {
+            let pid = std::fs::read_to_string(format!("{dir}/gsl-{i}/pid")).ok()?;
+            let pid: u32 = pid.trim().parse().ok()?;
+            Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        })
+        .collect();
+    if !out.status.success() || nodes == 0 || pids.len() != nodes {
+        return Err(format!(
+            "no RabbitMQ cluster running: start one with `scripts/rabbitmq-node cluster start 3 --lobby http://{AUTH_LOBBY}` ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok((url, pids))
+}
+
 impl Target {
     /// Starts a fresh server of `mode`, ready for players.
     pub(crate) async fn start(mode: Mode) -> Result<Target, String> {
@@ -182,8 +214,14 @@ impl Target {
                 target.lobby = Some(format!("http://{http}"));
                 target.wait_health().await?;
             }
-            Mode::Rabbitmq => {
-                let (broker, node) = rabbitmq_node()?;
+            Mode::Rabbitmq | Mode::RabbitmqCluster => {
+                let (broker, nodes, workers) = if mode == Mode::Rabbitmq {
+                    let (broker, node) = rabbitmq_node()?;
+                    (broker, vec![node], 1)
+                } else {
+                    let (broker, nodes) = rabbitmq_cluster()?;
+                    (broker, nodes, 2)
+                };
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
@@ -202,8 +240,10 @@ impl Target {
                 worker.extend(common);
                 worker.extend(["--log", "warn,sqlx=warn"]);
                 worker.extend(extra);
-                target.spawn(&exe, "worker", &worker)?;
-                target.pids.push(node);
+                for i in 0..workers {
+                    target.spawn(&exe, &format!("worker-{i}"), &worker)?;
+                }
+                target.pids.extend(nodes);
                 target.broker = Some(broker.clone());
                 target.lobby = Some(format!("http://{AUTH_LOBBY}"));
                 target.wait_health().await?;
@@ -342,19 +382,17 @@ impl Target {
     }
 }
 
-/// Deletes every room inbox (`gsl.room.*`) through the management API of the node the
-/// `--broker` URL names.
+/// Deletes every room inbox (`gsl.room.*`) through the management API of the first node
+/// the `--broker` value names.
 async fn delete_inboxes(broker: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(broker).map_err(|e| e.to_string())?;
-    let port = url
-        .query_pairs()
-        .find(|(k, _)| k == "management_port")
-        .map_or("15672".to_owned(), |(_, v)| v.into_owned());
+    let config =
+        game_server_less::rabbit::RabbitConfig::parse(broker).map_err(|e| e.to_string())?;
+    let node = &config.nodes[0];
     let api = format!(
-        "http://{}:{port}/api/queues/%2F",
-        url.host_str().unwrap_or("127.0.0.1")
+        "http://{}:{}/api/queues/%2F",
+        node.host, node.management_port
     );
-    let (user, pass) = (url.username().to_owned(), url.password().map(str::to_owned));
+    let (user, pass) = (config.user.clone(), Some(config.password.clone()));
     let http = reqwest::Client::new();
     #[derive(serde::Deserialize)]
     struct Queue {
@@ -378,4 +416,76 @@ async fn delete_inboxes(broker: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Where a RabbitMQ cluster put things, through the management API of its first node.
+pub(crate) struct Placement {
+    /// Room inbox leaders per node.
+    pub leaders: std::collections::BTreeMap<String, usize>,
+    /// Players' connections per node.
+    pub players: std::collections::BTreeMap<String, usize>,
+    /// Bytes the nodes have sent each other since they started.
+    pub link_bytes: u64,
+}
+
+impl Target {
+    /// Where the cluster put the rooms' inboxes and the players; `None` outside
+    /// `rabbitmq-cluster` mode.
+    pub(crate) async fn placement(&self) -> Option<Placement> {
+        if self.mode != Mode::RabbitmqCluster {
+            return None;
+        }
+        let broker = self.broker.as_deref()?;
+        let config = game_server_less::rabbit::RabbitConfig::parse(broker).ok()?;
+        let node = &config.nodes[0];
+        let http = reqwest::Client::new();
+        let get = |path: &str| {
+            http.get(format!(
+                "http://{}:{}/api{path}",
+                node.host, node.management_port
+            ))
+            .basic_auth(&config.user, Some(&config.password))
+            .send()
+        };
+        let json = |r: reqwest::Response| r.json::<serde_json::Value>();
+        let queues = json(get("/queues/%2F?columns=name,leader").await.ok()?)
+            .await
+            .ok()?;
+        let connections = json(get("/connections?columns=user,node").await.ok()?)
+            .await
+            .ok()?;
+        let nodes = json(get("/nodes").await.ok()?).await.ok()?;
+        let mut placement = Placement {
+            leaders: Default::default(),
+            players: Default::default(),
+            link_bytes: 0,
+        };
+        let short = |v: &serde_json::Value| {
+            v.as_str()
+                .unwrap_or("?")
+                .split('@')
+                .next()
+                .unwrap_or("?")
+                .to_owned()
+        };
+        for q in queues.as_array()? {
+            if q["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("gsl.room."))
+            {
+                *placement.leaders.entry(short(&q["leader"])).or_default() += 1;
+            }
+        }
+        for c in connections.as_array()? {
+            if c["user"].as_str().is_some_and(|u| u.contains('@')) {
+                *placement.players.entry(short(&c["node"])).or_default() += 1;
+            }
+        }
+        for n in nodes.as_array()? {
+            for link in n["cluster_links"].as_array().into_iter().flatten() {
+                placement.link_bytes += link["send_bytes"].as_u64().unwrap_or(0);
+            }
+        }
+        Some(placement)
+    }
 }

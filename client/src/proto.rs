@@ -99,7 +99,8 @@ pub struct RoomView {
 pub struct Matchmake {
     /// Who plays.
     pub name: String,
-    /// The name's player key, once it has one.
+    /// The name's player key, once it has one; or, on its first join, one the client
+    /// made ([`new_player_key`]), which then claims the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The kind of room (the server's first if `None`).
@@ -214,6 +215,51 @@ fn endpoints(all: &[String], first: &str) -> Vec<String> {
     } else {
         all.to_vec()
     }
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        // No /dev/urandom: fall back to the standard library's per-process random keys.
+        use std::hash::{BuildHasher, RandomState};
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            let v = RandomState::new().hash_one(i).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    buf
+}
+
+/// A new player key for `name`: `k1.NAME.` and 32 random lowercase hex digits. The
+/// lobby makes one at a name's first join when the join brings none. A client may make
+/// it itself and send it with that first join (`"key"`): the name is then claimed with
+/// it, and should the answer be lost (the lobby died mid-call), the same join asked
+/// again with the same key is let in rather than refused.
+pub fn new_player_key(name: &str) -> String {
+    let secret: String = random_bytes(16)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("k1.{name}.{secret}")
+}
+
+/// Whether `key` is a key for `name` of the form [`new_player_key`] makes, which a
+/// first join may claim the name with.
+pub fn is_new_player_key(key: &str, name: &str) -> bool {
+    key.strip_prefix("k1.")
+        .and_then(|rest| rest.strip_prefix(name))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|secret| {
+            secret.len() == 32
+                && secret
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// A player's persistent inventory (`GET /user/items`): item to count.

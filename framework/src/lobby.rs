@@ -191,7 +191,8 @@ struct JoinRoom {
     /// 1 to 32 letters, digits, `-` or `_`.
     #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
     name: Option<String>,
-    /// The name's player key, from its first join.
+    /// The name's player key, from its first join; or, on that first join, one the
+    /// client made (`k1.NAME.` and 32 lowercase hex digits), which then claims the name.
     key: Option<String>,
 }
 
@@ -203,7 +204,8 @@ struct Matchmake {
     /// Who plays: 1 to 32 letters, digits, `-` or `_`.
     #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
     name: Option<String>,
-    /// The name's player key, from its first join.
+    /// The name's player key, from its first join; or, on that first join, one the
+    /// client made (`k1.NAME.` and 32 lowercase hex digits), which then claims the name.
     key: Option<String>,
     /// The kind of room [default: the server's first].
     kind: Option<String>,
@@ -222,7 +224,8 @@ struct JoinQueue {
     /// Who plays: 1 to 32 letters, digits, `-` or `_`.
     #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_-]{1,32}$")]
     name: Option<String>,
-    /// The name's player key, from its first join.
+    /// The name's player key, from its first join; or, on that first join, one the
+    /// client made (`k1.NAME.` and 32 lowercase hex digits), which then claims the name.
     key: Option<String>,
     /// The kind of room [default: the server's first].
     kind: Option<String>,

@@ -20,7 +20,7 @@ use crate::auth::{Joins, PlayerEvent};
 use crate::msg::Arrival;
 use crate::names::SPECTATOR_JOIN;
 use crate::policy::Policies;
-use crate::proto::{valid_name, QueueView, RoomView, Ticket};
+use crate::proto::{is_new_player_key, valid_name, QueueView, RoomView, Ticket};
 use crate::room::Transfer;
 use crate::store::{
     GroupRule, Matched, NewRoom, QueueTicket, RoomRecord, Seated, Store, TransferPlan,
@@ -106,7 +106,8 @@ impl RoomSpec {
 pub struct QuickPlay {
     /// Who plays.
     pub name: String,
-    /// The name's player key, once it has one.
+    /// The name's player key, once it has one; or, on its first join, one the client
+    /// made (`proto::new_player_key`), which then claims the name.
     pub key: Option<String>,
     /// The kind of room; `None` is the server's default kind.
     pub kind: Option<String>,
@@ -447,7 +448,8 @@ impl Rooms {
     }
 
     /// Adds `player` to a room and issues its ticket. The first join with a name claims
-    /// it and answers its player key; a later one must present `key`. Joining a room
+    /// it and answers its player key (the one `key` brings if the client made it, else
+    /// a new one); a later one must present `key`. Joining a room
     /// one is in already revokes the earlier ticket and closes its connections.
     pub async fn join(&self, room: &str, player: &str, key: Option<&str>) -> Result<Ticket> {
         check_player_name(player)?;
@@ -1092,20 +1094,23 @@ impl Rooms {
         // Without a key only an unclaimed name will do: claim it at once (one store
         // round trip, where looking first took two).
         let known = match key {
-            Some(key) => self.store().name_key(player).await?.map(|hash| (key, hash)),
+            Some(key) => Some((key, self.store().name_key(player).await?)),
             None => None,
         };
-        match known {
-            Some((key, hash)) if key_hash(key) == hash => Ok(None),
-            Some(_) => Err(taken()),
-            None => {
-                let key = player_key(player);
-                if self.store().claim_name(player, &key_hash(&key)).await? {
-                    Ok(Some(key))
-                } else {
-                    Err(taken()) // someone's already, or claimed a moment ago
-                }
-            }
+        let claim = match known {
+            Some((key, Some(hash))) if key_hash(key) == hash => return Ok(None),
+            Some((_, Some(_))) => return Err(taken()),
+            // A first join with a key its client made: the name is claimed with that key,
+            // so this join asked again after its answer was lost is let in, not refused.
+            Some((key, None)) if is_new_player_key(key, player) => key.to_owned(),
+            _ => player_key(player),
+        };
+        if self.store().claim_name(player, &key_hash(&claim)).await? {
+            Ok(Some(claim))
+        } else if self.store().name_key(player).await? == Some(key_hash(&claim)) {
+            Ok(None) // the same first join, asked twice at once
+        } else {
+            Err(taken()) // someone's already, or claimed a moment ago
         }
     }
 

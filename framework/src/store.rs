@@ -25,7 +25,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A room as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,6 +180,10 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a PostgreSQL call waits for a connection of the pool (one being made, when
+/// the server is away) before it fails.
+const POSTGRES_ACQUIRE: Duration = Duration::from_secs(2);
+
 fn db(e: sqlx::Error) -> Error {
     Error::Store(e.to_string())
 }
@@ -209,6 +213,14 @@ impl Store {
         let in_memory = url.starts_with("sqlite::memory:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            // PostgreSQL away (restarting, failing over): a call that needs a connection
+            // fails after this, and the lobby answers 503, rather than wait for its
+            // return. SQLite's one connection is only ever busy, never away.
+            .acquire_timeout(if sqlite {
+                Duration::from_secs(30)
+            } else {
+                POSTGRES_ACQUIRE
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

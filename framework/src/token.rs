@@ -133,27 +133,11 @@ impl Signer {
     }
 }
 
-/// `n` random bytes from the operating system.
-pub fn random_bytes(n: usize) -> Vec<u8> {
-    use std::io::Read;
-    let mut buf = vec![0u8; n];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        // No /dev/urandom: fall back to the standard library's per-process random keys.
-        use std::hash::{BuildHasher, RandomState};
-        for (i, chunk) in buf.chunks_mut(8).enumerate() {
-            let v = RandomState::new().hash_one(i).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    buf
-}
+pub use crate::proto::random_bytes;
 
 /// A new player key for `name`: `k1.NAME.SECRET`.
 pub fn player_key(name: &str) -> String {
-    format!("k1.{name}.{}", random_id(16))
+    crate::proto::new_player_key(name)
 }
 
 /// The name a player key is for, if `key` has the form of one.

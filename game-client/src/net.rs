@@ -178,6 +178,23 @@ impl Net {
         keys.get(&self.lobby.urls()[0], name).map(str::to_owned)
     }
 
+    /// The key to join with: the name's, or a new one made and kept before the first
+    /// join asks, so that the name is not lost with that join's answer (a lobby dying
+    /// mid-call): asked again, the join brings the same key.
+    fn join_key(&self, name: &str) -> String {
+        let mut keys = self.keys.lock().unwrap();
+        let lobby = &self.lobby.urls()[0];
+        if let Some(key) = keys.get(lobby, name) {
+            return key.to_owned();
+        }
+        let key = game_server_less_client::proto::new_player_key(name);
+        if let Err(why) = keys.set(lobby, name, &key) {
+            drop(keys);
+            self.lobby_error(why);
+        }
+        key
+    }
+
     async fn create_room(&self, name: &str) -> Result<String, String> {
         let title = format!("{name}'s room");
         let room = self.lobby.create_room(Some(&title)).await;
@@ -186,8 +203,8 @@ impl Net {
 
     /// Joins a room and starts playing in it.
     pub(crate) async fn join(&self, room: &str, name: &str) {
-        let key = self.key(name);
-        match self.lobby.join(room, name, key.as_deref()).await {
+        let key = self.join_key(name);
+        match self.lobby.join(room, name, Some(&key)).await {
             Ok(ticket) => self.play(ticket, name).await,
             Err(e) => self.lobby_error(e.to_string()),
         }
@@ -206,7 +223,7 @@ impl Net {
     /// Quick play: a seat in any open room, or a new one, and plays in it.
     async fn play_now(&self, name: &str) {
         let play = Matchmake {
-            key: self.key(name),
+            key: Some(self.join_key(name)),
             ..Matchmake::named(name)
         };
         match self.lobby.quick_play(&play).await {

@@ -80,6 +80,17 @@ export class Lobby {
 }
 
 /**
+ * A new key for `name`: `k1.NAME.` and 32 random hex digits, as the lobby makes them.
+ * Make it and keep it before the name's first join, and send it with that join: the
+ * name is claimed with it, and should the answer be lost (a lobby dying mid-call), the
+ * join asked again with it is let in, not refused.
+ */
+export function newPlayerKey(name: string): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `k1.${name}.${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/**
  * Where a connection stands. `closed` follows `close()`, or the server refusing the
  * ticket (the player left or was kicked, or the room is gone): then with why.
  */

@@ -3,7 +3,7 @@
 // event log and chat. Arrows or WASD move (and fight: step into an NPC or, on the arena
 // floor, a player); portals (O) lead to the other zone.
 
-import { Lobby, LobbyError, RoomConnection, type Status } from "./client";
+import { Lobby, LobbyError, newPlayerKey, RoomConnection, type Status } from "./client";
 import type { Envelope } from "./bindings/Envelope";
 import type { In } from "./bindings/In";
 import type { Npc } from "./bindings/Npc";
@@ -72,9 +72,14 @@ function name(): string {
   return me;
 }
 
-/** The name's key, kept from its first join (the lobby answers it once). */
-function key(): string | undefined {
-  return localStorage.getItem(`gsl-key:${me}`) ?? undefined;
+/** The name's key: kept from its first join, made (and kept) before it. */
+function key(): string {
+  let key = localStorage.getItem(`gsl-key:${me}`);
+  if (!key) {
+    key = newPlayerKey(me);
+    localStorage.setItem(`gsl-key:${me}`, key);
+  }
+  return key;
 }
 
 async function play(ticketOf: () => Promise<Ticket>) {

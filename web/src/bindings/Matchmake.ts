@@ -11,7 +11,8 @@ export type Matchmake = {
  */
 name: string, 
 /**
- * The name's player key, once it has one.
+ * The name's player key, once it has one; or, on its first join, one the client
+ * made ([`new_player_key`]), which then claims the name.
  */
 key?: string | null, 
 /**

@@ -4,7 +4,7 @@
 // (bindings/, by `BLESS=1 cargo test --features ts`). `npm run build` bundles it into
 // ../assets/game.js, which the server ships: players need no Node.js.
 
-import { Lobby, RoomConnection, type Status } from "./client";
+import { Lobby, newPlayerKey, RoomConnection, type Status } from "./client";
 import type { Envelope } from "./bindings/Envelope";
 import type { In } from "./bindings/In";
 import type { Out } from "./bindings/Out";
@@ -59,7 +59,9 @@ function receive(message: Envelope<Out>): void {
 async function play(event: SubmitEvent): Promise<void> {
   event.preventDefault();
   const name = element<HTMLInputElement>("name").value.trim();
-  const key = localStorage.getItem(`key:${name}`) ?? undefined;
+  // Made and kept before the first join: a lost answer does not lose the name.
+  const key = localStorage.getItem(`key:${name}`) ?? newPlayerKey(name);
+  localStorage.setItem(`key:${name}`, key);
   try {
     const ticket = await lobby.quickPlay({ name, key });
     if (ticket.player_key) localStorage.setItem(`key:${name}`, ticket.player_key);
