@@ -257,20 +257,30 @@ async fn measure(mode: Mode, w: &Workload) -> Row {
         _ => Err("the target has neither a lobby nor a floor".into()),
     };
     let links_before = target.placement().await.map(|p| p.link_bytes);
-    row.outcome = match seats {
-        Ok(seats) => Ok(load::run(seats, w, &target.pids).await),
-        Err(e) => Err(format!("joining failed: {e}")),
+    let (outcome, midway) = match seats {
+        Ok(seats) => {
+            // Where things are, halfway through the measured window (the players are
+            // gone after it).
+            let midway = async {
+                tokio::time::sleep(w.warmup + w.secs / 2).await;
+                target.placement().await
+            };
+            let (outcome, midway) = tokio::join!(load::run(seats, w, &target.pids), midway);
+            (Ok(outcome), midway)
+        }
+        Err(e) => (Err(format!("joining failed: {e}")), None),
     };
-    if let (Some(before), Some(after), Ok(o)) =
-        (links_before, target.placement().await, &row.outcome)
+    row.outcome = outcome;
+    if let (Some(before), Some(midway), Some(after), Ok(o)) =
+        (links_before, midway, target.placement().await, &row.outcome)
     {
         let per_input = (after.link_bytes.saturating_sub(before)) as f64 / o.sent.max(1) as f64;
         row.placement = Some(format!(
             "{} at {} CCU: inbox leaders per node {:?}; players' connections per node {:?}; {:.0} bytes between nodes per input (the whole run, warm-up and drain included)",
             mode.name(),
             w.players,
-            after.leaders,
-            after.players,
+            midway.leaders,
+            midway.players,
             per_input
         ));
     }

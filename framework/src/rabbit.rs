@@ -176,6 +176,10 @@ impl RabbitConfig {
     }
 }
 
+/// The nodes a quorum queue is replicated on (fewer if the cluster has fewer): it
+/// survives the loss of one.
+pub const QUORUM_COPIES: u32 = 3;
+
 /// The queue RabbitMQ's connection events reach the lobbies through: durable, one
 /// active consumer at a time, bound to the event exchange (`rabbitmq_event_exchange`)
 /// for `connection.created` and `connection.closed`.
@@ -338,6 +342,7 @@ impl RabbitAdmin {
         if self.config.quorum {
             // On a cluster the events outlive the node that holds them.
             arguments["x-queue-type"] = "quorum".into();
+            arguments["x-quorum-initial-group-size"] = QUORUM_COPIES.into();
         }
         self.call(
             reqwest::Method::PUT,
@@ -466,6 +471,10 @@ impl BrokerAdmin for RabbitAdmin {
             });
             if self.config.quorum {
                 arguments["x-queue-type"] = "quorum".into();
+                // Three copies, however many nodes: each input is one Raft write to
+                // each, and more copies would cost every input more (RabbitMQ's own
+                // default is every node).
+                arguments["x-quorum-initial-group-size"] = QUORUM_COPIES.into();
             }
             let vhost = self.vhost();
             self.call_from(

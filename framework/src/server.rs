@@ -77,7 +77,12 @@ impl Server {
         let policies = self
             .kinds
             .policies(&self.config.policy_defaults(), &self.config.policy)?;
-        let store = Store::open(&self.config.store_url()).await?;
+        // A lobby answers 503 while PostgreSQL is away; a worker process waits it out.
+        let store = if self.config.role.lobby() {
+            Store::open_answering(&self.config.store_url()).await?
+        } else {
+            Store::open(&self.config.store_url()).await?
+        };
         let signer = Signer::new(self.config.token_secret()?);
         match self.config.broker.clone() {
             None => self.start_embedded(store, signer, policies).await,

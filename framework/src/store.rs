@@ -180,9 +180,13 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// How long a PostgreSQL call waits for a connection of the pool (one being made, when
-/// the server is away) before it fails.
-const POSTGRES_ACQUIRE: Duration = Duration::from_secs(2);
+/// How long a store call waits for a connection of the pool (one being made, when
+/// PostgreSQL is away) before it fails, in a process that answers the lobby's calls
+/// ([`Store::open_answering`]): it answers 503 rather than hang.
+pub const ANSWERING_WAIT: Duration = Duration::from_secs(2);
+/// How long it waits elsewhere: a worker waits out a short outage and carries on,
+/// rather than fail and replay its room from the checkpoint.
+pub const WORKING_WAIT: Duration = Duration::from_secs(30);
 
 fn db(e: sqlx::Error) -> Error {
     Error::Store(e.to_string())
@@ -191,6 +195,24 @@ impl Store {
     /// Opens `url` (`sqlite://PATH`, `sqlite::memory:`, or `postgres://…`), creating a
     /// SQLite file and its directory if needed, and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_waiting(url, WORKING_WAIT).await
+    }
+
+    /// [`Store::open`] for a process that answers calls (a lobby): with PostgreSQL
+    /// away, a call fails after [`ANSWERING_WAIT`] (the lobby answers 503), not after
+    /// [`WORKING_WAIT`]. SQLite's one connection is only ever busy, never away: it
+    /// waits as long as ever.
+    pub async fn open_answering(url: &str) -> Result<Store> {
+        let wait = if url.starts_with("sqlite:") {
+            WORKING_WAIT
+        } else {
+            ANSWERING_WAIT
+        };
+        Store::open_waiting(url, wait).await
+    }
+
+    /// [`Store::open`], a call waiting up to `wait` for a connection.
+    async fn open_waiting(url: &str, wait: Duration) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let url = if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
@@ -213,14 +235,7 @@ impl Store {
         let in_memory = url.starts_with("sqlite::memory:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            // PostgreSQL away (restarting, failing over): a call that needs a connection
-            // fails after this, and the lobby answers 503, rather than wait for its
-            // return. SQLite's one connection is only ever busy, never away.
-            .acquire_timeout(if sqlite {
-                Duration::from_secs(30)
-            } else {
-                POSTGRES_ACQUIRE
-            })
+            .acquire_timeout(wait)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

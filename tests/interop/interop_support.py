@@ -59,6 +59,17 @@ def stays_false(cond, duration=QUIET_WINDOW, interval=0.02, what=None):
         time.sleep(interval)
 
 
+def chat_both_ways(page, conn, ticket, heard, out_text, back_text, seq):
+    """The browser page's chat (typed after Enter) reaches a stomp.py player, and that
+    player's chat (`seq`, to its ticket's inbox) shows in the page's log."""
+    page.keyboard.press("Enter")
+    page.keyboard.type(out_text)
+    page.keyboard.press("Enter")
+    wait_for(lambda: any(out_text in m.body for m in heard.messages), what="the browser's chat")
+    conn.send(ticket["inbox"], json.dumps({"type": "chat", "text": back_text, "seq": seq}), content_type="application/json")
+    page.locator("#log", has_text=back_text).wait_for()
+
+
 def unique(prefix="t"):
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -12,7 +12,7 @@ import time
 
 
 from conftest import SHOTS, ServerProcess
-from interop_support import join_over_stomp, post, unique, wait_for
+from interop_support import chat_both_ways, join_over_stomp, post, unique, wait_for
 
 SECRET = "mmo-browser-test-operator-secret"
 
@@ -43,13 +43,7 @@ def test_a_browser_player_and_a_stomp_player_see_each_other(server, browser):
         what="the browser player's move, heard over stomp.py",
     )
     first_move = time.monotonic() - started
-    # Chat both ways.
-    page.keyboard.press("Enter")
-    page.keyboard.type("hello from the browser")
-    page.keyboard.press("Enter")
-    wait_for(lambda: any("hello from the browser" in m.body for m in heard.messages), what="the browser's chat")
-    conn.send(ticket["inbox"], json.dumps({"type": "chat", "text": "hello from stomp.py", "seq": 1}), content_type="application/json")
-    page.locator("#log", has_text="hello from stomp.py").wait_for()
+    chat_both_ways(page, conn, ticket, heard, "hello from the browser", "hello from stomp.py", 1)
     # The stomp.py player moves: the browser's map shows it where the room says.
     conn.send(ticket["inbox"], json.dumps({"type": "move", "dx": 1, "dy": 0, "seq": 2}), content_type="application/json")
     wait_for(lambda: any(json.loads(m.body).get("input_from") == ann and json.loads(m.body).get("input_seq") == 2 for m in heard.messages),
