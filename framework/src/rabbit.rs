@@ -38,7 +38,8 @@ pub struct RabbitConfig {
     pub quorum: bool,
     /// Inputs one inbox holds at most; RabbitMQ refuses more.
     pub max_length: u32,
-    /// The nodes, in the order given: lobbies and workers use the first that answers.
+    /// The nodes, in the order given: a lobby asks the one that answered last, a worker
+    /// starts at the node its room picks; each goes on to the next that answers.
     pub nodes: Vec<RabbitNode>,
 }
 
