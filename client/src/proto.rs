@@ -165,7 +165,7 @@ pub struct Ticket {
     pub tcp_url: String,
     /// STOMP over WebSocket at every node of the broker, in the order this player tries
     /// them: connect to the first that answers ([`Ticket::ws_endpoints`]), and after a
-    /// drop, go down the list again. Empty from servers that name one URL.
+    /// drop, go down the list again. Empty from older servers, which named one URL.
     #[serde(default)]
     pub ws_urls: Vec<String>,
     /// STOMP over TCP at every node, in the same order.

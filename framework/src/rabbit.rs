@@ -177,10 +177,6 @@ impl RabbitConfig {
     }
 }
 
-/// The nodes a quorum queue is replicated on (fewer if the cluster has fewer): it
-/// survives the loss of one.
-pub const QUORUM_COPIES: u32 = 3;
-
 /// The queue RabbitMQ's connection events reach the lobbies through: durable, one
 /// active consumer at a time, bound to the event exchange (`rabbitmq_event_exchange`)
 /// for `connection.created` and `connection.closed`.
@@ -339,18 +335,27 @@ impl RabbitAdmin {
             Err(Error::Refused { message, .. }) if message.contains("404") => return Ok(false),
             other => other.map(drop)?,
         }
-        let mut arguments = json!({ "x-single-active-consumer": true, "x-max-length": 1_000_000 });
+        let classic = json!({ "x-single-active-consumer": true, "x-max-length": 1_000_000 });
+        let mut arguments = classic.clone();
         if self.config.quorum {
             // On a cluster the events outlive the node that holds them.
             arguments["x-queue-type"] = "quorum".into();
-            arguments["x-quorum-initial-group-size"] = QUORUM_COPIES.into();
         }
-        self.call(
-            reqwest::Method::PUT,
-            &format!("/queues/{vhost}/{PRESENCE_QUEUE}"),
-            Some(json!({ "durable": true, "auto_delete": false, "arguments": arguments })),
-        )
-        .await?;
+        let path = format!("/queues/{vhost}/{PRESENCE_QUEUE}");
+        let declare = |arguments: &Value| json!({ "durable": true, "auto_delete": false, "arguments": arguments });
+        match self
+            .call(reqwest::Method::PUT, &path, Some(declare(&arguments)))
+            .await
+        {
+            // Declared classic by an earlier build: RabbitMQ keeps a queue's type. It
+            // carries on as it is (delete it, with no lobby running, to make it quorum).
+            Err(Error::Refused { detail, .. }) if detail.contains("inequivalent arg") => {
+                tracing::warn!("{PRESENCE_QUEUE} is a classic queue from an earlier build; it stays one (on one node)");
+                self.call(reqwest::Method::PUT, &path, Some(declare(&classic)))
+                    .await?;
+            }
+            other => other.map(drop)?,
+        }
         for key in ["connection.created", "connection.closed"] {
             self.call(
                 reqwest::Method::POST,
@@ -413,6 +418,16 @@ impl RabbitAdmin {
                 request = request.json(body);
             }
             let response = match request.send().await {
+                // A node that is starting or stopping: the next one, for a call that
+                // may be made twice.
+                Ok(response)
+                    if response.status().is_server_error()
+                        && method != reqwest::Method::POST
+                        && i + 1 < self.apis.len() =>
+                {
+                    failed.push(format!("{}: {}", self.apis[node], response.status()));
+                    continue;
+                }
                 Ok(response) => response,
                 Err(e) if e.is_connect() || method != reqwest::Method::POST => {
                     failed.push(format!("{}: {e}", self.apis[node]));
@@ -442,8 +457,10 @@ impl RabbitAdmin {
         )))
     }
 
-    /// The node a room's inbox is declared through, and so (RabbitMQ places a queue's
-    /// leader on the node that declares it) where it lives: spread by the room's id.
+    /// The node a room's inbox is declared through, and so where its leader starts
+    /// (RabbitMQ's default `client-local` leader locator places a quorum queue's leader
+    /// on the node that declares it; a `balanced` one overrides this): spread by the
+    /// room's id.
     fn node_of(&self, room: &str) -> usize {
         (fnv1a(room.as_bytes()) % self.apis.len() as u64) as usize
     }
@@ -472,10 +489,6 @@ impl BrokerAdmin for RabbitAdmin {
             });
             if self.config.quorum {
                 arguments["x-queue-type"] = "quorum".into();
-                // Three copies, however many nodes: each input is one Raft write to
-                // each, and more copies would cost every input more (RabbitMQ's own
-                // default is every node).
-                arguments["x-quorum-initial-group-size"] = QUORUM_COPIES.into();
             }
             let vhost = self.vhost();
             self.call_from(

@@ -77,8 +77,9 @@ impl Server {
         let policies = self
             .kinds
             .policies(&self.config.policy_defaults(), &self.config.policy)?;
-        // A lobby answers 503 while PostgreSQL is away; a worker process waits it out.
-        let store = if self.config.role.lobby() {
+        // A lobby process answers 503 while PostgreSQL is away; a process with workers
+        // waits it out (a worker that gave up would replay its room).
+        let store = if self.config.role == crate::config::Role::Lobby {
             Store::open_answering(&self.config.store_url()).await?
         } else {
             Store::open(&self.config.store_url()).await?

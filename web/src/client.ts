@@ -19,8 +19,10 @@ export class LobbyError extends Error {
 
 /**
  * The lobby's REST API, at `base` (the page's own origin by default), or at several
- * lobbies of one deployment: a call goes to the one that answered last, and to the next
- * while a lobby cannot be reached (no answer at all, so it had nothing of the call).
+ * lobbies of one deployment: a call goes to the one that answered last. A GET goes on to
+ * the next lobby while one gives no answer; any other call is not sent twice (a browser
+ * cannot tell a lobby it never reached from one that died mid-call, which may have done
+ * it), and its failure goes to the caller.
  */
 export class Lobby {
   private readonly bases: string[];
@@ -38,7 +40,8 @@ export class Lobby {
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
     let res: Response | undefined;
     let unreachable: unknown;
-    for (let i = 0; i < this.bases.length && !res; i++) {
+    const tries = method === "GET" ? this.bases.length : 1;
+    for (let i = 0; i < tries && !res; i++) {
       const at = (this.current + i) % this.bases.length;
       try {
         res = await fetch(this.bases[at] + path, {
@@ -152,8 +155,12 @@ export class RoomConnection<In extends { type: string }, Out> {
     this.handlers.onStatus?.("connecting");
     // Every node of the broker, in this player's order: after a drop or a failed try,
     // the next one.
-    const urls = ticket.ws_urls.length ? ticket.ws_urls : [ticket.ws_url];
+    // (An older lobby's ticket names one URL, and no list.)
+    const urls = ticket.ws_urls?.length ? ticket.ws_urls : [ticket.ws_url];
     let node = 0;
+    // Nodes that refused the ticket in a row: one may be that node's own trouble (its
+    // auth backend unreachable); all of them is the ticket refused.
+    let refusals = 0;
     const client = new Client({
       brokerURL: urls[0],
       beforeConnect: () => {
@@ -164,11 +171,13 @@ export class RoomConnection<In extends { type: string }, Out> {
       heartbeatIncoming: 0,
       heartbeatOutgoing: 0,
     });
-    // Whether this socket got CONNECTED: an ERROR before it is the ticket refused
-    // (revoked by a leave or a kick, expired, the room gone), and retrying cannot help.
+    // Whether this socket got CONNECTED: an ERROR before it, from every node in turn,
+    // is the ticket refused (revoked by a leave or a kick, expired, the room gone), and
+    // retrying cannot help.
     let online = false;
     client.onConnect = () => {
       online = true;
+      refusals = 0;
       this.handlers.onStatus?.("connected");
       const deliver = (m: IMessage) => this.deliver(m);
       client.subscribe(ticket.topic, deliver);
@@ -184,7 +193,7 @@ export class RoomConnection<In extends { type: string }, Out> {
     };
     client.onStompError = (frame) => {
       const why = frame.headers["message"] ?? "the broker refused";
-      if (online) {
+      if (online || ++refusals < urls.length) {
         this.handlers.onStatus?.("reconnecting", why);
       } else if (client === this.client && !this.closed) {
         this.closed = true;

@@ -24,7 +24,7 @@ tcp_url: string,
 /**
  * STOMP over WebSocket at every node of the broker, in the order this player tries
  * them: connect to the first that answers ([`Ticket::ws_endpoints`]), and after a
- * drop, go down the list again. Empty from servers that name one URL.
+ * drop, go down the list again. Empty from older servers, which named one URL.
  */
 ws_urls: Array<string>, 
 /**
