@@ -432,6 +432,24 @@ fn longest_gap(
     longest
 }
 
+/// Each chat input that `outputs` (distinct, by room seq) show applied, (player, input
+/// seq), with the room seqs of its outputs: more than one is an input applied twice.
+fn applied_chats(
+    outputs: &BTreeMap<u64, (Instant, Value)>,
+) -> HashMap<(String, u64), HashSet<u64>> {
+    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    for (seq, (_, m)) in outputs {
+        if m["type"] == "chat" {
+            let key = (
+                m["input_from"].as_str().unwrap().to_owned(),
+                m["input_seq"].as_u64().unwrap(),
+            );
+            applied.entry(key).or_default().insert(*seq);
+        }
+    }
+    applied
+}
+
 /// What the players saw of their inputs, once every sender is done.
 struct Tally {
     /// Inputs the broker receipted.
@@ -531,16 +549,7 @@ async fn tally(names: &[&str], chatters: Chatters) -> Tally {
             );
         }
     }
-    let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
-    for (seq, (_, m)) in &views[0] {
-        if m["type"] == "chat" {
-            let key = (
-                m["input_from"].as_str().unwrap().to_owned(),
-                m["input_seq"].as_u64().unwrap(),
-            );
-            applied.entry(key).or_default().insert(*seq);
-        }
-    }
+    let applied = applied_chats(&views[0]);
     let lost: Vec<(String, u64)> = accepted
         .iter()
         .flat_map(|(name, seqs)| seqs.iter().map(move |s| (name.clone(), *s)))
@@ -1881,19 +1890,6 @@ async fn on_a_rabbitmq_cluster_any_node_killed_mid_game_loses_and_doubles_nothin
             seqs.into_iter().map(move |s| (name.to_string(), s))
         })
         .collect();
-    let applied = |outputs: &BTreeMap<u64, (Instant, Value)>| {
-        let mut applied: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
-        for (seq, (_, m)) in outputs {
-            if m["type"] == "chat" {
-                let key = (
-                    m["input_from"].as_str().unwrap().to_owned(),
-                    m["input_seq"].as_u64().unwrap(),
-                );
-                applied.entry(key).or_default().insert(*seq);
-            }
-        }
-        applied
-    };
     let started = Instant::now();
     loop {
         let views = heard(&roamers);
@@ -1902,7 +1898,7 @@ async fn on_a_rabbitmq_cluster_any_node_killed_mid_game_loses_and_doubles_nothin
         let everyone = views
             .iter()
             .all(|v| v.iter().any(|(_, m)| m["seq"].as_u64() == last));
-        if (applied(&outputs).len() >= accepted.len() && everyone)
+        if (applied_chats(&outputs).len() >= accepted.len() && everyone)
             || started.elapsed() > Duration::from_secs(30)
         {
             break;
@@ -1918,7 +1914,7 @@ async fn on_a_rabbitmq_cluster_any_node_killed_mid_game_loses_and_doubles_nothin
     let outputs = merged(&views);
     let seqs: Vec<u64> = outputs.keys().copied().collect();
     let gaps: Vec<&[u64]> = seqs.windows(2).filter(|w| w[1] != w[0] + 1).collect();
-    let applied = applied(&outputs);
+    let applied = applied_chats(&outputs);
     let lost: Vec<&(String, u64)> = accepted
         .iter()
         .filter(|k| !applied.contains_key(*k))

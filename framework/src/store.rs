@@ -203,15 +203,10 @@ impl Store {
     /// [`WORKING_WAIT`]. SQLite's one connection is only ever busy, never away: it
     /// waits as long as ever.
     pub async fn open_answering(url: &str) -> Result<Store> {
-        let wait = if url.starts_with("sqlite:") {
-            WORKING_WAIT
-        } else {
-            ANSWERING_WAIT
-        };
-        Store::open_waiting(url, wait).await
+        Store::open_waiting(url, ANSWERING_WAIT).await
     }
 
-    /// [`Store::open`], a call waiting up to `wait` for a connection.
+    /// [`Store::open`], a call waiting up to `wait` for a PostgreSQL connection.
     async fn open_waiting(url: &str, wait: Duration) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let url = if let Some(path) = url.strip_prefix("sqlite://") {
@@ -235,7 +230,7 @@ impl Store {
         let in_memory = url.starts_with("sqlite::memory:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(wait)
+            .acquire_timeout(if sqlite { WORKING_WAIT } else { wait })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
