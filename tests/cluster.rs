@@ -72,17 +72,13 @@ fn broker_url() -> String {
 }
 
 fn psql(sql: &str) {
+    psql_in("test", sql);
+}
+
+/// Runs `sql` in the PostgreSQL database `db`.
+fn psql_in(db: &str, sql: &str) {
     let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-qc",
-            sql,
-        ])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc", sql])
         .output()
         .expect("psql runs (PostgreSQL's client)");
     assert!(
@@ -2099,16 +2095,26 @@ async fn postgresql(action: &'static str) {
     );
 }
 
-#[tokio::test]
-async fn a_postgresql_restart_mid_game_loses_nothing_and_the_lobby_answers_meanwhile() {
-    let _turn = SERIAL.lock().await;
-    let cluster = Cluster::start("pgrestart", 1, 2).await;
+/// The names of [`three_chatting`]'s players.
+const THREE: [&str; 3] = ["ann", "bob", "cyd"];
+
+/// One lobby and two workers; [`THREE`] players chat in a room, `count` inputs each, one
+/// every 12 ms, and have been for 1.5 s.
+async fn three_chatting(tag: &str, count: u64) -> (Cluster, String, Chatters) {
+    let cluster = Cluster::start(tag, 1, 2).await;
     let lobby = cluster.lobbies[0].clone();
     let room = create_room_at(&lobby).await;
     cluster.wait_active(&room, None).await;
-    let names = ["ann", "bob", "cyd"];
-    let chatters = chatters(&lobby, &room, &names, 500, Duration::from_millis(12)).await;
+    let chatters = chatters(&lobby, &room, &THREE, count, Duration::from_millis(12)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    (cluster, room, chatters)
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_game_loses_nothing_and_the_lobby_answers_meanwhile() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, room, chatters) = three_chatting("pgrestart", 500).await;
+    let lobby = cluster.lobbies[0].clone();
 
     // The lobby is asked all along, for what only the store knows (a player's items):
     // each answer JSON, none held longer than a few seconds.
@@ -2146,7 +2152,7 @@ async fn a_postgresql_restart_mid_game_loses_nothing_and_the_lobby_answers_meanw
     asking.store(false, std::sync::atomic::Ordering::Relaxed);
     let answers = prober.await.unwrap();
 
-    let tally = tally(&names, chatters).await;
+    let tally = tally(&THREE, chatters).await;
     let refused = answers.iter().filter(|(s, _, _)| *s == 503).count();
     let longest = answers.iter().map(|(_, t, _)| *t).max().unwrap();
     println!(
@@ -2174,6 +2180,54 @@ async fn a_postgresql_restart_mid_game_loses_nothing_and_the_lobby_answers_meanw
         }
         assert!(*took < Duration::from_secs(4), "the lobby took {took:?}");
     }
+    tally.assert_exactly_once(&cluster);
+    cluster.end_rooms().await;
+}
+
+/// A worker that fails while it holds unacked inputs (here: its checkpoints are refused)
+/// must give them back ahead of later ones. An UNSUBSCRIBE before its connection closed
+/// let the standby take the inbox while they were still out, so the standby applied later
+/// inputs first: a room seq reused for another message, and a player's earlier inputs
+/// dropped as repeats of the later ones.
+#[tokio::test]
+async fn a_worker_whose_checkpoints_are_refused_hands_its_inputs_on_in_order() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, _room, chatters) = three_chatting("refused", 400).await;
+
+    // Every checkpoint refused for 2 s: each worker that takes the room fails at its
+    // first save, holding the inputs it applied since the last one.
+    let db = cluster.db.name.clone();
+    psql_in(
+        &db,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'checkpoints refused by the test'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON checkpoints \
+         FOR EACH ROW EXECUTE FUNCTION refuse();",
+    );
+    let at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    psql_in(&db, "DROP TRIGGER refuse ON checkpoints");
+    let failures = cluster
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, line)| *t >= at && line.contains("room worker failed"))
+        .count();
+
+    let tally = tally(&THREE, chatters).await;
+    println!(
+        "checkpoints refused for 2 s: {failures} worker failures; accepted {}, applied {}, lost {}, doubled {}; the room's longest pause {:?}",
+        tally.total,
+        tally.applied.len(),
+        tally.lost.len(),
+        tally.doubled,
+        pause_after(&tally.views[0], at, Duration::from_secs(10)),
+    );
+    assert!(
+        failures > 0,
+        "no worker failed while checkpoints were refused"
+    );
     tally.assert_exactly_once(&cluster);
     cluster.end_rooms().await;
 }

@@ -392,6 +392,7 @@ impl Client {
             id,
             rx,
             client: self.clone(),
+            unsubscribe_on_drop: true,
         };
         self.request(frame).await?;
         Ok(subscription)
@@ -583,11 +584,14 @@ async fn read_loop(
 }
 
 /// Messages for one subscription, in the order the broker sent them. It is a
-/// [`Stream`]; it ends when the connection closes. Dropping it unsubscribes.
+/// [`Stream`]; it ends when the connection closes. Dropping it unsubscribes, unless
+/// [`Subscription::end_with_connection`] said otherwise.
 pub struct Subscription {
     id: String,
     rx: mpsc::UnboundedReceiver<Message>,
     client: Client,
+    /// Whether dropping it sends UNSUBSCRIBE.
+    unsubscribe_on_drop: bool,
 }
 
 impl Subscription {
@@ -613,6 +617,18 @@ impl Subscription {
             Ok(None) => Err(Error::Closed(self.client.closed().unwrap_or_default())),
             Err(_) => Err(Error::Timeout(format!("a message on {}", self.id))),
         }
+    }
+
+    /// Dropping this subscription will no longer unsubscribe: the broker ends it when
+    /// the connection closes (DISCONNECT, or the client's last clone dropped).
+    ///
+    /// For a consumer with client acks on a queue that has one active consumer at a
+    /// time: an UNSUBSCRIBE hands the queue to the next consumer while this one's unacked
+    /// messages are still out (RabbitMQ gives them back only when the connection
+    /// closes), so the next consumer would get later messages before them. Closing the
+    /// connection gives them back and moves the queue on in one step.
+    pub fn end_with_connection(&mut self) {
+        self.unsubscribe_on_drop = false;
     }
 
     /// Unsubscribes and waits for the broker's receipt.
@@ -660,7 +676,7 @@ impl Drop for Subscription {
             .unwrap()
             .subscriptions
             .remove(&self.id);
-        if removed.is_some() {
+        if removed.is_some() && self.unsubscribe_on_drop {
             let _ = self
                 .client
                 .post(Frame::new(Command::Unsubscribe).with_header("id", self.id.clone()));

@@ -169,13 +169,24 @@ where
             return Ok(outcome);
         }
     };
-    let worker = activate(env, room_id, msg).await?.with_grace(policy.grace);
-    let mut room = Active::new(env, room_id, &client, worker, policy.batch);
-    // Transfers a worker before saved but may not have finished: done twice is done once.
-    room.courier
-        .resume(env.store.pending_transfers(room_id).await?);
-    let ending = room.serve(&mut sub, Some(first), lease, &mut stop).await?;
-    room.finish(ending, sub).await
+    let run = async {
+        let worker = activate(env, room_id, msg).await?.with_grace(policy.grace);
+        let mut room = Active::new(env, room_id, &client, worker, policy.batch);
+        // Transfers a worker before saved but may not have finished: done twice is done
+        // once.
+        room.courier
+            .resume(env.store.pending_transfers(room_id).await?);
+        let ending = room.serve(&mut sub, Some(first), lease, &mut stop).await?;
+        room.finish(ending, sub).await
+    };
+    let outcome = run.await;
+    if outcome.is_err() {
+        // The inputs this worker holds unacked go back in line, ahead of later ones, when
+        // its connection closes: close it now, not when the tasks that still hold a clone
+        // (a checkpoint being saved, the courier) let go of it.
+        let _ = client.disconnect().await;
+    }
+    outcome
 }
 
 /// The worker's connection to the broker: in memory when the broker is in this process;
@@ -235,6 +246,11 @@ async fn stand_by(
     let mut sub = client
         .subscribe(&env.admin.names().inbox_queue(room_id), options)
         .await?;
+    // A worker that fails must not unsubscribe: its successor would take the inbox while
+    // the failed worker's unacked inputs are still out, and apply later inputs first.
+    // Closing the connection gives them back and hands the inbox on in one step. Only a
+    // room that ended unsubscribes ([`Active::finish`]).
+    sub.end_with_connection();
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
     let give_up = tokio::time::sleep(lease.map_or(Duration::MAX / 4, |l| l.standby_for));
     tokio::pin!(give_up);
