@@ -58,7 +58,9 @@ async fn one_client_fights_an_npc_and_another_walks_through_a_portal_into_the_ca
     // Bob steps into the portal and comes out in the caves, in a room of their own,
     // with the hit points he had.
     let hp = |screen: &str| {
-        let at = screen.find(" L1 HP ").expect("the status line") + 7;
+        // The status line's, not the first in the list of players (another's).
+        let status = " online | L1 HP ";
+        let at = screen.find(status).expect("the status line") + status.len();
         screen[at..].split_whitespace().next().unwrap().to_owned()
     };
     let before = hp(&tmux.screen("bob"));

@@ -135,7 +135,7 @@ pub use config::{Args, Config, Role};
 pub use game_server_less_client::{bots, lobby_client, proto, Error, LobbyClient, Result};
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
-pub use msg::{Arrival, Ctx, Msg, RoomCtx, RoomInfo};
+pub use msg::{Arrival, Ctx, Msg, Rng, RoomCtx, RoomInfo};
 pub use policy::Policy;
 #[cfg(feature = "server")]
 pub use rooms::Rooms;

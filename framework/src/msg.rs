@@ -24,6 +24,26 @@
 //! order, and a handler that awaited I/O would stall every player of the room. What a
 //! handler wants done outside the room (messages, ending the room) it asks of [`Ctx`], and
 //! the room worker carries it out after the handler returns.
+//!
+//! # A room is a function of its log
+//!
+//! After a crash, a room's worker applies again the inputs its last checkpoint does not
+//! hold, and the outputs it makes must be the ones players already saw. So a handler's
+//! outputs and state changes must follow from the state and the message alone:
+//! - **Time:** read [`RoomCtx::now`], the time recorded with the message (the tick's, or
+//!   when the broker queued the input), not `SystemTime::now()` or `Instant::now()`.
+//! - **Chance:** draw from [`RoomCtx::rng`], seeded from the room and the message, not
+//!   from a generator seeded by the clock, the process or the OS (`rand::thread_rng()`).
+//! - **Order:** iterate a `BTreeMap`, a `Vec` or an `IndexMap` where the order shows in
+//!   what the handler sends or decides, not a `HashMap` or `HashSet`, whose order differs
+//!   between processes.
+//! - **The world outside:** no files, network, environment variables or globals that
+//!   change; what a handler needs from outside comes in a message ([`Arrival`] at a
+//!   join, or an input).
+//!
+//! On RabbitMQ the broker records no time with an input: an input applied again after a
+//! crash reads the worker's clock of its second application. Ticks carry their time
+//! everywhere, and the embedded broker records each input's.
 
 use crate::policy::Policy;
 use crate::proto::Grant;
@@ -103,13 +123,61 @@ impl RoomInfo {
     }
 }
 
-/// What ticks and join/leave hooks act through: the room's id and the effects they ask
-/// for. Input handlers get a [`Ctx`], which derefs to this.
+/// A handler's random numbers: SplitMix64, seeded by the framework from the room and
+/// the message being handled (see [`RoomCtx::rng`]), so that a room run again from its
+/// log draws the same numbers. Not for secrets.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// A generator that starts from `seed`: the same seed, the same numbers.
+    pub fn seeded(seed: u64) -> Rng {
+        Rng { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// A number in `lo..hi` (`lo` when the range is empty).
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below(hi.saturating_sub(lo).max(0) as u64) as i64
+    }
+
+    /// True with probability `p` (0 to 1).
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// One of `items`, or `None` when there are none.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        items.get(self.below(items.len() as u64) as usize)
+    }
+}
+
+/// What ticks and join/leave hooks act through: the room's id, its clock and random
+/// numbers, and the effects they ask for. Input handlers get a [`Ctx`], which derefs to
+/// this.
 #[derive(Debug)]
 pub struct RoomCtx {
     room: String,
     effects: Vec<Effect>,
     arrival: Option<Arrival>,
+    /// The time recorded with the message being handled, in ms since the Unix epoch.
+    now_ms: u64,
+    rng: Rng,
 }
 
 impl RoomCtx {
@@ -119,7 +187,35 @@ impl RoomCtx {
             room: room.into(),
             effects: Vec::new(),
             arrival: None,
+            now_ms: 0,
+            rng: Rng::seeded(0),
         }
+    }
+
+    /// The same context, at the room's time `now_ms`, drawing from `seed`.
+    pub(crate) fn at(mut self, now_ms: u64, seed: u64) -> RoomCtx {
+        self.now_ms = now_ms;
+        self.rng = Rng::seeded(seed);
+        self
+    }
+
+    /// The room's time: the time recorded with the message being handled (the tick's,
+    /// or when the broker queued the input), never earlier than the message before.
+    /// Not the wall clock: a room run again from its log sees the same times.
+    pub fn now(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.now_ms)
+    }
+
+    /// [`RoomCtx::now`] in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Random numbers for this handler, seeded from the room and the message being
+    /// handled (an input's sender and number, a tick's number): the same log, the same
+    /// numbers. Use it, not a generator of your own seeded from the clock.
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
     }
 
     /// A context for the join hook of a player who brings `arrival`.
@@ -245,6 +341,12 @@ impl Ctx {
             sender: sender.into(),
             input_seq,
         }
+    }
+
+    /// The same context, at the room's time `now_ms`, drawing from `seed`.
+    pub(crate) fn at(mut self, now_ms: u64, seed: u64) -> Ctx {
+        self.room = self.room.at(now_ms, seed);
+        self
     }
 
     /// Who sent the input being handled.

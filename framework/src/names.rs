@@ -119,6 +119,16 @@ impl Names {
         }
     }
 
+    /// When the broker queued an inbox message (ms since the epoch), from its
+    /// `timestamp` header: the embedded broker stamps it (a sender's own is dropped).
+    /// RabbitMQ records no time a sender could not set itself: `None` there.
+    pub fn queued_at(&self, timestamp: Option<&str>) -> Option<u64> {
+        match self.sender {
+            Sender::UserId => timestamp?.parse().ok(),
+            Sender::RoutingKey => None,
+        }
+    }
+
     /// Whether `destination` belongs to a room (an inbox or a topic).
     pub fn in_rooms(&self, destination: &str) -> bool {
         [&self.input, &self.consume, &self.topic]

@@ -116,6 +116,9 @@ pub struct Room<S> {
     grants: Vec<Grant>,
     transfers: Vec<Transfer>,
     listing: Vec<Listing>,
+    /// The room's clock: the latest time recorded with a message it handled (ms since
+    /// the epoch), what handlers see as `ctx.now()`.
+    clock_ms: u64,
 }
 
 /// What applying one input did.
@@ -144,7 +147,40 @@ impl<S: 'static> Room<S> {
             grants: Vec::new(),
             transfers: Vec::new(),
             listing: Vec::new(),
+            clock_ms: 0,
         }
+    }
+
+    /// Moves the room's clock to `ms` (milliseconds since the epoch), the time recorded
+    /// with the message about to be handled; it never goes back.
+    pub(crate) fn advance_clock(&mut self, ms: u64) {
+        self.clock_ms = self.clock_ms.max(ms);
+    }
+
+    /// The room's clock, in milliseconds since the epoch (see [`RoomCtx::now`]).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// The seed of a handler's random numbers: the room, its seq, and what `parts` say
+    /// of the message being handled. The same log gives the same seeds.
+    fn seed(&self, parts: &[&[u8]]) -> u64 {
+        // FNV-1a over every part, each closed by a byte no UTF-8 text holds, so that
+        // ("ab", "c") is not ("a", "bc"); the same in every build and process.
+        let seq = self.seq.to_le_bytes();
+        let all = [self.id.as_bytes(), &seq]
+            .into_iter()
+            .chain(parts.iter().copied());
+        all.fold(0xcbf2_9ce4_8422_2325, |h, part| {
+            part.iter()
+                .chain(&[0xff])
+                .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        })
+    }
+
+    /// A context for a hook or a tick, at the room's clock, seeded by `parts`.
+    fn ctx(&self, parts: &[&[u8]]) -> RoomCtx {
+        RoomCtx::new(&self.id).at(self.clock_ms, self.seed(parts))
     }
 
     /// The room's id.
@@ -238,7 +274,8 @@ impl<S: 'static> Room<S> {
         // A new visit: the player's client numbers its inputs afresh.
         self.applied.remove(player);
         self.forget_presence(player);
-        let mut ctx = RoomCtx::arriving(&self.id, arrival);
+        let mut ctx = RoomCtx::arriving(&self.id, arrival)
+            .at(self.clock_ms, self.seed(&[b"$join", player.as_bytes()]));
         let result = self.msg.run_join(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
@@ -273,7 +310,7 @@ impl<S: 'static> Room<S> {
         if self.applied.remove(&format!("{AWAY}{player}")).is_none() {
             return Vec::new();
         }
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = self.ctx(&[b"$reconnect", player.as_bytes()]);
         let result = self.msg.run_reconnect(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
@@ -313,7 +350,7 @@ impl<S: 'static> Room<S> {
 
     fn dropped(&mut self, player: &str, until: u64) -> Vec<Output> {
         self.applied.insert(format!("{AWAY}{player}"), until);
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = self.ctx(&[b"$drop", player.as_bytes()]);
         let result = self.msg.run_drop(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
@@ -372,7 +409,7 @@ impl<S: 'static> Room<S> {
             return Vec::new();
         }
         self.forget_presence(player);
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = self.ctx(&[b"$leave", player.as_bytes()]);
         let result = self.msg.run_leave(&mut self.state, &mut ctx, player);
         self.finish(ctx.take_effects(), Cause::Hook(player), result)
     }
@@ -411,7 +448,8 @@ impl<S: 'static> Room<S> {
                 rejected: None,
             };
         }
-        let mut ctx = Ctx::new(&self.id, player, seq);
+        let seed = self.seed(&[player.as_bytes(), &seq.to_le_bytes()]);
+        let mut ctx = Ctx::new(&self.id, player, seq).at(self.clock_ms, seed);
         let result = if self.players.contains(player) {
             self.msg.apply(&mut self.state, &mut ctx, body)
         } else {
@@ -452,22 +490,28 @@ impl<S: 'static> Room<S> {
             }
         }
         self.applied.insert(key, n);
-        self.tick()
+        let seed = self.seed(&[b"$tick", life.as_bytes(), &n.to_le_bytes()]);
+        self.run_tick(seed)
     }
 
-    /// Runs the tick handler.
+    /// Runs the tick handler (a tick without a number, from a build before they had
+    /// one: seeded by the room's seq alone).
     pub(crate) fn tick(&mut self) -> Vec<Output> {
+        self.run_tick(self.seed(&[b"$tick"]))
+    }
+
+    fn run_tick(&mut self, seed: u64) -> Vec<Output> {
         if self.ended.is_some() {
             return Vec::new();
         }
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = RoomCtx::new(&self.id).at(self.clock_ms, seed);
         let result = self.msg.run_tick(&mut self.state, &mut ctx);
         self.finish(ctx.take_effects(), Cause::Room, result)
     }
 
     /// Ends the room from outside (the lobby, or an idle timeout).
     pub(crate) fn end(&mut self, reason: &str) -> Vec<Output> {
-        let mut ctx = RoomCtx::new(&self.id);
+        let mut ctx = self.ctx(&[b"$end"]);
         ctx.end_room(reason);
         self.finish(ctx.take_effects(), Cause::Room, Ok(()))
     }

@@ -36,6 +36,8 @@ pub struct TestRoom<S> {
     room: Room<S>,
     inboxes: HashMap<String, Vec<Value>>,
     next_seq: HashMap<String, u64>,
+    /// Ticks run so far: each tick's number, which seeds its random numbers.
+    ticks: u64,
 }
 
 impl<S: 'static> TestRoom<S> {
@@ -51,6 +53,7 @@ impl<S: 'static> TestRoom<S> {
             room: Room::new(RoomInfo::new("test-room", name), msg),
             inboxes: HashMap::new(),
             next_seq: HashMap::new(),
+            ticks: 0,
         }
     }
 
@@ -139,9 +142,16 @@ impl<S: 'static> TestRoom<S> {
     /// Runs the tick handler `n` times.
     pub fn tick(&mut self, n: usize) {
         for _ in 0..n {
-            let outputs = self.room.tick();
+            self.ticks += 1;
+            let outputs = self.room.tick_once("test", self.ticks);
             self.deliver(outputs);
         }
+    }
+
+    /// Sets the room's time to `ms` milliseconds since the epoch: what `ctx.now()`
+    /// says from the next message on. It starts at 0, and never goes back.
+    pub fn set_clock(&mut self, ms: u64) {
+        self.room.advance_clock(ms);
     }
 
     /// Takes what `player` has received since the last call.

@@ -14,7 +14,7 @@ use crate::protocol::{
     level_of, max_hp, Chat, Fighter, FloorItem, Look, Move, Npc, Out, Player, Pos, Welcome, NPC_HP,
     XP_PER_NPC, XP_PER_PLAYER,
 };
-use game_server_less::{Ctx, RoomCtx};
+use game_server_less::{Ctx, Rng, RoomCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -229,7 +229,6 @@ pub struct World {
     pub items: Vec<FloorItem>,
     ticks: u64,
     next_id: u32,
-    rng: u64,
 }
 
 /// A [`World`] as checkpoints hold it; the map comes back from the zone.
@@ -242,7 +241,6 @@ struct Saved {
     items: Vec<FloorItem>,
     ticks: u64,
     next_id: u32,
-    rng: u64,
 }
 
 impl From<Saved> for World {
@@ -256,7 +254,6 @@ impl From<Saved> for World {
             items: s.items,
             ticks: s.ticks,
             next_id: s.next_id,
-            rng: s.rng,
         }
     }
 }
@@ -295,10 +292,11 @@ impl World {
             slain: Vec::new(),
             items: Vec::new(),
             ticks: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
         };
+        // A new world is the same every time: its items come from a fixed seed.
+        let mut rng = Rng::seeded(0x9E37_79B9_7F4A_7C15);
         for _ in 0..MAX_ITEMS / 2 {
-            world.spawn_item();
+            world.spawn_item(&mut rng);
         }
         world
     }
@@ -306,16 +304,6 @@ impl World {
     /// The map.
     pub fn map(&self) -> &Map {
         &self.map
-    }
-
-    /// xorshift64*: deterministic, so a room replayed from a checkpoint plays the same.
-    fn random(&mut self, below: u64) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % below.max(1)
     }
 
     fn player_at(&self, x: i32, y: i32) -> Option<String> {
@@ -331,14 +319,14 @@ impl World {
         self.map.walkable(x, y) && self.player_at(x, y).is_none() && self.npc_at(x, y).is_none()
     }
 
-    fn spawn_item(&mut self) -> Option<FloorItem> {
+    fn spawn_item(&mut self, rng: &mut Rng) -> Option<FloorItem> {
         let (w, h) = self.map.size();
         for _ in 0..100 {
-            let x = self.random(w as u64) as i32;
-            let y = self.random(h as u64) as i32;
+            let x = rng.below(w as u64) as i32;
+            let y = rng.below(h as u64) as i32;
             let clear = !self.map.portal(x, y) && !self.map.arena(x, y);
             if clear && self.free(x, y) && !self.items.iter().any(|i| i.x == x && i.y == y) {
-                let kind = ITEM_KINDS[self.random(ITEM_KINDS.len() as u64) as usize].to_owned();
+                let kind = ITEM_KINDS[rng.below(ITEM_KINDS.len() as u64) as usize].to_owned();
                 let item = FloorItem {
                     id: self.next_id,
                     kind,
@@ -391,8 +379,8 @@ impl World {
     }
 
     /// How hard `xp` experience hits: 2 or 3, plus one every two levels above the first.
-    fn damage(&mut self, xp: i64) -> i32 {
-        2 + self.random(2) as i32 + (level_of(xp) as i32 - 1) / 2
+    fn damage(rng: &mut Rng, xp: i64) -> i32 {
+        2 + rng.below(2) as i32 + (level_of(xp) as i32 - 1) / 2
     }
 
     /// `killer` earns `xp`: saved with the checkpoint, and a level up heals.
@@ -414,7 +402,7 @@ impl World {
     /// `name` strikes the NPC at index `i`.
     fn strike_npc(&mut self, ctx: &mut RoomCtx, name: &str, i: usize) {
         let xp = self.players[name].xp;
-        let damage = self.damage(xp);
+        let damage = World::damage(ctx.rng(), xp);
         let npc = &mut self.npcs[i];
         npc.hp = (npc.hp - damage).max(0);
         let (id, hp) = (npc.id, npc.hp);
@@ -489,7 +477,7 @@ impl World {
                 self.strike_player(ctx, Fighter::Npc { id }, &target, 1);
                 continue;
             }
-            let (dx, dy) = [(0, 1), (0, -1), (1, 0), (-1, 0)][self.random(4) as usize];
+            let (dx, dy) = [(0, 1), (0, -1), (1, 0), (-1, 0)][ctx.rng().below(4) as usize];
             let (x, y) = (nx + dx, ny + dy);
             let on_item = self.items.iter().any(|it| it.x == x && it.y == y);
             if self.free(x, y) && !on_item && !self.map.portal(x, y) && !self.map.arena(x, y) {
@@ -612,7 +600,7 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
     if let Some(other) = world.player_at(x, y) {
         if world.map.arena(me.x, me.y) && world.map.arena(x, y) {
             let by = Fighter::Player { name: name.clone() };
-            let damage = world.damage(me.xp);
+            let damage = World::damage(ctx.rng(), me.xp);
             world.strike_player(ctx, by, &other, damage);
         } else {
             ctx.reply(&Out::Blocked {
@@ -695,7 +683,7 @@ pub fn on_tick(world: &mut World, ctx: &mut RoomCtx) {
         }
     }
     if world.ticks % ITEM_EVERY == 0 && world.items.len() < MAX_ITEMS {
-        if let Some(item) = world.spawn_item() {
+        if let Some(item) = world.spawn_item(ctx.rng()) {
             ctx.broadcast(&Out::Item { item });
         }
     }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
 
 /// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
-const BROKER_HEADERS: [&str; 9] = [
+const BROKER_HEADERS: [&str; 10] = [
     "user-id",
+    "timestamp",
     "destination",
     "receipt",
     "transaction",
@@ -91,6 +92,12 @@ impl State {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Handled {
+        let mut headers = headers;
+        if matches!(dest, Dest::Queue) && !headers.iter().any(|(n, _)| n == "timestamp") {
+            // When the queue got it, kept with it (journaled): a consumer that reads it
+            // again after a crash reads the same time.
+            headers.push(("timestamp".into(), now_ms().to_string()));
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let msg = Arc::new(Stored {
@@ -398,9 +405,17 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
     Outbound::Frame(frame)
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
+    use super::now_ms;
     use crate::{BrokerConfig, Principal, QueueOptions};
     use stomp::{Command, Frame};
 
@@ -414,6 +429,29 @@ mod tests {
         h.subscribe(ann, "/queue/q", "s", "auto", 0).unwrap();
         assert_eq!(h.bodies(ann), ["1", "2", "3"]);
         assert_eq!(h.state.queued(), 0);
+    }
+
+    #[test]
+    fn a_queue_stamps_when_it_got_a_message_and_a_topic_does_not() {
+        let mut h = Harness::new();
+        let (ann, bob) = (h.connect("ann"), h.connect("bob"));
+        h.subscribe(ann, "/queue/q", "q", "auto", 0).unwrap();
+        h.subscribe(ann, "/topic/t", "t", "auto", 0).unwrap();
+        let before = now_ms();
+        // A sender's own timestamp is dropped: only the broker's counts.
+        let forged = Frame::new(Command::Send)
+            .with_header("destination", "/queue/q")
+            .with_header("timestamp", "1")
+            .with_body(b"hi".to_vec());
+        h.state.handle(bob, forged).unwrap();
+        h.send(bob, "/topic/t", "there").unwrap();
+        let [queued, published] = h.messages(ann).try_into().unwrap();
+        let stamped: u64 = queued.header("timestamp").unwrap().parse().unwrap();
+        assert!(
+            (before..=now_ms()).contains(&stamped),
+            "{stamped} is not now"
+        );
+        assert_eq!(published.header("timestamp"), None);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub const TICK: &str = r#"{"type":"$tick"}"#;
 
 /// A numbered tick: the `n`th tick a worker sent in its life `life`. Numbered ticks run
 /// once, even when a crash makes the inbox deliver them again (see `Room::tick_once`).
-pub fn tick(life: &str, n: u64) -> String {
-    format!(r#"{{"type":"$tick","life":"{life}","n":{n}}}"#)
+pub fn tick(life: &str, n: u64, at_ms: u64) -> String {
+    format!(r#"{{"type":"$tick","life":"{life}","n":{n},"at":{at_ms}}}"#)
 }
 
 #[derive(Deserialize)]
@@ -29,6 +29,8 @@ struct Tick {
     kind: String,
     life: Option<String>,
     n: Option<u64>,
+    /// When the worker sent it (ms since the epoch); absent from older builds' ticks.
+    at: Option<u64>,
 }
 
 /// One message from a room's inbox, as any transport delivers it.
@@ -39,6 +41,10 @@ pub struct InboxMessage<'a> {
     pub user: &'a str,
     /// The JSON body.
     pub body: &'a [u8],
+    /// When the broker queued it (ms since the epoch), if the broker records that (the
+    /// embedded broker's `timestamp` header). Without it, the worker's clock when it
+    /// handles the message stands in.
+    pub at_ms: Option<u64>,
 }
 
 impl InboxMessage<'_> {
@@ -199,18 +205,23 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// returns what it produced, in order. A repeat of an input already applied
     /// produces nothing.
     pub fn handle(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
-        let InboxMessage { user, body } = message;
+        let InboxMessage { user, body, at_ms } = message;
         if user == WORKER_USER {
-            return match serde_json::from_slice::<Tick>(body) {
+            let tick = serde_json::from_slice::<Tick>(body);
+            let at = tick.as_ref().ok().and_then(|t| t.at);
+            self.room.advance_clock(at.or(at_ms).unwrap_or_else(now_ms));
+            return match tick {
                 Ok(Tick {
                     kind,
                     life: Some(life),
                     n: Some(n),
+                    ..
                 }) if kind == "$tick" => self.room.tick_once(&life, n),
                 Ok(Tick { kind, .. }) if kind == "$tick" => self.room.tick(),
                 _ => Vec::new(),
             };
         }
+        self.room.advance_clock(at_ms.unwrap_or_else(now_ms));
         if user == LOBBY_USER {
             return match serde_json::from_slice::<Control>(body) {
                 Ok(Control::Join { player, arrival }) => {
@@ -337,8 +348,9 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     }
 }
 
-/// Now, in milliseconds since the epoch: what grace deadlines are counted in.
-fn now_ms() -> u64 {
+/// Now, in milliseconds since the epoch, by this machine's clock: what grace deadlines
+/// are counted in, and the time of a message the broker recorded none for.
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -349,6 +361,7 @@ mod tests {
     use super::*;
     use crate::msg::Ctx;
     use serde_json::Value;
+    use std::collections::HashSet;
 
     fn counter() -> Msg<i64> {
         Msg::new(|| 0)
@@ -384,6 +397,7 @@ mod tests {
         w.handle(InboxMessage {
             user: LOBBY_USER,
             body: body.as_bytes(),
+            at_ms: None,
         })
     }
 
@@ -412,6 +426,7 @@ mod tests {
             w.handle(InboxMessage {
                 user: LOBBY_USER,
                 body: body.as_bytes(),
+                at_ms: None,
             });
         }
         assert_eq!(
@@ -433,12 +448,20 @@ mod tests {
             ann(&input(3)),
         ];
         for (user, body) in &inbox[..2] {
-            first.handle(InboxMessage { user, body });
+            first.handle(InboxMessage {
+                user,
+                body,
+                at_ms: None,
+            });
         }
         let (checkpoint, ..) = first.checkpoint().unwrap();
         let mut outputs_first = Vec::new();
         for (user, body) in &inbox[2..] {
-            outputs_first.extend(first.handle(InboxMessage { user, body }));
+            outputs_first.extend(first.handle(InboxMessage {
+                user,
+                body,
+                at_ms: None,
+            }));
         }
 
         // The replacement gets every unacked message again, the checkpointed ones too.
@@ -446,7 +469,11 @@ mod tests {
         second.restore(checkpoint).unwrap();
         let mut outputs_second = Vec::new();
         for (user, body) in &inbox {
-            outputs_second.extend(second.handle(InboxMessage { user, body }));
+            outputs_second.extend(second.handle(InboxMessage {
+                user,
+                body,
+                at_ms: None,
+            }));
         }
         assert_eq!(*second.room().state(), 21, "(2 * 10) + 1, each input once");
         assert_eq!(
@@ -470,6 +497,7 @@ mod tests {
         first.handle(InboxMessage {
             user: "ann",
             body: go(1).as_bytes(),
+            at_ms: None,
         });
         let (checkpoint, _, saved) = first.checkpoint().unwrap();
         assert_eq!(
@@ -479,6 +507,7 @@ mod tests {
         first.handle(InboxMessage {
             user: "ann",
             body: go(2).as_bytes(),
+            at_ms: None,
         });
         let (_, _, lost) = first.checkpoint().unwrap(); // never saved: the worker died
 
@@ -489,6 +518,7 @@ mod tests {
             second.handle(InboxMessage {
                 user: "ann",
                 body: go(seq).as_bytes(),
+                at_ms: None,
             });
         }
         let (_, _, replayed) = second.checkpoint().unwrap();
@@ -503,13 +533,14 @@ mod tests {
         let input = |seq: u64| format!(r#"{{"type":"add","by":1,"seq":{seq}}}"#);
         let inbox: Vec<(String, String)> = vec![
             ("ann".into(), input(1)),
-            ("$worker".into(), tick("0001", 1)),
+            ("$worker".into(), tick("0001", 1, 0)),
             ("ann".into(), input(2)),
         ];
         for (user, body) in &inbox {
             first.handle(InboxMessage {
                 user,
                 body: body.as_bytes(),
+                at_ms: None,
             });
         }
         assert_eq!(*first.room().state(), 11);
@@ -523,12 +554,14 @@ mod tests {
             second.handle(InboxMessage {
                 user,
                 body: body.as_bytes(),
+                at_ms: None,
             });
         }
         assert_eq!(*second.room().state(), 11, "nothing ran twice");
         second.handle(InboxMessage {
             user: "$worker",
-            body: tick("0002", 1).as_bytes(),
+            body: tick("0002", 1, 0).as_bytes(),
+            at_ms: None,
         });
         assert_eq!(
             *second.room().state(),
@@ -538,7 +571,8 @@ mod tests {
         for life in 3..20 {
             second.handle(InboxMessage {
                 user: "$worker",
-                body: tick(&format!("{life:04}"), 1).as_bytes(),
+                body: tick(&format!("{life:04}"), 1, 0).as_bytes(),
+                at_ms: None,
             });
         }
         let (checkpoint, ..) = second.checkpoint().unwrap();
@@ -566,6 +600,7 @@ mod tests {
         w.handle(InboxMessage {
             user: LOBBY_USER,
             body: leave.as_bytes(),
+            at_ms: None,
         });
         assert_eq!(w.room().players().collect::<Vec<_>>(), ["ann"]);
         let end = Control::End {
@@ -575,13 +610,74 @@ mod tests {
         let out = w.handle(InboxMessage {
             user: LOBBY_USER,
             body: end.as_bytes(),
+            at_ms: None,
         });
         assert_eq!(out[0].body["type"], "room_ended");
         assert_eq!(w.ended(), Some("bye"));
         let forged = w.handle(InboxMessage {
             user: "$lobby2",
             body: b"{}",
+            at_ms: None,
         });
         assert!(forged.is_empty());
+    }
+
+    #[test]
+    fn handlers_see_the_time_recorded_with_each_message_and_draw_by_the_log() {
+        // Each handler records the room's time and its first draw.
+        let seen = || {
+            Msg::new(Vec::<(u64, u64)>::new)
+                .route(
+                    "type=go",
+                    |v: &mut Vec<(u64, u64)>, ctx: &mut Ctx, _: Value| {
+                        v.push((ctx.now_ms(), ctx.rng().next_u64()));
+                    },
+                )
+                .tick(std::time::Duration::from_secs(1), |v, ctx| {
+                    v.push((ctx.now_ms(), ctx.rng().next_u64()));
+                })
+        };
+        let join = Control::Join {
+            player: "ann".into(),
+            arrival: None,
+        }
+        .to_json();
+        let inbox: Vec<(&str, String, Option<u64>)> = vec![
+            (LOBBY_USER, join, Some(1_000)),
+            (WORKER_USER, tick("0001", 1, 5_000), None),
+            ("ann", r#"{"type":"go","seq":1}"#.into(), Some(6_000)),
+            // Queued before the tick was sent: the room's time does not go back.
+            ("ann", r#"{"type":"go","seq":2}"#.into(), Some(4_000)),
+            (WORKER_USER, tick("0001", 2, 7_000), Some(1)),
+        ];
+        let run = |room_id: &str| {
+            let mut w = RoomWorker::new(RoomInfo::new(room_id, ""), seen());
+            for (user, body, at_ms) in &inbox {
+                w.handle(InboxMessage {
+                    user,
+                    body: body.as_bytes(),
+                    at_ms: *at_ms,
+                });
+            }
+            w.room().state().clone()
+        };
+        let first = run("r");
+        let times: Vec<u64> = first.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [5_000, 6_000, 6_000, 7_000]);
+        let draws: HashSet<u64> = first.iter().map(|(_, d)| *d).collect();
+        assert_eq!(draws.len(), 4, "each message draws its own numbers");
+        assert_eq!(run("r"), first, "the same log, the same times and draws");
+        assert_ne!(run("s"), first, "another room draws other numbers");
+
+        // A message the broker recorded no time for is handled at the worker's.
+        let mut w = RoomWorker::new(room(), seen());
+        let before = now_ms();
+        w.handle(InboxMessage {
+            user: WORKER_USER,
+            body: br#"{"type":"$tick"}"#,
+            at_ms: None,
+        });
+        let (at, _) = w.room().state()[0];
+        assert!((before..=now_ms()).contains(&at));
     }
 }

@@ -497,7 +497,11 @@ where
                 }
                 Event::Tick => {
                     self.ticks += 1;
-                    let tick = super::room_worker::tick(&self.life, self.ticks);
+                    let tick = super::room_worker::tick(
+                        &self.life,
+                        self.ticks,
+                        super::room_worker::now_ms(),
+                    );
                     self.client.send_nowait(&self.inbox, tick)?;
                 }
                 Event::Checkpoint => {
@@ -555,6 +559,7 @@ where
                 )
                 .unwrap_or_default(),
             body: message.body(),
+            at_ms: names.queued_at(message.header("timestamp")),
         };
         let tick = !input.keeps_alive();
         if !tick {
