@@ -151,6 +151,25 @@ impl<S: 'static> Room<S> {
         }
     }
 
+    /// The room as it is, but with `state`: to run a handler again on a copy of the
+    /// state (see `RoomWorker`'s determinism check in debug builds).
+    #[cfg(debug_assertions)]
+    pub(crate) fn fork(&self, state: S) -> Room<S> {
+        Room {
+            id: self.id.clone(),
+            msg: self.msg.clone(),
+            state,
+            seq: self.seq,
+            applied: self.applied.clone(),
+            players: self.players.clone(),
+            ended: self.ended.clone(),
+            grants: self.grants.clone(),
+            transfers: self.transfers.clone(),
+            listing: self.listing.clone(),
+            clock_ms: self.clock_ms,
+        }
+    }
+
     /// Moves the room's clock to `ms` (milliseconds since the epoch), the time recorded
     /// with the message about to be handled; it never goes back.
     pub(crate) fn advance_clock(&mut self, ms: u64) {

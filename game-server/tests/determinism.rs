@@ -100,6 +100,13 @@ impl Recorder {
     }
 
     fn finish(&mut self) -> Played {
+        // Debug builds also handle each message again on a copy of the state.
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            self.worker.not_deterministic(),
+            0,
+            "a handler is not deterministic"
+        );
         let (checkpoint, ..) = self.worker.checkpoint().unwrap();
         (std::mem::take(&mut self.outputs), checkpoint.state)
     }

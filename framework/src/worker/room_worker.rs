@@ -135,12 +135,25 @@ pub struct RoomWorker<S> {
     activity_pending: bool,
     /// When a checkpoint last took `activity`.
     activity_taken: Option<std::time::Instant>,
+    /// Debug builds: messages whose outputs differed when handled again on a copy.
+    #[cfg(debug_assertions)]
+    not_deterministic: u64,
+    /// Debug builds: messages handled, for checking one in [`CHECK_ONE_IN`].
+    #[cfg(debug_assertions)]
+    forked: u64,
 }
 
 /// How often at most a checkpoint takes the room's activity: a busy room checkpoints
 /// every few dozen inputs, and the inspector's record must not slow its saves (and so
 /// its acks).
 const ACTIVITY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Debug builds handle this many messages of a worker's life again on a copy of the
+/// state (see `RoomWorker::fork`), then one in [`CHECK_ONE_IN`].
+#[cfg(debug_assertions)]
+const CHECK_ALL: u64 = 200;
+#[cfg(debug_assertions)]
+const CHECK_ONE_IN: u64 = 50;
 
 impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// A worker for a fresh `room` running `msg`.
@@ -152,6 +165,10 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             activity: Activity::default(),
             activity_pending: false,
             activity_taken: None,
+            #[cfg(debug_assertions)]
+            not_deterministic: 0,
+            #[cfg(debug_assertions)]
+            forked: 0,
         }
     }
 
@@ -216,7 +233,14 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                     life: Some(life),
                     n: Some(n),
                     ..
-                }) if kind == "$tick" => self.room.tick_once(&life, n),
+                }) if kind == "$tick" => {
+                    #[cfg(debug_assertions)]
+                    let again = self.fork().map(|mut room| room.tick_once(&life, n));
+                    let outputs = self.room.tick_once(&life, n);
+                    #[cfg(debug_assertions)]
+                    self.check_same("a tick", again, &outputs);
+                    outputs
+                }
                 Ok(Tick { kind, .. }) if kind == "$tick" => self.room.tick(),
                 _ => Vec::new(),
             };
@@ -262,7 +286,13 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             Some(serde_json::Value::String(kind)) => Some(kind),
             _ => None,
         };
+        #[cfg(debug_assertions)]
+        let again = self
+            .fork()
+            .map(|mut room| room.apply(user, seq, body).outputs);
         let applied = self.room.apply(user, seq, body);
+        #[cfg(debug_assertions)]
+        self.check_same("an input", again, &applied.outputs);
         if !applied.duplicate {
             self.activity.record(InputRecord {
                 at_ms: now_ms(),
@@ -275,6 +305,45 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             self.activity_pending = true;
         }
         applied.outputs
+    }
+
+    /// Debug builds only: the room with a copy of its state made from its JSON, as a
+    /// restart from a checkpoint makes it (`None` if the state does not go through
+    /// JSON, which a checkpoint would tell). Every message at first, then one in
+    /// [`CHECK_ONE_IN`]: copying a large state for every input would slow a debug build
+    /// to a crawl, and a handler's mistake shows again and again.
+    #[cfg(debug_assertions)]
+    fn fork(&mut self) -> Option<Room<S>> {
+        self.forked += 1;
+        if self.forked > CHECK_ALL && self.forked % CHECK_ONE_IN != 0 {
+            return None;
+        }
+        let json = serde_json::to_string(self.room.state()).ok()?;
+        Some(self.room.fork(serde_json::from_str(&json).ok()?))
+    }
+
+    /// Debug builds only: the same message handled on a copy of the state must make the
+    /// same outputs, or a crash would show players other messages than they saw. A
+    /// handler that reads the clock, draws from a generator of its own, or sends in a
+    /// `HashMap`'s order (a copy's differs) fails it; the error says what to use instead.
+    #[cfg(debug_assertions)]
+    fn check_same(&mut self, what: &str, again: Option<Vec<Output>>, outputs: &[Output]) {
+        if again.is_some_and(|again| again != outputs) {
+            self.not_deterministic += 1;
+            tracing::error!(
+                room = %self.room.id(),
+                "{what} made other outputs when handled again on a copy of the room's state: \
+                 its handler is not a function of the state and the message (take the time \
+                 from ctx.now(), chance from ctx.rng(), and no HashMap order into outputs)"
+            );
+        }
+    }
+
+    /// Debug builds only: how many messages made other outputs when handled again on a
+    /// copy of the state (each logged as an error).
+    #[cfg(debug_assertions)]
+    pub fn not_deterministic(&self) -> u64 {
+        self.not_deterministic
     }
 
     /// The room's latest inputs and its input rate.
@@ -679,5 +748,59 @@ mod tests {
         });
         let (at, _) = w.room().state()[0];
         assert!((before..=now_ms()).contains(&at));
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn debug_builds_name_a_handler_that_is_not_a_function_of_its_room() {
+        use std::collections::HashMap;
+        use std::hash::{BuildHasher, Hasher};
+        type Names = HashMap<String, u64>;
+        let msg = || {
+            Msg::new(|| (0..16).map(|i| (format!("n{i}"), i)).collect::<Names>())
+                // Outputs in a HashMap's order: a copy's order is another.
+                .route("type=list", |names: &mut Names, ctx: &mut Ctx, _: Value| {
+                    let order: Vec<&String> = names.keys().collect();
+                    ctx.broadcast(&serde_json::json!({ "type": "list", "order": order }));
+                })
+                // A generator of its own.
+                .route("type=roll", |_: &mut Names, ctx: &mut Ctx, _: Value| {
+                    let roll = std::collections::hash_map::RandomState::new()
+                        .build_hasher()
+                        .finish();
+                    ctx.broadcast(&serde_json::json!({ "type": "roll", "roll": roll }));
+                })
+                // What the framework gives: the same again.
+                .route("type=fair", |_: &mut Names, ctx: &mut Ctx, _: Value| {
+                    let (roll, at) = (ctx.rng().below(6), ctx.now_ms());
+                    ctx.broadcast(&serde_json::json!({ "type": "fair", "roll": roll, "at": at }));
+                })
+        };
+        let join = Control::Join {
+            player: "ann".into(),
+            arrival: None,
+        }
+        .to_json();
+        let count = |kind: &str| {
+            let mut w = RoomWorker::new(room(), msg());
+            for (user, body) in [
+                (LOBBY_USER, join.clone()),
+                ("ann", format!(r#"{{"type":"{kind}","seq":1}}"#)),
+            ] {
+                w.handle(InboxMessage {
+                    user,
+                    body: body.as_bytes(),
+                    at_ms: Some(1),
+                });
+            }
+            w.not_deterministic
+        };
+        assert_eq!(count("list"), 1, "a HashMap's order went unnoticed");
+        assert_eq!(count("roll"), 1, "a generator of its own went unnoticed");
+        assert_eq!(
+            count("fair"),
+            0,
+            "ctx.rng() and ctx.now() are the same again"
+        );
     }
 }
