@@ -261,12 +261,12 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 Ok(Control::Presence {
                     player, connection, ..
                 }) => {
-                    let until = now_ms() + self.grace.as_millis() as u64;
+                    let until = self.room.clock_ms() + self.grace.as_millis() as u64;
                     self.room.disconnected(&player, &connection, until)
                 }
                 Ok(Control::Watch { watcher }) => self.room.snapshot_for(&watcher),
                 Ok(Control::AllDropped) => {
-                    let until = now_ms() + self.grace.as_millis() as u64;
+                    let until = self.room.clock_ms() + self.grace.as_millis() as u64;
                     self.room.all_dropped(until)
                 }
                 Ok(Control::Wake) => Vec::new(),
@@ -418,7 +418,8 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
 }
 
 /// Now, in milliseconds since the epoch, by this machine's clock: what grace deadlines
-/// are counted in, and the time of a message the broker recorded none for.
+/// (set from the room's clock, so a replay sets the same) are checked against, and the
+/// time of a message the broker recorded none for.
 pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
