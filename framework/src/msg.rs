@@ -43,9 +43,9 @@
 //!
 //! Debug builds check it: the room worker handles inputs and ticks a second time (the
 //! first 200 of its life, then one in 50), on a copy of the state made from its JSON (as
-//! a restart makes it), and logs an error naming the room when the outputs differ. A generator of the handler's own and a
-//! `HashMap`'s order (a copy's differs) are caught; the clock read to the millisecond
-//! mostly is not.
+//! a restart makes it), and logs an error naming the room when the outputs differ. A
+//! generator of the handler's own and a `HashMap`'s order (a copy's differs) are caught;
+//! the clock read to the millisecond mostly is not.
 //!
 //! On RabbitMQ the broker records no time with an input: an input applied again after a
 //! crash reads the worker's clock of its second application. Ticks carry their time
