@@ -883,6 +883,33 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
+    #[test]
+    fn a_generator_draws_the_same_from_the_same_seed_and_within_its_bounds() {
+        let draws = |seed| {
+            let mut rng = Rng::seeded(seed);
+            (0..100).map(|_| rng.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+        let mut rng = Rng::seeded(1);
+        for _ in 0..1000 {
+            assert!(rng.below(6) < 6);
+            assert!((-3..4).contains(&rng.range(-3, 4)));
+            assert!([1, 2, 3].contains(rng.pick(&[1, 2, 3]).unwrap()));
+        }
+        let sixes: Vec<u64> = (0..600).map(|_| rng.below(6)).collect();
+        assert!(
+            (0..6).all(|face| sixes.contains(&face)),
+            "every face comes up"
+        );
+        assert_eq!(rng.below(0), 0);
+        assert_eq!(rng.range(5, 5), 5);
+        assert_eq!(rng.range(5, 2), 5, "an empty range gives its start");
+        assert_eq!(rng.pick::<u8>(&[]), None);
+        assert!(!(0..100).any(|_| rng.chance(0.0)));
+        assert!((0..100).all(|_| rng.chance(1.0)));
+    }
+
     #[derive(Deserialize)]
     struct Add {
         by: i64,

@@ -89,10 +89,9 @@ impl State {
         &mut self,
         destination: &str,
         dest: Dest<'_>,
-        headers: Vec<(String, String)>,
+        mut headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Handled {
-        let mut headers = headers;
         if matches!(dest, Dest::Queue) && !headers.iter().any(|(n, _)| n == "timestamp") {
             // When the queue got it, kept with it (journaled): a consumer that reads it
             // again after a crash reads the same time.
