@@ -557,6 +557,8 @@ async fn after_a_restart_every_player_is_dropped_and_those_who_come_back_reconne
     let bob_ticket = bob.ticket.clone();
     presence_is(&server, &room, 2, 0).await;
     server.stop().await;
+    // Down for longer than the grace: the time nobody could come back does not count.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
     let server = Server::start(Lobby::new(), hooked(grace), &dir).await;
     // Bob comes back in time (the server listens on new ports); ann does not.
     let mut bob_ticket = bob_ticket;

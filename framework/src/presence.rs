@@ -29,8 +29,14 @@ use tokio::sync::watch;
 
 /// Hands what the embedded broker saw of players (`seen`) to the room service: seats
 /// their tickets took, connections that came and went; and gives up, every second, the
-/// reservations that waited too long. Runs until the process ends.
-pub async fn watch(rooms: Rooms, mut seen: Option<UnboundedReceiver<PlayerEvent>>) {
+/// reservations that waited too long. Runs until `shutdown`: the connections a
+/// stopping server closes are not told (a restart drops every player anyway, see
+/// [`Control::AllDropped`]).
+pub async fn watch(
+    rooms: Rooms,
+    mut seen: Option<UnboundedReceiver<PlayerEvent>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,6 +47,8 @@ pub async fn watch(rooms: Rooms, mut seen: Option<UnboundedReceiver<PlayerEvent>
             }
         };
         tokio::select! {
+            // A `Ref` (not `Send`) must not outlive the branch.
+            _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => return,
             event = next => match event {
                 Some(event) => {
                     if let Err(e) = rooms.player_seen(event).await {

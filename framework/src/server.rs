@@ -147,7 +147,7 @@ impl Server {
             passcode: worker_secret,
             timings: config.timings,
             policies: policies.clone(),
-            shutdown,
+            shutdown: shutdown.clone(),
         };
         let workers = InProcess::new(env, kinds);
         let rooms = Rooms::new(
@@ -168,7 +168,7 @@ impl Server {
         if resumed > 0 {
             tracing::info!("resumed {resumed} live rooms");
         }
-        let seats = tokio::spawn(presence::watch(rooms.clone(), Some(players_seen)));
+        let seats = tokio::spawn(presence::watch(rooms.clone(), Some(players_seen), shutdown));
         Ok(Running {
             rooms: Some(rooms),
             broker: Some(broker),
@@ -258,7 +258,11 @@ impl Server {
                 policies,
             );
             router = app;
-            tasks.push(tokio::spawn(presence::watch(service.clone(), Some(seen))));
+            tasks.push(tokio::spawn(presence::watch(
+                service.clone(),
+                Some(seen),
+                shutdown.clone(),
+            )));
             tasks.push(tokio::spawn(presence::watch_rabbitmq(
                 service.clone(),
                 admin.clone(),

@@ -129,6 +129,9 @@ pub struct RoomWorker<S> {
     version: u64,
     /// How long a dropped player keeps its seat.
     grace: std::time::Duration,
+    /// When this worker took the room (milliseconds since the epoch, this machine's
+    /// clock): nobody's grace is over before a grace has passed since.
+    started_ms: u64,
     /// The latest inputs and the input rate, saved with checkpoints.
     activity: Activity,
     /// Whether `activity` has inputs no checkpoint taken holds yet.
@@ -162,6 +165,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             room: Room::new(room, msg),
             version: 0,
             grace: std::time::Duration::from_secs(30),
+            started_ms: now_ms(),
             activity: Activity::default(),
             activity_pending: false,
             activity_taken: None,
@@ -184,9 +188,16 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         self.room.take_listing()
     }
 
-    /// The dropped players whose grace is over now: the worker has them leave.
+    /// The dropped players whose grace is over now: the worker has them leave. Not
+    /// before a grace has passed since this worker took the room: while no worker ran
+    /// it (a restart, a worker that died) nobody could come back, and a worker
+    /// catching up on its inbox may not have reached a reconnection yet.
     pub fn grace_over(&self) -> Vec<String> {
-        self.room.grace_over(now_ms())
+        let now = now_ms();
+        if now < self.started_ms + self.grace.as_millis() as u64 {
+            return Vec::new();
+        }
+        self.room.grace_over(now)
     }
 
     /// The room's id.
