@@ -610,6 +610,58 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
     }
     tally.assert_exactly_once(&cluster);
     cluster.end_rooms().await;
+    the_record_holds_each_input_once_and_replays(&cluster, &room, tally.applied.len()).await;
+}
+
+/// The match record of `room`, written by workers that were killed and hung, holds each
+/// of the `applied` player inputs once (a redelivered one the checkpoint held is there
+/// as a repeat, which made nothing), and the deploy gate runs it again to the outputs
+/// the players saw.
+async fn the_record_holds_each_input_once_and_replays(
+    cluster: &Cluster,
+    room: &str,
+    applied: usize,
+) {
+    use game_server_less::replay::{check, CheckOptions};
+    use game_server_less::store::MatchViewer;
+    use game_server_less::worker::{record::entries, Verdict};
+    let store = Store::open(&cluster.db.url).await.unwrap();
+    let operator = MatchViewer {
+        operator: true,
+        player: None,
+    };
+    let (summary, segments) = store.match_record(room, &operator).await.unwrap().unwrap();
+    let entries: Vec<_> = segments
+        .iter()
+        .flat_map(|s| entries(&s.entries).unwrap())
+        .collect();
+    let made_outputs = entries
+        .iter()
+        .filter(|e| !e.u.starts_with('$') && !e.o.is_empty())
+        .count();
+    assert_eq!(made_outputs, applied, "each applied input recorded once");
+    let kinds = game_server_less::Kinds::from(game_server::msg());
+    let policies = kinds
+        .policies(&game_server_less::Config::default().policy_defaults(), &[])
+        .unwrap();
+    let options = CheckOptions {
+        matches: 5,
+        ..CheckOptions::default()
+    };
+    let report = check(&store, &kinds, &policies, &options).await.unwrap();
+    print!("{}", report.text());
+    let ours = report.matches.iter().find(|m| m.id == room).unwrap();
+    assert!(
+        matches!(ours.verdict, Verdict::Same { entries: n } if n as usize == entries.len()),
+        "{:?}",
+        ours.verdict
+    );
+    println!(
+        "record: {} segments, {} entries ({applied} inputs applied), {} bytes",
+        segments.len(),
+        entries.len(),
+        summary.bytes
+    );
 }
 
 #[tokio::test]

@@ -83,6 +83,8 @@ pub struct Config {
     /// Overrides of the kinds' declared policies: `(kind or "*", key, value)`, as
     /// `--policy KIND.KEY=VALUE` gives them.
     pub policy: Vec<(String, String, String)>,
+    /// How long the record of a match is kept after it ends.
+    pub match_retention: Duration,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             grace: Duration::from_secs(30),
             spectators: 100,
             policy: Vec::new(),
+            match_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -152,6 +155,7 @@ impl Config {
             fsync: self.fsync,
             spectators: self.spectators,
             batch: Duration::ZERO,
+            record: crate::policy::Recording::Match,
         }
     }
 
@@ -308,7 +312,8 @@ pub struct Args {
     /// Overrides a kind's policy, whatever its code declares: KIND.KEY=VALUE (`*.KEY`
     /// for every kind), again for each. Keys: min_players, max_players,
     /// inputs_per_second, input_burst, inbox_bound, idle_secs, grace_secs, fsync,
-    /// spectators. The flags above are the defaults for what a kind leaves unset.
+    /// spectators, batch_ms, record (off, match, or the seconds of play a room that
+    /// never ends keeps). The flags above are the defaults for what a kind leaves unset.
     /// In the environment, GSL_POLICY holds them separated by commas.
     #[arg(
         long,
@@ -322,6 +327,9 @@ pub struct Args {
     /// connection is answered 503, except GET /health.
     #[arg(long, default_value_t = defaults().http.max_connections)]
     pub max_http_connections: usize,
+    /// Hours the record of a match (GET /matches) is kept after the match ends.
+    #[arg(long, default_value_t = defaults().match_retention.as_secs() / 3600)]
+    pub match_retention_hours: u64,
     /// HTTP connections one address may have open at once.
     #[arg(long, default_value_t = defaults().http.max_per_address)]
     pub max_http_connections_per_address: usize,
@@ -363,6 +371,26 @@ pub enum Subcommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Runs recorded matches again under this build and compares their outputs with
+    /// the recorded ones: the deploy gate. Each match is reported identical, or with the
+    /// first output that differs (room seq, the input, expected and got). Exits 1 if a
+    /// match differs (unless its kind is named with --intended) or cannot be run again.
+    /// Reads the store given by --store (or the one in --data-dir).
+    Replay {
+        /// Compare outputs (the gate). Required: watching replays is `game-client --replay`.
+        #[arg(long)]
+        check: bool,
+        /// The latest N ended matches.
+        #[arg(long, default_value_t = 100)]
+        matches: u32,
+        /// Only matches of rooms created in the last this many hours.
+        #[arg(long, value_name = "HOURS")]
+        since: Option<u64>,
+        /// A kind whose rules this build changes on purpose: its differences are
+        /// reported and do not fail the gate. Again for each.
+        #[arg(long, value_name = "KIND")]
+        intended: Vec<String>,
+    },
 }
 
 impl Args {
@@ -401,6 +429,7 @@ impl Args {
             grace: Duration::from_secs(self.grace_secs),
             spectators: self.max_spectators,
             policy: self.policy.clone(),
+            match_retention: Duration::from_secs(self.match_retention_hours * 3600),
             http: crate::http::HttpLimits {
                 max_connections: self.max_http_connections,
                 max_per_address: self.max_http_connections_per_address,

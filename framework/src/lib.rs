@@ -22,23 +22,24 @@
 //! 8. [`metrics`]: Prometheus counters and gauges, served at `GET /metrics`; it reads the
 //!    broker's [`broker::Stats`] when scraped.
 //! 9. [`store`]: rooms, players and seats, items, checkpoints (with the transfers
-//!    outbox) and named rooms in SQLite or PostgreSQL.
+//!    outbox and the match records) and named rooms in SQLite or PostgreSQL.
 //! 10. [`admin`]: the broker-admin seam: room inboxes, control messages, endpoints.
 //! 11. [`rabbit`]: RabbitMQ as the broker (cluster mode), through its management API.
 //! 12. [`worker`]: room workers: a core without I/O, the STOMP consumer loop, launchers,
 //!     the kinds of room ([`Kinds`]), the [`worker::Transfers`] seam.
-//! 13. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
-//! 14. [`rooms`]: the room service (create, join, quick play, transfer, leave, end),
+//! 13. [`replay`]: the deploy gate: recorded matches run again under this build.
+//! 14. [`auth`]: the broker's gatekeeper: who may connect, send and subscribe.
+//! 15. [`rooms`]: the room service (create, join, quick play, transfer, leave, end),
 //!     without HTTP.
-//! 15. [`presence`]: who is connected, told to the rooms: the embedded broker's
+//! 16. [`presence`]: who is connected, told to the rooms: the embedded broker's
 //!     connection events and RabbitMQ's event exchange; expired seat reservations.
-//! 16. [`inspect`]: the operator's inspector: the page at `/inspect` and the admin API.
-//! 17. [`lobby`]: the REST lobby on axum, over the room service.
-//! 18. [`config`]: [`Config`] and the command line ([`Args`]).
-//! 19. [`package`]: `package`, the AWS SAM template of a deployment.
-//! 20. [`scaffold`]: `new NAME`, a new game's crate from the template.
-//! 21. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
-//! 22. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
+//! 17. [`inspect`]: the operator's inspector: the page at `/inspect` and the admin API.
+//! 18. [`lobby`]: the REST lobby on axum, over the room service.
+//! 19. [`config`]: [`Config`] and the command line ([`Args`]).
+//! 20. [`package`]: `package`, the AWS SAM template of a deployment.
+//! 21. [`scaffold`]: `new NAME`, a new game's crate from the template.
+//! 22. [`server`]: [`Server`] and [`server::run`]: the process in its three modes.
+//! 23. `lambda` (feature `lambda`): the same on AWS Lambda; then [`run`], which picks.
 //!
 //! The `server` feature (on by default) holds everything but [`msg`], [`room`] and
 //! [`testing`]: a crate of game rules alone builds and tests them without it.
@@ -112,6 +113,8 @@ pub mod policy;
 pub mod presence;
 #[cfg(feature = "server")]
 pub mod rabbit;
+#[cfg(feature = "server")]
+pub mod replay;
 pub mod room;
 #[cfg(feature = "server")]
 pub mod rooms;
@@ -136,7 +139,7 @@ pub use game_server_less_client::{bots, lobby_client, proto, Error, LobbyClient,
 #[cfg(feature = "server")]
 pub use lobby::{Caller, Lobby};
 pub use msg::{Arrival, Ctx, Msg, Rng, RoomCtx, RoomInfo};
-pub use policy::Policy;
+pub use policy::{Policy, Recording};
 #[cfg(feature = "server")]
 pub use rooms::Rooms;
 #[cfg(feature = "server")]

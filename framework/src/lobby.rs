@@ -9,6 +9,8 @@
 //! | `POST /rooms/{id}/leave` | leave (the caller, by its ticket's token) |
 //! | `DELETE /rooms/{id}/players/{name}` | kick a player (owner token or operator secret) |
 //! | `DELETE /rooms/{id}` | end a room (owner token or operator secret) |
+//! | `GET /matches?limit=50&since=…&kind=…&ended=true` | recorded matches, the latest first |
+//! | `GET /matches/{id}` | one match's record: its first state, entries and keyframes |
 //! | `GET /health` | liveness and counts |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /openapi.json` | this API, described |
@@ -20,6 +22,7 @@ pub use crate::http::{ApiError, ApiResult};
 use crate::inspect;
 pub use crate::proto::{valid_name, QueueView, RoomView, Ticket};
 use crate::rooms::{QuickPlay, RoomSpec, Rooms, Viewer};
+use crate::store::{MatchQuery, MatchSummary, MatchViewer};
 use crate::token::key_name;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -77,6 +80,8 @@ impl Lobby {
             .route("/rooms/{id}/join", post(join_room))
             .route("/rooms/{id}/leave", post(leave_room))
             .route("/rooms/{id}/spectate", post(spectate))
+            .route("/matches", get(list_matches))
+            .route("/matches/{id}", get(get_match))
             .route("/matchmake", post(matchmake))
             .route("/matchmake/queue", post(enqueue))
             .route(
@@ -305,9 +310,9 @@ async fn metrics(State(rooms): State<Rooms>) -> ApiResult<Response> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "game-server-less lobby", description = "Rooms, join tickets and players of a realtime game server. Errors are {\"error\": \"…\"}."),
-    paths(health, metrics, create_room, list_rooms, get_room, join_room, spectate, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room,
+    paths(health, metrics, create_room, list_rooms, get_room, join_room, spectate, matchmake, enqueue, poll_queue, cancel_queued, leave_room, kick_player, delete_room, list_matches, get_match,
         inspect::admin_rooms, inspect::admin_room, inspect::admin_watch, inspect::admin_lock, inspect::admin_kick, inspect::admin_end, inspect::admin_send),
-    components(schemas(RoomView, Ticket, QueueView, CreateRoom, JoinRoom, Matchmake, JoinQueue, ErrorBody)),
+    components(schemas(RoomView, Ticket, QueueView, CreateRoom, JoinRoom, Matchmake, JoinQueue, ErrorBody, MatchSummary, MatchRecord, MatchSegment)),
     modifiers(&BearerTokens),
 )]
 pub struct LobbyApi;
@@ -550,6 +555,149 @@ async fn cancel_queued(
 const MAX_WAIT: u64 = 8;
 /// How often a waiting poll looks again.
 const QUEUE_POLL: Duration = Duration::from_millis(200);
+
+/// `GET /matches`' query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct MatchesQuery {
+    /// Matches to answer at most, the latest first: 1 to 1000 (50 if left out).
+    #[serde(default = "MatchesQuery::default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: u32,
+    /// Only rooms created at or after this time, seconds since the Unix epoch.
+    since: Option<i64>,
+    /// Only this kind of room.
+    kind: Option<String>,
+    /// Only matches that ended (`true`), or every match recorded (`false`, the default).
+    #[serde(default)]
+    ended: bool,
+}
+
+impl MatchesQuery {
+    fn default_limit() -> u32 {
+        50
+    }
+}
+
+/// Who asks for match records: the operator (the operator secret), a player (its
+/// player key, or a join token's player), or anyone. A credential that is not valid is
+/// refused rather than taken for none.
+async fn match_viewer(rooms: &Rooms, headers: &axum::http::HeaderMap) -> ApiResult<MatchViewer> {
+    let Some(token) = bearer(headers) else {
+        return Ok(MatchViewer::default());
+    };
+    if rooms.is_operator(Some(token)) {
+        return Ok(MatchViewer {
+            operator: true,
+            player: None,
+        });
+    }
+    let player = if key_name(token).is_some() {
+        rooms.key_owner(token).await?
+    } else {
+        rooms.member(token).await?.player
+    };
+    Ok(MatchViewer {
+        operator: false,
+        player: Some(player),
+    })
+}
+
+#[utoipa::path(get, path = "/matches", tag = "matches", params(MatchesQuery),
+    security((), ("operator" = []), ("ticket" = [])),
+    responses((status = 200, description = "Recorded matches, the latest first: the public ones, and the private ones the caller (by its player key) played in; every one for the operator", body = Vec<MatchSummary>),
+        (status = 401, description = "A credential that is neither the operator secret, a player key nor a current ticket", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn list_matches(
+    State(rooms): State<Rooms>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<MatchesQuery>,
+) -> ApiResult<Json<Vec<MatchSummary>>> {
+    if !(1..=1000).contains(&query.limit) {
+        return Err(ApiError::bad_request("limit is 1 to 1000 matches"));
+    }
+    if query
+        .kind
+        .as_ref()
+        .is_some_and(|k| !crate::proto::valid_name(k))
+    {
+        return Err(ApiError::bad_request(
+            "kind has 1 to 32 letters, digits, '-' or '_'",
+        ));
+    }
+    let viewer = match_viewer(&rooms, &headers).await?;
+    let matches = MatchQuery {
+        limit: query.limit,
+        since: query.since,
+        ended_only: query.ended,
+        kind: query.kind,
+    };
+    Ok(Json(rooms.store().matches(&matches, &viewer).await?))
+}
+
+/// One recorded match (`GET /matches/{id}`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MatchRecord {
+    /// The match.
+    #[serde(rename = "match")]
+    pub summary: MatchSummary,
+    /// Its record, in room order: segments of entries, one a checkpoint.
+    pub segments: Vec<MatchSegment>,
+}
+
+/// A stretch of a match's record.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MatchSegment {
+    /// Its checkpoint's version: segments go in this order.
+    pub version: u64,
+    /// The room as it was before its first entry, when the segment keeps it (the first
+    /// kept always does): `{seq, state, applied, players}`, the state as JSON text.
+    #[schema(value_type = Option<Object>)]
+    pub start: Option<crate::store::Keyframe>,
+    /// Its entries: `{u: sender, at: ms, b: the message as it came, o: [{to?, m}]}`.
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<crate::worker::Entry>,
+}
+
+#[utoipa::path(get, path = "/matches/{id}", tag = "matches", params(("id" = String, Path, description = "The match (its room's id)")),
+    security((), ("operator" = []), ("ticket" = [])),
+    responses((status = 200, description = "The match's record", body = MatchRecord),
+        (status = 401, description = "A credential that is neither the operator secret, a player key nor a current ticket", body = ErrorBody),
+        (status = 403, description = "A private room's match, and the caller was not in it", body = ErrorBody),
+        (status = 404, description = "No record of such a match (never recorded, or forgotten)", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 408, description = "The request took too long", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
+async fn get_match(
+    State(rooms): State<Rooms>,
+    PathOf(id): PathOf<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<MatchRecord>> {
+    let viewer = match_viewer(&rooms, &headers).await?;
+    let Some((summary, stored)) = rooms.store().match_record(&id, &viewer).await? else {
+        return Err(ApiError::not_found(format!("no record of a match {id}")));
+    };
+    let mut segments = Vec::with_capacity(stored.len());
+    for segment in stored {
+        let corrupt = |e: String| {
+            crate::Error::Store(format!("match {id}, segment {}: {e}", segment.version))
+        };
+        segments.push(MatchSegment {
+            version: segment.version,
+            start: segment
+                .start
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt(format!("its keyframe is corrupt: {e}")))?,
+            entries: crate::worker::record::entries(&segment.entries).map_err(corrupt)?,
+        });
+    }
+    Ok(Json(MatchRecord { summary, segments }))
+}
 
 /// `?wait=SECS` of a queue poll.
 #[derive(Deserialize, Default, utoipa::IntoParams)]

@@ -41,6 +41,40 @@ pub struct Policy {
     pub spectators: Option<usize>,
     /// How long the outputs a room makes wait to go out together ([`Policy::batch`]).
     pub batch: Option<Duration>,
+    /// What of a room's log is kept as its match record ([`Policy::record`]).
+    pub record: Option<Recording>,
+}
+
+/// What of a room's log the store keeps as its match record: the messages it was given,
+/// in order, with their outputs, so the match can be watched again and the deploy gate
+/// (`game-server replay --check`) can run it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Nothing.
+    Off,
+    /// The whole match, kept for the server's `--match-retention` after it ends.
+    Match,
+    /// Only its last stretch of this long, for a room that may never end (an MMO's
+    /// zone): older entries are forgotten as it goes.
+    Last(Duration),
+}
+
+impl Recording {
+    /// `off`, `match`, or a number of seconds (the last stretch kept).
+    pub fn parse(value: &str) -> Result<Recording, String> {
+        match value {
+            "off" | "false" | "0" => Ok(Recording::Off),
+            "match" | "on" | "true" => Ok(Recording::Match),
+            secs => secs
+                .parse()
+                .map(|s| Recording::Last(Duration::from_secs(s)))
+                .map_err(|_| {
+                    format!(
+                        "record wants off, match, or the seconds of play to keep, not {value:?}"
+                    )
+                }),
+        }
+    }
 }
 
 impl Policy {
@@ -114,6 +148,14 @@ impl Policy {
         self
     }
 
+    /// What of a room's log is kept as its match record: [`Recording::Match`] (the
+    /// default) keeps whole matches, [`Recording::Last`] a room's last stretch (a room
+    /// that never ends), [`Recording::Off`] nothing.
+    pub fn record(mut self, recording: Recording) -> Policy {
+        self.record = Some(recording);
+        self
+    }
+
     /// This policy, with what `over` sets put over it.
     pub fn overridden_by(&self, over: &Policy) -> Policy {
         Policy {
@@ -127,6 +169,7 @@ impl Policy {
             fsync: over.fsync.or(self.fsync),
             spectators: over.spectators.or(self.spectators),
             batch: over.batch.or(self.batch),
+            record: over.record.or(self.record),
         }
     }
 
@@ -147,6 +190,7 @@ impl Policy {
             fsync: self.fsync.unwrap_or(defaults.fsync),
             spectators: self.spectators.unwrap_or(defaults.spectators),
             batch: self.batch.unwrap_or(defaults.batch),
+            record: self.record.unwrap_or(defaults.record),
         }
     }
 
@@ -167,6 +211,7 @@ impl Policy {
             "grace_secs" => self.grace = Some(Duration::from_secs(num(key, value)?)),
             "spectators" => self.spectators = Some(num(key, value)?),
             "batch_ms" => self.batch = Some(Duration::from_millis(num(key, value)?)),
+            "record" => self.record = Some(Recording::parse(value)?),
             "fsync" => {
                 self.fsync = Some(match value {
                     "true" | "on" | "1" => true,
@@ -197,6 +242,7 @@ pub const KEYS: &[&str] = &[
     "fsync",
     "spectators",
     "batch_ms",
+    "record",
 ];
 
 /// A kind's policy with every setting decided: what rooms, brokers and workers follow.
@@ -222,6 +268,8 @@ pub struct RoomPolicy {
     pub spectators: usize,
     /// How long outputs wait to go out together; zero sends each input's at once.
     pub batch: Duration,
+    /// What of a room's log is kept as its match record.
+    pub record: Recording,
 }
 
 impl Default for RoomPolicy {
@@ -237,6 +285,7 @@ impl Default for RoomPolicy {
             fsync: false,
             spectators: 100,
             batch: Duration::ZERO,
+            record: Recording::Match,
         }
     }
 }
@@ -390,6 +439,7 @@ mod tests {
             ("duel.fsync=maybe", "true or false"),
             ("duel.max_players=-1", "whole number"),
             ("duel.batch_ms=soon", "whole number"),
+            ("duel.record=always", "off, match, or the seconds"),
         ] {
             let e = parse_override(spec).unwrap_err();
             assert!(e.contains(says), "{spec}: {e}");

@@ -150,6 +150,11 @@ impl Server {
             shutdown: shutdown.clone(),
         };
         let workers = InProcess::new(env, kinds);
+        let forget = tokio::spawn(forget_old_matches(
+            store.clone(),
+            config.match_retention,
+            shutdown.clone(),
+        ));
         let rooms = Rooms::new(
             store,
             signer,
@@ -185,6 +190,7 @@ impl Server {
                     }
                 }),
                 seats,
+                forget,
             ],
         })
     }
@@ -248,6 +254,11 @@ impl Server {
                 http: listener.local_addr()?,
                 stomp: None,
             });
+            tasks.push(tokio::spawn(forget_old_matches(
+                store.clone(),
+                config.match_retention,
+                shutdown.clone(),
+            )));
             let (service, app, seen) = cluster_lobby(
                 &config,
                 lobby,
@@ -435,6 +446,22 @@ impl Running {
     }
 }
 
+/// Forgets, at the start and then hourly, the records of matches that ended more than
+/// `keep` ago, until `shutdown`.
+async fn forget_old_matches(store: Store, keep: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => return,
+            _ = every.tick() => match store.forget_matches(keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("forgot {n} segments of match records older than the retention"),
+                Err(e) => tracing::warn!("cannot forget old match records: {e}"),
+            },
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         Error::Io(std::io::Error::new(
@@ -521,6 +548,34 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
             "deploy: sam deploy --guided --template-file {} (see the README's \"Deploy to AWS\")",
             path.display()
         );
+        return Ok(());
+    }
+    let kinds = kinds.into();
+    if let Some(Subcommand::Replay {
+        check,
+        matches,
+        since,
+        intended,
+    }) = &args.command
+    {
+        let config = args.config();
+        if !check {
+            return Err(Error::Invalid(
+                "replay wants --check (run recorded matches again and compare); to watch one, use the game's client with --replay MATCH".into(),
+            ));
+        }
+        let options = crate::replay::CheckOptions {
+            matches: *matches,
+            since: since.map(|hours| crate::store::now_secs() - hours as i64 * 3600),
+            intended: intended.clone(),
+        };
+        let policies = kinds.policies(&config.policy_defaults(), &config.policy)?;
+        let store = Store::open(&config.store_url()).await?;
+        let report = crate::replay::check(&store, &kinds, &policies, &options).await?;
+        print!("{}", report.text());
+        if !report.passed() {
+            std::process::exit(1);
+        }
         return Ok(());
     }
     init_logging(&args.log);

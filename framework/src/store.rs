@@ -3,13 +3,14 @@
 //! file, each an `impl Store`: `rooms.rs`, `players.rs`, `items.rs`, `checkpoints.rs`
 //! (the group commit), `transfers.rs` (the outbox), `workers.rs` (cluster workers),
 //! `seats.rs` (seats taken and reserved, quick play's candidates), `queue.rs` (the
-//! matchmaking queue);
+//! matchmaking queue), `records.rs` (match records, saved with the checkpoints);
 //! `schema.rs` holds the migrations.
 
 mod checkpoints;
 mod items;
 mod players;
 mod queue;
+mod records;
 mod rooms;
 mod schema;
 mod seats;
@@ -18,6 +19,7 @@ mod workers;
 
 use self::checkpoints::SaveQueue;
 pub use self::queue::{GroupRule, Matched, QueueTicket};
+pub use self::records::{Keyframe, MatchQuery, MatchSummary, MatchViewer, Segment, StoredSegment};
 use self::schema::MIGRATIONS;
 pub use self::seats::Seated;
 use crate::{Error, Result};
@@ -171,6 +173,11 @@ async fn wal_writeback(url: String) {
 
 fn now() -> i64 {
     now_ms() / 1000
+}
+
+/// Now, in seconds since the Unix epoch: the store's times of rooms.
+pub fn now_secs() -> i64 {
+    now()
 }
 
 pub(crate) fn now_ms() -> i64 {

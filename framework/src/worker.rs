@@ -6,6 +6,8 @@ pub mod activity;
 mod courier;
 pub mod discovery;
 pub mod kinds;
+pub mod record;
+pub mod replay;
 pub mod room_worker;
 mod saver;
 pub mod subscribed;
@@ -20,6 +22,8 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 pub use self::kinds::Kinds;
+pub use self::record::{Entry, RecordedOutput};
+pub use self::replay::{Difference, Verdict};
 pub use self::room_worker::{Control, InboxMessage, RoomWorker};
 pub use self::subscribed::{Timings, WorkerEnv};
 

@@ -93,13 +93,13 @@ async fn exercise(store: &Store) {
         count: 1,
     }];
     store
-        .save_checkpoint(&room, &checkpoint, &grants, &[])
+        .save_checkpoint(&room, &checkpoint, &grants, &[], None)
         .await
         .unwrap();
     // A second worker that also started from "no checkpoint" is fenced off: nothing it
     // asked for is written, grants included.
     let stale = store
-        .save_checkpoint(&room, &checkpoint, &grants, &[])
+        .save_checkpoint(&room, &checkpoint, &grants, &[], None)
         .await;
     assert!(
         matches!(stale, Err(game_server_less::Error::Fenced(_))),
@@ -108,7 +108,10 @@ async fn exercise(store: &Store) {
     let saved = store.checkpoint(&room).await.unwrap().unwrap();
     assert_eq!(saved.version, 1);
     let next = Checkpoint { seq: 43, ..saved };
-    store.save_checkpoint(&room, &next, &[], &[]).await.unwrap(); // replaces
+    store
+        .save_checkpoint(&room, &next, &[], &[], None)
+        .await
+        .unwrap(); // replaces
     assert_eq!(
         store.checkpoint(&room).await.unwrap(),
         Some(Checkpoint {
@@ -124,7 +127,7 @@ async fn exercise(store: &Store) {
         ..next.clone()
     };
     store
-        .save_checkpoint(&room, &quiet, &[], &[])
+        .save_checkpoint(&room, &quiet, &[], &[], None)
         .await
         .unwrap();
     let kept = store.checkpoint(&room).await.unwrap().unwrap();
@@ -190,15 +193,15 @@ async fn group_commit(store: &Store) {
     // Rooms 0 and 1 get a first checkpoint; room 1 then a second, so that room 1's
     // version 1 is stale below.
     store
-        .save_checkpoint(&rooms[0], &checkpoint(1, 0), &[], &[])
+        .save_checkpoint(&rooms[0], &checkpoint(1, 0), &[], &[], None)
         .await
         .unwrap();
     store
-        .save_checkpoint(&rooms[1], &checkpoint(1, 0), &[], &[])
+        .save_checkpoint(&rooms[1], &checkpoint(1, 0), &[], &[], None)
         .await
         .unwrap();
     store
-        .save_checkpoint(&rooms[1], &checkpoint(2, 1), &[], &[])
+        .save_checkpoint(&rooms[1], &checkpoint(2, 1), &[], &[], None)
         .await
         .unwrap();
 
@@ -217,7 +220,7 @@ async fn group_commit(store: &Store) {
     let results = futures_util::future::join_all(
         saves
             .iter()
-            .map(|(room, c)| store.save_checkpoint(room, c, &grant, &[])),
+            .map(|(room, c)| store.save_checkpoint(room, c, &grant, &[], None)),
     )
     .await;
     let fenced = |r: &Result<(), game_server_less::Error>| {
@@ -319,11 +322,17 @@ async fn transfers_outbox(store: &Store) {
     };
     let (first, second) = (transfer(2), transfer(10));
     store
-        .save_checkpoint(&room, &checkpoint, &[], &[first.clone(), second.clone()])
+        .save_checkpoint(
+            &room,
+            &checkpoint,
+            &[],
+            &[first.clone(), second.clone()],
+            None,
+        )
         .await
         .unwrap();
     let fenced = store
-        .save_checkpoint(&room, &checkpoint, &[], &[transfer(11)])
+        .save_checkpoint(&room, &checkpoint, &[], &[transfer(11)], None)
         .await;
     assert!(fenced.is_err(), "{fenced:?}");
     assert_eq!(

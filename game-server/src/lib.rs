@@ -24,7 +24,7 @@ mod server_side {
     use axum::Json;
     use game_server_less::lobby::ApiResult;
     use game_server_less::proto::Inventory;
-    use game_server_less::{Caller, Lobby, Msg, Policy, Rooms};
+    use game_server_less::{Caller, Lobby, Msg, Policy, Recording, Rooms};
     use std::time::Duration;
 
     /// The game's realtime handlers, one per [`crate::protocol::In`] variant. A room's
@@ -41,8 +41,13 @@ mod server_side {
             .on_reconnect(on_reconnect)
             // What a spectator sees first: the whole world.
             .snapshot(World::snapshot)
-            // A player whose terminal closed stays 20 s, greyed out, then leaves.
-            .policy(Policy::new().grace(Duration::from_secs(20)))
+            // A player whose terminal closed stays 20 s, greyed out, then leaves. A zone
+            // may never end: its record keeps its last ten minutes of play.
+            .policy(
+                Policy::new()
+                    .grace(Duration::from_secs(20))
+                    .record(Recording::Last(Duration::from_secs(600))),
+            )
     }
 
     /// The game's REST routes, beside the lobby's room routes, and the game in the

@@ -3,8 +3,9 @@
 //! the item grants and transfers they hold.
 
 use super::items::ADD_ITEM;
+use super::records::{ADD_MATCH_PLAYER, ADD_SEGMENT, FORGET_SEGMENTS};
 use super::transfers::ADD_TRANSFER;
-use super::{db, now, Checkpoint, Store};
+use super::{db, now, Checkpoint, Segment, Store};
 use crate::proto::Grant;
 use crate::room::Transfer;
 use crate::{Error, Result};
@@ -33,6 +34,7 @@ pub(super) struct PendingSave {
     version: i64,
     grants: Vec<Grant>,
     transfers: Vec<Transfer>,
+    record: Option<Segment>,
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
@@ -46,7 +48,8 @@ pub(super) const SAVES_PER_STATEMENT: usize = 100;
 
 impl Store {
     /// Saves a room's checkpoint with the item grants and the transfers of the inputs it
-    /// holds since the last, in one transaction: all or nothing. The transfers wait in
+    /// holds since the last, and their match record (`record`), in one transaction: all
+    /// or nothing. The transfers wait in
     /// the outbox until they are done ([`Store::pending_transfers`]). It replaces the checkpoint whose
     /// version is `checkpoint.version` and becomes version `checkpoint.version + 1`; if
     /// another worker saved since, nothing is written and [`Error::Fenced`] says so.
@@ -62,6 +65,7 @@ impl Store {
         checkpoint: &Checkpoint,
         grants: &[Grant],
         transfers: &[Transfer],
+        record: Option<Segment>,
     ) -> Result<()> {
         let (done, saved) = tokio::sync::oneshot::channel();
         let save = PendingSave {
@@ -75,6 +79,7 @@ impl Store {
             version: checkpoint.version as i64,
             grants: grants.to_vec(),
             transfers: transfers.to_vec(),
+            record,
             done,
         };
         let lead = {
@@ -205,6 +210,9 @@ impl Store {
                     .await
                     .map_err(db)?;
             }
+            if let Some(segment) = &save.record {
+                write_segment(&mut tx, &save.room, save.version + 1, segment).await?;
+            }
         }
         tx.commit().await.map_err(db)?;
         Ok(written)
@@ -315,4 +323,43 @@ fn upsert_checkpoints(rows: usize) -> String {
          RETURNING room_id",
     );
     sql
+}
+
+/// Writes a room's match record segment saved as checkpoint `version`, the players who
+/// joined in it, and forgets what a bounded record no longer keeps.
+async fn write_segment(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    room: &str,
+    version: i64,
+    segment: &Segment,
+) -> Result<()> {
+    sqlx::query(ADD_SEGMENT)
+        .bind(room)
+        .bind(version)
+        .bind(segment.first_at as i64)
+        .bind(segment.last_at as i64)
+        .bind(i64::from(segment.n))
+        .bind(segment.entries.len() as i64)
+        .bind(segment.start.as_deref())
+        .bind(&segment.entries)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    for player in &segment.joined {
+        sqlx::query(ADD_MATCH_PLAYER)
+            .bind(room)
+            .bind(player)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    if let Some(before) = segment.forget_before {
+        sqlx::query(FORGET_SEGMENTS)
+            .bind(room)
+            .bind(before as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
 }

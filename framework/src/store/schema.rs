@@ -103,4 +103,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS queue_locks (kind TEXT PRIMARY KEY, n BIGINT NOT NULL)",
     // What the room did lately, saved with each checkpoint for the inspector (JSON).
     "ALTER TABLE checkpoints ADD COLUMN activity TEXT",
+    // Match records (see `records.rs`): a room's entries between two checkpoints, written
+    // with the later one (`version`), some with the room as it was before them (`start`,
+    // JSON); and the players each match had, which decide who sees a private one's.
+    "CREATE TABLE IF NOT EXISTS match_log (
+        room_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        first_at BIGINT NOT NULL,
+        last_at BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        bytes BIGINT NOT NULL,
+        start TEXT,
+        entries TEXT NOT NULL,
+        PRIMARY KEY (room_id, version))",
+    "CREATE TABLE IF NOT EXISTS match_players (
+        room_id TEXT NOT NULL,
+        player TEXT NOT NULL,
+        PRIMARY KEY (room_id, player))",
 ];

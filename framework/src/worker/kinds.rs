@@ -32,6 +32,13 @@ trait Handlers: Send + Sync + 'static {
         policy: &'a RoomPolicy,
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Outcome>>;
+
+    fn rerun(
+        &self,
+        info: crate::msg::RoomInfo,
+        grace: Duration,
+        segments: &[crate::store::StoredSegment],
+    ) -> super::Verdict;
 }
 
 impl<S> Handlers for Msg<S>
@@ -50,6 +57,15 @@ where
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Outcome>> {
         Box::pin(run_leased(env, room, self.clone(), policy, lease))
+    }
+
+    fn rerun(
+        &self,
+        info: crate::msg::RoomInfo,
+        grace: Duration,
+        segments: &[crate::store::StoredSegment],
+    ) -> super::Verdict {
+        super::replay::rerun(info, self.clone(), grace, segments)
     }
 }
 
@@ -141,6 +157,24 @@ impl Kinds {
             decided.push((name.clone(), policy));
         }
         Ok(Policies::new(decided))
+    }
+
+    /// A recorded match of `kind` run again under this build's handlers of it
+    /// (`replay::rerun`); a kind this build lacks makes the record unusable here.
+    pub fn rerun(
+        &self,
+        kind: &str,
+        info: crate::msg::RoomInfo,
+        grace: Duration,
+        segments: &[crate::store::StoredSegment],
+    ) -> super::Verdict {
+        match self.kinds.iter().find(|(name, _)| name == kind) {
+            Some((_, handlers)) => handlers.rerun(info, grace, segments),
+            None => super::Verdict::Unusable(format!(
+                "its kind {kind:?} is not in this build (its kinds: {})",
+                self.names().collect::<Vec<_>>().join(", ")
+            )),
+        }
     }
 
     /// One life of `room`'s worker, running the handlers of its kind (read from its

@@ -3,11 +3,13 @@
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
 use super::activity::{Activity, InputRecord};
+use super::record::{Recorder, END_USER};
 use crate::msg::{Arrival, Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
+use crate::policy::Recording;
 use crate::proto::Grant;
 use crate::room::{Output, Room, Transfer};
-use crate::store::Checkpoint;
+use crate::store::{Checkpoint, Keyframe, Segment};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -132,6 +134,8 @@ pub struct RoomWorker<S> {
     /// When this worker took the room (milliseconds since the epoch, this machine's
     /// clock): nobody's grace is over before a grace has passed since.
     started_ms: u64,
+    /// The match record since the last checkpoint, if the room keeps one.
+    recorder: Option<Recorder>,
     /// The latest inputs and the input rate, saved with checkpoints.
     activity: Activity,
     /// Whether `activity` has inputs no checkpoint taken holds yet.
@@ -166,6 +170,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             version: 0,
             grace: std::time::Duration::from_secs(30),
             started_ms: now_ms(),
+            recorder: None,
             activity: Activity::default(),
             activity_pending: false,
             activity_taken: None,
@@ -180,6 +185,61 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     pub fn with_grace(mut self, grace: std::time::Duration) -> RoomWorker<S> {
         self.grace = grace;
         self
+    }
+
+    /// The same worker, keeping the room's match record as `recording` says, from the
+    /// room as it is now (call it after [`RoomWorker::restore`]).
+    pub fn with_recording(mut self, recording: Recording) -> RoomWorker<S> {
+        self.recorder = match (recording, self.keyframe()) {
+            (Recording::Off, _) => None,
+            (_, Ok(start)) => Some(Recorder::new(recording, &start)),
+            (_, Err(e)) => {
+                tracing::error!(room = %self.room.id(), "no match record: {e}");
+                None
+            }
+        };
+        self
+    }
+
+    /// The room as it is, as a checkpoint holds it and a replay starts from it.
+    fn keyframe(&self) -> Result<Keyframe> {
+        Ok(Keyframe {
+            seq: self.room.seq(),
+            state: serde_json::to_string(self.room.state()).map_err(|e| {
+                Error::Store(format!("the game state cannot be saved as JSON: {e}"))
+            })?,
+            applied: self
+                .room
+                .applied()
+                .map(|(p, s)| (p.to_owned(), s))
+                .collect(),
+            players: self.room.players().map(str::to_owned).collect(),
+        })
+    }
+
+    /// The match record since the last call, to be saved with `checkpoint`, the one
+    /// just taken ([`RoomWorker::checkpoint`]), which is also the next segment's start
+    /// when a keyframe is due; `None` if the room keeps no record or nothing happened.
+    pub fn take_record(&mut self, checkpoint: &Checkpoint) -> Option<Segment> {
+        let version = self.version + 1;
+        self.recorder.as_mut()?.take(version, || {
+            let keyframe = Keyframe {
+                seq: checkpoint.seq,
+                state: checkpoint.state.clone(),
+                applied: checkpoint.applied.clone(),
+                players: checkpoint.players.clone(),
+            };
+            serde_json::to_string(&keyframe).expect("a keyframe serializes")
+        })
+    }
+
+    /// A record taken but not saved (its checkpoint changed nothing): see
+    /// [`Recorder::not_saved`].
+    pub fn record_not_saved(&mut self, segment: Segment) {
+        let version = self.version + 1;
+        if let Some(recorder) = &mut self.recorder {
+            recorder.not_saved(segment, version);
+        }
     }
 
     /// Takes the changes to the room's listing (lock, metadata) its handlers asked for
@@ -233,6 +293,14 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// returns what it produced, in order. A repeat of an input already applied
     /// produces nothing.
     pub fn handle(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
+        let outputs = self.handle_unrecorded(message);
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(message.user, message.body, self.room.clock_ms(), &outputs);
+        }
+        outputs
+    }
+
+    fn handle_unrecorded(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
         let InboxMessage { user, body, at_ms } = message;
         if user == WORKER_USER {
             let tick = serde_json::from_slice::<Tick>(body);
@@ -260,6 +328,9 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         if user == LOBBY_USER {
             return match serde_json::from_slice::<Control>(body) {
                 Ok(Control::Join { player, arrival }) => {
+                    if let Some(recorder) = &mut self.recorder {
+                        recorder.joined(&player);
+                    }
                     self.room.join_with(&player, arrival.unwrap_or_default())
                 }
                 Ok(Control::Leave { player }) => self.room.leave(&player),
@@ -384,7 +455,12 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
 
     /// Ends the room from outside (idleness, shutdown of the room).
     pub fn end(&mut self, reason: &str) -> Vec<Output> {
-        self.room.end(reason)
+        let outputs = self.room.end(reason);
+        if let Some(recorder) = &mut self.recorder {
+            let at = self.room.clock_ms();
+            recorder.record(END_USER, reason.as_bytes(), at, &outputs);
+        }
+        outputs
     }
 
     /// Why the room ended, once it has.
@@ -401,17 +477,17 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// asked for since the last one, to be saved with it. Its `version` is that of the
     /// checkpoint it replaces; call [`RoomWorker::saved`] once the store has it.
     pub fn checkpoint(&mut self) -> Result<(Checkpoint, Vec<Grant>, Vec<Transfer>)> {
+        let Keyframe {
+            seq,
+            state,
+            applied,
+            players,
+        } = self.keyframe()?;
         let checkpoint = Checkpoint {
-            seq: self.room.seq(),
-            state: serde_json::to_string(self.room.state()).map_err(|e| {
-                Error::Store(format!("the game state cannot be saved as JSON: {e}"))
-            })?,
-            applied: self
-                .room
-                .applied()
-                .map(|(p, s)| (p.to_owned(), s))
-                .collect(),
-            players: self.room.players().map(str::to_owned).collect(),
+            seq,
+            state,
+            applied,
+            players,
             version: self.version,
             activity: self.activity_to_save(),
         };

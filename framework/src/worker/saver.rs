@@ -83,6 +83,7 @@ impl<'a> Saver<'a> {
     ) -> Result<()> {
         self.settle(worker).await?;
         let (checkpoint, grants, transfers) = worker.checkpoint()?;
+        let mut record = worker.take_record(&checkpoint);
         // Inputs that changed nothing (a tick that moved no one) need no write: the saved
         // checkpoint already holds what applying them again would make.
         let changed = !(grants.is_empty()
@@ -96,13 +97,18 @@ impl<'a> Saver<'a> {
             self.store.clone(),
             worker.id().to_owned(),
         );
+        if !changed {
+            if let Some(segment) = record.take() {
+                worker.record_not_saved(segment);
+            }
+        }
         let saved = changed.then(|| checkpoint.clone());
         let to_carry_out = transfers.clone();
         let task = tokio::spawn(async move {
             client.flush().await?;
             if changed {
                 store
-                    .save_checkpoint(&room, &checkpoint, &grants, &transfers)
+                    .save_checkpoint(&room, &checkpoint, &grants, &transfers, record)
                     .await?;
             }
             Ok(())

@@ -170,7 +170,10 @@ where
         }
     };
     let run = async {
-        let worker = activate(env, room_id, msg).await?.with_grace(policy.grace);
+        let worker = activate(env, room_id, msg)
+            .await?
+            .with_grace(policy.grace)
+            .with_recording(policy.record);
         let mut room = Active::new(env, room_id, &client, worker, policy.batch);
         // Transfers a worker before saved but may not have finished: done twice is done
         // once.

@@ -1,0 +1,284 @@
+//! Match records: what a room was given, in room order, kept so that it can be watched
+//! again and run again (`replay`). A worker records each message it handles with the
+//! outputs it made; the entries since the last checkpoint are a [`Segment`], written in
+//! that checkpoint's transaction (so a record holds each applied message once, however
+//! often a worker died), as one row of `match_log` keyed by the checkpoint's version.
+//! Some segments also hold the room as it was before their first entry (a keyframe):
+//! a replay starts there instead of at the beginning.
+
+use super::{db, now, Store};
+use crate::{Error, Result};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+/// A room's messages since its last checkpoint, as its worker recorded them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// One JSON object a line, one line an entry (see `worker::record`).
+    pub entries: String,
+    /// How many entries.
+    pub n: u32,
+    /// The recorded time of the first entry and of the last (ms since the epoch).
+    pub first_at: u64,
+    /// See `first_at`.
+    pub last_at: u64,
+    /// The room as it was before the first entry (a [`Keyframe`] as JSON), when this
+    /// segment keeps one.
+    pub start: Option<String>,
+    /// The players who joined during it.
+    pub joined: Vec<String>,
+    /// Segments of the room before this version can go: a bounded record keeps only
+    /// its latest stretch ([`crate::policy::Recording::Last`]).
+    pub forget_before: Option<u64>,
+}
+
+/// A room as it was at some point of its record: what a replay starts from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Keyframe {
+    /// The room seq of its latest output.
+    pub seq: u64,
+    /// The game state, as JSON.
+    pub state: String,
+    /// Each player's last applied input, and the room's bookkeeping beside them.
+    pub applied: std::collections::BTreeMap<String, u64>,
+    /// The players in the room.
+    pub players: Vec<String>,
+}
+
+/// A recorded match, as `GET /matches` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct MatchSummary {
+    /// The room's id, which is the match's.
+    pub id: String,
+    /// The room's display name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its metadata.
+    #[schema(value_type = Object)]
+    pub meta: serde_json::Value,
+    /// The code version it ran (Lambda mode pins one; `None` elsewhere).
+    pub code_version: Option<String>,
+    /// When the room was created, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// When it ended (`None`: still on, its record still growing).
+    pub ended_at: Option<i64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Whether the room was private: its record is its players' and the operator's.
+    pub private: bool,
+    /// The players who were in it.
+    pub players: Vec<String>,
+    /// The recorded time of the first entry kept and of the last (ms since the epoch).
+    pub first_at: i64,
+    /// See `first_at`.
+    pub last_at: i64,
+    /// Entries kept: inputs, ticks and the lobby's messages.
+    pub entries: i64,
+    /// Bytes the entries take in the store.
+    pub bytes: i64,
+}
+
+/// One segment of a match, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSegment {
+    /// The version of the checkpoint saved with it: segments go in this order.
+    pub version: u64,
+    /// See [`Segment::start`].
+    pub start: Option<String>,
+    /// See [`Segment::entries`].
+    pub entries: String,
+    /// See [`Segment::first_at`].
+    pub first_at: u64,
+    /// See [`Segment::last_at`].
+    pub last_at: u64,
+}
+
+/// Which records a caller may see.
+#[derive(Debug, Clone, Default)]
+pub struct MatchViewer {
+    /// The operator: every record.
+    pub operator: bool,
+    /// A player: the public records and the private ones it played in.
+    pub player: Option<String>,
+}
+
+/// Which records to list.
+#[derive(Debug, Clone, Default)]
+pub struct MatchQuery {
+    /// At most this many, the latest first.
+    pub limit: u32,
+    /// Rooms created at or after this time (seconds since the Unix epoch).
+    pub since: Option<i64>,
+    /// Only ended matches.
+    pub ended_only: bool,
+    /// Only this kind.
+    pub kind: Option<String>,
+}
+
+pub(super) const ADD_SEGMENT: &str = "INSERT INTO match_log
+    (room_id, version, first_at, last_at, n, bytes, start, entries)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (room_id, version) DO NOTHING";
+pub(super) const ADD_MATCH_PLAYER: &str =
+    "INSERT INTO match_players (room_id, player) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+pub(super) const FORGET_SEGMENTS: &str =
+    "DELETE FROM match_log WHERE room_id = $1 AND version < $2";
+
+/// The columns of a summary, over `rooms r` joined with the aggregate `m` of its log.
+const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.meta, r.code_version, r.created_at,
+        r.ended_at, r.end_reason, r.code IS NOT NULL AS private,
+        m.first_at, m.last_at, m.entries, m.bytes
+    FROM rooms r
+    JOIN (SELECT room_id, MIN(first_at) AS first_at, MAX(last_at) AS last_at,
+                 CAST(SUM(n) AS BIGINT) AS entries, CAST(SUM(bytes) AS BIGINT) AS bytes
+          FROM match_log GROUP BY room_id) m ON m.room_id = r.id";
+
+/// Whom a record is visible to: `$1` operator (0/1), `$2` the player asking ('' none).
+const VISIBLE: &str = "(r.code IS NULL OR $1 = 1 OR EXISTS
+    (SELECT 1 FROM match_players p WHERE p.room_id = r.id AND p.player = $2))";
+
+impl Store {
+    /// The recorded matches `viewer` may see, the latest recorded entry first.
+    pub async fn matches(
+        &self,
+        query: &MatchQuery,
+        viewer: &MatchViewer,
+    ) -> Result<Vec<MatchSummary>> {
+        let sql = format!(
+            "{SUMMARY} WHERE {VISIBLE} AND r.created_at >= $3
+                AND ($4 = 0 OR r.ended_at IS NOT NULL) AND ($5 = '' OR r.kind = $5)
+             ORDER BY m.last_at DESC, r.id LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(viewer.operator))
+            .bind(viewer.player.as_deref().unwrap_or(""))
+            .bind(query.since.unwrap_or(0))
+            .bind(i64::from(query.ended_only))
+            .bind(query.kind.as_deref().unwrap_or(""))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut summary = summary(&row)?;
+            summary.players = self.match_players(&summary.id).await?;
+            found.push(summary);
+        }
+        Ok(found)
+    }
+
+    /// One recorded match, if `viewer` may see it: its summary and segments in order.
+    /// `Ok(None)`: no such record; [`Error::Forbidden`]: a private room `viewer` was
+    /// not in.
+    pub async fn match_record(
+        &self,
+        id: &str,
+        viewer: &MatchViewer,
+    ) -> Result<Option<(MatchSummary, Vec<StoredSegment>)>> {
+        let sql = format!("{SUMMARY} WHERE r.id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let mut summary = summary(&row)?;
+        summary.players = self.match_players(id).await?;
+        let allowed = !summary.private
+            || viewer.operator
+            || viewer
+                .player
+                .as_ref()
+                .is_some_and(|p| summary.players.contains(p));
+        if !allowed {
+            return Err(Error::Forbidden(format!(
+                "match {id} was a private room's: only its players (with their player key) and the operator see its record"
+            )));
+        }
+        let rows = sqlx::query(
+            "SELECT version, start, entries, first_at, last_at FROM match_log
+             WHERE room_id = $1 ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut segments = Vec::with_capacity(rows.len());
+        for row in rows {
+            segments.push(StoredSegment {
+                version: row.try_get::<i64, _>("version").map_err(db)? as u64,
+                start: row.try_get("start").map_err(db)?,
+                entries: row.try_get("entries").map_err(db)?,
+                first_at: row.try_get::<i64, _>("first_at").map_err(db)? as u64,
+                last_at: row.try_get::<i64, _>("last_at").map_err(db)? as u64,
+            });
+        }
+        Ok(Some((summary, segments)))
+    }
+
+    /// The players of a recorded match, by name.
+    async fn match_players(&self, id: &str) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT player FROM match_players WHERE room_id = $1 ORDER BY player")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(db))
+            .collect()
+    }
+
+    /// Forgets the records of matches that ended more than `keep` ago; returns how many.
+    pub async fn forget_matches(&self, keep: std::time::Duration) -> Result<u64> {
+        let before = now() - keep.as_secs() as i64;
+        let ended = "SELECT id FROM rooms WHERE ended_at IS NOT NULL AND ended_at < $1";
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let forgotten = sqlx::query(&format!("DELETE FROM match_log WHERE room_id IN ({ended})"))
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query(&format!(
+            "DELETE FROM match_players WHERE room_id IN ({ended})"
+        ))
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(forgotten)
+    }
+}
+
+fn summary(row: &AnyRow) -> Result<MatchSummary> {
+    let meta: String = row.try_get("meta").map_err(db)?;
+    Ok(MatchSummary {
+        id: row.try_get("id").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        kind: row.try_get("kind").map_err(db)?,
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        code_version: row.try_get("code_version").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        ended_at: row.try_get("ended_at").map_err(db)?,
+        end_reason: row.try_get("end_reason").map_err(db)?,
+        private: flag(row, "private")?,
+        players: Vec::new(),
+        first_at: row.try_get("first_at").map_err(db)?,
+        last_at: row.try_get("last_at").map_err(db)?,
+        entries: row.try_get("entries").map_err(db)?,
+        bytes: row.try_get("bytes").map_err(db)?,
+    })
+}
+
+/// A boolean expression's column: PostgreSQL's is a BOOLEAN, SQLite's a number.
+fn flag(row: &AnyRow, column: &str) -> Result<bool> {
+    row.try_get::<bool, _>(column)
+        .or_else(|_| row.try_get::<i64, _>(column).map(|n| n != 0))
+        .map_err(db)
+}

@@ -1,0 +1,146 @@
+//! A recorded match run again under this build's handlers: from its first state (or a
+//! keyframe), each entry handled as the first run handled it, the outputs compared
+//! with the recorded ones. The deploy gate (`game-server replay --check`) and replays
+//! to watch are both this.
+
+use super::record::{entries, Entry, RecordedOutput, END_USER};
+use super::room_worker::{InboxMessage, RoomWorker};
+use crate::msg::{Msg, RoomInfo};
+use crate::room::Output;
+use crate::store::{Checkpoint, Keyframe, StoredSegment};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How a match ran again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Every entry made the outputs it made when recorded.
+    Same {
+        /// Entries run again.
+        entries: u64,
+    },
+    /// The first entry that made other outputs.
+    Differs(Box<Difference>),
+    /// The record cannot be run again from its start (its first keyframe was
+    /// forgotten, a line is corrupt, the state does not fit this build's type).
+    Unusable(String),
+}
+
+/// Where a run again first went another way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    /// The room seq before the entry (the outputs it made follow it).
+    pub seq: u64,
+    /// The entry's place in the record, from 1.
+    pub entry: u64,
+    /// The entry: its sender, time and message.
+    pub input: Entry,
+    /// The first output that differs, as recorded (`None`: this build made more).
+    pub expected: Option<RecordedOutput>,
+    /// The same output as this build made it (`None`: this build made fewer).
+    pub got: Option<RecordedOutput>,
+}
+
+/// Runs `segments` (a record, in order) again under `msg` with `grace` for dropped
+/// players, comparing each entry's outputs with the recorded ones; `on_entry` sees the
+/// outputs of each entry as they are made (a replay to watch).
+pub fn rerun<S>(
+    info: RoomInfo,
+    msg: Msg<S>,
+    grace: std::time::Duration,
+    segments: &[StoredSegment],
+) -> Verdict
+where
+    S: Serialize + DeserializeOwned + 'static,
+{
+    let Some(first) = segments.first() else {
+        return Verdict::Same { entries: 0 };
+    };
+    let Some(start) = &first.start else {
+        return Verdict::Unusable(format!(
+            "its first segment kept (version {}) has no keyframe: the record's start was forgotten",
+            first.version
+        ));
+    };
+    let mut worker = match start_from(info, msg, grace, start) {
+        Ok(worker) => worker,
+        Err(e) => return Verdict::Unusable(e),
+    };
+    let mut n = 0u64;
+    for segment in segments {
+        let entries = match entries(&segment.entries) {
+            Ok(entries) => entries,
+            Err(e) => return Verdict::Unusable(format!("segment {}: {e}", segment.version)),
+        };
+        for entry in entries {
+            n += 1;
+            let seq = worker.room().seq();
+            let got = handle(&mut worker, &entry);
+            if let Some((expected, got)) = first_difference(&entry.o, &got) {
+                return Verdict::Differs(Box::new(Difference {
+                    seq,
+                    entry: n,
+                    input: entry,
+                    expected,
+                    got,
+                }));
+            }
+        }
+    }
+    Verdict::Same { entries: n }
+}
+
+/// A worker for `info` under `msg`, at the keyframe `start` (JSON).
+pub fn start_from<S>(
+    info: RoomInfo,
+    msg: Msg<S>,
+    grace: std::time::Duration,
+    start: &str,
+) -> Result<RoomWorker<S>, String>
+where
+    S: Serialize + DeserializeOwned + 'static,
+{
+    let keyframe: Keyframe =
+        serde_json::from_str(start).map_err(|e| format!("its keyframe is corrupt: {e}"))?;
+    let mut worker = RoomWorker::new(info, msg).with_grace(grace);
+    worker
+        .restore(Checkpoint {
+            seq: keyframe.seq,
+            state: keyframe.state,
+            applied: keyframe.applied,
+            players: keyframe.players,
+            version: 0,
+            activity: String::new(),
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(worker)
+}
+
+/// Handles a recorded entry as the first run did.
+pub fn handle<S>(worker: &mut RoomWorker<S>, entry: &Entry) -> Vec<Output>
+where
+    S: Serialize + DeserializeOwned + 'static,
+{
+    if entry.u == END_USER {
+        worker.end(&entry.b)
+    } else {
+        worker.handle(InboxMessage {
+            user: &entry.u,
+            body: entry.b.as_bytes(),
+            at_ms: Some(entry.at),
+        })
+    }
+}
+
+/// The first place where `got` is not `recorded`: (expected, got).
+fn first_difference(
+    recorded: &[RecordedOutput],
+    got: &[Output],
+) -> Option<(Option<RecordedOutput>, Option<RecordedOutput>)> {
+    let got: Vec<RecordedOutput> = got.iter().map(RecordedOutput::of).collect();
+    let len = recorded.len().max(got.len());
+    (0..len).find_map(|i| {
+        let (e, g) = (recorded.get(i), got.get(i));
+        (e != g).then(|| (e.cloned(), g.cloned()))
+    })
+}
