@@ -504,6 +504,21 @@ pub async fn ledger_report(ticket: &Ticket, seq: u64) -> Vec<(String, u64)> {
     }
 }
 
+/// The game server's binary, as `cargo build --workspace` (which `tests/run` does
+/// first) left it.
+pub fn server_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("debug/game-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
 /// The client binary, refused if it is older than its sources (it would test old code).
 pub fn client_binary() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -309,7 +309,7 @@ async fn the_game_servers_gate_passes_its_own_matches_from_the_command_line() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     end(&server, &room, &owner).await;
     server.stop().await;
-    let program = client_binary().with_file_name("game-server");
+    let program = server_binary();
     let out = std::process::Command::new(&program)
         .args(["--data-dir", dir.to_str().unwrap(), "replay", "--check"])
         .output()

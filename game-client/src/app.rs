@@ -158,6 +158,9 @@ pub struct App {
     pub quit: bool,
     /// Watching a room as a spectator (`--watch ROOM`): nothing to send, `q` quits.
     pub watching: bool,
+    /// Watching a recorded match (`--replay MATCH`): its time bar, which the status
+    /// line shows.
+    pub replay_bar: Option<String>,
 }
 
 impl App {
@@ -185,6 +188,7 @@ impl App {
             pending: 0,
             quit: false,
             watching: false,
+            replay_bar: None,
         }
     }
 
@@ -195,6 +199,20 @@ impl App {
             watching: true,
             ..App::new(server, Some("spectator"))
         }
+    }
+
+    /// A client that plays back match `room` as `player` saw it (`--replay MATCH`):
+    /// nothing is sent, `q` quits.
+    pub fn replaying(server: &str, room: &str, player: &str) -> App {
+        let mut app = App {
+            screen: Screen::Game,
+            watching: true,
+            replay_bar: Some(String::new()),
+            ..App::new(server, Some(player))
+        };
+        app.game.room = room.to_owned();
+        app.conn = ConnState::Online;
+        app
     }
 
     /// The player's hit points, their most, and level, once the world knows them.
@@ -568,6 +586,11 @@ impl App {
     /// Leaves the game screen for the lobby, saying why.
     fn back_to_lobby(&mut self, why: String) -> Option<Action> {
         if self.screen != Screen::Game {
+            return None;
+        }
+        if self.replay_bar.is_some() {
+            // A replay's room ending is its last event: the screen stays on it.
+            self.log_event(why);
             return None;
         }
         self.screen = Screen::Lobby;

@@ -157,14 +157,20 @@ fn render_game(app: &App, area: Rect, buf: &mut Buffer) {
     render_log(app.game.events.iter(), " Events ", events_area, buf);
     render_log(app.game.chat.iter(), " Chat ", chat_area, buf);
 
-    let prompt = match app.focus {
-        Focus::Chat => Line::from(vec![
-            Span::styled("say> ", Style::new().fg(Color::Yellow).bold()),
-            format!("{}_", app.chat_input).into(),
-        ]),
-        Focus::Map => {
-            Line::from("arrows/WASD move (into N: fight) · Enter chat · ? help · q leave".dim())
-        }
+    let prompt = match (&app.replay_bar, app.focus) {
+        (Some(bar), _) => Line::from(vec![Span::styled(
+            bar.clone(),
+            Style::new().fg(Color::Yellow).bold(),
+        )]),
+        (None, focus) => match focus {
+            Focus::Chat => Line::from(vec![
+                Span::styled("say> ", Style::new().fg(Color::Yellow).bold()),
+                format!("{}_", app.chat_input).into(),
+            ]),
+            Focus::Map => {
+                Line::from("arrows/WASD move (into N: fight) · Enter chat · ? help · q leave".dim())
+            }
+        },
     };
     Paragraph::new(prompt).render(input, buf);
     render_status(app, status, buf);
@@ -292,6 +298,18 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     });
     let mut spans = vec![dot, format!(" {state}").into()];
+    if app.replay_bar.is_some() {
+        // What the time bar's keys are, and whose view it is.
+        let mut spans = vec!["replay".bold()];
+        if let Some((x, y)) = app.me() {
+            spans.push(format!(" | {} at {x},{y}", app.name).into());
+        }
+        spans.push(" | space pause · +/- speed · ←/→ 5 s · 0-9 jump · q quits".into());
+        Paragraph::new(Line::from(spans))
+            .style(Style::new().add_modifier(Modifier::REVERSED))
+            .render(area, buf);
+        return;
+    }
     if app.watching {
         spans.push(" | watching (q quits)".into());
     }
