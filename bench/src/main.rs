@@ -11,6 +11,7 @@
 //! ```
 
 mod floor;
+mod gate;
 mod load;
 mod matchmake;
 mod procfs;
@@ -44,6 +45,10 @@ enum Cmd {
     /// stand open; prints time to the ticket, to the first room message, and the
     /// server's CPU per seat, side by side for each number of open rooms.
     Matchmake(MatchArgs),
+    /// What match records cost and how fast the deploy gate runs them again: a match
+    /// of the MMO played into a room worker in process with recording off and on, then
+    /// run again by the gate's code, on one core.
+    Gate(gate::GateArgs),
     /// Serves the floor (used by `run`).
     #[command(hide = true)]
     Floor {
@@ -137,6 +142,7 @@ fn main() {
             Cmd::Run(args) => run(args).await,
             Cmd::Idle(args) => idle(args).await,
             Cmd::Matchmake(args) => matchmake(args).await,
+            Cmd::Gate(args) => gate::run(args),
             Cmd::Floor { listen } => match tokio::net::TcpListener::bind(&listen).await {
                 Ok(l) => floor::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
                     eprintln!("floor: {e}");

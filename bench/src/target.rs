@@ -20,6 +20,9 @@ pub(crate) enum Mode {
     /// The all-in-one game server with `--fsync` (every input flushed to disk before
     /// its receipt).
     EmbeddedFsync,
+    /// The all-in-one game server keeping no match records (`--policy '*.record=off'`):
+    /// beside `embedded`, what recording costs.
+    EmbeddedNoRecord,
     /// Cluster mode: a lobby and a worker process on RabbitMQ and PostgreSQL.
     Rabbitmq,
     /// Cluster mode on the three-node RabbitMQ cluster of `scripts/rabbitmq-node cluster
@@ -34,6 +37,7 @@ impl Mode {
             Mode::Floor => "floor",
             Mode::Embedded => "embedded",
             Mode::EmbeddedFsync => "embedded --fsync",
+            Mode::EmbeddedNoRecord => "embedded, no record",
             Mode::Rabbitmq => "rabbitmq",
             Mode::RabbitmqCluster => "rabbitmq cluster",
         }
@@ -192,7 +196,7 @@ impl Target {
                 target.floor_ws = Some(format!("ws://{addr}/ws"));
                 target.wait_port(&addr).await?;
             }
-            Mode::Embedded | Mode::EmbeddedFsync => {
+            Mode::Embedded | Mode::EmbeddedFsync | Mode::EmbeddedNoRecord => {
                 let http = format!("127.0.0.1:{}", free_port());
                 let stomp = format!("127.0.0.1:{}", free_port());
                 let data = target.dir.join("data").display().to_string();
@@ -209,6 +213,9 @@ impl Target {
                 args.extend(extra);
                 if mode == Mode::EmbeddedFsync {
                     args.push("--fsync");
+                }
+                if mode == Mode::EmbeddedNoRecord {
+                    args.extend(["--policy", "*.record=off"]);
                 }
                 target.spawn(&exe, "server", &args)?;
                 target.lobby = Some(format!("http://{http}"));

@@ -568,6 +568,7 @@ struct MatchesQuery {
     /// Only rooms created at or after this time, seconds since the Unix epoch.
     since: Option<i64>,
     /// Only this kind of room.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,32}$")]
     kind: Option<String>,
     /// Only matches that ended (`true`), or every match recorded (`false`, the default).
     #[serde(default)]
