@@ -173,3 +173,46 @@ def test_two_browser_players_and_a_terminal_player_share_a_room(tmp_path, browse
         assert errors == [], errors
     finally:
         srv.terminate()
+
+
+def test_a_recorded_match_plays_back_in_the_browser(server, browser):
+    """A match played over stomp.py and ended is in the page's list of recorded matches;
+    Watch plays it back on the map at 16×: the chat and the moves as the player saw
+    them, a time bar that reaches the end, and going back to the start empties the log."""
+    import urllib.request
+
+    srv = server
+    base = f"http://{srv.host}:{srv.http_port}"
+    made = post(srv, "/rooms", {"name": unique("replayed")})
+    room, owner = made["id"], made["owner_token"]
+    dan = unique("dan").replace("-", "_")[:20]
+    ticket, conn, heard = join_over_stomp(srv, room, dan)
+    for seq, body in enumerate([{"type": "move", "dx": 1, "dy": 0}, {"type": "chat", "text": "hello from the record"}], 1):
+        conn.send(ticket["inbox"], json.dumps({**body, "seq": seq}), content_type="application/json")
+    wait_for(lambda: any(json.loads(m.body).get("text") == "hello from the record" for m in heard.messages),
+             what="dan's chat, applied")
+    conn.disconnect()
+    end = urllib.request.Request(f"{base}/rooms/{room}", headers={"Authorization": f"Bearer {owner}"}, method="DELETE")
+    urllib.request.urlopen(end, timeout=10).read()
+
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.click(f'button[data-match="{room}"]')
+    page.select_option("#replay-speed", "16")
+    page.locator("#log", has_text=f"{dan}: hello from the record").wait_for()
+    page.locator("#replay-time", has_text="the end").wait_for()
+    assert page.locator(f'#players [data-player="{dan}"]').count() == 1
+    assert "@" in page.inner_text("#map"), "dan's own view: he is the @"
+    assert f"as {dan}" in page.inner_text("#status")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "replay.png"), full_page=True)
+    # Paused, back to the start: the view starts over, before the chat.
+    page.click("#replay-pause")
+    page.eval_on_selector("#replay-bar", "b => { b.value = '0'; b.dispatchEvent(new Event('input')); }")
+    page.locator("#replay-time", has_text="0:00 /").wait_for()
+    assert "hello from the record" not in page.inner_text("#log")
+    page.click("#leave")
+    page.wait_for_selector(f'button[data-match="{room}"]')
+    assert errors == [], errors

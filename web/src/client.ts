@@ -37,7 +37,7 @@ export class Lobby {
     return this.bases[this.current];
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async call<T>(method: string, path: string, body?: unknown, bearer?: string): Promise<T> {
     let res: Response | undefined;
     let unreachable: unknown;
     const tries = method === "GET" ? this.bases.length : 1;
@@ -46,7 +46,10 @@ export class Lobby {
       try {
         res = await fetch(this.bases[at] + path, {
           method,
-          headers: body === undefined ? {} : { "Content-Type": "application/json" },
+          headers: {
+            ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+            ...(bearer ? { Authorization: `Bearer ${bearer}` } : {}),
+          },
           body: body === undefined ? undefined : JSON.stringify(body),
         });
         this.current = at;
@@ -80,6 +83,79 @@ export class Lobby {
   quickPlay(request: Matchmake): Promise<Ticket> {
     return this.call("POST", "/matchmake", request);
   }
+
+  /**
+   * Recorded matches, the latest first: the public ones, and the private ones the
+   * player whose `key` is given played in.
+   */
+  matches(limit = 20, key?: string): Promise<MatchSummary[]> {
+    return this.call("GET", `/matches?limit=${limit}`, undefined, key);
+  }
+
+  /** One recorded match: every message the room was given, with what it sent. */
+  match(id: string, key?: string): Promise<MatchRecord> {
+    return this.call("GET", `/matches/${encodeURIComponent(id)}`, undefined, key);
+  }
+}
+
+/** A recorded match, as `GET /matches` lists it. */
+export interface MatchSummary {
+  id: string;
+  name: string;
+  kind: string;
+  private: boolean;
+  players: string[];
+  /** Seconds since the epoch. */
+  created_at: number;
+  ended_at: number | null;
+  end_reason: string | null;
+  /** The recorded time of the first entry and the last, ms since the epoch. */
+  first_at: number;
+  last_at: number;
+  entries: number;
+  bytes: number;
+}
+
+/** One recorded message: its sender, the room's clock, the message, what it made. */
+export interface MatchEntry {
+  u: string;
+  at: number;
+  b: string;
+  o?: { to?: string; m: unknown }[];
+}
+
+/** `GET /matches/{id}`: the match and its record, in room order. */
+export interface MatchRecord {
+  match: MatchSummary;
+  segments: { version: number; entries: MatchEntry[] }[];
+}
+
+/** What one player got during a match, in order, at ms from the match's first entry. */
+export interface Timeline<Out> {
+  player: string;
+  length: number;
+  events: { at: number; message: Envelope<Out> }[];
+}
+
+/**
+ * The timeline of `record` as `player` saw it (by default the first to join): the
+ * room's broadcasts and its own messages. A replay plays these back: they are what the
+ * player was sent, whatever build the server runs now.
+ */
+export function timelineOf<Out>(record: MatchRecord, player?: string): Timeline<Out> {
+  const entries = record.segments.flatMap((s) => s.entries);
+  const joined = entries
+    .filter((e) => e.u === "$lobby")
+    .map((e) => { try { return JSON.parse(e.b) as { type?: string; player?: string }; } catch { return {}; } })
+    .find((c) => c.type === "$join")?.player;
+  const who = player && record.match.players.includes(player) ? player : joined ?? record.match.players[0] ?? "";
+  const first = entries[0]?.at ?? 0;
+  const events = entries.flatMap((e) =>
+    (e.o ?? [])
+      .filter((o) => o.to === undefined || o.to === who)
+      .map((o) => ({ at: e.at - first, message: o.m as Envelope<Out> })),
+  );
+  return { player: who, length: (entries[entries.length - 1]?.at ?? first) - first, events };
 }
 
 /**

@@ -1,9 +1,10 @@
 // The MMO in the browser: the lobby's rooms, quick play and join by code, then the map
 // with the terminal client's glyphs and colours, the players with level and HP, the
 // event log and chat. Arrows or WASD move (and fight: step into an NPC or, on the arena
-// floor, a player); portals (O) lead to the other zone.
+// floor, a player); portals (O) lead to the other zone. Recorded matches play back on
+// the same map (Watch in the lobby's list), at 1× to 16×, with a time bar.
 
-import { Lobby, LobbyError, newPlayerKey, RoomConnection, type Status } from "./client";
+import { Lobby, LobbyError, newPlayerKey, RoomConnection, timelineOf, type Status, type Timeline } from "./client";
 import type { Envelope } from "./bindings/Envelope";
 import type { In } from "./bindings/In";
 import type { Npc } from "./bindings/Npc";
@@ -49,9 +50,11 @@ function fail(e: unknown) {
 // ---- the lobby ----
 
 async function showLobby() {
+  stopReplay();
   $("lobby").hidden = false;
   $("game").hidden = true;
   ($("name") as HTMLInputElement).value = me;
+  void showMatches();
   try {
     const rooms = await lobby.rooms();
     $("rooms").replaceChildren(
@@ -59,6 +62,31 @@ async function showLobby() {
         const join = el("button", { "data-room": r.id }, "Join");
         join.addEventListener("click", () => play(() => lobby.join(r.id, name(), key())));
         return el("tr", {}, el("td", {}, r.name), el("td", {}, r.id), el("td", {}, `${r.players_online} / ${r.max_players}`), el("td", {}, join));
+      }),
+    );
+  } catch (e) {
+    fail(e);
+  }
+}
+
+/** The recorded matches, each with a Watch button (private ones only to their players). */
+async function showMatches() {
+  try {
+    let mine = me ? localStorage.getItem(`gsl-key:${me}`) ?? undefined : undefined;
+    // A key made for a name that never joined proves nothing yet: then the public ones.
+    const matches = await lobby.matches(20, mine).catch((e) => {
+      if (!(e instanceof LobbyError && e.status === 401)) throw e;
+      mine = undefined;
+      return lobby.matches(20);
+    });
+    $("matches").replaceChildren(
+      ...matches.map((m) => {
+        const watch = el("button", { "data-match": m.id }, "Watch");
+        watch.addEventListener("click", () => void watchMatch(m.id, mine));
+        const when = new Date(m.first_at).toLocaleString();
+        const length = clock(m.last_at - m.first_at);
+        const state = m.ended_at ? `ended (${m.end_reason ?? ""})` : "on";
+        return el("tr", {}, el("td", {}, m.name), el("td", {}, m.players.join(", ")), el("td", { class: "dim" }, `${when} · ${length} · ${state}`), el("td", {}, watch));
       }),
     );
   } catch (e) {
@@ -98,6 +126,7 @@ async function play(ticketOf: () => Promise<Ticket>) {
 // ---- the game ----
 
 function enter(ticket: Ticket) {
+  stopReplay();
   me = ticket.player;
   $("lobby").hidden = true;
   $("game").hidden = false;
@@ -191,6 +220,7 @@ function onMessage(m: Envelope<Out>) {
       log(`${m.player} left for the ${m.zone}`, "dim");
       break;
     case "transferred":
+      if (replay) break; // a replay follows the room it was recorded in
       world.map = [];
       sessionStorage.setItem("gsl-ticket", JSON.stringify(m.ticket));
       room?.send({ type: "look" });
@@ -205,6 +235,94 @@ function onMessage(m: Envelope<Out>) {
   }
   draw();
 }
+
+// ---- replays ----
+
+/** The replay being watched: what the player got, where it stands, how fast it goes. */
+let replay: { timeline: Timeline<Out>; at: number; next: number; speed: number; paused: boolean; timer: number } | null = null;
+
+const clock = (ms: number) => `${Math.floor(ms / 60000)}:${String(Math.floor(ms / 1000) % 60).padStart(2, "0")}`;
+
+/** Plays match `id` back as its first player (or this page's player, if it played) saw it. */
+async function watchMatch(id: string, key?: string) {
+  $("error").textContent = "";
+  let record;
+  try {
+    record = await lobby.match(id, key);
+  } catch (e) {
+    return fail(e);
+  }
+  const timeline = timelineOf<Out>(record, me);
+  room?.close();
+  room = null;
+  stopReplay();
+  const speed = Number(($("replay-speed") as HTMLSelectElement).value) || 1;
+  replay = { timeline, at: 0, next: 0, speed, paused: false, timer: 0 };
+  startOver(timeline.player);
+  $("lobby").hidden = true;
+  $("game").hidden = false;
+  $("replay").hidden = false;
+  $("chat").hidden = true;
+  $("status").textContent = `replay of ${record.match.name} as ${timeline.player}`;
+  $("status").className = "";
+  ($("replay-bar") as HTMLInputElement).max = String(timeline.length);
+  let last = performance.now();
+  replay.timer = window.setInterval(() => {
+    const now = performance.now();
+    if (replay && !replay.paused) playTo(replay.at + (now - last) * replay.speed);
+    last = now;
+  }, 50);
+  playTo(0);
+}
+
+/** An empty view, as `player` would have it before the match. */
+function startOver(player: string) {
+  me = player;
+  world.zone = "";
+  world.map = [];
+  world.players = new Map();
+  world.npcs = [];
+  world.items = [];
+  $("log").replaceChildren();
+}
+
+/** Applies what the player got up to `to` ms; going back starts the view over first. */
+function playTo(to: number) {
+  if (!replay) return;
+  const r = replay;
+  to = Math.max(0, Math.min(to, r.timeline.length));
+  if (to < r.at) {
+    startOver(r.timeline.player);
+    r.next = 0;
+  }
+  while (r.next < r.timeline.events.length && r.timeline.events[r.next].at <= to) {
+    onMessage(r.timeline.events[r.next].message);
+    r.next++;
+  }
+  r.at = to;
+  ($("replay-bar") as HTMLInputElement).value = String(Math.round(to));
+  const done = to >= r.timeline.length;
+  $("replay-time").textContent = `${clock(to)} / ${clock(r.timeline.length)}${done ? " · the end" : ""}`;
+  $("replay-pause").textContent = r.paused ? "▶" : "❚❚";
+  draw();
+}
+
+function stopReplay() {
+  if (replay) window.clearInterval(replay.timer);
+  replay = null;
+  $("replay").hidden = true;
+  $("chat").hidden = false;
+}
+
+$("replay-pause").addEventListener("click", () => {
+  if (!replay) return;
+  replay.paused = !replay.paused;
+  playTo(replay.at);
+});
+$("replay-speed").addEventListener("change", () => {
+  if (replay) replay.speed = Number(($("replay-speed") as HTMLSelectElement).value) || 1;
+});
+$("replay-bar").addEventListener("input", () => playTo(Number(($("replay-bar") as HTMLInputElement).value)));
 
 const COLOURS: Record<string, string> = { "#": "wall", O: "portal", ":": "arena" };
 
@@ -274,6 +392,7 @@ $("create").addEventListener("click", async () => {
   }
 });
 $("leave").addEventListener("click", () => {
+  stopReplay();
   room?.close();
   room = null;
   sessionStorage.removeItem("gsl-ticket");

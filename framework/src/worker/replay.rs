@@ -3,7 +3,7 @@
 //! with the recorded ones. The deploy gate (`game-server replay --check`) and replays
 //! to watch are both this.
 
-use super::record::{entries, Entry, RecordedOutput, END_USER};
+use super::record::{Entry, RecordedOutput, END_USER};
 use super::room_worker::{InboxMessage, RoomWorker};
 use crate::msg::{Msg, RoomInfo};
 use crate::room::Output;
@@ -67,16 +67,27 @@ where
         Err(e) => return Verdict::Unusable(e),
     };
     let mut n = 0u64;
+    // Each output made is written here and compared with the recorded bytes: the
+    // recorder wrote them with the same serializer, so equal outputs are equal bytes,
+    // and no recorded output is parsed unless one differs.
+    let mut written = Vec::new();
     for segment in segments {
-        let entries = match entries(&segment.entries) {
-            Ok(entries) => entries,
-            Err(e) => return Verdict::Unusable(format!("segment {}: {e}", segment.version)),
-        };
-        for entry in entries {
+        for line in segment.entries.lines() {
             n += 1;
+            let entry: RawEntry<'_> = match serde_json::from_str(line) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    return Verdict::Unusable(format!(
+                        "segment {}: entry {n} is corrupt: {e}",
+                        segment.version
+                    ))
+                }
+            };
             let seq = worker.room().seq();
-            let got = handle(&mut worker, &entry);
-            if let Some((expected, got)) = first_difference(&entry.o, &got) {
+            let got = handle(&mut worker, &entry.u, &entry.b, entry.at);
+            if !same_outputs(&entry.o, &got, &mut written) {
+                let entry: Entry = serde_json::from_str(line).expect("parsed once already");
+                let (expected, got) = first_difference(&entry.o, &got).unwrap_or((None, None));
                 return Verdict::Differs(Box::new(Difference {
                     seq,
                     entry: n,
@@ -88,6 +99,41 @@ where
         }
     }
     Verdict::Same { entries: n }
+}
+
+/// An entry as read for running it again: borrowed where it can be, its outputs left
+/// as the JSON text they were recorded as.
+#[derive(serde::Deserialize)]
+struct RawEntry<'a> {
+    #[serde(borrow)]
+    u: std::borrow::Cow<'a, str>,
+    at: u64,
+    #[serde(borrow)]
+    b: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    o: Vec<RawOutput<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawOutput<'a> {
+    #[serde(default, borrow)]
+    to: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    m: &'a serde_json::value::RawValue,
+}
+
+/// Whether `got` are the outputs `recorded`, compared as the recorder wrote them.
+fn same_outputs(recorded: &[RawOutput<'_>], got: &[Output], written: &mut Vec<u8>) -> bool {
+    recorded.len() == got.len()
+        && recorded.iter().zip(got).all(|(r, g)| {
+            let to = match &g.to {
+                crate::room::Target::Room => None,
+                crate::room::Target::Player(p) => Some(p.as_str()),
+            };
+            written.clear();
+            serde_json::to_writer(&mut *written, &g.body).expect("an output serializes");
+            r.to.as_deref() == to && r.m.get().as_bytes() == written.as_slice()
+        })
 }
 
 /// A worker for `info` under `msg`, at the keyframe `start` (JSON).
@@ -116,18 +162,19 @@ where
     Ok(worker)
 }
 
-/// Handles a recorded entry as the first run did.
-pub fn handle<S>(worker: &mut RoomWorker<S>, entry: &Entry) -> Vec<Output>
+/// Handles a recorded entry (sent by `user`, message `body`, recorded at `at`) as the
+/// first run did.
+pub fn handle<S>(worker: &mut RoomWorker<S>, user: &str, body: &str, at: u64) -> Vec<Output>
 where
     S: Serialize + DeserializeOwned + 'static,
 {
-    if entry.u == END_USER {
-        worker.end(&entry.b)
+    if user == END_USER {
+        worker.end(body)
     } else {
         worker.handle(InboxMessage {
-            user: &entry.u,
-            body: entry.b.as_bytes(),
-            at_ms: Some(entry.at),
+            user,
+            body: body.as_bytes(),
+            at_ms: Some(at),
         })
     }
 }
