@@ -34,7 +34,7 @@ macro_rules! shared_binding {
 /// The template's files: path in the new crate, then text. Most are in
 /// `framework/template/`; the web page's typed client and the framework's part of its
 /// bindings are the ones the MMO's page uses (`web/src`), so there is one copy of each.
-const FILES: [(&str, &str); 24] = [
+const FILES: [(&str, &str); 25] = [
     ("Cargo.toml", include_str!("../template/Cargo.toml.tmpl")),
     template!("README.md"),
     template!("src/protocol.rs"),
@@ -56,6 +56,7 @@ const FILES: [(&str, &str); 24] = [
     template!("web/src/bindings/Out.ts"),
     template!("web/src/bindings/Add.ts"),
     template!("web/src/bindings/Say.ts"),
+    template!("web/src/bindings/Roll.ts"),
     shared_binding!("Envelope.ts"),
     shared_binding!("RoomEvent.ts"),
     shared_binding!("Ticket.ts"),

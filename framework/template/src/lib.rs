@@ -9,7 +9,7 @@ use game_server_less::axum::response::{Html, IntoResponse};
 use game_server_less::axum::{routing::get, Json};
 use game_server_less::{Ctx, Kinds, Lobby, Msg, Policy, RoomCtx};
 use std::time::Duration;
-use protocol::{Add, In, Out, Say};
+use protocol::{Add, In, Out, Roll, Say};
 use serde::{Deserialize, Serialize};
 
 /// One room's game: everything it remembers; saved in its checkpoints.
@@ -44,6 +44,24 @@ pub fn on_say(_: &mut Game, ctx: &mut Ctx, say: Say) -> Result<(), String> {
     Ok(())
 }
 
+/// Rolls a die: chance comes from `ctx.rng()` and the time from `ctx.now_ms()`, never
+/// from a generator of the handler's own or the clock, so that the room stays a function
+/// of its log: after a crash, and in a replay or the deploy gate, the die falls the same.
+pub fn on_roll(_: &mut Game, ctx: &mut Ctx, roll: Roll) -> Result<(), String> {
+    if !(2..=100).contains(&roll.sides) {
+        return Err("a die has 2 to 100 sides".into());
+    }
+    let face = ctx.rng().below(u64::from(roll.sides)) as u32 + 1;
+    let (player, at) = (ctx.sender().to_owned(), ctx.now_ms());
+    ctx.broadcast(&Out::Rolled {
+        player,
+        face,
+        sides: roll.sides,
+        at,
+    });
+    Ok(())
+}
+
 /// A newcomer is announced and told the count.
 pub fn on_join(game: &mut Game, ctx: &mut RoomCtx, player: &str) {
     ctx.broadcast(&Out::Joined {
@@ -63,6 +81,7 @@ pub fn msg() -> Msg<Game> {
     Msg::new(Game::default)
         .route("type=add", on_add)
         .route("type=say", on_say)
+        .route("type=roll", on_roll)
         .on_join(on_join)
         .policy(
             Policy::new()
@@ -111,6 +130,7 @@ pub fn bot_input(dice: u64) -> In {
         0 => In::Say(Say {
             text: format!("beep {}", dice % 1000),
         }),
+        1 => In::Roll(Roll { sides: 6 }),
         n => In::Add(Add { by: n as i64 - 5 }),
     }
 }

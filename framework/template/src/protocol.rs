@@ -26,6 +26,14 @@ pub struct Say {
     pub text: String,
 }
 
+/// Rolls a die for everyone to see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Roll {
+    /// Its faces: 2 to 100.
+    pub sides: u32,
+}
+
 /// What a player sends; each variant's payload is what its handler takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -35,6 +43,8 @@ pub enum In {
     Add(Add),
     /// `on_say`.
     Say(Say),
+    /// `on_roll`.
+    Roll(Roll),
 }
 
 /// What the room sends.
@@ -57,6 +67,18 @@ pub enum Out {
         player: String,
         /// What.
         text: String,
+    },
+    /// A player rolled a die.
+    Rolled {
+        /// Who.
+        player: String,
+        /// The face it fell on, 1 to `sides`.
+        face: u32,
+        /// Its faces.
+        sides: u32,
+        /// When, by the room's clock (ms since the epoch).
+        #[cfg_attr(feature = "ts", ts(type = "number"))]
+        at: u64,
     },
     /// A player arrived.
     Joined {

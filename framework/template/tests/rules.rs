@@ -3,7 +3,7 @@
 use game_server_less::proto::{Body, RoomEvent};
 use game_server_less::testing::{assert_routes, TestRoom};
 
-use __CRATE__::protocol::{Add, In, Out, Say};
+use __CRATE__::protocol::{Add, In, Out, Roll, Say};
 
 fn add(by: i64) -> In {
     In::Add(Add { by })
@@ -64,6 +64,38 @@ fn chat_is_checked_and_broadcast() {
         text: "hi".into(),
     };
     assert_eq!(room.received_game::<Out>("ann"), [said]);
+}
+
+#[test]
+fn a_die_falls_the_same_when_the_room_runs_its_log_again() {
+    // Two rooms of the same id given the same messages at the same times: a replay.
+    let play = || {
+        let mut room = TestRoom::new(__CRATE__::msg());
+        room.set_clock(1_800_000_000_000);
+        room.join("ann");
+        room.received("ann");
+        for _ in 0..20 {
+            room.send("ann", In::Roll(Roll { sides: 6 })).unwrap();
+        }
+        room.received_game::<Out>("ann")
+    };
+    let first = play();
+    assert_eq!(first, play(), "the same faces, the same times");
+    let faces: Vec<u32> = first
+        .iter()
+        .map(|o| match o {
+            Out::Rolled { face, at, .. } => {
+                assert_eq!(*at, 1_800_000_000_000, "the room's clock, not the machine's");
+                *face
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(faces.iter().all(|f| (1..=6).contains(f)), "{faces:?}");
+    assert!(faces.iter().any(|f| *f != faces[0]), "a die, not a constant: {faces:?}");
+    let mut room = TestRoom::new(__CRATE__::msg());
+    room.join("bob");
+    assert!(room.send("bob", In::Roll(Roll { sides: 1 })).is_err());
 }
 
 #[test]

@@ -44,6 +44,9 @@ function receive(message: Envelope<Out>): void {
     case "joined":
       log(`${message.player} joined`);
       break;
+    case "rolled":
+      log(`${message.player} rolled ${message.face} (d${message.sides})`);
+      break;
     case "error":
       log(`refused: ${message.error}`);
       break;
@@ -85,3 +88,4 @@ element<HTMLFormElement>("join").addEventListener("submit", (e) => void play(e))
 element<HTMLFormElement>("say").addEventListener("submit", say);
 element("minus").addEventListener("click", () => room?.send({ type: "add", by: -1 }));
 element("plus").addEventListener("click", () => room?.send({ type: "add", by: 1 }));
+element("roll").addEventListener("click", () => room?.send({ type: "roll", sides: 6 }));

@@ -19,7 +19,23 @@ player: string,
 /**
  * What.
  */
-text: string, } | { "type": "joined", 
+text: string, } | { "type": "rolled", 
+/**
+ * Who.
+ */
+player: string, 
+/**
+ * The face it fell on, 1 to `sides`.
+ */
+face: number, 
+/**
+ * Its faces.
+ */
+sides: number, 
+/**
+ * When, by the room's clock (ms since the epoch).
+ */
+at: number, } | { "type": "joined", 
 /**
  * Who.
  */
