@@ -455,6 +455,189 @@ async fn seats_never_overfill(a: &Store, b: &Store) {
     );
 }
 
+/// Match records: a segment goes in with its checkpoint and not with a fenced one, the
+/// players who joined decide who sees a private record, a bounded record forgets what
+/// is before its stretch, and the retention forgets ended matches.
+async fn match_records(store: &Store) {
+    use game_server_less::store::{MatchQuery, MatchViewer, Segment};
+    let (public, private) = (unique("mp"), unique("mq"));
+    store
+        .create_room(&NewRoom::plain(&public, "open"))
+        .await
+        .unwrap();
+    let meta = serde_json::json!({});
+    store
+        .create_room(&NewRoom {
+            code: Some(&unique("c")),
+            meta: &meta,
+            ..NewRoom::plain(&private, "closed")
+        })
+        .await
+        .unwrap();
+    let segment = |n: u32, at: u64, start: bool, joined: &[&str]| Segment {
+        entries: (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"u\":\"ann\",\"at\":{},\"b\":\"{{}}\"}}\n",
+                    at + u64::from(i)
+                )
+            })
+            .collect(),
+        n,
+        first_at: at,
+        last_at: at + u64::from(n) - 1,
+        start: start.then(|| "{\"seq\":0,\"state\":\"{}\",\"applied\":{},\"players\":[]}".into()),
+        joined: joined.iter().map(|p| p.to_string()).collect(),
+        forget_before: None,
+    };
+    let checkpoint = |version: u64| Checkpoint {
+        seq: version,
+        state: "{}".into(),
+        applied: BTreeMap::new(),
+        players: vec![],
+        version,
+        activity: String::new(),
+    };
+    for room in [&public, &private] {
+        store
+            .save_checkpoint(
+                room,
+                &checkpoint(0),
+                &[],
+                &[],
+                Some(segment(3, 1_000, true, &["ann"])),
+            )
+            .await
+            .unwrap();
+    }
+    // A fenced save (another worker's, from version 0 again) writes no segment.
+    let fenced = store
+        .save_checkpoint(
+            &public,
+            &checkpoint(0),
+            &[],
+            &[],
+            Some(segment(9, 5_000, false, &["eve"])),
+        )
+        .await;
+    assert!(matches!(fenced, Err(game_server_less::Error::Fenced(_))));
+    store
+        .save_checkpoint(
+            &public,
+            &checkpoint(1),
+            &[],
+            &[],
+            Some(segment(2, 2_000, false, &["bob"])),
+        )
+        .await
+        .unwrap();
+    let operator = MatchViewer {
+        operator: true,
+        player: None,
+    };
+    let (summary, segments) = store
+        .match_record(&public, &operator)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (summary.entries, summary.first_at, summary.last_at),
+        (5, 1_000, 2_001)
+    );
+    assert_eq!(
+        summary.players,
+        ["ann", "bob"],
+        "not eve: her save was fenced"
+    );
+    assert_eq!(
+        segments.iter().map(|s| s.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(segments[0].start.is_some() && segments[1].start.is_none());
+    // The private record: its players and the operator.
+    let as_player = |p: &str| MatchViewer {
+        operator: false,
+        player: Some(p.into()),
+    };
+    for (viewer, sees) in [
+        (as_player("ann"), true),
+        (as_player("eve"), false),
+        (MatchViewer::default(), false),
+        (operator.clone(), true),
+    ] {
+        let got = store.match_record(&private, &viewer).await;
+        assert_eq!(got.is_ok(), sees, "{viewer:?}: {got:?}");
+        let listed = store
+            .matches(
+                &MatchQuery {
+                    limit: 1000,
+                    ..MatchQuery::default()
+                },
+                &viewer,
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.iter().any(|m| m.id == private), sees, "{viewer:?}");
+        assert!(
+            listed.iter().any(|m| m.id == public),
+            "the public one to all"
+        );
+    }
+    assert!(store
+        .match_record(&unique("none"), &operator)
+        .await
+        .unwrap()
+        .is_none());
+    // A bounded record forgets the segments before its stretch's keyframe.
+    let forget = Segment {
+        forget_before: Some(3),
+        ..segment(1, 3_000, true, &[])
+    };
+    store
+        .save_checkpoint(&public, &checkpoint(2), &[], &[], Some(forget))
+        .await
+        .unwrap();
+    let (_, segments) = store
+        .match_record(&public, &operator)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(segments.iter().map(|s| s.version).collect::<Vec<_>>(), [3]);
+    // Ended matches are forgotten after the retention; live ones are not.
+    store.end_room(&public, "over").await.unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    store.forget_matches(day).await.unwrap();
+    assert!(
+        store
+            .match_record(&public, &operator)
+            .await
+            .unwrap()
+            .is_some(),
+        "kept a day"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    store
+        .forget_matches(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .match_record(&public, &operator)
+            .await
+            .unwrap()
+            .is_none(),
+        "forgotten"
+    );
+    assert!(
+        store
+            .match_record(&private, &operator)
+            .await
+            .unwrap()
+            .is_some(),
+        "still on"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_file_store() {
     let dir = std::env::temp_dir().join(unique("gsl-store-"));
@@ -465,6 +648,7 @@ async fn sqlite_file_store() {
     transfers_outbox(&store).await;
     one_live_room_a_name(&store, &Store::open(&url).await.unwrap()).await;
     seats_never_overfill(&store, &Store::open(&url).await.unwrap()).await;
+    match_records(&store).await;
     // Migrations run once: opening again keeps the data.
     store.add_item("keeper", "herb", 1).await.unwrap();
     drop(store);
@@ -518,6 +702,7 @@ async fn postgres_store() {
     let other = Store::open(&url).await.expect("migrations are idempotent");
     one_live_room_a_name(&store, &other).await;
     seats_never_overfill(&store, &other).await;
+    match_records(&store).await;
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ pub struct Recorder {
     joined: Vec<String>,
     /// The versions of the segments saved with a keyframe, and their first entry's time.
     keyframes: VecDeque<(u64, u64)>,
-    /// The recorded time of the last keyframe taken.
+    /// The recorded time the latest keyframe stands at.
     keyframe_at: u64,
 }
 
@@ -147,9 +147,6 @@ impl Recorder {
         self.buf.push(b'\n');
         if self.n == 0 {
             self.first_at = at;
-            if self.keyframe_at == 0 {
-                self.keyframe_at = at;
-            }
         }
         self.n += 1;
         self.last_at = at;
@@ -170,6 +167,7 @@ impl Recorder {
         let start = self.start.take();
         if start.is_some() {
             self.keyframes.push_back((version, self.first_at));
+            self.keyframe_at = self.first_at;
         }
         let mut forget_before = None;
         if let Recording::Last(keep) = self.recording {
@@ -210,5 +208,107 @@ impl Recorder {
             }
         }
         self.joined.extend(segment.joined);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::Output;
+    use std::time::Duration;
+
+    fn start() -> Keyframe {
+        Keyframe {
+            seq: 0,
+            state: "{}".into(),
+            applied: Default::default(),
+            players: vec![],
+        }
+    }
+
+    /// Records one message a second from `from` to `to` (seconds), then takes the segment
+    /// as `version`.
+    fn second_by_second(r: &mut Recorder, from: u64, to: u64, version: u64) -> Segment {
+        for s in from..to {
+            let out = Output {
+                to: Target::Room,
+                body: serde_json::json!({ "type": "tick", "s": s }),
+            };
+            r.record("$worker", b"{\"type\":\"$tick\"}", s * 1000, &[out]);
+        }
+        r.take(version, || format!("{{\"at\":{to}}}")).unwrap()
+    }
+
+    #[test]
+    fn a_segment_holds_its_entries_and_a_keyframe_every_30_s() {
+        let mut r = Recorder::new(Recording::Match, &start());
+        assert!(
+            r.take(1, String::new).is_none(),
+            "nothing recorded, nothing taken"
+        );
+        let first = second_by_second(&mut r, 0, 20, 1);
+        assert_eq!((first.n, first.first_at, first.last_at), (20, 0, 19_000));
+        assert!(
+            first.start.is_some(),
+            "a worker's first segment starts with the room"
+        );
+        let entries = entries(&first.entries).unwrap();
+        assert_eq!(entries[3].o[0].m["s"], 3);
+        assert_eq!(entries[3].u, "$worker");
+        let second = second_by_second(&mut r, 20, 40, 2);
+        assert!(second.start.is_none(), "under 30 s since the last");
+        let third = second_by_second(&mut r, 40, 60, 3);
+        assert_eq!(
+            third.start.as_deref(),
+            Some("{\"at\":40}"),
+            "the room as the second left it: 30 s had passed"
+        );
+        assert!(
+            third.forget_before.is_none(),
+            "a whole match forgets nothing"
+        );
+    }
+
+    #[test]
+    fn a_bounded_record_forgets_what_is_before_its_stretch() {
+        let mut r = Recorder::new(Recording::Last(Duration::from_secs(60)), &start());
+        let mut forgot = Vec::new();
+        for v in 1..=10u64 {
+            let s = second_by_second(&mut r, (v - 1) * 20, v * 20, v);
+            forgot.push(s.forget_before);
+        }
+        // Keyframes start segments 1, 3, 5, 7, 9 (every 40 s: a segment is 20 s long and
+        // one is due after 30). At 199 s the last 60 s begin at 139 s: segment 7 (from
+        // 120 s) is the latest keyframe at or before it, so what is before 7 can go.
+        // Before that, at 119 s and 159 s, segments 3 and 5 became the first kept.
+        let none = None;
+        assert_eq!(
+            forgot,
+            [
+                none,
+                none,
+                none,
+                none,
+                none,
+                Some(3),
+                none,
+                Some(5),
+                none,
+                Some(7)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_segment_not_saved_gives_its_keyframe_to_the_next() {
+        let mut r = Recorder::new(Recording::Match, &start());
+        let dropped = second_by_second(&mut r, 0, 5, 1);
+        assert!(dropped.start.is_some());
+        r.not_saved(dropped, 1);
+        let next = second_by_second(&mut r, 5, 10, 1);
+        assert!(
+            next.start.is_some(),
+            "the record still starts with the room"
+        );
     }
 }
