@@ -27,6 +27,9 @@ pub(crate) struct GateArgs {
     /// Times each way is measured (recording off and on alternate).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Times the gate runs the record again (the median is given).
+    #[arg(long, default_value_t = 9)]
+    reruns: usize,
 }
 
 /// One message of the match: its sender, body and time.
@@ -152,7 +155,7 @@ pub(crate) fn run(args: GateArgs) -> i32 {
         keyframes
     );
     let mut runs = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..args.reruns.max(1) {
         let started = Instant::now();
         let verdict = replay::rerun(
             RoomInfo::new("bench-gate", "meadow"),

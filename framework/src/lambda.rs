@@ -11,8 +11,9 @@
 //!   checkpoint says what was applied. A room nobody is in lets its chain end (no
 //!   invocation, no cost) once it has been empty for `GSL_LAMBDA_EMPTY_SECS`.
 //! - **`{"gsl_sweep": true}`** (a schedule): restarts the worker of every live room with
-//!   players whose inbox has no consumer, such as one whose invocation died, and gives
-//!   up the seats quick play reserved that nobody took in time.
+//!   players whose inbox has no consumer, such as one whose invocation died, gives up
+//!   the seats quick play reserved that nobody took in time, and forgets the match
+//!   records past their retention.
 //!
 //! **Version pinning.** The first invocation of a room records the function version it
 //! runs (`AWS_LAMBDA_FUNCTION_NAME:AWS_LAMBDA_FUNCTION_VERSION`); every later one for
@@ -383,8 +384,19 @@ impl Function {
         // Seats quick play reserved that nobody took (a Lambda lobby has no clock of
         // its own: the sweep's schedule is it).
         let expired = self.rooms.expire_reservations().await.map_err(failed)?;
+        // And the match records past their retention, as a server's lobby does hourly.
+        let forgotten = self
+            .store
+            .forget_matches(self.config.match_retention)
+            .await
+            .map_err(failed)?;
         let launched = self.launcher.settle().await;
-        Ok(json!({ "checked": rooms, "launched": launched, "seats_given_up": expired }))
+        Ok(json!({
+            "checked": rooms,
+            "launched": launched,
+            "seats_given_up": expired,
+            "record_segments_forgotten": forgotten,
+        }))
     }
 }
 
