@@ -105,27 +105,33 @@ async fn every_match_is_recorded_and_shown_to_whom_it_may_be() {
         .quick_play(&game_server_less::proto::Matchmake::named("eve"))
         .await
         .unwrap();
+    assert_eq!(eve_ticket.room, elsewhere, "quick play's only open room");
     let eve_key = eve_ticket.player_key.clone().unwrap();
-    let _ = elsewhere;
+    let mut eve = Player::join_with(eve_ticket).await;
+    play(&mut eve, 1).await;
 
     // The list: the public match to anyone, the private one to its players and the
     // operator only.
-    let ids = |list: &Value| -> Vec<String> {
+    // Rooms made in the same second come in either order: compared as sets.
+    let ids = |list: &Value| -> std::collections::BTreeSet<String> {
         list.as_array()
             .unwrap()
             .iter()
             .map(|m| m["id"].as_str().unwrap().to_owned())
             .collect()
     };
+    let set = |ids: &[&str]| -> std::collections::BTreeSet<String> {
+        ids.iter().map(|id| id.to_string()).collect()
+    };
     let (status, anyone) = get(&server, "/matches?ended=true", None).await;
     assert_eq!(status, 200, "{anyone}");
-    assert_eq!(ids(&anyone), [public.as_str()], "{anyone}");
+    assert_eq!(ids(&anyone), set(&[&public]), "{anyone}");
     let (_, as_cat) = get(&server, "/matches?ended=true", Some(&cat_key)).await;
-    assert_eq!(ids(&as_cat), [private.clone(), public.clone()]);
+    assert_eq!(ids(&as_cat), set(&[&private, &public]));
     let (_, as_eve) = get(&server, "/matches?ended=true", Some(&eve_key)).await;
-    assert_eq!(ids(&as_eve), [public.as_str()]);
+    assert_eq!(ids(&as_eve), set(&[&public]));
     let (_, as_operator) = get(&server, "/matches?ended=true", Some(OPERATOR)).await;
-    assert_eq!(ids(&as_operator), [private.clone(), public.clone()]);
+    assert_eq!(ids(&as_operator), set(&[&private, &public]));
     let summary = &anyone[0];
     assert_eq!(summary["kind"], "dice");
     assert_eq!(summary["players"], json!(["ann", "bob"]));
@@ -169,6 +175,32 @@ async fn every_match_is_recorded_and_shown_to_whom_it_may_be() {
     assert!(
         entries.iter().any(|e| e["u"] == "$lobby"),
         "joins are recorded"
+    );
+
+    // A match still on: listed, but its record (what the room sent each player alone
+    // included) is the operator's until it ends; eve's own included.
+    let live = format!("/matches/{elsewhere}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while get(&server, &live, Some(OPERATOR)).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live match is recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, refused) = get(&server, &live, Some(&eve_key)).await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("still being played"),
+        "{refused}"
+    );
+    let (_, listed) = get(&server, "/matches", None).await;
+    assert!(
+        ids(&listed).contains(&elsewhere),
+        "listed while on: {listed}"
     );
 
     // The private record: its players and the operator; not anyone, not another player.

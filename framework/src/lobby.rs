@@ -667,7 +667,7 @@ pub struct MatchSegment {
     security((), ("operator" = []), ("ticket" = [])),
     responses((status = 200, description = "The match's record", body = MatchRecord),
         (status = 401, description = "A credential that is neither the operator secret, a player key nor a current ticket", body = ErrorBody),
-        (status = 403, description = "A private room's match, and the caller was not in it", body = ErrorBody),
+        (status = 403, description = "A private room's match the caller was not in, or a match still on (its record is the operator's until it ends)", body = ErrorBody),
         (status = 404, description = "No record of such a match (never recorded, or forgotten)", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 408, description = "The request took too long", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),

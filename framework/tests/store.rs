@@ -460,7 +460,7 @@ async fn seats_never_overfill(a: &Store, b: &Store) {
 /// is before its stretch, and the retention forgets ended matches.
 async fn match_records(store: &Store) {
     use game_server_less::store::{MatchQuery, MatchViewer, Segment};
-    let (public, private) = (unique("mp"), unique("mq"));
+    let (public, private, live) = (unique("mp"), unique("mq"), unique("ml"));
     store
         .create_room(&NewRoom::plain(&public, "open"))
         .await
@@ -498,7 +498,11 @@ async fn match_records(store: &Store) {
         version,
         activity: String::new(),
     };
-    for room in [&public, &private] {
+    store
+        .create_room(&NewRoom::plain(&live, "on"))
+        .await
+        .unwrap();
+    for room in [&public, &private, &live] {
         store
             .save_checkpoint(
                 room,
@@ -554,7 +558,19 @@ async fn match_records(store: &Store) {
         [1, 2]
     );
     assert!(segments[0].start.is_some() && segments[1].start.is_none());
-    // The private record: its players and the operator.
+    // A match still on is the operator's alone: what the room sent each player is in it.
+    let on = store.match_record(&live, &MatchViewer::default()).await;
+    assert!(
+        matches!(on, Err(game_server_less::Error::Forbidden(_))),
+        "{on:?}"
+    );
+    assert!(store
+        .match_record(&live, &operator)
+        .await
+        .unwrap()
+        .is_some());
+    // An ended private record: its players and the operator.
+    store.end_room(&private, "over").await.unwrap();
     let as_player = |p: &str| MatchViewer {
         operator: false,
         player: Some(p.into()),
@@ -582,6 +598,7 @@ async fn match_records(store: &Store) {
             listed.iter().any(|m| m.id == public),
             "the public one to all"
         );
+        assert!(listed.iter().any(|m| m.id == live), "listed while on");
     }
     assert!(store
         .match_record(&unique("none"), &operator)
@@ -620,22 +637,12 @@ async fn match_records(store: &Store) {
         .forget_matches(std::time::Duration::ZERO)
         .await
         .unwrap();
-    assert!(
-        store
-            .match_record(&public, &operator)
-            .await
-            .unwrap()
-            .is_none(),
-        "forgotten"
-    );
-    assert!(
-        store
-            .match_record(&private, &operator)
-            .await
-            .unwrap()
-            .is_some(),
-        "still on"
-    );
+    for ended in [&public, &private] {
+        let forgotten = store.match_record(ended, &operator).await.unwrap();
+        assert!(forgotten.is_none(), "forgotten");
+    }
+    let on = store.match_record(&live, &operator).await.unwrap();
+    assert!(on.is_some(), "still on");
 }
 
 #[tokio::test]

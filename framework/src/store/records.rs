@@ -125,30 +125,35 @@ pub(super) const ADD_MATCH_PLAYER: &str =
 pub(super) const FORGET_SEGMENTS: &str =
     "DELETE FROM match_log WHERE room_id = $1 AND version < $2";
 
-/// The columns of a summary, over `rooms r` joined with the aggregate `m` of its log.
+/// The columns of a summary of the room `r`: its row, and its log's figures, each read
+/// through the log's key (room, version) for that room alone, so that a page of
+/// matches costs the same however much the store has recorded.
 const SUMMARY: &str = "SELECT r.id, r.name, r.kind, r.meta, r.code_version, r.created_at,
         r.ended_at, r.end_reason, r.code IS NOT NULL AS private,
-        m.first_at, m.last_at, m.entries, m.bytes
-    FROM rooms r
-    JOIN (SELECT room_id, MIN(first_at) AS first_at, MAX(last_at) AS last_at,
-                 CAST(SUM(n) AS BIGINT) AS entries, CAST(SUM(bytes) AS BIGINT) AS bytes
-          FROM match_log GROUP BY room_id) m ON m.room_id = r.id";
+        (SELECT MIN(m.first_at) FROM match_log m WHERE m.room_id = r.id) AS first_at,
+        (SELECT MAX(m.last_at) FROM match_log m WHERE m.room_id = r.id) AS last_at,
+        (SELECT CAST(SUM(m.n) AS BIGINT) FROM match_log m WHERE m.room_id = r.id) AS entries,
+        (SELECT CAST(SUM(m.bytes) AS BIGINT) FROM match_log m WHERE m.room_id = r.id) AS bytes
+    FROM rooms r";
+
+/// That the room `r` has a record.
+const RECORDED: &str = "EXISTS (SELECT 1 FROM match_log m WHERE m.room_id = r.id)";
 
 /// Whom a record is visible to: `$1` operator (0/1), `$2` the player asking ('' none).
 const VISIBLE: &str = "(r.code IS NULL OR $1 = 1 OR EXISTS
     (SELECT 1 FROM match_players p WHERE p.room_id = r.id AND p.player = $2))";
 
 impl Store {
-    /// The recorded matches `viewer` may see, the latest recorded entry first.
+    /// The recorded matches `viewer` may see, the latest created first.
     pub async fn matches(
         &self,
         query: &MatchQuery,
         viewer: &MatchViewer,
     ) -> Result<Vec<MatchSummary>> {
         let sql = format!(
-            "{SUMMARY} WHERE {VISIBLE} AND r.created_at >= $3
+            "{SUMMARY} WHERE {RECORDED} AND {VISIBLE} AND r.created_at >= $3
                 AND ($4 = 0 OR r.ended_at IS NOT NULL) AND ($5 = '' OR r.kind = $5)
-             ORDER BY m.last_at DESC, r.id LIMIT $6"
+             ORDER BY r.created_at DESC, r.id LIMIT $6"
         );
         let rows = sqlx::query(&sql)
             .bind(i64::from(viewer.operator))
@@ -171,13 +176,14 @@ impl Store {
 
     /// One recorded match, if `viewer` may see it: its summary and segments in order.
     /// `Ok(None)`: no such record; [`Error::Forbidden`]: a private room `viewer` was
-    /// not in.
+    /// not in, or a match still on (its record holds what the room sent each player
+    /// alone) and `viewer` is not the operator.
     pub async fn match_record(
         &self,
         id: &str,
         viewer: &MatchViewer,
     ) -> Result<Option<(MatchSummary, Vec<StoredSegment>)>> {
-        let sql = format!("{SUMMARY} WHERE r.id = $1");
+        let sql = format!("{SUMMARY} WHERE r.id = $1 AND {RECORDED}");
         let Some(row) = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -197,6 +203,13 @@ impl Store {
         if !allowed {
             return Err(Error::Forbidden(format!(
                 "match {id} was a private room's: only its players (with their player key) and the operator see its record"
+            )));
+        }
+        // What a room sends one player alone (a hand of cards) is in its record: read
+        // while the match is on, it would be a way to cheat.
+        if summary.ended_at.is_none() && !viewer.operator {
+            return Err(Error::Forbidden(format!(
+                "match {id} is still being played: its record is the operator's until it ends"
             )));
         }
         let rows = sqlx::query(
