@@ -202,6 +202,25 @@ async fn every_match_is_recorded_and_shown_to_whom_it_may_be() {
         ids(&listed).contains(&elsewhere),
         "listed while on: {listed}"
     );
+    let players_of = |list: &Value, id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["players"]
+            .clone()
+    };
+    assert_eq!(
+        players_of(&listed, &elsewhere),
+        json!([]),
+        "who plays is not anyone's to know"
+    );
+    let (_, as_eve) = get(&server, "/matches", Some(&eve_key)).await;
+    assert_eq!(
+        players_of(&as_eve, &elsewhere),
+        json!(["eve"]),
+        "but its players'"
+    );
 
     // The private record: its players and the operator; not anyone, not another player.
     let path = format!("/matches/{private}");
@@ -360,4 +379,27 @@ async fn the_game_servers_gate_passes_its_own_matches_from_the_command_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--check"));
+    // A gate pointed at no store, or at one with nothing recorded, does not pass.
+    let nowhere = dir.join("no-such-dir");
+    let out = std::process::Command::new(&program)
+        .args(["--data-dir", nowhere.to_str().unwrap(), "replay", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no store at"),
+        "{err}"
+    );
+    assert!(!nowhere.exists(), "and it made none");
+    let empty = temp_dir("gate-empty");
+    Server::game(&empty).await.stop().await;
+    let out = std::process::Command::new(&program)
+        .args(["--data-dir", empty.to_str().unwrap(), "replay", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no recorded match"),
+        "{err}"
+    );
 }

@@ -374,18 +374,23 @@ pub enum Subcommand {
     /// Runs recorded matches again under this build and compares their outputs with
     /// the recorded ones: the deploy gate. Each match is reported identical, or with the
     /// first output that differs (room seq, the input, expected and got). Exits 1 if a
-    /// match differs (unless its kind is named with --intended) or cannot be run again.
-    /// Reads the store given by --store (or the one in --data-dir).
+    /// match differs (unless its kind is named with --intended), cannot be run again, or
+    /// if there was no match to run. Reads the store given by --store (or the one in
+    /// --data-dir, which must exist).
     Replay {
         /// Compare outputs (the gate). Required: watching replays is `game-client --replay`.
         #[arg(long)]
         check: bool,
-        /// The latest N ended matches.
-        #[arg(long, default_value_t = 100)]
+        /// The latest N ended matches (of those --since picks).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         matches: u32,
         /// Only matches of rooms created in the last this many hours.
-        #[arg(long, value_name = "HOURS")]
+        #[arg(long, value_name = "HOURS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         since: Option<u64>,
+        /// Rooms still on too (a room that never ends keeps only its latest stretch,
+        /// which runs again from its first keyframe).
+        #[arg(long)]
+        live: bool,
         /// A kind whose rules this build changes on purpose: its differences are
         /// reported and do not fail the gate. Again for each.
         #[arg(long, value_name = "KIND")]

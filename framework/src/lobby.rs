@@ -668,7 +668,8 @@ pub struct MatchSegment {
     responses((status = 200, description = "The match's record", body = MatchRecord),
         (status = 401, description = "A credential that is neither the operator secret, a player key nor a current ticket", body = ErrorBody),
         (status = 403, description = "A private room's match the caller was not in, or a match still on (its record is the operator's until it ends)", body = ErrorBody),
-        (status = 404, description = "No record of such a match (never recorded, or forgotten)", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "No record of such a match (never recorded, or forgotten)", body = ErrorBody),
+        (status = 500, description = "The record is corrupt (the segment is named)", body = ErrorBody), (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 408, description = "The request took too long", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 503, description = "Too many connections, or the store is down", body = ErrorBody),))]
@@ -683,8 +684,20 @@ async fn get_match(
     };
     let mut segments = Vec::with_capacity(stored.len());
     for segment in stored {
+        // Bad data, not a store that is down: 500, naming where (not 503, which invites
+        // asking again).
         let corrupt = |e: String| {
-            crate::Error::Store(format!("match {id}, segment {}: {e}", segment.version))
+            tracing::error!(
+                "the record of match {id} is corrupt: segment {}: {e}",
+                segment.version
+            );
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the record of match {id} is corrupt: segment {}: {e}",
+                    segment.version
+                ),
+            )
         };
         segments.push(MatchSegment {
             version: segment.version,

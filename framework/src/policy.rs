@@ -52,7 +52,7 @@ pub struct Policy {
 pub enum Recording {
     /// Nothing.
     Off,
-    /// The whole match, kept for the server's `--match-retention` after it ends.
+    /// The whole match, kept for the server's `--match-retention-hours` after it ends.
     Match,
     /// Only its last stretch of this long, for a room that may never end (an MMO's
     /// zone): older entries are forgotten as it goes.

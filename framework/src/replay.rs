@@ -17,6 +17,8 @@ pub struct CheckOptions {
     pub matches: u32,
     /// Only matches of rooms created at or after this time (seconds since the epoch).
     pub since: Option<i64>,
+    /// Rooms still on too, not only ended ones.
+    pub live: bool,
     /// Kinds whose rules were changed on purpose: their differences are reported, and
     /// do not fail the gate.
     pub intended: Vec<String>,
@@ -143,7 +145,7 @@ pub async fn check(
     let query = MatchQuery {
         limit: options.matches,
         since: options.since,
-        ended_only: true,
+        ended_only: !options.live,
         kind: None,
     };
     let operator = MatchViewer {

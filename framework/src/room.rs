@@ -176,6 +176,12 @@ impl<S: 'static> Room<S> {
         self.clock_ms = self.clock_ms.max(ms);
     }
 
+    /// Sets the room's clock to `ms`, back or forth: a replay, where the time recorded
+    /// with each message is the time its handler read.
+    pub(crate) fn set_clock(&mut self, ms: u64) {
+        self.clock_ms = ms;
+    }
+
     /// The room's clock, in milliseconds since the epoch (see [`RoomCtx::now`]).
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms

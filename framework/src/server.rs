@@ -555,6 +555,7 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
         check,
         matches,
         since,
+        live,
         intended,
     }) = &args.command
     {
@@ -567,12 +568,29 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
         let options = crate::replay::CheckOptions {
             matches: *matches,
             since: since.map(|hours| crate::store::now_secs() - hours as i64 * 3600),
+            live: *live,
             intended: intended.clone(),
         };
         let policies = kinds.policies(&config.policy_defaults(), &config.policy)?;
-        let store = Store::open(&config.store_url()).await?;
+        let url = config.store_url();
+        // A gate pointed at no store must not pass on an empty one it made.
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if !std::path::Path::new(path).exists() {
+                return Err(Error::Invalid(format!(
+                    "no store at {path}: give the one the server uses (--store, or its --data-dir)"
+                )));
+            }
+        }
+        let store = Store::open(&url).await?;
         let report = crate::replay::check(&store, &kinds, &policies, &options).await?;
         print!("{}", report.text());
+        if report.matches.is_empty() {
+            eprintln!(
+                "no recorded match to run again in {} (recording is per kind: Policy::record)",
+                crate::rabbit::redact(&url)
+            );
+            std::process::exit(1);
+        }
         if !report.passed() {
             std::process::exit(1);
         }

@@ -484,6 +484,7 @@ async fn match_records(store: &Store) {
             })
             .collect(),
         n,
+        outputs: 0,
         first_at: at,
         last_at: at + u64::from(n) - 1,
         start: start.then(|| "{\"seq\":0,\"state\":\"{}\",\"applied\":{},\"players\":[]}".into()),

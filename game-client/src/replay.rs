@@ -59,7 +59,14 @@ impl Timeline {
                     players.join(", ")
                 ))
             }
+            // Else the first in the room when the record starts (a record that keeps
+            // only a room's latest stretch may hold no join).
             None => first_joined(&entries)
+                .or_else(|| {
+                    record["segments"][0]["start"]["players"][0]
+                        .as_str()
+                        .map(str::to_owned)
+                })
                 .or_else(|| players.first().cloned())
                 .ok_or_else(|| format!("match {room} had no players"))?,
         };

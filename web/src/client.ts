@@ -85,11 +85,12 @@ export class Lobby {
   }
 
   /**
-   * Recorded matches, the latest first: the public ones, and the private ones the
-   * player whose `key` is given played in.
+   * Recorded matches that ended, the latest first: the public ones, and the private
+   * ones the player whose `key` is given played in. (A match still on is the
+   * operator's to read until it ends.)
    */
   matches(limit = 20, key?: string): Promise<MatchSummary[]> {
-    return this.call("GET", `/matches?limit=${limit}`, undefined, key);
+    return this.call("GET", `/matches?limit=${limit}&ended=true`, undefined, key);
   }
 
   /** One recorded match: every message the room was given, with what it sent. */
@@ -127,7 +128,7 @@ export interface MatchEntry {
 /** `GET /matches/{id}`: the match and its record, in room order. */
 export interface MatchRecord {
   match: MatchSummary;
-  segments: { version: number; entries: MatchEntry[] }[];
+  segments: { version: number; start?: { players: string[] } | null; entries: MatchEntry[] }[];
 }
 
 /** What one player got during a match, in order, at ms from the match's first entry. */
@@ -138,9 +139,10 @@ export interface Timeline<Out> {
 }
 
 /**
- * The timeline of `record` as `player` saw it (by default the first to join): the
- * room's broadcasts and its own messages. A replay plays these back: they are what the
- * player was sent, whatever build the server runs now.
+ * The timeline of `record` as `player` saw it (by default the first to join in it, or
+ * else the first in the room when it starts): the room's broadcasts and its own
+ * messages. A replay plays these back: they are what the player was sent, whatever
+ * build the server runs now.
  */
 export function timelineOf<Out>(record: MatchRecord, player?: string): Timeline<Out> {
   const entries = record.segments.flatMap((s) => s.entries);
@@ -148,7 +150,8 @@ export function timelineOf<Out>(record: MatchRecord, player?: string): Timeline<
     .filter((e) => e.u === "$lobby")
     .map((e) => { try { return JSON.parse(e.b) as { type?: string; player?: string }; } catch { return {}; } })
     .find((c) => c.type === "$join")?.player;
-  const who = player && record.match.players.includes(player) ? player : joined ?? record.match.players[0] ?? "";
+  const there = record.segments[0]?.start?.players ?? [];
+  const who = player && record.match.players.includes(player) ? player : joined ?? there[0] ?? record.match.players[0] ?? "";
   const first = entries[0]?.at ?? 0;
   const events = entries.flatMap((e) =>
     (e.o ?? [])

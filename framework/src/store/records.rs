@@ -4,7 +4,7 @@
 //! that checkpoint's transaction (so a record holds each applied message once, however
 //! often a worker died), as one row of `match_log` keyed by the checkpoint's version.
 //! Some segments also hold the room as it was before their first entry (a keyframe):
-//! a replay starts there instead of at the beginning.
+//! the first kept always does, and the gate runs the record again from it.
 
 use super::{db, now, Store};
 use crate::{Error, Result};
@@ -18,6 +18,9 @@ pub struct Segment {
     pub entries: String,
     /// How many entries.
     pub n: u32,
+    /// How many outputs the entries made: a segment with any is saved even when its
+    /// checkpoint changes nothing (a message to one player alone moves no `seq`).
+    pub outputs: u32,
     /// The recorded time of the first entry and of the last (ms since the epoch).
     pub first_at: u64,
     /// See `first_at`.
@@ -165,11 +168,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut summary = summary(&row)?;
-            summary.players = self.match_players(&summary.id).await?;
-            found.push(summary);
+        let mut found = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<&str> = found.iter().map(|m| m.id.as_str()).collect();
+        let mut players = self.players_of_matches(&ids).await?;
+        for summary in &mut found {
+            let of = players.remove(&summary.id).unwrap_or_default();
+            // Who is in a room still on is its players' and the operator's to know, as
+            // GET /rooms has it.
+            let shown = summary.ended_at.is_some()
+                || viewer.operator
+                || viewer.player.as_ref().is_some_and(|p| of.contains(p));
+            if shown {
+                summary.players = of;
+            }
         }
         Ok(found)
     }
@@ -233,6 +244,34 @@ impl Store {
         Ok(Some((summary, segments)))
     }
 
+    /// The players of each of the recorded matches `ids`, by name: one statement a few
+    /// dozen matches at a time (the drivers bind no arrays).
+    async fn players_of_matches(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        let mut found: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for chunk in ids.chunks(50) {
+            let binds: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT room_id, player FROM match_players WHERE room_id IN ({}) ORDER BY player",
+                binds.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(db)? {
+                let room: String = row.try_get(0).map_err(db)?;
+                found
+                    .entry(room)
+                    .or_default()
+                    .push(row.try_get(1).map_err(db)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// The players of a recorded match, by name.
     async fn match_players(&self, id: &str) -> Result<Vec<String>> {
         let rows =
@@ -246,7 +285,8 @@ impl Store {
             .collect()
     }
 
-    /// Forgets the records of matches that ended more than `keep` ago; returns how many.
+    /// Forgets the records of matches that ended more than `keep` ago; returns how many
+    /// segments went.
     pub async fn forget_matches(&self, keep: std::time::Duration) -> Result<u64> {
         let before = now() - keep.as_secs() as i64;
         let ended = "SELECT id FROM rooms WHERE ended_at IS NOT NULL AND ended_at < $1";

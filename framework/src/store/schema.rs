@@ -120,4 +120,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         room_id TEXT NOT NULL,
         player TEXT NOT NULL,
         PRIMARY KEY (room_id, player))",
+    // GET /matches pages rooms by creation, the retention finds them by their end.
+    "CREATE INDEX IF NOT EXISTS rooms_created ON rooms (created_at)",
+    "CREATE INDEX IF NOT EXISTS rooms_ended ON rooms (ended_at)",
 ];

@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 /// lobby's end reaches it as a message): its body is the reason.
 pub const END_USER: &str = "$ended";
 
-/// How much recorded time a replay at most runs through to reach a point: a segment
-/// starts with the room as it was (a keyframe) at least this often.
+/// How much recorded time passes at least between two keyframes: the first checkpoint
+/// after it takes the next (a segment starting with the room as it was).
 pub const KEYFRAME_EVERY_MS: u64 = 30_000;
 
 /// One recorded message and what it made.
@@ -97,6 +97,7 @@ pub struct Recorder {
     recording: Recording,
     buf: Vec<u8>,
     n: u32,
+    outputs: u32,
     first_at: u64,
     last_at: u64,
     /// The keyframe the next segment starts with, if it is to have one.
@@ -116,10 +117,12 @@ impl Recorder {
             recording,
             buf: Vec::new(),
             n: 0,
+            outputs: 0,
             first_at: 0,
             last_at: 0,
             start: Some(serde_json::to_string(start).expect("a keyframe serializes")),
-            joined: Vec::new(),
+            // Those in the room when the record starts are its players too.
+            joined: start.players.clone(),
             keyframes: VecDeque::new(),
             keyframe_at: 0,
         }
@@ -149,6 +152,7 @@ impl Recorder {
             self.first_at = at;
         }
         self.n += 1;
+        self.outputs += outputs.len() as u32;
         self.last_at = at;
     }
 
@@ -186,6 +190,7 @@ impl Recorder {
             entries: String::from_utf8(std::mem::take(&mut self.buf))
                 .expect("entries are JSON text"),
             n: std::mem::take(&mut self.n),
+            outputs: std::mem::take(&mut self.outputs),
             first_at: self.first_at,
             last_at: self.last_at,
             start,
@@ -195,9 +200,10 @@ impl Recorder {
         Some(segment)
     }
 
-    /// A segment taken and not saved, because its checkpoint changed nothing (ticks that
-    /// moved no one): its entries are dropped, which a replay does not miss, and its
-    /// keyframe is kept for the next.
+    /// A segment taken and not saved, because its checkpoint changed nothing and its
+    /// entries made no output (ticks that moved no one, repeats of inputs already
+    /// applied): its entries are dropped, which changes nothing a replay shows or runs
+    /// again, and its keyframe is kept for the next.
     pub fn not_saved(&mut self, segment: Segment, version: u64) {
         if segment.start.is_some() {
             if self.keyframes.back().is_some_and(|(v, _)| *v == version) {
@@ -248,6 +254,10 @@ mod tests {
         );
         let first = second_by_second(&mut r, 0, 20, 1);
         assert_eq!((first.n, first.first_at, first.last_at), (20, 0, 19_000));
+        assert_eq!(
+            first.outputs, 20,
+            "a segment with outputs is saved, changed or not"
+        );
         assert!(
             first.start.is_some(),
             "a worker's first segment starts with the room"

@@ -1,7 +1,7 @@
-//! A recorded match run again under this build's handlers: from its first state (or a
-//! keyframe), each entry handled as the first run handled it, the outputs compared
-//! with the recorded ones. The deploy gate (`game-server replay --check`) and replays
-//! to watch are both this.
+//! A recorded match run again under this build's handlers: from the keyframe its first
+//! kept segment starts with, each entry handled as the first run handled it, at the time
+//! recorded with it, the outputs compared with the recorded ones. This is the deploy
+//! gate (`game-server replay --check`); replays to watch play the recorded outputs.
 
 use super::record::{Entry, RecordedOutput, END_USER};
 use super::room_worker::{InboxMessage, RoomWorker};
@@ -42,8 +42,7 @@ pub struct Difference {
 }
 
 /// Runs `segments` (a record, in order) again under `msg` with `grace` for dropped
-/// players, comparing each entry's outputs with the recorded ones; `on_entry` sees the
-/// outputs of each entry as they are made (a replay to watch).
+/// players, comparing each entry's outputs with the recorded ones.
 pub fn rerun<S>(
     info: RoomInfo,
     msg: Msg<S>,
@@ -86,7 +85,17 @@ where
             let seq = worker.room().seq();
             let got = handle(&mut worker, &entry.u, &entry.b, entry.at);
             if !same_outputs(&entry.o, &got, &mut written) {
-                let entry: Entry = serde_json::from_str(line).expect("parsed once already");
+                // Read whole now, to report it (a number JSON allows and a `Value` does
+                // not, say `1e400`, makes the record unusable rather than a panic).
+                let entry: Entry = match serde_json::from_str(line) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        return Verdict::Unusable(format!(
+                            "segment {}: entry {n} made other outputs and cannot be read to say which: {e}",
+                            segment.version
+                        ))
+                    }
+                };
                 let (expected, got) = first_difference(&entry.o, &got).unwrap_or((None, None));
                 return Verdict::Differs(Box::new(Difference {
                     seq,
@@ -168,6 +177,9 @@ pub fn handle<S>(worker: &mut RoomWorker<S>, user: &str, body: &str, at: u64) ->
 where
     S: Serialize + DeserializeOwned + 'static,
 {
+    // What the handler read from ctx.now() is what was recorded, whichever worker ran
+    // it and whatever its machine's clock said.
+    worker.set_clock(at);
     if user == END_USER {
         worker.end(body)
     } else {

@@ -132,7 +132,8 @@ pub struct RoomWorker<S> {
     /// How long a dropped player keeps its seat.
     grace: std::time::Duration,
     /// When this worker took the room (milliseconds since the epoch, this machine's
-    /// clock): nobody's grace is over before a grace has passed since.
+    /// clock): nobody's grace is over before [`CATCH_UP`] (or the grace, if shorter) has
+    /// passed since.
     started_ms: u64,
     /// The match record since the last checkpoint, if the room keeps one.
     recorder: Option<Recorder>,
@@ -159,6 +160,10 @@ const ACTIVITY_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 /// state (see `RoomWorker::fork`), then one in [`CHECK_ONE_IN`].
 #[cfg(debug_assertions)]
 const CHECK_ALL: u64 = 200;
+
+/// How long a worker that has just taken a room leaves dropped players in, whatever
+/// their deadline: its time to catch up on the inbox ([`RoomWorker::grace_over`]).
+pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 #[cfg(debug_assertions)]
 const CHECK_ONE_IN: u64 = 50;
 
@@ -248,16 +253,23 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         self.room.take_listing()
     }
 
-    /// The dropped players whose grace is over now: the worker has them leave. Not
-    /// before a grace has passed since this worker took the room: while no worker ran
-    /// it (a restart, a worker that died) nobody could come back, and a worker
-    /// catching up on its inbox may not have reached a reconnection yet.
+    /// The dropped players whose grace is over now: the worker has them leave. Not in
+    /// the first [`CATCH_UP`] after this worker took the room: a worker catching up on
+    /// its inbox (after a restart, a worker that died, a handover) may not have reached
+    /// the reconnection of a player whose deadline has passed by its clock.
     pub fn grace_over(&self) -> Vec<String> {
         let now = now_ms();
-        if now < self.started_ms + self.grace.as_millis() as u64 {
+        let wait = self.grace.min(CATCH_UP).as_millis() as u64;
+        if now < self.started_ms + wait {
             return Vec::new();
         }
         self.room.grace_over(now)
+    }
+
+    /// Sets the room's clock to `ms` exactly, back or forth: a replay sets it to the
+    /// time recorded with each message, which is what its handler read.
+    pub fn set_clock(&mut self, ms: u64) {
+        self.room.set_clock(ms);
     }
 
     /// The room's id.

@@ -86,12 +86,13 @@ impl<'a> Saver<'a> {
         let mut record = worker.take_record(&checkpoint);
         // Inputs that changed nothing (a tick that moved no one) need no write: the saved
         // checkpoint already holds what applying them again would make.
-        let changed = !(grants.is_empty()
-            && transfers.is_empty()
-            && self
-                .last
-                .as_ref()
-                .is_some_and(|last| same_but_ticks(last, &checkpoint)));
+        let changed = record.as_ref().is_some_and(|r| r.outputs > 0)
+            || !(grants.is_empty()
+                && transfers.is_empty()
+                && self
+                    .last
+                    .as_ref()
+                    .is_some_and(|last| same_but_ticks(last, &checkpoint)));
         let (client, store, room) = (
             self.client.clone(),
             self.store.clone(),
