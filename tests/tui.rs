@@ -112,9 +112,9 @@ async fn a_recorded_match_plays_back_in_the_terminal_with_a_time_bar() {
     );
     assert!(position(&screen).is_some(), "ann's view: {screen}");
 
-    // 0 goes back to the start (before the chats), space pauses there.
-    tmux.keys("r", "0");
+    // Paused (space), 0 goes back to the start, before the chats, and stays there.
     tmux.keys("r", "Space");
+    tmux.keys("r", "0");
     let start = |s: &str| s.contains("❚❚ 2×  0:00 /") && !s.contains("hello from the past");
     tokio::task::block_in_place(|| tmux.wait_for("r", "the start, paused", start));
     tmux.keys("r", "End");
