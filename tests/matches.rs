@@ -362,46 +362,39 @@ async fn the_game_servers_gate_passes_its_own_matches_from_the_command_line() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     end(&server, &room, &owner).await;
     server.stop().await;
-    let program = server_binary();
-    let out = std::process::Command::new(&program)
-        .args(["--data-dir", dir.to_str().unwrap(), "replay", "--check"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
+    let (passed, text, _) = gate(&dir, &["--check"]);
+    assert!(passed, "{text}");
     assert!(text.contains(&format!("identical  {room}")), "{text}");
     assert!(
         text.contains("1 matches") && text.ends_with("pass\n"),
         "{text}"
     );
-    let out = std::process::Command::new(&program)
-        .args(["--data-dir", dir.to_str().unwrap(), "replay"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--check"));
+    let (passed, _, err) = gate(&dir, &[]);
+    assert!(!passed);
+    assert!(err.contains("--check"));
     // A gate pointed at no store, or at one with nothing recorded, does not pass.
     let nowhere = dir.join("no-such-dir");
-    let out = std::process::Command::new(&program)
-        .args(["--data-dir", nowhere.to_str().unwrap(), "replay", "--check"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no store at"),
-        "{err}"
-    );
+    let (passed, _, err) = gate(&nowhere, &["--check"]);
+    assert!(!passed && err.contains("no store at"), "{err}");
     assert!(!nowhere.exists(), "and it made none");
     let empty = temp_dir("gate-empty");
     Server::game(&empty).await.stop().await;
-    let out = std::process::Command::new(&program)
-        .args(["--data-dir", empty.to_str().unwrap(), "replay", "--check"])
+    let (passed, _, err) = gate(&empty, &["--check"]);
+    assert!(!passed && err.contains("no recorded match"), "{err}");
+}
+
+/// `game-server --data-dir DIR replay ARGS`: whether it exited 0, and what it printed
+/// (stdout, stderr; both printed here too).
+fn gate(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(server_binary())
+        .args(["--data-dir", dir.to_str().unwrap(), "replay"])
+        .args(args)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no recorded match"),
-        "{err}"
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     );
+    println!("{text}{err}");
+    (out.status.success(), text, err)
 }

@@ -20,6 +20,16 @@ pub enum Target {
     Player(PlayerId),
 }
 
+impl Target {
+    /// The player it is for alone; `None` for the room.
+    pub fn player(&self) -> Option<&str> {
+        match self {
+            Target::Room => None,
+            Target::Player(p) => Some(p),
+        }
+    }
+}
+
 /// A message the room emits, already stamped with `seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {

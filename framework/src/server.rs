@@ -117,23 +117,7 @@ impl Server {
         let authorizer = game_authorizer(&config, &signer, &joins, &worker_secret, &policies)
             .with_events(events);
         let broker = open_broker(&config, authorizer, &policies)?;
-        let http = bind(config.listen, "--listen").await?;
-        let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
-        let bound = Bound {
-            http: http.local_addr()?,
-            stomp: Some(stomp.local_addr()?),
-        };
-        let stomp_addr = stomp.local_addr()?;
-        let tcp_task = tokio::spawn(broker.clone().serve_tcp(stomp));
-        let admin = Arc::new(EmbeddedAdmin::new(
-            broker.clone(),
-            Endpoints::one(
-                format!("ws://{}/ws", bound.http),
-                format!("tcp://{stomp_addr}"),
-                format!("tcp://{stomp_addr}"),
-                "/".into(),
-            ),
-        ));
+        let (http, bound, tcp_task, admin) = embedded_ports(&config, &broker).await?;
         let (stop_workers, shutdown) = watch::channel(false);
         // The room service carries out the workers' transfers, but needs their launcher
         // first: it is handed to them once it exists.
@@ -183,15 +167,7 @@ impl Server {
             workers: Some(workers),
             stop_workers,
             http_limits: config.http,
-            tasks: vec![
-                tokio::spawn(async move {
-                    if let Err(e) = tcp_task.await {
-                        tracing::error!("the STOMP TCP port failed: {e}");
-                    }
-                }),
-                seats,
-                forget,
-            ],
+            tasks: vec![tcp_task, seats, forget],
         })
     }
 
@@ -446,6 +422,38 @@ impl Running {
     }
 }
 
+/// The embedded broker's ports, bound: the lobby's HTTP (STOMP over WebSocket at `/ws`)
+/// and STOMP over TCP, which is served at once (the task logs its failure); and the
+/// broker admin that names them in tickets.
+async fn embedded_ports(
+    config: &Config,
+    broker: &Broker,
+) -> Result<(TcpListener, Bound, JoinHandle<()>, Arc<EmbeddedAdmin>)> {
+    let http = bind(config.listen, "--listen").await?;
+    let stomp = bind(config.stomp_listen, "--stomp-listen").await?;
+    let bound = Bound {
+        http: http.local_addr()?,
+        stomp: Some(stomp.local_addr()?),
+    };
+    let stomp_addr = stomp.local_addr()?;
+    let serving = tokio::spawn(broker.clone().serve_tcp(stomp));
+    let tcp_task = tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!("the STOMP TCP port failed: {e}");
+        }
+    });
+    let admin = Arc::new(EmbeddedAdmin::new(
+        broker.clone(),
+        Endpoints::one(
+            format!("ws://{}/ws", bound.http),
+            format!("tcp://{stomp_addr}"),
+            format!("tcp://{stomp_addr}"),
+            "/".into(),
+        ),
+    ));
+    Ok((http, bound, tcp_task, admin))
+}
+
 /// Forgets, at the start and then hourly, the records of matches that ended more than
 /// `keep` ago, until `shutdown`.
 async fn forget_old_matches(store: Store, keep: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -509,46 +517,14 @@ pub async fn shutdown_signal() {
 /// Ctrl-C or SIGTERM.
 pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
     let args = Args::parse();
-    if let Some(Subcommand::New { name, dir }) = &args.command {
-        let started = std::time::Instant::now();
-        let dir = dir
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(name));
-        let files = crate::scaffold::write(&dir, name, &crate::scaffold::framework_dir())?;
-        for file in &files {
-            println!("wrote {}", file.display());
-        }
-        println!(
-            "created the game {name} in {} ({} ms). Next:\n  cd {}\n  cargo test             # its rules\n  cargo run              # its server\n  cargo run -- --bot 2   # two bots playing, in another terminal",
-            dir.display(),
-            started.elapsed().as_millis(),
-            dir.display()
-        );
-        return Ok(());
-    }
     // The framework serves every game: it names the one it runs by its program's name.
     let program = crate::config::program();
-    if let Some(Subcommand::Package { out, code }) = &args.command {
-        let code = crate::config::lambda_code(code.as_deref(), program.as_deref())?;
-        let code = std::path::absolute(code)?;
-        let path = crate::package::write(out, &code)?;
-        if !code.join("bootstrap").exists() {
-            let build = "cargo lambda build --release --arm64 --features lambda";
-            let package = program
-                .as_ref()
-                .map(|p| format!(" -p {p}"))
-                .unwrap_or_default();
-            println!(
-                "note: {} has no bootstrap yet: {build}{package}",
-                code.display()
-            );
+    match &args.command {
+        Some(Subcommand::New { name, dir }) => return new_game(name, dir.as_deref()),
+        Some(Subcommand::Package { out, code }) => {
+            return package(out, code.as_deref(), program.as_deref())
         }
-        println!("wrote {}", path.display());
-        println!(
-            "deploy: sam deploy --guided --template-file {} (see the README's \"Deploy to AWS\")",
-            path.display()
-        );
-        return Ok(());
+        _ => {}
     }
     let kinds = kinds.into();
     if let Some(Subcommand::Replay {
@@ -559,7 +535,6 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
         intended,
     }) = &args.command
     {
-        let config = args.config();
         if !check {
             return Err(Error::Invalid(
                 "replay wants --check (run recorded matches again and compare); to watch one, use the game's client with --replay MATCH".into(),
@@ -571,34 +546,96 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
             live: *live,
             intended: intended.clone(),
         };
-        let policies = kinds.policies(&config.policy_defaults(), &config.policy)?;
-        let url = config.store_url();
-        // A gate pointed at no store must not pass on an empty one it made.
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            if !std::path::Path::new(path).exists() {
-                return Err(Error::Invalid(format!(
-                    "no store at {path}: give the one the server uses (--store, or its --data-dir)"
-                )));
-            }
-        }
-        let store = Store::open(&url).await?;
-        let report = crate::replay::check(&store, &kinds, &policies, &options).await?;
-        print!("{}", report.text());
-        if report.matches.is_empty() {
-            eprintln!(
-                "no recorded match to run again in {} (recording is per kind: Policy::record)",
-                crate::rabbit::redact(&url)
-            );
-            std::process::exit(1);
-        }
-        if !report.passed() {
+        if !replay_check(&args.config(), &kinds, &options).await? {
             std::process::exit(1);
         }
         return Ok(());
     }
     init_logging(&args.log);
     let server = Server::new(args.config(), lobby, kinds).start().await?;
-    let program = program.unwrap_or_else(|| "server".into());
+    print_listening(program.as_deref().unwrap_or("server"), &server);
+    println!("Press Ctrl-C to stop.");
+    server.serve(shutdown_signal()).await
+}
+
+/// `new NAME`: writes a new game's crate into `dir` (./NAME if not given).
+fn new_game(name: &str, dir: Option<&std::path::Path>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let dir = dir.map_or_else(
+        || std::path::PathBuf::from(name),
+        std::path::Path::to_path_buf,
+    );
+    let files = crate::scaffold::write(&dir, name, &crate::scaffold::framework_dir())?;
+    for file in &files {
+        println!("wrote {}", file.display());
+    }
+    println!(
+        "created the game {name} in {} ({} ms). Next:\n  cd {}\n  cargo test             # its rules\n  cargo run              # its server\n  cargo run -- --bot 2   # two bots playing, in another terminal",
+        dir.display(),
+        started.elapsed().as_millis(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `package`: writes the AWS SAM template of the Lambda build `code` of `program`.
+fn package(
+    out: &std::path::Path,
+    code: Option<&std::path::Path>,
+    program: Option<&str>,
+) -> Result<()> {
+    let code = crate::config::lambda_code(code, program)?;
+    let code = std::path::absolute(code)?;
+    let path = crate::package::write(out, &code)?;
+    if !code.join("bootstrap").exists() {
+        let build = "cargo lambda build --release --arm64 --features lambda";
+        let package = program.map(|p| format!(" -p {p}")).unwrap_or_default();
+        println!(
+            "note: {} has no bootstrap yet: {build}{package}",
+            code.display()
+        );
+    }
+    println!("wrote {}", path.display());
+    println!(
+        "deploy: sam deploy --guided --template-file {} (see the README's \"Deploy to AWS\")",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `replay --check`: runs the recorded matches `options` picks from `config`'s store
+/// again under `kinds` and prints the report; whether the build passed (`false` too
+/// when there was no match to run).
+async fn replay_check(
+    config: &Config,
+    kinds: &Kinds,
+    options: &crate::replay::CheckOptions,
+) -> Result<bool> {
+    let policies = kinds.policies(&config.policy_defaults(), &config.policy)?;
+    let url = config.store_url();
+    // A gate pointed at no store must not pass on an empty one it made.
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).exists() {
+            return Err(Error::Invalid(format!(
+                "no store at {path}: give the one the server uses (--store, or its --data-dir)"
+            )));
+        }
+    }
+    let store = Store::open(&url).await?;
+    let report = crate::replay::check(&store, kinds, &policies, options).await?;
+    print!("{}", report.text());
+    if report.matches.is_empty() {
+        eprintln!(
+            "no recorded match to run again in {} (recording is per kind: Policy::record)",
+            crate::rabbit::redact(&url)
+        );
+        return Ok(false);
+    }
+    Ok(report.passed())
+}
+
+/// Says where a started server listens, and how to play.
+fn print_listening(program: &str, server: &Running) {
     // Which client plays is the game's to know: the hint names none.
     let play = |http: SocketAddr| {
         format!("Play: the game's client (or its bots, --bot 2) with --server http://{http}, or any STOMP client through the lobby")
@@ -622,6 +659,4 @@ pub async fn run(lobby: Lobby, kinds: impl Into<Kinds>) -> Result<()> {
         }
         (None, _) => println!("{program} worker (cluster mode): running rooms"),
     }
-    println!("Press Ctrl-C to stop.");
-    server.serve(shutdown_signal()).await
 }

@@ -175,6 +175,14 @@ fn now() -> i64 {
     now_ms() / 1000
 }
 
+/// `$1, $2, …, $n`: the parameters of an `IN (…)` list (the drivers bind no arrays).
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Now, in seconds since the Unix epoch: the store's times of rooms.
 pub fn now_secs() -> i64 {
     now()

@@ -5,7 +5,7 @@
 use super::items::ADD_ITEM;
 use super::records::{ADD_MATCH_PLAYER, ADD_SEGMENT, FORGET_SEGMENTS};
 use super::transfers::ADD_TRANSFER;
-use super::{db, now, Checkpoint, Segment, Store};
+use super::{db, now, placeholders, Checkpoint, Segment, Store};
 use crate::proto::Grant;
 use crate::room::Transfer;
 use crate::{Error, Result};
@@ -254,10 +254,9 @@ impl Store {
         let mut found = std::collections::HashMap::new();
         // A statement a few dozen rooms at a time: the drivers bind no arrays.
         for chunk in rooms.chunks(50) {
-            let binds: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT room_id, applied FROM checkpoints WHERE room_id IN ({})",
-                binds.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for room in chunk {

@@ -6,7 +6,7 @@
 //! Some segments also hold the room as it was before their first entry (a keyframe):
 //! the first kept always does, and the gate runs the record again from it.
 
-use super::{db, now, Store};
+use super::{db, now, placeholders, Store};
 use crate::{Error, Result};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -252,10 +252,9 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, Vec<String>>> {
         let mut found: std::collections::HashMap<String, Vec<String>> = Default::default();
         for chunk in ids.chunks(50) {
-            let binds: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT room_id, player FROM match_players WHERE room_id IN ({}) ORDER BY player",
-                binds.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {

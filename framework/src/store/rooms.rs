@@ -1,7 +1,7 @@
 //! Rooms: created, ended, found by name (one live room a name), listed, and what a
 //! room's record says of its worker, its code version and its Lambda chain.
 
-use super::{db, now, Inspection, NewRoom, RoomRecord, Store};
+use super::{db, now, placeholders, Inspection, NewRoom, RoomRecord, Store};
 use crate::{Error, Result};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -227,12 +227,11 @@ impl Store {
         let mut found = HashMap::new();
         // A statement a few dozen rooms at a time: the drivers bind no arrays.
         for chunk in rooms.chunks(50) {
-            let binds: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT r.id, r.worker, r.code_version, c.seq, c.updated_at, c.activity
                  FROM rooms r LEFT JOIN checkpoints c ON c.room_id = r.id
                  WHERE r.id IN ({})",
-                binds.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for room in chunk {

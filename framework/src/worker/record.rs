@@ -10,7 +10,7 @@
 //! in order (`to` absent: the room's topic).
 
 use crate::policy::Recording;
-use crate::room::{Output, Target};
+use crate::room::Output;
 use crate::store::{Keyframe, Segment};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,10 +52,7 @@ impl RecordedOutput {
     /// `output` as a record holds it.
     pub fn of(output: &Output) -> RecordedOutput {
         RecordedOutput {
-            to: match &output.to {
-                Target::Room => None,
-                Target::Player(p) => Some(p.clone()),
-            },
+            to: output.to.player().map(str::to_owned),
             m: output.body.clone(),
         }
     }
@@ -67,8 +64,27 @@ struct EntryRef<'a> {
     u: &'a str,
     at: u64,
     b: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    o: &'a [OutputRef<'a>],
+    #[serde(skip_serializing_if = "Outputs::is_empty")]
+    o: Outputs<'a>,
+}
+
+/// Outputs written as the record holds them, straight from the room's (nothing
+/// collected on the way: it runs for every message).
+struct Outputs<'a>(&'a [Output]);
+
+impl Outputs<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Outputs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|o| OutputRef {
+            to: o.to.player(),
+            m: &o.body,
+        }))
+    }
 }
 
 #[derive(Serialize)]
@@ -130,21 +146,11 @@ impl Recorder {
 
     /// Records a message handled at `at` (the room's clock) and its outputs.
     pub fn record(&mut self, user: &str, body: &[u8], at: u64, outputs: &[Output]) {
-        let outputs: Vec<OutputRef<'_>> = outputs
-            .iter()
-            .map(|o| OutputRef {
-                to: match &o.to {
-                    Target::Room => None,
-                    Target::Player(p) => Some(p.as_str()),
-                },
-                m: &o.body,
-            })
-            .collect();
         let entry = EntryRef {
             u: user,
             at,
             b: &String::from_utf8_lossy(body),
-            o: &outputs,
+            o: Outputs(outputs),
         };
         serde_json::to_writer(&mut self.buf, &entry).expect("an entry serializes");
         self.buf.push(b'\n');
@@ -220,7 +226,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room::Output;
+    use crate::room::{Output, Target};
     use std::time::Duration;
 
     fn start() -> Keyframe {

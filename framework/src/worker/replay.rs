@@ -135,13 +135,9 @@ struct RawOutput<'a> {
 fn same_outputs(recorded: &[RawOutput<'_>], got: &[Output], written: &mut Vec<u8>) -> bool {
     recorded.len() == got.len()
         && recorded.iter().zip(got).all(|(r, g)| {
-            let to = match &g.to {
-                crate::room::Target::Room => None,
-                crate::room::Target::Player(p) => Some(p.as_str()),
-            };
             written.clear();
             serde_json::to_writer(&mut *written, &g.body).expect("an output serializes");
-            r.to.as_deref() == to && r.m.get().as_bytes() == written.as_slice()
+            r.to.as_deref() == g.to.player() && r.m.get().as_bytes() == written.as_slice()
         })
 }
 
