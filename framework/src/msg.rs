@@ -68,9 +68,9 @@ pub type PlayerId = String;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Effect {
     /// A message for every player of the room (the room topic).
-    Broadcast(Value),
+    Broadcast(Json),
     /// A message for one player (that player's own destination).
-    SendTo(PlayerId, Value),
+    SendTo(PlayerId, Json),
     /// End the room, for this reason.
     EndRoom(String),
     /// Add to a player's persistent inventory (`/user/items`).
@@ -250,7 +250,7 @@ impl RoomCtx {
     /// When `message` cannot be serialized as JSON (a map with non-string keys, say): a
     /// bug in the handler, which the room turns into a rejection of the input.
     pub fn broadcast(&mut self, message: &impl Serialize) {
-        self.effects.push(Effect::Broadcast(to_value(message)));
+        self.effects.push(Effect::Broadcast(Json::of(message)));
     }
 
     /// Sends `message` to one player.
@@ -260,7 +260,7 @@ impl RoomCtx {
     /// As [`RoomCtx::broadcast`].
     pub fn send_to(&mut self, player: &str, message: &impl Serialize) {
         self.effects
-            .push(Effect::SendTo(player.to_owned(), to_value(message)));
+            .push(Effect::SendTo(player.to_owned(), Json::of(message)));
     }
 
     /// Ends the room once this handler returns.
@@ -371,10 +371,10 @@ impl Ctx {
     ///
     /// As [`RoomCtx::broadcast`].
     pub fn reply(&mut self, message: &impl Serialize) {
-        let value = to_value(message);
+        let json = Json::of(message);
         self.room
             .effects
-            .push(Effect::SendTo(self.sender.clone(), value));
+            .push(Effect::SendTo(self.sender.clone(), json));
     }
 
     // The effect methods again, not only through `Deref`: so that
@@ -445,6 +445,75 @@ fn message_type(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, Rejection> {
     }
 }
 
+/// Reads a message's `body` as `T`. Text that is UTF-8 (as every client's is) is read
+/// as text, which serde_json then need not check string by string; other bytes are read
+/// as bytes, with the same result as before.
+pub(crate) fn read_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+}
+
+/// A message as the JSON text it goes out as. A handler's message is serialized once,
+/// where the handler sends it; the room stamps it by writing its `seq` (and the input's)
+/// into the text. No `serde_json::Value` is built for it, and it is not serialized again
+/// on its way to the players, into the match record, or in the deploy gate's comparison.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Json(Vec<u8>);
+
+impl Json {
+    /// `message` as JSON text.
+    ///
+    /// # Panics
+    ///
+    /// As [`RoomCtx::broadcast`].
+    pub(crate) fn of(message: &impl Serialize) -> Json {
+        Json(
+            serde_json::to_vec(message).unwrap_or_else(|e| {
+                panic!("a handler's message cannot be serialized as JSON: {e}")
+            }),
+        )
+    }
+
+    /// Bytes that serde_json wrote as one JSON value (and nothing else).
+    pub(crate) fn from_written(bytes: Vec<u8>) -> Json {
+        Json(bytes)
+    }
+
+    /// The JSON text, as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("serde_json writes UTF-8")
+    }
+
+    /// The JSON text's bytes, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// The message as a JSON value: to read a field or two, in tests say.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.0).expect("serde_json wrote JSON")
+    }
+}
+
+impl std::fmt::Debug for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
 fn to_value(message: &impl Serialize) -> Value {
     serde_json::to_value(message)
         .unwrap_or_else(|e| panic!("a handler's message cannot be serialized as JSON: {e}"))
@@ -504,7 +573,7 @@ impl Display for Rejection {
 /// A route: deserializes the message's JSON body as its handler's type and runs it.
 type RouteFn<S> = Arc<dyn Fn(&mut S, &mut Ctx, &[u8]) -> Result<(), Rejection> + Send + Sync>;
 type TickFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx) + Send + Sync>;
-type SnapshotFn<S> = Arc<dyn Fn(&S) -> Value + Send + Sync>;
+type SnapshotFn<S> = Arc<dyn Fn(&S) -> Json + Send + Sync>;
 type HookFn<S> = Arc<dyn Fn(&mut S, &mut RoomCtx, &str) -> Result<(), String> + Send + Sync>;
 
 /// A join or leave hook, its result made a `Result`.
@@ -650,7 +719,7 @@ impl<S: 'static> Msg<S> {
         }
         let name = kind.clone();
         let route: RouteFn<S> = Arc::new(move |state, ctx, body| {
-            let message = serde_json::from_slice::<M>(body).map_err(|e| Rejection::BadPayload {
+            let message = read_json::<M>(body).map_err(|e| Rejection::BadPayload {
                 kind: name.clone(),
                 error: e.to_string(),
             })?;
@@ -770,12 +839,12 @@ impl<S: 'static> Msg<S> {
         snapshot: impl Fn(&S) -> M + Send + Sync + 'static,
     ) -> Msg<S> {
         assert!(self.snapshot.is_none(), "the snapshot is set twice");
-        self.snapshot = Some(Arc::new(move |state| to_value(&snapshot(state))));
+        self.snapshot = Some(Arc::new(move |state| Json::of(&snapshot(state))));
         self
     }
 
     /// The room's snapshot ([`Msg::snapshot`]), if the game gives one.
-    pub(crate) fn snapshot_of(&self, state: &S) -> Option<Value> {
+    pub(crate) fn snapshot_of(&self, state: &S) -> Option<Json> {
         self.snapshot.as_ref().map(|snapshot| snapshot(state))
     }
 
@@ -789,12 +858,21 @@ impl<S: 'static> Msg<S> {
     /// are dropped, but its changes to `state` are not undone: validate before you
     /// mutate.
     pub(crate) fn apply(&self, state: &mut S, ctx: &mut Ctx, body: &[u8]) -> Result<(), Rejection> {
-        let kind = message_type(body)?;
+        self.apply_as(state, ctx, &message_type(body)?, body)
+    }
+
+    /// [`Msg::apply`] for a body already read as an object whose `type` is `kind`.
+    pub(crate) fn apply_as(
+        &self,
+        state: &mut S,
+        ctx: &mut Ctx,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<(), Rejection> {
         let route = self
             .routes
-            .get(kind.as_ref())
-            .ok_or_else(|| Rejection::UnknownType(kind.clone().into_owned()))?
-            .clone();
+            .get(kind)
+            .ok_or_else(|| Rejection::UnknownType(kind.to_owned()))?;
         let result = guarded(|| route(state, ctx, body));
         if result.is_err() {
             ctx.take_effects();
@@ -932,9 +1010,9 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(
             ctx.effects(),
-            [Effect::Broadcast(
-                serde_json::json!({ "type": "count", "n": 3 })
-            )]
+            [Effect::Broadcast(Json::of(
+                &serde_json::json!({ "type": "count", "n": 3 })
+            ))]
         );
     }
 

@@ -5,7 +5,7 @@
 // the methods only a worker calls are unused.
 #![cfg_attr(not(feature = "server"), allow(dead_code))]
 
-use crate::msg::{Arrival, Ctx, Effect, Msg, PlayerId, Rejection, RoomCtx, RoomInfo};
+use crate::msg::{Arrival, Ctx, Effect, Json, Msg, PlayerId, Rejection, RoomCtx, RoomInfo};
 use crate::proto::Grant;
 use crate::proto::RoomEvent;
 use serde_json::Value;
@@ -36,7 +36,7 @@ pub struct Output {
     /// Who receives it.
     pub to: Target,
     /// The JSON message.
-    pub body: Value,
+    pub body: Json,
 }
 
 /// Worker lives whose last tick a room remembers (see `Room::tick_once`).
@@ -451,8 +451,16 @@ impl<S: 'static> Room<S> {
 
     /// Applies `player`'s input `body`, numbered `seq` by the player. An input whose `seq`
     /// is not above the last one applied for that player is a duplicate and is skipped; an
-    /// input without one is refused, since it could not be told from a repeat.
-    pub(crate) fn apply(&mut self, player: &str, seq: Option<u64>, body: &[u8]) -> Applied {
+    /// input without one is refused, since it could not be told from a repeat. `kind` is
+    /// the input's `type` if the caller has read it already, from a body that is an
+    /// object; otherwise the room reads it.
+    pub(crate) fn apply(
+        &mut self,
+        player: &str,
+        seq: Option<u64>,
+        kind: Option<&str>,
+        body: &[u8],
+    ) -> Applied {
         let Some(seq) = seq else {
             let rejection = match serde_json::from_slice::<Value>(body) {
                 Err(e) => Rejection::BadJson(e.to_string()),
@@ -468,14 +476,20 @@ impl<S: 'static> Room<S> {
                 rejected,
             };
         };
-        if self.applied.get(player).is_some_and(|&last| seq <= last) {
-            return Applied {
-                outputs: Vec::new(),
-                duplicate: true,
-                rejected: None,
-            };
+        match self.applied.get_mut(player) {
+            Some(last) if seq <= *last => {
+                return Applied {
+                    outputs: Vec::new(),
+                    duplicate: true,
+                    rejected: None,
+                }
+            }
+            // Not a new key for every input: the player's is there after its first.
+            Some(last) => *last = seq,
+            None => {
+                self.applied.insert(player.to_owned(), seq);
+            }
         }
-        self.applied.insert(player.to_owned(), seq);
         if self.ended.is_some() {
             return Applied {
                 outputs: Vec::new(),
@@ -486,7 +500,10 @@ impl<S: 'static> Room<S> {
         let seed = self.seed(&[player.as_bytes(), &seq.to_le_bytes()]);
         let mut ctx = Ctx::new(&self.id, player, seq).at(self.clock_ms, seed);
         let result = if self.players.contains(player) {
-            self.msg.apply(&mut self.state, &mut ctx, body)
+            match kind {
+                Some(kind) => self.msg.apply_as(&mut self.state, &mut ctx, kind, body),
+                None => self.msg.apply(&mut self.state, &mut ctx, body),
+            }
         } else {
             Err(Rejection::Refused(format!(
                 "{player} is not in room {}; join it through the lobby first",
@@ -625,8 +642,8 @@ impl<S: 'static> Room<S> {
 }
 
 /// One of the framework's own messages, as JSON.
-fn event(event: RoomEvent) -> Value {
-    serde_json::to_value(event).expect("a RoomEvent serializes")
+fn event(event: RoomEvent) -> Json {
+    Json::of(&event)
 }
 
 /// What made a room emit outputs.
@@ -642,7 +659,53 @@ enum Cause<'a> {
 
 /// Puts the room `seq` (and, for an input's outputs, `input_seq` and `input_from`) into
 /// an object message; wraps anything else as `{"type":"message","data":…}`.
-fn stamp(body: Value, seq: u64, cause: Cause<'_>) -> Value {
+///
+/// serde_json wrote `body`, so an object is `{…}` with no space around it: the fields
+/// are written into the text, after the message's own. A message that has a field of
+/// one of these names already (or their names anywhere in it) goes the long way, through
+/// a JSON value, so that the room's stamp replaces it rather than repeats it.
+fn stamp(body: Json, seq: u64, cause: Cause<'_>) -> Json {
+    let mut text = body.into_bytes();
+    let object = text.first() == Some(&b'{') && text.last() == Some(&b'}');
+    if !object || names_a_stamp(&text) {
+        return stamp_value(
+            serde_json::from_slice(&text).expect("serde_json wrote JSON"),
+            seq,
+            cause,
+        );
+    }
+    text.pop();
+    if text.len() > 1 {
+        text.push(b',');
+    }
+    write_stamp(&mut text, seq, cause);
+    text.push(b'}');
+    Json::from_written(text)
+}
+
+/// Writes `"seq":N` (and the input's fields) into an object being written.
+fn write_stamp(text: &mut Vec<u8>, seq: u64, cause: Cause<'_>) {
+    let mut number = itoa::Buffer::new();
+    text.extend_from_slice(b"\"seq\":");
+    text.extend_from_slice(number.format(seq).as_bytes());
+    if let Cause::Input(player, input_seq) = cause {
+        text.extend_from_slice(b",\"input_seq\":");
+        text.extend_from_slice(number.format(input_seq).as_bytes());
+        text.extend_from_slice(b",\"input_from\":");
+        serde_json::to_writer(&mut *text, player).expect("a string serializes");
+    }
+}
+
+/// Whether a name the stamp writes (`"seq"`, `"input_…`) is anywhere in `text`.
+fn names_a_stamp(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'"', text).any(|i| {
+        let rest = &text[i + 1..];
+        rest.starts_with(b"seq\"") || rest.starts_with(b"input_")
+    })
+}
+
+/// [`stamp`] the long way.
+fn stamp_value(body: Value, seq: u64, cause: Cause<'_>) -> Json {
     let mut map = match body {
         Value::Object(map) => map,
         other => {
@@ -657,7 +720,7 @@ fn stamp(body: Value, seq: u64, cause: Cause<'_>) -> Value {
         map.insert("input_seq".into(), input_seq.into());
         map.insert("input_from".into(), player.into());
     }
-    Value::Object(map)
+    Json::of(&Value::Object(map))
 }
 
 #[cfg(test)]
@@ -676,33 +739,79 @@ mod tests {
     fn inputs_need_a_seq_and_a_new_visit_numbers_afresh() {
         let mut room = echo_room();
         let out = room
-            .apply("p1", None, br#"{"type":"say","text":"x"}"#)
+            .apply("p1", None, None, br#"{"type":"say","text":"x"}"#)
             .outputs;
-        assert!(out[0].body["error"]
+        assert!(out[0].body.value()["error"]
             .as_str()
             .unwrap()
             .contains("needs \"seq\""));
-        let out = room.apply("p1", None, b"nope").outputs;
-        assert!(out[0].body["error"]
+        let out = room.apply("p1", None, None, b"nope").outputs;
+        assert!(out[0].body.value()["error"]
             .as_str()
             .unwrap()
             .starts_with("invalid JSON"));
-        room.apply("p1", Some(50), br#"{"type":"say","text":"a"}"#);
+        room.apply("p1", Some(50), None, br#"{"type":"say","text":"a"}"#);
         room.leave("p1");
         room.join("p1");
-        let again = room.apply("p1", Some(1), br#"{"type":"say","text":"b"}"#);
+        let again = room.apply("p1", Some(1), None, br#"{"type":"say","text":"b"}"#);
         assert!(!again.duplicate);
         assert_eq!(room.state(), &["a", "b"]);
+    }
+
+    #[test]
+    fn stamps_are_written_into_the_text_after_the_message_own_fields() {
+        let cause = Cause::Input("ann \"a\"", 7);
+        let stamped = |message: Value, cause| stamp(Json::of(&message), 3, cause);
+        #[derive(serde::Serialize)]
+        struct Moved {
+            r#type: &'static str,
+            x: i32,
+        }
+        assert_eq!(
+            stamp(
+                Json::of(&Moved {
+                    r#type: "moved",
+                    x: 1
+                }),
+                3,
+                cause
+            )
+            .as_str(),
+            r#"{"type":"moved","x":1,"seq":3,"input_seq":7,"input_from":"ann \"a\""}"#,
+        );
+        assert_eq!(stamped(json!({}), Cause::Room).as_str(), r#"{"seq":3}"#);
+        assert_eq!(
+            stamped(json!("hi"), Cause::Room).as_str(),
+            r#"{"data":"hi","seq":3,"type":"message"}"#,
+            "anything but an object is wrapped"
+        );
+        // A message with a field the stamp writes: the stamp's replaces it, once.
+        for message in [
+            json!({ "type": "t", "seq": 99 }),
+            json!({ "type": "t", "input_from": "mallory", "input_seq": 1 }),
+        ] {
+            let text = stamped(message, cause);
+            assert_eq!(text.as_str().matches("\"seq\"").count(), 1, "{text}");
+            assert_eq!(
+                text.value(),
+                json!({ "type": "t", "seq": 3, "input_seq": 7, "input_from": "ann \"a\"" })
+            );
+        }
+        // Only a field's name counts, not the same letters in a string.
+        assert_eq!(
+            stamped(json!({ "text": "seq: \"seq\"" }), Cause::Room).as_str(),
+            r#"{"text":"seq: \"seq\"","seq":3}"#
+        );
     }
 
     #[test]
     fn only_players_in_the_room_are_heard() {
         let mut room = bare_echo_room();
         let out = room
-            .apply("stranger", Some(1), br#"{"type":"say","text":"hi"}"#)
+            .apply("stranger", Some(1), None, br#"{"type":"say","text":"hi"}"#)
             .outputs;
         assert_eq!(out[0].to, Target::Player("stranger".into()));
-        assert!(out[0].body["error"]
+        assert!(out[0].body.value()["error"]
             .as_str()
             .unwrap()
             .contains("not in room r1"));
@@ -813,21 +922,21 @@ mod tests {
     #[test]
     fn broadcasts_are_numbered_and_replies_carry_the_latest_number() {
         let mut room = echo_room();
-        let a = room.apply("p1", Some(1), br#"{"type":"say","text":"hi"}"#);
-        assert_eq!(a.outputs[0].body["seq"], 1);
+        let a = room.apply("p1", Some(1), None, br#"{"type":"say","text":"hi"}"#);
+        assert_eq!(a.outputs[0].body.value()["seq"], 1);
         assert_eq!(a.outputs[1].to, Target::Player("p1".into()));
         assert_eq!(
-            a.outputs[1].body,
+            a.outputs[1].body.value(),
             json!({ "type": "message", "data": "ok", "seq": 1, "input_seq": 1, "input_from": "p1" })
         );
-        let b = room.apply("p2", Some(1), br#"{"type":"say","text":"yo"}"#);
-        assert_eq!(b.outputs[0].body["seq"], 2);
-        assert_eq!(b.outputs[0].body["input_from"], "p2");
+        let b = room.apply("p2", Some(1), None, br#"{"type":"say","text":"yo"}"#);
+        assert_eq!(b.outputs[0].body.value()["seq"], 2);
+        assert_eq!(b.outputs[0].body.value()["input_from"], "p2");
         let tick_free = room.join("p3");
         assert!(tick_free.is_empty(), "no join hook, no output");
         let ended = room.end("over");
         assert!(
-            ended[0].body.get("input_seq").is_none(),
+            ended[0].body.value().get("input_seq").is_none(),
             "not an input's output"
         );
     }
@@ -835,10 +944,10 @@ mod tests {
     #[test]
     fn duplicates_are_skipped_per_player() {
         let mut room = echo_room();
-        room.apply("p1", Some(1), br#"{"type":"say","text":"a"}"#);
-        let again = room.apply("p1", Some(1), br#"{"type":"say","text":"a"}"#);
+        room.apply("p1", Some(1), None, br#"{"type":"say","text":"a"}"#);
+        let again = room.apply("p1", Some(1), None, br#"{"type":"say","text":"a"}"#);
         assert!(again.duplicate && again.outputs.is_empty());
-        room.apply("p1", Some(2), br#"{"type":"say","text":"b"}"#);
+        room.apply("p1", Some(2), None, br#"{"type":"say","text":"b"}"#);
         assert_eq!(room.state(), &["a", "b"]);
         assert_eq!(room.applied_seq("p1"), Some(2));
     }
@@ -846,11 +955,13 @@ mod tests {
     #[test]
     fn a_rejected_input_answers_its_sender_only() {
         let mut room = echo_room();
-        let out = room.apply("p1", Some(7), br#"{"type":"fly"}"#).outputs;
+        let out = room
+            .apply("p1", Some(7), None, br#"{"type":"fly"}"#)
+            .outputs;
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].to, Target::Player("p1".into()));
-        assert_eq!(out[0].body["type"], "error");
-        assert_eq!(out[0].body["input_seq"], 7);
+        assert_eq!(out[0].body.value()["type"], "error");
+        assert_eq!(out[0].body.value()["input_seq"], 7);
         assert_eq!(room.seq(), 0, "errors do not advance the room sequence");
     }
 
@@ -875,7 +986,7 @@ mod tests {
         assert_eq!(out.len(), 1, "the hook's broadcast is dropped: {out:?}");
         assert_eq!(out[0].to, Target::Player("mallory".into()));
         assert_eq!(
-            out[0].body,
+            out[0].body.value(),
             json!({ "type": "error", "error": "no room for mallory", "seq": 1 })
         );
         assert_eq!(room.seq(), 1, "only ann's join was broadcast");
@@ -884,7 +995,7 @@ mod tests {
             "the lobby admitted her"
         );
         assert!(room
-            .apply("mallory", Some(1), br#"{"type":"say"}"#)
+            .apply("mallory", Some(1), None, br#"{"type":"say"}"#)
             .outputs
             .is_empty());
         room.leave("mallory");
@@ -908,10 +1019,10 @@ mod tests {
         let mut room = Room::new(RoomInfo::new("r1", "r1"), msg.clone());
         room.join("p1");
         let out = room
-            .apply("p1", Some(1), br#"{"type":"go","hp":4}"#)
+            .apply("p1", Some(1), None, br#"{"type":"go","hp":4}"#)
             .outputs;
         assert!(out.is_empty(), "a transfer is no message: {out:?}");
-        room.apply("p1", Some(2), br#"{"type":"go","fail":true}"#);
+        room.apply("p1", Some(2), None, br#"{"type":"go","fail":true}"#);
         room.tick();
         let moved = room.take_transfers();
         let keys: Vec<&str> = moved.iter().map(|t| t.key.as_str()).collect();
@@ -936,11 +1047,13 @@ mod tests {
     #[test]
     fn ending_is_announced_once_and_stops_inputs() {
         let mut room = echo_room();
-        let out = room.apply("p1", Some(1), br#"{"type":"quit"}"#).outputs;
-        assert_eq!(out[0].body["type"], "room_ended");
+        let out = room
+            .apply("p1", Some(1), None, br#"{"type":"quit"}"#)
+            .outputs;
+        assert_eq!(out[0].body.value()["type"], "room_ended");
         assert_eq!(room.ended(), Some("bye"));
         assert!(room
-            .apply("p1", Some(2), br#"{"type":"say","text":"x"}"#)
+            .apply("p1", Some(2), None, br#"{"type":"say","text":"x"}"#)
             .outputs
             .is_empty());
         assert!(room.end("again").is_empty());

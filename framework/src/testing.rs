@@ -125,16 +125,16 @@ impl<S: 'static> TestRoom<S> {
 
     /// A player sends raw bytes (to test bad JSON).
     pub fn send_raw(&mut self, player: &str, seq: u64, body: &[u8]) -> Result<(), String> {
-        let applied = self.room.apply(player, Some(seq), body);
-        let error = applied
-            .outputs
-            .iter()
-            .find_map(|o| match (&o.to, o.body["type"].as_str()) {
+        let applied = self.room.apply(player, Some(seq), None, body);
+        let error = applied.outputs.iter().find_map(|o| {
+            let body = o.body.value();
+            match (&o.to, body["type"].as_str()) {
                 (Target::Player(p), Some("error")) if p == player => {
-                    o.body["error"].as_str().map(str::to_owned)
+                    body["error"].as_str().map(str::to_owned)
                 }
                 _ => None,
-            });
+            }
+        });
         self.deliver(applied.outputs);
         error.map_or(Ok(()), Err)
     }
@@ -237,13 +237,14 @@ impl<S: 'static> TestRoom<S> {
         for output in outputs {
             match output.to {
                 Target::Room => {
+                    let body = output.body.value();
                     for inbox in self.inboxes.values_mut() {
-                        inbox.push(output.body.clone());
+                        inbox.push(body.clone());
                     }
                 }
                 Target::Player(p) => {
                     if let Some(inbox) = self.inboxes.get_mut(&p) {
-                        inbox.push(output.body);
+                        inbox.push(output.body.value());
                     }
                 }
             }

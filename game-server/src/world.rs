@@ -355,12 +355,23 @@ impl World {
         }
         let (w, h) = self.map.size();
         let (sx, sy) = spawns.first().copied().unwrap_or((1, 1));
-        let mut floor: Vec<(i32, i32)> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .filter(|&(x, y)| self.free(x, y) && !self.map.portal(x, y))
+        let taken: Vec<(i32, i32)> = (self.players.values().map(|p| (p.x, p.y)))
+            .chain(self.npcs.iter().map(|n| (n.x, n.y)))
             .collect();
-        floor.sort_by_key(|&(x, y)| (x - sx).abs() + (y - sy).abs());
-        floor.first().copied()
+        let open = |&(x, y): &(i32, i32)| {
+            self.map.walkable(x, y) && !self.map.portal(x, y) && !taken.contains(&(x, y))
+        };
+        // Rings of tiles ever farther from it; in each, rows from the top, and in a row
+        // left to right. (Off the map is wall.)
+        (0..w + h).find_map(|d| {
+            (sy - d..=sy + d)
+                .flat_map(|y| {
+                    let dx = d - (y - sy).abs();
+                    let both = if dx == 0 { 1 } else { 2 };
+                    [(sx - dx, y), (sx + dx, y)].into_iter().take(both)
+                })
+                .find(open)
+        })
     }
 
     /// The whole world as one message, as a newcomer gets it.
@@ -609,7 +620,8 @@ pub fn on_move(world: &mut World, ctx: &mut Ctx, m: Move) -> Result<(), String> 
         }
         return Ok(());
     }
-    if !world.free(x, y) {
+    // No NPC and no player there (see above): free if it is floor.
+    if !world.map.walkable(x, y) {
         ctx.reply(&Out::Blocked {
             at: Pos { x: me.x, y: me.y },
         });

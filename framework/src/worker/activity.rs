@@ -17,7 +17,8 @@ const RATE_WINDOW_SECS: u64 = 10;
 /// One input as the room took it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputRecord {
-    /// When it was applied, milliseconds since the Unix epoch.
+    /// The room's clock when it was applied (when the broker queued it, where it says),
+    /// milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// The sender.
     pub from: String,

@@ -7,12 +7,15 @@
 //! the sender as the broker stamped it (a player, `$lobby`, `$worker` for ticks, or
 //! [`END_USER`] when the worker itself ended the room), the room's clock once the
 //! message was handled (what `ctx.now()` read), the message as it came, and the outputs
-//! in order (`to` absent: the room's topic).
+//! in order (`to` absent: the room's topic). A message that is a JSON object on one line
+//! (what clients send) is recorded as it came, as JSON; anything else as a JSON string of
+//! its text. `Entry` reads both, and gives the message as text either way.
 
 use crate::policy::Recording;
 use crate::room::Output;
 use crate::store::{Keyframe, Segment};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::VecDeque;
 
@@ -32,6 +35,7 @@ pub struct Entry {
     /// The room's clock once it was handled (ms since the epoch).
     pub at: u64,
     /// The message, as it came.
+    #[serde(deserialize_with = "message_text")]
     pub b: String,
     /// The outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -53,45 +57,51 @@ impl RecordedOutput {
     pub fn of(output: &Output) -> RecordedOutput {
         RecordedOutput {
             to: output.to.player().map(str::to_owned),
-            m: output.body.clone(),
+            m: output.body.value(),
         }
     }
 }
 
-/// An entry being written: borrowed, so recording copies nothing but the bytes.
-#[derive(Serialize)]
-struct EntryRef<'a> {
-    u: &'a str,
-    at: u64,
-    b: &'a str,
-    #[serde(skip_serializing_if = "Outputs::is_empty")]
-    o: Outputs<'a>,
-}
-
-/// Outputs written as the record holds them, straight from the room's (nothing
-/// collected on the way: it runs for every message).
-struct Outputs<'a>(&'a [Output]);
-
-impl Outputs<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+/// An entry's message as text: recorded as JSON, or as a string of its text.
+fn message_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    match raw.get().starts_with('"') {
+        true => serde_json::from_str(raw.get()).map_err(serde::de::Error::custom),
+        false => Ok(raw.get().to_owned()),
     }
 }
 
-impl Serialize for Outputs<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|o| OutputRef {
-            to: o.to.player(),
-            m: &o.body,
-        }))
-    }
+/// Whether a message is recorded as the JSON it is: an object, on one line, in UTF-8.
+pub(crate) fn recorded_as_json(body: &[u8]) -> bool {
+    body.first() == Some(&b'{')
+        && memchr::memchr2(b'\n', b'\r', body).is_none()
+        && std::str::from_utf8(body).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
-#[derive(Serialize)]
-struct OutputRef<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to: Option<&'a str>,
-    m: &'a Value,
+/// Writes the end of an entry, after its message: `,"o":[…]}`, or `}` without outputs.
+pub(crate) fn write_tail(buf: &mut Vec<u8>, outputs: &[Output]) {
+    if !outputs.is_empty() {
+        buf.extend_from_slice(b",\"o\":[");
+        for (i, output) in outputs.iter().enumerate() {
+            buf.extend_from_slice(if i == 0 { b"{" } else { b",{" });
+            if let Some(to) = output.to.player() {
+                buf.extend_from_slice(b"\"to\":");
+                write_string(buf, to);
+                buf.push(b',');
+            }
+            buf.extend_from_slice(b"\"m\":");
+            buf.extend_from_slice(output.body.as_bytes());
+            buf.push(b'}');
+        }
+        buf.push(b']');
+    }
+    buf.push(b'}');
+}
+
+/// Writes `text` as a JSON string.
+fn write_string(buf: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(buf, text).expect("a string serializes");
 }
 
 /// The entries of a segment, in order; a line that is not an entry is an error naming
@@ -144,16 +154,22 @@ impl Recorder {
         }
     }
 
-    /// Records a message handled at `at` (the room's clock) and its outputs.
+    /// Records a message handled at `at` (the room's clock) and its outputs. Written by
+    /// hand, not through serde: the outputs are JSON text already, and this runs for
+    /// every message.
     pub fn record(&mut self, user: &str, body: &[u8], at: u64, outputs: &[Output]) {
-        let entry = EntryRef {
-            u: user,
-            at,
-            b: &String::from_utf8_lossy(body),
-            o: Outputs(outputs),
-        };
-        serde_json::to_writer(&mut self.buf, &entry).expect("an entry serializes");
-        self.buf.push(b'\n');
+        let buf = &mut self.buf;
+        buf.extend_from_slice(b"{\"u\":");
+        write_string(buf, user);
+        buf.extend_from_slice(b",\"at\":");
+        buf.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
+        buf.extend_from_slice(b",\"b\":");
+        match recorded_as_json(body) {
+            true => buf.extend_from_slice(body),
+            false => write_string(buf, &String::from_utf8_lossy(body)),
+        }
+        write_tail(buf, outputs);
+        buf.push(b'\n');
         if self.n == 0 {
             self.first_at = at;
         }
@@ -244,7 +260,7 @@ mod tests {
         for s in from..to {
             let out = Output {
                 to: Target::Room,
-                body: serde_json::json!({ "type": "tick", "s": s }),
+                body: crate::msg::Json::of(&serde_json::json!({ "type": "tick", "s": s })),
             };
             r.record("$worker", b"{\"type\":\"$tick\"}", s * 1000, &[out]);
         }
@@ -282,6 +298,50 @@ mod tests {
         assert!(
             third.forget_before.is_none(),
             "a whole match forgets nothing"
+        );
+    }
+
+    #[test]
+    fn a_message_is_recorded_as_json_when_it_is_an_object_on_one_line() {
+        let mut r = Recorder::new(Recording::Match, &start());
+        let to_ann = Output {
+            to: Target::Player("ann \"the\" first".into()),
+            body: crate::msg::Json::of(&serde_json::json!({ "type": "hi" })),
+        };
+        let bodies: [&[u8]; 6] = [
+            br#"{"type":"move","seq":1,"dx":1}"#,
+            b"{\"type\":\"say\",\n\"seq\":2}",
+            b"not json",
+            br#"{"type":"say"} trailing"#,
+            b"{\"type\":\"\xff\"}",
+            br#"["type","say"]"#,
+        ];
+        for body in bodies {
+            r.record("ann", body, 7, std::slice::from_ref(&to_ann));
+        }
+        let segment = r.take(1, String::new).unwrap();
+        let lines: Vec<&str> = segment.entries.lines().collect();
+        assert_eq!(
+            lines[0],
+            r#"{"u":"ann","at":7,"b":{"type":"move","seq":1,"dx":1},"o":[{"to":"ann \"the\" first","m":{"type":"hi"}}]}"#
+        );
+        for line in &lines[1..] {
+            assert!(line.contains(r#","b":""#), "as a string: {line}");
+        }
+        let read = entries(&segment.entries).unwrap();
+        assert_eq!(read.len(), 6, "a message with a newline is on one line too");
+        assert_eq!(read[0].b, r#"{"type":"move","seq":1,"dx":1}"#);
+        assert_eq!(read[1].b, "{\"type\":\"say\",\n\"seq\":2}");
+        assert_eq!(read[2].b, "not json");
+        assert_eq!(
+            read[4].b, "{\"type\":\"\u{fffd}\"}",
+            "not UTF-8: as the text it reads as"
+        );
+        assert_eq!(read[0].o[0].to.as_deref(), Some("ann \"the\" first"));
+        assert_eq!(read[0].o[0].m, serde_json::json!({ "type": "hi" }));
+        assert!(
+            entries(r#"{"u":"ann","at":7,"b":{"type":"#).is_err(),
+            "a cut line is corrupt"
         );
     }
 

@@ -57,13 +57,30 @@ impl InboxMessage<'_> {
     }
 }
 
+/// What the worker reads of an input before the room does: read once, the route then
+/// reads the handler's own type from the body.
 #[derive(Deserialize)]
-struct InputHeader {
+struct InputHeader<'a> {
     seq: Option<u64>,
     /// Any JSON: an input whose `type` is not a string is still numbered (and refused
     /// by the room for its type).
-    #[serde(rename = "type")]
-    kind: Option<serde_json::Value>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> InputHeader<'a> {
+    /// The input's `type`, if it is a string: borrowed from the body unless it has
+    /// escapes.
+    fn kind(&self) -> Option<std::borrow::Cow<'a, str>> {
+        let text = self.kind?.get();
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        match inner.contains('\\') {
+            false => Some(std::borrow::Cow::Borrowed(inner)),
+            true => serde_json::from_str::<String>(text)
+                .ok()
+                .map(std::borrow::Cow::Owned),
+        }
+    }
 }
 
 /// What the lobby puts in a room's inbox.
@@ -375,24 +392,24 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             return Vec::new();
         }
         let (seq, kind) =
-            serde_json::from_slice::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind));
-        let kind = match kind {
-            Some(serde_json::Value::String(kind)) => Some(kind),
-            _ => None,
-        };
+            crate::msg::read_json::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind()));
+        // The room may take the type as read only from an object: serde reads a struct
+        // from an array too.
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let known = kind.as_deref().filter(|_| object);
         #[cfg(debug_assertions)]
         let again = self
             .fork()
-            .map(|mut room| room.apply(user, seq, body).outputs);
-        let applied = self.room.apply(user, seq, body);
+            .map(|mut room| room.apply(user, seq, known, body).outputs);
+        let applied = self.room.apply(user, seq, known, body);
         #[cfg(debug_assertions)]
         self.check_same("an input", again, &applied.outputs);
         if !applied.duplicate {
             self.activity.record(InputRecord {
-                at_ms: now_ms(),
+                at_ms: self.room.clock_ms(),
                 from: user.to_owned(),
                 seq,
-                kind,
+                kind: kind.map(std::borrow::Cow::into_owned),
                 room_seq: self.room.seq(),
                 error: applied.rejected,
             });
@@ -781,7 +798,7 @@ mod tests {
             body: end.as_bytes(),
             at_ms: None,
         });
-        assert_eq!(out[0].body["type"], "room_ended");
+        assert_eq!(out[0].body.value()["type"], "room_ended");
         assert_eq!(w.ended(), Some("bye"));
         let forged = w.handle(InboxMessage {
             user: "$lobby2",

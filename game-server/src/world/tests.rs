@@ -481,3 +481,38 @@ fn a_dropped_player_is_greyed_out_until_back_and_a_second_connection_does_not_dr
         ["dropped", "left"]
     );
 }
+
+#[test]
+fn with_every_spawn_point_taken_a_player_lands_on_the_first_nearest_free_floor() {
+    // Checked against the plain way (every tile, the first of the nearest in rows from
+    // the top), with ever more of a zone's floor taken.
+    for zone in [Zone::Meadow, Zone::Caves] {
+        let mut world = World::in_zone(zone);
+        let spawns = world.map.find(b'S');
+        let (w, h) = world.map.size();
+        let (sx, sy) = spawns[0];
+        let mut rng = Rng::seeded(7);
+        for n in 0..200 {
+            let (x, y) = match spawns.get(n) {
+                Some(&spot) => spot,
+                None => (rng.below(w as u64) as i32, rng.below(h as u64) as i32),
+            };
+            let hero = Hero {
+                x,
+                y,
+                hp: 10,
+                xp: 0,
+                away: false,
+            };
+            world.players.insert(format!("p{n}"), hero);
+            if n + 1 < spawns.len() {
+                continue;
+            }
+            let plain = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| world.free(x, y) && !world.map.portal(x, y))
+                .min_by_key(|&(x, y)| (x - sx).abs() + (y - sy).abs());
+            assert_eq!(world.spawn_point(None), plain, "{zone:?}, {n} players");
+        }
+    }
+}
