@@ -95,10 +95,12 @@ where
             // than a panic.
             let entry: Entry = match serde_json::from_str(line) {
                 Ok(entry) => entry,
-                Err(e) => return Verdict::Unusable(format!(
+                Err(e) => {
+                    return Verdict::Unusable(format!(
                     "segment {}: entry {n} made other outputs and cannot be read to say which: {e}",
                     segment.version
-                )),
+                ))
+                }
             };
             if let Some((expected, got)) = first_difference(&entry.o, &got) {
                 return Verdict::Differs(Box::new(Difference {
