@@ -215,93 +215,71 @@ impl State {
         queue.ready.insert(at, item);
     }
 
-    /// Hands ready messages to consumers with room for them, round robin.
+    /// Hands ready messages to consumers with room for them, round robin. The queue
+    /// is looked up once, and each consumer's session once a message: this runs for
+    /// every subscriber of every topic message.
     pub(super) fn deliver_ready(&mut self, queue_name: &str) {
-        while let Some(i) = self.next_consumer(queue_name) {
-            self.deliver_to(queue_name, i);
-        }
-    }
-
-    /// The index of the consumer that takes the queue's next message, if a message is
-    /// ready and a consumer has room for it.
-    fn next_consumer(&self, queue_name: &str) -> Option<usize> {
-        let queue = self.queues.get(queue_name)?;
-        let first = queue.ready.front()?;
-        // A journaled message a group commit has not yet put on the disk waits, and
-        // so does everything behind it. (Topic subscriptions are not journaled.)
-        if journaled(queue_name)
-            && !self.durability.on_disk(first.seq)
-            && queue.options.fsync != Some(false)
-        {
-            return None;
-        }
-        // A single-active-consumer queue feeds its oldest consumer only; the next one
-        // takes over when it goes, starting with what it left unacked.
-        let n = if queue.single_active {
-            queue.consumers.len().min(1)
-        } else {
-            queue.consumers.len()
-        };
-        let max_unacked = self.config.max_unacked;
-        (0..n).map(|k| (queue.next_consumer + k) % n).find(|&i| {
-            let (sid, sub_id) = &queue.consumers[i];
-            self.sessions.get(sid).is_some_and(|session| {
-                // Besides its prefetch, a session may hold only so many unacked messages.
-                session.unacked.len() < max_unacked
-                    && session.subscriptions.get(sub_id).is_some_and(|s| {
-                        s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
-                    })
-            })
-        })
-    }
-
-    /// Delivers the queue's first message to its consumer `i`.
-    fn deliver_to(&mut self, queue_name: &str, i: usize) {
-        let queue = self
-            .queues
-            .get_mut(queue_name)
-            .expect("a queue to deliver from");
-        let n = if queue.single_active {
-            1
-        } else {
-            queue.consumers.len()
-        };
-        queue.next_consumer = (i + 1) % n;
-        let item = queue.ready.pop_front().expect("checked non-empty");
-        let (sid, sub_id) = &queue.consumers[i];
-        let sid = *sid;
-        let session = self.sessions.get_mut(&sid).expect("consumer has a session");
-        let sub = session
-            .subscriptions
-            .get_mut(sub_id)
-            .expect("consumer has a subscription");
-        let tag = (sub.ack != AckMode::Auto).then(|| {
-            session.next_tag += 1;
-            session.next_tag - 1
-        });
-        let out = message_frame(&item, sub_id, tag, session.wire);
-        if session.outbox.try_send(out).is_err() {
-            // The consumer cannot keep up (or is gone): it loses its connection, and
-            // the message stays first in line for someone else.
-            session.kill.slow();
-            let queue = self.queues.get_mut(queue_name).expect("queue exists");
-            queue.ready.push_front(item);
-            queue.consumers.retain(|(s, _)| *s != sid);
+        let journaled = journaled(queue_name);
+        let Some(queue) = self.queues.get_mut(queue_name) else {
             return;
+        };
+        // Messages delivered with ack=auto from a journaled queue, settled once the
+        // queue is let go (they need the whole state).
+        let mut settled = Vec::new();
+        while let Some(first) = queue.ready.front() {
+            // A journaled message a group commit has not yet put on the disk waits, and
+            // so does everything behind it. (Topic subscriptions are not journaled.)
+            if journaled
+                && !self.durability.on_disk(first.seq)
+                && queue.options.fsync != Some(false)
+            {
+                break;
+            }
+            let Some(i) = next_consumer(queue, &self.sessions, self.config.max_unacked) else {
+                break;
+            };
+            let n = if queue.single_active {
+                1
+            } else {
+                queue.consumers.len()
+            };
+            queue.next_consumer = (i + 1) % n;
+            let item = queue.ready.pop_front().expect("checked non-empty");
+            let (sid, sub_id) = &queue.consumers[i];
+            let sid = *sid;
+            let session = self.sessions.get_mut(&sid).expect("consumer has a session");
+            let sub = session
+                .subscriptions
+                .get_mut(sub_id)
+                .expect("consumer has a subscription");
+            let tag = (sub.ack != AckMode::Auto).then(|| {
+                session.next_tag += 1;
+                session.next_tag - 1
+            });
+            let out = message_frame(&item, sub_id, tag, session.wire);
+            if session.outbox.try_send(out).is_err() {
+                // The consumer cannot keep up (or is gone): it loses its connection, and
+                // the message stays first in line for someone else.
+                session.kill.slow();
+                queue.ready.push_front(item);
+                queue.consumers.retain(|(s, _)| *s != sid);
+                continue;
+            }
+            if let Some(tag) = tag {
+                sub.in_flight += 1;
+                session.unacked.insert(
+                    tag,
+                    super::Unacked {
+                        subscription: sub_id.clone(),
+                        queue: queue_name.to_owned(),
+                        item,
+                    },
+                );
+            } else if journaled {
+                settled.push((item.seq, item.msg.body.len()));
+            }
         }
-        if let Some(tag) = tag {
-            sub.in_flight += 1;
-            session.unacked.insert(
-                tag,
-                super::Unacked {
-                    subscription: sub_id.clone(),
-                    queue: queue_name.to_owned(),
-                    item,
-                },
-            );
-        } else if journaled(queue_name) {
-            // Delivered with ack=auto: settled.
-            let (seq, size) = (item.seq, item.msg.body.len());
+        for (seq, size) in settled {
             self.release(queue_name, size);
             self.settle(&[seq]);
         }
@@ -367,6 +345,32 @@ impl State {
         }
         true
     }
+}
+
+/// The index of the consumer of `queue` that takes its next message, if one has room
+/// for it.
+fn next_consumer(
+    queue: &super::Queue,
+    sessions: &super::HashMap<SessionId, super::Session>,
+    max_unacked: usize,
+) -> Option<usize> {
+    // A single-active-consumer queue feeds its oldest consumer only; the next one takes
+    // over when it goes, starting with what it left unacked.
+    let n = if queue.single_active {
+        queue.consumers.len().min(1)
+    } else {
+        queue.consumers.len()
+    };
+    (0..n).map(|k| (queue.next_consumer + k) % n).find(|&i| {
+        let (sid, sub_id) = &queue.consumers[i];
+        sessions.get(sid).is_some_and(|session| {
+            // Besides its prefetch, a session may hold only so many unacked messages.
+            session.unacked.len() < max_unacked
+                && session.subscriptions.get(sub_id).is_some_and(|s| {
+                    s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
+                })
+        })
+    })
 }
 
 /// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
