@@ -29,6 +29,9 @@ pub(crate) struct Workload {
     pub secs: Duration,
     /// How long to wait for the last answers once sending stops.
     pub drain: Duration,
+    /// The STOMP heart-beats players agree, both ways, as real clients do; `None`:
+    /// none.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Where one player connects.
@@ -163,7 +166,7 @@ struct Conn {
     inbox: Option<String>,
 }
 
-async fn connect(seat: Seat) -> Result<Conn, String> {
+async fn connect(seat: Seat, heartbeat: Option<Duration>) -> Result<Conn, String> {
     let url = match &seat {
         Seat::Stomp(t) => t.ws_url.clone(),
         Seat::Floor { url, .. } => url.clone(),
@@ -181,9 +184,10 @@ async fn connect(seat: Seat) -> Result<Conn, String> {
             inbox: None,
         });
     };
+    let every = heartbeat.map_or(0, |h| h.as_millis());
     let frames = [
         format!(
-            "CONNECT\naccept-version:1.2\nhost:/\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
+            "CONNECT\naccept-version:1.2\nhost:/\nlogin:{}\npasscode:{}\nheart-beat:{every},{every}\n\n\0",
             t.login, t.token
         ),
         format!("SUBSCRIBE\nid:0\ndestination:{}\n\n\0", t.topic),
@@ -227,6 +231,8 @@ struct Plan {
     measure_from: Instant,
     stop_at: Instant,
     drain_until: Instant,
+    /// A heart-beat goes when nothing else went for this long.
+    heartbeat: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -281,13 +287,19 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
     let mut last_answered = [0u64; 2];
     let mut unanswered = 0usize;
     let mut next_send = plan.first;
+    let mut last_sent = Instant::now();
     let stomp = conn.inbox.is_some();
     loop {
         let sending = next_send < plan.stop_at;
         if !sending && (unanswered == 0 || Instant::now() >= plan.drain_until) {
             break;
         }
-        let wake = if sending { next_send } else { plan.drain_until };
+        let mut wake = if sending { next_send } else { plan.drain_until };
+        let beat = plan
+            .heartbeat
+            .filter(|_| stomp)
+            .map(|every| last_sent + every);
+        wake = wake.min(beat.unwrap_or(wake));
         tokio::select! {
             biased;
             message = conn.ws.next() => {
@@ -341,6 +353,14 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                 }
             }
             _ = tokio::time::sleep_until(wake) => {
+                if beat.is_some_and(|beat| beat <= wake) && wake < next_send {
+                    if let Err(e) = conn.ws.send(Message::text("\n")).await {
+                        t.failure = Some(format!("{}: sending a heart-beat: {e}", conn.name));
+                        break;
+                    }
+                    last_sent = Instant::now();
+                    continue;
+                }
                 if !sending {
                     continue;
                 }
@@ -356,6 +376,7 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                     t.failure = Some(format!("{}: sending: {e}", conn.name));
                     break;
                 }
+                last_sent = now;
                 sent_at.push(now);
                 answers.push(None);
                 unanswered += 1;
@@ -377,7 +398,7 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
 pub(crate) async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outcome {
     let mut outcome = Outcome::default();
     let connected: Vec<Result<Conn, String>> =
-        futures_util::stream::iter(seats.into_iter().map(connect))
+        futures_util::stream::iter(seats.into_iter().map(|seat| connect(seat, w.heartbeat)))
             .buffer_unordered(64)
             .collect()
             .await;
@@ -404,6 +425,7 @@ pub(crate) async fn run(seats: Vec<Seat>, w: &Workload, server: &[u32]) -> Outco
                 measure_from,
                 stop_at,
                 drain_until: stop_at + w.drain,
+                heartbeat: w.heartbeat,
             };
             tokio::spawn(play(conn, plan))
         })

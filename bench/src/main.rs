@@ -101,6 +101,11 @@ struct RunArgs {
     /// not run (times are not checked).
     #[arg(long)]
     check: bool,
+    /// STOMP players agree heart-beats every this many ms both ways, as real clients do
+    /// (stomp.js: 10,000; the terminal client: 2,000), and send one when they have sent
+    /// nothing else for that long. Without it, none (the floor has none either way).
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -208,6 +213,10 @@ async fn run(args: RunArgs) -> i32 {
                 warmup: Duration::from_secs_f64(args.warmup),
                 secs: Duration::from_secs_f64(args.secs),
                 drain: Duration::from_secs(5),
+                heartbeat: args
+                    .heartbeat_ms
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis),
             };
             let row = measure(mode, &w).await;
             println!("{}", report::line(&row, args.max_p99_ms));
