@@ -10,6 +10,12 @@
 //! cargo run --release -p bench -- matchmake --rates 250,500,1000 --open-rooms 100,1000,10000
 //! ```
 
+/// The servers this binary runs (`bench game-server`, `bench floor`) on game-server's
+/// allocator (see its `jemalloc` feature).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod floor;
 mod gate;
 mod load;
