@@ -147,6 +147,13 @@ impl LobbyClient {
         Ok(())
     }
 
+    /// `GET /matches/{id}`: a recorded match, with a private room's player key (or a
+    /// ticket's token) if it needs one.
+    pub async fn match_record(&self, id: &str, bearer: Option<&str>) -> Result<serde_json::Value> {
+        self.get(&format!("/matches/{}", segment(id)?), bearer)
+            .await
+    }
+
     /// `GET /user/items`: the persistent inventory of the player whose ticket token (or
     /// player key) this is.
     pub async fn items(&self, token: &str) -> Result<Inventory> {

@@ -427,9 +427,7 @@ fn message_type(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, Rejection> {
         #[serde(rename = "type", borrow)]
         kind: std::borrow::Cow<'a, str>,
     }
-    // serde reads a struct from an array too: only an object is a message.
-    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if let (true, Ok(typed)) = (object, serde_json::from_slice::<Typed>(body)) {
+    if let (true, Ok(typed)) = (is_object(body), serde_json::from_slice::<Typed>(body)) {
         return Ok(typed.kind);
     }
     // Not a well-formed message: the whole value, for the error to say why.
@@ -443,6 +441,12 @@ fn message_type(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, Rejection> {
             "expected an object with a string \"type\" field".into(),
         )),
     }
+}
+
+/// Whether `body` is a JSON object (by its first byte): serde reads a struct from an
+/// array too, and only an object is a message.
+pub(crate) fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Reads a message's `body` as `T`. Text that is UTF-8 (as every client's is) is read

@@ -175,12 +175,22 @@ fn now() -> i64 {
     now_ms() / 1000
 }
 
-/// `$1, $2, …, $n`: the parameters of an `IN (…)` list (the drivers bind no arrays).
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Store {
+    /// The rows of `sql` for every one of `ids`: its `IN ({})` gets a parameter for
+    /// each, a statement a few dozen ids at a time (the drivers bind no arrays).
+    async fn fetch_in(&self, sql: &str, ids: &[impl AsRef<str>]) -> Result<Vec<sqlx::any::AnyRow>> {
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(50) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = sql.replacen("{}", &params.join(", "), 1);
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_ref());
+            }
+            rows.extend(query.fetch_all(&self.pool).await.map_err(db)?);
+        }
+        Ok(rows)
+    }
 }
 
 /// Now, in seconds since the Unix epoch: the store's times of rooms.

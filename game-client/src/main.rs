@@ -101,21 +101,10 @@ async fn fetch(args: &Args, id: &str) -> Result<replay::Timeline, String> {
         .as_player
         .as_deref()
         .and_then(|name| keys.get(lobby.url(), name));
-    let path = format!("/matches/{}", percent(id));
-    let record: serde_json::Value = lobby.get(&path, key).await.map_err(|e| {
+    let record = lobby.match_record(id, key).await.map_err(|e| {
         format!("cannot fetch match {id}: {e} (GET /matches lists the recorded ones)")
     })?;
     replay::Timeline::of(&record, args.as_player.as_deref())
-}
-
-/// `id` with what a path segment cannot hold escaped.
-fn percent(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Plays `timeline` back on the game screen until q.

@@ -5,7 +5,7 @@
 use super::items::ADD_ITEM;
 use super::records::{ADD_MATCH_PLAYER, ADD_SEGMENT, FORGET_SEGMENTS};
 use super::transfers::ADD_TRANSFER;
-use super::{db, now, placeholders, Checkpoint, Segment, Store};
+use super::{db, now, Checkpoint, Segment, Store};
 use crate::proto::Grant;
 use crate::room::Transfer;
 use crate::{Error, Result};
@@ -251,24 +251,14 @@ impl Store {
         &self,
         rooms: &[String],
     ) -> Result<std::collections::HashMap<String, BTreeMap<String, u64>>> {
+        let sql = "SELECT room_id, applied FROM checkpoints WHERE room_id IN ({})";
         let mut found = std::collections::HashMap::new();
-        // A statement a few dozen rooms at a time: the drivers bind no arrays.
-        for chunk in rooms.chunks(50) {
-            let sql = format!(
-                "SELECT room_id, applied FROM checkpoints WHERE room_id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for room in chunk {
-                query = query.bind(room);
-            }
-            for row in query.fetch_all(&self.pool).await.map_err(db)? {
-                let room: String = row.try_get("room_id").map_err(db)?;
-                let applied: String = row.try_get("applied").map_err(db)?;
-                let applied = serde_json::from_str(&applied)
-                    .map_err(|e| Error::Store(format!("corrupt checkpoint of room {room}: {e}")))?;
-                found.insert(room, applied);
-            }
+        for row in self.fetch_in(sql, rooms).await? {
+            let room: String = row.try_get("room_id").map_err(db)?;
+            let applied: String = row.try_get("applied").map_err(db)?;
+            let applied = serde_json::from_str(&applied)
+                .map_err(|e| Error::Store(format!("corrupt checkpoint of room {room}: {e}")))?;
+            found.insert(room, applied);
         }
         Ok(found)
     }

@@ -6,7 +6,7 @@
 //! Some segments also hold the room as it was before their first entry (a keyframe):
 //! the first kept always does, and the gate runs the record again from it.
 
-use super::{db, now, placeholders, Store};
+use super::{db, now, Store};
 use crate::{Error, Result};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -204,7 +204,9 @@ impl Store {
             return Ok(None);
         };
         let mut summary = summary(&row)?;
-        summary.players = self.match_players(id).await?;
+        summary.players = (self.players_of_matches(&[id]).await?)
+            .remove(id)
+            .unwrap_or_default();
         let allowed = !summary.private
             || viewer.operator
             || viewer
@@ -244,44 +246,21 @@ impl Store {
         Ok(Some((summary, segments)))
     }
 
-    /// The players of each of the recorded matches `ids`, by name: one statement a few
-    /// dozen matches at a time (the drivers bind no arrays).
+    /// The players of each of the recorded matches `ids`, by name.
     async fn players_of_matches(
         &self,
         ids: &[&str],
     ) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        let sql = "SELECT room_id, player FROM match_players WHERE room_id IN ({}) ORDER BY player";
         let mut found: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for chunk in ids.chunks(50) {
-            let sql = format!(
-                "SELECT room_id, player FROM match_players WHERE room_id IN ({}) ORDER BY player",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for row in query.fetch_all(&self.pool).await.map_err(db)? {
-                let room: String = row.try_get(0).map_err(db)?;
-                found
-                    .entry(room)
-                    .or_default()
-                    .push(row.try_get(1).map_err(db)?);
-            }
+        for row in self.fetch_in(sql, ids).await? {
+            let room: String = row.try_get(0).map_err(db)?;
+            found
+                .entry(room)
+                .or_default()
+                .push(row.try_get(1).map_err(db)?);
         }
         Ok(found)
-    }
-
-    /// The players of a recorded match, by name.
-    async fn match_players(&self, id: &str) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT player FROM match_players WHERE room_id = $1 ORDER BY player")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(db))
-            .collect()
     }
 
     /// Forgets the records of matches that ended more than `keep` ago; returns how many

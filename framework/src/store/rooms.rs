@@ -1,7 +1,7 @@
 //! Rooms: created, ended, found by name (one live room a name), listed, and what a
 //! room's record says of its worker, its code version and its Lambda chain.
 
-use super::{db, now, placeholders, Inspection, NewRoom, RoomRecord, Store};
+use super::{db, now, Inspection, NewRoom, RoomRecord, Store};
 use crate::{Error, Result};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -224,31 +224,21 @@ impl Store {
     /// What the operator's inspector shows of `rooms` beyond their records, from the
     /// rooms' rows and their latest checkpoints; rooms not found are left out.
     pub async fn inspections(&self, rooms: &[String]) -> Result<HashMap<String, Inspection>> {
+        let sql = "SELECT r.id, r.worker, r.code_version, c.seq, c.updated_at, c.activity
+                   FROM rooms r LEFT JOIN checkpoints c ON c.room_id = r.id
+                   WHERE r.id IN ({})";
         let mut found = HashMap::new();
-        // A statement a few dozen rooms at a time: the drivers bind no arrays.
-        for chunk in rooms.chunks(50) {
-            let sql = format!(
-                "SELECT r.id, r.worker, r.code_version, c.seq, c.updated_at, c.activity
-                 FROM rooms r LEFT JOIN checkpoints c ON c.room_id = r.id
-                 WHERE r.id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for room in chunk {
-                query = query.bind(room);
-            }
-            for row in query.fetch_all(&self.pool).await.map_err(db)? {
-                let seq: Option<i64> = row.try_get("seq").map_err(db)?;
-                let saved_at: Option<i64> = row.try_get("updated_at").map_err(db)?;
-                let inspection = Inspection {
-                    worker: row.try_get("worker").map_err(db)?,
-                    code_version: row.try_get("code_version").map_err(db)?,
-                    seq: seq.map(|s| s as u64),
-                    checkpoint_at: saved_at,
-                    activity: row.try_get("activity").map_err(db)?,
-                };
-                found.insert(row.try_get("id").map_err(db)?, inspection);
-            }
+        for row in self.fetch_in(sql, rooms).await? {
+            let seq: Option<i64> = row.try_get("seq").map_err(db)?;
+            let saved_at: Option<i64> = row.try_get("updated_at").map_err(db)?;
+            let inspection = Inspection {
+                worker: row.try_get("worker").map_err(db)?,
+                code_version: row.try_get("code_version").map_err(db)?,
+                seq: seq.map(|s| s as u64),
+                checkpoint_at: saved_at,
+                activity: row.try_get("activity").map_err(db)?,
+            };
+            found.insert(row.try_get("id").map_err(db)?, inspection);
         }
         Ok(found)
     }

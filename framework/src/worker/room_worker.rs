@@ -174,14 +174,14 @@ pub struct RoomWorker<S> {
 /// room of 10 busy players: 2% of the all-in-one server's instructions.
 const ACTIVITY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a worker that has just taken a room leaves dropped players in, whatever
+/// their deadline: its time to catch up on the inbox ([`RoomWorker::grace_over`]).
+pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Debug builds handle this many messages of a worker's life again on a copy of the
 /// state (see `RoomWorker::fork`), then one in [`CHECK_ONE_IN`].
 #[cfg(debug_assertions)]
 const CHECK_ALL: u64 = 200;
-
-/// How long a worker that has just taken a room leaves dropped players in, whatever
-/// their deadline: its time to catch up on the inbox ([`RoomWorker::grace_over`]).
-pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 #[cfg(debug_assertions)]
 const CHECK_ONE_IN: u64 = 50;
 
@@ -394,10 +394,8 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         }
         let (seq, kind) =
             crate::msg::read_json::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind()));
-        // The room may take the type as read only from an object: serde reads a struct
-        // from an array too.
-        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let known = kind.as_deref().filter(|_| object);
+        // The room may take the type as read only from an object.
+        let known = kind.as_deref().filter(|_| crate::msg::is_object(body));
         #[cfg(debug_assertions)]
         let again = self
             .fork()
