@@ -569,6 +569,11 @@ async fn a_killed_or_hung_worker_process_is_replaced_and_no_input_is_lost_or_dou
     let lobby = cluster.lobbies[0].clone();
     let room = create_room_at(&lobby).await;
     let mut active = cluster.wait_active(&room, None).await;
+    assert_eq!(
+        inbox_consumer_protocol(&cluster.broker, &room).await,
+        "AMQP 0-9-1",
+        "workers speak AMQP to RabbitMQ when they need no TLS"
+    );
 
     let names = ["ann", "bob", "cyd"];
     let chatters = chatters(&lobby, &room, &names, 500, Duration::from_millis(12)).await;
@@ -1628,6 +1633,37 @@ async fn management(broker: &str, path: &str) -> Value {
         }
     }
     panic!("no node's management API answers {path}");
+}
+
+/// The protocol of the connection that consumes `room`'s inbox, as RabbitMQ's
+/// management API names it ("AMQP 0-9-1", "STOMP 1.2"), once its statistics show it.
+async fn inbox_consumer_protocol(broker: &str, room: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let consumers = management(broker, "/consumers").await;
+        let connection = consumers.as_array().into_iter().flatten().find_map(|c| {
+            (c["queue"]["name"] == format!("gsl.room.{room}"))
+                .then(|| {
+                    c["channel_details"]["connection_name"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        });
+        if let Some(name) = connection {
+            let path = format!(
+                "/connections/{}",
+                name.replace(' ', "%20").replace('>', "%3E")
+            );
+            let details = management(broker, &path).await;
+            return details["protocol"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "RabbitMQ's management API shows no consumer of the inbox of {room}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The cluster's node index (`gsl-I@localhost`) of an Erlang node name.

@@ -1,7 +1,8 @@
 //! The broker-admin seam: what the framework asks of a broker beyond STOMP. Creating and
 //! deleting a room's inbox, putting the lobby's control messages in it, and telling
-//! clients and workers where to connect. The embedded broker implements it here; the data
-//! plane (inputs, outputs, acks) is STOMP for every broker.
+//! clients and workers where to connect. The embedded broker implements it here. The data
+//! plane (inputs, outputs, acks) is STOMP, but for a worker on RabbitMQ without TLS, which
+//! speaks AMQP 0-9-1 (`worker/amqp.rs`).
 
 use crate::broker::{Broker, QueueOptions};
 use crate::names::{fnv1a, Names, LOBBY_USER};
@@ -21,6 +22,10 @@ pub struct Endpoints {
     pub tcp_urls: Vec<String>,
     /// STOMP for room workers and the lobby's own consumers, one per node.
     pub worker_urls: Vec<String>,
+    /// AMQP 0-9-1 for room workers, `amqp://HOST:PORT` one per node, when the broker is
+    /// RabbitMQ and workers need no TLS: they then speak AMQP rather than `worker_urls`'
+    /// STOMP. Empty otherwise.
+    pub worker_amqp_urls: Vec<String>,
     /// The virtual host (the STOMP CONNECT `host` header).
     pub vhost: String,
 }
@@ -32,6 +37,7 @@ impl Endpoints {
             ws_urls: vec![ws_url],
             tcp_urls: vec![tcp_url],
             worker_urls: vec![worker_url],
+            worker_amqp_urls: Vec::new(),
             vhost,
         }
     }

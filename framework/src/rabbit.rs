@@ -59,6 +59,8 @@ pub struct RabbitNode {
     pub web_stomp_port: u16,
     /// The management HTTP API.
     pub management_port: u16,
+    /// AMQP 0-9-1, which workers speak when the node has no `stomp_tls_port`.
+    pub amqp_port: u16,
 }
 
 impl RabbitConfig {
@@ -116,6 +118,7 @@ impl RabbitConfig {
             stomp_tls_port: None,
             web_stomp_port: 15674,
             management_port: 15672,
+            amqp_port: url.port().unwrap_or(5672),
         };
         let (mut quorum, mut max_length) = (false, 10_000);
         for (key, value) in url.query_pairs() {
@@ -172,6 +175,11 @@ impl RabbitConfig {
                 Some(port) => format!("ssl://{}:{port}", n.host),
                 None => format!("tcp://{}:{}", n.host, n.stomp_port),
             }),
+            // Workers on TLS keep to STOMP over TLS: AMQP here is plain TCP.
+            worker_amqp_urls: match self.nodes.iter().any(|n| n.stomp_tls_port.is_some()) {
+                true => Vec::new(),
+                false => each(|n| format!("amqp://{}:{}", n.host, n.amqp_port)),
+            },
             vhost: self.vhost.clone(),
         }
     }
@@ -622,11 +630,20 @@ mod tests {
         assert!(c.quorum);
         assert_eq!(c.endpoints().ws_urls, ["ws://127.0.0.1:15684/ws"]);
         assert_eq!(c.endpoints().worker_urls, ["tcp://127.0.0.1:61623"]);
+        assert_eq!(
+            c.endpoints().worker_amqp_urls,
+            ["amqp://127.0.0.1:5682"],
+            "workers speak AMQP to the URL's own port"
+        );
         let tls = RabbitConfig::parse("amqp://h/?stomp_tls_port=61614").unwrap();
         assert_eq!(
             tls.endpoints().worker_urls,
             ["ssl://h:61614"],
             "workers use TLS"
+        );
+        assert!(
+            tls.endpoints().worker_amqp_urls.is_empty(),
+            "and so STOMP, not AMQP on plain TCP"
         );
         assert_eq!(
             tls.endpoints().tcp_urls,
@@ -639,6 +656,7 @@ mod tests {
             (defaults.user.as_str(), defaults.nodes[0].stomp_port),
             ("guest", 61613)
         );
+        assert_eq!(defaults.endpoints().worker_amqp_urls, ["amqp://h:5672"]);
     }
 
     #[test]
@@ -662,6 +680,7 @@ mod tests {
             ]
         );
         assert_eq!(endpoints.worker_urls[2], "tcp://localhost:61646");
+        assert_eq!(endpoints.worker_amqp_urls[2], "amqp://localhost:5693");
         // Each player's order starts somewhere of its own and holds every node once.
         let mut firsts = std::collections::HashSet::new();
         for player in 0..30 {

@@ -3,9 +3,11 @@
 //! consumer; a [`Launcher`] decides where the worker of a new room runs.
 
 pub mod activity;
+mod amqp;
 mod courier;
 pub mod discovery;
 pub mod kinds;
+mod link;
 pub mod record;
 pub mod replay;
 pub mod room_worker;

@@ -4,11 +4,11 @@
 //! One that fails for a while stays in the outbox, and the room's next worker tries it
 //! again; trying again is safe, since [`Transfers`] does each key once.
 
+use super::link::Link;
 use super::subscribed::WorkerEnv;
 use super::Transfers;
 use crate::proto::RoomEvent;
 use crate::room::Transfer;
-use crate::stomp::{Client, Command, Frame};
 use crate::store::Store;
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub(super) struct Courier {
 
 impl Courier {
     /// A courier for `room`, publishing through `client`.
-    pub(super) fn start(env: &WorkerEnv, client: &Client, room: &str) -> Courier {
+    pub(super) fn start(env: &WorkerEnv, client: &Link, room: &str) -> Courier {
         let (queue, transfers) = mpsc::unbounded_channel();
         let run = Run {
             transfers: env.transfers.clone(),
@@ -81,7 +81,7 @@ impl Drop for Courier {
 struct Run {
     transfers: Arc<dyn Transfers>,
     store: Store,
-    client: Client,
+    client: Link,
     /// A player's own destination in the room.
     private: Arc<dyn Fn(&str) -> String + Send + Sync>,
 }
@@ -129,12 +129,9 @@ impl Run {
 
     /// Sends `event` to `player`'s own destination, and waits until the broker has it.
     async fn tell(&self, player: &str, event: &RoomEvent) -> Result<()> {
-        let frame = Frame::new(Command::Send)
-            .with_header("destination", (self.private)(player))
-            .with_header("content-type", "application/json")
-            .with_body(serde_json::to_vec(event).expect("a RoomEvent serializes"));
-        self.client.post(frame)?;
-        Ok(self.client.flush().await?)
+        let body = serde_json::to_vec(event).expect("a RoomEvent serializes");
+        self.client.publish((self.private)(player), body)?;
+        self.client.flush().await
     }
 }
 

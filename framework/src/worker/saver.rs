@@ -3,9 +3,9 @@
 //! store has it are the inputs it holds acked and the transfers they asked for carried
 //! out, so a worker that dies before replays them.
 
+use super::link::{Delivery, Link};
 use super::room_worker::RoomWorker;
 use crate::room::Transfer;
-use crate::stomp::{Client, Message};
 use crate::store::{Checkpoint, Store};
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 /// never waits for the store unless it must (a full prefetch, the end, shutdown).
 pub(super) struct Saver<'a> {
     store: &'a Store,
-    client: &'a Client,
+    client: &'a Link,
     /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
-    unacked: Option<Message>,
+    unacked: Option<Delivery>,
     pub(super) unsaved: u32,
     /// Of `unsaved`, those that are not the worker's own ticks: player inputs, joins and
     /// leaves, which checkpoint at the full pace.
@@ -40,7 +40,7 @@ pub(super) struct InFlight {
     task: tokio::task::JoinHandle<Result<()>>,
     /// What was saved (`None`: nothing changed, nothing written).
     saved: Option<Checkpoint>,
-    ack: Option<Message>,
+    ack: Option<Delivery>,
     /// The transfers saved with it, to carry out once it is saved.
     transfers: Vec<Transfer>,
 }
@@ -49,7 +49,7 @@ impl<'a> Saver<'a> {
     /// A saver with nothing applied yet, handing saved transfers to `courier`.
     pub(super) fn new(
         store: &'a Store,
-        client: &'a Client,
+        client: &'a Link,
         courier: mpsc::UnboundedSender<Transfer>,
     ) -> Saver<'a> {
         Saver {
@@ -65,7 +65,7 @@ impl<'a> Saver<'a> {
         }
     }
 
-    pub(super) fn applied(&mut self, message: Message, tick: bool) {
+    pub(super) fn applied(&mut self, message: Delivery, tick: bool) {
         self.unacked = Some(message);
         self.unsaved += 1;
         if !tick {

@@ -1,5 +1,6 @@
-//! The room worker as a long-lived STOMP consumer: the runtime of the all-in-one server's
-//! worker tasks and of worker processes in a cluster. It feeds the [`RoomWorker`] core
+//! The room worker as a long-lived consumer of its room's inbox (over STOMP or AMQP, see
+//! `link.rs`): the runtime of the all-in-one server's worker tasks and of worker
+//! processes in a cluster. It feeds the [`RoomWorker`] core
 //! from the inbox, publishes what it produces, checkpoints, and only then acks.
 //!
 //! Exactly once: inputs are acked (cumulatively) only after a checkpoint that includes
@@ -15,6 +16,7 @@
 //! publish or save, and no timer but the idle one runs.
 
 use super::courier::Courier;
+use super::link::{Delivery, Inbox, Link};
 use super::room_worker::{InboxMessage, RoomWorker};
 use super::saver::{saving, Saver};
 use super::Transfers;
@@ -23,10 +25,7 @@ use crate::msg::{Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::policy::{Policies, RoomPolicy};
 use crate::room::{Listing, Output, Target};
-use crate::stomp::Subscription;
-use crate::stomp::{
-    AckMode, Client, Command, ConnectOptions, Frame, HeartBeat, Message, SubscribeOptions,
-};
+use crate::stomp::{Client, ConnectOptions, HeartBeat};
 use crate::store::Store;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Inputs in flight to a worker before it must ack; bounds what a crash replays.
-const PREFETCH: u32 = 1024;
+const PREFETCH: u16 = 1024;
 /// A room whose only unsaved changes come from its own ticks (NPCs wandering beside
 /// players who send nothing) checkpoints this many times less often: replaying ticks
 /// after a crash repeats them exactly, and nobody waits for their acks.
@@ -165,7 +164,7 @@ where
     let (mut sub, first) = match stand_by(env, room_id, &client, lease, &mut stop).await? {
         StandBy::Active(sub, first) => (sub, first),
         StandBy::Over(outcome) => {
-            let _ = client.disconnect().await;
+            client.disconnect().await;
             return Ok(outcome);
         }
     };
@@ -187,7 +186,7 @@ where
         // The inputs this worker holds unacked go back in line, ahead of later ones, when
         // its connection closes: close it now, not when the tasks that still hold a clone
         // (a checkpoint being saved, the courier) let go of it.
-        let _ = client.disconnect().await;
+        client.disconnect().await;
     }
     outcome
 }
@@ -195,8 +194,8 @@ where
 /// The worker's connection to the broker: in memory when the broker is in this process;
 /// on a cluster, to the first node that answers, starting at one chosen by the room
 /// (workers' connections spread over the nodes, and a room's worker goes to the next
-/// node when its own is down).
-async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Client> {
+/// node when its own is down). To RabbitMQ a worker speaks AMQP, unless it needs TLS.
+async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Link> {
     let endpoints = env.admin.endpoints();
     let options = ConnectOptions {
         host: endpoints.vhost.clone(),
@@ -212,11 +211,23 @@ async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Client> {
                 heartbeat: HeartBeat::NONE,
                 ..options
             };
-            Client::handshake(transport, options).await?
+            Link::Stomp(Client::handshake(transport, options).await?)
+        }
+        None if !endpoints.worker_amqp_urls.is_empty() => {
+            let urls = Endpoints::spread(&endpoints.worker_amqp_urls, room_id);
+            let vhost = &endpoints.vhost;
+            Link::amqp(
+                &urls,
+                &env.login,
+                &env.passcode,
+                vhost,
+                env.timings.heartbeat,
+            )
+            .await?
         }
         None => {
             let urls = Endpoints::spread(&endpoints.worker_urls, room_id);
-            Client::connect_first(&urls, options).await?
+            Link::Stomp(Client::connect_first(&urls, options).await?)
         }
     })
 }
@@ -224,7 +235,7 @@ async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Client> {
 /// How standing by ended.
 enum StandBy {
     /// This worker is the inbox's active consumer now, with its first message.
-    Active(Subscription, Message),
+    Active(Inbox, Delivery),
     /// It will not run the room.
     Over(Outcome),
 }
@@ -237,23 +248,17 @@ enum StandBy {
 async fn stand_by(
     env: &WorkerEnv,
     room_id: &str,
-    client: &Client,
+    client: &Link,
     lease: Option<Lease>,
     stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<StandBy> {
-    let options = SubscribeOptions {
-        ack: AckMode::Client,
-        prefetch: Some(PREFETCH),
-        headers: Vec::new(),
-    };
-    let mut sub = client
-        .subscribe(&env.admin.names().inbox_queue(room_id), options)
-        .await?;
     // A worker that fails must not unsubscribe: its successor would take the inbox while
     // the failed worker's unacked inputs are still out, and apply later inputs first.
     // Closing the connection gives them back and hands the inbox on in one step. Only a
     // room that ended unsubscribes ([`Active::finish`]).
-    sub.end_with_connection();
+    let mut sub = client
+        .subscribe(&env.admin.names().inbox_queue(room_id), PREFETCH)
+        .await?;
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
     let give_up = tokio::time::sleep(lease.map_or(Duration::MAX / 4, |l| l.standby_for));
     tokio::pin!(give_up);
@@ -346,7 +351,7 @@ enum Event {
     /// The save under way finished (or failed).
     Saved(std::result::Result<Result<()>, tokio::task::JoinError>),
     /// An inbox message, or `None` when the subscription ended.
-    Input(Option<Message>),
+    Input(Option<Delivery>),
     Tick,
     Checkpoint,
     Idle,
@@ -371,7 +376,7 @@ enum Served {
 struct Active<'a, S> {
     env: &'a WorkerEnv,
     room_id: &'a str,
-    client: &'a Client,
+    client: &'a Link,
     worker: RoomWorker<S>,
     saver: Saver<'a>,
     /// Carries out the transfers the saver hands it.
@@ -412,7 +417,7 @@ where
     fn new(
         env: &'a WorkerEnv,
         room_id: &'a str,
-        client: &'a Client,
+        client: &'a Link,
         worker: RoomWorker<S>,
         batch: Duration,
     ) -> Self {
@@ -460,8 +465,8 @@ where
     /// room ends, the process stops or the lease is over.
     async fn serve(
         &mut self,
-        sub: &mut Subscription,
-        mut pending: Option<Message>,
+        sub: &mut Inbox,
+        mut pending: Option<Delivery>,
         lease: Option<Lease>,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<Served> {
@@ -505,7 +510,7 @@ where
                         self.ticks,
                         super::room_worker::now_ms(),
                     );
-                    self.client.send_nowait(&self.inbox, tick)?;
+                    self.client.send(&self.inbox, tick.into_bytes())?;
                 }
                 Event::Checkpoint => {
                     let saver = &self.saver;
@@ -551,18 +556,14 @@ where
     }
 
     /// Applies one inbox message, publishes what it made, and checkpoints when due.
-    async fn on_input(&mut self, message: Message) -> Result<()> {
+    async fn on_input(&mut self, message: Delivery) -> Result<()> {
         let names = self.env.admin.names();
         let input = InboxMessage {
             user: names
-                .sender(
-                    self.room_id,
-                    message.header("user-id"),
-                    message.header("destination"),
-                )
+                .sender(self.room_id, message.user_id(), message.destination())
                 .unwrap_or_default(),
             body: message.body(),
-            at_ms: names.queued_at(message.header("timestamp")),
+            at_ms: names.queued_at(message.timestamp()),
         };
         let tick = !input.keeps_alive();
         if !tick {
@@ -599,7 +600,7 @@ where
             self.timers.checkpoint.reset();
         }
         // A busy room checkpoints early rather than stall on its prefetch.
-        if self.saver.unsaved >= PREFETCH / 2 {
+        if self.saver.unsaved >= u32::from(PREFETCH) / 2 {
             self.publisher.flush()?;
             self.saver.start(&mut self.worker).await?;
         }
@@ -644,7 +645,7 @@ where
 
     /// Checkpoints and acks everything applied, carries out its transfers, then leaves
     /// the room: when it ended, the room is ended in the store and its inbox deleted.
-    async fn finish(mut self, served: Served, sub: Subscription) -> Result<Outcome> {
+    async fn finish(mut self, served: Served, sub: Inbox) -> Result<Outcome> {
         // Grants and transfers asked for before the end are kept; then every input is
         // acked, and the transfers carried out while the player can still hear of them.
         self.publisher.flush()?;
@@ -664,7 +665,7 @@ where
                 Outcome::Ended
             }
         };
-        let _ = self.client.disconnect().await;
+        self.client.disconnect().await;
         Ok(outcome)
     }
 }
@@ -683,14 +684,14 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// The message received while standing by, then the subscription's.
-async fn next(pending: &mut Option<Message>, sub: &mut Subscription) -> Option<Message> {
+async fn next(pending: &mut Option<Delivery>, sub: &mut Inbox) -> Option<Delivery> {
     match pending.take() {
         Some(message) => Some(message),
         None => sub.recv().await,
     }
 }
 
-fn closed(client: &Client) -> Error {
+fn closed(client: &Link) -> Error {
     Error::Stomp(crate::stomp::Error::Closed(
         client
             .closed()
@@ -701,7 +702,7 @@ fn closed(client: &Client) -> Error {
 /// Sends a room's outputs: at once, or, under the policy's batch window, held from the
 /// first until the window is over and then sent together (see [`Publisher::flush`]).
 struct Publisher<'a> {
-    client: &'a Client,
+    client: &'a Link,
     env: &'a WorkerEnv,
     room_id: &'a str,
     /// The policy's batch window; zero sends at once.
@@ -786,10 +787,6 @@ impl Publisher<'_> {
     }
 
     fn send(&self, destination: String, body: Vec<u8>) -> Result<()> {
-        let frame = Frame::new(Command::Send)
-            .with_header("destination", destination)
-            .with_header("content-type", "application/json")
-            .with_body(body);
-        Ok(self.client.post(frame)?)
+        self.client.publish(destination, body)
     }
 }
