@@ -260,20 +260,15 @@ impl Connection {
     /// Closes the connection (RabbitMQ puts unacked deliveries back in line), waiting a
     /// little for RabbitMQ's answer.
     pub(super) async fn close(&self) {
-        let Ok(close) = method(0, CONNECTION_CLOSE, |b| {
+        let close = method(0, CONNECTION_CLOSE, |b| {
             b.extend_from_slice(&200u16.to_be_bytes());
             short(b, "the worker is done")?;
             b.extend_from_slice(&[0; 4]);
             Ok(())
-        }) else {
-            return;
-        };
-        let (answer, answered) = oneshot::channel();
-        if let Ok(mut state) = self.state() {
-            state.waiting.push_back(answer);
-            let _ = self.out.send(close);
+        });
+        if let Ok(close) = close {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.call(close)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), answered).await;
         self.shared.end("closed by the worker".into());
     }
 
@@ -605,38 +600,42 @@ impl<'a> Cursor<'a> {
 /// handshake's answers; a close says why it failed).
 async fn expect(read: &mut OwnedReadHalf, buf: &mut Vec<u8>, want: (u16, u16)) -> Result<Vec<u8>> {
     loop {
-        if let Some(f) = split_frame(buf)? {
-            let (kind, len) = (f.kind, f.len);
-            let mut args = Cursor(f.payload);
-            let id = if kind == METHOD {
-                (args.u16()?, args.u16()?)
-            } else {
-                (0, 0)
-            };
-            let rest = args.0.to_vec();
+        let Some(f) = split_frame(buf)? else {
+            if read.read_buf(buf).await? == 0 {
+                return Err(closed(
+                    "AMQP: RabbitMQ closed the connection during the handshake".into(),
+                ));
+            }
+            continue;
+        };
+        let (kind, len) = (f.kind, f.len);
+        if kind == HEARTBEAT {
             buf.drain(..len);
-            return match (kind, id) {
-                (METHOD, id) if id == want => Ok(rest),
-                (METHOD, CONNECTION_CLOSE) => {
-                    let mut args = Cursor(&rest);
-                    let code = args.u16()?;
-                    let text = args.short()?;
-                    Err(Error::Refused {
-                        message: format!("RabbitMQ refused the worker's AMQP connection ({code})"),
-                        detail: text.to_owned(),
-                    })
-                }
-                (HEARTBEAT, _) => continue,
-                _ => Err(protocol(format!(
-                    "expected {want:?} in the handshake, got {id:?}"
-                ))),
-            };
+            continue;
         }
-        if read.read_buf(buf).await? == 0 {
-            return Err(closed(
-                "AMQP: RabbitMQ closed the connection during the handshake".into(),
-            ));
+        if kind != METHOD {
+            return Err(protocol(format!(
+                "expected {want:?} in the handshake, got a frame of type {kind}"
+            )));
         }
+        let mut args = Cursor(f.payload);
+        let id = (args.u16()?, args.u16()?);
+        let rest = args.0.to_vec();
+        buf.drain(..len);
+        if id == want {
+            return Ok(rest);
+        }
+        if id != CONNECTION_CLOSE {
+            return Err(protocol(format!(
+                "expected {want:?} in the handshake, got {id:?}"
+            )));
+        }
+        let mut args = Cursor(&rest);
+        let code = args.u16()?;
+        return Err(Error::Refused {
+            message: format!("RabbitMQ refused the worker's AMQP connection ({code})"),
+            detail: args.short()?.to_owned(),
+        });
     }
 }
 
@@ -702,7 +701,9 @@ fn long(b: &mut Vec<u8>, s: &[u8]) {
     b.extend_from_slice(s);
 }
 
-fn closed(why: String) -> Error {
+/// The error of a connection that ended: the same as a STOMP connection's, so a worker
+/// treats both alike.
+pub(super) fn closed(why: String) -> Error {
     Error::Stomp(crate::stomp::Error::Closed(why))
 }
 
@@ -936,52 +937,38 @@ mod tests {
     #[test]
     fn malformed_frames_are_protocol_errors_not_panics() {
         let (connection, _frames) = connection();
-        let shared = &connection.shared;
+        // What reading `bytes` fails with.
+        let error = |bytes: &[u8]| {
+            feed(&connection.shared, bytes, 4096)
+                .unwrap_err()
+                .to_string()
+        };
+        // A frame of `kind` holding `payload` as it is.
+        let raw = |kind: u8, payload: &[u8]| {
+            let mut bytes = Vec::new();
+            frame(&mut bytes, kind, CHANNEL, |b| {
+                b.extend_from_slice(payload);
+                Ok(())
+            })
+            .unwrap();
+            bytes
+        };
         // No frame-end octet.
         let mut bad_end = method(CHANNEL, BASIC_QOS_OK, |_| Ok(())).unwrap();
         *bad_end.last_mut().unwrap() = 0;
-        assert!(feed(shared, &bad_end, 4096)
-            .unwrap_err()
-            .to_string()
-            .contains("end octet"));
+        assert!(error(&bad_end).contains("end octet"));
         // A size past the frame max: refused before its bytes arrive.
         let huge = [METHOD, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF];
         assert!(split_frame(&huge).unwrap_err().to_string().contains("over"));
         // A type AMQP does not have.
-        let mut odd = Vec::new();
-        frame(&mut odd, 9, CHANNEL, |_| Ok(())).unwrap();
-        assert!(feed(shared, &odd, 4096)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown type 9"));
+        assert!(error(&raw(9, b"")).contains("unknown type 9"));
         // A method cut short.
-        let mut short_deliver = Vec::new();
-        frame(&mut short_deliver, METHOD, CHANNEL, |b| {
-            b.extend_from_slice(&[0, 60, 0, 60, 200]);
-            Ok(())
-        })
-        .unwrap();
-        assert!(feed(shared, &short_deliver, 4096)
-            .unwrap_err()
-            .to_string()
-            .contains("shorter"));
+        assert!(error(&raw(METHOD, &[0, 60, 0, 60, 200])).contains("shorter"));
         // A body with no delivery before it.
-        let mut body = Vec::new();
-        frame(&mut body, BODY, CHANNEL, |b| {
-            b.extend_from_slice(b"{}");
-            Ok(())
-        })
-        .unwrap();
-        assert!(feed(shared, &body, 4096)
-            .unwrap_err()
-            .to_string()
-            .contains("without its delivery"));
+        assert!(error(&raw(BODY, b"{}")).contains("without its delivery"));
         // A method this client never asked for.
         let get_ok = method(CHANNEL, (60, 71), |_| Ok(())).unwrap();
-        assert!(feed(shared, &get_ok, 4096)
-            .unwrap_err()
-            .to_string()
-            .contains("unexpected method"));
+        assert!(error(&get_ok).contains("unexpected method"));
         // Names longer than a short string holds.
         let long_name = "r".repeat(300);
         let err = connection

@@ -108,7 +108,7 @@ impl Link {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| closed("no AMQP URL to connect to".into())))
+        Err(last.unwrap_or_else(|| amqp::closed("no AMQP URL to connect to".into())))
     }
 
     /// Publishes `body` (JSON) to a STOMP `destination`, without waiting.
@@ -132,10 +132,7 @@ impl Link {
     pub(super) fn send(&self, destination: &str, body: Vec<u8>) -> Result<()> {
         match self {
             Link::Stomp(client) => Ok(client.send_nowait(destination, body)?),
-            Link::Amqp(amqp) => {
-                let (exchange, key) = amqp_address(destination);
-                amqp.publish(exchange, key, &body)
-            }
+            Link::Amqp(_) => self.publish(destination.to_owned(), body),
         }
     }
 
@@ -235,10 +232,6 @@ const CONSUMER_TAG: &str = "gsl-worker";
 
 /// The prefetch a barrier sets again.
 const PREFETCH_AGAIN: u16 = 1024;
-
-fn closed(why: String) -> Error {
-    Error::Stomp(crate::stomp::Error::Closed(why))
-}
 
 /// A STOMP destination as RabbitMQ's STOMP adapter maps it to AMQP: `(exchange,
 /// routing key)` to publish to, or for a queue, `("", queue)`.
