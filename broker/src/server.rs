@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 
 /// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
-/// Bytes read from a WebSocket at a time.
-const WS_READ_BUFFER: usize = 4096;
+/// Bytes read from a WebSocket at a time. tungstenite zeroes this much of its buffer
+/// before every read; a player's frame is a few hundred bytes.
+const WS_READ_BUFFER: usize = 1024;
 /// Frames in flight each way on an in-memory connection.
 const IN_MEMORY_CAPACITY: usize = 1024;
 

@@ -63,6 +63,43 @@ async fn queue_is_fifo_over_tcp_and_websocket() {
 }
 
 #[tokio::test]
+async fn a_message_many_times_the_websocket_read_buffer_arrives_whole() {
+    // The broker reads a WebSocket 1 KiB at a time: a frame of 300 KB takes hundreds of
+    // reads, and frames around the buffer's size end mid-header or mid-body.
+    let server = start(BrokerConfig::default()).await;
+    let sender = connect(&server.ws_url).await;
+    let receivers = [
+        connect(&server.ws_url).await,
+        connect(&server.tcp_url).await,
+    ];
+    let mut subs = Vec::new();
+    for r in &receivers {
+        let sub = r.subscribe("/topic/big", SubscribeOptions::default());
+        subs.push(sub.await.unwrap());
+    }
+    let sizes = [1_000, 1_023, 1_024, 1_025, 4_096, 300_000];
+    for size in sizes {
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        sender
+            .request(
+                stomp::Frame::new(stomp::Command::Send)
+                    .with_header("destination", "/topic/big")
+                    .with_header("x-size", size.to_string())
+                    .with_body(text.clone().into_bytes()),
+            )
+            .await
+            .unwrap();
+        for sub in &mut subs {
+            let m = recv(sub).await;
+            assert_eq!(m.header("x-size"), Some(size.to_string().as_str()));
+            assert!(body(&m) == text, "{size} bytes arrived changed");
+        }
+    }
+}
+
+#[tokio::test]
 async fn binary_bodies_with_nul_and_escaped_headers_survive() {
     let server = start(BrokerConfig::default()).await;
     for url in server.urls() {

@@ -294,8 +294,9 @@ pub fn encode_message_tail<'a>(
     dst.freeze()
 }
 
-/// A whole MESSAGE frame: the `MESSAGE` line, `headers` (escaped), then `tail` from
-/// [`encode_message_tail`].
+/// A whole MESSAGE frame: the `MESSAGE` line, `headers` (their values escaped), then
+/// `tail` from [`encode_message_tail`]. The names are the broker's own (`subscription`,
+/// `ack`, `redelivered`): written as they are, since none needs escaping.
 pub fn encode_message_head(headers: &[(&str, &str)], tail: &[u8]) -> Bytes {
     let mut dst = BytesMut::with_capacity(
         8 + headers
@@ -306,7 +307,11 @@ pub fn encode_message_head(headers: &[(&str, &str)], tail: &[u8]) -> Bytes {
     );
     dst.put_slice(b"MESSAGE\n");
     for (name, value) in headers {
-        put_header(&mut dst, name, value, true);
+        debug_assert!(!name.bytes().any(|b| b"\\\n\r:".contains(&b)), "{name:?}");
+        dst.put_slice(name.as_bytes());
+        dst.put_u8(b':');
+        put_escaped(&mut dst, value);
+        dst.put_u8(b'\n');
     }
     dst.put_slice(tail);
     dst.freeze()
