@@ -107,6 +107,8 @@ struct State {
     waiting: VecDeque<oneshot::Sender<()>>,
     /// Where the consumer's deliveries go, once there is one.
     deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+    /// The prefetch the consumer was given, which [`Connection::barrier`] sets again.
+    prefetch: u16,
     /// Why the connection ended, once it did.
     closed: Option<String>,
 }
@@ -187,7 +189,11 @@ impl Connection {
         prefetch: u16,
     ) -> Result<mpsc::UnboundedReceiver<Delivery>> {
         let (deliveries, receiver) = mpsc::unbounded_channel();
-        self.state()?.deliveries = Some(deliveries);
+        {
+            let mut state = self.state()?;
+            state.deliveries = Some(deliveries);
+            state.prefetch = prefetch;
+        }
         self.qos(prefetch).await?;
         let consume = method(CHANNEL, BASIC_CONSUME, |b| {
             b.extend_from_slice(&0u16.to_be_bytes());
@@ -203,7 +209,7 @@ impl Connection {
 
     /// Sets the prefetch of later consumers; answered only once the channel has handled
     /// every frame before it.
-    pub(super) async fn qos(&self, prefetch: u16) -> Result<()> {
+    async fn qos(&self, prefetch: u16) -> Result<()> {
         let qos = method(CHANNEL, BASIC_QOS, |b| {
             b.extend_from_slice(&0u32.to_be_bytes());
             b.extend_from_slice(&prefetch.to_be_bytes());
@@ -211,6 +217,14 @@ impl Connection {
             Ok(())
         })?;
         self.call(qos).await
+    }
+
+    /// Returns once RabbitMQ has routed every publish sent before: a synchronous method
+    /// (setting the consumer's prefetch again, which changes nothing) is answered only
+    /// after the channel has handled every frame before it.
+    pub(super) async fn barrier(&self) -> Result<()> {
+        let prefetch = self.state()?.prefetch;
+        self.qos(prefetch).await
     }
 
     /// Cancels the consumer `tag`.
@@ -459,7 +473,9 @@ fn handle(
     payload: &[u8],
     incoming: &mut Option<Incoming>,
 ) -> Result<Option<String>> {
-    let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    // Locked only by the frames that use the state: not for each heart-beat, content
+    // header or body frame.
+    let state = || shared.state.lock().unwrap_or_else(|e| e.into_inner());
     match kind {
         HEARTBEAT => Ok(None),
         METHOD => {
@@ -484,7 +500,7 @@ fn handle(
                     Ok(None)
                 }
                 BASIC_QOS_OK | BASIC_CONSUME_OK | BASIC_CANCEL_OK | CONNECTION_CLOSE_OK => {
-                    match state.waiting.pop_front() {
+                    match state().waiting.pop_front() {
                         Some(answer) => {
                             let _ = answer.send(());
                             Ok((id == CONNECTION_CLOSE_OK).then(|| "closed by the worker".into()))
@@ -494,7 +510,7 @@ fn handle(
                 }
                 BASIC_CANCEL => {
                     // RabbitMQ cancelled the consumer: its queue is gone.
-                    state.deliveries = None;
+                    state().deliveries = None;
                     Ok(None)
                 }
                 CONNECTION_CLOSE | CHANNEL_CLOSE => {
@@ -530,8 +546,12 @@ fn handle(
                 return Err(protocol("a content header without its delivery".into()));
             };
             message.size = Some(size);
-            message.delivery.body.reserve_exact(size);
-            deliver_if_whole(&state, incoming);
+            // The size is RabbitMQ's word: room for one frame's body at most, up front.
+            message
+                .delivery
+                .body
+                .reserve_exact(size.min(FRAME_MAX as usize));
+            deliver_if_whole(shared, incoming);
             Ok(None)
         }
         BODY => {
@@ -539,7 +559,7 @@ fn handle(
                 return Err(protocol("a body without its delivery".into()));
             };
             message.delivery.body.extend_from_slice(payload);
-            deliver_if_whole(&state, incoming);
+            deliver_if_whole(shared, incoming);
             Ok(None)
         }
         other => Err(protocol(format!("a frame of unknown type {other}"))),
@@ -547,14 +567,16 @@ fn handle(
 }
 
 /// Hands the delivery under way to the consumer once its body is whole.
-fn deliver_if_whole(state: &State, incoming: &mut Option<Incoming>) {
+fn deliver_if_whole(shared: &Shared, incoming: &mut Option<Incoming>) {
     let whole = incoming
         .as_ref()
         .is_some_and(|i| i.size.is_some_and(|size| i.delivery.body.len() >= size));
     if !whole {
         return;
     }
-    if let (Some(whole), Some(deliveries)) = (incoming.take(), &state.deliveries) {
+    let Some(whole) = incoming.take() else { return };
+    let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(deliveries) = &state.deliveries {
         let _ = deliveries.send(whole.delivery);
     }
 }
@@ -715,7 +737,6 @@ fn protocol(why: String) -> Error {
 mod tests {
     use super::*;
 
-    /// A connection's shared half, with the frames it would write.
     /// A connection without a socket, and the frames it would write.
     fn connection() -> (Connection, mpsc::UnboundedReceiver<Vec<u8>>) {
         let (out, frames) = mpsc::unbounded_channel();
@@ -969,6 +990,12 @@ mod tests {
         // A method this client never asked for.
         let get_ok = method(CHANNEL, (60, 71), |_| Ok(())).unwrap();
         assert!(error(&get_ok).contains("unexpected method"));
+        // A content header claiming a body of a terabyte: nothing is set aside for it
+        // up front, and the delivery waits for bodies that will not come.
+        let mut huge = delivery(1, b"", 10);
+        let header_at = huge.len() - (7 + 14 + 1);
+        huge[header_at + 7 + 4..header_at + 7 + 12].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        assert_eq!(feed(&connection.shared, &huge, 4096).unwrap(), None);
         // Names longer than a short string holds.
         let long_name = "r".repeat(300);
         let err = connection

@@ -140,10 +140,7 @@ impl Link {
     pub(super) async fn flush(&self) -> Result<()> {
         match self {
             Link::Stomp(client) => Ok(client.flush().await?),
-            // A synchronous method: RabbitMQ's channel answers it only after it has
-            // routed every publish before it. (It sets the prefetch of later consumers,
-            // and there are none.)
-            Link::Amqp(amqp) => amqp.qos(PREFETCH_AGAIN).await,
+            Link::Amqp(amqp) => amqp.barrier().await,
         }
     }
 
@@ -229,9 +226,6 @@ impl Inbox {
 
 /// The worker's consumer tag on its channel (one inbox per connection).
 const CONSUMER_TAG: &str = "gsl-worker";
-
-/// The prefetch a barrier sets again.
-const PREFETCH_AGAIN: u16 = 1024;
 
 /// A STOMP destination as RabbitMQ's STOMP adapter maps it to AMQP: `(exchange,
 /// routing key)` to publish to, or for a queue, `("", queue)`.
