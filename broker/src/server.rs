@@ -7,7 +7,7 @@ use axum::http::Extensions;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use std::io::{Error, ErrorKind, Result};
 use std::net::SocketAddr;
@@ -75,7 +75,8 @@ impl Broker {
         let limits = self.lock().config().limits;
         let (sink, stream) = socket.split();
         let stream = stream.map(move |msg| match msg {
-            Ok(Message::Text(t)) => Ok(WsIn::Data(Bytes::copy_from_slice(t.as_bytes()))),
+            // A text message's bytes, as they are (not copied).
+            Ok(text @ Message::Text(_)) => Ok(WsIn::Data(text.into_data())),
             Ok(Message::Binary(b)) => Ok(WsIn::Data(b)),
             Ok(Message::Close(_)) => Ok(WsIn::Close),
             Ok(_) => Ok(WsIn::Ignore),

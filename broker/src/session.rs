@@ -448,7 +448,10 @@ impl Writer {
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
+            // Biased: no random draw at each wake. The writer goes first; whenever it
+            // waits (its outbox empty, or its socket full), the stop is looked at too.
             tokio::select! {
+                biased;
                 _ = write_loop(outgoing, &mut rx, heartbeat) => {}
                 _ = stopped.notified() => {}
             }

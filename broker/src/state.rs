@@ -73,7 +73,9 @@ impl Kill {
 /// A message as the broker stores it: immutable, shared between deliveries.
 #[derive(Debug)]
 pub(crate) struct Stored {
-    pub id: String,
+    /// Its place in the broker's order; its `message-id` is `m-SEQ`, written where a
+    /// frame needs it (formatting it for every message cost 1% of the server's work).
+    pub seq: u64,
     pub destination: String,
     /// The sender's own headers, passed through to MESSAGE frames.
     pub headers: Vec<(String, String)>,
@@ -87,13 +89,33 @@ impl Stored {
     /// and the body, in wire form.
     fn tail(&self) -> &Bytes {
         self.tail.get_or_init(|| {
+            let mut id = MessageId::new();
             let fixed = [
-                ("message-id", self.id.as_str()),
+                ("message-id", id.of(self.seq)),
                 ("destination", self.destination.as_str()),
             ];
             let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
             stomp::encode_message_tail(fixed.into_iter().chain(headers), &self.body)
         })
+    }
+}
+
+/// A message's `message-id`, `m-SEQ`, written without `format!`.
+pub(crate) struct MessageId([u8; 22]);
+
+impl MessageId {
+    pub(crate) fn new() -> MessageId {
+        MessageId([0; 22])
+    }
+
+    /// `m-SEQ`, in this buffer.
+    pub(crate) fn of(&mut self, seq: u64) -> &str {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(seq).as_bytes();
+        self.0[0] = b'm';
+        self.0[1] = b'-';
+        self.0[2..2 + digits.len()].copy_from_slice(digits);
+        std::str::from_utf8(&self.0[..2 + digits.len()]).expect("ASCII")
     }
 }
 

@@ -84,12 +84,13 @@ impl Names {
 
     /// A room's topic: every player of the room hears it.
     pub fn topic(&self, room: &str) -> String {
-        format!("{}{room}", self.topic)
+        // `concat`, not `format!`: a room's worker names a destination for each output.
+        [self.topic.as_str(), room].concat()
     }
 
     /// A player's own destination in a room.
     pub fn private(&self, room: &str, player: &str) -> String {
-        format!("{}{room}.player.{player}", self.topic)
+        [self.topic.as_str(), room, ".player.", player].concat()
     }
 
     /// The STOMP login a player of `room` uses: the player's name on the embedded

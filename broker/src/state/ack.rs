@@ -4,7 +4,7 @@
 //! marked redelivered.
 
 use super::destination::journaled;
-use super::{Handled, Refusal, Session, SessionId, State, Unacked};
+use super::{Handled, MessageId, Refusal, Session, SessionId, State, Unacked};
 use stomp::{AckMode, Frame};
 
 impl State {
@@ -83,11 +83,13 @@ fn acked_tag(session: &Session, frame: &Frame) -> Result<Option<u64>, Refusal> {
             // STOMP 1.0 and 1.1 clients name the message-id (and the subscription).
             let message_id = frame.header("message-id").unwrap_or(ack_id);
             let subscription = frame.header("subscription");
+            let mut id = MessageId::new();
             session
                 .unacked
                 .iter()
                 .find(|(_, u)| {
-                    u.item.msg.id == message_id && subscription.is_none_or(|s| s == u.subscription)
+                    id.of(u.item.seq) == message_id
+                        && subscription.is_none_or(|s| s == u.subscription)
                 })
                 .map(|(t, _)| *t)
         });

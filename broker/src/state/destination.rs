@@ -13,6 +13,17 @@ pub(super) enum Dest<'a> {
     Topic(&'a str),
 }
 
+impl<'a> Dest<'a> {
+    /// The kind of a destination [`classify`] has accepted, without checking it again.
+    pub(super) fn of_checked(destination: &'a str) -> Dest<'a> {
+        if journaled(destination) {
+            Dest::Queue
+        } else {
+            Dest::Topic(destination)
+        }
+    }
+}
+
 /// Whether a queue's messages are journaled: named queues are; the private queues
 /// behind topic subscriptions are not.
 pub(super) fn journaled(queue: &str) -> bool {
@@ -108,6 +119,9 @@ mod tests {
         );
         assert!(journaled("/queue/a"));
         assert!(!journaled("\0topic-subscription:1:s"));
+        for name in ["/queue/a", "/topic/a"] {
+            assert_eq!(Dest::of_checked(name), classify(name, &config).unwrap());
+        }
     }
 
     #[test]

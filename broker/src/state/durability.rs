@@ -210,7 +210,7 @@ impl State {
         for k in kept {
             self.next_seq = self.next_seq.max(k.lsn + 1);
             let msg = Arc::new(Stored {
-                id: format!("m-{}", k.lsn),
+                seq: k.lsn,
                 destination: k.destination.clone(),
                 headers: k.headers,
                 body: k.body,

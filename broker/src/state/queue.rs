@@ -4,7 +4,7 @@
 //! single active one), and a message a consumer gave back is requeued at its old place.
 
 use super::destination::{classify, journaled, required, Dest};
-use super::{Handled, Outbound, Queued, Refusal, SessionId, State, Stored};
+use super::{Handled, MessageId, Outbound, Queued, Refusal, SessionId, State, Stored};
 use crate::QueueOptions;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -25,8 +25,9 @@ const BROKER_HEADERS: [&str; 10] = [
 ];
 
 impl State {
-    /// Everything that could refuse a SEND, checked without sending: the destination, the
-    /// authorizer, managed queues. Returns the destination and the sender's name.
+    /// Everything that could refuse a SEND, checked without sending: the destination
+    /// ([`classify`]), the authorizer, managed queues. Returns the destination and the
+    /// sender's name.
     pub(super) fn check_send(
         &mut self,
         id: SessionId,
@@ -53,7 +54,7 @@ impl State {
     /// A client's SEND: checked, rate-limited (to queues), stamped with its sender.
     pub(super) fn send(&mut self, id: SessionId, frame: Frame) -> Handled {
         let (destination, user) = self.check_send(id, &frame)?;
-        let dest = classify(&destination, &self.config)?;
+        let dest = Dest::of_checked(&destination);
         if matches!(dest, Dest::Queue) && !self.within_rate(id)? {
             self.dropped = true;
             return Ok(());
@@ -95,12 +96,13 @@ impl State {
         if matches!(dest, Dest::Queue) && !headers.iter().any(|(n, _)| n == "timestamp") {
             // When the queue got it, kept with it (journaled): a consumer that reads it
             // again after a crash reads the same time.
-            headers.push(("timestamp".into(), now_ms().to_string()));
+            let mut ms = itoa::Buffer::new();
+            headers.push(("timestamp".into(), ms.format(now_ms()).to_owned()));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let msg = Arc::new(Stored {
-            id: format!("m-{seq}"),
+            seq,
             destination: destination.to_owned(),
             headers,
             body,
@@ -216,8 +218,8 @@ impl State {
     }
 
     /// Hands ready messages to consumers with room for them, round robin. The queue
-    /// is looked up once, and each consumer's session once a message: this runs for
-    /// every subscriber of every topic message.
+    /// is looked up once, and each consumer's session and subscription once a message:
+    /// this runs for every subscriber of every topic message.
     pub(super) fn deliver_ready(&mut self, queue_name: &str) {
         let journaled = journaled(queue_name);
         let Some(queue) = self.queues.get_mut(queue_name) else {
@@ -226,7 +228,7 @@ impl State {
         // Messages delivered with ack=auto from a journaled queue, settled once the
         // queue is let go (they need the whole state).
         let mut settled = Vec::new();
-        while let Some(first) = queue.ready.front() {
+        'messages: while let Some(first) = queue.ready.front() {
             // A journaled message a group commit has not yet put on the disk waits, and
             // so does everything behind it. (Topic subscriptions are not journaled.)
             if journaled
@@ -235,49 +237,62 @@ impl State {
             {
                 break;
             }
-            let Some(i) = next_consumer(queue, &self.sessions, self.config.max_unacked) else {
-                break;
-            };
+            // A single-active-consumer queue feeds its oldest consumer only; the next one
+            // takes over when it goes, starting with what it left unacked.
             let n = if queue.single_active {
-                1
+                queue.consumers.len().min(1)
             } else {
                 queue.consumers.len()
             };
-            queue.next_consumer = (i + 1) % n;
-            let item = queue.ready.pop_front().expect("checked non-empty");
-            let (sid, sub_id) = &queue.consumers[i];
-            let sid = *sid;
-            let session = self.sessions.get_mut(&sid).expect("consumer has a session");
-            let sub = session
-                .subscriptions
-                .get_mut(sub_id)
-                .expect("consumer has a subscription");
-            let tag = (sub.ack != AckMode::Auto).then(|| {
-                session.next_tag += 1;
-                session.next_tag - 1
-            });
-            let out = message_frame(&item, sub_id, tag, session.wire);
-            if session.outbox.try_send(out).is_err() {
-                // The consumer cannot keep up (or is gone): it loses its connection, and
-                // the message stays first in line for someone else.
-                session.kill.slow();
-                queue.ready.push_front(item);
-                queue.consumers.retain(|(s, _)| *s != sid);
-                continue;
+            for k in 0..n {
+                let i = (queue.next_consumer + k) % n;
+                let (sid, sub_id) = &queue.consumers[i];
+                let sid = *sid;
+                let Some(session) = self.sessions.get_mut(&sid) else {
+                    continue;
+                };
+                // Besides its prefetch, a session may hold only so many unacked messages.
+                if session.unacked.len() >= self.config.max_unacked {
+                    continue;
+                }
+                let Some(sub) = session.subscriptions.get_mut(sub_id) else {
+                    continue;
+                };
+                if sub.ack != AckMode::Auto && sub.prefetch != 0 && sub.in_flight >= sub.prefetch {
+                    continue;
+                }
+                queue.next_consumer = (i + 1) % n;
+                let item = queue.ready.pop_front().expect("checked non-empty");
+                let tag = (sub.ack != AckMode::Auto).then(|| {
+                    session.next_tag += 1;
+                    session.next_tag - 1
+                });
+                let out = message_frame(&item, sub_id, tag, session.wire);
+                if session.outbox.try_send(out).is_err() {
+                    // The consumer cannot keep up (or is gone): it loses its connection,
+                    // and the message stays first in line for someone else.
+                    session.kill.slow();
+                    queue.ready.push_front(item);
+                    queue.consumers.retain(|(s, _)| *s != sid);
+                    continue 'messages;
+                }
+                if let Some(tag) = tag {
+                    sub.in_flight += 1;
+                    session.unacked.insert(
+                        tag,
+                        super::Unacked {
+                            subscription: sub_id.clone(),
+                            queue: queue_name.to_owned(),
+                            item,
+                        },
+                    );
+                } else if journaled {
+                    settled.push((item.seq, item.msg.body.len()));
+                }
+                continue 'messages;
             }
-            if let Some(tag) = tag {
-                sub.in_flight += 1;
-                session.unacked.insert(
-                    tag,
-                    super::Unacked {
-                        subscription: sub_id.clone(),
-                        queue: queue_name.to_owned(),
-                        item,
-                    },
-                );
-            } else if journaled {
-                settled.push((item.seq, item.msg.body.len()));
-            }
+            // No consumer has room for it.
+            break;
         }
         for (seq, size) in settled {
             self.release(queue_name, size);
@@ -347,32 +362,6 @@ impl State {
     }
 }
 
-/// The index of the consumer of `queue` that takes its next message, if one has room
-/// for it.
-fn next_consumer(
-    queue: &super::Queue,
-    sessions: &super::HashMap<SessionId, super::Session>,
-    max_unacked: usize,
-) -> Option<usize> {
-    // A single-active-consumer queue feeds its oldest consumer only; the next one takes
-    // over when it goes, starting with what it left unacked.
-    let n = if queue.single_active {
-        queue.consumers.len().min(1)
-    } else {
-        queue.consumers.len()
-    };
-    (0..n).map(|k| (queue.next_consumer + k) % n).find(|&i| {
-        let (sid, sub_id) = &queue.consumers[i];
-        sessions.get(sid).is_some_and(|session| {
-            // Besides its prefetch, a session may hold only so many unacked messages.
-            session.unacked.len() < max_unacked
-                && session.subscriptions.get(sub_id).is_some_and(|s| {
-                    s.ack == AckMode::Auto || s.prefetch == 0 || s.in_flight < s.prefetch
-                })
-        })
-    })
-}
-
 /// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
 /// (the subscriber's own headers, then the part every subscriber shares, encoded once),
 /// as a value otherwise.
@@ -395,7 +384,7 @@ fn message_frame(item: &Queued, sub_id: &str, tag: Option<u64>, wire: bool) -> O
     frame.headers.reserve_exact(5 + item.msg.headers.len());
     frame = frame
         .with_header("subscription", sub_id)
-        .with_header("message-id", item.msg.id.clone())
+        .with_header("message-id", MessageId::new().of(item.seq))
         .with_header("destination", item.msg.destination.clone());
     if let Some(tag) = tag {
         frame = frame.with_header("ack", tag.to_string());

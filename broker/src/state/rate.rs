@@ -79,8 +79,13 @@ impl State {
         let Some(bucket) = &mut session.bucket else {
             return Ok(true);
         };
-        let rate = bucket.rate.clone();
-        match bucket.take() {
+        // Only what the answer needs is copied out: the notice is cloned only to be sent.
+        let allowed = bucket.take();
+        let limit = bucket.rate.rate;
+        let notice = matches!(allowed, Allowed::Dropped { notify: true })
+            .then(|| bucket.rate.notice.clone())
+            .flatten();
+        match allowed {
             Allowed::Yes => Ok(true),
             Allowed::Flooding => Err({
                 self.stats.floods += 1;
@@ -88,13 +93,13 @@ impl State {
                 "too many messages",
                 format!(
                     "This connection may send {} messages a second ({} at once) and went on sending far more; it is closed.",
-                    rate.rate.per_second, rate.rate.burst
+                    limit.per_second, limit.burst
                 ),
             )
             }),
-            Allowed::Dropped { notify } => {
+            Allowed::Dropped { .. } => {
                 self.stats.dropped_sends += 1;
-                if let (true, Some(notice)) = (notify, rate.notice) {
+                if let Some(notice) = notice {
                     self.publish_notice(notice);
                 }
                 Ok(false)
