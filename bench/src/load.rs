@@ -39,6 +39,16 @@ pub(crate) struct Workload {
 pub(crate) enum Seat {
     /// STOMP over WebSocket with a ticket from the lobby.
     Stomp(Box<Ticket>),
+    /// STOMP over WebSocket to the relay (the broker alone): the room's topic is both
+    /// where moves go and where answers come from.
+    Relay {
+        /// The player's name (its STOMP login).
+        name: String,
+        /// `ws://…/ws`.
+        url: String,
+        /// `/topic/room.ROOM`.
+        topic: String,
+    },
     /// The floor's plain JSON over WebSocket.
     Floor {
         /// The player's name.
@@ -114,6 +124,17 @@ pub(crate) fn seats_on_floor(ws: &str, w: &Workload) -> Vec<Seat> {
         .collect()
 }
 
+/// Seats on the relay at `ws` (`ws://HOST:PORT/ws`).
+pub(crate) fn seats_on_relay(ws: &str, w: &Workload) -> Vec<Seat> {
+    (0..w.players)
+        .map(|i| Seat::Relay {
+            name: format!("p{i}"),
+            url: ws.to_owned(),
+            topic: format!("/topic/room.r{}", i / w.room_size),
+        })
+        .collect()
+}
+
 /// What a run measured.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Outcome {
@@ -164,53 +185,67 @@ struct Conn {
     name: String,
     /// The STOMP destination inputs go to; `None` on the floor.
     inbox: Option<String>,
+    /// On the relay, a player sends its move as the answer the room would make of it.
+    relay: bool,
 }
 
 async fn connect(seat: Seat, heartbeat: Option<Duration>) -> Result<Conn, String> {
     let url = match &seat {
         Seat::Stomp(t) => t.ws_url.clone(),
-        Seat::Floor { url, .. } => url.clone(),
+        Seat::Relay { url, .. } | Seat::Floor { url, .. } => url.clone(),
     };
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
         .map_err(|e| format!("connecting to {url}: {e}"))?;
-    let Seat::Stomp(t) = seat else {
-        let Seat::Floor { name, .. } = seat else {
-            unreachable!()
-        };
-        return Ok(Conn {
-            ws,
-            name,
-            inbox: None,
-        });
-    };
     let every = heartbeat.map_or(0, |h| h.as_millis());
-    let frames = [
+    let connect = |login: &str, passcode: &str| {
         format!(
-            "CONNECT\naccept-version:1.2\nhost:/\nlogin:{}\npasscode:{}\nheart-beat:{every},{every}\n\n\0",
-            t.login, t.token
-        ),
-        format!("SUBSCRIBE\nid:0\ndestination:{}\n\n\0", t.topic),
-        format!(
-            "SUBSCRIBE\nid:1\ndestination:{}\nreceipt:ready\n\n\0",
-            t.private
-        ),
-    ];
+            "CONNECT\naccept-version:1.2\nhost:/\nlogin:{login}\npasscode:{passcode}\nheart-beat:{every},{every}\n\n\0"
+        )
+    };
+    let (name, inbox, relay, frames) = match seat {
+        Seat::Floor { name, .. } => {
+            return Ok(Conn {
+                ws,
+                name,
+                inbox: None,
+                relay: false,
+            })
+        }
+        Seat::Stomp(t) => {
+            let frames = vec![
+                connect(&t.login, &t.token),
+                format!("SUBSCRIBE\nid:0\ndestination:{}\n\n\0", t.topic),
+                format!(
+                    "SUBSCRIBE\nid:1\ndestination:{}\nreceipt:ready\n\n\0",
+                    t.private
+                ),
+            ];
+            (t.player, t.inbox, false, frames)
+        }
+        Seat::Relay { name, topic, .. } => {
+            let frames = vec![
+                connect(&name, "-"),
+                format!("SUBSCRIBE\nid:0\ndestination:{topic}\nreceipt:ready\n\n\0"),
+            ];
+            (name, topic, true, frames)
+        }
+    };
     for f in frames {
         ws.feed(Message::text(f)).await.map_err(|e| e.to_string())?;
     }
     ws.flush().await.map_err(|e| e.to_string())?;
-    // CONNECTED, then the receipt: both subscriptions are in place.
+    // CONNECTED, then the receipt: the subscriptions are in place.
     loop {
         let frame = match ws.next().await {
             Some(Ok(Message::Text(t))) => t.to_string(),
             Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(format!("{}: {e}", t.player)),
-            None => return Err(format!("{}: the server closed the connection", t.player)),
+            Some(Err(e)) => return Err(format!("{name}: {e}")),
+            None => return Err(format!("{name}: the server closed the connection")),
         };
         if frame.starts_with("ERROR") {
-            return Err(format!("{}: {}", t.player, frame.replace('\0', "")));
+            return Err(format!("{name}: {}", frame.replace('\0', "")));
         }
         if frame.starts_with("RECEIPT") {
             break;
@@ -218,8 +253,9 @@ async fn connect(seat: Seat, heartbeat: Option<Duration>) -> Result<Conn, String
     }
     Ok(Conn {
         ws,
-        name: t.player.clone(),
-        inbox: Some(t.inbox.clone()),
+        name,
+        inbox: Some(inbox),
+        relay,
     })
 }
 
@@ -366,7 +402,13 @@ async fn play(mut conn: Conn, plan: Plan) -> Tally {
                 }
                 let seq = sent_at.len() as u64 + 1;
                 let dx = if seq % 2 == 1 { 1 } else { -1 };
-                let json = format!(r#"{{"type":"move","seq":{seq},"dx":{dx},"dy":0}}"#);
+                let json = if conn.relay {
+                    // What the room would answer, sent by the player itself.
+                    let name = &conn.name;
+                    format!(r#"{{"type":"moved","player":"{name}","x":{dx},"y":1,"seq":{seq},"input_seq":{seq},"input_from":"{name}"}}"#)
+                } else {
+                    format!(r#"{{"type":"move","seq":{seq},"dx":{dx},"dy":0}}"#)
+                };
                 let frame = match &conn.inbox {
                     Some(inbox) => format!("SEND\ndestination:{inbox}\ncontent-type:application/json\n\n{json}\0"),
                     None => json,

@@ -21,6 +21,7 @@ mod gate;
 mod load;
 mod matchmake;
 mod procfs;
+mod relay;
 mod report;
 mod target;
 
@@ -58,6 +59,13 @@ enum Cmd {
     /// Serves the floor (used by `run`).
     #[command(hide = true)]
     Floor {
+        /// Where to listen.
+        #[arg(long)]
+        listen: String,
+    },
+    /// Serves the relay, the broker alone (used by `run`).
+    #[command(hide = true)]
+    Relay {
         /// Where to listen.
         #[arg(long)]
         listen: String,
@@ -161,6 +169,16 @@ fn main() {
                 }),
                 Err(e) => {
                     eprintln!("floor: cannot listen on {listen}: {e}");
+                    1
+                }
+            },
+            Cmd::Relay { listen } => match tokio::net::TcpListener::bind(&listen).await {
+                Ok(l) => relay::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
+                    eprintln!("relay: {e}");
+                    1
+                }),
+                Err(e) => {
+                    eprintln!("relay: cannot listen on {listen}: {e}");
                     1
                 }
             },
@@ -272,10 +290,11 @@ async fn measure(mode: Mode, w: &Workload) -> Row {
             return row;
         }
     };
-    let seats = match (&target.lobby, &target.floor_ws) {
-        (Some(lobby), _) => load::seats_via_lobby(lobby, w).await,
-        (None, Some(ws)) => Ok(load::seats_on_floor(ws, w)),
-        _ => Err("the target has neither a lobby nor a floor".into()),
+    let seats = match (&target.lobby, &target.floor_ws, &target.relay_ws) {
+        (Some(lobby), _, _) => load::seats_via_lobby(lobby, w).await,
+        (None, Some(ws), _) => Ok(load::seats_on_floor(ws, w)),
+        (None, None, Some(ws)) => Ok(load::seats_on_relay(ws, w)),
+        _ => Err("the target has no lobby, floor or relay".into()),
     };
     let links_before = target.placement().await.map(|p| p.link_bytes);
     let (outcome, midway) = match seats {

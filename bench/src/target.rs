@@ -15,6 +15,9 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 pub(crate) enum Mode {
     /// A plain WebSocket server with the same room logic and no framework.
     Floor,
+    /// The embedded broker alone, no room worker: players publish their moves, as the
+    /// room's answers, to their room's topic. What the STOMP path costs by itself.
+    Relay,
     /// The all-in-one game server: embedded broker, SQLite, a worker task per room.
     Embedded,
     /// The all-in-one game server with `--fsync` (every input flushed to disk before
@@ -35,6 +38,7 @@ impl Mode {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Floor => "floor",
+            Mode::Relay => "relay",
             Mode::Embedded => "embedded",
             Mode::EmbeddedFsync => "embedded --fsync",
             Mode::EmbeddedNoRecord => "embedded, no record",
@@ -52,6 +56,8 @@ pub(crate) struct Target {
     pub lobby: Option<String>,
     /// The WebSocket URL, for the floor.
     pub floor_ws: Option<String>,
+    /// The WebSocket URL, for the relay.
+    pub relay_ws: Option<String>,
     children: Vec<Child>,
     /// Processes whose CPU counts as the server's (RabbitMQ's node included).
     pub pids: Vec<u32>,
@@ -173,6 +179,7 @@ impl Target {
             mode,
             lobby: None,
             floor_ws: None,
+            relay_ws: None,
             children: Vec::new(),
             pids: Vec::new(),
             dir: scratch(&format!("{mode:?}").to_lowercase()),
@@ -194,6 +201,12 @@ impl Target {
                 let addr = format!("127.0.0.1:{}", free_port());
                 target.spawn(&exe, "floor", &["floor", "--listen", &addr])?;
                 target.floor_ws = Some(format!("ws://{addr}/ws"));
+                target.wait_port(&addr).await?;
+            }
+            Mode::Relay => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                target.spawn(&exe, "relay", &["relay", "--listen", &addr])?;
+                target.relay_ws = Some(format!("ws://{addr}/ws"));
                 target.wait_port(&addr).await?;
             }
             Mode::Embedded | Mode::EmbeddedFsync | Mode::EmbeddedNoRecord => {
