@@ -221,6 +221,62 @@ fn allowed(
     }
 }
 
+/// A message offered to an [`InlineConsumer`].
+#[derive(Debug)]
+pub struct Offered<'a> {
+    /// Its ack tag, as a MESSAGE frame's `ack` header would give it (`None` with
+    /// `ack:auto`). With `ack:client`, acking it acks every earlier message of the
+    /// subscription.
+    pub tag: Option<u64>,
+    /// Its headers as the broker keeps them: the sender's own, `user-id` and, from a
+    /// queue, `timestamp`.
+    pub headers: &'a [(String, String)],
+    /// Its body.
+    pub body: &'a Bytes,
+    /// Whether it was delivered before and given back.
+    pub redelivered: bool,
+}
+
+impl Offered<'_> {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A message an [`InlineConsumer`] publishes for one it took, as a SEND of its session
+/// would: to a queue or a topic, stamped with the session's `user-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// `/queue/NAME` or `/topic/NAME`.
+    pub destination: String,
+    /// Its own headers (the broker's, such as `user-id`, are set by the broker).
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// A consumer in the broker's process that takes a subscription's messages where they
+/// are delivered, under the broker's lock, instead of as MESSAGE frames: no frame is
+/// built, no task woken. What it publishes for a message goes out in the same call.
+///
+/// A message it takes counts as delivered to its subscription: it stays unacked, within
+/// the subscription's prefetch, until the session acks it, and goes back in line if the
+/// session closes first, exactly as a MESSAGE frame would. It is attached by
+/// [`Broker::offer_inline`] and a SUBSCRIBE of an in-memory connection.
+pub trait InlineConsumer: Send + Sync {
+    /// Takes `message` and returns what to publish for it, or `None` to have it delivered
+    /// as a MESSAGE frame instead. A declined message keeps its place in the
+    /// subscription's order (its tag), but its frame reaches the session after the
+    /// messages taken behind it are applied: a consumer that must apply in order declines
+    /// those too, until the session has handled the frames. It runs under the broker's
+    /// lock: it must not call the broker.
+    fn take(&self, message: Offered<'_>) -> Option<Vec<Publish>>;
+}
+
 /// An [`Authorizer`] that lets everyone in, everywhere: a plain, open broker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
@@ -478,6 +534,18 @@ impl Broker {
                 message: r.message,
                 detail: r.detail,
             })
+    }
+
+    /// Offers `consumer` to the SUBSCRIBE of an in-memory connection (see
+    /// [`Broker::connect_in_memory`]) whose `inline` header names the returned token. The
+    /// header means nothing on a socket's connection.
+    pub fn offer_inline(&self, consumer: Arc<dyn InlineConsumer>) -> String {
+        self.lock().offer_inline(consumer)
+    }
+
+    /// Takes back an offer no SUBSCRIBE claimed.
+    pub fn withdraw_inline(&self, token: &str) {
+        self.lock().withdraw_inline(token);
     }
 
     /// Puts back a message kept across a restart, creating its queue if need be.

@@ -16,12 +16,15 @@
 //! - [`ack`]: ACK and NACK, cumulative and individual;
 //! - [`transaction`]: BEGIN, COMMIT, ABORT and the frames buffered in between;
 //! - [`durability`]: the journal, and the group commit that holds deliveries and
-//!   receipts until the disk has them.
+//!   receipts until the disk has them;
+//! - [`inline`]: consumers in the broker's process that take their messages where they
+//!   are delivered, and publish what they make of them in the same call.
 
 mod ack;
 mod connections;
 mod destination;
 mod durability;
+mod inline;
 mod queue;
 mod rate;
 mod subscription;
@@ -148,6 +151,8 @@ struct Subscription {
     ack: AckMode,
     prefetch: usize,
     in_flight: usize,
+    /// Takes its messages where they are delivered (see [`inline`]).
+    inline: Option<Arc<dyn crate::InlineConsumer>>,
 }
 
 struct Unacked {
@@ -191,6 +196,9 @@ pub(crate) struct State {
     accepting: bool,
     /// What was counted, for whoever reports on the broker.
     stats: Stats,
+    /// Inline consumers offered and not yet claimed by a SUBSCRIBE, by token.
+    inline_offers: HashMap<String, Arc<dyn crate::InlineConsumer>>,
+    next_offer: u64,
 }
 
 /// A frame the session must answer with ERROR, then close.
@@ -271,6 +279,8 @@ impl State {
             next_seq: 1,
             accepting: true,
             stats: Stats::default(),
+            inline_offers: HashMap::default(),
+            next_offer: 1,
         }
     }
 

@@ -1121,3 +1121,63 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Takes each message where it is delivered and publishes `ECHO BODY` to `/topic/echo`.
+struct Echo;
+
+impl stomp_broker::InlineConsumer for Echo {
+    fn take(&self, message: stomp_broker::Offered<'_>) -> Option<Vec<stomp_broker::Publish>> {
+        let body = String::from_utf8_lossy(message.body);
+        Some(vec![stomp_broker::Publish {
+            destination: "/topic/echo".into(),
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("ECHO {body}").into(),
+        }])
+    }
+}
+
+#[tokio::test]
+async fn an_inline_consumer_answers_over_the_sockets_and_its_unacked_messages_outlive_it() {
+    let local = start(BrokerConfig::default()).await;
+    let inline = async |broker: &Broker| {
+        let client = Client::handshake(broker.connect_in_memory(), ConnectOptions::default())
+            .await
+            .unwrap();
+        let options = SubscribeOptions {
+            ack: AckMode::Client,
+            prefetch: None,
+            headers: vec![(
+                "inline".into(),
+                broker.offer_inline(std::sync::Arc::new(Echo)),
+            )],
+        };
+        let sub = client.subscribe("/queue/in", options).await.unwrap();
+        (client, sub)
+    };
+    let (worker, _sub) = inline(&local.broker).await;
+    let player = connect(&local.ws_url).await;
+    let mut echoes = player
+        .subscribe("/topic/echo", SubscribeOptions::default())
+        .await
+        .unwrap();
+    for body in ["a", "b"] {
+        player
+            .send("/queue/in", body.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for want in ["ECHO a", "ECHO b"] {
+        let m = recv(&mut echoes).await;
+        assert_eq!(body(&m), want);
+        assert_eq!(m.header("content-type"), Some("text/plain"));
+    }
+    let stats = local.broker.queue_stats("/queue/in").unwrap();
+    assert_eq!((stats.ready, stats.unacked), (0, 2));
+    // Its connection gone, what it took and never acked is taken again, by the next.
+    worker.disconnect().await.unwrap();
+    let (_next, _next_sub) = inline(&local.broker).await;
+    for want in ["ECHO a", "ECHO b"] {
+        assert_eq!(body(&recv(&mut echoes).await), want);
+    }
+    nothing_more(&mut echoes).await;
+}

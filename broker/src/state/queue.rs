@@ -11,7 +11,7 @@ use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
 
 /// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
-const BROKER_HEADERS: [&str; 10] = [
+pub(super) const BROKER_HEADERS: [&str; 10] = [
     "user-id",
     "timestamp",
     "destination",
@@ -228,6 +228,8 @@ impl State {
         // Messages delivered with ack=auto from a journaled queue, settled once the
         // queue is let go (they need the whole state).
         let mut settled = Vec::new();
+        // What inline consumers published for the messages they took, by session.
+        let mut published = Vec::new();
         'messages: while let Some(first) = queue.ready.front() {
             // A journaled message a group commit has not yet put on the disk waits, and
             // so does everything behind it. (Topic subscriptions are not journaled.)
@@ -267,8 +269,21 @@ impl State {
                     session.next_tag += 1;
                     session.next_tag - 1
                 });
-                let out = message_frame(&item, sub_id, tag, session.wire);
-                if session.outbox.try_send(out).is_err() {
+                let taken = sub.inline.as_ref().and_then(|consumer| {
+                    consumer.take(crate::Offered {
+                        tag,
+                        headers: &item.msg.headers,
+                        body: &item.msg.body,
+                        redelivered: item.redelivered,
+                    })
+                });
+                if let Some(outputs) = taken {
+                    published.push((sid, outputs));
+                } else if session
+                    .outbox
+                    .try_send(message_frame(&item, sub_id, tag, session.wire))
+                    .is_err()
+                {
                     // The consumer cannot keep up (or is gone): it loses its connection,
                     // and the message stays first in line for someone else.
                     session.kill.slow();
@@ -297,6 +312,9 @@ impl State {
         for (seq, size) in settled {
             self.release(queue_name, size);
             self.settle(&[seq]);
+        }
+        for (session, outputs) in published {
+            self.publish_inline(session, outputs);
         }
     }
 

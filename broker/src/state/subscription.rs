@@ -29,11 +29,14 @@ impl State {
                 format!("A connection may hold at most {max_subs} subscriptions."),
             ));
         }
+        if matches!(dest, Dest::Queue) {
+            self.check_managed(&destination)?;
+        }
+        // Claimed once nothing else can refuse the SUBSCRIBE, and before anything is made
+        // for it (a topic subscription's queue).
+        let inline = self.claim_inline(id, frame)?;
         let queue_name = match dest {
-            Dest::Queue => {
-                self.check_managed(&destination)?;
-                destination.clone()
-            }
+            Dest::Queue => destination.clone(),
             Dest::Topic(topic) => self.topic_queue(id, topic, &sub_id),
         };
         let subscription = Subscription {
@@ -41,6 +44,7 @@ impl State {
             ack,
             prefetch,
             in_flight: 0,
+            inline,
         };
         self.session(id)?
             .subscriptions
