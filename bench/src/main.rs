@@ -162,30 +162,38 @@ fn main() {
             Cmd::Idle(args) => idle(args).await,
             Cmd::Matchmake(args) => matchmake(args).await,
             Cmd::Gate(args) => gate::run(args),
-            Cmd::Floor { listen } => match tokio::net::TcpListener::bind(&listen).await {
-                Ok(l) => floor::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
-                    eprintln!("floor: {e}");
-                    1
-                }),
-                Err(e) => {
-                    eprintln!("floor: cannot listen on {listen}: {e}");
-                    1
-                }
-            },
-            Cmd::Relay { listen } => match tokio::net::TcpListener::bind(&listen).await {
-                Ok(l) => relay::serve(l).await.map(|_| 0).unwrap_or_else(|e| {
-                    eprintln!("relay: {e}");
-                    1
-                }),
-                Err(e) => {
-                    eprintln!("relay: cannot listen on {listen}: {e}");
-                    1
-                }
-            },
+            Cmd::Floor { listen } => listen_and_serve("floor", &listen, floor::serve).await,
+            Cmd::Relay { listen } => listen_and_serve("relay", &listen, relay::serve).await,
             Cmd::GameServer { args } => game_server(args).await,
         }
     });
     std::process::exit(code);
+}
+
+/// Serves `what` (the floor or the relay) on `listen` until the process ends; the exit
+/// code.
+async fn listen_and_serve<F>(
+    what: &str,
+    listen: &str,
+    serve: impl FnOnce(tokio::net::TcpListener) -> F,
+) -> i32
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{what}: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    match serve(listener).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            1
+        }
+    }
 }
 
 async fn game_server(args: Vec<String>) -> i32 {

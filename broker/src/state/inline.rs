@@ -9,8 +9,7 @@
 //! claimed by the SUBSCRIBE whose `inline` header names the token: so it belongs to
 //! exactly one subscription, and ends with it.
 
-use super::destination::classify;
-use super::queue::BROKER_HEADERS;
+use super::queue::stamped;
 use super::{Refusal, SessionId, State};
 use crate::{InlineConsumer, Publish};
 use std::sync::Arc;
@@ -66,16 +65,8 @@ impl State {
             return;
         };
         for output in outputs {
-            let mut headers: Vec<(String, String)> = output
-                .headers
-                .into_iter()
-                .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
-                .collect();
-            headers.push(("user-id".to_owned(), user.clone()));
-            let published = classify(&output.destination, &self.config).and_then(|dest| {
-                self.check_managed(&output.destination)?;
-                self.publish(&output.destination, dest, headers, output.body)
-            });
+            let headers = stamped(output.headers, user.clone());
+            let published = self.publish_local(&output.destination, headers, output.body, false);
             if let Err(refusal) = published {
                 tracing::warn!(
                     destination = %output.destination,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
 
 /// Headers the broker sets on MESSAGE frames itself; a sender's copies are dropped.
-pub(super) const BROKER_HEADERS: [&str; 10] = [
+const BROKER_HEADERS: [&str; 10] = [
     "user-id",
     "timestamp",
     "destination",
@@ -59,13 +59,7 @@ impl State {
             self.dropped = true;
             return Ok(());
         }
-        let mut headers: Vec<(String, String)> = frame
-            .headers
-            .into_iter()
-            .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
-            .collect();
-        headers.push(("user-id".into(), user));
-        self.publish(&destination, dest, headers, frame.body)
+        self.publish(&destination, dest, stamped(frame.headers, user), frame.body)
     }
 
     /// Publishes a message as if a client had sent it (for in-process producers).
@@ -378,6 +372,17 @@ impl State {
         }
         true
     }
+}
+
+/// A sender's headers as the broker keeps them: its copies of the broker's own dropped,
+/// and stamped with its `user-id`.
+pub(super) fn stamped(headers: Vec<(String, String)>, user: String) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(n, _)| !BROKER_HEADERS.contains(&n.as_str()))
+        .collect();
+    headers.push(("user-id".into(), user));
+    headers
 }
 
 /// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
