@@ -529,6 +529,11 @@ async fn metrics_count_what_happens() {
     assert!(value("gsl_players") >= 1.0);
     assert!(value("gsl_rooms") >= 1.0);
     assert!(value("gsl_refused_total{reason=\"malformed\"}") >= 1.0);
+    // The room's inputs are applied where the broker delivers them: the first, which
+    // wakes the worker, and any that arrive while it restores the room go to its task.
+    let inline = value("gsl_delivered_inputs_total{way=\"inline\"}");
+    let task = value("gsl_delivered_inputs_total{way=\"task\"}");
+    assert!(inline >= 5.0, "{inline} inline, {task} by the task");
     server.stop().await;
 }
 

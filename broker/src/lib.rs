@@ -130,6 +130,10 @@ pub struct Stats {
     pub floods: u64,
     /// Flushes of the journal to the disk (`--fsync`).
     pub journal_flushes: u64,
+    /// Messages an [`InlineConsumer`] took where they were delivered.
+    pub inline_taken: u64,
+    /// Messages an [`InlineConsumer`] declined, delivered as MESSAGE frames instead.
+    pub inline_declined: u64,
 }
 
 impl Principal {

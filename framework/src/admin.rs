@@ -7,7 +7,6 @@
 use crate::broker::{Broker, QueueOptions};
 use crate::names::{fnv1a, Names, LOBBY_USER};
 use crate::policy::RoomPolicy;
-use crate::stomp::Transport;
 use crate::{Error, Result};
 use futures_util::future::BoxFuture;
 
@@ -131,9 +130,10 @@ pub trait BrokerAdmin: Send + Sync + 'static {
         None
     }
 
-    /// A connection to the broker in memory, when it runs in this process: workers
-    /// then use it instead of a socket to [`Endpoints::worker_urls`].
-    fn connect_in_memory(&self) -> Option<Transport> {
+    /// The broker, when it runs in this process: workers then connect to it in memory
+    /// instead of by a socket to [`Endpoints::worker_urls`], publish to it directly, and
+    /// have it apply their rooms' inputs where it delivers them.
+    fn in_process(&self) -> Option<Broker> {
         None
     }
 }
@@ -248,7 +248,7 @@ impl BrokerAdmin for EmbeddedAdmin {
         Some(self.broker.stats())
     }
 
-    fn connect_in_memory(&self) -> Option<Transport> {
-        Some(self.broker.connect_in_memory())
+    fn in_process(&self) -> Option<Broker> {
+        Some(self.broker.clone())
     }
 }

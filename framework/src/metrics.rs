@@ -45,6 +45,21 @@ pub static JOURNAL_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Room inputs the embedded broker had applied where it delivered them, or handed to
+/// the room's worker task instead (`way`: `inline` or `task`).
+pub static INLINE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gsl_delivered_inputs_total",
+                "Room inputs the embedded broker applied where it delivered them (inline) or handed to the worker's task (task)",
+            ),
+            &["way"],
+        )
+        .unwrap(),
+    )
+});
+
 /// Players quick play seated (`POST /matchmake`).
 pub static QUICK_PLAYS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
@@ -141,6 +156,8 @@ pub fn record_broker(stats: &Stats) {
     );
     catch_up(&LIMITED.with_label_values(&["flood"]), stats.floods);
     catch_up(&JOURNAL_FLUSHES, stats.journal_flushes);
+    catch_up(&INLINE.with_label_values(&["inline"]), stats.inline_taken);
+    catch_up(&INLINE.with_label_values(&["task"]), stats.inline_declined);
 }
 
 /// Brings a counter up to `total`, a count kept elsewhere since the process started.
@@ -156,7 +173,7 @@ pub fn render() -> String {
     // Touch the lazies, so that every metric shows from the first scrape.
     let _ = (&*INPUTS, &*OUTPUTS, &*HANDLER_SECONDS, &*REFUSED, &*LIMITED);
     let _ = (&*CONNECTIONS, &*ROOMS, &*PLAYERS, &*QUEUED, &*CHECKPOINTS);
-    let _ = &*JOURNAL_FLUSHES;
+    let _ = (&*JOURNAL_FLUSHES, &*INLINE);
     let mut out = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut out)

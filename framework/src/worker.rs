@@ -12,6 +12,7 @@ pub mod record;
 pub mod replay;
 pub mod room_worker;
 mod saver;
+mod shared;
 pub mod subscribed;
 
 use crate::proto::Ticket;

@@ -197,6 +197,8 @@ mod tests {
         );
         let out = h.state.queue_stats("/queue/in").unwrap();
         assert_eq!(out.unacked, 3);
+        let stats = h.state.stats();
+        assert_eq!((stats.inline_taken, stats.inline_declined), (2, 1));
     }
 
     #[test]

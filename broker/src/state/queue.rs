@@ -271,6 +271,14 @@ impl State {
                         redelivered: item.redelivered,
                     })
                 });
+                if sub.inline.is_some() {
+                    let s = &mut self.stats;
+                    *if taken.is_some() {
+                        &mut s.inline_taken
+                    } else {
+                        &mut s.inline_declined
+                    } += 1;
+                }
                 if let Some(outputs) = taken {
                     published.push((sid, outputs));
                 } else if session

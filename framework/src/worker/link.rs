@@ -7,8 +7,15 @@
 //! Either way the worker sees the same things: the inbox's deliveries (sender, time,
 //! body), each acked cumulatively; outputs published by STOMP destination name; and a
 //! barrier that returns once the broker has everything published before it.
+//!
+//! When the broker runs in this process, the worker's STOMP connection is in memory, its
+//! outputs are published by a method call (at once, in the order made, with no hop to
+//! the connection's task), and its room's inputs can be applied where the broker
+//! delivers them (see `shared.rs`): those are acked by their tag ([`Ack::Inline`]).
 
 use super::amqp;
+use crate::broker::Broker;
+use crate::names::WORKER_USER;
 use crate::stomp::{AckMode, Client, Command, Frame, Message, SubscribeOptions, Subscription};
 use crate::{Error, Result};
 use tokio::sync::mpsc;
@@ -16,10 +23,21 @@ use tokio::sync::mpsc;
 /// The worker's connection: cheap to clone (the courier and the saver share it).
 #[derive(Clone)]
 pub(super) enum Link {
-    /// STOMP (the embedded broker, or RabbitMQ over TLS).
+    /// STOMP (RabbitMQ over TLS).
     Stomp(Client),
+    /// STOMP in memory to the broker of this process, and that broker.
+    InProcess(Client, Broker),
     /// AMQP 0-9-1 to RabbitMQ.
     Amqp(amqp::Connection),
+}
+
+/// What an ack names: an input and every one before it on the subscription.
+pub(super) enum Ack {
+    /// A delivery the worker received.
+    Delivery(Delivery),
+    /// An input the broker of this process had the room apply where it delivered it, by
+    /// its tag (a MESSAGE frame's `ack` header would have given the same).
+    Inline(u64),
 }
 
 /// A subscription to the room's inbox.
@@ -111,9 +129,22 @@ impl Link {
         Err(last.unwrap_or_else(|| amqp::closed("no AMQP URL to connect to".into())))
     }
 
-    /// Publishes `body` (JSON) to a STOMP `destination`, without waiting.
+    /// Publishes `body` (JSON) to a STOMP `destination`, without waiting (in process: at
+    /// once).
     pub(super) fn publish(&self, destination: String, body: Vec<u8>) -> Result<()> {
         match self {
+            Link::InProcess(_, broker) => {
+                let headers = vec![
+                    ("user-id".to_owned(), WORKER_USER.to_owned()),
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                ];
+                broker
+                    .publish(&destination, headers, body)
+                    .map_err(|r| Error::Refused {
+                        message: r.message,
+                        detail: r.detail,
+                    })
+            }
             Link::Stomp(client) => {
                 let frame = Frame::new(Command::Send)
                     .with_header("destination", destination)
@@ -131,7 +162,9 @@ impl Link {
     /// Sends the worker's own message (a tick) to its room's inbox, without waiting.
     pub(super) fn send(&self, destination: &str, body: Vec<u8>) -> Result<()> {
         match self {
-            Link::Stomp(client) => Ok(client.send_nowait(destination, body)?),
+            Link::Stomp(client) | Link::InProcess(client, _) => {
+                Ok(client.send_nowait(destination, body)?)
+            }
             Link::Amqp(_) => self.publish(destination.to_owned(), body),
         }
     }
@@ -139,16 +172,24 @@ impl Link {
     /// Returns once the broker has everything published before.
     pub(super) async fn flush(&self) -> Result<()> {
         match self {
-            Link::Stomp(client) => Ok(client.flush().await?),
+            Link::Stomp(client) | Link::InProcess(client, _) => Ok(client.flush().await?),
             Link::Amqp(amqp) => amqp.barrier().await,
         }
     }
 
-    /// Acks `delivery` and every delivery before it.
-    pub(super) fn ack(&self, delivery: &Delivery) -> Result<()> {
-        match (self, delivery) {
-            (Link::Stomp(client), Delivery::Stomp(m)) => Ok(client.ack(m)?),
-            (Link::Amqp(amqp), Delivery::Amqp { tag, .. }) => amqp.ack(*tag),
+    /// Acks an input and every one before it.
+    pub(super) fn ack(&self, ack: &Ack) -> Result<()> {
+        match (self, ack) {
+            (
+                Link::Stomp(client) | Link::InProcess(client, _),
+                Ack::Delivery(Delivery::Stomp(m)),
+            ) => Ok(client.ack(m)?),
+            (Link::InProcess(client, _), Ack::Inline(tag)) => {
+                let mut digits = itoa::Buffer::new();
+                let frame = Frame::new(Command::Ack).with_header("id", digits.format(*tag));
+                Ok(client.post(frame)?)
+            }
+            (Link::Amqp(amqp), Ack::Delivery(Delivery::Amqp { tag, .. })) => amqp.ack(*tag),
             _ => Err(Error::Protocol(
                 "a delivery acked on a connection of another protocol".into(),
             )),
@@ -158,13 +199,24 @@ impl Link {
     /// Subscribes to the inbox queue (its STOMP name), acking by hand, with at most
     /// `prefetch` deliveries unacked. A failing worker's subscription ends with its
     /// connection, never by itself: its unacked inputs go back in line at once.
-    pub(super) async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Inbox> {
+    /// `inline` names a consumer offered to the broker of this process
+    /// ([`Broker::offer_inline`]) that takes the inputs it can where they are delivered.
+    pub(super) async fn subscribe(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        inline: Option<&str>,
+    ) -> Result<Inbox> {
         match self {
-            Link::Stomp(client) => {
+            Link::Stomp(client) | Link::InProcess(client, _) => {
+                let headers = match (self, inline) {
+                    (Link::InProcess(..), Some(token)) => vec![("inline".into(), token.into())],
+                    _ => Vec::new(),
+                };
                 let options = SubscribeOptions {
                     ack: AckMode::Client,
                     prefetch: Some(prefetch.into()),
-                    headers: Vec::new(),
+                    headers,
                 };
                 let mut sub = client.subscribe(queue, options).await?;
                 sub.end_with_connection();
@@ -181,7 +233,7 @@ impl Link {
     /// Why the connection closed, if it did.
     pub(super) fn closed(&self) -> Option<String> {
         match self {
-            Link::Stomp(client) => client.closed(),
+            Link::Stomp(client) | Link::InProcess(client, _) => client.closed(),
             Link::Amqp(amqp) => amqp.closed(),
         }
     }
@@ -189,7 +241,7 @@ impl Link {
     /// Closes the connection: unacked deliveries go back in line.
     pub(super) async fn disconnect(&self) {
         match self {
-            Link::Stomp(client) => {
+            Link::Stomp(client) | Link::InProcess(client, _) => {
                 let _ = client.disconnect().await;
             }
             Link::Amqp(amqp) => amqp.close().await,

@@ -3,8 +3,8 @@
 //! store has it are the inputs it holds acked and the transfers they asked for carried
 //! out, so a worker that dies before replays them.
 
-use super::link::{Delivery, Link};
-use super::room_worker::RoomWorker;
+use super::link::{Ack, Link};
+use super::shared::Shared;
 use crate::room::Transfer;
 use crate::store::{Checkpoint, Store};
 use crate::{Error, Result};
@@ -19,12 +19,6 @@ use tokio::sync::mpsc;
 pub(super) struct Saver<'a> {
     store: &'a Store,
     client: &'a Link,
-    /// The latest input applied and not yet in a checkpoint; acking it acks all before it.
-    unacked: Option<Delivery>,
-    pub(super) unsaved: u32,
-    /// Of `unsaved`, those that are not the worker's own ticks: player inputs, joins and
-    /// leaves, which checkpoint at the full pace.
-    pub(super) unsaved_not_ticks: u32,
     /// When the last checkpoint was started.
     pub(super) started: Instant,
     /// The checkpoint last saved, to skip saving one that changes nothing.
@@ -40,7 +34,7 @@ pub(super) struct InFlight {
     task: tokio::task::JoinHandle<Result<()>>,
     /// What was saved (`None`: nothing changed, nothing written).
     saved: Option<Checkpoint>,
-    ack: Option<Delivery>,
+    ack: Option<Ack>,
     /// The transfers saved with it, to carry out once it is saved.
     transfers: Vec<Transfer>,
 }
@@ -55,9 +49,6 @@ impl<'a> Saver<'a> {
         Saver {
             store,
             client,
-            unacked: None,
-            unsaved: 0,
-            unsaved_not_ticks: 0,
             started: Instant::now(),
             last: None,
             in_flight: None,
@@ -65,44 +56,46 @@ impl<'a> Saver<'a> {
         }
     }
 
-    pub(super) fn applied(&mut self, message: Delivery, tick: bool) {
-        self.unacked = Some(message);
-        self.unsaved += 1;
-        if !tick {
-            self.unsaved_not_ticks += 1;
-        }
-    }
-
     /// Starts saving a checkpoint of everything applied so far (after the save under
     /// way, if any, is done). The outputs of the inputs it holds must reach the broker
     /// first: a checkpoint that holds an input whose outputs were lost would make its
-    /// replay a skipped duplicate, and the outputs would never be sent.
+    /// replay a skipped duplicate, and the outputs would never be sent. (An input the
+    /// broker had the room apply where it delivered it has its outputs published under
+    /// the broker's lock, which the barrier below waits for.)
     pub(super) async fn start<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
-        worker: &mut RoomWorker<S>,
+        shared: &Shared<S>,
     ) -> Result<()> {
-        self.settle(worker).await?;
-        let (checkpoint, grants, transfers) = worker.checkpoint()?;
-        let mut record = worker.take_record(&checkpoint);
-        // Inputs that changed nothing (a tick that moved no one) need no write: the saved
-        // checkpoint already holds what applying them again would make.
-        let changed = record.as_ref().is_some_and(|r| r.outputs > 0)
-            || !(grants.is_empty()
-                && transfers.is_empty()
-                && self
-                    .last
-                    .as_ref()
-                    .is_some_and(|last| same_but_ticks(last, &checkpoint)));
-        let (client, store, room) = (
-            self.client.clone(),
-            self.store.clone(),
-            worker.id().to_owned(),
-        );
-        if !changed {
-            if let Some(segment) = record.take() {
-                worker.record_not_saved(segment);
+        self.settle(shared).await?;
+        // The checkpoint and the input it acks are taken under one lock: nothing is
+        // applied between them.
+        let (checkpoint, grants, transfers, record, ack, changed, room) = {
+            let mut inner = shared.lock();
+            let worker = inner.worker();
+            let (checkpoint, grants, transfers) = worker.checkpoint()?;
+            let mut record = worker.take_record(&checkpoint);
+            // Inputs that changed nothing (a tick that moved no one) need no write: the
+            // saved checkpoint already holds what applying them again would make.
+            let changed = record.as_ref().is_some_and(|r| r.outputs > 0)
+                || !(grants.is_empty()
+                    && transfers.is_empty()
+                    && self
+                        .last
+                        .as_ref()
+                        .is_some_and(|last| same_but_ticks(last, &checkpoint)));
+            if !changed {
+                if let Some(segment) = record.take() {
+                    worker.record_not_saved(segment);
+                }
             }
-        }
+            let room = worker.id().to_owned();
+            let ack = inner.unacked.take();
+            inner.unsaved = 0;
+            inner.unsaved_not_ticks = 0;
+            inner.first_unsaved = false;
+            (checkpoint, grants, transfers, record, ack, changed, room)
+        };
+        let (client, store) = (self.client.clone(), self.store.clone());
         let saved = changed.then(|| checkpoint.clone());
         let to_carry_out = transfers.clone();
         let task = tokio::spawn(async move {
@@ -117,11 +110,9 @@ impl<'a> Saver<'a> {
         self.in_flight = Some(InFlight {
             task,
             saved,
-            ack: self.unacked.take(),
+            ack,
             transfers: to_carry_out,
         });
-        self.unsaved = 0;
-        self.unsaved_not_ticks = 0;
         self.started = Instant::now();
         Ok(())
     }
@@ -129,12 +120,12 @@ impl<'a> Saver<'a> {
     /// Waits for the save under way, if any, and acks what it holds.
     pub(super) async fn settle<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
-        worker: &mut RoomWorker<S>,
+        shared: &Shared<S>,
     ) -> Result<()> {
         if let Some(mut f) = self.in_flight.take() {
             let result = (&mut f.task).await;
             self.in_flight = Some(f);
-            self.finished(worker, result)?;
+            self.finished(shared, result)?;
         }
         Ok(())
     }
@@ -143,7 +134,7 @@ impl<'a> Saver<'a> {
     /// and hands its transfers to the courier.
     pub(super) fn finished<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
-        worker: &mut RoomWorker<S>,
+        shared: &Shared<S>,
         result: std::result::Result<Result<()>, tokio::task::JoinError>,
     ) -> Result<()> {
         let Some(f) = self.in_flight.take() else {
@@ -151,14 +142,14 @@ impl<'a> Saver<'a> {
         };
         result.map_err(|e| Error::Store(format!("a checkpoint save failed: {e}")))??;
         if let Some(checkpoint) = f.saved {
-            worker.saved();
+            shared.lock().worker().saved();
             self.last = Some(Checkpoint {
                 version: checkpoint.version + 1,
                 ..checkpoint
             });
         }
-        if let Some(m) = f.ack {
-            self.client.ack(&m)?;
+        if let Some(ack) = f.ack {
+            self.client.ack(&ack)?;
         }
         for transfer in f.transfers {
             // The courier lives as long as the room's worker: gone, the transfer waits in
@@ -171,10 +162,10 @@ impl<'a> Saver<'a> {
     /// Saves a checkpoint of everything applied and acks it, waiting for both.
     pub(super) async fn save<S: Serialize + DeserializeOwned + 'static>(
         &mut self,
-        worker: &mut RoomWorker<S>,
+        shared: &Shared<S>,
     ) -> Result<()> {
-        self.start(worker).await?;
-        self.settle(worker).await
+        self.start(shared).await?;
+        self.settle(shared).await
     }
 }
 

@@ -1,7 +1,10 @@
 //! The room worker as a long-lived consumer of its room's inbox (over STOMP or AMQP, see
 //! `link.rs`): the runtime of the all-in-one server's worker tasks and of worker
 //! processes in a cluster. It feeds the [`RoomWorker`] core
-//! from the inbox, publishes what it produces, checkpoints, and only then acks.
+//! from the inbox, publishes what it produces, checkpoints, and only then acks. On the
+//! embedded broker most inputs never reach this task: the broker applies them to the
+//! same core where it delivers them (`shared.rs`), and the task keeps the ticks,
+//! checkpoints, acks and the rest.
 //!
 //! Exactly once: inputs are acked (cumulatively) only after a checkpoint that includes
 //! them. If the worker dies, the broker redelivers every unacked input to its
@@ -16,15 +19,16 @@
 //! publish or save, and no timer but the idle one runs.
 
 use super::courier::Courier;
-use super::link::{Delivery, Inbox, Link};
+use super::link::{Ack, Delivery, Inbox, Link};
 use super::room_worker::{InboxMessage, RoomWorker};
 use super::saver::{saving, Saver};
+use super::shared::{Shared, PREFETCH};
 use super::Transfers;
 use crate::admin::{BrokerAdmin, Endpoints};
 use crate::msg::{Msg, RoomInfo};
-use crate::names::{LOBBY_USER, WORKER_USER};
+use crate::names::WORKER_USER;
 use crate::policy::{Policies, RoomPolicy};
-use crate::room::{Listing, Output, Target};
+use crate::room::{Listing, Output};
 use crate::stomp::{Client, ConnectOptions, HeartBeat};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -35,8 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Inputs in flight to a worker before it must ack; bounds what a crash replays.
-const PREFETCH: u16 = 1024;
 /// A room whose only unsaved changes come from its own ticks (NPCs wandering beside
 /// players who send nothing) checkpoints this many times less often: replaying ticks
 /// after a crash repeats them exactly, and nobody waits for their acks.
@@ -157,11 +159,26 @@ where
     // A live room has an inbox, even if the broker lost it (declaring is idempotent).
     env.admin.create_inbox(room_id, policy).await?;
     let client = connect(env, room_id).await?;
+    let shared = Arc::new(Shared::new(room_id, env.admin.names()));
+    // On the broker of this process, the room's inputs are applied where the broker
+    // delivers them (`shared.rs`); outputs held for a batch window are the task's.
+    let inline = match &client {
+        Link::InProcess(_, broker) if policy.batch.is_zero() => {
+            Some((broker, broker.offer_inline(shared.clone())))
+        }
+        _ => None,
+    };
     // One future for the whole life: a fresh one per message would lock the watch's
     // waiter list twice for every input.
     let stop = stopped(env.shutdown.clone());
     tokio::pin!(stop);
-    let (mut sub, first) = match stand_by(env, room_id, &client, lease, &mut stop).await? {
+    let token = inline.as_ref().map(|(_, token)| token.as_str());
+    let standing = stand_by(env, room_id, &client, token, lease, &mut stop).await;
+    if let Some((broker, token)) = &inline {
+        // Claimed by the subscription if it was made; otherwise nothing may claim it.
+        broker.withdraw_inline(token);
+    }
+    let (mut sub, first) = match standing? {
         StandBy::Active(sub, first) => (sub, first),
         StandBy::Over(outcome) => {
             client.disconnect().await;
@@ -173,7 +190,8 @@ where
             .await?
             .with_grace(policy.grace)
             .with_recording(policy.record);
-        let mut room = Active::new(env, room_id, &client, worker, policy.batch);
+        shared.install(worker);
+        let mut room = Active::new(env, room_id, &client, &shared, policy.batch);
         // Transfers a worker before saved but may not have finished: done twice is done
         // once.
         room.courier
@@ -203,15 +221,16 @@ async fn connect(env: &WorkerEnv, room_id: &str) -> Result<Link> {
         heartbeat: HeartBeat::every(env.timings.heartbeat),
         ..ConnectOptions::login(env.login.clone(), env.passcode.clone())
     };
-    Ok(match env.admin.connect_in_memory() {
+    Ok(match env.admin.in_process() {
         // The broker is in this process: no socket, and no heart-beats (a worker and its
         // broker live and die together; there is no standby to hand the room to).
-        Some(transport) => {
+        Some(broker) => {
             let options = ConnectOptions {
                 heartbeat: HeartBeat::NONE,
                 ..options
             };
-            Link::Stomp(Client::handshake(transport, options).await?)
+            let transport = broker.connect_in_memory();
+            Link::InProcess(Client::handshake(transport, options).await?, broker)
         }
         None if !endpoints.worker_amqp_urls.is_empty() => {
             let urls = Endpoints::spread(&endpoints.worker_amqp_urls, room_id);
@@ -249,6 +268,7 @@ async fn stand_by(
     env: &WorkerEnv,
     room_id: &str,
     client: &Link,
+    inline: Option<&str>,
     lease: Option<Lease>,
     stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<StandBy> {
@@ -257,7 +277,7 @@ async fn stand_by(
     // Closing the connection gives them back and hands the inbox on in one step. Only a
     // room that ended unsubscribes ([`Active::finish`]).
     let mut sub = client
-        .subscribe(&env.admin.names().inbox_queue(room_id), PREFETCH)
+        .subscribe(&env.admin.names().inbox_queue(room_id), PREFETCH, inline)
         .await?;
     let mut still_live = tokio::time::interval(STANDBY_CHECK);
     let give_up = tokio::time::sleep(lease.map_or(Duration::MAX / 4, |l| l.standby_for));
@@ -315,8 +335,6 @@ struct Timers {
     ticks_only_every: Duration,
     /// When to look at idleness next: once per idle period, not on every input.
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The last input (ticks aside), from which idleness counts.
-    last_input: Instant,
     /// How often a leased worker looks at its lease.
     lease_check: tokio::time::Interval,
     /// Since when nobody is in the room, as the lease checks saw it.
@@ -336,7 +354,6 @@ impl Timers {
             checkpoint: tokio::time::interval(timings.checkpoint_every),
             ticks_only_every: timings.checkpoint_every * TICKS_ONLY_SLOWER,
             idle: Box::pin(tokio::time::sleep(timings.idle_timeout)),
-            last_input: Instant::now(),
             // A few times a second.
             lease_check: tokio::time::interval(Duration::from_millis(200)),
             empty_since: None,
@@ -350,6 +367,8 @@ enum Event {
     LeaseCheck,
     /// The save under way finished (or failed).
     Saved(std::result::Result<Result<()>, tokio::task::JoinError>),
+    /// The broker applied an input that left the task something to do.
+    Applied,
     /// An inbox message, or `None` when the subscription ended.
     Input(Option<Delivery>),
     Tick,
@@ -377,11 +396,12 @@ struct Active<'a, S> {
     env: &'a WorkerEnv,
     room_id: &'a str,
     client: &'a Link,
-    worker: RoomWorker<S>,
+    /// The room, which the broker of this process may also apply inputs to.
+    shared: &'a Shared<S>,
     saver: Saver<'a>,
     /// Carries out the transfers the saver hands it.
     courier: Courier,
-    publisher: Publisher<'a>,
+    publisher: Publisher<'a, S>,
     timers: Timers,
     /// Where the worker sends its own ticks: its room's inbox.
     inbox: String,
@@ -418,11 +438,15 @@ where
         env: &'a WorkerEnv,
         room_id: &'a str,
         client: &'a Link,
-        worker: RoomWorker<S>,
+        shared: &'a Shared<S>,
         batch: Duration,
     ) -> Self {
-        let timers = Timers::new(&env.timings, worker.tick_interval());
-        let anyone_away = worker.room().anyone_away();
+        let (tick_every, anyone_away) = {
+            let mut inner = shared.lock();
+            let worker = inner.worker();
+            (worker.tick_interval(), worker.room().anyone_away())
+        };
+        let timers = Timers::new(&env.timings, tick_every);
         let life = format!(
             "{:013}{:04x}",
             std::time::SystemTime::now()
@@ -436,13 +460,12 @@ where
             env,
             room_id,
             client,
-            worker,
+            shared,
             saver: Saver::new(&env.store, client, courier.queue()),
             courier,
             publisher: Publisher {
                 client,
-                env,
-                room_id,
+                shared,
                 window: batch,
                 held: Vec::new(),
                 held_bytes: 0,
@@ -471,10 +494,18 @@ where
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<Served> {
         loop {
-            // A room nobody is in hibernates: no ticks, so nothing to publish or save.
-            let ticking = self.timers_tick_wanted();
-            let checkpoint_due = (self.saver.unsaved > 0 || self.worker.activity_pending())
-                && self.saver.in_flight.is_none();
+            let (ticking, unsaved) = {
+                let mut inner = self.shared.lock();
+                let worker = inner.worker();
+                // A room nobody is in hibernates: no ticks, so nothing to publish or save.
+                let ticking =
+                    worker.tick_interval().is_some() && worker.room().players().next().is_some();
+                (
+                    ticking,
+                    inner.unsaved > 0 || inner.worker().activity_pending(),
+                )
+            };
+            let checkpoint_due = unsaved && self.saver.in_flight.is_none();
             let t = &mut self.timers;
             let event = tokio::select! {
                 biased;
@@ -486,6 +517,7 @@ where
                 // Also before it: held outputs go when due, however fast inputs come.
                 _ = &mut self.publisher.due, if self.publisher.holding => Event::Flush,
                 message = next(&mut pending, sub) => Event::Input(message),
+                () = self.shared.woken() => Event::Applied,
                 _ = t.tick.tick(), if ticking => Event::Tick,
                 _ = t.checkpoint.tick(), if checkpoint_due => Event::Checkpoint,
                 _ = &mut t.idle => Event::Idle,
@@ -498,7 +530,8 @@ where
                         return Ok(Served::LeaseOver { occupied });
                     }
                 }
-                Event::Saved(result) => self.saver.finished(&mut self.worker, result)?,
+                Event::Saved(result) => self.saver.finished(self.shared, result)?,
+                Event::Applied => self.follow_up().await?,
                 Event::Input(message) => {
                     let message = message.ok_or_else(|| closed(self.client))?;
                     self.on_input(message).await?;
@@ -513,35 +546,39 @@ where
                     self.client.send(&self.inbox, tick.into_bytes())?;
                 }
                 Event::Checkpoint => {
-                    let saver = &self.saver;
-                    if saver.unsaved_not_ticks > 0
-                        || self.worker.activity_pending()
-                        || saver.started.elapsed() >= self.timers.ticks_only_every
-                    {
+                    let due = {
+                        let mut inner = self.shared.lock();
+                        inner.unsaved_not_ticks > 0
+                            || inner.worker().activity_pending()
+                            || self.saver.started.elapsed() >= self.timers.ticks_only_every
+                    };
+                    if due {
                         self.publisher.flush()?;
-                        self.saver.start(&mut self.worker).await?;
+                        self.saver.start(self.shared).await?;
                     }
                 }
                 Event::Idle => self.on_idle()?,
                 Event::Grace => self.on_grace(),
                 Event::Flush => self.publisher.flush()?,
             }
-            if let Some(reason) = self.worker.ended() {
+            if let Some(reason) = self.shared.lock().worker().ended() {
                 return Ok(Served::Ended(reason.to_owned()));
             }
         }
-    }
-
-    /// Whether the game ticks now: it has a tick, and someone is in the room.
-    fn timers_tick_wanted(&self) -> bool {
-        self.worker.tick_interval().is_some() && self.worker.room().players().next().is_some()
     }
 
     /// Whether the lease is over (and then whether players were in the room): its time
     /// is up, or the room has been empty for long enough.
     fn lease_over(&mut self, lease: Option<Lease>) -> Option<bool> {
         let lease = lease?;
-        let occupied = self.worker.room().players().next().is_some();
+        let occupied = self
+            .shared
+            .lock()
+            .worker()
+            .room()
+            .players()
+            .next()
+            .is_some();
         let now = tokio::time::Instant::now();
         let t = &mut self.timers;
         t.empty_since = if occupied {
@@ -566,20 +603,43 @@ where
             at_ms: names.queued_at(message.timestamp()),
         };
         let tick = !input.keeps_alive();
-        if !tick {
-            self.timers.last_input = Instant::now();
+        let outputs = {
+            let mut inner = self.shared.lock();
+            if let Some(why) = &inner.failed {
+                return Err(panicked(why));
+            }
+            let outputs = inner.apply(input);
+            inner.applied(Ack::Delivery(message), tick);
+            outputs
+        };
+        // Published at once (in process, by a method call) before the frame is done: an
+        // input the broker applies after it has its outputs after these.
+        self.publisher.publish(outputs)?;
+        self.shared.frame_done();
+        self.follow_up().await
+    }
+
+    /// Carries out what the inputs applied left the task to do: the listing changes, the
+    /// watch over dropped players, the checkpoint period, an early checkpoint.
+    async fn follow_up(&mut self) -> Result<()> {
+        let (listing, anyone_away, first_unsaved, unsaved) = {
+            let mut inner = self.shared.lock();
+            if let Some(why) = &inner.failed {
+                return Err(panicked(why));
+            }
+            let control = std::mem::take(&mut inner.control);
+            let anyone_away = control.then(|| inner.worker().room().anyone_away());
+            (
+                std::mem::take(&mut inner.listing),
+                anyone_away,
+                std::mem::take(&mut inner.first_unsaved),
+                inner.unsaved,
+            )
+        };
+        if let Some(anyone) = anyone_away {
+            self.away.anyone = anyone;
         }
-        if !input.user.starts_with('$') {
-            crate::metrics::INPUTS.inc();
-        }
-        let timer = crate::metrics::HANDLER_SECONDS.start_timer();
-        let control = input.user == LOBBY_USER;
-        let outputs = self.worker.handle(input);
-        timer.observe_duration();
-        if control {
-            self.away.anyone = self.worker.room().anyone_away();
-        }
-        for change in self.worker.take_listing() {
+        for change in listing {
             // Not held to the checkpoint: setting it again (after a crash) is the same.
             match change {
                 Listing::Locked(locked) => self.env.store.set_locked(self.room_id, locked).await?,
@@ -592,17 +652,14 @@ where
                 }
             };
         }
-        crate::metrics::OUTPUTS.inc_by(outputs.len() as u64);
-        self.publisher.publish(outputs)?;
-        self.saver.applied(message, tick);
-        if self.saver.unsaved == 1 {
+        if first_unsaved {
             // The first change since the last checkpoint: the next is a period away.
             self.timers.checkpoint.reset();
         }
         // A busy room checkpoints early rather than stall on its prefetch.
-        if self.saver.unsaved >= u32::from(PREFETCH) / 2 {
+        if unsaved >= u32::from(PREFETCH) / 2 {
             self.publisher.flush()?;
-            self.saver.start(&mut self.worker).await?;
+            self.saver.start(self.shared).await?;
         }
         Ok(())
     }
@@ -610,7 +667,8 @@ where
     /// Asks the room service to take out each dropped player whose grace is over.
     fn on_grace(&mut self) {
         let now = Instant::now();
-        for player in self.worker.grace_over() {
+        let over = self.shared.lock().worker().grace_over();
+        for player in over {
             if self
                 .away
                 .asked
@@ -634,9 +692,11 @@ where
 
     /// The idle timer fired: a room with no input for the idle timeout ends.
     fn on_idle(&mut self) -> Result<()> {
-        let deadline = self.timers.last_input + self.env.timings.idle_timeout;
+        let last_input = self.shared.lock().last_input;
+        let deadline = last_input + self.env.timings.idle_timeout;
         if Instant::now() >= deadline {
-            self.publisher.publish(self.worker.end("idle"))?;
+            let outputs = self.shared.lock().worker().end("idle");
+            self.publisher.publish(outputs)?;
         } else {
             self.timers.idle.as_mut().reset(deadline.into());
         }
@@ -648,8 +708,9 @@ where
     async fn finish(mut self, served: Served, sub: Inbox) -> Result<Outcome> {
         // Grants and transfers asked for before the end are kept; then every input is
         // acked, and the transfers carried out while the player can still hear of them.
+        self.shared.close();
         self.publisher.flush()?;
-        self.saver.save(&mut self.worker).await?;
+        self.saver.save(self.shared).await?;
         drop(self.saver); // its end of the courier's queue: the courier ends once idle
         self.courier.finish(TRANSFERS_GRACE).await;
         let outcome = match served {
@@ -691,6 +752,12 @@ async fn next(pending: &mut Option<Delivery>, sub: &mut Inbox) -> Option<Deliver
     }
 }
 
+/// The error of a worker whose room panicked applying an input where the broker
+/// delivered it: the worker fails, and its successor starts from the checkpoint.
+fn panicked(why: &str) -> Error {
+    Error::Protocol(format!("the room panicked applying an input: {why}"))
+}
+
 fn closed(client: &Link) -> Error {
     Error::Stomp(crate::stomp::Error::Closed(
         client
@@ -701,10 +768,10 @@ fn closed(client: &Link) -> Error {
 
 /// Sends a room's outputs: at once, or, under the policy's batch window, held from the
 /// first until the window is over and then sent together (see [`Publisher::flush`]).
-struct Publisher<'a> {
+struct Publisher<'a, S> {
     client: &'a Link,
-    env: &'a WorkerEnv,
-    room_id: &'a str,
+    /// Names the outputs' destinations.
+    shared: &'a Shared<S>,
     /// The policy's batch window; zero sends at once.
     window: Duration,
     /// Outputs held, in the order they were made: destination and JSON body.
@@ -721,11 +788,11 @@ struct Publisher<'a> {
 /// The most a batch holds before it goes, well under a STOMP frame's 1 MiB.
 const BATCH_BYTES: usize = 256 * 1024;
 
-impl Publisher<'_> {
+impl<S> Publisher<'_, S> {
     /// Sends `outputs`, or holds them until the batch window is over.
     fn publish(&mut self, outputs: Vec<Output>) -> Result<()> {
         for output in outputs {
-            let destination = self.destination(&output.to);
+            let destination = self.shared.destination(&output.to);
             let body = output.body.into_bytes();
             if self.window.is_zero() {
                 self.send(destination, body)?;
@@ -776,14 +843,6 @@ impl Publisher<'_> {
             self.send(destination, body)?;
         }
         Ok(())
-    }
-
-    fn destination(&self, to: &Target) -> String {
-        let names = self.env.admin.names();
-        match to {
-            Target::Room => names.topic(self.room_id),
-            Target::Player(p) => names.private(self.room_id, p),
-        }
     }
 
     fn send(&self, destination: String, body: Vec<u8>) -> Result<()> {
