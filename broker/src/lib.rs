@@ -18,12 +18,14 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+mod handover;
 mod journal;
 mod local;
 mod server;
 mod session;
 mod state;
 
+use self::handover::{Handover, Locked};
 pub use self::local::LocalBroker;
 use self::state::State;
 use bytes::Bytes;
@@ -413,6 +415,8 @@ impl std::error::Error for Refused {}
 #[derive(Clone)]
 pub struct Broker {
     state: Arc<Mutex<State>>,
+    /// Frames left for the lock's holder by connections that found it taken.
+    handover: Arc<Handover>,
     shutdown: watch::Sender<bool>,
     tasks: TaskTracker,
 }
@@ -446,6 +450,7 @@ impl Broker {
         let fsync = config.journal_fsync;
         let broker = Broker {
             state: Arc::new(Mutex::new(State::new(config, authorizer))),
+            handover: Arc::new(Handover::new(session::handle_left)),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
         };
@@ -482,6 +487,7 @@ impl Broker {
     /// It ends when the broker is dropped.
     fn start_flusher(&self) -> std::io::Result<()> {
         let state = Arc::downgrade(&self.state);
+        let handover = self.handover.clone();
         let wake = self.lock().durability_signal();
         std::thread::Builder::new()
             .name("gsl-journal-sync".into())
@@ -491,7 +497,7 @@ impl Broker {
                 if !work {
                     continue;
                 }
-                let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+                let lock = || Locked::lock(&state, &handover);
                 let Some((file, lsn)) = lock().to_sync() else {
                     continue;
                 };
@@ -508,10 +514,13 @@ impl Broker {
             .map(|_| ())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves state that is still consistent enough to
-        // serve: every operation finishes its bookkeeping before it can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked::lock(&self.state, &self.handover)
+    }
+
+    /// The state, if its lock is free.
+    fn try_lock(&self) -> Option<Locked<'_>> {
+        Locked::try_lock(&self.state, &self.handover)
     }
 
     /// Publishes a message from inside the process, as a client's SEND would (a managed

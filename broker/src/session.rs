@@ -248,7 +248,8 @@ async fn serve(
         if frame.command == Command::Disconnect {
             wait_for_held_receipts(broker, id).await;
         }
-        if let Some(ending) = handle_batch(broker, id, frame, incoming, in_memory, &mut lookahead) {
+        let batch = handle_batch(broker, id, kill, frame, incoming, in_memory, &mut lookahead);
+        if let Some(ending) = batch {
             return ending;
         }
     }
@@ -256,6 +257,14 @@ async fn serve(
 
 /// Why a connection was closed from outside its loop.
 fn killed_ending(kill: &Kill) -> Ending {
+    let refused = kill
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some((refusal, receipt)) = refused {
+        return Ending::Refused { refusal, receipt };
+    }
     if kill.kicked.load(std::sync::atomic::Ordering::SeqCst) {
         return Ending::refused(Refusal::new(
             "disconnected by the server",
@@ -279,15 +288,44 @@ async fn wait_for_held_receipts(broker: &Broker, id: SessionId) {
 /// frames that have already arrived after it: an in-process worker's frames come in
 /// bursts (its outputs, then its acks), and those waiting go through under the same
 /// lock, up to a batch. Not for sockets, whose reads would lengthen the lock.
+///
+/// A frame that finds the lock taken is left for its holder instead (`handover.rs`): if
+/// it is refused there, the connection hears of it as of a kick. A DISCONNECT waits for
+/// the lock, since the connection ends with it.
 fn handle_batch(
     broker: &Broker,
     id: SessionId,
+    kill: &Kill,
     mut frame: Frame,
     incoming: &mut ItemStream,
     in_memory: bool,
     lookahead: &mut Option<Result<Frame, Ending>>,
 ) -> Option<Ending> {
-    let mut state = broker.lock();
+    let mut state = match broker.try_lock() {
+        Some(state) => state,
+        None if frame.command != Command::Disconnect => match broker.handover.leave(id, frame) {
+            Ok(()) => {
+                // The holder may have let go meanwhile, without seeing it.
+                drop(broker.try_lock());
+                return None;
+            }
+            Err(back) => {
+                frame = back;
+                broker.lock()
+            }
+        },
+        None => broker.lock(),
+    };
+    // A frame this connection left was refused when the lock was taken: what follows it
+    // is dropped.
+    if kill
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+    {
+        return Some(killed_ending(kill));
+    }
     for handled in 1.. {
         if let Some(ending) = handle(&mut state, id, frame) {
             return Some(ending);
@@ -305,6 +343,23 @@ fn handle_batch(
         }
     }
     None
+}
+
+/// Handles a frame its connection left for the lock's holder (`handover.rs`). A refusal
+/// ends the connection from outside its loop, as a kick does, and the frames it left
+/// after the refused one are dropped, as a refusal drops what follows it.
+pub(crate) fn handle_left(state: &mut State, id: SessionId, frame: Frame) {
+    let Some(kill) = state.kill_of(id) else {
+        return; // The connection is gone.
+    };
+    let refused = || kill.refused.lock().unwrap_or_else(|e| e.into_inner());
+    if refused().is_some() {
+        return;
+    }
+    if let Some(Ending::Refused { refusal, receipt }) = handle(state, id, frame) {
+        *refused() = Some((refusal, receipt));
+        kill.notify.notify_one();
+    }
 }
 
 /// Handles one frame: `None` to go on, or how the connection ends.

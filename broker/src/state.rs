@@ -60,6 +60,9 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 pub(crate) struct Kill {
     pub notify: Notify,
     pub kicked: std::sync::atomic::AtomicBool,
+    /// A frame the connection left for the lock's holder was refused: the refusal, and
+    /// the frame's receipt (see `handover.rs`).
+    pub refused: std::sync::Mutex<Option<(Refusal, Option<String>)>>,
 }
 
 impl Kill {
@@ -408,6 +411,11 @@ impl State {
     /// How many sessions are connected.
     pub(super) fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// A live session's kill switch.
+    pub(crate) fn kill_of(&self, id: SessionId) -> Option<Arc<Kill>> {
+        self.sessions.get(&id).map(|s| s.kill.clone())
     }
 
     /// Every live session's kill switch.
