@@ -6,6 +6,7 @@ use super::state::{Kill, Outbound, Refusal, SessionId, State};
 use super::{Broker, BrokerConfig, Principal};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
@@ -303,17 +304,23 @@ fn handle_batch(
 ) -> Option<Ending> {
     let mut state = match broker.try_lock() {
         Some(state) => state,
-        None if frame.command != Command::Disconnect => match broker.handover.leave(id, frame) {
-            Ok(()) => {
-                // The holder may have let go meanwhile, without seeing it.
-                drop(broker.try_lock());
-                return None;
+        // One frame left at a time: a flood waits for the lock, as it always did, and
+        // does not get ahead of everyone else's frames.
+        None if frame.command != Command::Disconnect && !kill.waiting.load(Ordering::SeqCst) => {
+            kill.waiting.store(true, Ordering::SeqCst);
+            match broker.handover.leave(id, frame) {
+                Ok(()) => {
+                    // The holder may have let go meanwhile, without seeing it.
+                    drop(broker.try_lock());
+                    return None;
+                }
+                Err(back) => {
+                    kill.waiting.store(false, Ordering::SeqCst);
+                    frame = back;
+                    broker.lock()
+                }
             }
-            Err(back) => {
-                frame = back;
-                broker.lock()
-            }
-        },
+        }
         None => broker.lock(),
     };
     // A frame this connection left was refused when the lock was taken: what follows it
@@ -352,6 +359,7 @@ pub(crate) fn handle_left(state: &mut State, id: SessionId, frame: Frame) {
     let Some(kill) = state.kill_of(id) else {
         return; // The connection is gone.
     };
+    kill.waiting.store(false, Ordering::SeqCst);
     let refused = || kill.refused.lock().unwrap_or_else(|e| e.into_inner());
     if refused().is_some() {
         return;

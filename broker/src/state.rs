@@ -63,6 +63,10 @@ pub(crate) struct Kill {
     /// A frame the connection left for the lock's holder was refused: the refusal, and
     /// the frame's receipt (see `handover.rs`).
     pub refused: std::sync::Mutex<Option<(Refusal, Option<String>)>>,
+    /// The connection has a frame left for the lock's holder, not yet handled: its next
+    /// waits for the lock, so that no connection gets more than a frame ahead of the
+    /// others (see `handover.rs`).
+    pub waiting: std::sync::atomic::AtomicBool,
 }
 
 impl Kill {
