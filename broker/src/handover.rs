@@ -196,6 +196,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    /// Waits (5 s at most) until `n` frames are left, then a little longer, and checks
+    /// that no more came.
+    async fn until_left(broker: &Broker, n: usize) {
+        let start = std::time::Instant::now();
+        while broker.handover.left.load(SeqCst) < n && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        settle().await;
+        assert_eq!(broker.handover.left.load(SeqCst), n);
+    }
+
     async fn bodies(sub: &mut Subscription) -> Vec<String> {
         let mut bodies = Vec::new();
         while let Ok(m) = sub.recv_timeout(Duration::from_millis(300)).await {
@@ -213,17 +224,13 @@ mod tests {
         for body in ["a1", "a2", "a3"] {
             one.send_nowait("/queue/q", body).unwrap();
         }
-        settle().await;
+        // a1 is left; a2 waits for the lock behind it.
+        until_left(&broker, 1).await;
         let receipted = {
             let two = two.clone();
             tokio::spawn(async move { two.send("/queue/q", "b1").await })
         };
-        settle().await;
-        assert_eq!(
-            broker.handover.left.load(SeqCst),
-            2,
-            "a1 and b1, not waited for"
-        );
+        until_left(&broker, 2).await;
         assert!(sub.recv_timeout(Duration::from_millis(20)).await.is_err());
         drop(held);
         // The frames left go first, in order; the flood's next frame waited its turn.
@@ -244,11 +251,10 @@ mod tests {
                 .with_body("bad");
             tokio::spawn(async move { one.request(frame).await })
         };
-        settle().await;
+        until_left(&broker, 1).await;
         one.send_nowait("/queue/q", "after").unwrap();
         two.send_nowait("/queue/q", "other").unwrap();
-        settle().await;
-        assert_eq!(broker.handover.left.load(SeqCst), 2);
+        until_left(&broker, 2).await;
         drop(held);
         let error = refused.await.unwrap().expect_err("refused");
         assert!(error.to_string().contains("nowhere"), "{error}");
