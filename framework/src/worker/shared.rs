@@ -21,7 +21,7 @@
 //! never calls the broker while it does, so the wait is short and cannot deadlock.
 //! Declining instead was tried: under a flood, a room that declined once stayed on the
 //! slower path through the task, since every input behind a frame is declined too, and
-//! a bystander's chats in that room took 200-600 ms instead of 20-60.
+//! a bystander's chats in that room took up to 230-290 ms instead of 30-70.
 //!
 //! Everywhere else (RabbitMQ, Lambda, a room with a batch window) the task alone uses the
 //! core, and its lock is never contended.
