@@ -279,7 +279,8 @@ pub trait InlineConsumer: Send + Sync {
     /// subscription's order (its tag), but its frame reaches the session after the
     /// messages taken behind it are applied: a consumer that must apply in order declines
     /// those too, until the session has handled the frames. It runs under the broker's
-    /// lock: it must not call the broker.
+    /// lock: it must not call the broker, and may wait for a lock of its own only if
+    /// nothing holds that lock while calling the broker.
     fn take(&self, message: Offered<'_>) -> Option<Vec<Publish>>;
 }
 

@@ -138,6 +138,26 @@ pub trait BrokerAdmin: Send + Sync + 'static {
     }
 }
 
+/// Publishes JSON `body` to `destination` on the broker of this process, as `sender`
+/// would (its `user-id`): the lobby's control messages and a worker's outputs.
+pub(crate) fn publish_json(
+    broker: &Broker,
+    destination: &str,
+    sender: &str,
+    body: impl Into<bytes::Bytes>,
+) -> Result<()> {
+    let headers = vec![
+        ("user-id".to_owned(), sender.to_owned()),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    broker
+        .publish(destination, headers, body)
+        .map_err(|r| Error::Refused {
+            message: r.message,
+            detail: r.detail,
+        })
+}
+
 /// The embedded broker as a [`BrokerAdmin`]: every call is a method call in process.
 #[derive(Debug, Clone)]
 pub struct EmbeddedAdmin {
@@ -203,18 +223,7 @@ impl BrokerAdmin for EmbeddedAdmin {
         body: String,
     ) -> BoxFuture<'a, Result<()>> {
         let inbox = self.names.inbox(room, sender);
-        Box::pin(async move {
-            let headers = vec![
-                ("user-id".to_owned(), sender.to_owned()),
-                ("content-type".to_owned(), "application/json".to_owned()),
-            ];
-            self.broker
-                .publish(&inbox, headers, body)
-                .map_err(|r| Error::Refused {
-                    message: r.message,
-                    detail: r.detail,
-                })
-        })
+        Box::pin(async move { publish_json(&self.broker, &inbox, sender, body) })
     }
 
     fn disconnect<'a>(&'a self, room: &'a str, player: &'a str) -> BoxFuture<'a, Result<usize>> {

@@ -14,6 +14,7 @@
 //! delivers them (see `shared.rs`): those are acked by their tag ([`Ack::Inline`]).
 
 use super::amqp;
+use crate::admin::publish_json;
 use crate::broker::Broker;
 use crate::names::WORKER_USER;
 use crate::stomp::{AckMode, Client, Command, Frame, Message, SubscribeOptions, Subscription};
@@ -133,18 +134,7 @@ impl Link {
     /// once).
     pub(super) fn publish(&self, destination: String, body: Vec<u8>) -> Result<()> {
         match self {
-            Link::InProcess(_, broker) => {
-                let headers = vec![
-                    ("user-id".to_owned(), WORKER_USER.to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ];
-                broker
-                    .publish(&destination, headers, body)
-                    .map_err(|r| Error::Refused {
-                        message: r.message,
-                        detail: r.detail,
-                    })
-            }
+            Link::InProcess(_, broker) => publish_json(broker, &destination, WORKER_USER, body),
             Link::Stomp(client) => {
                 let frame = Frame::new(Command::Send)
                     .with_header("destination", destination)

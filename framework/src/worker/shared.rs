@@ -196,6 +196,25 @@ impl<S> Shared<S> {
         self.wake.notified().await;
     }
 
+    /// An inbox message as the room reads it: its sender (by the broker's `user-id`, or
+    /// the routing key in its `destination`), its body, and when it was queued.
+    pub(super) fn input<'a>(
+        &self,
+        user_id: Option<&'a str>,
+        destination: Option<&'a str>,
+        timestamp: Option<&str>,
+        body: &'a [u8],
+    ) -> InboxMessage<'a> {
+        InboxMessage {
+            user: self
+                .names
+                .sender(&self.room_id, user_id, destination)
+                .unwrap_or_default(),
+            body,
+            at_ms: self.names.queued_at(timestamp),
+        }
+    }
+
     /// Where an output goes.
     pub(super) fn destination(&self, to: &Target) -> String {
         match to {
@@ -218,18 +237,12 @@ impl<S: Serialize + DeserializeOwned + 'static> Shared<S> {
         if !ready || !inner.open || inner.failed.is_some() {
             return None;
         }
-        let input = InboxMessage {
-            user: self
-                .names
-                .sender(
-                    &self.room_id,
-                    message.header("user-id"),
-                    message.header("destination"),
-                )
-                .unwrap_or_default(),
-            body: message.body,
-            at_ms: self.names.queued_at(message.header("timestamp")),
-        };
+        let input = self.input(
+            message.header("user-id"),
+            message.header("destination"),
+            message.header("timestamp"),
+            message.body,
+        );
         let tick = !input.keeps_alive();
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.apply(input)));
         let outputs = match applied {

@@ -20,7 +20,7 @@
 
 use super::courier::Courier;
 use super::link::{Ack, Delivery, Inbox, Link};
-use super::room_worker::{InboxMessage, RoomWorker};
+use super::room_worker::RoomWorker;
 use super::saver::{saving, Saver};
 use super::shared::{Shared, PREFETCH};
 use super::Transfers;
@@ -594,14 +594,12 @@ where
 
     /// Applies one inbox message, publishes what it made, and checkpoints when due.
     async fn on_input(&mut self, message: Delivery) -> Result<()> {
-        let names = self.env.admin.names();
-        let input = InboxMessage {
-            user: names
-                .sender(self.room_id, message.user_id(), message.destination())
-                .unwrap_or_default(),
-            body: message.body(),
-            at_ms: names.queued_at(message.timestamp()),
-        };
+        let input = self.shared.input(
+            message.user_id(),
+            message.destination(),
+            message.timestamp(),
+            message.body(),
+        );
         let tick = !input.keeps_alive();
         let outputs = {
             let mut inner = self.shared.lock();
