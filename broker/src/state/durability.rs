@@ -61,10 +61,21 @@ pub(crate) struct SyncSignal {
 }
 
 impl SyncSignal {
-    /// There is something to flush.
+    /// There is something to flush. Only the first call after the flusher took its work
+    /// wakes it: the later ones find the flag set, and the flusher sees it before it
+    /// waits again. (A condition variable's `notify_one` is a system call even when
+    /// nobody waits, and this runs for every message to a journaled queue.)
     pub(crate) fn notify(&self) {
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cv.notify_one();
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !*dirty {
+            *dirty = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Whether there is work the flusher has not taken yet.
+    pub(crate) fn pending(&self) -> bool {
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits up to `timeout` for work; returns whether there is some.
@@ -267,6 +278,21 @@ mod tests {
     use super::super::testkit::Harness;
     use crate::QueueOptions;
     use stomp::Command;
+
+    #[test]
+    fn the_flusher_is_woken_once_for_all_it_has_not_taken_and_told_of_nothing_after() {
+        let signal = super::SyncSignal::default();
+        assert!(!signal.pending());
+        signal.notify();
+        signal.notify();
+        assert!(signal.pending());
+        let short = std::time::Duration::from_millis(10);
+        assert!(signal.wait(short), "work notified before the wait is seen");
+        assert!(!signal.pending());
+        assert!(!signal.wait(short), "two notifications are one round of work");
+        signal.notify();
+        assert!(signal.wait(short));
+    }
 
     /// A journal file of its own under the temporary directory, removed when dropped.
     struct TempJournal(std::path::PathBuf);
