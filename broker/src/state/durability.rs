@@ -289,7 +289,10 @@ mod tests {
         let short = std::time::Duration::from_millis(10);
         assert!(signal.wait(short), "work notified before the wait is seen");
         assert!(!signal.pending());
-        assert!(!signal.wait(short), "two notifications are one round of work");
+        assert!(
+            !signal.wait(short),
+            "two notifications are one round of work"
+        );
         signal.notify();
         assert!(signal.wait(short));
     }

@@ -4,8 +4,12 @@
 //! single active one), and a message a consumer gave back is requeued at its old place.
 
 use super::destination::{classify, journaled, required, Dest};
-use super::{Handled, MessageId, Outbound, Queued, Refusal, SessionId, State, Stored};
-use crate::QueueOptions;
+use super::durability::Durability;
+use super::{
+    Handled, HashMap, MessageId, Outbound, Queue, Queued, Refusal, Session, SessionId, State,
+    Stored,
+};
+use crate::{BrokerConfig, QueueOptions, Stats};
 use bytes::Bytes;
 use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
@@ -187,14 +191,16 @@ impl State {
             return;
         };
         for queue_name in &subscribers {
-            if let Some(queue) = self.queues.get_mut(queue_name) {
-                // A subscriber this far behind loses the oldest: a topic is live.
-                if queue.ready.len() >= self.config.max_topic_backlog {
-                    queue.ready.pop_front();
-                }
-                queue.ready.push_back(item.clone());
-                self.deliver_ready(queue_name);
+            let Some((queue, to)) = self.queue_and_consumers(queue_name) else {
+                continue;
+            };
+            // A subscriber this far behind loses the oldest: a topic is live.
+            if queue.ready.len() >= to.config.max_topic_backlog {
+                queue.ready.pop_front();
             }
+            queue.ready.push_back(item.clone());
+            let done = deliver(queue_name, queue, to);
+            self.after_delivery(queue_name, done);
         }
         if let Some(slot) = self.topics.get_mut(topic) {
             *slot = subscribers;
@@ -211,111 +217,36 @@ impl State {
         queue.ready.insert(at, item);
     }
 
-    /// Hands ready messages to consumers with room for them, round robin. The queue
-    /// is looked up once, and each consumer's session and subscription once a message:
-    /// this runs for every subscriber of every topic message.
+    /// Hands ready messages to consumers with room for them, round robin (see
+    /// [`deliver`]).
     pub(super) fn deliver_ready(&mut self, queue_name: &str) {
-        let journaled = journaled(queue_name);
-        let Some(queue) = self.queues.get_mut(queue_name) else {
+        let Some((queue, to)) = self.queue_and_consumers(queue_name) else {
             return;
         };
-        // Messages delivered with ack=auto from a journaled queue, settled once the
-        // queue is let go (they need the whole state).
-        let mut settled = Vec::new();
-        // What inline consumers published for the messages they took, by session.
-        let mut published = Vec::new();
-        'messages: while let Some(first) = queue.ready.front() {
-            // A journaled message a group commit has not yet put on the disk waits, and
-            // so does everything behind it. (Topic subscriptions are not journaled.)
-            if journaled
-                && !self.durability.on_disk(first.seq)
-                && queue.options.fsync != Some(false)
-            {
-                break;
-            }
-            // A single-active-consumer queue feeds its oldest consumer only; the next one
-            // takes over when it goes, starting with what it left unacked.
-            let n = if queue.single_active {
-                queue.consumers.len().min(1)
-            } else {
-                queue.consumers.len()
-            };
-            for k in 0..n {
-                let i = (queue.next_consumer + k) % n;
-                let (sid, sub_id) = &queue.consumers[i];
-                let sid = *sid;
-                let Some(session) = self.sessions.get_mut(&sid) else {
-                    continue;
-                };
-                // Besides its prefetch, a session may hold only so many unacked messages.
-                if session.unacked.len() >= self.config.max_unacked {
-                    continue;
-                }
-                let Some(sub) = session.subscriptions.get_mut(sub_id) else {
-                    continue;
-                };
-                if sub.ack != AckMode::Auto && sub.prefetch != 0 && sub.in_flight >= sub.prefetch {
-                    continue;
-                }
-                queue.next_consumer = (i + 1) % n;
-                let item = queue.ready.pop_front().expect("checked non-empty");
-                let tag = (sub.ack != AckMode::Auto).then(|| {
-                    session.next_tag += 1;
-                    session.next_tag - 1
-                });
-                let taken = sub.inline.as_ref().and_then(|consumer| {
-                    consumer.take(crate::Offered {
-                        tag,
-                        headers: &item.msg.headers,
-                        body: &item.msg.body,
-                        redelivered: item.redelivered,
-                    })
-                });
-                if sub.inline.is_some() {
-                    let s = &mut self.stats;
-                    *if taken.is_some() {
-                        &mut s.inline_taken
-                    } else {
-                        &mut s.inline_declined
-                    } += 1;
-                }
-                if let Some(outputs) = taken {
-                    published.push((sid, outputs));
-                } else if session
-                    .outbox
-                    .try_send(message_frame(&item, sub_id, tag, session.wire))
-                    .is_err()
-                {
-                    // The consumer cannot keep up (or is gone): it loses its connection,
-                    // and the message stays first in line for someone else.
-                    session.kill.slow();
-                    queue.ready.push_front(item);
-                    queue.consumers.retain(|(s, _)| *s != sid);
-                    continue 'messages;
-                }
-                if let Some(tag) = tag {
-                    sub.in_flight += 1;
-                    session.unacked.insert(
-                        tag,
-                        super::Unacked {
-                            subscription: sub_id.clone(),
-                            queue: queue_name.to_owned(),
-                            item,
-                        },
-                    );
-                } else if journaled {
-                    settled.push((item.seq, item.msg.body.len()));
-                }
-                continue 'messages;
-            }
-            // No consumer has room for it.
-            break;
-        }
-        for (seq, size) in settled {
+        let done = deliver(queue_name, queue, to);
+        self.after_delivery(queue_name, done);
+    }
+
+    /// Queue `queue_name`, and what delivering from it needs besides.
+    fn queue_and_consumers(&mut self, queue_name: &str) -> Option<(&mut Queue, Consumers<'_>)> {
+        let queue = self.queues.get_mut(queue_name)?;
+        let to = Consumers {
+            sessions: &mut self.sessions,
+            stats: &mut self.stats,
+            config: &self.config,
+            durability: &self.durability,
+        };
+        Some((queue, to))
+    }
+
+    /// What a delivery left to do with the whole state: settling what left a journaled
+    /// queue with ack=auto, and publishing what inline consumers made.
+    fn after_delivery(&mut self, queue_name: &str, done: Delivered) {
+        for (seq, size) in done.settled {
             self.release(queue_name, size);
             self.settle(&[seq]);
         }
-        for (session, outputs) in published {
+        for (session, outputs) in done.published {
             self.publish_inline(session, outputs);
         }
     }
@@ -391,6 +322,126 @@ pub(super) fn stamped(headers: Vec<(String, String)>, user: String) -> Vec<(Stri
         .collect();
     headers.push(("user-id".into(), user));
     headers
+}
+
+/// The parts of the state that delivering from a queue uses besides the queue.
+struct Consumers<'a> {
+    sessions: &'a mut HashMap<SessionId, Session>,
+    stats: &'a mut Stats,
+    config: &'a BrokerConfig,
+    durability: &'a Durability,
+}
+
+/// What [`deliver`] leaves to do once the queue is let go (it needs the whole state).
+#[derive(Default)]
+struct Delivered {
+    /// Messages delivered with ack=auto from a journaled queue: their seqs and sizes.
+    settled: Vec<(u64, usize)>,
+    /// What inline consumers published for the messages they took, by session.
+    published: Vec<(SessionId, Vec<crate::Publish>)>,
+}
+
+/// Hands `queue`'s ready messages to consumers with room for them, round robin. It is
+/// given the queue, so that a topic's fan-out, which has just looked it up, does not look
+/// it up again; each consumer's session and subscription are looked up once a message.
+/// This runs for every subscriber of every topic message.
+fn deliver(queue_name: &str, queue: &mut Queue, to: Consumers<'_>) -> Delivered {
+    let Consumers {
+        sessions,
+        stats,
+        config,
+        durability,
+    } = to;
+    let journaled = journaled(queue_name);
+    // Messages delivered with ack=auto from a journaled queue, settled once the
+    // queue is let go (they need the whole state).
+    let mut settled = Vec::new();
+    // What inline consumers published for the messages they took, by session.
+    let mut published = Vec::new();
+    'messages: while let Some(first) = queue.ready.front() {
+        // A journaled message a group commit has not yet put on the disk waits, and
+        // so does everything behind it. (Topic subscriptions are not journaled.)
+        if journaled && !durability.on_disk(first.seq) && queue.options.fsync != Some(false) {
+            break;
+        }
+        // A single-active-consumer queue feeds its oldest consumer only; the next one
+        // takes over when it goes, starting with what it left unacked.
+        let n = if queue.single_active {
+            queue.consumers.len().min(1)
+        } else {
+            queue.consumers.len()
+        };
+        for k in 0..n {
+            let i = (queue.next_consumer + k) % n;
+            let (sid, sub_id) = &queue.consumers[i];
+            let sid = *sid;
+            let Some(session) = sessions.get_mut(&sid) else {
+                continue;
+            };
+            // Besides its prefetch, a session may hold only so many unacked messages.
+            if session.unacked.len() >= config.max_unacked {
+                continue;
+            }
+            let Some(sub) = session.subscriptions.get_mut(sub_id) else {
+                continue;
+            };
+            if sub.ack != AckMode::Auto && sub.prefetch != 0 && sub.in_flight >= sub.prefetch {
+                continue;
+            }
+            queue.next_consumer = (i + 1) % n;
+            let item = queue.ready.pop_front().expect("checked non-empty");
+            let tag = (sub.ack != AckMode::Auto).then(|| {
+                session.next_tag += 1;
+                session.next_tag - 1
+            });
+            let taken = sub.inline.as_ref().and_then(|consumer| {
+                consumer.take(crate::Offered {
+                    tag,
+                    headers: &item.msg.headers,
+                    body: &item.msg.body,
+                    redelivered: item.redelivered,
+                })
+            });
+            if sub.inline.is_some() {
+                *if taken.is_some() {
+                    &mut stats.inline_taken
+                } else {
+                    &mut stats.inline_declined
+                } += 1;
+            }
+            if let Some(outputs) = taken {
+                published.push((sid, outputs));
+            } else if session
+                .outbox
+                .try_send(message_frame(&item, sub_id, tag, session.wire))
+                .is_err()
+            {
+                // The consumer cannot keep up (or is gone): it loses its connection,
+                // and the message stays first in line for someone else.
+                session.kill.slow();
+                queue.ready.push_front(item);
+                queue.consumers.retain(|(s, _)| *s != sid);
+                continue 'messages;
+            }
+            if let Some(tag) = tag {
+                sub.in_flight += 1;
+                session.unacked.insert(
+                    tag,
+                    super::Unacked {
+                        subscription: sub_id.clone(),
+                        queue: queue_name.to_owned(),
+                        item,
+                    },
+                );
+            } else if journaled {
+                settled.push((item.seq, item.msg.body.len()));
+            }
+            continue 'messages;
+        }
+        // No consumer has room for it.
+        break;
+    }
+    Delivered { settled, published }
 }
 
 /// The MESSAGE frame of `item` for subscription `sub_id`: in wire form for a socket
