@@ -333,7 +333,6 @@ struct Consumers<'a> {
 }
 
 /// What [`deliver`] leaves to do once the queue is let go (it needs the whole state).
-#[derive(Default)]
 struct Delivered {
     /// Messages delivered with ack=auto from a journaled queue: their seqs and sizes.
     settled: Vec<(u64, usize)>,
@@ -353,11 +352,7 @@ fn deliver(queue_name: &str, queue: &mut Queue, to: Consumers<'_>) -> Delivered 
         durability,
     } = to;
     let journaled = journaled(queue_name);
-    // Messages delivered with ack=auto from a journaled queue, settled once the
-    // queue is let go (they need the whole state).
-    let mut settled = Vec::new();
-    // What inline consumers published for the messages they took, by session.
-    let mut published = Vec::new();
+    let (mut settled, mut published) = (Vec::new(), Vec::new());
     'messages: while let Some(first) = queue.ready.front() {
         // A journaled message a group commit has not yet put on the disk waits, and
         // so does everything behind it. (Topic subscriptions are not journaled.)
