@@ -38,12 +38,11 @@ use tokio_util::task::TaskTracker;
 
 use stomp::{HeartBeat, Limits};
 
-/// With `--fsync`, how long the journal's flusher waits before a flush when more was
-/// written while its last flush ran: under a steady stream, one flush then covers nearly
-/// twice as many messages (10 inputs instead of 6 at 1,000 players). At 1,000 players (10,000 inputs a second) it cut the server's
-/// CPU per input by about a tenth, for about 0.3 ms more to each input's receipt; a
-/// message that finds the flusher idle is flushed at once (docs/benchmarks.md).
-const GROUP_GAP: Duration = Duration::from_micros(500);
+/// The default of [`BrokerConfig::journal_fsync_gap`]. At 1,000 players (10,000 inputs a
+/// second) it made one flush cover 10 inputs instead of 6 and cut the server's CPU per
+/// input by about a tenth, for about 0.3 ms more to each input's receipt
+/// (docs/benchmarks.md).
+pub const DEFAULT_FSYNC_GAP: Duration = Duration::from_micros(500);
 
 /// Who a connection is, as its [`Authorizer`] decided at CONNECT. The broker stamps
 /// `name` on every message the connection sends, as the `user-id` header.
@@ -361,6 +360,11 @@ pub struct BrokerConfig {
     /// while the one before was under way, and those messages wait for it. A queue
     /// declared with [`QueueOptions::fsync`] `Some(false)` does not wait.
     pub journal_fsync: bool,
+    /// With `journal_fsync`, how long the flusher waits before a flush when more was
+    /// written while its last flush ran, so that under a steady stream one flush covers
+    /// more messages. A message that finds the flusher idle is flushed at once. Zero
+    /// flushes at once always.
+    pub journal_fsync_gap: Duration,
     /// The CONNECTED `server` header.
     pub server_name: String,
     /// Queues whose names start with one of these exist only through
@@ -391,6 +395,7 @@ impl Default for BrokerConfig {
             spool: None,
             journal: None,
             journal_fsync: false,
+            journal_fsync_gap: DEFAULT_FSYNC_GAP,
             server_name: format!("game-server-less/{}", env!("CARGO_PKG_VERSION")),
             managed_prefixes: Vec::new(),
         }
@@ -493,20 +498,23 @@ impl Broker {
     /// Starts the journal's group commit: a thread that flushes it to the disk whenever
     /// something was written, off the broker's lock, then releases what waited for it.
     /// Under a steady stream (more was written while the last flush ran) it waits
-    /// [`GROUP_GAP`] before the next, so that each flush covers more messages. It ends
-    /// when the broker is dropped.
+    /// [`BrokerConfig::journal_fsync_gap`] before the next, so that each flush covers
+    /// more messages. It ends when the broker is dropped.
     fn start_flusher(&self) -> std::io::Result<()> {
         let state = Arc::downgrade(&self.state);
         let handover = self.handover.clone();
-        let wake = self.lock().durability_signal();
+        let (wake, gap) = {
+            let state = self.lock();
+            (state.durability_signal(), state.config().journal_fsync_gap)
+        };
         let flush = move |busy: bool| -> Option<bool> {
             let work = wake.wait(std::time::Duration::from_secs(1));
             let state = state.upgrade()?;
             if !work {
                 return Some(false);
             }
-            if busy {
-                std::thread::sleep(GROUP_GAP);
+            if busy && !gap.is_zero() {
+                std::thread::sleep(gap);
             }
             let lock = || Locked::lock(&state, &handover);
             let Some((file, lsn)) = lock().to_sync() else {

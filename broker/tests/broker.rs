@@ -1048,6 +1048,17 @@ async fn dropping_slow_readers_does_not_stall_a_bystander() {
 
 #[tokio::test]
 async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
+    many_senders_share_flushes_and_lose_nothing(BrokerConfig::default().journal_fsync_gap).await;
+}
+
+/// With no gap the flusher starts each flush at once: what was written meanwhile still
+/// shares the next one, and nothing is lost either way.
+#[tokio::test]
+async fn with_fsync_and_no_gap_many_senders_still_share_flushes_and_lose_nothing() {
+    many_senders_share_flushes_and_lose_nothing(Duration::ZERO).await;
+}
+
+async fn many_senders_share_flushes_and_lose_nothing(gap: Duration) {
     let dir = std::env::temp_dir().join(format!(
         "gsl-groupcommit-{}-{}",
         std::process::id(),
@@ -1059,6 +1070,7 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
     let config = BrokerConfig {
         journal: Some(dir.join("broker.journal")),
         journal_fsync: true,
+        journal_fsync_gap: gap,
         ..BrokerConfig::default()
     };
     let broker = Broker::open(config, std::sync::Arc::new(stomp_broker::AllowAll)).unwrap();
@@ -1113,7 +1125,9 @@ async fn with_fsync_many_senders_share_flushes_and_lose_nothing() {
     for _ in 0..20 {
         assert!(body(&recv(&mut sub).await).starts_with("last-"));
     }
-    println!("500 receipted messages with --fsync took {flushed} flushes to the disk");
+    println!(
+        "500 receipted messages with --fsync (gap {gap:?}) took {flushed} flushes to the disk"
+    );
     assert!(flushed >= 1, "nothing was flushed");
     assert!(
         flushed < 250,
