@@ -195,11 +195,11 @@ fn stored_secret(data_dir: &Path) -> Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
-/// The defaults of every option: [`Config::default`], the one place they are written.
 /// The longest `--fsync-gap-us`: a tenth of a second more before each receipt is already
 /// more than any game would trade for fewer flushes.
 const MAX_FSYNC_GAP_US: u64 = 100_000;
 
+/// The defaults of every option: [`Config::default`], the one place they are written.
 fn defaults() -> Config {
     Config::default()
 }
