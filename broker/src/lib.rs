@@ -507,36 +507,36 @@ impl Broker {
             let state = self.lock();
             (state.durability_signal(), state.config().journal_fsync_gap)
         };
-        let flush = move |busy: bool| -> Option<bool> {
-            let work = wake.wait(std::time::Duration::from_secs(1));
-            let state = state.upgrade()?;
-            if !work {
-                return Some(false);
-            }
-            if busy && !gap.is_zero() {
-                std::thread::sleep(gap);
-            }
-            let lock = || Locked::lock(&state, &handover);
-            let Some((file, lsn)) = lock().to_sync() else {
-                return Some(false);
-            };
-            match file.sync_data() {
-                Ok(()) => lock().synced(lsn),
-                Err(e) => {
-                    // Nothing is released; the next round tries again.
-                    tracing::error!("cannot flush the journal to the disk: {e}");
-                    wake.notify();
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            }
-            Some(wake.pending())
-        };
         std::thread::Builder::new()
             .name("gsl-journal-sync".into())
             .spawn(move || {
+                // More was written while the last flush ran.
                 let mut busy = false;
-                while let Some(next) = flush(busy) {
-                    busy = next;
+                loop {
+                    let work = wake.wait(std::time::Duration::from_secs(1));
+                    let Some(state) = state.upgrade() else { return };
+                    if !work {
+                        busy = false;
+                        continue;
+                    }
+                    if busy && !gap.is_zero() {
+                        std::thread::sleep(gap);
+                    }
+                    let lock = || Locked::lock(&state, &handover);
+                    let Some((file, lsn)) = lock().to_sync() else {
+                        busy = false;
+                        continue;
+                    };
+                    match file.sync_data() {
+                        Ok(()) => lock().synced(lsn),
+                        Err(e) => {
+                            // Nothing is released; the next round tries again.
+                            tracing::error!("cannot flush the journal to the disk: {e}");
+                            wake.notify();
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    }
+                    busy = wake.pending();
                 }
             })
             .map(|_| ())

@@ -951,13 +951,17 @@ fn run_hook<S>(
 /// Runs `f`, turning a panic into a rejection.
 fn guarded(f: impl FnOnce() -> Result<(), Rejection>) -> Result<(), Rejection> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
+        let why = panic_message(&*panic).unwrap_or_else(|| "panic".into());
         Err(Rejection::Panicked(why))
     })
+}
+
+/// What a caught panic said, when it said it with a string (as `panic!` does).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
 }
 
 #[cfg(test)]

@@ -248,11 +248,7 @@ impl<S: Serialize + DeserializeOwned + 'static> Shared<S> {
         let outputs = match applied {
             Ok(outputs) => outputs,
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
+                let why = crate::msg::panic_message(&*panic).unwrap_or_else(|| "a panic".into());
                 inner.failed = Some(why);
                 self.wake.notify_one();
                 return None;
