@@ -4,13 +4,14 @@
 
 use super::state::{Kill, Outbound, Refusal, SessionId, State};
 use super::{Broker, BrokerConfig, Principal};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long a DISCONNECT waits for the receipts a group commit still holds.
@@ -498,7 +499,7 @@ async fn close(
 /// reader's backlog is freed off the runtime's threads.
 struct Writer {
     task: JoinHandle<mpsc::Receiver<Outbound>>,
-    stop: Arc<Notify>,
+    stop: AbortHandle,
 }
 
 impl Writer {
@@ -508,16 +509,12 @@ impl Writer {
         mut rx: mpsc::Receiver<Outbound>,
         heartbeat: Option<Duration>,
     ) -> Writer {
-        let stop = Arc::new(Notify::new());
-        let stopped = stop.clone();
+        let (stop, stopped) = AbortHandle::new_pair();
         let task = tokio::spawn(async move {
-            // Biased: no random draw at each wake. The writer goes first; whenever it
-            // waits (its outbox empty, or its socket full), the stop is looked at too.
-            tokio::select! {
-                biased;
-                _ = write_loop(outgoing, &mut rx, heartbeat) => {}
-                _ = stopped.notified() => {}
-            }
+            // Whenever the writer waits (its outbox empty, or its socket full), the stop
+            // is looked at too: an atomic flag, where a `Notify` would take its lock at
+            // every wake of every writer.
+            let _ = Abortable::new(write_loop(outgoing, &mut rx, heartbeat), stopped).await;
             rx
         });
         Writer { task, stop }
@@ -536,7 +533,7 @@ impl Writer {
     /// Stops the writer: its socket is full. Freeing thousands of queued frames takes a
     /// while, and on a runtime thread it would stall every other connection.
     async fn abandon(self) {
-        self.stop.notify_one();
+        self.stop.abort();
         if let Ok(backlog) = self.task.await {
             tokio::task::spawn_blocking(move || drop(backlog));
         }

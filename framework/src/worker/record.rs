@@ -71,12 +71,22 @@ fn message_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
     }
 }
 
+/// What the worker learnt of a message's body before it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Read whole as a JSON object, as every well-formed input is: it need not be read
+    /// again to be known to be JSON.
+    Object,
+    /// Not read, or not as a JSON object: the record reads it to know.
+    Unknown,
+}
+
 /// Whether a message is recorded as the JSON it is: an object, on one line, in UTF-8.
-pub(crate) fn recorded_as_json(body: &[u8]) -> bool {
+pub(crate) fn recorded_as_json(body: &[u8], read: Read) -> bool {
     body.first() == Some(&b'{')
         && memchr::memchr2(b'\n', b'\r', body).is_none()
         && std::str::from_utf8(body).is_ok()
-        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+        && (read == Read::Object || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok())
 }
 
 /// Writes the end of an entry, after its message: `,"o":[…]}`, or `}` without outputs.
@@ -154,17 +164,24 @@ impl Recorder {
         }
     }
 
-    /// Records a message handled at `at` (the room's clock) and its outputs. Written by
-    /// hand, not through serde: the outputs are JSON text already, and this runs for
-    /// every message.
-    pub fn record(&mut self, user: &str, body: &[u8], at: u64, outputs: &[Output]) {
+    /// Records a message handled at `at` (the room's clock) and its outputs; `read` says
+    /// whether the body is known to be a JSON object already. Written by hand, not
+    /// through serde: the outputs are JSON text already, and this runs for every message.
+    pub(crate) fn record(
+        &mut self,
+        user: &str,
+        body: &[u8],
+        read: Read,
+        at: u64,
+        outputs: &[Output],
+    ) {
         let buf = &mut self.buf;
         buf.extend_from_slice(b"{\"u\":");
         write_string(buf, user);
         buf.extend_from_slice(b",\"at\":");
         buf.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
         buf.extend_from_slice(b",\"b\":");
-        match recorded_as_json(body) {
+        match recorded_as_json(body, read) {
             true => buf.extend_from_slice(body),
             false => write_string(buf, &String::from_utf8_lossy(body)),
         }
@@ -262,7 +279,13 @@ mod tests {
                 to: Target::Room,
                 body: crate::msg::Json::of(&serde_json::json!({ "type": "tick", "s": s })),
             };
-            r.record("$worker", b"{\"type\":\"$tick\"}", s * 1000, &[out]);
+            r.record(
+                "$worker",
+                b"{\"type\":\"$tick\"}",
+                Read::Unknown,
+                s * 1000,
+                &[out],
+            );
         }
         r.take(version, || format!("{{\"at\":{to}}}")).unwrap()
     }
@@ -302,6 +325,28 @@ mod tests {
     }
 
     #[test]
+    fn a_body_the_worker_read_as_an_object_is_not_read_again_but_still_checked_for_lines_and_utf8()
+    {
+        let object = br#"{"type":"move","seq":1}"#;
+        assert!(recorded_as_json(object, Read::Object));
+        assert!(recorded_as_json(object, Read::Unknown));
+        // What the worker's read does not look at is still looked at here.
+        for body in [
+            &b"{\"type\":\"say\",\n\"seq\":2}"[..],
+            b"{\"type\":\"say\",\r\"seq\":2}",
+            b"{\"type\":\"\xff\"}",
+            b" {\"type\":\"say\"}",
+        ] {
+            assert!(!recorded_as_json(body, Read::Object), "{body:?}");
+        }
+        // Without the worker's read, the record reads it.
+        assert!(!recorded_as_json(
+            br#"{"type":"say"} trailing"#,
+            Read::Unknown
+        ));
+    }
+
+    #[test]
     fn a_message_is_recorded_as_json_when_it_is_an_object_on_one_line() {
         let mut r = Recorder::new(Recording::Match, &start());
         let to_ann = Output {
@@ -317,7 +362,7 @@ mod tests {
             br#"["type","say"]"#,
         ];
         for body in bodies {
-            r.record("ann", body, 7, std::slice::from_ref(&to_ann));
+            r.record("ann", body, Read::Unknown, 7, std::slice::from_ref(&to_ann));
         }
         let segment = r.take(1, String::new).unwrap();
         let lines: Vec<&str> = segment.entries.lines().collect();

@@ -3,7 +3,7 @@
 //! all-in-one server, a worker process, a Lambda invocation) feeds this same core.
 
 use super::activity::{Activity, InputRecord};
-use super::record::{Recorder, END_USER};
+use super::record::{Read, Recorder, END_USER};
 use crate::msg::{Arrival, Msg, RoomInfo};
 use crate::names::{LOBBY_USER, WORKER_USER};
 use crate::policy::Recording;
@@ -323,20 +323,23 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
     /// returns what it produced, in order. A repeat of an input already applied
     /// produces nothing.
     pub fn handle(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
-        let outputs = self.handle_unrecorded(message);
+        let (outputs, read) = self.handle_unrecorded(message);
         if let Some(recorder) = &mut self.recorder {
-            recorder.record(message.user, message.body, self.room.clock_ms(), &outputs);
+            let at = self.room.clock_ms();
+            recorder.record(message.user, message.body, read, at, &outputs);
         }
         outputs
     }
 
-    fn handle_unrecorded(&mut self, message: InboxMessage<'_>) -> Vec<Output> {
+    /// Applies `message`, and says whether its body was read whole as a JSON object on
+    /// the way (the match record then need not read it again).
+    fn handle_unrecorded(&mut self, message: InboxMessage<'_>) -> (Vec<Output>, Read) {
         let InboxMessage { user, body, at_ms } = message;
         if user == WORKER_USER {
             let tick = serde_json::from_slice::<Tick>(body);
             let at = tick.as_ref().ok().and_then(|t| t.at);
             self.room.advance_clock(at.or(at_ms).unwrap_or_else(now_ms));
-            return match tick {
+            let outputs = match tick {
                 Ok(Tick {
                     kind,
                     life: Some(life),
@@ -353,10 +356,11 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                 Ok(Tick { kind, .. }) if kind == "$tick" => self.room.tick(),
                 _ => Vec::new(),
             };
+            return (outputs, Read::Unknown);
         }
         self.room.advance_clock(at_ms.unwrap_or_else(now_ms));
         if user == LOBBY_USER {
-            return match serde_json::from_slice::<Control>(body) {
+            let outputs = match serde_json::from_slice::<Control>(body) {
                 Ok(Control::Join { player, arrival }) => {
                     if let Some(recorder) = &mut self.recorder {
                         recorder.joined(&player);
@@ -387,15 +391,20 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
                     Vec::new()
                 }
             };
+            return (outputs, Read::Unknown);
         }
         if user.is_empty() || user.starts_with('$') {
             tracing::warn!(room = %self.room.id(), "dropped an input with no player (user-id {user:?})");
-            return Vec::new();
+            return (Vec::new(), Read::Unknown);
         }
-        let (seq, kind) =
-            crate::msg::read_json::<InputHeader>(body).map_or((None, None), |h| (h.seq, h.kind()));
+        let header = crate::msg::read_json::<InputHeader>(body);
+        let read = match &header {
+            Ok(_) if crate::msg::is_object(body) => Read::Object,
+            _ => Read::Unknown,
+        };
+        let (seq, kind) = header.map_or((None, None), |h| (h.seq, h.kind()));
         // The room may take the type as read only from an object.
-        let known = kind.as_deref().filter(|_| crate::msg::is_object(body));
+        let known = kind.as_deref().filter(|_| read == Read::Object);
         #[cfg(debug_assertions)]
         let again = self
             .fork()
@@ -414,7 +423,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
             });
             self.activity_pending = true;
         }
-        applied.outputs
+        (applied.outputs, read)
     }
 
     /// Debug builds only: the room with a copy of its state made from its JSON, as a
@@ -486,7 +495,7 @@ impl<S: Serialize + DeserializeOwned + 'static> RoomWorker<S> {
         let outputs = self.room.end(reason);
         if let Some(recorder) = &mut self.recorder {
             let at = self.room.clock_ms();
-            recorder.record(END_USER, reason.as_bytes(), at, &outputs);
+            recorder.record(END_USER, reason.as_bytes(), Read::Unknown, at, &outputs);
         }
         outputs
     }
