@@ -91,13 +91,13 @@ pub(crate) struct Stored {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     /// What every subscriber's MESSAGE frame ends with, encoded once, at first need.
-    pub tail: std::sync::OnceLock<Bytes>,
+    pub tail: std::sync::OnceLock<stomp::Wire>,
 }
 
 impl Stored {
     /// The MESSAGE frame's common part: message-id, destination, the sender's headers
     /// and the body, in wire form.
-    fn tail(&self) -> &Bytes {
+    fn tail(&self) -> &stomp::Wire {
         self.tail.get_or_init(|| {
             let mut id = MessageId::new();
             let fixed = [

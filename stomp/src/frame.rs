@@ -229,7 +229,7 @@ pub fn encode_parts<'a>(
     dst.put_u8(0);
 }
 
-fn put_header(dst: &mut BytesMut, name: &str, value: &str, escape: bool) {
+fn put_header(dst: &mut impl BufMut, name: &str, value: &str, escape: bool) {
     if escape {
         put_escaped(dst, name);
         dst.put_u8(b':');
@@ -245,47 +245,77 @@ fn put_header(dst: &mut BytesMut, name: &str, value: &str, escape: bool) {
 
 /// Writes `s` without the bytes in `dropped`, copying the runs between them whole (no
 /// string is made: every MESSAGE's `content-length` is written this way).
-fn put_without(dst: &mut BytesMut, s: &str, dropped: &[u8]) {
+fn put_without(dst: &mut impl BufMut, s: &str, dropped: &[u8]) {
     for run in s.as_bytes().split(|b| dropped.contains(b)) {
         dst.put_slice(run);
     }
 }
 
-fn put_escaped(dst: &mut BytesMut, s: &str) {
+fn put_escaped(dst: &mut impl BufMut, s: &str) {
+    escaped_runs(s, |run| dst.put_slice(run.as_bytes()));
+}
+
+/// Hands `put` the pieces of `s` with STOMP's escapes: runs of ordinary text, whole,
+/// and an escape for each of the four special bytes. Every piece is text: the special
+/// bytes are ASCII, so `s` is cut only between characters.
+fn escaped_runs(s: &str, mut put: impl FnMut(&str)) {
     let bytes = s.as_bytes();
     // Most values have none of the four special bytes: one look at all of them (a loop
-    // without an early exit, which the compiler makes a vector loop), then one copy.
+    // without an early exit, which the compiler makes a vector loop), then one piece.
     let special = |b: u8| b == b'\\' || b == b'\n' || b == b'\r' || b == b':';
     if !bytes.iter().fold(false, |found, &b| found | special(b)) {
-        dst.put_slice(bytes);
+        put(s);
         return;
     }
-    // Runs of ordinary bytes are copied whole; only the four special bytes are spelled.
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b':' => b"\\c",
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b':' => "\\c",
             _ => continue,
         };
-        dst.put_slice(&bytes[start..i]);
-        dst.put_slice(escaped);
+        put(&s[start..i]);
+        put(escaped);
         start = i + 1;
     }
-    dst.put_slice(&bytes[start..]);
+    put(&s[start..]);
+}
+
+/// A frame in wire form: text when it was known to be UTF-8 where it was written, so
+/// that a WebSocket sends it as a text message without reading it through again, and
+/// bytes otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// A frame that is UTF-8 text.
+    Text(String),
+    /// A frame that may not be UTF-8 (its body is not, or it was not looked at).
+    Bytes(Bytes),
+}
+
+impl Wire {
+    /// The frame's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Wire::Text(text) => text.as_bytes(),
+            Wire::Bytes(bytes) => bytes,
+        }
+    }
 }
 
 /// Encodes the part of a MESSAGE frame that is the same for every subscriber: `headers`
 /// (escaped), `content-length` for a non-empty body, the blank line, the body and the
 /// NUL. A subscriber's frame is its own header lines (see [`encode_message_head`])
 /// followed by these bytes.
+///
+/// It is [`Wire::Text`] when `body` is UTF-8 (the headers are text): looked at once here,
+/// not once for each subscriber's frame.
 pub fn encode_message_tail<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     body: &[u8],
-) -> Bytes {
-    let mut dst = BytesMut::with_capacity(body.len() + 256);
+) -> Wire {
+    let mut dst = Vec::with_capacity(body.len() + 256);
     for (name, value) in headers {
         if name != "content-length" {
             put_header(&mut dst, name, value, true);
@@ -295,33 +325,52 @@ pub fn encode_message_tail<'a>(
         let mut length = itoa::Buffer::new();
         put_header(&mut dst, "content-length", length.format(body.len()), false);
     }
-    dst.put_u8(b'\n');
-    dst.put_slice(body);
-    dst.put_u8(0);
-    dst.freeze()
+    dst.push(b'\n');
+    dst.extend_from_slice(body);
+    dst.push(0);
+    match String::from_utf8(dst) {
+        Ok(text) => Wire::Text(text),
+        Err(not_text) => Wire::Bytes(Bytes::from(not_text.into_bytes())),
+    }
 }
 
 /// A whole MESSAGE frame: the `MESSAGE` line, `headers` (their values escaped), then
-/// `tail` from [`encode_message_tail`]. The names are the broker's own (`subscription`,
-/// `ack`, `redelivered`): written as they are, since none needs escaping.
-pub fn encode_message_head(headers: &[(&str, &str)], tail: &[u8]) -> Bytes {
-    let mut dst = BytesMut::with_capacity(
-        8 + headers
+/// `tail` from [`encode_message_tail`], as text when the tail is. The names are the
+/// broker's own (`subscription`, `ack`, `redelivered`): written as they are, since none
+/// needs escaping.
+pub fn encode_message_head(headers: &[(&str, &str)], tail: &Wire) -> Wire {
+    let capacity = 8
+        + headers
             .iter()
             .map(|(n, v)| n.len() + v.len() + 2)
             .sum::<usize>()
-            + tail.len(),
-    );
-    dst.put_slice(b"MESSAGE\n");
+        + tail.as_bytes().len();
+    match tail {
+        Wire::Text(tail) => {
+            let mut dst = String::with_capacity(capacity);
+            put_message_head(headers, |piece| dst.push_str(piece));
+            dst.push_str(tail);
+            Wire::Text(dst)
+        }
+        Wire::Bytes(tail) => {
+            let mut dst = BytesMut::with_capacity(capacity);
+            put_message_head(headers, |piece| dst.put_slice(piece.as_bytes()));
+            dst.put_slice(tail);
+            Wire::Bytes(dst.freeze())
+        }
+    }
+}
+
+/// Hands `put` a MESSAGE frame's first lines: the command, then `headers`.
+fn put_message_head(headers: &[(&str, &str)], mut put: impl FnMut(&str)) {
+    put("MESSAGE\n");
     for (name, value) in headers {
         debug_assert!(!name.bytes().any(|b| b"\\\n\r:".contains(&b)), "{name:?}");
-        dst.put_slice(name.as_bytes());
-        dst.put_u8(b':');
-        put_escaped(&mut dst, value);
-        dst.put_u8(b'\n');
+        put(name);
+        put(":");
+        escaped_runs(value, &mut put);
+        put("\n");
     }
-    dst.put_slice(tail);
-    dst.freeze()
 }
 
 /// Bounds that keep a hostile peer from making the parser buffer without end.
@@ -575,39 +624,46 @@ mod tests {
 
     #[test]
     fn a_message_encoded_once_reads_back_as_the_frame_it_stands_for() {
-        let body = Bytes::from_static(b"{\"a\":1}\0tail");
         let headers = [
             ("message-id", "m-7"),
             ("destination", "/topic/room.r:1"),
             ("user-id", "ann\\bob\nc\rd"),
             ("content-length", "999"),
         ];
-        let tail = encode_message_tail(headers, &body);
-        let wire = encode_message_head(&[("subscription", "s:1"), ("ack", "42")], &tail);
-        let f = parse_one(&wire);
-        assert_eq!(f.command, Command::Message);
-        assert_eq!(f.header("subscription"), Some("s:1"));
-        assert_eq!(f.header("ack"), Some("42"));
-        assert_eq!(f.header("message-id"), Some("m-7"));
-        assert_eq!(f.header("destination"), Some("/topic/room.r:1"));
-        assert_eq!(f.header("user-id"), Some("ann\\bob\nc\rd"));
-        assert_eq!(
-            f.header("content-length"),
-            Some("12"),
-            "the body's real length"
-        );
-        assert_eq!(f.body, body);
-        // Byte for byte what encoding the frame itself gives.
-        let mut whole = Frame::new(Command::Message)
-            .with_header("subscription", "s:1")
-            .with_header("ack", "42");
-        whole.headers.extend(
-            headers[..3]
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string())),
-        );
-        whole.body = body;
-        assert_eq!(whole.to_bytes(), wire);
+        // A text body makes a text frame; one that is not UTF-8, bytes.
+        for (body, text) in [
+            (Bytes::from_static(b"{\"a\":1}\0tail"), true),
+            (Bytes::from_static(b"{\"a\":\"\xff\"}\0tail"), false),
+        ] {
+            let tail = encode_message_tail(headers, &body);
+            let wire = encode_message_head(&[("subscription", "s:1"), ("ack", "42")], &tail);
+            assert_eq!(matches!(tail, Wire::Text(_)), text, "{tail:?}");
+            assert_eq!(matches!(wire, Wire::Text(_)), text, "{wire:?}");
+            let f = parse_one(wire.as_bytes());
+            assert_eq!(f.command, Command::Message);
+            assert_eq!(f.header("subscription"), Some("s:1"));
+            assert_eq!(f.header("ack"), Some("42"));
+            assert_eq!(f.header("message-id"), Some("m-7"));
+            assert_eq!(f.header("destination"), Some("/topic/room.r:1"));
+            assert_eq!(f.header("user-id"), Some("ann\\bob\nc\rd"));
+            assert_eq!(
+                f.header("content-length"),
+                Some(body.len().to_string().as_str()),
+                "the body's real length"
+            );
+            assert_eq!(f.body, body);
+            // Byte for byte what encoding the frame itself gives.
+            let mut whole = Frame::new(Command::Message)
+                .with_header("subscription", "s:1")
+                .with_header("ack", "42");
+            whole.headers.extend(
+                headers[..3]
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string())),
+            );
+            whole.body = body;
+            assert_eq!(whole.to_bytes(), wire.as_bytes());
+        }
     }
 
     #[test]

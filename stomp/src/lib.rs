@@ -9,7 +9,7 @@
 //! A server needs a few more pieces, which a broker builds on: [`write_loop`] (a
 //! connection's writer task), [`Outbound`], [`HeartBeat`], the WebSocket adapters
 //! [`WsIn`] and [`WsOut`], and [`encode_message_head`]/[`encode_message_tail`] (a
-//! MESSAGE encoded once for many subscribers).
+//! MESSAGE encoded once for many subscribers, in wire form as a [`Wire`]).
 //!
 //! The codec, round trip:
 //!
@@ -58,7 +58,7 @@ pub use client::{
 pub use error::{Error, Result};
 pub use frame::{
     encode_message_head, encode_message_tail, encode_parts, parse, Command, Frame, FrameError,
-    Limits, Parsed,
+    Limits, Parsed, Wire,
 };
 pub use transport::{
     unexpected_encoded, write_loop, Item, ItemSink, ItemStream, Outbound, StompCodec, Transport,

@@ -3,7 +3,7 @@
 //! [`Transport`]. A server accepts its own connections and wraps them
 //! ([`Transport::tcp`], [`Transport::websocket`]).
 
-use super::frame::{parse, Frame, Limits, Parsed};
+use super::frame::{parse, Frame, Limits, Parsed, Wire};
 use crate::{Error, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -20,9 +20,10 @@ pub enum Item {
     /// A heart-beat (EOLs between frames), or more bytes of a frame still arriving: either
     /// way the peer is alive ("any new data" counts, says STOMP 1.2).
     Heartbeat,
-    /// A whole frame already in wire form (a broker's MESSAGE, encoded once for all its
-    /// subscribers). Only ever sent; incoming streams yield [`Item::Frame`].
-    Encoded(Bytes),
+    /// A whole frame already in wire form (a broker's MESSAGE, whose common part is
+    /// encoded once for all its subscribers). Only ever sent; incoming streams yield
+    /// [`Item::Frame`].
+    Encoded(Wire),
 }
 
 /// An incoming stream yielded [`Item::Encoded`], which only outgoing sinks take.
@@ -100,7 +101,7 @@ impl Encoder<Item> for StompCodec {
         match item {
             Item::Frame(frame) => frame.encode(dst),
             Item::Heartbeat => dst.extend_from_slice(b"\n"),
-            Item::Encoded(bytes) => dst.extend_from_slice(&bytes),
+            Item::Encoded(wire) => dst.extend_from_slice(wire.as_bytes()),
         }
         Ok(())
     }
@@ -133,10 +134,11 @@ pub enum WsIn {
     Ignore,
 }
 
-/// A WebSocket message to send: a frame's bytes, which go as text when they are UTF-8
-/// (browsers' STOMP clients prefer it) and as binary otherwise.
+/// A WebSocket message to send: a frame, which goes as text when it is UTF-8 (browsers'
+/// STOMP clients prefer it) and as binary otherwise. [`Wire::Text`] is known to be text
+/// and is sent as it is; [`Wire::Bytes`] are looked at.
 #[derive(Debug)]
-pub struct WsOut(pub Bytes);
+pub struct WsOut(pub Wire);
 
 impl Transport {
     /// STOMP over a TCP stream.
@@ -194,9 +196,9 @@ impl Transport {
             });
         let outgoing = sink.with(|item: Item| async move {
             Ok::<_, Error>(match item {
-                Item::Heartbeat => WsOut(Bytes::from_static(b"\n")),
-                Item::Frame(frame) => WsOut(frame.to_bytes()),
-                Item::Encoded(bytes) => WsOut(bytes),
+                Item::Heartbeat => WsOut(Wire::Bytes(Bytes::from_static(b"\n"))),
+                Item::Frame(frame) => WsOut(Wire::Bytes(frame.to_bytes())),
+                Item::Encoded(wire) => WsOut(wire),
             })
         });
         Transport {
@@ -216,8 +218,8 @@ impl Transport {
             let sink = futures_util::sink::unfold(tx, |tx, item: Item| async move {
                 // Frames pass as values; one already encoded is read back.
                 let item = match item {
-                    Item::Encoded(bytes) => match parse(
-                        &bytes,
+                    Item::Encoded(wire) => match parse(
+                        wire.as_bytes(),
                         &Limits {
                             max_frame_bytes: usize::MAX,
                             ..Limits::default()
@@ -317,9 +319,13 @@ impl Transport {
         let sink =
             sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
                 .with(|out: WsOut| async move {
-                    Ok::<_, Error>(match tungstenite::Utf8Bytes::try_from(out.0.clone()) {
-                        Ok(text) => tungstenite::Message::Text(text),
-                        Err(_) => tungstenite::Message::Binary(out.0),
+                    Ok::<_, Error>(match out.0 {
+                        Wire::Text(text) => tungstenite::Message::Text(text.into()),
+                        Wire::Bytes(bytes) => match tungstenite::Utf8Bytes::try_from(bytes.clone())
+                        {
+                            Ok(text) => tungstenite::Message::Text(text),
+                            Err(_) => tungstenite::Message::Binary(bytes),
+                        },
                     })
                 });
         Ok(Transport::websocket(stream, sink, limits))
@@ -399,8 +405,8 @@ mod tls {
 pub enum Outbound {
     /// A frame to write.
     Frame(Frame),
-    /// A frame already in wire form (the broker's shared MESSAGE bytes).
-    Encoded(Bytes),
+    /// A frame already in wire form (a broker's MESSAGE).
+    Encoded(Wire),
     /// Write everything queued before this, then close the connection.
     Close,
 }
@@ -427,7 +433,7 @@ pub async fn write_loop(
         };
         let first = match next {
             Some(Outbound::Frame(frame)) => Item::Frame(frame),
-            Some(Outbound::Encoded(bytes)) => Item::Encoded(bytes),
+            Some(Outbound::Encoded(wire)) => Item::Encoded(wire),
             Some(Outbound::Close) | None => break,
         };
         if sink.feed(first).await.is_err() {
@@ -437,7 +443,7 @@ pub async fn write_loop(
         loop {
             let item = match rx.try_recv() {
                 Ok(Outbound::Frame(frame)) => Item::Frame(frame),
-                Ok(Outbound::Encoded(bytes)) => Item::Encoded(bytes),
+                Ok(Outbound::Encoded(wire)) => Item::Encoded(wire),
                 Ok(Outbound::Close) => {
                     closing = true;
                     break;

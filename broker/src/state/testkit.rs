@@ -114,8 +114,8 @@ impl Harness {
         while let Ok(out) = rx.try_recv() {
             match out {
                 Outbound::Frame(f) => frames.push(f),
-                Outbound::Encoded(bytes) => match parse(&bytes, &Limits::default()) {
-                    Ok(Parsed::Frame(f, len)) if len == bytes.len() => frames.push(f),
+                Outbound::Encoded(wire) => match parse(wire.as_bytes(), &Limits::default()) {
+                    Ok(Parsed::Frame(f, len)) if len == wire.as_bytes().len() => frames.push(f),
                     other => panic!("not one whole frame: {other:?}"),
                 },
                 Outbound::Close => frames.push(Frame::new(Command::Disconnect)),
