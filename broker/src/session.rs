@@ -384,10 +384,7 @@ fn handle(state: &mut State, id: SessionId, frame: Frame) -> Option<Ending> {
     match (receipt, state.take_unsynced()) {
         // Kept once the journal's group commit has it on the disk.
         (Some(receipt), Some(lsn)) => state.hold_receipt(lsn, id, receipt),
-        (Some(receipt), None) => {
-            let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-            state.send_to(id, Outbound::Frame(frame));
-        }
+        (Some(receipt), None) => state.send_receipt(id, &receipt),
         (None, _) => {}
     }
     if disconnect {

@@ -354,6 +354,22 @@ impl State {
         }
     }
 
+    /// Sends session `id` the RECEIPT for `receipt`: in wire form to a socket (there is
+    /// one for every receipted SEND, so it is written without making a frame), as a
+    /// frame otherwise.
+    pub(crate) fn send_receipt(&mut self, id: SessionId, receipt: &str) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let out = match session.wire {
+            true => Outbound::Encoded(stomp::encode_receipt(receipt)),
+            false => {
+                Outbound::Frame(Frame::new(Command::Receipt).with_header("receipt-id", receipt))
+            }
+        };
+        self.send_to(id, out);
+    }
+
     /// What the broker has counted since it started.
     pub(super) fn stats(&self) -> Stats {
         self.stats

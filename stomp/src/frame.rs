@@ -361,6 +361,16 @@ pub fn encode_message_head(headers: &[(&str, &str)], tail: &Wire) -> Wire {
     }
 }
 
+/// The RECEIPT frame for `receipt_id`, in wire form: byte for byte what [`Frame::encode`]
+/// writes for it, without making a frame (a broker sends one for every receipted SEND).
+pub fn encode_receipt(receipt_id: &str) -> Wire {
+    let mut dst = String::with_capacity(receipt_id.len() + 24);
+    dst.push_str("RECEIPT\nreceipt-id:");
+    escaped_runs(receipt_id, |piece| dst.push_str(piece));
+    dst.push_str("\n\n\0");
+    Wire::Text(dst)
+}
+
 /// Hands `put` a MESSAGE frame's first lines: the command, then `headers`.
 fn put_message_head(headers: &[(&str, &str)], mut put: impl FnMut(&str)) {
     put("MESSAGE\n");
@@ -663,6 +673,16 @@ mod tests {
             );
             whole.body = body;
             assert_eq!(whole.to_bytes(), wire.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_receipt_encoded_without_a_frame_is_the_frame_encoded() {
+        for id in ["77", "", "a:b\\c\nd\re", "ünï"] {
+            let wire = encode_receipt(id);
+            let frame = Frame::new(Command::Receipt).with_header("receipt-id", id);
+            assert_eq!(wire.as_bytes(), frame.to_bytes(), "{id:?}");
+            assert_eq!(parse_one(wire.as_bytes()).header("receipt-id"), Some(id));
         }
     }
 

@@ -57,8 +57,8 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use frame::{
-    encode_message_head, encode_message_tail, encode_parts, parse, Command, Frame, FrameError,
-    Limits, Parsed, Wire,
+    encode_message_head, encode_message_tail, encode_parts, encode_receipt, parse, Command, Frame,
+    FrameError, Limits, Parsed, Wire,
 };
 pub use transport::{
     unexpected_encoded, write_loop, Item, ItemSink, ItemStream, Outbound, StompCodec, Transport,

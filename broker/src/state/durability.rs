@@ -6,12 +6,11 @@
 //! [`State::synced`].
 
 use super::destination::journaled;
-use super::{Outbound, Queued, SessionId, State, Stored};
+use super::{Queued, SessionId, State, Stored};
 use crate::journal::Journal;
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use stomp::{Command, Frame};
 
 /// What a group-committed journal holds back until a flush puts it on the disk.
 pub(super) struct Durability {
@@ -117,7 +116,7 @@ impl State {
     /// Sends session `id` its RECEIPT once the journal is on the disk up to `lsn`.
     pub(crate) fn hold_receipt(&mut self, lsn: u64, id: SessionId, receipt: String) {
         if self.durability.on_disk(lsn) {
-            self.send_to(id, Outbound::Frame(receipt_frame(receipt)));
+            self.send_receipt(id, &receipt);
         } else {
             self.durability.receipts.push_back((lsn, id, receipt));
         }
@@ -158,7 +157,7 @@ impl State {
         }
         let queues: Vec<String> = d.queues.drain().collect();
         for (_, id, receipt) in ready {
-            self.send_to(id, Outbound::Frame(receipt_frame(receipt)));
+            self.send_receipt(id, &receipt);
         }
         for queue in queues {
             self.deliver_ready(&queue);
@@ -269,10 +268,6 @@ impl State {
 }
 
 /// A RECEIPT for `receipt`.
-fn receipt_frame(receipt: String) -> Frame {
-    Frame::new(Command::Receipt).with_header("receipt-id", receipt)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
