@@ -267,7 +267,6 @@ impl State {
     }
 }
 
-/// A RECEIPT for `receipt`.
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
