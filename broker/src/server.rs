@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::io::{Error, ErrorKind, Result};
 use std::net::SocketAddr;
 use std::path::Path;
-use stomp::{parse, Command, Frame, FrameError, Parsed, Transport, Wire, WsIn, WsOut};
+use stomp::{parse, Command, Frame, FrameError, Parsed, Transport, WsIn, WsOut};
 use tokio::net::TcpListener;
 
 /// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
@@ -89,13 +89,10 @@ impl Broker {
         let sink = sink
             .sink_map_err(|e| stomp::Error::WebSocket(e.to_string()))
             .with(|out: WsOut| async move {
-                Ok::<_, stomp::Error>(match out.0 {
-                    // Known to be text where it was encoded: not read through again.
-                    Wire::Text(text) => Message::Text(text.into()),
-                    Wire::Bytes(bytes) => match Utf8Bytes::try_from(bytes.clone()) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => Message::Binary(bytes),
-                    },
+                // A frame known to be text where it was encoded is not read through again.
+                Ok::<_, stomp::Error>(match out.0.into_text::<Utf8Bytes>() {
+                    Ok(text) => Message::Text(text),
+                    Err(bytes) => Message::Binary(bytes),
                 })
             });
         let transport = Transport::websocket(stream, sink, limits);

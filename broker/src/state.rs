@@ -183,6 +183,16 @@ struct Session {
     wire: bool,
 }
 
+impl Session {
+    /// Queues `out` for the connection's writer; a connection that cannot take it is
+    /// closed.
+    fn offer(&self, out: Outbound) {
+        if self.outbox.try_send(out).is_err() {
+            self.kill.slow();
+        }
+    }
+}
+
 /// The broker's whole state.
 pub(crate) struct State {
     /// Where messages to named queues are kept before they are delivered or receipted.
@@ -348,9 +358,7 @@ impl State {
     /// Queues a frame for a session's writer; a session that cannot take it is closed.
     pub(super) fn send_to(&mut self, id: SessionId, out: Outbound) {
         if let Some(session) = self.sessions.get(&id) {
-            if session.outbox.try_send(out).is_err() {
-                session.kill.slow();
-            }
+            session.offer(out);
         }
     }
 
@@ -361,13 +369,12 @@ impl State {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
-        let out = match session.wire {
+        session.offer(match session.wire {
             true => Outbound::Encoded(stomp::encode_receipt(receipt)),
             false => {
                 Outbound::Frame(Frame::new(Command::Receipt).with_header("receipt-id", receipt))
             }
-        };
-        self.send_to(id, out);
+        });
     }
 
     /// What the broker has counted since it started.

@@ -302,6 +302,16 @@ impl Wire {
             Wire::Bytes(bytes) => bytes,
         }
     }
+
+    /// The frame as a WebSocket library's text (`T`, its `Utf8Bytes`): [`Wire::Text`] as
+    /// it is, bytes once they are found to be UTF-8; the bytes back when they are not, to
+    /// go as a binary message.
+    pub fn into_text<T: From<String> + TryFrom<Bytes>>(self) -> Result<T, Bytes> {
+        match self {
+            Wire::Text(text) => Ok(T::from(text)),
+            Wire::Bytes(bytes) => T::try_from(bytes.clone()).map_err(|_| bytes),
+        }
+    }
 }
 
 /// Encodes the part of a MESSAGE frame that is the same for every subscriber: `headers`
@@ -649,6 +659,14 @@ mod tests {
             let wire = encode_message_head(&[("subscription", "s:1"), ("ack", "42")], &tail);
             assert_eq!(matches!(tail, Wire::Text(_)), text, "{tail:?}");
             assert_eq!(matches!(wire, Wire::Text(_)), text, "{wire:?}");
+            // What a WebSocket sends: text, or the same bytes back to go as binary.
+            match wire
+                .clone()
+                .into_text::<tokio_tungstenite::tungstenite::Utf8Bytes>()
+            {
+                Ok(sent) => assert!(text && sent.as_bytes() == wire.as_bytes()),
+                Err(bytes) => assert!(!text && bytes == wire.as_bytes()),
+            }
             let f = parse_one(wire.as_bytes());
             assert_eq!(f.command, Command::Message);
             assert_eq!(f.header("subscription"), Some("s:1"));
@@ -674,6 +692,10 @@ mod tests {
             whole.body = body;
             assert_eq!(whole.to_bytes(), wire.as_bytes());
         }
+        // Bytes a WebSocket sends as text once they are found to be UTF-8.
+        let connected = Wire::Bytes(Bytes::from_static(b"CONNECTED\n\n\0"));
+        let sent = connected.into_text::<tokio_tungstenite::tungstenite::Utf8Bytes>();
+        assert_eq!(sent.unwrap().as_str(), "CONNECTED\n\n\0");
     }
 
     #[test]

@@ -319,13 +319,9 @@ impl Transport {
         let sink =
             sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
                 .with(|out: WsOut| async move {
-                    Ok::<_, Error>(match out.0 {
-                        Wire::Text(text) => tungstenite::Message::Text(text.into()),
-                        Wire::Bytes(bytes) => match tungstenite::Utf8Bytes::try_from(bytes.clone())
-                        {
-                            Ok(text) => tungstenite::Message::Text(text),
-                            Err(_) => tungstenite::Message::Binary(bytes),
-                        },
+                    Ok::<_, Error>(match out.0.into_text() {
+                        Ok(text) => tungstenite::Message::Text(text),
+                        Err(bytes) => tungstenite::Message::Binary(bytes),
                     })
                 });
         Ok(Transport::websocket(stream, sink, limits))
