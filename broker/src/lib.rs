@@ -741,7 +741,7 @@ pub mod fuzzing {
         let mut sessions = Vec::new();
         // One takes MESSAGE frames encoded once (a socket), the other as values.
         for (principal, wire) in [(Principal::anyone("open"), true), (player, false)] {
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let (tx, rx) = stomp::outbox(64);
             outboxes.push(rx);
             let id = core
                 .add_session(principal, None, tx, Arc::default(), wire)
@@ -773,7 +773,7 @@ pub mod fuzzing {
             }
             let _ = core.take_dropped();
             for rx in &mut outboxes {
-                while rx.try_recv().is_ok() {}
+                while rx.try_recv().is_some() {}
             }
         }
         for id in sessions.into_iter().flatten() {

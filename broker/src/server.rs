@@ -8,11 +8,11 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::io::{Error, ErrorKind, Result};
 use std::net::SocketAddr;
 use std::path::Path;
-use stomp::{parse, Command, Frame, FrameError, Parsed, Transport, WsIn, WsOut};
+use stomp::{parse, Command, Frame, FrameError, Parsed, Transport, Wire, WsIn};
 use tokio::net::TcpListener;
 
 /// The WebSocket subprotocols the broker accepts, best first (as RabbitMQ's web-stomp).
@@ -86,16 +86,12 @@ impl Broker {
             )),
             Err(e) => Err(stomp::Error::WebSocket(e.to_string())),
         });
-        let sink = sink
-            .sink_map_err(|e| stomp::Error::WebSocket(e.to_string()))
-            .with(|out: WsOut| async move {
-                // A frame known to be text where it was encoded is not read through again.
-                Ok::<_, stomp::Error>(match out.0.into_text::<Utf8Bytes>() {
-                    Ok(text) => Message::Text(text),
-                    Err(bytes) => Message::Binary(bytes),
-                })
-            });
-        let transport = Transport::websocket(stream, sink, limits);
+        // A frame known to be text where it was encoded is not read through again.
+        let message = |wire: Wire| match wire.into_text::<Utf8Bytes>() {
+            Ok(text) => Message::Text(text),
+            Err(bytes) => Message::Binary(bytes),
+        };
+        let transport = Transport::websocket(stream, sink, message, limits);
         session::run(self, transport, peer).await;
     }
 }

@@ -16,7 +16,8 @@
 //! ```
 
 use super::frame::{Command, Frame, Limits};
-use super::transport::{unexpected_encoded, write_loop, Item, Outbound, Transport};
+use super::outbox::{outbox, write_loop, Outbound, Outbox, Refused};
+use super::transport::{unexpected_encoded, Item, Transport};
 use crate::{Error, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -173,7 +174,7 @@ struct State {
 }
 
 struct Inner {
-    writer: mpsc::Sender<Outbound>,
+    writer: Outbox,
     state: Mutex<State>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -268,7 +269,7 @@ impl Client {
         let server = HeartBeat::parse(connected.header("heart-beat").unwrap_or("0,0"));
         let (send_every, expect_every) = options.heartbeat.negotiate(server);
 
-        let (writer, writer_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (writer, writer_rx) = outbox(OUTBOX_CAPACITY);
         let inner = Arc::new(Inner {
             writer,
             state: Mutex::new(State::default()),
@@ -357,10 +358,10 @@ impl Client {
             .writer
             .try_send(Outbound::Frame(frame))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Protocol(format!(
+                Refused::Full => Error::Protocol(format!(
                     "{OUTBOX_CAPACITY} frames are already waiting to be written; send slower"
                 )),
-                mpsc::error::TrySendError::Closed(_) => {
+                Refused::Closed => {
                     Error::Closed(self.closed().unwrap_or_else(|| "writer stopped".into()))
                 }
             })

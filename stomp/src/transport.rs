@@ -6,8 +6,9 @@
 use super::frame::{parse, Frame, Limits, Parsed, Wire};
 use crate::{Error, Result};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, Stream, StreamExt};
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
 use tokio_util::codec::{Decoder, Encoder, Framed};
@@ -134,11 +135,58 @@ pub enum WsIn {
     Ignore,
 }
 
-/// A WebSocket message to send: a frame, which goes as text when it is UTF-8 (browsers'
-/// STOMP clients prefer it) and as binary otherwise. [`Wire::Text`] is known to be text
-/// and is sent as it is; [`Wire::Bytes`] are looked at.
-#[derive(Debug)]
-pub struct WsOut(pub Wire);
+/// A WebSocket library's message sink as a sink of STOMP items: each item becomes one
+/// message by a plain function, with no future per item as a `SinkExt::with` chain would
+/// poll. A frame goes as text when it is UTF-8 (browsers' STOMP clients prefer it) and as
+/// binary otherwise: the function is given a [`Wire`], whose [`Wire::into_text`] says
+/// which. The library's errors become [`Error::WebSocket`].
+struct WsItems<S, F> {
+    messages: S,
+    message: F,
+}
+
+impl<S, F, M> Sink<Item> for WsItems<S, F>
+where
+    S: Sink<M> + Unpin,
+    S::Error: std::fmt::Display,
+    F: Fn(Wire) -> M + Unpin,
+{
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.messages)
+            .poll_ready(cx)
+            .map_err(ws_error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Item) -> Result<()> {
+        let wire = match item {
+            Item::Heartbeat => Wire::Bytes(Bytes::from_static(b"\n")),
+            Item::Frame(frame) => Wire::Bytes(frame.to_bytes()),
+            Item::Encoded(wire) => wire,
+        };
+        let message = (self.message)(wire);
+        Pin::new(&mut self.messages)
+            .start_send(message)
+            .map_err(ws_error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.messages)
+            .poll_flush(cx)
+            .map_err(ws_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.messages)
+            .poll_close(cx)
+            .map_err(ws_error)
+    }
+}
+
+fn ws_error(e: impl std::fmt::Display) -> Error {
+    Error::WebSocket(e.to_string())
+}
 
 impl Transport {
     /// STOMP over a TCP stream.
@@ -161,11 +209,20 @@ impl Transport {
     }
 
     /// STOMP over any WebSocket, given as a stream of incoming and a sink of outgoing
-    /// messages. Frames may be split across messages or share one; heart-beats are EOLs.
-    pub fn websocket<St, Si>(stream: St, sink: Si, limits: Limits) -> Transport
+    /// messages, with `message`, which makes a frame in wire form the library's message
+    /// (text for [`Wire::into_text`]'s text, else binary). Frames may be split across
+    /// messages or share one; heart-beats are EOLs.
+    pub fn websocket<St, Si, M>(
+        stream: St,
+        sink: Si,
+        message: fn(Wire) -> M,
+        limits: Limits,
+    ) -> Transport
     where
         St: Stream<Item = Result<WsIn>> + Send + Unpin + 'static,
-        Si: Sink<WsOut, Error = Error> + Send + 'static,
+        Si: Sink<M> + Send + Unpin + 'static,
+        Si::Error: std::fmt::Display,
+        M: 'static,
     {
         let codec = StompCodec::new(limits);
         let state = (stream, BytesMut::new(), codec, false);
@@ -194,13 +251,10 @@ impl Transport {
                     }
                 }
             });
-        let outgoing = sink.with(|item: Item| async move {
-            Ok::<_, Error>(match item {
-                Item::Heartbeat => WsOut(Wire::Bytes(Bytes::from_static(b"\n"))),
-                Item::Frame(frame) => WsOut(Wire::Bytes(frame.to_bytes())),
-                Item::Encoded(wire) => WsOut(wire),
-            })
-        });
+        let outgoing = WsItems {
+            messages: sink,
+            message,
+        };
         Transport {
             incoming: Box::pin(incoming),
             outgoing: Box::pin(outgoing),
@@ -316,15 +370,11 @@ impl Transport {
             Ok(_) => Ok(WsIn::Ignore),
             Err(e) => Err(Error::WebSocket(e.to_string())),
         });
-        let sink =
-            sink.sink_map_err(|e| Error::WebSocket(e.to_string()))
-                .with(|out: WsOut| async move {
-                    Ok::<_, Error>(match out.0.into_text() {
-                        Ok(text) => tungstenite::Message::Text(text),
-                        Err(bytes) => tungstenite::Message::Binary(bytes),
-                    })
-                });
-        Ok(Transport::websocket(stream, sink, limits))
+        let message = |wire: Wire| match wire.into_text() {
+            Ok(text) => tungstenite::Message::Text(text),
+            Err(bytes) => tungstenite::Message::Binary(bytes),
+        };
+        Ok(Transport::websocket(stream, sink, message, limits))
     }
 }
 
@@ -396,140 +446,10 @@ mod tls {
     }
 }
 
-/// What a connection's writer task receives.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A frame to write.
-    Frame(Frame),
-    /// A frame already in wire form (a broker's MESSAGE).
-    Encoded(Wire),
-    /// Write everything queued before this, then close the connection.
-    Close,
-}
-
-/// Writes queued frames to `sink`, batching whatever is queued into one flush, and a
-/// heart-beat whenever nothing was written for `heartbeat`.
-pub async fn write_loop(
-    mut sink: ItemSink,
-    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    heartbeat: Option<std::time::Duration>,
-) {
-    loop {
-        let next = match heartbeat {
-            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    if sink.send(Item::Heartbeat).await.is_err() {
-                        return; // a sink that failed must not be closed: it would panic
-                    }
-                    continue;
-                }
-            },
-            None => rx.recv().await,
-        };
-        let first = match next {
-            Some(Outbound::Frame(frame)) => Item::Frame(frame),
-            Some(Outbound::Encoded(wire)) => Item::Encoded(wire),
-            Some(Outbound::Close) | None => break,
-        };
-        if sink.feed(first).await.is_err() {
-            return;
-        }
-        let mut closing = false;
-        loop {
-            let item = match rx.try_recv() {
-                Ok(Outbound::Frame(frame)) => Item::Frame(frame),
-                Ok(Outbound::Encoded(wire)) => Item::Encoded(wire),
-                Ok(Outbound::Close) => {
-                    closing = true;
-                    break;
-                }
-                Err(_) => break,
-            };
-            if sink.feed(item).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        if closing {
-            break;
-        }
-    }
-    // Only a sink that has not failed is closed: closing one whose write failed polls a
-    // finished future again, which panics ("polled MapErr after completion").
-    let _ = sink.close().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::frame::Command;
     use super::*;
-
-    /// A sink whose flush fails once `fail_after` items were fed, and which panics if it
-    /// is used again after failing, as futures' `With` and `MapErr` do.
-    struct Failing {
-        fed: usize,
-        fail_after: usize,
-        failed: bool,
-    }
-
-    impl Sink<Item> for Failing {
-        type Error = Error;
-        fn poll_ready(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<()>> {
-            assert!(!self.failed, "used after it failed");
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn start_send(mut self: Pin<&mut Self>, _: Item) -> Result<()> {
-            self.fed += 1;
-            Ok(())
-        }
-        fn poll_flush(
-            mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<()>> {
-            assert!(!self.failed, "flushed after it failed");
-            if self.fed >= self.fail_after {
-                self.failed = true;
-                return std::task::Poll::Ready(Err(Error::Closed("peer gone".into())));
-            }
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_close(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<()>> {
-            assert!(!self.failed, "closed after it failed");
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_writer_whose_peer_went_away_stops_without_touching_the_failed_sink() {
-        for with_heartbeat in [None, Some(std::time::Duration::from_millis(5))] {
-            let sink: ItemSink = Box::pin(Failing {
-                fed: 0,
-                fail_after: 3,
-                failed: false,
-            });
-            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-            let writer =
-                tokio::spawn(async move { write_loop(sink, &mut rx, with_heartbeat).await });
-            for _ in 0..5 {
-                let frame = Frame::new(Command::Send).with_header("destination", "/queue/a");
-                if tx.send(Outbound::Frame(frame)).await.is_err() {
-                    break; // the writer is gone: as it should be once its sink failed
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            drop(tx);
-            writer.await.expect("the writer ends without panicking");
-        }
-    }
 
     #[tokio::test]
     async fn a_tls_url_is_checked_before_connecting() {
