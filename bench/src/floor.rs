@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// The floor's map: open floor inside walls, as wide as the game's.
@@ -39,13 +40,22 @@ struct Move {
     dy: i32,
 }
 
-/// Serves the floor on `listener` until the process ends.
-pub(crate) async fn serve(listener: TcpListener) -> std::io::Result<()> {
+/// Serves the floor on `listener` until the process ends. `read_buffer`: the WebSocket
+/// read buffer's size, which tungstenite zeroes before every read (its default, 128 KiB,
+/// when `None`).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    read_buffer: Option<usize>,
+) -> std::io::Result<()> {
     let rooms = Rooms::default();
+    let mut config = WebSocketConfig::default();
+    if let Some(bytes) = read_buffer {
+        config = config.read_buffer_size(bytes);
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        tokio::spawn(connection(stream, rooms.clone()));
+        tokio::spawn(connection(stream, rooms.clone(), config));
     }
 }
 
@@ -59,14 +69,14 @@ fn query(uri: &str, key: &str) -> Option<String> {
 
 // The handshake callback's error type is tungstenite's, large or not.
 #[allow(clippy::result_large_err)]
-async fn connection(stream: TcpStream, rooms: Rooms) {
+async fn connection(stream: TcpStream, rooms: Rooms, config: WebSocketConfig) {
     let mut who = None;
-    let ws = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+    let callback = |req: &Request, resp: Response| {
         let uri = req.uri().to_string();
         who = query(&uri, "room").zip(query(&uri, "player"));
         Ok(resp)
-    })
-    .await;
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
     let (Ok(ws), Some((room_id, name))) = (ws, who) else {
         return;
     };

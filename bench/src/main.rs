@@ -62,6 +62,10 @@ enum Cmd {
         /// Where to listen.
         #[arg(long)]
         listen: String,
+        /// Bytes of WebSocket read buffer a connection zeroes before each read
+        /// (tokio-tungstenite's default when not given: 128 KiB).
+        #[arg(long)]
+        read_buffer: Option<usize>,
     },
     /// Serves the relay, the broker alone (used by `run`).
     #[command(hide = true)]
@@ -162,7 +166,13 @@ fn main() {
             Cmd::Idle(args) => idle(args).await,
             Cmd::Matchmake(args) => matchmake(args).await,
             Cmd::Gate(args) => gate::run(args),
-            Cmd::Floor { listen } => listen_and_serve("floor", &listen, floor::serve).await,
+            Cmd::Floor {
+                listen,
+                read_buffer,
+            } => {
+                let serve = |listener| floor::serve(listener, read_buffer);
+                listen_and_serve("floor", &listen, serve).await
+            }
             Cmd::Relay { listen } => listen_and_serve("relay", &listen, relay::serve).await,
             Cmd::GameServer { args } => game_server(args).await,
         }
