@@ -314,7 +314,8 @@ pub struct BrokerConfig {
     pub heartbeat: HeartBeat,
     /// How long a new connection has to send CONNECT.
     pub connect_timeout: Duration,
-    /// Frames queued for one connection before it counts as too slow and is closed. A
+    /// Frames queued for one connection before it counts as too slow and is closed (the
+    /// frames its writer took at its last wake count until it comes back for more). A
     /// client that reads holds almost none; a large backlog only makes dropping it
     /// costly for everyone (16,384 stalled a bystander for half a second).
     pub outbox_capacity: usize,
