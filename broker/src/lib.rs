@@ -314,8 +314,7 @@ pub struct BrokerConfig {
     pub heartbeat: HeartBeat,
     /// How long a new connection has to send CONNECT.
     pub connect_timeout: Duration,
-    /// Frames queued for one connection before it counts as too slow and is closed (the
-    /// frames its writer took at its last wake count until it comes back for more). A
+    /// Frames queued for one connection before it counts as too slow and is closed. A
     /// client that reads holds almost none; a large backlog only makes dropping it
     /// costly for everyone (16,384 stalled a bystander for half a second).
     pub outbox_capacity: usize,
@@ -742,7 +741,7 @@ pub mod fuzzing {
         let mut sessions = Vec::new();
         // One takes MESSAGE frames encoded once (a socket), the other as values.
         for (principal, wire) in [(Principal::anyone("open"), true), (player, false)] {
-            let (tx, rx) = stomp::outbox(64);
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
             outboxes.push(rx);
             let id = core
                 .add_session(principal, None, tx, Arc::default(), wire)
@@ -774,7 +773,7 @@ pub mod fuzzing {
             }
             let _ = core.take_dropped();
             for rx in &mut outboxes {
-                while rx.try_recv().is_some() {}
+                while rx.try_recv().is_ok() {}
             }
         }
         for id in sessions.into_iter().flatten() {

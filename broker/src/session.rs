@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use stomp::{
-    write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, OutboxReader, Transport,
-};
+use stomp::{write_loop, Command, Frame, HeartBeat, Item, ItemSink, ItemStream, Transport};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long a DISCONNECT waits for the receipts a group commit still holds.
@@ -93,7 +92,7 @@ pub(crate) async fn run(broker: Broker, transport: Transport, peer: Option<Socke
     };
     let (send_every, expect_every) = config.heartbeat.negotiate(accepted.client_heartbeat);
 
-    let (tx, rx) = stomp::outbox(config.outbox_capacity);
+    let (tx, rx) = mpsc::channel(config.outbox_capacity);
     let kill = Arc::new(Kill::default());
     let added = broker
         .lock()
@@ -496,13 +495,17 @@ async fn close(
 /// A connection's writer task. It hands its queue back when it ends, so that a slow
 /// reader's backlog is freed off the runtime's threads.
 struct Writer {
-    task: JoinHandle<OutboxReader>,
+    task: JoinHandle<mpsc::Receiver<Outbound>>,
     stop: AbortHandle,
 }
 
 impl Writer {
     /// Writes what the session's outbox receives, with heart-beats every `heartbeat`.
-    fn spawn(outgoing: ItemSink, mut rx: OutboxReader, heartbeat: Option<Duration>) -> Writer {
+    fn spawn(
+        outgoing: ItemSink,
+        mut rx: mpsc::Receiver<Outbound>,
+        heartbeat: Option<Duration>,
+    ) -> Writer {
         let (stop, stopped) = AbortHandle::new_pair();
         let task = tokio::spawn(async move {
             // Whenever the writer waits (its outbox empty, or its socket full), the stop

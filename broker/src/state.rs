@@ -41,7 +41,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use stomp::{AckMode, Command, Frame};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 /// A session id, unique within a broker's life.
 pub(crate) type SessionId = u64;
@@ -171,7 +171,7 @@ struct Unacked {
 struct Session {
     bucket: Option<Bucket>,
     peer: Option<std::net::IpAddr>,
-    outbox: stomp::Outbox,
+    outbox: mpsc::Sender<Outbound>,
     kill: Arc<Kill>,
     principal: Principal,
     subscriptions: HashMap<String, Subscription>,

@@ -16,8 +16,7 @@
 //! ```
 
 use super::frame::{Command, Frame, Limits};
-use super::outbox::{outbox, write_loop, Outbound, Outbox, Refused};
-use super::transport::{unexpected_encoded, Item, Transport};
+use super::transport::{unexpected_encoded, write_loop, Item, Outbound, Transport};
 use crate::{Error, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -174,7 +173,7 @@ struct State {
 }
 
 struct Inner {
-    writer: Outbox,
+    writer: mpsc::Sender<Outbound>,
     state: Mutex<State>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -269,7 +268,7 @@ impl Client {
         let server = HeartBeat::parse(connected.header("heart-beat").unwrap_or("0,0"));
         let (send_every, expect_every) = options.heartbeat.negotiate(server);
 
-        let (writer, writer_rx) = outbox(OUTBOX_CAPACITY);
+        let (writer, writer_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let inner = Arc::new(Inner {
             writer,
             state: Mutex::new(State::default()),
@@ -358,10 +357,10 @@ impl Client {
             .writer
             .try_send(Outbound::Frame(frame))
             .map_err(|e| match e {
-                Refused::Full => Error::Protocol(format!(
+                mpsc::error::TrySendError::Full(_) => Error::Protocol(format!(
                     "{OUTBOX_CAPACITY} frames are already waiting to be written; send slower"
                 )),
-                Refused::Closed => {
+                mpsc::error::TrySendError::Closed(_) => {
                     Error::Closed(self.closed().unwrap_or_else(|| "writer stopped".into()))
                 }
             })

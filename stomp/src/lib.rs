@@ -6,11 +6,10 @@
 //!   values over channels in one process ([`Transport::pair`]).
 //! - [`Client`]: CONNECT, awaited receipts, a stream per subscription, heart-beats.
 //!
-//! A server needs a few more pieces, which a broker builds on: [`outbox`] and
-//! [`write_loop`] (a connection's queue of [`Outbound`] frames and its writer task),
-//! [`HeartBeat`], [`WsIn`] with [`Transport::websocket`], and
-//! [`encode_message_head`]/[`encode_message_tail`] (a MESSAGE encoded once for many
-//! subscribers, in wire form as a [`Wire`]).
+//! A server needs a few more pieces, which a broker builds on: [`write_loop`] (a
+//! connection's writer task), [`Outbound`], [`HeartBeat`], the WebSocket adapters
+//! [`WsIn`] with [`Transport::websocket`], and [`encode_message_head`]/[`encode_message_tail`] (a
+//! MESSAGE encoded once for many subscribers, in wire form as a [`Wire`]).
 //!
 //! The codec, round trip:
 //!
@@ -51,7 +50,6 @@
 mod client;
 mod error;
 mod frame;
-mod outbox;
 mod transport;
 
 pub use client::{
@@ -62,5 +60,7 @@ pub use frame::{
     encode_message_head, encode_message_tail, encode_parts, encode_receipt, parse, Command, Frame,
     FrameError, Limits, Parsed, Wire,
 };
-pub use outbox::{outbox, write_loop, Outbound, Outbox, OutboxReader, Refused};
-pub use transport::{unexpected_encoded, Item, ItemSink, ItemStream, StompCodec, Transport, WsIn};
+pub use transport::{
+    unexpected_encoded, write_loop, Item, ItemSink, ItemStream, Outbound, StompCodec, Transport,
+    WsIn,
+};

@@ -6,7 +6,7 @@
 use super::frame::{parse, Frame, Limits, Parsed, Wire};
 use crate::{Error, Result};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
@@ -446,10 +446,140 @@ mod tls {
     }
 }
 
+/// What a connection's writer task receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to write.
+    Frame(Frame),
+    /// A frame already in wire form (a broker's MESSAGE).
+    Encoded(Wire),
+    /// Write everything queued before this, then close the connection.
+    Close,
+}
+
+/// Writes queued frames to `sink`, batching whatever is queued into one flush, and a
+/// heart-beat whenever nothing was written for `heartbeat`.
+pub async fn write_loop(
+    mut sink: ItemSink,
+    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    heartbeat: Option<std::time::Duration>,
+) {
+    loop {
+        let next = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if sink.send(Item::Heartbeat).await.is_err() {
+                        return; // a sink that failed must not be closed: it would panic
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let first = match next {
+            Some(Outbound::Frame(frame)) => Item::Frame(frame),
+            Some(Outbound::Encoded(wire)) => Item::Encoded(wire),
+            Some(Outbound::Close) | None => break,
+        };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        let mut closing = false;
+        loop {
+            let item = match rx.try_recv() {
+                Ok(Outbound::Frame(frame)) => Item::Frame(frame),
+                Ok(Outbound::Encoded(wire)) => Item::Encoded(wire),
+                Ok(Outbound::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            };
+            if sink.feed(item).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        if closing {
+            break;
+        }
+    }
+    // Only a sink that has not failed is closed: closing one whose write failed polls a
+    // finished future again, which panics ("polled MapErr after completion").
+    let _ = sink.close().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::frame::Command;
     use super::*;
+
+    /// A sink whose flush fails once `fail_after` items were fed, and which panics if it
+    /// is used again after failing, as futures' `With` and `MapErr` do.
+    struct Failing {
+        fed: usize,
+        fail_after: usize,
+        failed: bool,
+    }
+
+    impl Sink<Item> for Failing {
+        type Error = Error;
+        fn poll_ready(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "used after it failed");
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, _: Item) -> Result<()> {
+            self.fed += 1;
+            Ok(())
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "flushed after it failed");
+            if self.fed >= self.fail_after {
+                self.failed = true;
+                return std::task::Poll::Ready(Err(Error::Closed("peer gone".into())));
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<()>> {
+            assert!(!self.failed, "closed after it failed");
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_peer_went_away_stops_without_touching_the_failed_sink() {
+        for with_heartbeat in [None, Some(std::time::Duration::from_millis(5))] {
+            let sink: ItemSink = Box::pin(Failing {
+                fed: 0,
+                fail_after: 3,
+                failed: false,
+            });
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let writer =
+                tokio::spawn(async move { write_loop(sink, &mut rx, with_heartbeat).await });
+            for _ in 0..5 {
+                let frame = Frame::new(Command::Send).with_header("destination", "/queue/a");
+                if tx.send(Outbound::Frame(frame)).await.is_err() {
+                    break; // the writer is gone: as it should be once its sink failed
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            drop(tx);
+            writer.await.expect("the writer ends without panicking");
+        }
+    }
 
     #[tokio::test]
     async fn a_tls_url_is_checked_before_connecting() {

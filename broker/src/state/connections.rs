@@ -1,10 +1,11 @@
 //! Sessions coming and going: the connection limits a new session must fit, and what a
 //! session leaves behind when it goes (its unacked messages go back in line).
 
-use super::{Kill, Refusal, Session, SessionId, State};
+use super::{Kill, Outbound, Refusal, Session, SessionId, State};
 use crate::Principal;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 impl State {
     /// Adds a connected session, if it fits the broker's connection limits.
@@ -12,7 +13,7 @@ impl State {
         &mut self,
         principal: Principal,
         peer: Option<std::net::SocketAddr>,
-        outbox: stomp::Outbox,
+        outbox: mpsc::Sender<Outbound>,
         kill: Arc<Kill>,
         wire: bool,
     ) -> Result<SessionId, Refusal> {

@@ -6,10 +6,11 @@ use crate::{AllowAll, Authorizer, BrokerConfig, Principal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use stomp::{parse, Command, Frame, Limits, Parsed};
+use tokio::sync::mpsc;
 
 pub(super) struct Harness {
     pub state: State,
-    outboxes: HashMap<SessionId, stomp::OutboxReader>,
+    outboxes: HashMap<SessionId, mpsc::Receiver<Outbound>>,
 }
 
 impl Harness {
@@ -49,7 +50,7 @@ impl Harness {
         wire: bool,
         capacity: usize,
     ) -> Result<SessionId, super::Refusal> {
-        let (tx, rx) = stomp::outbox(capacity);
+        let (tx, rx) = mpsc::channel(capacity);
         let id = self
             .state
             .add_session(principal, None, tx, Arc::default(), wire)?;
@@ -110,7 +111,7 @@ impl Harness {
             .get_mut(&id)
             .expect("a session of the harness");
         let mut frames = Vec::new();
-        while let Some(out) = rx.try_recv() {
+        while let Ok(out) = rx.try_recv() {
             match out {
                 Outbound::Frame(f) => frames.push(f),
                 Outbound::Encoded(wire) => match parse(wire.as_bytes(), &Limits::default()) {
