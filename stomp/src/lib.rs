@@ -7,8 +7,8 @@
 //! - [`Client`]: CONNECT, awaited receipts, a stream per subscription, heart-beats.
 //!
 //! A server needs a few more pieces, which a broker builds on: [`write_loop`] (a
-//! connection's writer task), [`Outbound`], [`HeartBeat`], the WebSocket adapters
-//! [`WsIn`] with [`Transport::websocket`], and [`encode_message_head`]/[`encode_message_tail`] (a
+//! connection's writer task), [`Outbound`], [`HeartBeat`], [`WsIn`] with
+//! [`Transport::websocket`], and [`encode_message_head`]/[`encode_message_tail`] (a
 //! MESSAGE encoded once for many subscribers, in wire form as a [`Wire`]).
 //!
 //! The codec, round trip:
