@@ -140,16 +140,15 @@ pub enum WsIn {
 /// poll. A frame goes as text when it is UTF-8 (browsers' STOMP clients prefer it) and as
 /// binary otherwise: the function is given a [`Wire`], whose [`Wire::into_text`] says
 /// which. The library's errors become [`Error::WebSocket`].
-struct WsItems<S, F> {
+struct WsItems<S, M> {
     messages: S,
-    message: F,
+    message: fn(Wire) -> M,
 }
 
-impl<S, F, M> Sink<Item> for WsItems<S, F>
+impl<S, M> Sink<Item> for WsItems<S, M>
 where
     S: Sink<M> + Unpin,
     S::Error: std::fmt::Display,
-    F: Fn(Wire) -> M + Unpin,
 {
     type Error = Error;
 
