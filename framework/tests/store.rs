@@ -172,10 +172,30 @@ async fn exercise(store: &Store) {
 }
 
 /// Checkpoints saved at once go in one group commit; each still gets its own answer: a
-/// fenced room among written ones, a room saved twice in one group, grants only for
-/// what was written.
+/// fenced room among written ones, a room saved twice in one group, grants and match
+/// record segments only for what was written (150 saves: more than one statement's
+/// rows).
 async fn group_commit(store: &Store) {
+    use game_server_less::store::{MatchViewer, Segment};
     let rooms: Vec<String> = (0..150).map(|i| unique(&format!("g{i:03}-"))).collect();
+    // The rooms whose records are read back below (a record is a room's).
+    for i in [0, 1, 2, 99, 100, 149] {
+        store
+            .create_room(&NewRoom::plain(&rooms[i], "grouped"))
+            .await
+            .unwrap();
+    }
+    // Save `i`'s segment: one entry, recorded at `i` ms.
+    let segment = |i: u64| Segment {
+        entries: format!("{{\"u\":\"ann\",\"at\":{i},\"b\":\"{{}}\"}}\n"),
+        n: 1,
+        outputs: 0,
+        first_at: i,
+        last_at: i,
+        start: None,
+        joined: vec![],
+        forget_before: None,
+    };
     let player = unique("gp");
     let checkpoint = |seq: u64, version: u64| Checkpoint {
         seq,
@@ -217,11 +237,9 @@ async fn group_commit(store: &Store) {
     // Room 2 twice in the same group, as an old and a new worker both starting from
     // nothing: one of them wins.
     saves.push((rooms[2].clone(), checkpoint(99, 0)));
-    let results = futures_util::future::join_all(
-        saves
-            .iter()
-            .map(|(room, c)| store.save_checkpoint(room, c, &grant, &[], None)),
-    )
+    let results = futures_util::future::join_all(saves.iter().enumerate().map(|(i, (room, c))| {
+        store.save_checkpoint(room, c, &grant, &[], Some(segment(i as u64)))
+    }))
     .await;
     let fenced = |r: &Result<(), game_server_less::Error>| {
         matches!(r, Err(game_server_less::Error::Fenced(_)))
@@ -256,6 +274,35 @@ async fn group_commit(store: &Store) {
         149,
         "a grant for each written save, none for the fenced ones"
     );
+    let operator = MatchViewer {
+        operator: true,
+        player: None,
+    };
+    // Each written save's segment, under the version it made, and nothing of the fenced.
+    let record = |room: &str| {
+        let room = room.to_owned();
+        let operator = operator.clone();
+        async move {
+            let found = store.match_record(&room, &operator).await.unwrap();
+            found.map_or(vec![], |(_, segments)| {
+                segments
+                    .iter()
+                    .map(|s| (s.version, s.first_at))
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    assert_eq!(record(&rooms[0]).await, [(2, 0)]);
+    assert_eq!(
+        record(&rooms[1]).await,
+        [],
+        "the fenced save wrote no segment"
+    );
+    let winner = if results[2].is_ok() { 2 } else { 150 };
+    assert_eq!(record(&rooms[2]).await, [(1, winner)]);
+    for i in [99, 100, 149] {
+        assert_eq!(record(&rooms[i]).await, [(1, i as u64)]);
+    }
 }
 
 /// Two processes (two stores on one database) asking at once for the room named N: one

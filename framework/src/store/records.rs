@@ -119,10 +119,6 @@ pub struct MatchQuery {
     pub kind: Option<String>,
 }
 
-pub(super) const ADD_SEGMENT: &str = "INSERT INTO match_log
-    (room_id, version, first_at, last_at, n, bytes, start, entries)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-    ON CONFLICT (room_id, version) DO NOTHING";
 pub(super) const ADD_MATCH_PLAYER: &str =
     "INSERT INTO match_players (room_id, player) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 pub(super) const FORGET_SEGMENTS: &str =
