@@ -60,7 +60,7 @@ impl Store {
     /// their match records. A room's save returns once its group is committed. At 1,000
     /// players in 100 rooms (400 saves a second) this took the store's share of the
     /// server's CPU from about 7% to 2.5%; writing the records a statement a group, not
-    /// a room, took a fifth of the server's context switches off.
+    /// a room, took a fifth of its context switches off (`docs/benchmarks.md`).
     pub async fn save_checkpoint(
         &self,
         room: &str,
