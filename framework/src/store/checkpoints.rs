@@ -166,10 +166,10 @@ impl Store {
         let mut written = vec![false; group.len()];
         let now = now();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        for rows in statements {
+        for rows in &statements {
             let sql = upsert_checkpoints(rows.len());
             let mut query = sqlx::query(&sql);
-            for &i in &rows {
+            for &i in rows {
                 let save = &group[i];
                 query = query
                     .bind(&save.room)
@@ -189,11 +189,14 @@ impl Store {
             }
         }
         // The match records of the written checkpoints, many rows a statement like the
-        // checkpoints (each statement is a round trip to SQLite's thread), in room order.
-        let mut segments: Vec<usize> = (0..group.len())
+        // checkpoints (each statement is a round trip to SQLite's thread), in the
+        // checkpoints' room order.
+        let segments: Vec<usize> = statements
+            .iter()
+            .flatten()
+            .copied()
             .filter(|&i| written[i] && group[i].record.is_some())
             .collect();
-        segments.sort_by(|&a, &b| group[a].room.cmp(&group[b].room));
         for rows in segments.chunks(SAVES_PER_STATEMENT) {
             let sql = add_segments(rows.len());
             let mut query = sqlx::query(&sql);
